@@ -1,0 +1,273 @@
+"""The sans-I/O DICOM Upper Layer: bytes and primitives in, outputs out.
+
+:class:`UpperLayer` is one side of one transport connection.  It owns the
+state machine (``fsm.py``), frames PDUs out of the incoming byte stream and
+keeps the protocol's timers as deadlines.  It performs no I/O and reads no
+clock: every entry point takes ``now`` (seconds, any monotonic origin) and
+returns the outputs (``outputs.py``) for the caller to carry out;
+:meth:`UpperLayer.next_deadline` says when :meth:`UpperLayer.handle_timer`
+must be called next.
+
+Timers (each a deadline, ``None`` when not running):
+
+* ARTIM (PS3.8 9.1.5): on a freshly accepted connection until its
+  A-ASSOCIATE-RQ arrives (so a silent or non-DICOM client cannot hold a slot),
+  and in Sta13 until the peer closes.  Expiry is Evt18.
+* ACSE timeout: waiting for A-ASSOCIATE-AC/RJ (Sta5) or A-RELEASE-RP (Sta7,
+  Sta10, Sta11).  Expiry aborts the association (Evt15 and an A-P-ABORT
+  indication naming the timeout).
+* Idle timeout: an established association (Sta6) on which nothing was sent
+  or received for that long is aborted the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dimsekit.errors import LocalProtocolError, RemoteProtocolError
+from dimsekit.ul import outputs as out
+from dimsekit.ul.fsm import (
+    ACTIONS,
+    EVENT_DESCRIPTIONS,
+    STATE_DESCRIPTIONS,
+    TRANSITIONS,
+    USER_EVENTS,
+    ActionContext,
+    Event,
+    StartARTIM,
+    State,
+    StopARTIM,
+)
+from dimsekit.ul.pdu import (
+    Abort,
+    AssociateAC,
+    AssociateRJ,
+    AssociateRQ,
+    PDataTF,
+    ReleaseRP,
+    ReleaseRQ,
+    decode,
+)
+
+__all__ = ["UpperLayer", "Timeouts", "DEFAULT_MAXIMUM_LENGTH"]
+
+#: Our default Maximum Length Received (the largest P-DATA-TF variable field we accept).
+DEFAULT_MAXIMUM_LENGTH = 16384
+
+# Which event a received PDU is (PS3.8 Table 9-10 rows).
+_EVENT_FOR_PDU: dict[type, Event] = {
+    AssociateAC: Event.EVT3,
+    AssociateRJ: Event.EVT4,
+    AssociateRQ: Event.EVT6,
+    PDataTF: Event.EVT10,
+    ReleaseRQ: Event.EVT12,
+    ReleaseRP: Event.EVT13,
+    Abort: Event.EVT16,
+}
+
+# States in which we wait for the peer's ACSE answer (A-ASSOCIATE-AC/RJ, A-RELEASE-RP).
+_ACSE_WAIT = frozenset({State.STA5, State.STA7, State.STA10, State.STA11})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """The upper layer's timeouts, in seconds.  ``None`` disables one.
+
+    Defaults are no shorter than the field's usual ones (DCMTK and dcm4che
+    use 30 s for ARTIM/ACSE; an idle association is commonly dropped after a
+    minute).
+    """
+
+    artim: float = 30.0
+    acse: float | None = 30.0
+    idle: float | None = 60.0
+
+
+class UpperLayer:
+    """One side of a DICOM UL connection, without I/O.
+
+    :param maximum_length: our Maximum Length Received: a P-DATA-TF longer than
+        this is an invalid PDU (0 = no limit).
+    :param timeouts: see :class:`Timeouts`.
+    """
+
+    def __init__(self, *, maximum_length: int = DEFAULT_MAXIMUM_LENGTH, timeouts: Timeouts | None = None) -> None:
+        self.state = State.STA1
+        self.is_requestor = False
+        self.maximum_length = maximum_length
+        self.timeouts = timeouts or Timeouts()
+        self._buffer = bytearray()
+        self._discarding = False  # framing lost after an invalid PDU
+        self._pending_rq: AssociateRQ | None = None
+        self._artim: float | None = None
+        self._acse: float | None = None
+        self._last_activity = 0.0
+
+    # -- the local user's primitives ----------------------------------------
+
+    def request_association(self, rq: AssociateRQ, now: float) -> list[out.Output]:
+        """A-ASSOCIATE request (Evt1): become the requestor and open the transport."""
+        self._check(Event.EVT1)
+        self.is_requestor = True
+        self._pending_rq = rq
+        return self._handle(Event.EVT1, rq, now)
+
+    def transport_connected(self, now: float) -> list[out.Output]:
+        """Transport connect confirmation (Evt2): send the pending A-ASSOCIATE-RQ."""
+        return self._handle(Event.EVT2, self._pending_rq, now)
+
+    def transport_accepted(self, now: float) -> list[out.Output]:
+        """Transport connection indication (Evt5): we are the acceptor."""
+        self.is_requestor = False
+        return self._handle(Event.EVT5, None, now)
+
+    def accept(self, ac: AssociateAC, now: float) -> list[out.Output]:
+        """A-ASSOCIATE response, accept (Evt7)."""
+        return self._handle(Event.EVT7, ac, now)
+
+    def reject(self, rj: AssociateRJ, now: float) -> list[out.Output]:
+        """A-ASSOCIATE response, reject (Evt8)."""
+        return self._handle(Event.EVT8, rj, now)
+
+    def send_pdata(self, pdu: bytes, now: float) -> list[out.Output]:
+        """P-DATA request (Evt9): ``pdu`` is one or more encoded P-DATA-TF PDUs."""
+        self._last_activity = now
+        return self._handle(Event.EVT9, pdu, now)
+
+    def can_send_pdata(self) -> bool:
+        """Whether a P-DATA request is allowed now (Sta6, or Sta8 before our release response)."""
+        return self.state in (State.STA6, State.STA8)
+
+    def release(self, now: float) -> list[out.Output]:
+        """A-RELEASE request (Evt11)."""
+        return self._handle(Event.EVT11, None, now)
+
+    def release_response(self, now: float) -> list[out.Output]:
+        """A-RELEASE response (Evt14)."""
+        return self._handle(Event.EVT14, None, now)
+
+    def abort(self, now: float, reason: str = "aborted by the local user") -> list[out.Output]:
+        """A-ABORT request (Evt15).  Allowed in any state: where the table has no
+        cell for it (no association yet, or already ending) nothing happens."""
+        if (self.state, Event.EVT15) not in TRANSITIONS:
+            return []
+        return self._handle(Event.EVT15, reason, now)
+
+    # -- the transport ---------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[out.Output]:
+        """Bytes arrived from the peer: frame and handle every complete PDU.
+
+        Any split is fine: one PDU over many calls, many PDUs in one call.
+        After an invalid PDU the rest of the stream is discarded (framing is
+        lost) and the table's abort action runs (Evt19).
+        """
+        if self._discarding or self.state == State.STA1:
+            return []
+        self._last_activity = now
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            source = data
+        results: list[out.Output] = []
+        offset = 0
+        end = len(source)
+        with memoryview(source) as view:
+            while offset < end:
+                try:
+                    decoded = decode(view[offset:], self.maximum_length)
+                except RemoteProtocolError as exc:
+                    self._discarding = True
+                    results += self._handle(Event.EVT19, exc, now)
+                    offset = end
+                    break
+                if decoded is None:
+                    break
+                pdu, used = decoded
+                offset += used
+                results += self._handle(_EVENT_FOR_PDU[type(pdu)], pdu, now)
+                if self.state == State.STA1:  # transport being closed: ignore the rest
+                    offset = end
+                    break
+            rest = bytes(view[offset:]) if offset < end else b""
+        if source is buffer:
+            del buffer[:]
+        if rest:
+            buffer += rest
+        return results
+
+    def transport_closed(self, now: float) -> list[out.Output]:
+        """Transport connection closed indication (Evt17)."""
+        self._buffer.clear()
+        return self._handle(Event.EVT17, "transport connection closed by the peer", now)
+
+    # -- timers --------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must next be called, or None."""
+        deadlines = [d for d in (self._artim, self._acse, self._idle_deadline()) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[out.Output]:
+        """Run whatever timer has expired by ``now`` (nothing if none has)."""
+        if self._artim is not None and now >= self._artim:
+            self._artim = None
+            return self._handle(Event.EVT18, "ARTIM timer expired", now)
+        if self._acse is not None and now >= self._acse:
+            waiting = "A-ASSOCIATE-AC/RJ" if self.state == State.STA5 else "A-RELEASE-RP"
+            return self._timeout_abort(now, f"no {waiting} from the peer within {self.timeouts.acse:g} s")
+        idle = self._idle_deadline()
+        if idle is not None and now >= idle:
+            return self._timeout_abort(now, f"association idle for {self.timeouts.idle:g} s")
+        return []
+
+    # -- internals -----------------------------------------------------------
+
+    def _idle_deadline(self) -> float | None:
+        if self.state != State.STA6 or self.timeouts.idle is None:
+            return None
+        return self._last_activity + self.timeouts.idle
+
+    def _timeout_abort(self, now: float, why: str) -> list[out.Output]:
+        results = self._handle(Event.EVT15, why, now)
+        return [*results, out.ProviderAbortIndication(why)]
+
+    def _check(self, event: Event) -> None:
+        if (self.state, event) not in TRANSITIONS:
+            raise LocalProtocolError(
+                f"{EVENT_DESCRIPTIONS[event]} is not allowed in {self.state.name} "
+                f"({STATE_DESCRIPTIONS[self.state]})"
+            )
+
+    def _handle(self, event: Event, payload: object, now: float) -> list[out.Output]:
+        """Look the cell up, run its action, apply timer changes, return outputs."""
+        action = TRANSITIONS.get((self.state, event))
+        if action is None:
+            if event in USER_EVENTS:
+                self._check(event)
+            # A blank cell for a non-user event: a late timer, a close after we
+            # closed, a PDU while the transport is not open.  Nothing to do.
+            return []
+        previous = self.state
+        ctx = ActionContext(event=event, is_requestor=self.is_requestor, payload=payload)
+        self.state, outputs = ACTIONS[action](ctx)
+        results: list[out.Output] = []
+        for item in outputs:
+            kind = type(item)
+            if kind is StartARTIM:
+                self._artim = now + self.timeouts.artim
+            elif kind is StopARTIM:
+                self._artim = None
+            else:
+                results.append(item)  # type: ignore[arg-type]
+        if self.state != previous:
+            if self.state in _ACSE_WAIT and self.timeouts.acse is not None:
+                if previous not in _ACSE_WAIT:
+                    self._acse = now + self.timeouts.acse
+            else:
+                self._acse = None
+            if self.state == State.STA6:
+                self._last_activity = now
+        return results

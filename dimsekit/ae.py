@@ -1,0 +1,201 @@
+"""The local Application Entity: identity, policy, plugins, listen and associate.
+
+An :class:`ApplicationEntity` is what an application holds: its AE title,
+the service classes its plugins declared (and so the presentation contexts it
+accepts), its limits and timeouts.  It makes connections in both directions:
+
+* :meth:`ApplicationEntity.server_factory` / :meth:`ApplicationEntity.listen`
+  accept associations and dispatch their requests to the plugins;
+* :meth:`ApplicationEntity.associate` opens one and fires with an
+  :class:`~dimsekit.association.Association` once the peer accepted.
+
+Both take any Twisted endpoint (TCP, TLS, UNIX), so TLS is the endpoint's
+business, not ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pluggy
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from dimsekit.association import Association
+from dimsekit.config import Config, check_ae_title
+from dimsekit.errors import LocalProtocolError
+from dimsekit.plugin import make_plugin_manager
+from dimsekit.protocol import DicomProtocol
+from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, Registry
+from dimsekit.ul.connection import Timeouts, UpperLayer
+from dimsekit.ul.negotiation import AcceptorPolicy, build_associate_rq
+
+__all__ = ["ApplicationEntity", "DicomServerFactory", "ContextRequest"]
+
+_log = Logger(namespace="dimsekit.ae")
+
+#: A presentation context to propose: an abstract syntax, or (abstract syntax, transfer syntaxes).
+ContextRequest = str | tuple[str, Sequence[str]]
+
+
+def _default_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class DicomServerFactory(protocol.ServerFactory):
+    """Accepts DICOM connections for an :class:`ApplicationEntity`."""
+
+    def __init__(self, ae: ApplicationEntity) -> None:
+        self.ae = ae
+
+    def buildProtocol(self, addr: Any) -> DicomProtocol:
+        ae = self.ae
+        association = Association(ae, ae.reactor, is_requestor=False)
+        ul = UpperLayer(maximum_length=ae.maximum_length, timeouts=ae.timeouts)
+        return DicomProtocol(association, ul, ae.reactor)
+
+
+class _ClientFactory(protocol.Factory):
+    def __init__(self, protocol_: DicomProtocol) -> None:
+        self._protocol = protocol_
+
+    def buildProtocol(self, addr: Any) -> DicomProtocol:
+        return self._protocol
+
+
+class ApplicationEntity:
+    """A local DICOM Application Entity.
+
+    :param ae_title: our AE title (1-16 characters).
+    :param config: the node configuration (limits, access list, plugin sections);
+        defaults when None.
+    :param plugin_manager: plugins to use; by default every plugin of the
+        ``dimsekit`` entry-point group.
+    :param reactor: the reactor; the global one when None.
+    """
+
+    def __init__(
+        self,
+        ae_title: str | None = None,
+        *,
+        config: Config | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+        reactor: Any = None,
+    ) -> None:
+        self.config = config or Config()
+        self.ae_title = check_ae_title(ae_title or self.config.node.ae_title, "ae_title")
+        self.reactor = reactor if reactor is not None else _default_reactor()
+        self.pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
+        self.pm.hook.dimsekit_configure(config=self.config)
+        self.registry = Registry.from_plugins(self.pm)
+        limits = self.config.limits
+        self.maximum_length = limits.max_pdu
+        self.timeouts = Timeouts(
+            artim=limits.artim_timeout,
+            acse=limits.acse_timeout or None,
+            idle=limits.idle_timeout or None,
+        )
+        self.dimse_timeout: float | None = limits.dimse_timeout or None
+        self.max_associations = limits.max_associations
+        node = self.config.node
+        allowed = None if node.allow_unknown_callers else frozenset(r.ae_title for r in self.config.remotes)
+        self.policy = AcceptorPolicy(
+            ae_title=self.ae_title,
+            supported=self.registry.supported,
+            check_called_ae=node.check_called_ae,
+            allowed_callers=allowed,
+            maximum_length=self.maximum_length,
+        )
+        self.active: set[Association] = set()
+
+    # -- association slots (acceptor side) ---------------------------------------
+
+    def take_slot(self, association: Association) -> bool:
+        """Count an incoming association against ``max_associations``; False when full."""
+        if len(self.active) >= self.max_associations:
+            return False
+        self.active.add(association)
+        return True
+
+    def release_slot(self, association: Association) -> None:
+        """Free the slot of an association that ended, however it ended."""
+        self.active.discard(association)
+
+    # -- accepting -----------------------------------------------------------------
+
+    def server_factory(self) -> DicomServerFactory:
+        """A ServerFactory to listen with on any endpoint."""
+        return DicomServerFactory(self)
+
+    def listen(self, port: int = 0, interface: str = "127.0.0.1", *, endpoint: IStreamServerEndpoint | None = None) -> Deferred:
+        """Listen for associations; fires with the ``IListeningPort``."""
+        if endpoint is None:
+            endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
+        return endpoint.listen(self.server_factory())
+
+    # -- requesting ----------------------------------------------------------------
+
+    def associate(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        called: str = "ANY-SCP",
+        contexts: Iterable[ContextRequest] = (),
+        endpoint: IStreamClientEndpoint | None = None,
+        maximum_length: int | None = None,
+        roles: dict[str, tuple[bool, bool]] | None = None,
+        async_window: tuple[int, int] | None = None,
+        user_identity: Any = None,
+        connect_timeout: float = 30.0,
+    ) -> Deferred:
+        """Open an association; fires with the :class:`~dimsekit.association.Association`.
+
+        :param contexts: abstract syntaxes to propose, each a UID (proposed with
+            the uncompressed transfer syntaxes) or ``(uid, [transfer syntaxes])``.
+        :raises (in the Deferred): :class:`~dimsekit.errors.AssociationRejected`,
+            :class:`~dimsekit.errors.AssociationAborted`, or the connection error.
+        """
+        try:
+            called_title = check_ae_title(called, "called")
+            proposals = [
+                (c, UNCOMPRESSED_TRANSFER_SYNTAXES) if isinstance(c, str) else (c[0], tuple(c[1]))
+                for c in contexts
+            ]
+            if not proposals:
+                raise LocalProtocolError("propose at least one presentation context")
+            rq = build_associate_rq(
+                called_ae_title=called_title,
+                calling_ae_title=self.ae_title,
+                contexts=proposals,
+                maximum_length=self.maximum_length if maximum_length is None else maximum_length,
+                roles=roles or {},
+                async_window=async_window,
+                user_identity=user_identity,
+            )
+        except Exception as exc:
+            return defer.fail(exc)
+        if endpoint is None:
+            if host is None or port is None:
+                return defer.fail(LocalProtocolError("give host and port, or an endpoint"))
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=connect_timeout)
+        association = Association(self, self.reactor, is_requestor=True)
+        association.rq = rq
+        ul = UpperLayer(maximum_length=rq.user_information.maximum_length or 0, timeouts=self.timeouts)
+        ul.request_association(rq, self.reactor.seconds())  # Evt1 -> Sta4 (OpenTransport)
+        proto = DicomProtocol(association, ul, self.reactor)
+        waiter = association._established_waiter
+        assert waiter is not None
+
+        def connect_failed(failure: Any) -> None:
+            pending, association._established_waiter = association._established_waiter, None
+            if pending is not None:
+                pending.errback(failure)
+
+        endpoint.connect(_ClientFactory(proto)).addErrback(connect_failed)
+        return waiter

@@ -1,0 +1,73 @@
+"""The ``dimsekit`` command: SCU tools that a DCMTK user feels at home with.
+
+Each subcommand is a module of this package with ``add_arguments(parser)``
+and ``run(reactor, args) -> Deferred[int]`` (the exit code).  Options follow
+DCMTK where it has one (``-aet``, ``-aec``, ``-to``) and have long forms too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from twisted.internet import task
+
+from dimsekit import __version__
+
+__all__ = ["main", "add_common_arguments", "SUBCOMMANDS"]
+
+#: subcommand name -> module under dimsekit.cli
+SUBCOMMANDS = {"echo": "dimsekit.cli.echo"}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """HOST PORT and the association options every SCU tool takes."""
+    parser.add_argument("host", help="peer host name or address")
+    parser.add_argument("port", type=int, help="peer TCP port")
+    parser.add_argument("-aet", "--aet", default="DIMSEKIT", help="our AE title (default DIMSEKIT)")
+    parser.add_argument("-aec", "--called", default="ANY-SCP", help="the peer's AE title (default ANY-SCP)")
+    parser.add_argument(
+        "-to", "--timeout", type=float, default=30.0,
+        help="seconds to wait for the connection, the association and each response (default 30)",
+    )
+    parser.add_argument("--max-pdu", type=int, default=None, help="our Maximum Length Received (default 16384)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events to stderr")
+
+
+def _parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="dimsekit", description="DICOM network tools (dimsekit).")
+    parser.add_argument("--version", action="version", version=f"dimsekit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub_parser = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dimsekit`` console script."""
+    args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    codes: list[int] = []
+
+    def _run(reactor: object) -> object:
+        return args.module.run(reactor, args).addCallback(codes.append)
+
+    try:
+        task.react(_run)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            return int(exc.code) if isinstance(exc.code, int) else 1
+    return codes[0] if codes else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

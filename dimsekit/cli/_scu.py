@@ -1,0 +1,48 @@
+"""Shared plumbing of the SCU tools: an AE from the options, errors as one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import error as net_error
+
+from dimsekit.ae import ApplicationEntity
+from dimsekit.config import Config, ConfigError, Limits, NodeConfig
+from dimsekit.errors import DimsekitError
+
+__all__ = ["make_ae", "describe_failure", "fail"]
+
+
+def make_ae(reactor: Any, args: Any) -> ApplicationEntity:
+    """An SCU application entity from the common options."""
+    limits = Limits(
+        max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
+        acse_timeout=args.timeout,
+        dimse_timeout=args.timeout,
+        idle_timeout=0,
+    )
+    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
+    return ApplicationEntity(config=config, reactor=reactor)
+
+
+def describe_failure(failure: Any) -> str:
+    """One line saying why an SCU operation failed."""
+    exc = failure.value
+    if isinstance(exc, net_error.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, net_error.TimeoutError):
+        return "timed out connecting"
+    if isinstance(exc, net_error.DNSLookupError):
+        return f"cannot resolve host: {exc}"
+    if isinstance(exc, DimsekitError | ConfigError):
+        return str(exc)
+    if isinstance(exc, net_error.ConnectError):
+        return f"cannot connect: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def fail(tool: str, failure: Any, code: int = 1) -> int:
+    """Print ``tool: reason`` on stderr and return the exit code."""
+    print(f"dimsekit {tool}: {describe_failure(failure)}", file=sys.stderr)
+    return code

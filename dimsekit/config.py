@@ -1,0 +1,220 @@
+"""The node's configuration: one TOML file, every key with a default.
+
+:func:`load` reads a file (or :func:`from_mapping` a dict) into a frozen
+:class:`Config`.  Anything wrong stops start-up with a :class:`ConfigError`
+whose message names the key and says how to fix it.  The keys of ``[node]``
+and ``[[remote]]`` are a contract: add to them, don't rename them.
+
+.. code-block:: toml
+
+    [node]
+    ae_title = "DIMSEKIT"        # --aet
+    port = 11112                 # --port
+    interface = ""               # address to listen on ("" = all)
+    data_dir = "dimsekit-data"   # --data-dir
+    check_called_ae = false      # reject associations not addressed to ae_title
+    allow_unknown_callers = true # false: only AEs in [[remote]] may associate
+
+    [limits]
+    max_associations = 64        # more at once are rejected (transient, local limit)
+    max_pdu = 16384              # our Maximum Length Received; 0 = no limit
+    artim_timeout = 30           # seconds
+    acse_timeout = 30
+    idle_timeout = 60            # 0 = never drop an idle association
+    dimse_timeout = 60           # seconds to wait for a DIMSE response; 0 = forever
+
+    [[remote]]                   # known AEs: C-MOVE destinations, access list
+    ae_title = "STORESCP"
+    host = "127.0.0.1"
+    port = 11113
+
+    [plugins.storage]            # each plugin reads its own section
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dimsekit.errors import DimsekitError
+
+__all__ = ["Config", "NodeConfig", "Limits", "RemoteAE", "ConfigError", "load", "from_mapping", "check_ae_title"]
+
+
+class ConfigError(DimsekitError):
+    """The configuration is wrong; the message names the key and the fix."""
+
+
+def check_ae_title(value: object, key: str) -> str:
+    """Validate an AE title (PS3.5 AE VR: 1-16 chars of the default repertoire, no backslash,
+    not all spaces) and return it stripped."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string AE title, got {value!r}")
+    title = value.strip()
+    if not 1 <= len(title) <= 16:
+        raise ConfigError(f"{key}: AE title {value!r} must be 1 to 16 characters")
+    if any(not (0x20 <= ord(c) < 0x7F) or c == "\\" for c in title):
+        raise ConfigError(f"{key}: AE title {value!r} may hold only printable ASCII and no backslash")
+    return title
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """``[node]``: who we are and where we listen."""
+
+    ae_title: str = "DIMSEKIT"
+    port: int = 11112
+    interface: str = ""
+    data_dir: str = "dimsekit-data"
+    check_called_ae: bool = False
+    allow_unknown_callers: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """``[limits]``: how much the node takes on, and how long it waits."""
+
+    max_associations: int = 64
+    max_pdu: int = 16384
+    artim_timeout: float = 30.0
+    acse_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    dimse_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteAE:
+    """``[[remote]]``: a known AE (C-MOVE destination, access list entry)."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    limits: Limits = field(default_factory=Limits)
+    remotes: tuple[RemoteAE, ...] = ()
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def remote(self, ae_title: str) -> RemoteAE | None:
+        """The known AE with this title, or None."""
+        for remote in self.remotes:
+            if remote.ae_title == ae_title.strip():
+                return remote
+        return None
+
+    def override(self, **node_values: Any) -> Config:
+        """A copy with some ``[node]`` values replaced (command-line options); None values ignored."""
+        values = {k: v for k, v in node_values.items() if v is not None}
+        if not values:
+            return self
+        merged = {**_asdict(self.node), **values}
+        return replace(self, node=_section(NodeConfig, merged, "node"))
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[{prefix}] must be a table, got {values!r}")
+    known = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key}: unknown key; the keys of [{prefix}] are: {', '.join(sorted(known))}"
+            )
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in values:
+            continue
+        value = values[name]
+        expected = _TYPES[str(f.type)]
+        if isinstance(value, bool) and bool not in expected:
+            raise ConfigError(f"{prefix}.{name}: expected {f.type}, got {value!r}")
+        if not isinstance(value, expected):
+            raise ConfigError(f"{prefix}.{name}: expected {f.type}, got {value!r}")
+        kwargs[name] = float(value) if f.type == "float" else value
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    if isinstance(obj, NodeConfig | RemoteAE):
+        check_ae_title(obj.ae_title, f"{prefix}.ae_title")
+        if not 0 <= obj.port <= 65535:
+            raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port (0-65535)")
+    if isinstance(obj, Limits):
+        if obj.max_associations < 1:
+            raise ConfigError("limits.max_associations: must be at least 1")
+        if obj.max_pdu != 0 and obj.max_pdu < 4096:
+            raise ConfigError("limits.max_pdu: use 0 (no limit) or at least 4096")
+        for name in ("artim_timeout", "acse_timeout", "idle_timeout", "dimse_timeout"):
+            if getattr(obj, name) < 0:
+                raise ConfigError(f"limits.{name}: must be 0 or more seconds")
+        if obj.artim_timeout == 0:
+            raise ConfigError("limits.artim_timeout: must be more than 0 seconds")
+
+
+def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
+    """Build a :class:`Config` from parsed TOML (a dict)."""
+    allowed = {"node", "limits", "remote", "plugins"}
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{key}: unknown section; the sections are: {', '.join(sorted(allowed))}")
+    node = _section(NodeConfig, data.get("node", {}), "node")
+    limits = _section(Limits, data.get("limits", {}), "limits")
+    raw_remotes = data.get("remote", [])
+    if not isinstance(raw_remotes, list):
+        raise ConfigError("remote: write each known AE as a [[remote]] table")
+    remotes = []
+    for index, entry in enumerate(raw_remotes):
+        prefix = f"remote[{index}]"
+        for required in ("ae_title", "host", "port"):
+            if not isinstance(entry, Mapping) or required not in entry:
+                raise ConfigError(f"{prefix}.{required}: missing; every [[remote]] needs ae_title, host and port")
+        remote = _section(RemoteAE, entry, prefix)
+        remotes.append(replace(remote, ae_title=remote.ae_title.strip()))
+    titles = [r.ae_title for r in remotes]
+    for title in titles:
+        if titles.count(title) > 1:
+            raise ConfigError(f"remote: AE title {title!r} is listed more than once; keep one entry")
+    plugins = data.get("plugins", {})
+    if not isinstance(plugins, Mapping) or any(not isinstance(v, Mapping) for v in plugins.values()):
+        raise ConfigError("plugins: write each plugin's settings as a [plugins.NAME] table")
+    return Config(
+        node=replace(node, ae_title=node.ae_title.strip()),
+        limits=limits,
+        remotes=tuple(remotes),
+        plugins={k: dict(v) for k, v in plugins.items()},
+        source=source,
+    )
+
+
+def load(path: str | Path | None) -> Config:
+    """Read the TOML file at ``path`` (None: the defaults)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file; check --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(data, source=str(path))

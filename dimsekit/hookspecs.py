@@ -1,0 +1,158 @@
+"""The dimsekit plugin API: every hook a plugin may implement.
+
+This module *is* the plugin API (version :data:`PLUGIN_API_VERSION`).  A plugin
+is a module or object with functions decorated by :data:`hookimpl` and named
+after the hooks below, registered under the ``dimsekit`` entry-point group::
+
+    # setup.cfg of a third-party plugin
+    [options.entry_points]
+    dimsekit =
+        myforwarder = myforwarder.plugin
+
+Hooks are called at start-up and at association boundaries, never per PDU.
+Service classes are declared as data (:class:`dimsekit.registry.ServiceClass`);
+the core builds dispatch tables from them once.
+
+Every hook below follows one template: summary; what the return value means
+(``None`` included); for ``firstresult`` hooks, "stops at the first non-None
+result"; the parameters; the version it was added in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dimsekit.config import Config
+    from dimsekit.interfaces import IArchive
+    from dimsekit.registry import ServiceClass
+
+__all__ = ["hookspec", "hookimpl", "PLUGIN_API_VERSION", "PROJECT_NAME"]
+
+PROJECT_NAME = "dimsekit"
+PLUGIN_API_VERSION = 1
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Decorate a plugin's hook functions with this.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def dimsekit_configure(config: Config) -> None:
+    """Called once at start-up with the node's validated configuration.
+
+    Return value: ignored.
+
+    :param config: the :class:`~dimsekit.config.Config`; a plugin reads its own
+        section from ``config.plugins[name]`` (a dict, ``{}`` when absent).
+        Raise :class:`~dimsekit.config.ConfigError` naming the key to stop start-up.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_service_classes() -> list[ServiceClass] | None:
+    """Declare the service classes (SOP classes and their DIMSE handlers) a plugin provides.
+
+    Return value: a list of :class:`~dimsekit.registry.ServiceClass`, or
+    ``None`` for none.  Results of all plugins are merged; two plugins
+    claiming the same SOP class in the same role is a start-up error that
+    names both.
+
+    Handlers receive a :class:`~dimsekit.association.Request` and return a
+    status (int), a ``(status, dataset)`` pair, a Deferred or coroutine of
+    either, or -- for C-FIND/C-GET/C-MOVE -- an iterable or async iterable of
+    pending ``(status, identifier)`` pairs.  A handler that raises is answered
+    with 0x0110 (Processing failure) and logged with its traceback; the
+    association survives.  A request for a SOP class no plugin declared gets
+    0x0122 (SOP class not supported).
+
+    Added in API version 1.
+    """
+
+
+@hookspec(firstresult=True)
+def dimsekit_archive(config: Config) -> IArchive | None:
+    """Provide the archive (an :class:`~dimsekit.interfaces.IArchive`) the node stores into.
+
+    Return value: the archive, or ``None`` to leave the choice to another
+    plugin.  Stops at the first non-None result.  With no archive at all the
+    node still answers verification but refuses storage.
+
+    Added in API version 1.
+    """
+
+
+@hookspec(firstresult=True)
+def dimsekit_accept_association(request: Any) -> Any | None:
+    """Decide whether to accept an incoming association, before contexts are negotiated.
+
+    Return value: ``None`` to let it proceed, or an
+    :class:`~dimsekit.ul.pdu.AssociateRJ` to reject it with.  Stops at the
+    first non-None result.
+
+    :param request: an :class:`~dimsekit.association.AssociationRequest`
+        (the A-ASSOCIATE-RQ, the peer address).
+
+    Added in API version 1.
+    """
+
+
+@hookspec(firstresult=True)
+def dimsekit_authenticate(identity: Any, request: Any) -> Any | None:
+    """Check a User Identity (PS3.7 D.3.3.7) offered by the association requestor.
+
+    Return value: ``None`` when this plugin has no opinion; ``False`` to reject
+    the association (A-ASSOCIATE-RJ permanent, service-user, no reason given);
+    ``True`` to accept without a server response; ``bytes`` to accept and send
+    them as the server response when the requestor asked for one.  Stops at
+    the first non-None result.  With no plugin answering, every identity is
+    accepted and no response is sent.
+
+    :param identity: the :class:`~dimsekit.ul.items.UserIdentityRQ`.
+    :param request: the :class:`~dimsekit.association.AssociationRequest`.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_on_association_established(association: Any) -> None:
+    """An association was established (either side).  Return value: ignored.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_on_association_released(association: Any) -> None:
+    """An association ended by A-RELEASE.  Return value: ignored.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_on_association_aborted(association: Any, reason: str) -> None:
+    """An association ended by A-ABORT, A-P-ABORT or connection loss.  Return value: ignored.
+
+    :param reason: what happened, in words.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_on_instance_stored(instance: Any) -> None:
+    """An instance was received and is durable in the archive (forwarders, routers).
+
+    Return value: ignored (a Deferred is not waited for; do slow work yourself
+    without blocking the reactor).
+
+    :param instance: the archive's record of the stored instance.
+
+    Added in API version 1.
+    """

@@ -1,0 +1,174 @@
+"""The Twisted adapter: one :class:`DicomProtocol` per transport connection.
+
+The protocol is a translator (STYLE habit 9): bytes from the transport go into
+the sans-I/O :class:`~dimsekit.ul.connection.UpperLayer`; its outputs are
+carried out here (write, close) or handed to the *user* above (the
+association), and the one timer the core asks for is kept as a single
+``IDelayedCall`` on the injected reactor.  State never changes here.
+
+Latency: every DICOM socket gets ``TCP_NODELAY``; on Linux ``TCP_QUICKACK`` is
+re-armed each time data is read, because a peer that leaves Nagle on and
+writes a PDU in pieces (DCMTK as shipped) otherwise stalls ~40 ms per
+message against our delayed ACKs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dimsekit.ul import outputs as out
+from dimsekit.ul.connection import UpperLayer
+from dimsekit.ul.fsm import State
+
+__all__ = ["DicomProtocol", "UpperLayerUser", "set_low_latency"]
+
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+class UpperLayerUser(TypingProtocol):
+    """What the protocol hands the upper layer's indications to (the association)."""
+
+    def connection_made(self, protocol: DicomProtocol) -> None: ...
+    def association_indication(self, output: out.AssociateIndication) -> None: ...
+    def association_accepted(self, output: out.AssociateAccepted) -> None: ...
+    def association_rejected(self, output: out.AssociateRejected) -> None: ...
+    def pdata_indication(self, output: out.PDataIndication) -> None: ...
+    def release_indication(self, output: out.ReleaseIndication) -> None: ...
+    def release_confirmation(self, output: out.ReleaseConfirmation) -> None: ...
+    def abort_indication(self, output: out.AbortIndication | out.ProviderAbortIndication) -> None: ...
+    def connection_lost(self, reason: Failure) -> None: ...
+
+
+def set_low_latency(transport: Any, quickack: bool = True) -> None:
+    """TCP_NODELAY (and TCP_QUICKACK where the OS has it) on the transport's socket."""
+    handle = _socket_of(transport)
+    if handle is None:
+        return
+    try:
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if quickack and _TCP_QUICKACK is not None:
+            handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+    except OSError:
+        pass
+
+
+def _socket_of(transport: Any) -> socket.socket | None:
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None:
+        return None
+    handle = get_handle()
+    if not hasattr(handle, "setsockopt"):  # TLS: the OpenSSL connection wraps the socket
+        inner = getattr(transport, "transport", None)
+        return _socket_of(inner) if inner is not None and inner is not transport else None
+    return handle
+
+
+class DicomProtocol(protocol.Protocol):
+    """Bytes <-> the sans-I/O upper layer, for one connection (acceptor or requestor).
+
+    :param user: receives the indications (an association).
+    :param upper_layer: the core; its ``is_requestor`` decides how the
+        connection starts (Evt2 for a requestor, Evt5 for an acceptor).
+    :param reactor: provides ``seconds()`` and ``callLater()``.
+    """
+
+    _log = Logger()
+
+    def __init__(self, user: UpperLayerUser, upper_layer: UpperLayer, reactor: IReactorTime) -> None:
+        self.user = user
+        self.ul = upper_layer
+        self.reactor = reactor
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+        self._socket: socket.socket | None = None
+        self._dispatch = {
+            out.AssociateIndication: user.association_indication,
+            out.AssociateAccepted: user.association_accepted,
+            out.AssociateRejected: user.association_rejected,
+            out.PDataIndication: user.pdata_indication,
+            out.ReleaseIndication: user.release_indication,
+            out.ReleaseConfirmation: user.release_confirmation,
+            out.AbortIndication: user.abort_indication,
+            out.ProviderAbortIndication: user.abort_indication,
+        }
+
+    # -- twisted.internet.interfaces.IProtocol --------------------------------
+
+    def connectionMade(self) -> None:
+        set_low_latency(self.transport)
+        sock = _socket_of(self.transport)
+        self._socket = sock if _TCP_QUICKACK is not None else None
+        self.user.connection_made(self)
+        now = self.reactor.seconds()
+        if self.ul.is_requestor:
+            self.run(self.ul.transport_connected(now))
+        else:
+            self.run(self.ul.transport_accepted(now))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.run(self.ul.receive_data(data, self.reactor.seconds()))
+        if self._socket is not None:
+            try:
+                self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
+            except OSError:
+                self._socket = None
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.run(self.ul.transport_closed(self.reactor.seconds()))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.user.connection_lost(reason)
+
+    # -- primitives from the user ----------------------------------------------
+
+    def send_pdata(self, pdus: bytes) -> None:
+        """Send encoded P-DATA-TF PDU(s) (P-DATA request)."""
+        self.run(self.ul.send_pdata(pdus, self.reactor.seconds()))
+
+    def call(self, method: str, *args: Any) -> None:
+        """Issue a primitive on the core (``accept``, ``reject``, ``release``,
+        ``release_response``, ``abort``) and carry out its outputs."""
+        self.run(getattr(self.ul, method)(*args, self.reactor.seconds()))
+
+    # -- carrying out outputs ---------------------------------------------------
+
+    def run(self, outputs: list[out.Output]) -> None:
+        """Carry out the core's outputs in order, then re-arm the timer."""
+        for item in outputs:
+            kind = type(item)
+            if kind is out.Transmit:
+                self.transport.write(item.data)  # type: ignore[union-attr]
+            elif kind is out.CloseTransport:
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            elif kind is out.OpenTransport:
+                pass  # the requestor's endpoint opened the connection before we existed
+            else:
+                self._dispatch[kind](item)  # type: ignore[index]
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.ul.next_deadline()
+        if deadline is None:
+            return  # a timer left running fires, finds nothing due, and is not re-armed
+        timer = self._timer
+        if timer is not None and timer.active():
+            if self._timer_at is not None and self._timer_at <= deadline:
+                return  # fires early, finds nothing due, re-arms for the later deadline
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.ul.state == State.STA1:
+            return
+        self.run(self.ul.handle_timer(self.reactor.seconds()))

@@ -1,0 +1,78 @@
+"""twisted.application services: a DICOM node as a Service.
+
+:class:`DicomNodeService` listens on the node's port (any Twisted server
+endpoint string: ``tcp:11112``, ``ssl:2762:privateKey=...``) with an
+:class:`~dimsekit.ae.ApplicationEntity`, and on stop closes the listener and
+then releases (or, after a grace period, aborts) the associations in progress.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from dimsekit.ae import ApplicationEntity
+
+__all__ = ["DicomNodeService"]
+
+_log = Logger(namespace="dimsekit.service")
+
+
+class DicomNodeService(service.Service):
+    """Listen for DICOM associations while running.
+
+    :param ae: the application entity that answers.
+    :param endpoint: a server endpoint description (``"tcp:11112:interface=127.0.0.1"``).
+    :param grace: seconds to let running associations end on stop before aborting them.
+    """
+
+    name = "dimsekit"
+
+    def __init__(self, ae: ApplicationEntity, endpoint: str, *, grace: float = 5.0) -> None:
+        self.ae = ae
+        self.endpoint_description = endpoint
+        self.grace = grace
+        self.port: Any = None
+
+    def startService(self) -> defer.Deferred:  # type: ignore[override]
+        super().startService()
+        endpoint = endpoints.serverFromString(self.ae.reactor, self.endpoint_description)
+        d = endpoint.listen(self.ae.server_factory())
+
+        def listening(port: Any) -> None:
+            self.port = port
+            address = port.getHost()
+            _log.info(
+                "dimsekit node {aet} listening on {host}:{port} ({count} SOP classes: {names})",
+                aet=self.ae.ae_title,
+                host=address.host,
+                port=address.port,
+                count=len(self.ae.registry.supported),
+                names=", ".join(sorted({s.name for s in self.ae.registry.service_classes})),
+            )
+
+        return d.addCallback(listening)
+
+    @defer.inlineCallbacks
+    def stopService(self):  # type: ignore[override]
+        super().stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
+            self.port = None
+        running = list(self.ae.active)
+        if running:
+            _log.info("waiting up to {grace:g} s for {n} association(s) to end", grace=self.grace, n=len(running))
+            deadline = self.ae.reactor.seconds() + self.grace
+            while self.ae.active and self.ae.reactor.seconds() < deadline:
+                yield _sleep(self.ae.reactor, 0.1)
+            for association in list(self.ae.active):
+                association.abort("node shutting down")
+
+
+def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

@@ -3,6 +3,9 @@
 ``decode(buf, max_pdata_length)`` frames and decodes one PDU from the front of
 a buffer; ``pdu.encode()`` gives its bytes.  ``decode(encode(x)) == x`` for
 every value the dataclasses can hold with canonical text (no padding).
+:func:`encode_pdata` builds a P-DATA-TF straight from ``(context ID, control,
+fragment)`` tuples, without dataclasses: the sending hot path.  Items and
+sub-items are encoded and decoded in :mod:`dimsekit.ul.items`.
 
 Decoding never trusts a length: the PDU length in the 6-byte header is checked
 against the limit before the body is waited for, and every item length inside
@@ -13,14 +16,30 @@ A-ABORT reason (PS3.8 Table 9-26) to send.
 
 from __future__ import annotations
 
+import functools
+import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TypeVar
 
+from dimsekit.errors import LocalProtocolError, RemoteProtocolError
 from dimsekit.ul.items import (
+    ItemType,
     PresentationContextAC,
     PresentationContextRQ,
     UnknownItem,
     UserInformation,
+    decode_application_context,
+    decode_presentation_context_ac,
+    decode_presentation_context_rq,
+    decode_user_information,
+    encode_application_context,
+    encode_item,
+    encode_presentation_context_ac,
+    encode_presentation_context_rq,
+    encode_user_information,
+    iter_items,
 )
 
 __all__ = [
@@ -36,6 +55,7 @@ __all__ = [
     "PDU",
     "decode",
     "encode",
+    "encode_pdata",
     "DICOM_APPLICATION_CONTEXT",
     "MAX_CONTROL_PDU_LENGTH",
 ]
@@ -60,6 +80,58 @@ class PDUType(IntEnum):
     A_ABORT = 0x07
 
 
+# -- wire layout shared by every PDU ----------------------------------------------
+#
+# PS3.8 section 9.3.1: every PDU starts with the same 6 bytes, big endian:
+#   byte 1     PDU-type
+#   byte 2     reserved (sent 00H, not tested)
+#   bytes 3-6  PDU-length: bytes from byte 7 to the end of the PDU
+
+_PDU_HEADER = struct.Struct(">BBI")
+#: The four bytes after the header of A-ASSOCIATE-RJ (Table 9-21), A-ABORT
+#: (Table 9-26) and the reserved field of A-RELEASE-RQ/RP (Tables 9-24, 9-25).
+_FOUR_BYTES = struct.Struct(">BBBB")
+#: A-ASSOCIATE-RQ/AC bytes 7-74 (PS3.8 Tables 9-11 and 9-17):
+#:   7-8 protocol-version, 9-10 reserved, 11-26 called-AE-title,
+#:   27-42 calling-AE-title, 43-74 reserved (32 bytes, ``32s`` packs zeros).
+_ASSOCIATE_FIXED = struct.Struct(">HH16s16s32s")
+#: PDV item head (PS3.8 Table 9-23 and Annex E.2): bytes 1-4 item-length,
+#: 5 presentation-context-ID, 6 message control header (first byte of the
+#: presentation-data-value field; the item-length counts it and the ID).
+_PDV_HEAD = struct.Struct(">IBB")
+#: the part of the PDV head that the item-length counts: context ID + control
+_PDV_COUNTED = 2
+
+# A-ABORT reason/diag. values (PS3.8 Table 9-26) carried by RemoteProtocolError.
+_UNRECOGNIZED_PDU = 1
+_UNEXPECTED_PARAMETER = 5
+_INVALID_PARAMETER = 6
+
+_T = TypeVar("_T")
+
+
+def _local_errors(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn the errors of encoding an out-of-range value into LocalProtocolError.
+
+    A field that does not fit its wire width (a context ID of 300, a
+    negative reason) makes ``struct`` raise; that is API misuse on our side.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: object, **kwargs: object) -> _T:
+        try:
+            return method(*args, **kwargs)
+        except (struct.error, OverflowError, UnicodeEncodeError, TypeError) as exc:
+            raise LocalProtocolError(f"cannot encode PDU: {exc}") from exc
+
+    return wrapper
+
+
+def _pdu(pdu_type: int, body: bytes) -> bytes:
+    """A whole PDU: the 6-byte header, its length taken from ``body``, then ``body``."""
+    return _PDU_HEADER.pack(pdu_type, 0, len(body)) + body
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AssociateRQ:
     """A-ASSOCIATE-RQ PDU (PS3.8 Table 9-11)."""
@@ -73,8 +145,12 @@ class AssociateRQ:
     #: variable items of unknown type, kept and re-encoded after the known ones
     unknown_items: tuple[UnknownItem, ...] = ()
 
+    @_local_errors
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of this A-ASSOCIATE-RQ PDU."""
+        return _encode_associate(
+            PDUType.A_ASSOCIATE_RQ, self, self.presentation_contexts, encode_presentation_context_rq
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,8 +169,12 @@ class AssociateAC:
     protocol_version: int = 1
     unknown_items: tuple[UnknownItem, ...] = ()
 
+    @_local_errors
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of this A-ASSOCIATE-AC PDU."""
+        return _encode_associate(
+            PDUType.A_ASSOCIATE_AC, self, self.presentation_contexts, encode_presentation_context_ac
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,8 +185,13 @@ class AssociateRJ:
     source: int
     reason: int
 
+    @_local_errors
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of this A-ASSOCIATE-RJ PDU."""
+        # PS3.8 Table 9-21:  7 reserved, 8 result, 9 source, 10 reason/diag.
+        return _pdu(
+            PDUType.A_ASSOCIATE_RJ, _FOUR_BYTES.pack(0, self.result, self.source, self.reason)
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,10 +208,12 @@ class PresentationDataValue:
 
     @property
     def is_command(self) -> bool:
+        """Bit 0 of the message control header: a command fragment (else data set)."""
         return bool(self.control & 0x01)
 
     @property
     def is_last(self) -> bool:
+        """Bit 1 of the message control header: the last fragment of its command/data set."""
         return bool(self.control & 0x02)
 
 
@@ -137,7 +224,8 @@ class PDataTF:
     pdvs: tuple[PresentationDataValue, ...]
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of this P-DATA-TF PDU (see :func:`encode_pdata`)."""
+        return encode_pdata((pdv.context_id, pdv.control, pdv.data) for pdv in self.pdvs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,7 +233,8 @@ class ReleaseRQ:
     """A-RELEASE-RQ PDU (PS3.8 Table 9-24)."""
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of an A-RELEASE-RQ PDU (always the same ten)."""
+        return _RELEASE_RQ_BYTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +242,8 @@ class ReleaseRP:
     """A-RELEASE-RP PDU (PS3.8 Table 9-25)."""
 
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of an A-RELEASE-RP PDU (always the same ten)."""
+        return _RELEASE_RP_BYTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,8 +253,11 @@ class Abort:
     source: int = 0
     reason: int = 0
 
+    @_local_errors
     def encode(self) -> bytes:
-        raise NotImplementedError
+        """The bytes of this A-ABORT PDU."""
+        # PS3.8 Table 9-26:  7 reserved, 8 reserved, 9 source, 10 reason/diag.
+        return _pdu(PDUType.A_ABORT, _FOUR_BYTES.pack(0, 0, self.source, self.reason))
 
 
 PDU = AssociateRQ | AssociateAC | AssociateRJ | PDataTF | ReleaseRQ | ReleaseRP | Abort
@@ -185,10 +278,310 @@ def decode(
 
     :param max_pdata_length: our Maximum Length Received: the largest P-DATA-TF
         PDU length field accepted (0 = no limit).
-    :param max_control_length: the largest length field accepted for any other PDU.
+    :param max_control_length: the largest length field accepted for any other PDU
+        (0 = no limit).
     :returns: ``(pdu, number of bytes it took)``, or ``None`` if ``buf`` does not
-        yet hold the whole PDU.
-    :raises RemoteProtocolError: malformed, unknown PDU type (reason 1), or a
-        length above the limit -- raised as soon as the header is complete.
+        yet hold the whole PDU.  ``buf`` may hold more than one PDU.
+    :raises RemoteProtocolError: unknown PDU type (reason 1); a length above the
+        limit or not the fixed length of its PDU (reason 6) -- both raised as soon
+        as the 6-byte header is there; inside the body, a malformed field or
+        length (reason 6), a misplaced or repeated item (reason 5), a sub-item
+        that does not belong in a presentation context (reason 4).
     """
-    raise NotImplementedError
+    if type(buf) is bytes:
+        return _decode(buf, max_pdata_length, max_control_length)
+    # bytearray / memoryview: decode through a view, released on every exit
+    # (an exception included) so that the caller can resize its bytearray.
+    # Slices of the view are only ever taken inside ``bytes(...)``.
+    with memoryview(buf) as view:
+        if view.ndim == 1 and view.c_contiguous and view.format in _BYTE_FORMATS:
+            with view.cast("B") as flat:
+                return _decode(flat, max_pdata_length, max_control_length)
+        return _decode(view.tobytes(), max_pdata_length, max_control_length)
+
+
+_BYTE_FORMATS = frozenset({"B", "b", "c"})
+
+
+def _decode(
+    buf: bytes | memoryview, max_pdata_length: int, max_control_length: int
+) -> tuple[PDU, int] | None:
+    """:func:`decode` on ``bytes`` or a 1-D memoryview of unsigned bytes."""
+    available = len(buf)
+    if available < _PDU_HEADER.size:
+        return None
+    pdu_type, _reserved, length = _PDU_HEADER.unpack_from(buf, 0)
+    end = _PDU_HEADER.size + length
+
+    # -- checks on the header alone, before waiting for the body -------------
+    if pdu_type == PDUType.P_DATA_TF:
+        # The hot path.  max_pdata_length is our Maximum Length Received
+        # (PS3.8 D.1): it bounds the PDU-length field of a P-DATA-TF.
+        if max_pdata_length and length > max_pdata_length:
+            raise _invalid(
+                f"P-DATA-TF of {length} bytes, above our maximum length {max_pdata_length}"
+            )
+        if length < _PDV_HEAD.size:
+            raise _invalid(f"P-DATA-TF of {length} bytes cannot hold a PDV item")
+        if available < end:
+            return None
+        return _decode_pdata(buf, end), end
+
+    decoder = _BODY_DECODERS.get(pdu_type)
+    if decoder is None:
+        raise RemoteProtocolError(
+            f"unrecognized PDU type {pdu_type:02X}H",
+            abort_source=2,
+            abort_reason=_UNRECOGNIZED_PDU,
+        )
+    if max_control_length and length > max_control_length:
+        raise _invalid(
+            f"{PDUType(pdu_type).name} of {length} bytes, above the limit {max_control_length}"
+        )
+    fixed = _FIXED_LENGTHS.get(pdu_type)
+    if fixed is not None and length != fixed:
+        raise _invalid(f"{PDUType(pdu_type).name} with length {length}, must be {fixed}")
+    if length < _ASSOCIATE_FIXED.size and pdu_type in _ASSOCIATE_TYPES:
+        raise _invalid(f"{PDUType(pdu_type).name} of {length} bytes, shorter than its fixed fields")
+    if available < end:
+        return None
+    # Control PDUs are small (bounded above): one copy of the body, then plain
+    # bytes slicing inside it.
+    return decoder(bytes(buf[_PDU_HEADER.size : end])), end
+
+
+def _invalid(message: str) -> RemoteProtocolError:
+    """A decoding error: invalid-PDU-parameter value (PS3.8 Table 9-26, reason 6)."""
+    return RemoteProtocolError(message, abort_source=2, abort_reason=_INVALID_PARAMETER)
+
+
+# -- P-DATA-TF (PS3.8 Tables 9-22, 9-23; Annex E.2) -------------------------------
+
+
+def encode_pdata(pdvs: Iterable[tuple[int, int, bytes | bytearray | memoryview]]) -> bytes:
+    """Build a P-DATA-TF PDU straight from ``(context_id, control, data)`` tuples.
+
+    The fast path for the DIMSE fragmenter: no dataclass is created, and each
+    fragment is copied exactly once, into the returned bytes.
+
+    :param pdvs: one tuple per PDV item, in order.  ``context_id`` is the
+        presentation context ID (odd, 1..255); ``control`` is the message
+        control header byte (bit 0 command, bit 1 last fragment -- PS3.8
+        Annex E.2); ``data`` is the fragment (a contiguous byte buffer).
+        The caller keeps the PDU within the peer's maximum length: each
+        PDV item adds 6 bytes to its fragment.
+    :returns: the PDU's bytes, header included.
+    :raises LocalProtocolError: no PDV at all (a P-DATA-TF carries at least
+        one, PS3.8 9.3.5), or a field that does not fit its wire width.
+    """
+    # PS3.8 Table 9-22:  1 PDU-type 04H, 2 reserved, 3-6 PDU-length,
+    #                    7-  presentation-data-value items
+    # PS3.8 Table 9-23:  1-4 item-length, 5 presentation-context-ID,
+    #                    6-  presentation-data-value = control header + fragment
+    parts: list[bytes | bytearray | memoryview] = [b""]  # [0] becomes the PDU header
+    length = 0
+    pack_head = _PDV_HEAD.pack
+    try:
+        for context_id, control, data in pdvs:
+            size = data.nbytes if type(data) is memoryview else len(data)
+            head = pack_head(size + _PDV_COUNTED, context_id, control)
+            parts.append(head)
+            parts.append(data)
+            length += len(head) + size
+        if len(parts) == 1:
+            raise LocalProtocolError("a P-DATA-TF PDU needs at least one PDV item")
+        parts[0] = _PDU_HEADER.pack(PDUType.P_DATA_TF, 0, length)
+    except (struct.error, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode P-DATA-TF: {exc}") from exc
+    return b"".join(parts)
+
+
+def _decode_pdata(buf: bytes | memoryview, end: int) -> PDataTF:
+    """The PDV items of the P-DATA-TF in ``buf[:end]`` (length already checked)."""
+    pdvs = []
+    append = pdvs.append
+    unpack_head = _PDV_HEAD.unpack_from
+    pos = _PDU_HEADER.size
+    while pos < end:
+        if end - pos < _PDV_HEAD.size:
+            raise _invalid(f"P-DATA-TF: {end - pos} trailing byte(s), too few for a PDV item")
+        item_length, context_id, control = unpack_head(buf, pos)
+        # The item-length counts the context ID and control header (2 bytes),
+        # so less than 2 is malformed; more than what is left is a lie.
+        if item_length < _PDV_COUNTED or item_length > end - pos - 4:
+            raise _invalid(
+                f"P-DATA-TF: PDV item length {item_length}, with {end - pos - 4} bytes left"
+            )
+        start = pos + _PDV_HEAD.size
+        pos += 4 + item_length
+        # bytes of a bytes slice is the slice itself: exactly one copy per PDV.
+        append(
+            PresentationDataValue(
+                context_id=context_id, control=control, data=bytes(buf[start:pos])
+            )
+        )
+    return PDataTF(pdvs=tuple(pdvs))
+
+
+# -- A-ASSOCIATE-RQ / -AC (PS3.8 Tables 9-11 and 9-17) ----------------------------
+#
+# Both have the same layout:
+#   1       PDU-type (01H RQ, 02H AC)
+#   2       reserved
+#   3-6     PDU-length
+#   7-8     protocol-version (bit 0 set = version 1)
+#   9-10    reserved
+#   11-26   called-AE-title (16 chars, space padded; AC: reserved, echoed from RQ)
+#   27-42   calling-AE-title (idem)
+#   43-74   reserved
+#   75-     variable items: one application context (10H), presentation
+#           contexts (20H in the RQ, 21H in the AC), one user information (50H)
+
+
+def _encode_ae_title(title: str) -> bytes:
+    """An AE title field: 16 bytes, padded with spaces (PS3.8 Table 9-11, bytes 11-42)."""
+    raw = title.encode("latin-1")
+    if len(raw) > 16:
+        raise LocalProtocolError(f"AE title {title!r} is longer than 16 characters")
+    return raw.ljust(16, b" ")
+
+
+def _decode_ae_title(raw: bytes) -> str:
+    """An AE title from its field: leading and trailing spaces are not significant."""
+    return raw.decode("latin-1").strip(" ")
+
+
+def _encode_associate(
+    pdu_type: int,
+    pdu: AssociateRQ | AssociateAC,
+    contexts: Iterable[object],
+    encode_context: Callable[..., bytes],
+) -> bytes:
+    """The bytes of an A-ASSOCIATE-RQ or -AC.
+
+    Items go in the order of PS3.8 9.3.2: application context, presentation
+    contexts, user information; then any unknown items kept from decoding.
+    """
+    parts = [
+        _ASSOCIATE_FIXED.pack(
+            pdu.protocol_version,
+            0,
+            _encode_ae_title(pdu.called_ae_title),
+            _encode_ae_title(pdu.calling_ae_title),
+            b"",
+        ),
+        encode_application_context(pdu.application_context_name),
+    ]
+    parts.extend(encode_context(pc) for pc in contexts)
+    parts.append(encode_user_information(pdu.user_information))
+    parts.extend(encode_item(item.item_type, bytes(item.data)) for item in pdu.unknown_items)
+    return _pdu(pdu_type, b"".join(parts))
+
+
+def _decode_associate(body: bytes, rq: bool) -> AssociateRQ | AssociateAC:
+    """An A-ASSOCIATE-RQ (``rq``) or -AC from its body (bytes 7 to the end).
+
+    Variable items are accepted in any order.  The application context item
+    is required (reason 6 if missing) and may appear once, as may the user
+    information item (reason 5 for a second one); a missing user information
+    item decodes as an empty one.  Presentation context items of the other
+    PDU's kind, or bare sub-items (30H, 40H), are unexpected (reason 5).
+    Item types we do not know are kept as :class:`UnknownItem`.
+    """
+    name = "A-ASSOCIATE-RQ" if rq else "A-ASSOCIATE-AC"
+    if rq:
+        context_type = ItemType.PRESENTATION_CONTEXT_RQ
+        decode_context: Callable[[bytes], object] = decode_presentation_context_rq
+        misplaced = _MISPLACED_IN_RQ
+    else:
+        context_type = ItemType.PRESENTATION_CONTEXT_AC
+        decode_context = decode_presentation_context_ac
+        misplaced = _MISPLACED_IN_AC
+
+    version, _reserved, called, calling, _reserved32 = _ASSOCIATE_FIXED.unpack_from(body, 0)
+    application_context: str | None = None
+    user_information: UserInformation | None = None
+    contexts = []
+    unknown = []
+    for item_type, value in iter_items(body, _ASSOCIATE_FIXED.size, where=name):
+        if item_type == context_type:
+            contexts.append(decode_context(value))
+        elif item_type == ItemType.APPLICATION_CONTEXT:
+            if application_context is not None:
+                raise _unexpected(f"{name}: more than one application context item")
+            application_context = decode_application_context(value)
+        elif item_type == ItemType.USER_INFORMATION:
+            if user_information is not None:
+                raise _unexpected(f"{name}: more than one user information item")
+            user_information = decode_user_information(value)
+        elif item_type in misplaced:
+            raise _unexpected(f"{name}: item {item_type:02X}H does not belong here")
+        else:
+            unknown.append(UnknownItem(item_type=item_type, data=value))
+    if application_context is None:
+        raise _invalid(f"{name}: no application context item")
+
+    cls = AssociateRQ if rq else AssociateAC
+    return cls(
+        called_ae_title=_decode_ae_title(called),
+        calling_ae_title=_decode_ae_title(calling),
+        presentation_contexts=tuple(contexts),  # type: ignore[arg-type]
+        user_information=user_information if user_information is not None else UserInformation(),
+        application_context_name=application_context,
+        protocol_version=version,
+        unknown_items=tuple(unknown),
+    )
+
+
+def _unexpected(message: str) -> RemoteProtocolError:
+    """A decoding error: unexpected-PDU parameter (PS3.8 Table 9-26, reason 5)."""
+    return RemoteProtocolError(message, abort_source=2, abort_reason=_UNEXPECTED_PARAMETER)
+
+
+_MISPLACED_IN_RQ = frozenset(
+    {ItemType.PRESENTATION_CONTEXT_AC, ItemType.ABSTRACT_SYNTAX, ItemType.TRANSFER_SYNTAX}
+)
+_MISPLACED_IN_AC = frozenset(
+    {ItemType.PRESENTATION_CONTEXT_RQ, ItemType.ABSTRACT_SYNTAX, ItemType.TRANSFER_SYNTAX}
+)
+
+
+# -- fixed-length PDUs -------------------------------------------------------------
+
+
+def _decode_associate_rj(body: bytes) -> AssociateRJ:
+    # PS3.8 Table 9-21:  7 reserved, 8 result, 9 source, 10 reason/diag.
+    _reserved, result, source, reason = _FOUR_BYTES.unpack(body)
+    return AssociateRJ(result=result, source=source, reason=reason)
+
+
+def _decode_abort(body: bytes) -> Abort:
+    # PS3.8 Table 9-26:  7 reserved, 8 reserved, 9 source, 10 reason/diag.
+    _reserved, _reserved2, source, reason = _FOUR_BYTES.unpack(body)
+    return Abort(source=source, reason=reason)
+
+
+_RELEASE_RQ = ReleaseRQ()
+_RELEASE_RP = ReleaseRP()
+# PS3.8 Tables 9-24 and 9-25:  7-10 reserved (00000000H).
+_RELEASE_RQ_BYTES = _pdu(PDUType.A_RELEASE_RQ, bytes(_FOUR_BYTES.size))
+_RELEASE_RP_BYTES = _pdu(PDUType.A_RELEASE_RP, bytes(_FOUR_BYTES.size))
+
+#: PDUs whose PDU-length is fixed by the standard.
+_FIXED_LENGTHS = {
+    PDUType.A_ASSOCIATE_RJ: _FOUR_BYTES.size,
+    PDUType.A_RELEASE_RQ: _FOUR_BYTES.size,
+    PDUType.A_RELEASE_RP: _FOUR_BYTES.size,
+    PDUType.A_ABORT: _FOUR_BYTES.size,
+}
+_ASSOCIATE_TYPES = frozenset({PDUType.A_ASSOCIATE_RQ, PDUType.A_ASSOCIATE_AC})
+
+#: body decoders of every PDU but P-DATA-TF (decoded inline, the hot path)
+_BODY_DECODERS: dict[int, Callable[[bytes], PDU]] = {
+    PDUType.A_ASSOCIATE_RQ: functools.partial(_decode_associate, rq=True),
+    PDUType.A_ASSOCIATE_AC: functools.partial(_decode_associate, rq=False),
+    PDUType.A_ASSOCIATE_RJ: _decode_associate_rj,
+    PDUType.A_RELEASE_RQ: lambda body: _RELEASE_RQ,
+    PDUType.A_RELEASE_RP: lambda body: _RELEASE_RP,
+    PDUType.A_ABORT: _decode_abort,
+}

@@ -50,6 +50,8 @@ def _default_reactor() -> Any:
 class DicomServerFactory(protocol.ServerFactory):
     """Accepts DICOM connections for an :class:`ApplicationEntity`."""
 
+    noisy = False
+
     def __init__(self, ae: ApplicationEntity) -> None:
         self.ae = ae
 
@@ -61,6 +63,8 @@ class DicomServerFactory(protocol.ServerFactory):
 
 
 class _ClientFactory(protocol.Factory):
+    noisy = False
+
     def __init__(self, protocol_: DicomProtocol) -> None:
         self._protocol = protocol_
 

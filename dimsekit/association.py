@@ -257,7 +257,7 @@ class Association:
         """P-DATA-TF arrived: reassemble messages, dispatch each complete one."""
         try:
             for pdv in output.pdu.pdvs:
-                for event in self._assembler.feed(pdv):
+                for event in self._assembler.receive_pdv(pdv):
                     self._message_event(event)
         except RemoteProtocolError as exc:
             _log.warn("protocol error from {peer}: {error}; aborting", peer=self.peer, error=exc)
@@ -461,8 +461,11 @@ class Association:
 
     def _command_rejected(self, event: Any) -> None:
         error: CommandError = event.error
-        message_id = error.message_id
-        if message_id is None or event.context_id is None:
+        message_id = event.message_id
+        if message_id is None:
+            _log.warn("undecodable response from {peer} ignored: {error}", peer=self.peer, error=error)
+            return
+        if event.context_id is None:
             self.abort(f"undecodable command set: {error}")
             return
         response = {**error.response_fields(), "MessageIDBeingRespondedTo": message_id, "CommandDataSetType": NO_DATASET}

@@ -1,0 +1,181 @@
+"""Data sets on the wire: pydicom does the encoding, we choose how.
+
+A DIMSE data set is encoded in the transfer syntax of its presentation
+context (PS3.7 6.3.1), with no File Meta Information.  pydicom encodes and
+decodes; this module only picks the options (implicit/explicit VR, byte
+order, deflate) from the transfer syntax UID, and finds where the data set of
+a Part 10 file starts so it can be sent as raw bytes, unparsed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset, read_file_meta_info
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID
+
+from dimsekit.errors import DimsekitError
+
+__all__ = [
+    "DEFLATED",
+    "encode_dataset",
+    "decode_dataset",
+    "Part10Info",
+    "part10_info",
+    "iter_file",
+    "DatasetError",
+]
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+
+class DatasetError(DimsekitError):
+    """A data set cannot be encoded, decoded or sent as asked."""
+
+
+def _flags(transfer_syntax: str) -> tuple[bool, bool]:
+    """(implicit VR, little endian) for a transfer syntax."""
+    uid = UID(transfer_syntax)
+    if uid == IMPLICIT_LE:
+        return True, True
+    if uid == EXPLICIT_BE:
+        return False, False
+    if not uid.is_transfer_syntax:
+        raise DatasetError(f"{transfer_syntax} is not a known transfer syntax")
+    return False, True
+
+
+def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """The bytes of ``dataset`` in ``transfer_syntax`` (no preamble, no file meta).
+
+    Compressed transfer syntaxes need pixel data already compressed in them:
+    the data set is written as it is (encapsulated pixel data stays so).
+    """
+    implicit, little = _flags(transfer_syntax)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = implicit
+    fp.is_little_endian = little
+    try:
+        write_dataset(fp, dataset)
+    except Exception as exc:  # pydicom raises many kinds on unencodable values
+        raise DatasetError(f"cannot encode the data set in {UID(transfer_syntax).name}: {exc}") from exc
+    data = fp.getvalue()
+    if transfer_syntax == DEFLATED:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+def decode_dataset(data: bytes | IO[bytes], transfer_syntax: str) -> Dataset:
+    """Parse a data set received in ``transfer_syntax`` (bytes or a binary file object)."""
+    implicit, little = _flags(transfer_syntax)
+    if isinstance(data, bytes | bytearray | memoryview):
+        fp: IO[bytes] = io.BytesIO(bytes(data))
+    else:
+        fp = data
+    if transfer_syntax == DEFLATED:
+        fp = io.BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+    try:
+        dataset = read_dataset(fp, implicit, little)
+    except Exception as exc:
+        raise DatasetError(f"cannot decode the data set ({UID(transfer_syntax).name}): {exc}") from exc
+    return dataset
+
+
+@dataclass(frozen=True, slots=True)
+class Part10Info:
+    """What a Part 10 file says of itself, read from its File Meta Information only."""
+
+    path: Path
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    dataset_offset: int  #: byte offset where the data set starts
+    dataset_length: int  #: bytes of data set to the end of the file
+
+
+def part10_info(path: str | Path) -> Part10Info:
+    """Read the File Meta Information of a Part 10 file (not its data set).
+
+    :raises DatasetError: not a Part 10 file, or its meta lacks a required element.
+    """
+    path = Path(path)
+    try:
+        meta = read_file_meta_info(path)
+    except Exception as exc:
+        raise DatasetError(f"{path}: not a DICOM Part 10 file ({exc})") from exc
+    try:
+        transfer_syntax = str(meta.TransferSyntaxUID)
+        sop_class = str(meta.MediaStorageSOPClassUID)
+        sop_instance = str(meta.MediaStorageSOPInstanceUID)
+    except AttributeError as exc:
+        raise DatasetError(f"{path}: File Meta Information lacks {exc.args[0] if exc.args else 'a required element'}") from exc
+    offset = _dataset_offset(path)
+    size = path.stat().st_size
+    return Part10Info(path, transfer_syntax, sop_class, sop_instance, offset, size - offset)
+
+
+def _dataset_offset(path: Path) -> int:
+    """Where the data set starts: after the preamble, "DICM" and group 0002.
+
+    Group 0002 is Explicit VR Little Endian (PS3.10 7.1); walk its elements by
+    their lengths rather than trusting the group length alone.
+    """
+    with path.open("rb") as f:
+        head = f.read(132)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise DatasetError(f"{path}: no DICM prefix; not a Part 10 file")
+        offset = 132
+        while True:
+            f.seek(offset)
+            header = f.read(8)
+            if len(header) < 8:
+                return offset
+            group, _element = struct.unpack("<HH", header[:4])
+            if group != 0x0002:
+                return offset
+            vr = header[4:6]
+            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR"):
+                extra = f.read(4)
+                if len(extra) < 4:
+                    raise DatasetError(f"{path}: truncated File Meta Information")
+                (length,) = struct.unpack("<I", extra)
+                offset += 12 + length
+            else:
+                (length,) = struct.unpack("<H", header[6:8])
+                offset += 8 + length
+
+
+def iter_file(path: str | Path, offset: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Read a file from ``offset`` in chunks (for sending a data set unparsed)."""
+    with Path(path).open("rb") as f:
+        f.seek(offset)
+        while True:
+            data = f.read(chunk)
+            if not data:
+                return
+            yield data
+
+
+def dataset_from_any(value: Any) -> Dataset:
+    """A pydicom Dataset from a Dataset, a path, or bytes of a Part 10 file."""
+    from pydicom import dcmread
+
+    if isinstance(value, Dataset):
+        return value
+    if isinstance(value, str | Path):
+        return dcmread(value)
+    if isinstance(value, bytes | bytearray):
+        return dcmread(io.BytesIO(value))
+    raise DatasetError(f"cannot make a data set of {type(value).__name__}")

@@ -1,0 +1,558 @@
+"""DIMSE messages <-> Presentation Data Value fragments (PS3.7 6.3, PS3.8 Annex E).
+
+A DIMSE message is a command set, then possibly a data set.  On the wire each
+is cut into fragments, each fragment carried by one Presentation Data Value
+(PDV) item of a P-DATA-TF PDU (PS3.8 9.3.5, Table 9-22/9-23).  The first byte
+of a PDV's value is the Message Control Header (PS3.8 E.2):
+
+* bit 0 -- 1: the fragment is part of a command set; 0: of a data set;
+* bit 1 -- 1: it is the last fragment of that command set / data set.
+
+Sending: :func:`fragment_message` yields encoded P-DATA-TF PDUs, lazily, no
+larger than the peer's Maximum Length Received (PS3.8 D.1), streaming a data
+set given as an iterable of blocks without joining it.
+
+Receiving: :class:`MessageAssembler` takes PDVs in arrival order, however the
+peer packed them into PDUs, and reports :class:`CommandReceived`, then (after
+the data set has gone into a :class:`DataSink`) :class:`MessageReceived`, or
+:class:`CommandRejected` for a command set that cannot be accepted but can be
+answered.  A peer that breaks the fragment sequence gets a
+:class:`~dimsekit.errors.RemoteProtocolError`: the association aborts.
+
+Sans-I/O: no sockets, no reactor, no clock.  The only files are the temporary
+ones a :class:`SpooledSink` rolls over to.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import IO, Any, NoReturn, Protocol, runtime_checkable
+
+from dimsekit.dimse.codec import CommandError, decode_command
+from dimsekit.dimse.commands import NO_DATASET, validate
+from dimsekit.errors import LocalProtocolError, RemoteProtocolError
+from dimsekit.ul.pdu import encode_pdata
+
+__all__ = [
+    "fragment_message",
+    "MessageAssembler",
+    "CommandReceived",
+    "MessageReceived",
+    "CommandRejected",
+    "DataSink",
+    "SpooledSink",
+    "PDV_OVERHEAD",
+    "MIN_MAX_PDU_LENGTH",
+    "UNLIMITED_FRAGMENT_LENGTH",
+    "DEFAULT_SPOOL_THRESHOLD",
+]
+
+# ---------------------------------------------------------------------------
+# P-DATA-TF layout (PS3.8 Table 9-22, 9-23), big-endian:
+#
+#   PDU:  type 04H (1) | reserved (1) | PDU-length (4) | PDV item ...
+#   PDV:  item-length (4) | presentation-context-ID (1) | message control
+#         header (1) | fragment
+#
+# PDU-length counts the PDV items; item-length counts context ID, control
+# header and fragment.  The peer's Maximum Length Received bounds PDU-length
+# (PS3.8 D.1: "the maximum length of the variable field of P-DATA-TF PDUs").
+# The bytes are written by dimsekit.ul.pdu.encode_pdata.
+# ---------------------------------------------------------------------------
+#: Bytes of a PDV item that are not fragment: item length, context ID, control.
+PDV_OVERHEAD = 6
+#: Smallest peer maximum accepted: one PDV of a 2-byte fragment.
+MIN_MAX_PDU_LENGTH = 8
+#: Fragment size used when the peer's maximum is 0 (unlimited, PS3.8 D.1):
+#: large enough that per-PDU cost vanishes, small enough to bound memory.
+UNLIMITED_FRAGMENT_LENGTH = 1 << 20
+
+# Message Control Header bits (PS3.8 E.2).
+_COMMAND = 0x01
+_LAST = 0x02
+
+
+def _fragment_length(max_pdu_length: int) -> int:
+    if max_pdu_length == 0:
+        return UNLIMITED_FRAGMENT_LENGTH
+    if max_pdu_length < MIN_MAX_PDU_LENGTH:
+        raise ValueError(f"peer maximum PDU length {max_pdu_length} is below {MIN_MAX_PDU_LENGTH}")
+    # Even fragments: not required by PS3.8, but some peers expect them and
+    # it costs at most one byte per PDU.
+    return (max_pdu_length - PDV_OVERHEAD) & ~1
+
+
+def _pdata(pdvs: list[tuple[int, int, list[memoryview]]]) -> bytes:
+    """One P-DATA-TF PDU from ``(context id, control, fragment parts)``.
+
+    A fragment is usually one slice of one data set block, handed to the PDU
+    encoder as is (copied once, into the PDU); only a fragment that straddles
+    two blocks is joined first.
+    """
+    return encode_pdata(
+        (context_id, control, parts[0] if len(parts) == 1 else b"".join(parts))
+        for context_id, control, parts in pdvs
+    )
+
+
+def _chunks(dataset: bytes | bytearray | memoryview | Iterable[bytes]) -> Iterator[memoryview]:
+    if isinstance(dataset, bytes | bytearray | memoryview):
+        yield memoryview(dataset).cast("B")
+        return
+    for chunk in dataset:
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise TypeError(f"data set blocks must be bytes, not {type(chunk).__name__}")
+        if len(chunk):
+            yield memoryview(chunk).cast("B")
+
+
+def _refragment(
+    chunks: Iterator[memoryview], first: int, size: int
+) -> Iterator[tuple[list[memoryview], int, bool]]:
+    """Cut a stream of blocks into fragments: the first at most ``first``
+    bytes, the others at most ``size``; yields ``(parts, length, is_last)``.
+
+    A fragment is only sent as not-last once more bytes are known to follow,
+    so the last fragment is never empty -- unless the whole data set is.
+    Blocks are held as memoryviews and sliced, never joined or copied.
+    """
+    pending: deque[memoryview] = deque()
+    pending_len = 0
+    limit = first
+    exhausted = False
+    while True:
+        while not exhausted and pending_len <= limit:
+            chunk = next(chunks, None)
+            if chunk is None:
+                exhausted = True
+            else:
+                pending.append(chunk)
+                pending_len += len(chunk)
+        if exhausted and pending_len <= limit:
+            yield list(pending), pending_len, True
+            return
+        parts: list[memoryview] = []
+        need = limit
+        while need:
+            head = pending[0]
+            if len(head) <= need:
+                parts.append(pending.popleft())
+                need -= len(head)
+            else:
+                parts.append(head[:need])
+                pending[0] = head[need:]
+                need = 0
+        pending_len -= limit
+        yield parts, limit, False
+        limit = size
+
+
+def fragment_message(
+    context_id: int,
+    command_bytes: bytes,
+    dataset: bytes | bytearray | memoryview | Iterable[bytes] | None,
+    max_pdu_length: int,
+    *,
+    pack: bool = False,
+) -> Iterator[bytes]:
+    """Encoded P-DATA-TF PDUs carrying one DIMSE message (PS3.7 6.3, PS3.8 E).
+
+    :param context_id: the presentation context the message is sent on.
+    :param command_bytes: the encoded command set (:func:`.codec.encode_command`).
+    :param dataset: None (no data set); the data set's bytes; or an iterable
+        of byte blocks (e.g. a file read in blocks), consumed lazily -- only
+        as far as the PDUs taken from this iterator need.
+    :param max_pdu_length: the peer's Maximum Length Received: the largest
+        PDU-length field it accepts (PS3.8 D.1); 0 means no limit.  Every PDU
+        yielded is at most ``max_pdu_length + 6`` bytes long.
+    :param pack: command fragments come first (control 01H/03H), then data
+        set fragments (00H/02H).  By default they travel in separate PDUs; with
+        ``pack=True`` the last command PDV and the first data set PDV share a
+        PDU when both fit -- one PDU fewer for a small message.
+    :raises ValueError: ``0 < max_pdu_length < 8``: no room for a fragment.
+    """
+    size = _fragment_length(max_pdu_length)
+    if not 1 <= context_id <= 255:
+        raise ValueError(f"presentation context ID {context_id} out of range")
+    command = memoryview(command_bytes).cast("B")
+    cmd_fragments = [command[i : i + size] for i in range(0, len(command), size)] or [command]
+    for fragment in cmd_fragments[:-1]:
+        yield _pdata([(context_id, _COMMAND, [fragment])])
+    last_cmd = cmd_fragments[-1]
+    last_cmd_pdv = (context_id, _COMMAND | _LAST, [last_cmd])
+    if dataset is None:
+        yield _pdata([last_cmd_pdv])
+        return
+
+    # Room for the first data fragment in the command's last PDU, if packing.
+    first = size
+    if pack:
+        room = (
+            size
+            if max_pdu_length == 0
+            else (max_pdu_length - 2 * PDV_OVERHEAD - len(last_cmd)) & ~1
+        )
+        packed = room >= 2
+        if packed:
+            first = min(room, size)
+    else:
+        packed = False
+    if not packed:
+        yield _pdata([last_cmd_pdv])
+
+    for parts, _length, last in _refragment(_chunks(dataset), first, size):
+        pdv = (context_id, _LAST if last else 0, parts)
+        if packed:
+            yield _pdata([last_cmd_pdv, pdv])
+            packed = False
+        else:
+            yield _pdata([pdv])
+
+
+# ---------------------------------------------------------------------------
+# Receiving: sinks.
+# ---------------------------------------------------------------------------
+@runtime_checkable
+class DataSink(Protocol):
+    """Where the fragments of a received data set go, in order.
+
+    The assembler calls ``write`` for each fragment, then exactly one of
+    ``close`` (the last fragment arrived: the data set is complete) or
+    ``abort`` (the message was abandoned: association aborted or lost; the
+    sink should delete what it holds).  After ``close`` the sink belongs to
+    whoever handles :class:`MessageReceived`.
+    """
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append one fragment."""
+
+    def close(self) -> None:
+        """The data set is complete; no more writes."""
+
+    def abort(self) -> None:
+        """The data set will never be complete; release everything."""
+
+
+#: Default memory budget of a :class:`SpooledSink` before it moves to disk.
+DEFAULT_SPOOL_THRESHOLD = 1 << 20
+
+
+class SpooledSink:
+    """A :class:`DataSink` that keeps a data set in memory up to ``threshold``
+    bytes, then moves it to an anonymous temporary file (in ``dir``, or the
+    system's temporary directory) and keeps writing there.
+
+    Read it back with :meth:`getvalue` (bytes) or :meth:`open` (a binary
+    file object positioned at the start).  Like
+    :class:`tempfile.SpooledTemporaryFile`, but it says where it is
+    (:attr:`on_disk`) and never holds the data twice.
+    """
+
+    def __init__(self, threshold: int = DEFAULT_SPOOL_THRESHOLD, dir: str | None = None) -> None:
+        self.threshold = threshold
+        self.dir = dir
+        self._chunks: list[bytes] = []
+        self._file: IO[bytes] | None = None
+        self._size = 0
+        self.closed = False
+        self.aborted = False
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def on_disk(self) -> bool:
+        """True once the data went past ``threshold`` into a temporary file."""
+        return self._file is not None
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append a fragment (copied only if it is not already ``bytes``)."""
+        if self.closed or self.aborted:
+            raise LocalProtocolError("write to a closed sink")
+        n = len(data)
+        if self._file is None and self._size + n > self.threshold:
+            self._file = tempfile.TemporaryFile(dir=self.dir)
+            self._file.writelines(self._chunks)
+            self._chunks = []
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._chunks.append(data if type(data) is bytes else bytes(data))
+        self._size += n
+
+    def close(self) -> None:
+        """The data set is complete (the data stays readable)."""
+        self.closed = True
+        if self._file is not None:
+            self._file.flush()
+
+    def abort(self) -> None:
+        """Drop the data and delete the temporary file, if any."""
+        self.aborted = True
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def getvalue(self) -> bytes:
+        """The whole data set as bytes (read from disk if it went there)."""
+        if self._file is None:
+            if len(self._chunks) > 1:
+                self._chunks = [b"".join(self._chunks)]
+            return self._chunks[0] if self._chunks else b""
+        self._file.seek(0)
+        return self._file.read()
+
+    def open(self) -> IO[bytes]:
+        """A binary file object over the data set, positioned at the start.
+
+        On disk, this is the temporary file itself: closing it deletes it.
+        """
+        if self._file is None:
+            return io.BytesIO(self.getvalue())
+        self._file.seek(0)
+        return self._file
+
+
+# ---------------------------------------------------------------------------
+# Receiving: events and the assembler.
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A command set is complete, decoded and valid (PS3.7 6.3.1).
+
+    When ``has_dataset`` is true its data set follows; the receiver may now
+    call :meth:`MessageAssembler.set_sink` to choose where it goes.
+    """
+
+    context_id: int
+    command: dict[str, Any]
+    has_dataset: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A whole DIMSE message has arrived: its command set and, if it has one,
+    the closed sink that holds its data set (else None)."""
+
+    context_id: int
+    command: dict[str, Any]
+    dataset: DataSink | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRejected:
+    """A message whose command set cannot be accepted but can be answered.
+
+    Reported once the whole message (its data set, if any, discarded) has
+    arrived.  ``message_id`` is the request's Message ID to answer with
+    ``error.response_fields()`` (a failure status, PS3.7 Annex C.5); it is
+    None when the rejected command is a response, which is not answered --
+    ``error.command`` then holds Message ID Being Responded To for matching
+    it to the operation it fails.
+    """
+
+    context_id: int
+    message_id: int | None
+    error: CommandError
+
+
+Event = CommandReceived | MessageReceived | CommandRejected
+
+
+class _State(Enum):
+    """Where the assembler is in the fragment sequence of one message."""
+
+    #: Waiting for the first command fragment of a message.
+    IDLE = "idle"
+    #: Collecting command set fragments.
+    COMMAND = "command"
+    #: Collecting data set fragments into the sink.
+    DATASET = "dataset"
+    #: Dropping the data set of a rejected command.
+    DISCARD = "discard"
+
+
+class MessageAssembler:
+    """Reassembles DIMSE messages from PDVs (PS3.7 6.3, PS3.8 Annex E).
+
+    Feed it each PDV in order with :meth:`receive_pdv` (or a whole PDU's PDVs
+    through :meth:`receive_pdvs`, which yields events lazily, so a receiver
+    may call :meth:`set_sink` between them); it returns the events.
+
+    Sequence rules enforced (a violation raises RemoteProtocolError, which
+    means A-ABORT): a message is a command set then, if its Command Data Set
+    Type says so, a data set; all its fragments use one presentation context;
+    fragments of two messages do not interleave (PS3.8 E.2: the last fragment
+    bit ends each part).
+
+    :param spool_threshold: memory budget of the default :class:`SpooledSink`.
+    :param spool_dir: directory for the default sink's temporary files.
+    :param max_command_length: largest command set accepted (a real one is a
+        few hundred bytes).
+    :param max_dataset_length: largest data set accepted, or None.  A longer
+        one raises RemoteProtocolError with abort source 0: it is our choice
+        (the service-user's) to abort, the peer broke no rule.
+
+    A sink that fails to write (disk full) raises its own error (OSError):
+    that is a local failure, for the association to turn into an A-ABORT.
+    """
+
+    def __init__(
+        self,
+        *,
+        spool_threshold: int = DEFAULT_SPOOL_THRESHOLD,
+        spool_dir: str | None = None,
+        max_command_length: int = 1 << 20,
+        max_dataset_length: int | None = None,
+    ) -> None:
+        self.spool_threshold = spool_threshold
+        self.spool_dir = spool_dir
+        self.max_command_length = max_command_length
+        self.max_dataset_length = max_dataset_length
+        self._reset()
+
+    def _reset(self) -> None:
+        self._state = _State.IDLE
+        self._context_id = 0
+        self._command_parts: list[bytes] = []
+        self._command_length = 0
+        self._command: dict[str, Any] = {}
+        self._sink: DataSink | None = None
+        self._dataset_length = 0
+        self._rejection: CommandRejected | None = None
+
+    @property
+    def idle(self) -> bool:
+        """True between messages (no fragment of an unfinished message held)."""
+        return self._state is _State.IDLE
+
+    def set_sink(self, sink: DataSink) -> None:
+        """Send the data set announced by the last :class:`CommandReceived` to
+        ``sink`` instead of a :class:`SpooledSink`.
+
+        :raises LocalProtocolError: no data set is expected, or its first
+            fragment already went to another sink.
+        """
+        if self._state is not _State.DATASET or self._dataset_length:
+            raise LocalProtocolError("set_sink() is only possible right after CommandReceived")
+        if self._sink is not None:
+            self._sink.abort()
+        self._sink = sink
+
+    def abort(self) -> None:
+        """Abandon any message in progress (association aborted or lost): its
+        sink is aborted.  The assembler is then idle."""
+        if self._sink is not None:
+            self._sink.abort()
+        self._reset()
+
+    def receive_pdvs(self, pdvs: Iterable[Any]) -> Iterator[Event]:
+        """Events of several PDVs (e.g. one P-DATA-TF's ``pdvs``), lazily."""
+        for pdv in pdvs:
+            yield from self.receive_pdv(pdv)
+
+    def receive_pdv(self, pdv: Any) -> list[Event]:
+        """Take one PDV (``context_id``, ``control``, ``data``); return the
+        events it completes (zero, one, or CommandReceived + MessageReceived).
+
+        :raises RemoteProtocolError: the PDV breaks the message sequence.
+        """
+        context_id, control, data = pdv.context_id, pdv.control, pdv.data
+        state = self._state
+        if state is not _State.IDLE and context_id != self._context_id:
+            self._fail(
+                f"PDV on presentation context {context_id} in the middle of a message "
+                f"on context {self._context_id}"
+            )
+        if control & _COMMAND:
+            if state is _State.IDLE:
+                self._state = _State.COMMAND
+                self._context_id = context_id
+            elif state is not _State.COMMAND:
+                self._fail("command fragment while a data set was expected")
+            self._command_length += len(data)
+            if self._command_length > self.max_command_length:
+                self._fail(f"command set longer than {self.max_command_length} bytes")
+            self._command_parts.append(bytes(data))
+            if control & _LAST:
+                return self._command_complete()
+            return []
+        # Data set fragment.
+        if state is _State.DATASET:
+            self._dataset_length += len(data)
+            if (
+                self.max_dataset_length is not None
+                and self._dataset_length > self.max_dataset_length
+            ):
+                self.abort()
+                raise RemoteProtocolError(
+                    f"data set longer than {self.max_dataset_length} bytes", abort_source=0
+                )
+            if self._sink is None:
+                self._sink = SpooledSink(self.spool_threshold, self.spool_dir)
+            self._sink.write(data)
+            if control & _LAST:
+                sink = self._sink
+                sink.close()
+                event = MessageReceived(self._context_id, self._command, sink)
+                self._sink = None  # now the receiver's
+                self._reset()
+                return [event]
+            return []
+        if state is _State.DISCARD:
+            if control & _LAST:
+                rejection = self._rejection
+                self._reset()
+                return [rejection]  # type: ignore[list-item]
+            return []
+        if state is _State.COMMAND:
+            self._fail("data set fragment before the command set was complete")
+        self._fail("data set fragment without a command set")
+
+    def _command_complete(self) -> list[Event]:
+        raw = b"".join(self._command_parts)
+        self._command_parts = []
+        context_id = self._context_id
+        try:
+            command = decode_command(raw)
+            validate(command)
+        except CommandError as error:
+            return self._reject(error)
+        has_dataset = command["CommandDataSetType"] != NO_DATASET
+        received = CommandReceived(context_id, command, has_dataset)
+        if has_dataset:
+            self._state = _State.DATASET
+            self._command = command
+            return [received]
+        self._reset()
+        return [received, MessageReceived(context_id, command, None)]
+
+    def _reject(self, error: CommandError) -> list[Event]:
+        partial = error.command or {}
+        message_id = error.message_id
+        if message_id is None and error.message_id_being_responded_to is None:
+            # No request to answer, no operation to fail: only an abort is left.
+            self._fail(f"unanswerable command set: {error.comment}")
+        field = error.command_field
+        if field is not None and field & 0x8000:
+            message_id = None  # a response is never answered
+        rejection = CommandRejected(self._context_id, message_id, error)
+        data_type = partial.get("CommandDataSetType", NO_DATASET)
+        if isinstance(data_type, int) and data_type != NO_DATASET:
+            self._state = _State.DISCARD
+            self._rejection = rejection
+            return []
+        self._reset()
+        return [rejection]
+
+    def _fail(self, message: str) -> NoReturn:
+        self.abort()
+        raise RemoteProtocolError(message, abort_source=2, abort_reason=0)

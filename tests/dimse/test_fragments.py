@@ -1,0 +1,456 @@
+"""Messages <-> P-DATA-TF fragments (PS3.7 6.3, PS3.8 9.3.5 and Annex E)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dimsekit.dimse.codec import CommandError, encode_command
+from dimsekit.dimse.commands import NO_DATASET, CommandField
+from dimsekit.dimse.fragments import (
+    CommandReceived,
+    CommandRejected,
+    DataSink,
+    MessageAssembler,
+    MessageReceived,
+    SpooledSink,
+    fragment_message,
+)
+from dimsekit.errors import LocalProtocolError, RemoteProtocolError
+
+from .pdata import parse_pdata, pdv, sample_command, split_into_pdvs
+
+STORE = sample_command(CommandField.C_STORE_RQ)
+STORE_BYTES = encode_command(STORE)
+ECHO = sample_command(CommandField.C_ECHO_RQ)
+ECHO_BYTES = encode_command(ECHO)
+
+
+def collect(assembler: MessageAssembler, pdvs: list) -> list:
+    events: list = []
+    for item in pdvs:
+        events.extend(assembler.receive_pdv(item))
+    return events
+
+
+def dataset_of(event: MessageReceived) -> bytes | None:
+    return None if event.dataset is None else event.dataset.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Sending
+# ---------------------------------------------------------------------------
+def test_echo_in_one_pdu() -> None:
+    (pdu,) = fragment_message(1, ECHO_BYTES, None, 16384)
+    assert pdu[:6] == b"\x04\x00" + (len(ECHO_BYTES) + 6).to_bytes(4, "big")
+    assert pdu[6:12] == (len(ECHO_BYTES) + 2).to_bytes(4, "big") + b"\x01\x03"
+    assert pdu[12:] == ECHO_BYTES
+
+
+def test_store_default_separate_pdus() -> None:
+    pdus = list(fragment_message(3, STORE_BYTES, b"DATA", 16384))
+    assert [[(p.context_id, p.control, p.data) for p in parse_pdata(x)] for x in pdus] == [
+        [(3, 0x03, STORE_BYTES)],
+        [(3, 0x02, b"DATA")],
+    ]
+
+
+def test_store_packed() -> None:
+    (pdu,) = fragment_message(3, STORE_BYTES, b"DATA", 16384, pack=True)
+    assert [(p.control, p.data) for p in parse_pdata(pdu)] == [(0x03, STORE_BYTES), (0x02, b"DATA")]
+
+
+def test_pack_needs_room() -> None:
+    # Max exactly fits the command PDV: nothing to pack.
+    pdus = list(fragment_message(1, STORE_BYTES, b"xyz", len(STORE_BYTES) + 6, pack=True))
+    assert [[v.control for v in parse_pdata(p)] for p in pdus] == [[0x03], [0x02]]
+    # Room for 2 data bytes next to it.
+    pdus = list(fragment_message(1, STORE_BYTES, b"xyz", len(STORE_BYTES) + 14, pack=True))
+    assert [[p.control for p in parse_pdata(x)] for x in pdus] == [[0x03, 0x00], [0x02]]
+
+
+def test_small_max_pdu() -> None:
+    pdus = list(fragment_message(1, b"\x01\x02\x03\x04\x05", b"abc", 8))
+    assert all(len(p) <= 14 for p in pdus)
+    got = [(p.control, p.data) for x in pdus for p in parse_pdata(x)]
+    assert got == [
+        (1, b"\x01\x02"),
+        (1, b"\x03\x04"),
+        (3, b"\x05"),
+        (0, b"ab"),
+        (2, b"c"),
+    ]
+    # 9 behaves like 8: fragments stay even.
+    assert list(fragment_message(1, b"\x01\x02\x03\x04\x05", b"abc", 9)) == pdus
+
+
+@pytest.mark.parametrize("bad", [1, 7, -1])
+def test_max_pdu_below_8_is_refused(bad: int) -> None:
+    with pytest.raises(ValueError):
+        list(fragment_message(1, ECHO_BYTES, None, bad))
+
+
+def test_context_id_checked() -> None:
+    with pytest.raises(ValueError):
+        list(fragment_message(0, ECHO_BYTES, None, 0))
+
+
+@pytest.mark.parametrize("empty", [b"", [], [b"", b""]], ids=["bytes", "no-blocks", "empty-blocks"])
+def test_empty_dataset_is_one_empty_last_fragment(empty: Any) -> None:
+    pdus = list(fragment_message(1, STORE_BYTES, empty, 100))
+    assert (parse_pdata(pdus[-1])[0].control, parse_pdata(pdus[-1])[0].data) == (0x02, b"")
+    (event,) = [
+        e
+        for e in collect(MessageAssembler(), [p for x in pdus for p in parse_pdata(x)])
+        if isinstance(e, MessageReceived)
+    ]
+    assert dataset_of(event) == b""
+
+
+def test_dataset_streamed_lazily() -> None:
+    pulled = []
+
+    def blocks() -> Iterator[bytes]:
+        for i in range(1000):
+            pulled.append(i)
+            yield bytes([i % 256]) * 4096
+
+    pdus = fragment_message(1, STORE_BYTES, blocks(), 16384)
+    next(pdus)  # the command
+    next(pdus)  # first data PDU
+    assert len(pulled) <= 6  # only what 16 KiB needed, plus one look-ahead
+    rest = list(pdus)
+    assert len(pulled) == 1000
+    assert sum(len(p) - 12 for p in rest) + 16378 - (16378 % 2) == 4096 * 1000
+
+
+def test_blocks_must_be_bytes() -> None:
+    with pytest.raises(TypeError):
+        list(fragment_message(1, STORE_BYTES, ["text"], 100))
+
+
+def test_unlimited_max_caps_fragments() -> None:
+    data = os.urandom(3 << 20)
+    pdus = list(fragment_message(1, STORE_BYTES, data, 0))
+    assert len(pdus) == 1 + 3
+    assert all(len(p) <= (1 << 20) + 12 for p in pdus)
+
+
+# ---------------------------------------------------------------------------
+# The round trip, as a property.
+# ---------------------------------------------------------------------------
+COMMANDS_WITH_DATA = [
+    f for f in CommandField if sample_command(f)["CommandDataSetType"] != NO_DATASET
+]
+COMMANDS_WITHOUT = [f for f in CommandField if f not in COMMANDS_WITH_DATA]
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> dict[str, Any]:
+    max_pdu = draw(
+        st.one_of(
+            st.just(0),
+            st.integers(8, 64),
+            st.integers(65, 20000),
+            st.sampled_from([4096, 16384, 65536, 1 << 20, 2 << 20]),
+        )
+    )
+    with_data = draw(st.booleans())
+    field = draw(st.sampled_from(COMMANDS_WITH_DATA if with_data else COMMANDS_WITHOUT))
+    command = sample_command(field, optional=draw(st.booleans()))
+    if with_data:
+        # Bound the PDU count so one example stays fast with tiny maxima.
+        budget = 200_000 if max_pdu == 0 else min(200_000, (max_pdu - 6) * 1500)
+        size = draw(st.integers(0, budget))
+        data = draw(st.randoms(use_true_random=False)).randbytes(size)
+        cuts = draw(st.lists(st.integers(0, max(size, 1)), max_size=20))
+        bounds = [0, *sorted(c % (size + 1) for c in cuts), size]
+        chunks = [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        shape = draw(st.sampled_from(["bytes", "bytearray", "memoryview", "chunks", "generator"]))
+        dataset: Any = {
+            "bytes": data,
+            "bytearray": bytearray(data),
+            "memoryview": memoryview(data),
+            "chunks": chunks,
+            "generator": (c for c in chunks),
+        }[shape]
+    else:
+        data, dataset = None, None
+    return {
+        "command": command,
+        "data": data,
+        "dataset": dataset,
+        "max_pdu": max_pdu,
+        "pack": draw(st.booleans()),
+        "context_id": draw(st.sampled_from([1, 3, 127, 255])),
+        "cuts": draw(st.lists(st.integers(0, 1 << 20), max_size=12)),
+        "threshold": draw(st.sampled_from([0, 1000, 1 << 20])),
+    }
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_fragment_and_reassemble(message: dict[str, Any]) -> None:
+    command, data, max_pdu = message["command"], message["data"], message["max_pdu"]
+    context_id = message["context_id"]
+    command_bytes = encode_command(command)
+    pdus = list(
+        fragment_message(
+            context_id, command_bytes, message["dataset"], max_pdu, pack=message["pack"]
+        )
+    )
+    parsed = [parse_pdata(p) for p in pdus]
+
+    # Every PDU within the peer's limit; every PDV's fragment too.
+    if max_pdu:
+        assert all(len(p) <= max_pdu + 6 for p in pdus)
+        assert all(len(v.data) <= max_pdu - 6 for pvs in parsed for v in pvs)
+    # Command first, then data; one last fragment of each.
+    controls = [v.control for pvs in parsed for v in pvs]
+    n_cmd = sum(1 for c in controls if c & 1)
+    assert all(c & 1 for c in controls[:n_cmd]) and not any(c & 1 for c in controls[n_cmd:])
+    assert [c & 2 for c in controls[:n_cmd]] == [0] * (n_cmd - 1) + [2]
+    if data is not None:
+        assert [c & 2 for c in controls[n_cmd:]] == [0] * (len(controls) - n_cmd - 1) + [2]
+    assert all(v.context_id == context_id for pvs in parsed for v in pvs)
+    # Separate PDUs unless packing was asked for; packing puts at most the
+    # last command PDV and the first data PDV together.
+    mixed = [pvs for pvs in parsed if len({v.control & 1 for v in pvs}) > 1]
+    for pvs in parsed:
+        if pvs in mixed:
+            assert [v.control & 1 for v in pvs] == [1, 0] and pvs[0].control == 0x03
+        else:
+            assert len(pvs) == 1
+    if message["pack"] and data is not None:
+        last_command = [v for pvs in parsed for v in pvs if v.control == 0x03][0]
+        room = (max_pdu - 12 - len(last_command.data)) & ~1 if max_pdu else 2
+        assert len(mixed) == (1 if room >= 2 else 0)
+    else:
+        assert not mixed
+
+    # Reassembled as sent, and re-fragmented at arbitrary points.
+    as_sent = [v for pvs in parsed for v in pvs]
+    refragmented = split_into_pdvs(context_id, command_bytes, data, message["cuts"])
+    for sequence in (as_sent, refragmented):
+        assembler = MessageAssembler(spool_threshold=message["threshold"])
+        events = collect(assembler, sequence)
+        assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+        received, complete = events
+        assert received.command == command == complete.command
+        assert received.has_dataset == (data is not None)
+        assert received.context_id == complete.context_id == context_id
+        assert dataset_of(complete) == data
+        if data is not None and len(data) > message["threshold"]:
+            assert complete.dataset.on_disk
+        assert assembler.idle
+
+
+def test_messages_back_to_back_on_changing_contexts() -> None:
+    assembler = MessageAssembler()
+    pvs = split_into_pdvs(1, STORE_BYTES, b"one", [5]) + split_into_pdvs(3, ECHO_BYTES, None, [9])
+    pvs += split_into_pdvs(5, STORE_BYTES, b"two", [])
+    events = list(assembler.receive_pdvs(pvs))
+    done = [e for e in events if isinstance(e, MessageReceived)]
+    assert [(e.context_id, dataset_of(e)) for e in done] == [(1, b"one"), (3, None), (5, b"two")]
+
+
+# ---------------------------------------------------------------------------
+# Sinks
+# ---------------------------------------------------------------------------
+class ListSink:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.parts.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_set_sink_after_command_received() -> None:
+    assembler = MessageAssembler()
+    sink = ListSink()
+    assert isinstance(sink, DataSink) and isinstance(SpooledSink(), DataSink)
+    pvs = split_into_pdvs(1, STORE_BYTES, b"0123456789", [3, 7])
+    events = []
+    for event in assembler.receive_pdvs(pvs):  # lazily: set_sink between events
+        events.append(event)
+        if isinstance(event, CommandReceived):
+            assembler.set_sink(sink)
+    assert events[-1].dataset is sink
+    assert sink.parts == [b"012", b"3456", b"789"] and sink.closed and not sink.aborted
+
+
+def test_set_sink_when_no_dataset_expected() -> None:
+    assembler = MessageAssembler()
+    with pytest.raises(LocalProtocolError):
+        assembler.set_sink(ListSink())
+    collect(assembler, split_into_pdvs(1, STORE_BYTES, b"abcdef", [2])[:-1])
+    with pytest.raises(LocalProtocolError):  # data already flowing into the default sink
+        assembler.set_sink(ListSink())
+
+
+def test_abort_aborts_the_sink() -> None:
+    assembler = MessageAssembler()
+    sink = ListSink()
+    pvs = split_into_pdvs(1, STORE_BYTES, b"abcdef", [2])
+    n_cmd = sum(1 for v in pvs if v.control & 1)
+    assert [type(e) for e in collect(assembler, pvs[:n_cmd])] == [CommandReceived]
+    assembler.set_sink(sink)
+    collect(assembler, pvs[n_cmd : n_cmd + 1])
+    assert sink.parts == [b"ab"]
+    assert not assembler.idle
+    assembler.abort()
+    assert sink.aborted and assembler.idle
+    # and the next message starts clean
+    assert [type(e) for e in collect(assembler, pvs)] == [CommandReceived, MessageReceived]
+
+
+def test_spooled_sink_rolls_to_disk(tmp_path) -> None:
+    sink = SpooledSink(threshold=10, dir=str(tmp_path))
+    sink.write(b"0123456789")
+    assert not sink.on_disk and sink.size == 10
+    sink.write(memoryview(b"abc"))
+    assert sink.on_disk and sink.size == 13
+    sink.write(b"def")
+    sink.close()
+    assert sink.getvalue() == b"0123456789abcdef"
+    assert sink.open().read() == b"0123456789abcdef"
+    with pytest.raises(LocalProtocolError):
+        sink.write(b"more")
+    sink.abort()
+    assert not sink.on_disk
+
+
+def test_spooled_sink_in_memory() -> None:
+    sink = SpooledSink(threshold=100)
+    for part in (b"ab", bytearray(b"cd"), memoryview(b"ef")):
+        sink.write(part)
+    sink.close()
+    assert not sink.on_disk and sink.getvalue() == b"abcdef" and sink.open().read() == b"abcdef"
+    assert SpooledSink().getvalue() == b""
+
+
+def test_max_dataset_length() -> None:
+    assembler = MessageAssembler(max_dataset_length=5)
+    with pytest.raises(RemoteProtocolError) as info:
+        collect(assembler, split_into_pdvs(1, STORE_BYTES, b"0123456789", [4]))
+    assert info.value.abort_source == 0
+    assert assembler.idle
+
+
+# ---------------------------------------------------------------------------
+# Protocol violations: the peer broke the fragment sequence -> A-ABORT.
+# ---------------------------------------------------------------------------
+DATA = pdv(1, 0x02, b"data")
+
+
+@pytest.mark.parametrize(
+    "pvs",
+    [
+        pytest.param([DATA], id="data-before-any-command"),
+        pytest.param([pdv(1, 0x01, STORE_BYTES[:10]), DATA], id="data-before-command-complete"),
+        pytest.param(
+            [pdv(1, 0x01, STORE_BYTES[:10]), pdv(3, 0x03, STORE_BYTES[10:])],
+            id="context-changes-in-command",
+        ),
+        pytest.param(
+            [pdv(1, 0x03, STORE_BYTES), pdv(1, 0x00, b"ab"), pdv(3, 0x02, b"cd")],
+            id="context-changes-in-data",
+        ),
+        pytest.param(
+            [pdv(1, 0x03, STORE_BYTES), pdv(1, 0x00, b"ab"), pdv(1, 0x03, ECHO_BYTES)],
+            id="command-after-data-started",
+        ),
+        pytest.param(
+            [pdv(1, 0x03, STORE_BYTES), pdv(1, 0x03, ECHO_BYTES)], id="command-instead-of-data"
+        ),
+        pytest.param([pdv(1, 0x03, ECHO_BYTES), DATA], id="data-when-command-said-none"),
+        pytest.param([pdv(1, 0x03, b"\x00" * 3)], id="undecodable-command"),
+        pytest.param(
+            [
+                pdv(
+                    1,
+                    0x03,
+                    encode_command({"CommandField": 0x30, "CommandDataSetType": NO_DATASET}),
+                )
+            ],
+            id="command-without-message-id",
+        ),
+    ],
+)
+def test_violations_raise_remote_protocol_error(pvs: list) -> None:
+    assembler = MessageAssembler()
+    with pytest.raises(RemoteProtocolError) as info:
+        collect(assembler, pvs)
+    assert info.value.abort_source == 2
+    assert assembler.idle  # reset: the association is being aborted anyway
+
+
+def test_command_too_long() -> None:
+    assembler = MessageAssembler(max_command_length=100)
+    with pytest.raises(RemoteProtocolError):
+        collect(assembler, [pdv(1, 0x01, b"\x00" * 60), pdv(1, 0x01, b"\x00" * 60)])
+
+
+# ---------------------------------------------------------------------------
+# Bad command sets that can be answered: a failure status, no abort.
+# ---------------------------------------------------------------------------
+def test_missing_required_field_is_rejected_with_status() -> None:
+    command = dict(STORE)
+    del command["AffectedSOPInstanceUID"]
+    assembler = MessageAssembler()
+    pvs = split_into_pdvs(1, encode_command(command), b"a data set to discard", [5, 11])
+    events = collect(assembler, pvs[:-1])
+    assert events == []  # reported once the discarded data set is over
+    (event,) = collect(assembler, pvs[-1:])
+    assert isinstance(event, CommandRejected)
+    assert (event.context_id, event.message_id) == (1, 7)
+    assert event.error.status == 0x0212
+    assert event.error.offending_element == (0x00001000,)
+    assert assembler.idle
+    # the association goes on
+    events = collect(assembler, split_into_pdvs(1, ECHO_BYTES, None, []))
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+
+
+def test_unknown_command_field_without_dataset() -> None:
+    command = {"CommandField": 0x0031, "MessageID": 9, "CommandDataSetType": NO_DATASET}
+    (event,) = collect(MessageAssembler(), split_into_pdvs(1, encode_command(command), None, []))
+    assert isinstance(event, CommandRejected)
+    assert event.message_id == 9 and event.error.status == 0x0211
+    assert event.error.response_fields()["Status"] == 0x0211
+
+
+def test_mistyped_element_in_command_bytes() -> None:
+    # C-ECHO-RQ whose Affected SOP Class UID is not a UID.
+    raw = encode_command({**ECHO, "AffectedSOPClassUID": "1.2.3"}).replace(b"1.2.3", b"1/2/3")
+    (event,) = collect(MessageAssembler(), split_into_pdvs(1, raw, None, []))
+    assert isinstance(event, CommandRejected) and event.message_id == 7
+    assert event.error.status == 0x0212 and event.error.offending_element == (0x00000002,)
+
+
+def test_undecodable_element_after_message_id_is_answerable() -> None:
+    raw = encode_command(STORE) + b"\x00\x00\x00\x09\x03\x00\x00\x00abc"  # Status of 3 bytes
+    events = collect(MessageAssembler(), split_into_pdvs(1, raw, b"xx", []))
+    assert [type(e) for e in events] == [CommandRejected]
+    assert events[0].message_id == 7 and isinstance(events[0].error, CommandError)
+
+
+def test_rejected_response_is_not_answered() -> None:
+    rsp = sample_command(CommandField.C_STORE_RSP)
+    rsp["AffectedSOPInstanceUID"] = "not a uid"
+    (event,) = collect(MessageAssembler(), split_into_pdvs(1, encode_command(rsp), None, []))
+    assert isinstance(event, CommandRejected)
+    assert event.message_id is None
+    assert event.error.message_id_being_responded_to == 7

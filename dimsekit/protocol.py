@@ -133,9 +133,20 @@ class DicomProtocol(protocol.Protocol):
         """Send encoded P-DATA-TF PDU(s) (P-DATA request)."""
         self.run(self.ul.send_pdata(pdus, self.reactor.seconds()))
 
+    def abort(self, reason: str = "aborted by the local user") -> None:
+        """A-ABORT request (Evt15); nothing happens where the table has no cell for it."""
+        self.run(self.ul.abort(self.reactor.seconds(), reason))
+
     def call(self, method: str, *args: Any) -> None:
         """Issue a primitive on the core (``accept``, ``reject``, ``release``,
-        ``release_response``, ``abort``) and carry out its outputs."""
+        ``release_response``, ``abort``) and carry out its outputs.
+
+        The core's primitives take ``now`` last, except ``abort(now, reason)``,
+        whose reason is optional.
+        """
+        if method == "abort":
+            self.abort(*args)
+            return
         self.run(getattr(self.ul, method)(*args, self.reactor.seconds()))
 
     # -- carrying out outputs ---------------------------------------------------

@@ -7,14 +7,20 @@ Zero configuration gives a working node on port 11112 with AE title DIMSEKIT;
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 from twisted.python import usage
 
 from dimsekit.config import ConfigError, load
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "StopOnSIGTERM"]
+
+_log = Logger(namespace="dimsekit.tap")
 
 
 class Options(usage.Options):
@@ -54,4 +60,43 @@ def makeService(options: Options) -> service.IService:
         endpoint = f"tcp:{node.port}"
         if node.interface:
             endpoint += f":interface={node.interface}"
-    return DicomNodeService(ae, endpoint)
+    node_service = service.MultiService()
+    DicomNodeService(ae, endpoint).setServiceParent(node_service)
+    StopOnSIGTERM().setServiceParent(node_service)
+    return node_service
+
+
+class StopOnSIGTERM(service.Service):
+    """Make SIGTERM the ordinary way to stop a node: a graceful stop, exit status 0.
+
+    twistd's own SIGTERM handler stops the reactor cleanly too, but then
+    re-kills the process with the signal, so it exits "killed by SIGTERM"
+    (status -15 / 143) and service managers and scripts see a failure.  Once
+    the reactor runs (its handlers are installed by then) this service puts a
+    handler in their place that stops the reactor -- the services stop as
+    usual, associations are released or aborted -- and lets twistd exit 0.
+    """
+
+    name = "dimsekit-sigterm"
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        reactor.callWhenRunning(self._install, reactor)
+
+    def _install(self, reactor: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+
+        def stop() -> None:
+            try:
+                reactor.stop()
+            except ReactorNotRunning:
+                pass  # a second SIGTERM while stopping
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            _log.info("received SIGTERM, stopping the node")
+            reactor.callFromThread(stop)
+
+        signal.signal(signal.SIGTERM, on_sigterm)

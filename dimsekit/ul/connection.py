@@ -118,7 +118,8 @@ class UpperLayer:
 
     def transport_accepted(self, now: float) -> list[out.Output]:
         """Transport connection indication (Evt5): we are the acceptor."""
-        self.is_requestor = False
+        if (self.state, Event.EVT5) in TRANSITIONS:  # not in a blank cell: keep our role
+            self.is_requestor = False
         return self._handle(Event.EVT5, None, now)
 
     def accept(self, ac: AssociateAC, now: float) -> list[out.Output]:

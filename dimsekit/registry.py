@@ -10,7 +10,7 @@ a handler per DIMSE command.  :class:`Registry` merges them at start-up into
   looks up per request: one dictionary lookup).
 
 Two plugins claiming the same SOP class in the SCP role is an error that
-names both.  The registry also renders the conformance statement's tables.
+names both (service class and plugin).  The registry also renders the conformance statement's tables.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import pluggy
 from pydicom.uid import UID
 
 from dimsekit.errors import DimsekitError
@@ -71,39 +72,86 @@ class ServiceClass:
 
 
 class Registry:
-    """The merged service classes of all plugins."""
+    """The merged service classes of all plugins.
 
-    def __init__(self, service_classes: Iterable[ServiceClass]) -> None:
+    :param service_classes: :class:`ServiceClass` values, or ``(plugin name,
+        ServiceClass)`` pairs so that a conflict can name the plugins
+        (:meth:`from_plugins` gives pairs).
+    :raises RegistryError: two service classes claim one SOP class in the SCP role.
+
+    A SOP class declared more than once with at most one SCP among the
+    declarations (e.g. a storage SCP and a C-GET SCU that takes storage
+    sub-operations as SCU) is served with the roles combined: the SCP
+    declaration keeps its handlers, transfer syntaxes and extended negotiation.
+    """
+
+    def __init__(self, service_classes: Iterable[ServiceClass | tuple[str, ServiceClass]]) -> None:
         self.service_classes: list[ServiceClass] = []
         self.supported: dict[str, ContextSupport] = {}
         self.handlers: dict[tuple[str, str], Handler] = {}
-        owner: dict[str, ServiceClass] = {}
-        for service in service_classes:
+        #: plugin name by service class (``id``), where known.
+        self._plugin_of: dict[int, str] = {}
+        scp_owner: dict[str, ServiceClass] = {}
+        for entry in service_classes:
+            plugin, service = entry if isinstance(entry, tuple) else (None, entry)
+            if plugin is not None:
+                self._plugin_of[id(service)] = plugin
             self.service_classes.append(service)
             for sop_class in service.sop_classes:
-                previous = owner.get(sop_class)
-                if previous is not None and previous.scp_role and service.scp_role:
-                    raise RegistryError(
-                        f"SOP class {sop_class} ({UID(sop_class).name}) is claimed by two "
-                        f"service classes: {previous.name!r} and {service.name!r}; "
-                        "disable one with DIMSEKIT_DISABLE_PLUGINS"
-                    )
-                owner[sop_class] = service
-                self.supported[sop_class] = ContextSupport(
-                    abstract_syntax=sop_class,
-                    transfer_syntaxes=tuple(service.transfer_syntaxes),
-                    scu_role=service.scu_role,
-                    scp_role=service.scp_role,
-                    extended_negotiation=service.extended_negotiation,
-                )
-                for command, handler in service.handlers.items():
-                    self.handlers[(command, sop_class)] = handler
+                previous = scp_owner.get(sop_class)
+                if service.scp_role:
+                    if previous is not None:
+                        raise RegistryError(
+                            f"SOP class {sop_class} ({UID(sop_class).name}) is claimed by two "
+                            f"service classes: {self._describe(previous)} and {self._describe(service)}; "
+                            "disable one with DIMSEKIT_DISABLE_PLUGINS"
+                        )
+                    scp_owner[sop_class] = service
+                    for command, handler in service.handlers.items():
+                        self.handlers[(command, sop_class)] = handler
+                self.supported[sop_class] = self._merge(self.supported.get(sop_class), sop_class, service)
+
+    def _describe(self, service: ServiceClass) -> str:
+        plugin = self._plugin_of.get(id(service))
+        return f"{service.name!r}" if plugin is None else f"{service.name!r} (plugin {plugin!r})"
+
+    @staticmethod
+    def _merge(known: ContextSupport | None, sop_class: str, service: ServiceClass) -> ContextSupport:
+        """Combine the roles of two declarations of one SOP class; the SCP's settings win."""
+        if known is None:
+            return ContextSupport(
+                abstract_syntax=sop_class,
+                transfer_syntaxes=tuple(service.transfer_syntaxes),
+                scu_role=service.scu_role,
+                scp_role=service.scp_role,
+                extended_negotiation=service.extended_negotiation,
+            )
+        first, second = (service, known) if service.scp_role else (known, service)
+        first_ts = first.transfer_syntaxes
+        syntaxes = tuple(first_ts) + tuple(ts for ts in second.transfer_syntaxes if ts not in first_ts)
+        return ContextSupport(
+            abstract_syntax=sop_class,
+            transfer_syntaxes=syntaxes,
+            scu_role=known.scu_role or service.scu_role,
+            scp_role=known.scp_role or service.scp_role,
+            extended_negotiation=first.extended_negotiation or second.extended_negotiation,
+        )
 
     @classmethod
-    def from_plugins(cls, pm: object) -> Registry:
-        """Collect ``dimsekit_service_classes`` from every registered plugin."""
-        results = pm.hook.dimsekit_service_classes()  # type: ignore[attr-defined]
-        return cls(service for result in results if result for service in result)
+    def from_plugins(cls, pm: pluggy.PluginManager) -> Registry:
+        """Collect ``dimsekit_service_classes`` from every registered plugin.
+
+        Each plugin's implementation is called on its own (in pluggy's call
+        order), so that every service class is known with its plugin's name.
+        """
+        caller = pm.hook.dimsekit_service_classes
+        declared: list[tuple[str, ServiceClass]] = []
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue
+            for service in impl.function() or ():
+                declared.append((impl.plugin_name, service))
+        return cls(declared)
 
     def handler(self, command: str, sop_class: str) -> Handler | None:
         """The handler for a request, or None (the caller answers "SOP class not supported")."""

@@ -82,6 +82,10 @@ def dimsekit_archive(config: Config) -> IArchive | None:
     plugin.  Stops at the first non-None result.  With no archive at all the
     node still answers verification but refuses storage.
 
+    :param config: the node's :class:`~dimsekit.config.Config` (the archive's
+        own settings are in ``config.plugins[name]``, its place in
+        ``config.node.data_dir``).
+
     Added in API version 1.
     """
 
@@ -121,7 +125,12 @@ def dimsekit_authenticate(identity: Any, request: Any) -> Any | None:
 
 @hookspec
 def dimsekit_on_association_established(association: Any) -> None:
-    """An association was established (either side).  Return value: ignored.
+    """An association was established (either side).
+
+    Return value: ignored.
+
+    :param association: the :class:`~dimsekit.association.Association`, with
+        its negotiated contexts, peer and AE titles.
 
     Added in API version 1.
     """
@@ -129,7 +138,12 @@ def dimsekit_on_association_established(association: Any) -> None:
 
 @hookspec
 def dimsekit_on_association_released(association: Any) -> None:
-    """An association ended by A-RELEASE.  Return value: ignored.
+    """An association ended by A-RELEASE (either side asked).
+
+    Return value: ignored.  Called once per association, only if it had been
+    established.
+
+    :param association: the :class:`~dimsekit.association.Association`.
 
     Added in API version 1.
     """
@@ -137,8 +151,12 @@ def dimsekit_on_association_released(association: Any) -> None:
 
 @hookspec
 def dimsekit_on_association_aborted(association: Any, reason: str) -> None:
-    """An association ended by A-ABORT, A-P-ABORT or connection loss.  Return value: ignored.
+    """An association ended by A-ABORT, A-P-ABORT, a timeout or connection loss.
 
+    Return value: ignored.  Called once per association, only if it had been
+    established.
+
+    :param association: the :class:`~dimsekit.association.Association`.
     :param reason: what happened, in words.
 
     Added in API version 1.

@@ -1,38 +1,51 @@
-"""One association, either side: SCU calls, SCP dispatch, and its lifetime.
+"""One association, either side: its lifetime, sending, receiving, SCP dispatch.
 
 An :class:`Association` is the user of one :class:`~dimsekit.protocol.DicomProtocol`
-(it receives the upper layer's indications).  As requestor it is returned by
+(it receives the upper layer's indications).  As requestor it is what
 :meth:`ApplicationEntity.associate <dimsekit.ae.ApplicationEntity.associate>`
-once the A-ASSOCIATE-AC arrived; as acceptor the server factory makes one per
-connection and negotiates for it.
+fires with once the A-ASSOCIATE-AC arrived; as acceptor the server factory
+makes one per connection and it negotiates for itself.
 
-Requests we send are a dict ``{message id: Deferred}`` (Twisted AMP's
-pattern): every response is matched by Message ID Being Responded To, and on
-abort or connection loss every outstanding Deferred fails at once with
-:class:`~dimsekit.errors.AssociationAborted`.  Public calls never raise: they
-return a failed Deferred.
+Sending.  Messages leave one at a time, whole: a message's PDUs are never
+interleaved with another's (PS3.8 E.2).  The association is registered as a
+streaming producer on its transport, so a large data set (read lazily from a
+file) is written only as fast as the peer takes it -- bounded memory, a
+reactor that never blocks on a huge write.  A message that fails half-way
+aborts the association: a half-sent message is never followed by another.
+
+Requests we send (the SCU API, :mod:`dimsekit.scu`) are kept as
+``{message id: DimseOperation}`` (Twisted AMP's pattern): each response is
+matched by Message ID Being Responded To, and on abort or connection loss
+every outstanding operation fails at once with
+:class:`~dimsekit.errors.AssociationAborted`.  Requests beyond the negotiated
+asynchronous operations window wait in a queue.
 
 Requests we receive are dispatched by (command, SOP class) to the handler a
-plugin registered (:mod:`dimsekit.registry`); whatever the handler returns
-(a status, a ``(status, dataset)`` pair, a Deferred, a coroutine) is
-normalised here once.
+plugin registered (:mod:`dimsekit.registry`), or to a handler set on this
+association (:attr:`Association.handlers`, e.g. the C-STORE handler of a
+C-GET).  Whatever the handler returns is normalised by :mod:`dimsekit.scp`.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from dimsekit.datasets import decode_dataset
 from dimsekit.dimse import status as dimse_status
-from dimsekit.dimse.codec import CommandError, decode_command, encode_command
-from dimsekit.dimse.commands import CommandField
+from dimsekit.dimse.codec import CommandError, encode_command
+from dimsekit.dimse.commands import NO_DATASET, CommandField
 from dimsekit.dimse.fragments import (
     CommandReceived,
     CommandRejected,
@@ -48,8 +61,11 @@ from dimsekit.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from dimsekit.uids import VERIFICATION
+from dimsekit.operations import DimseOperation, Response
+from dimsekit.scp import Request, ScpRunner
+from dimsekit.scu import ServiceUser
 from dimsekit.ul import outputs as out
+from dimsekit.ul.fsm import State
 from dimsekit.ul.negotiation import (
     Negotiated,
     NegotiatedContext,
@@ -64,26 +80,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from dimsekit.ae import ApplicationEntity
     from dimsekit.protocol import DicomProtocol
 
-__all__ = ["Association", "AssociationRequest", "Request", "Response"]
+__all__ = ["Association", "AssociationRequest", "Request", "Response", "NO_DATASET"]
 
 _log = Logger(namespace="dimsekit.association")
-
-#: CommandDataSetType value meaning "no data set" (PS3.7 Table E.1-1).
-NO_DATASET = 0x0101
-
-_COMMAND_NAMES = {
-    CommandField.C_STORE_RQ: "C-STORE",
-    CommandField.C_GET_RQ: "C-GET",
-    CommandField.C_FIND_RQ: "C-FIND",
-    CommandField.C_MOVE_RQ: "C-MOVE",
-    CommandField.C_ECHO_RQ: "C-ECHO",
-    CommandField.N_EVENT_REPORT_RQ: "N-EVENT-REPORT",
-    CommandField.N_GET_RQ: "N-GET",
-    CommandField.N_SET_RQ: "N-SET",
-    CommandField.N_ACTION_RQ: "N-ACTION",
-    CommandField.N_CREATE_RQ: "N-CREATE",
-    CommandField.N_DELETE_RQ: "N-DELETE",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,47 +95,19 @@ class AssociationRequest:
 
 
 @dataclass(slots=True)
-class Response:
-    """A DIMSE response: its command set (a dict by keyword) and data set, if any."""
+class _Outgoing:
+    """A message waiting to be sent, or being sent: its PDUs, made lazily."""
 
-    command: dict[str, Any]
-    dataset: Any = None
-
-    @property
-    def status(self) -> int:
-        return int(self.command.get("Status", 0xFFFF))
+    pdus: Iterator[bytes]
+    started: bool = False
+    on_sent: Callable[[], None] | None = None
 
 
-@dataclass(slots=True)
-class Request:
-    """A DIMSE request received as SCP, as a handler sees it."""
-
-    association: Association
-    context: NegotiatedContext
-    command: dict[str, Any]
-    dataset: Any = None  #: the data set sink (None when the request had none)
-    cancelled: bool = False  #: set when a C-CANCEL-RQ for it arrived
-
-    @property
-    def message_id(self) -> int:
-        return int(self.command["MessageID"])
-
-    @property
-    def sop_class_uid(self) -> str:
-        return str(self.command.get("AffectedSOPClassUID") or self.command.get("RequestedSOPClassUID") or "")
-
-
-@dataclass(slots=True)
-class _Outstanding:
-    deferred: Deferred
-    timer: Any = None
-    responses: list = field(default_factory=list)
-
-
-class Association:
+@implementer(IPushProducer)
+class Association(ServiceUser):
     """One association.  See the module docstring.
 
-    :param ae: the local application entity (identity, policy, plugins).
+    :param ae: the local application entity (identity, policy, plugins, limits).
     :param reactor: the reactor (time, timers).
     :param is_requestor: which side we are.
     """
@@ -151,15 +122,27 @@ class Association:
         self.peer: Any = None
         self.established = False
         self.ended: str | None = None
+        #: per-association handlers, consulted before the plugins':
+        #: (command name, SOP class UID or None for any) -> handler
+        self.handlers: dict[tuple[str, str | None], Callable[..., Any]] = {}
+        #: send command and data set in one PDU when both fit (some peers drop
+        #: the association if we do, so off by default)
+        self.pack_pdvs = False
         self._message_ids = itertools.count(1)
-        self._outstanding: dict[int, _Outstanding] = {}
+        self._operations: dict[int, DimseOperation] = {}
+        self._waiting_ops: deque[tuple[DimseOperation, dict[str, Any], Any]] = deque()
+        self._outgoing: deque[_Outgoing] = deque()
+        self._paused = False
+        self._pumping = False
+        self._writable_waiters: list[Deferred] = []
         self._assembler = MessageAssembler()
         self._release_waiters: list[Deferred] = []
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
+        self.scp = ScpRunner(self)
 
-    # -- identity ----------------------------------------------------------
+    # -- identity ----------------------------------------------------------------
 
     @property
     def calling_ae_title(self) -> str:
@@ -176,13 +159,16 @@ class Association:
 
     def __repr__(self) -> str:
         side = "requestor" if self.is_requestor else "acceptor"
-        return f"<Association {side} {self.calling_ae_title}->{self.called_ae_title} peer={self.peer}>"
+        return f"<Association {side} {self.calling_ae_title}->{self.called_ae_title} peer={_address(self.peer)}>"
 
-    # -- UpperLayerUser: indications from the protocol -----------------------------
+    # -- UpperLayerUser: indications from the protocol ------------------------------
 
     def connection_made(self, protocol: DicomProtocol) -> None:
         self.protocol = protocol
-        self.peer = protocol.transport.getPeer() if protocol.transport else None  # type: ignore[union-attr]
+        transport = protocol.transport
+        self.peer = transport.getPeer() if transport is not None else None
+        if transport is not None:
+            transport.registerProducer(self, True)
 
     def association_indication(self, output: out.AssociateIndication) -> None:
         """We are the acceptor and an A-ASSOCIATE-RQ arrived: decide and answer."""
@@ -192,10 +178,11 @@ class Association:
         rj = check_association_rq(rq, ae.policy)
         if rj is None:
             rj = ae.pm.hook.dimsekit_accept_association(request=request)
-        if rj is None and not ae.take_slot(self):
-            rj = reject_congestion(local_limit=True)
-        else:
-            self._counted = rj is None
+        if rj is None:
+            if ae.take_slot(self):
+                self._counted = True
+            else:
+                rj = reject_congestion(local_limit=True)
         if rj is not None:
             self._reject(rj)
             return
@@ -216,14 +203,30 @@ class Association:
 
     def _authentication_failed(self, failure: Failure) -> None:
         _log.failure("authenticator failed; rejecting the association", failure)
-        self._reject(AssociateRJ(result=1, source=1, reason=1))
+        if self.protocol is not None and not self.ended:
+            self._reject(AssociateRJ(result=1, source=1, reason=1))
 
     def _reject(self, rj: AssociateRJ) -> None:
+        if self._counted:
+            self._counted = False
+            self.ae.release_slot(self)
         self.ended = f"rejected ({rj.result}/{rj.source}/{rj.reason})"
+        _log.info(
+            "rejecting association from {peer} calling={calling} called={called}: {why}",
+            peer=_address(self.peer), calling=self.calling_ae_title, called=self.called_ae_title,
+            why=str(AssociationRejected(rj.result, rj.source, rj.reason)),
+        )
         self.protocol.call("reject", rj)  # type: ignore[union-attr]
 
     def _accept(self, identity_response: bytes | None) -> None:
-        ac, negotiated = negotiate_as_acceptor(self.rq, self.ae.policy, user_identity_response=identity_response)  # type: ignore[arg-type]
+        try:
+            ac, negotiated = negotiate_as_acceptor(
+                self.rq, self.ae.policy, user_identity_response=identity_response  # type: ignore[arg-type]
+            )
+        except Exception as exc:  # a plugin's extended negotiation failed, or the RQ is unusable
+            _log.failure("negotiation failed; aborting the association", Failure(exc))
+            self.abort(f"negotiation failed: {exc}")
+            return
         self.negotiated = negotiated
         self.protocol.call("accept", ac)  # type: ignore[union-attr]
         self._on_established()
@@ -233,7 +236,7 @@ class Association:
         try:
             self.negotiated = negotiate_as_requestor(self.rq, output.ac)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
-            _log.warn("invalid A-ASSOCIATE-AC from {peer}: {error}", peer=self.peer, error=exc)
+            _log.warn("invalid A-ASSOCIATE-AC from {peer}: {error}", peer=_address(self.peer), error=exc)
             self.abort(str(exc))
             return
         self._on_established()
@@ -254,29 +257,38 @@ class Association:
         self.ae.pm.hook.dimsekit_on_association_established(association=self)
 
     def pdata_indication(self, output: out.PDataIndication) -> None:
-        """P-DATA-TF arrived: reassemble messages, dispatch each complete one."""
+        """P-DATA-TF arrived: reassemble messages, handle each complete one."""
         try:
             for pdv in output.pdu.pdvs:
                 for event in self._assembler.receive_pdv(pdv):
-                    self._message_event(event)
+                    kind = type(event)
+                    if kind is MessageReceived:
+                        self._message(event.context_id, event.command, event.dataset)  # type: ignore[union-attr]
+                    elif kind is CommandRejected:
+                        self._command_rejected(event)  # type: ignore[arg-type]
+                    elif kind is CommandReceived:
+                        self._command_received(event)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
-            _log.warn("protocol error from {peer}: {error}; aborting", peer=self.peer, error=exc)
-            self.abort(str(exc), source=exc.abort_source, reason=exc.abort_reason)
+            _log.warn("protocol error from {peer}: {error}; aborting", peer=_address(self.peer), error=exc)
+            self.abort(str(exc))
 
     def release_indication(self, output: out.ReleaseIndication) -> None:
         """The peer asks to release.  We answer at once, except as acceptor in a
         collision, where the table has us wait for the A-RELEASE-RP first (Sta10)."""
         if output.collision and not self.is_requestor:
             return
+        if not output.collision and (self._operations or self.scp.running):
+            _log.warn(
+                "{peer} released the association with {n} operation(s) outstanding",
+                peer=_address(self.peer), n=len(self._operations) + len(self.scp.running),
+            )
         self.protocol.call("release_response")  # type: ignore[union-attr]
         if not output.collision:
             self._finish("released by the peer")
 
     def release_confirmation(self, output: out.ReleaseConfirmation) -> None:
-        from dimsekit.ul.fsm import State
-
         if self.protocol is not None and self.protocol.ul.state == State.STA12:
-            self.protocol.call("release_response")  # collision, acceptor side: now answer
+            self.protocol.call("release_response")  # collision, acceptor side: answer now
         self._finish("released")
 
     def abort_indication(self, output: out.AbortIndication | out.ProviderAbortIndication) -> None:
@@ -284,15 +296,15 @@ class Association:
             why = "aborted by the peer (A-ABORT)"
             error = AssociationAborted(why, source=output.source, reason=output.reason)
         else:
-            why = output.reason
-            error = AssociationAborted(why)
+            why = f"aborted: {output.reason}"
+            error = AssociationAborted(output.reason)
         self._finish(why, error)
 
     def connection_lost(self, reason: Failure) -> None:
         self._finish("connection closed", ConnectionLost("the connection closed before the association ended"))
         self.protocol = None
 
-    # -- ending ---------------------------------------------------------------
+    # -- ending ------------------------------------------------------------------------
 
     def _finish(self, how: str, error: Exception | None = None) -> None:
         """Record how the association ended (the first word counts), fail what was
@@ -305,11 +317,17 @@ class Association:
             self._counted = False
             self.ae.release_slot(self)
         failure = error or AssociationAborted(f"association ended ({self.ended})")
-        outstanding, self._outstanding = self._outstanding, {}
-        for pending in outstanding.values():
-            if pending.timer is not None and pending.timer.active():
-                pending.timer.cancel()
-            pending.deferred.errback(failure)
+        operations, self._operations = self._operations, {}
+        waiting, self._waiting_ops = self._waiting_ops, deque()
+        for operation in [*operations.values(), *(w[0] for w in waiting)]:
+            _cancel_timers(operation)
+            operation.fail(failure)
+        self._outgoing.clear()
+        writable, self._writable_waiters = self._writable_waiters, []
+        for d in writable:
+            d.callback(None)
+        self.scp.stop_all()
+        self._assembler.abort()
         waiter, self._established_waiter = self._established_waiter, None
         if waiter is not None:
             waiter.errback(failure)
@@ -331,9 +349,8 @@ class Association:
     def _log_end(self) -> None:
         contexts = ""
         if self.negotiated is not None:
-            contexts = ", ".join(
-                sorted({c.abstract_syntax for c in self.negotiated.contexts.values()})
-            )
+            names = sorted({_uid_name(c.abstract_syntax) for c in self.negotiated.contexts.values()})
+            contexts = ", ".join(names)
         _log.info(
             "association {side} peer={peer} calling={calling} called={called} contexts=[{contexts}] "
             "duration={duration:.3f}s ended: {ended}",
@@ -346,182 +363,295 @@ class Association:
             ended=self.ended,
         )
 
-    # -- SCU API ---------------------------------------------------------------
-
     def release(self) -> Deferred:
         """A-RELEASE: fires with None once released (or fails if aborted)."""
         if self.protocol is None or not self.established or self.ended:
             return defer.fail(LocalProtocolError(f"association is not established ({self.ended or 'not yet'})"))
         d: Deferred = Deferred()
         self._release_waiters.append(d)
+        self._when_sent(lambda: self._release_now(d))
+        return d
+
+    def _release_now(self, d: Deferred) -> None:
+        if self.protocol is None or self.ended:
+            return
         try:
             self.protocol.call("release")
         except LocalProtocolError as exc:
-            self._release_waiters.remove(d)
-            return defer.fail(exc)
-        return d
+            if d in self._release_waiters:
+                self._release_waiters.remove(d)
+                d.errback(exc)
 
-    def abort(self, reason: str = "aborted by the local user", *, source: int = 0, reason_code: int = 0, **_: Any) -> None:
+    def abort(self, reason: str = "aborted by the local user") -> None:
         """A-ABORT: end the association now; outstanding requests fail."""
         if self.protocol is None:
             return
+        self._outgoing.clear()
         self.protocol.call("abort", reason)
         self._finish(f"aborted: {reason}", AssociationAborted(reason))
 
-    def echo(self) -> Deferred:
-        """C-ECHO: fires with the status (0x0000 Success) of the C-ECHO-RSP."""
+    # -- sending -------------------------------------------------------------------------
+
+    def send_message(
+        self,
+        context: NegotiatedContext,
+        command: dict[str, Any],
+        dataset: Any = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue one DIMSE message; it goes out whole, after those queued before it.
+
+        :param dataset: None, bytes already in the context's transfer syntax,
+            an iterable of such byte blocks (read lazily), or a pydicom Dataset
+            (encoded now by pydicom in the context's transfer syntax).
+        """
+        if self.protocol is None or self.negotiated is None:
+            raise LocalProtocolError("association is not established")
+        from dimsekit.scu import dataset_bytes  # noqa: PLC0415  (cycle: scu imports this module's types)
+
+        payload = dataset_bytes(dataset, context.transfer_syntax)
+        encoded = encode_command(command)
+        pdus = fragment_message(
+            context.context_id, encoded, payload, self.negotiated.peer_maximum_length, pack=self.pack_pdvs
+        )
+        self._outgoing.append(_Outgoing(pdus, on_sent=on_sent))
+        self._pump()
+
+    def _when_sent(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every message queued so far has gone out."""
+        if not self._outgoing:
+            action()
+        else:
+            self._outgoing.append(_Outgoing(iter(()), on_sent=action))
+            self._pump()
+
+    def _pump(self) -> None:
+        """Write queued PDUs until the queue is empty or the transport says pause."""
+        if self._pumping:
+            return
+        self._pumping = True
         try:
-            context = self._context_for(VERIFICATION)
-        except LocalProtocolError as exc:
-            return defer.fail(exc)
-        command = {
-            "CommandField": CommandField.C_ECHO_RQ,
-            "AffectedSOPClassUID": VERIFICATION,
-            "CommandDataSetType": NO_DATASET,
-        }
-        return self.send_request(context, command).addCallback(lambda response: response.status)
+            outgoing = self._outgoing
+            while outgoing and not self._paused and self.protocol is not None:
+                message = outgoing[0]
+                try:
+                    pdu = next(message.pdus, None)
+                except Exception as exc:  # reading the data set failed part-way
+                    _log.failure("could not produce the rest of a message; aborting", Failure(exc))
+                    self.abort(f"message could not be sent whole: {exc}")
+                    return
+                if pdu is None:
+                    outgoing.popleft()
+                    if message.on_sent is not None:
+                        message.on_sent()
+                    continue
+                message.started = True
+                self.protocol.send_pdata(pdu)
+        finally:
+            self._pumping = False
+        self._wake_writable()
+
+    def writable(self) -> Deferred:
+        """Fires once the send queue is (nearly) empty and the transport is not
+        paused: producers of many messages (pending responses) await it to
+        keep memory bounded."""
+        if not self._paused and len(self._outgoing) <= 1:
+            return defer.succeed(None)
+        d: Deferred = Deferred()
+        self._writable_waiters.append(d)
+        return d
+
+    def _wake_writable(self) -> None:
+        if self._writable_waiters and not self._paused and len(self._outgoing) <= 1:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    # IPushProducer: the transport tells us when its buffer is full or drained.
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    # -- requests we send (used by dimsekit.scu) -----------------------------------------
+
+    def next_message_id(self) -> int:
+        """A Message ID not used by an operation in progress (PS3.7 9.3.1.1: unique per association)."""
+        for _ in range(0x10000):
+            message_id = next(self._message_ids) & 0xFFFF
+            if message_id and message_id not in self._operations and all(
+                w[0].message_id != message_id for w in self._waiting_ops
+            ):
+                return message_id
+        raise LocalProtocolError("no free Message ID: 65535 operations outstanding")
+
+    def start_operation(
+        self,
+        context: NegotiatedContext,
+        command: dict[str, Any],
+        dataset: Any = None,
+        *,
+        on_pending: Callable[[Response], object] | None = None,
+        total_timeout: float | None = None,
+    ) -> DimseOperation:
+        """Send a request (Message ID assigned here) and track it until its final response.
+
+        When the negotiated asynchronous operations window is full, the request
+        waits in a queue and is sent when an earlier operation finishes.
+        """
+        if self.protocol is None or not self.established or self.ended:
+            raise LocalProtocolError(f"association is not established ({self.ended or 'not yet'})")
+        message_id = self.next_message_id()
+        command = {**command, "MessageID": message_id}
+        operation = DimseOperation(self, message_id, context.context_id, on_pending=on_pending)
+        limit = self.negotiated.max_outstanding_local if self.negotiated else 1
+        if limit and len(self._operations) >= limit:
+            self._waiting_ops.append((operation, command, (context, dataset, total_timeout)))
+            return operation
+        self._launch(operation, command, context, dataset, total_timeout)
+        return operation
 
     def send_request(self, context: NegotiatedContext, command: dict[str, Any], dataset: Any = None) -> Deferred:
-        """Send a request (a MessageID is assigned) and fire with its final :class:`Response`."""
-        if self.protocol is None or not self.established or self.ended:
-            return defer.fail(LocalProtocolError(f"association is not established ({self.ended or 'not yet'})"))
-        message_id = next(self._message_ids) & 0xFFFF or next(self._message_ids)
-        command = {**command, "MessageID": message_id}
-        pending = _Outstanding(Deferred())
-        self._outstanding[message_id] = pending
+        """Send any request (Message ID assigned here); fire with its final :class:`Response`."""
+        try:
+            return self.start_operation(context, command, dataset).result
+        except Exception as exc:
+            return defer.fail(exc)
+
+    def _launch(
+        self, operation: DimseOperation, command: dict[str, Any], context: NegotiatedContext,
+        dataset: Any, total_timeout: float | None,
+    ) -> None:
+        self._operations[operation.message_id] = operation
+        self._arm_dimse_timer(operation)
+        if total_timeout:
+            operation.total_timer = self.reactor.callLater(
+                total_timeout, self._operation_timeout, operation, f"not finished within {total_timeout:g} s"
+            )
+        try:
+            self.send_message(context, command, dataset)
+        except Exception as exc:
+            self._operations.pop(operation.message_id, None)
+            _cancel_timers(operation)
+            operation.fail(exc)
+
+    def _arm_dimse_timer(self, operation: DimseOperation) -> None:
         timeout = self.ae.dimse_timeout
-        if timeout:
-            pending.timer = self.reactor.callLater(timeout, self._dimse_timeout, message_id)
-        self._send(context.context_id, command, dataset)
-        return pending.deferred
-
-    def _dimse_timeout(self, message_id: int) -> None:
-        pending = self._outstanding.pop(message_id, None)
-        if pending is None:
+        if not timeout:
             return
-        why = f"no DIMSE response to message {message_id} within {self.ae.dimse_timeout:g} s"
-        pending.timer = None
-        pending.deferred.errback(DIMSETimeout(why))
-        self.abort(why)
+        if operation.timer is not None and operation.timer.active():
+            operation.timer.reset(timeout)
+        else:
+            operation.timer = self.reactor.callLater(
+                timeout, self._operation_timeout, operation, f"no DIMSE response within {timeout:g} s"
+            )
 
-    def _context_for(self, abstract_syntax: str) -> NegotiatedContext:
-        if self.negotiated is None:
-            raise LocalProtocolError("association is not established")
-        context = self.negotiated.context_for(abstract_syntax, as_scu=True)
-        if context is None:
-            raise LocalProtocolError(f"no accepted presentation context for {abstract_syntax}")
-        return context
+    def _operation_timeout(self, operation: DimseOperation, why: str) -> None:
+        if self._operations.pop(operation.message_id, None) is None:
+            return
+        _cancel_timers(operation)
+        message = f"message {operation.message_id}: {why}; aborting the association"
+        _log.warn("{peer}: {message}", peer=_address(self.peer), message=message)
+        operation.fail(DIMSETimeout(message))
+        self.abort(message)
 
-    def _send(self, context_id: int, command: dict[str, Any], dataset: bytes | None) -> None:
+    def _operation_done(self, operation: DimseOperation) -> None:
+        self._operations.pop(operation.message_id, None)
+        _cancel_timers(operation)
+        limit = self.negotiated.max_outstanding_local if self.negotiated else 1
+        while self._waiting_ops and (not limit or len(self._operations) < limit):
+            waiting, command, (context, dataset, total_timeout) = self._waiting_ops.popleft()
+            self._launch(waiting, command, context, dataset, total_timeout)
+
+    def send_cancel(self, operation: DimseOperation) -> None:
+        """C-CANCEL-RQ for an operation in progress (PS3.7 9.3.2.3)."""
+        for index, (waiting, _command, _rest) in enumerate(self._waiting_ops):
+            if waiting is operation:  # never sent: no need to ask the peer
+                del self._waiting_ops[index]
+                operation.finish(Response({"Status": dimse_status.CANCEL, "MessageIDBeingRespondedTo": operation.message_id}))
+                return
+        if operation.message_id not in self._operations or self.negotiated is None:
+            return
+        context = self.negotiated.contexts[operation.context_id]
+        command = {
+            "CommandField": CommandField.C_CANCEL_RQ,
+            "MessageIDBeingRespondedTo": operation.message_id,
+            "CommandDataSetType": NO_DATASET,
+        }
+        self.send_message(context, command)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _command_received(self, event: CommandReceived) -> None:
+        """A command set is complete; its data set (if any) follows into the default sink."""
+
+    def _message(self, context_id: int, command: dict[str, Any], sink: Any) -> None:
+        field = int(command["CommandField"])
         negotiated = self.negotiated
-        assert negotiated is not None and self.protocol is not None
-        encoded = encode_command(command)
-        for pdu in fragment_message(context_id, encoded, dataset, negotiated.peer_maximum_length):
-            self.protocol.send_pdata(pdu)
-
-    # -- receiving messages ---------------------------------------------------------
-
-    def _message_event(self, event: object) -> None:
-        kind = type(event)
-        if kind is MessageReceived:
-            self._message(event.context_id, event.command, event.dataset)  # type: ignore[attr-defined]
-        elif kind is CommandRejected:
-            self._command_rejected(event)
-        elif kind is CommandReceived:
-            pass  # the default sink takes the data set
-
-    def _message(self, context_id: int, command: dict[str, Any], dataset: Any) -> None:
-        field_ = int(command["CommandField"])
-        if field_ & 0x8000:
-            self._response(command, dataset)
-            return
-        assert self.negotiated is not None
-        context = self.negotiated.contexts.get(context_id)
+        context = negotiated.contexts.get(context_id) if negotiated is not None else None
         if context is None:
             self.abort(f"message on presentation context {context_id}, which was not accepted")
             return
-        if field_ == CommandField.C_CANCEL_RQ:
-            return  # no operation of ours runs long enough to cancel yet
-        self._dispatch(Request(self, context, command, dataset))
+        if field & 0x8000:
+            self._response(context, command, sink)
+        elif field == CommandField.C_CANCEL_RQ:
+            self.scp.cancel(int(command.get("MessageIDBeingRespondedTo", -1)))
+        else:
+            self.scp.receive(Request(self, context, command, sink))
 
-    def _response(self, command: dict[str, Any], dataset: Any) -> None:
+    def _response(self, context: NegotiatedContext, command: dict[str, Any], sink: Any) -> None:
         message_id = int(command.get("MessageIDBeingRespondedTo", -1))
-        pending = self._outstanding.get(message_id)
-        if pending is None:
-            _log.warn("response to unknown message {id} from {peer}; ignored", id=message_id, peer=self.peer)
+        operation = self._operations.get(message_id)
+        if operation is None:
+            _log.warn("response to unknown message {id} from {peer}; ignored", id=message_id, peer=_address(self.peer))
             return
+        dataset = None
+        if sink is not None:
+            try:
+                dataset = decode_dataset(sink.open(), context.transfer_syntax)
+            except Exception as exc:
+                _log.warn("undecodable data set in a response from {peer}: {error}", peer=_address(self.peer), error=exc)
         response = Response(command, dataset)
-        if dimse_status.category(response.status) is dimse_status.Category.PENDING:
-            pending.responses.append(response)
+        if response.category is dimse_status.Category.PENDING:
+            self._arm_dimse_timer(operation)
+            operation.pending(response)
             return
-        del self._outstanding[message_id]
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
-        pending.deferred.callback(response)
+        self._operation_done(operation)
+        operation.finish(response)
 
-    def _command_rejected(self, event: Any) -> None:
+    def _command_rejected(self, event: CommandRejected) -> None:
         error: CommandError = event.error
-        message_id = event.message_id
-        if message_id is None:
-            _log.warn("undecodable response from {peer} ignored: {error}", peer=self.peer, error=error)
+        if event.message_id is None:
+            _log.warn("undecodable response from {peer} ignored: {error}", peer=_address(self.peer), error=error)
             return
-        if event.context_id is None:
-            self.abort(f"undecodable command set: {error}")
+        field = error.command_field
+        if field is None or field not in CommandField.__members__.values() or field & 0x8000 or field == CommandField.C_CANCEL_RQ:
+            self.abort(f"request with an unusable Command Field: {error}")
             return
-        response = {**error.response_fields(), "MessageIDBeingRespondedTo": message_id, "CommandDataSetType": NO_DATASET}
-        response.setdefault("CommandField", (error.command_field or 0x0FFF) | 0x8000)
-        self._send(event.context_id, response, None)
-
-    def _dispatch(self, request: Request) -> None:
-        field_ = int(request.command["CommandField"])
-        name = _COMMAND_NAMES.get(field_)
-        context = request.context
-        handler = None
-        if not context.local_scp:
-            status = 0x0124  # Not authorized: we did not accept the SCP role here
-        elif name is None:
-            status = 0x0211  # Unrecognized operation
-        else:
-            handler = self.ae.registry.handler(name, context.abstract_syntax)
-            status = 0x0122  # SOP class not supported
-        if handler is None:
-            self._respond(request, status)
+        context = self.negotiated.contexts.get(event.context_id) if self.negotiated else None
+        if context is None:
+            self.abort(f"message on presentation context {event.context_id}, which was not accepted")
             return
-        d = defer.maybeDeferred(handler, request)
-        if isinstance(d, Deferred):
-            d.addCallbacks(lambda result: self._respond_result(request, result), lambda f: self._handler_failed(request, f))
-
-    def _respond_result(self, request: Request, result: Any) -> None:
-        if isinstance(result, tuple):
-            status, dataset = result
-        else:
-            status, dataset = result, None
-        self._respond(request, int(status), dataset)
-
-    def _handler_failed(self, request: Request, failure: Failure) -> None:
-        _log.failure(
-            "handler for {command} on {sop} failed; answering 0x0110 Processing failure",
-            failure,
-            command=_COMMAND_NAMES.get(int(request.command["CommandField"])),
-            sop=request.sop_class_uid,
-        )
-        self._respond(request, 0x0110, error_comment=str(failure.value)[:64])
-
-    def _respond(self, request: Request, status: int, dataset: Any = None, *, error_comment: str | None = None) -> None:
-        if self.protocol is None or self.ended:
-            return
-        command = {
-            "CommandField": int(request.command["CommandField"]) | 0x8000,
-            "MessageIDBeingRespondedTo": request.message_id,
-            "CommandDataSetType": NO_DATASET if dataset is None else 0x0000,
-            "Status": status,
+        _log.warn("rejecting a malformed request from {peer}: {error}", peer=_address(self.peer), error=error)
+        response = {
+            **error.response_fields(),
+            "CommandField": field | 0x8000,
+            "MessageIDBeingRespondedTo": event.message_id,
+            "CommandDataSetType": NO_DATASET,
         }
-        affected = request.command.get("AffectedSOPClassUID") or request.command.get("RequestedSOPClassUID")
-        if affected:
-            command["AffectedSOPClassUID"] = affected
-        if error_comment:
-            command["ErrorComment"] = error_comment
-        self._send(request.context.context_id, command, dataset)
+        self.send_message(context, response)
+
+
+def _cancel_timers(operation: DimseOperation) -> None:
+    for timer in (operation.timer, operation.total_timer):
+        if timer is not None and timer.active():
+            timer.cancel()
+    operation.timer = operation.total_timer = None
 
 
 def _address(peer: Any) -> str:
@@ -530,4 +660,8 @@ def _address(peer: Any) -> str:
     return f"{host}:{port}" if host is not None else str(peer)
 
 
-__all__ += ["decode_command", "NO_DATASET"]
+def _uid_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name != uid else uid

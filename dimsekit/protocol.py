@@ -129,9 +129,18 @@ class DicomProtocol(protocol.Protocol):
 
     # -- primitives from the user ----------------------------------------------
 
-    def send_pdata(self, pdus: bytes) -> None:
-        """Send encoded P-DATA-TF PDU(s) (P-DATA request)."""
+    def send_pdata(self, pdus: bytes) -> bool:
+        """Send encoded P-DATA-TF PDU(s) (P-DATA request).
+
+        Returns False, sending nothing, when the association can no longer
+        carry data: the peer's A-ABORT or A-RELEASE-RQ may have been read in
+        the same chunk as the request being answered, and the user learns of
+        it from the next indication.
+        """
+        if not self.ul.can_send_pdata():
+            return False
         self.run(self.ul.send_pdata(pdus, self.reactor.seconds()))
+        return True
 
     def abort(self, reason: str = "aborted by the local user") -> None:
         """A-ABORT request (Evt15); nothing happens where the table has no cell for it."""

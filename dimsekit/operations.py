@@ -1,0 +1,148 @@
+"""DIMSE operations as the SCU sees them: requests, responses, pending streams.
+
+:class:`Response` is one DIMSE response (its command set and data set).
+:class:`DimseOperation` is a request in flight: awaitable (gives the final
+response), async-iterable (gives each pending response as it arrives),
+and cancellable (:meth:`DimseOperation.cancel` sends C-CANCEL-RQ; the
+operation then ends with the peer's final status, normally Cancel 0xFE00).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from dimsekit.dimse import status as dimse_status
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dimsekit.association import Association
+
+__all__ = ["Response", "DimseOperation"]
+
+
+@dataclass(slots=True)
+class Response:
+    """A DIMSE response: its command set (a dict by keyword) and its data set.
+
+    ``dataset`` is a pydicom Dataset when the response carried one (decoded in
+    the presentation context's transfer syntax), else None.
+    """
+
+    command: dict[str, Any]
+    dataset: Any = None
+
+    @property
+    def status(self) -> int:
+        """The Status (0000,0900) value."""
+        return int(self.command.get("Status", 0xFFFF))
+
+    @property
+    def category(self) -> dimse_status.Category:
+        """Success, warning, failure, cancel or pending (PS3.7 Annex C)."""
+        return dimse_status.category(self.status)
+
+    @property
+    def status_text(self) -> str:
+        """The status code and its name, for logs and CLI output."""
+        return dimse_status.describe(self.status)
+
+    def __getattr__(self, name: str) -> Any:
+        # command elements by keyword: response.NumberOfCompletedSuboperations
+        try:
+            return self.command[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(eq=False)
+class DimseOperation:
+    """A request sent and not yet finished.
+
+    * ``await op`` (or ``op.result``, a Deferred) gives the final :class:`Response`;
+    * ``async for response in op`` gives each pending response (status
+      0xFF00/0xFF01) as it arrives, then stops after the final one (which
+      ``op.result`` holds);
+    * ``op.cancel()`` sends C-CANCEL-RQ for it (C-FIND, C-GET, C-MOVE);
+      ``op.result`` then fires with the peer's final status;
+    * ``op.result.cancel()`` does the same and, per Twisted's rules, fails
+      ``op.result`` with CancelledError.
+    """
+
+    association: Association
+    message_id: int
+    context_id: int
+    on_pending: Callable[[Response], object] | None = None
+    result: Deferred = field(default_factory=Deferred)
+    responses: list[Response] = field(default_factory=list)
+    cancel_sent: bool = False
+    timer: Any = None
+    total_timer: Any = None
+    _queue: deque = field(default_factory=deque)
+    _waiter: Deferred | None = None
+    _done: bool = False
+
+    def __post_init__(self) -> None:
+        self.result = Deferred(lambda _d: self.cancel())
+
+    # -- the association feeds these ------------------------------------------
+
+    def pending(self, response: Response) -> None:
+        """A pending response arrived."""
+        self.responses.append(response)
+        if self.on_pending is not None:
+            self.on_pending(response)
+        self._push(response)
+
+    def finish(self, response: Response) -> None:
+        """The final response arrived."""
+        self._done = True
+        self._push(None)
+        if not self.result.called:
+            self.result.callback(response)
+
+    def fail(self, error: Exception) -> None:
+        """The operation cannot end normally (abort, timeout)."""
+        self._done = True
+        self._push(error)
+        if not self.result.called:
+            self.result.errback(error)
+
+    def _push(self, item: object) -> None:
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.callback(item)
+        else:
+            self._queue.append(item)
+
+    # -- the caller uses these --------------------------------------------------
+
+    def cancel(self) -> None:
+        """Send C-CANCEL-RQ for this operation (once); the peer answers with its final status."""
+        if self.cancel_sent or self._done:
+            return
+        self.cancel_sent = True
+        self.association.send_cancel(self)
+
+    def __await__(self) -> Generator[Any, Any, Response]:
+        return self.result.__await__()
+
+    def __aiter__(self) -> DimseOperation:
+        return self
+
+    async def __anext__(self) -> Response:
+        if self._queue:
+            item = self._queue.popleft()
+        elif self._done:
+            raise StopAsyncIteration
+        else:
+            self._waiter = Deferred()
+            item = await self._waiter
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, Exception):
+            raise item
+        return item  # type: ignore[return-value]

@@ -1,0 +1,329 @@
+"""Requests we receive: dispatch to handlers and normalise what they return.
+
+:class:`Request` is what a handler gets.  :class:`ScpRunner` (one per
+association) looks the handler up -- per-association handlers first, then
+the plugins' dispatch table, one dictionary lookup -- runs it, and turns its
+result into DIMSE responses:
+
+* an ``int`` status; ``(status, dataset)``; ``(status, dataset, fields)``
+  where ``fields`` is a dict of extra response command elements (sub-operation
+  counts, Error Comment, an assigned Affected SOP Instance UID, ...);
+* a Deferred or a coroutine of one of those;
+* for C-FIND, C-GET and C-MOVE, an iterable or async iterable of those, each
+  with a Pending status (0xFF00/0xFF01) sent as a pending response, ending
+  either with a final (non-pending) item or, when it just ends, Success.
+  Between two pending responses the reactor runs, so a C-CANCEL-RQ that
+  arrives mid-stream is seen before the next response goes out.
+
+A handler that raises gets a failure status (0x0110 Processing failure, or
+0xC000 Unable to process for C-FIND/C-GET/C-MOVE) and a log line with the
+traceback; the association survives.  Up to the negotiated asynchronous
+operations window of requests run at once; more wait their turn.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from twisted.internet import task
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dimsekit.datasets import decode_dataset
+from dimsekit.dimse import status as dimse_status
+from dimsekit.dimse.commands import CommandField, make_response
+from dimsekit.ul.negotiation import NegotiatedContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dimsekit.association import Association
+
+__all__ = ["Request", "ScpRunner", "COMMAND_NAMES"]
+
+_log = Logger(namespace="dimsekit.scp")
+
+#: request Command Field -> the name handlers are registered under
+COMMAND_NAMES = {
+    CommandField.C_STORE_RQ: "C-STORE",
+    CommandField.C_GET_RQ: "C-GET",
+    CommandField.C_FIND_RQ: "C-FIND",
+    CommandField.C_MOVE_RQ: "C-MOVE",
+    CommandField.C_ECHO_RQ: "C-ECHO",
+    CommandField.N_EVENT_REPORT_RQ: "N-EVENT-REPORT",
+    CommandField.N_GET_RQ: "N-GET",
+    CommandField.N_SET_RQ: "N-SET",
+    CommandField.N_ACTION_RQ: "N-ACTION",
+    CommandField.N_CREATE_RQ: "N-CREATE",
+    CommandField.N_DELETE_RQ: "N-DELETE",
+}
+
+_PENDING_CAPABLE = {CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ}
+_COUNT_FIELDS = (
+    "NumberOfRemainingSuboperations",
+    "NumberOfCompletedSuboperations",
+    "NumberOfFailedSuboperations",
+    "NumberOfWarningSuboperations",
+)
+
+
+@dataclass(eq=False)
+class Request:
+    """A DIMSE request received as SCP, as a handler sees it.
+
+    ``sink`` holds the request's data set as received (raw bytes in the
+    context's transfer syntax: write it to disk unparsed, or call
+    :meth:`dataset` to have pydicom decode it).
+    """
+
+    association: Association
+    context: NegotiatedContext
+    command: dict[str, Any]
+    sink: Any = None
+    cancelled: bool = False  #: a C-CANCEL-RQ for it arrived
+    _dataset: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def message_id(self) -> int:
+        return int(self.command["MessageID"])
+
+    @property
+    def name(self) -> str:
+        """"C-STORE", "N-CREATE", ..."""
+        return COMMAND_NAMES.get(int(self.command["CommandField"]), "unknown")
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.command.get("AffectedSOPClassUID") or self.command.get("RequestedSOPClassUID") or "")
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.command.get("AffectedSOPInstanceUID") or self.command.get("RequestedSOPInstanceUID") or "")
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.context.transfer_syntax
+
+    def dataset(self) -> Dataset | None:
+        """The request's data set decoded by pydicom (cached), or None when it had none."""
+        if self._dataset is None and self.sink is not None:
+            self._dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
+        return self._dataset
+
+
+@dataclass(eq=False)
+class _Running:
+    request: Request
+    deferred: Deferred | None = None
+    last_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _is_stream(result: object) -> bool:
+    if isinstance(result, str | bytes | bytearray | tuple | dict | Dataset | int) or result is None:
+        return False
+    return isinstance(result, Iterable | AsyncIterable)
+
+
+def _normalise(item: object) -> tuple[int, Any, dict[str, Any]]:
+    """A handler's answer as (status, dataset or None, extra command fields)."""
+    if isinstance(item, int):
+        return item, None, {}
+    if isinstance(item, tuple) and len(item) in (2, 3):
+        status, dataset = int(item[0]), item[1]
+        fields = dict(item[2]) if len(item) == 3 and item[2] else {}
+        return status, dataset, fields
+    raise TypeError(f"a handler returned {item!r}; expected a status, (status, dataset) or (status, dataset, fields)")
+
+
+class ScpRunner:
+    """Runs the requests one association receives.  See the module docstring."""
+
+    def __init__(self, association: Association) -> None:
+        self.association = association
+        self.running: dict[int, _Running] = {}
+        self.queue: deque[Request] = deque()
+
+    # -- entry points ---------------------------------------------------------------
+
+    def receive(self, request: Request) -> None:
+        """A request arrived: run it now, or queue it if the window is full."""
+        negotiated = self.association.negotiated
+        limit = negotiated.max_outstanding_remote if negotiated is not None else 1
+        if limit and len(self.running) >= limit:
+            self.queue.append(request)
+            return
+        self._start(request)
+
+    def cancel(self, message_id: int) -> None:
+        """C-CANCEL-RQ: mark the request cancelled; a handler's Deferred is cancelled too."""
+        running = self.running.get(message_id)
+        if running is None:
+            for queued in self.queue:
+                if queued.message_id == message_id:
+                    queued.cancelled = True
+            return  # finished already: PS3.7 9.3.2.3 lets the cancel cross the final response
+        running.request.cancelled = True
+        if running.deferred is not None and not running.deferred.called:
+            running.deferred.cancel()
+
+    def stop_all(self) -> None:
+        """The association ended: cancel everything still running or queued."""
+        self.queue.clear()
+        for running in list(self.running.values()):
+            running.request.cancelled = True
+            if running.deferred is not None and not running.deferred.called:
+                running.deferred.cancel()
+        self.running.clear()
+
+    # -- running a request ---------------------------------------------------------------
+
+    def _handler_for(self, request: Request) -> tuple[Any, int]:
+        """(handler or None, the status to answer when None)."""
+        field_ = int(request.command["CommandField"])
+        name = COMMAND_NAMES.get(field_)
+        context = request.context
+        if name is None:
+            return None, 0x0211  # Unrecognized operation
+        # An N-EVENT-REPORT is sent by the SCP to the SCU: receiving one needs the SCU role.
+        allowed = context.local_scu if field_ == CommandField.N_EVENT_REPORT_RQ else context.local_scp
+        if not allowed:
+            return None, 0x0124  # Refused: not authorized (role not negotiated)
+        handlers = self.association.handlers
+        sop_class = context.abstract_syntax
+        handler = handlers.get((name, sop_class)) or handlers.get((name, None))
+        if handler is None:
+            handler = self.association.ae.registry.handler(name, sop_class)
+        return handler, 0x0122  # Refused: SOP class not supported
+
+    def _start(self, request: Request) -> None:
+        handler, status = self._handler_for(request)
+        if handler is None:
+            self._respond(request, status)
+            self._next()
+            return
+        running = _Running(request)
+        self.running[request.message_id] = running
+        try:
+            result = handler(request)
+        except Exception:
+            self._failed(running, Failure())
+            return
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            running.deferred = result
+            result.addCallbacks(lambda value: self._result(running, value), lambda f: self._failed(running, f))
+        else:
+            self._result(running, result)
+
+    def _result(self, running: _Running, result: object) -> None:
+        if running.request.message_id not in self.running:
+            return  # association ended meanwhile
+        if _is_stream(result):
+            field_ = int(running.request.command["CommandField"])
+            if field_ not in _PENDING_CAPABLE:
+                self._failed(running, Failure(TypeError(f"{running.request.name} handlers cannot return pending results")))
+                return
+            d = Deferred.fromCoroutine(self._stream(running, result))  # type: ignore[arg-type]
+            running.deferred = d
+            d.addErrback(lambda f: self._failed(running, f))
+            return
+        try:
+            status, dataset, fields = _normalise(result)
+        except TypeError:
+            self._failed(running, Failure())
+            return
+        self._finish(running, status, dataset, fields)
+
+    async def _stream(self, running: _Running, results: Iterable[Any] | AsyncIterable[Any]) -> None:
+        request = running.request
+        association = self.association
+        reactor = association.reactor
+        final: tuple[int, Any, dict[str, Any]] | None = None
+        iterator: Any
+        is_async = isinstance(results, AsyncIterable)
+        iterator = results.__aiter__() if is_async else iter(results)  # type: ignore[union-attr]
+        try:
+            while True:
+                if request.cancelled:
+                    final = (dimse_status.CANCEL, None, dict(running.last_counts))
+                    break
+                try:
+                    item = await iterator.__anext__() if is_async else next(iterator)
+                except (StopIteration, StopAsyncIteration):
+                    break
+                status, dataset, fields = _normalise(item)
+                if dimse_status.category(status) is not dimse_status.Category.PENDING:
+                    final = (status, dataset, fields)
+                    break
+                running.last_counts = {k: fields[k] for k in _COUNT_FIELDS if k in fields}
+                if request.message_id not in self.running:
+                    return
+                self._respond(request, status, dataset, fields)
+                # Let the reactor read (a C-CANCEL may be waiting) and the transport drain.
+                await association.writable()
+                await task.deferLater(reactor, 0, lambda: None)
+        finally:
+            closer = getattr(iterator, "aclose" if is_async else "close", None)
+            if closer is not None:
+                outcome = closer()
+                if inspect.isawaitable(outcome):
+                    await outcome
+        if final is None:
+            final = (dimse_status.SUCCESS, None, {})
+        self._finish(running, *final)
+
+    def _failed(self, running: _Running, failure: Failure) -> None:
+        request = running.request
+        if request.message_id not in self.running:
+            return
+        if failure.check(CancelledError):
+            self._finish(running, dimse_status.CANCEL, None, dict(running.last_counts))
+            return
+        field_ = int(request.command["CommandField"])
+        status = 0xC000 if field_ in _PENDING_CAPABLE else 0x0110
+        _log.failure(
+            "{command} handler for {sop} failed; answering 0x{status:04X}",
+            failure, command=request.name, sop=request.sop_class_uid, status=status,
+        )
+        comment = str(failure.value) or type(failure.value).__name__
+        self._finish(running, status, None, {"ErrorComment": comment, **running.last_counts})
+
+    def _finish(self, running: _Running, status: int, dataset: Any, fields: dict[str, Any]) -> None:
+        self.running.pop(running.request.message_id, None)
+        self._respond(running.request, status, dataset, fields)
+        self._next()
+
+    def _next(self) -> None:
+        negotiated = self.association.negotiated
+        limit = negotiated.max_outstanding_remote if negotiated is not None else 1
+        while self.queue and (not limit or len(self.running) < limit):
+            self._start(self.queue.popleft())
+
+    def _respond(self, request: Request, status: int, dataset: Any = None, fields: dict[str, Any] | None = None) -> None:
+        association = self.association
+        if association.protocol is None or association.ended:
+            return
+        fields = dict(fields or {})
+        if "ErrorComment" in fields:
+            fields["ErrorComment"] = _comment(str(fields["ErrorComment"]))
+        try:
+            command = make_response(request.command, status, dataset=dataset is not None, **fields)
+        except Exception as exc:
+            _log.error(
+                "cannot build the {command} response ({error}); answering 0x0110 instead",
+                command=request.name, error=exc,
+            )
+            command = make_response(request.command, 0x0110, ErrorComment=_comment(str(exc)))
+            dataset = None
+        association.send_message(request.context, command, dataset)
+
+
+def _comment(text: str) -> str:
+    """Error Comment is LO: at most 64 characters of the default repertoire."""
+    return text.encode("ascii", "replace").decode("ascii").replace("\\", "/")[:64]
+

@@ -62,7 +62,7 @@ from dimsekit.errors import (
     RemoteProtocolError,
 )
 from dimsekit.operations import DimseOperation, Response
-from dimsekit.scp import Request, ScpRunner
+from dimsekit.scp import COMMAND_NAMES, Request, ScpRunner
 from dimsekit.scu import ServiceUser
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import State
@@ -140,6 +140,7 @@ class Association(ServiceUser):
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
+        self._sink_errors: dict[int, Exception] = {}
         self.scp = ScpRunner(self)
 
     # -- identity ----------------------------------------------------------------
@@ -588,7 +589,30 @@ class Association(ServiceUser):
     # -- receiving -----------------------------------------------------------------------
 
     def _command_received(self, event: CommandReceived) -> None:
-        """A command set is complete; its data set (if any) follows into the default sink."""
+        """A command set is complete.  If a plugin streams this request's data set
+        somewhere (C-STORE into the archive), point the assembler at its sink
+        now, before the first data set fragment."""
+        if not event.has_dataset or self.negotiated is None:
+            return
+        field = int(event.command.get("CommandField", 0))
+        if field & 0x8000:
+            return
+        context = self.negotiated.contexts.get(event.context_id)
+        name = COMMAND_NAMES.get(field)
+        if context is None or name is None:
+            return
+        factory = self.ae.registry.sink_factory(name, context.abstract_syntax)
+        if factory is None:
+            return
+        request = Request(self, context, event.command)
+        try:
+            sink = factory(request)
+        except Exception as exc:  # refused before writing: the handler answers with a status
+            self._sink_errors[int(event.command.get("MessageID", -1))] = exc
+            self._assembler.set_sink(_DiscardSink())
+            return
+        if sink is not None:
+            self._assembler.set_sink(sink)
 
     def _message(self, context_id: int, command: dict[str, Any], sink: Any) -> None:
         field = int(command["CommandField"])
@@ -602,7 +626,9 @@ class Association(ServiceUser):
         elif field == CommandField.C_CANCEL_RQ:
             self.scp.cancel(int(command.get("MessageIDBeingRespondedTo", -1)))
         else:
-            self.scp.receive(Request(self, context, command, sink))
+            request = Request(self, context, command, sink)
+            request.sink_error = self._sink_errors.pop(request.message_id, None)
+            self.scp.receive(request)
 
     def _response(self, context: NegotiatedContext, command: dict[str, Any], sink: Any) -> None:
         message_id = int(command.get("MessageIDBeingRespondedTo", -1))
@@ -645,6 +671,26 @@ class Association(ServiceUser):
             "CommandDataSetType": NO_DATASET,
         }
         self.send_message(context, response)
+
+
+class _DiscardSink:
+    """Swallows a data set that was refused before it arrived."""
+
+    size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def open(self) -> Any:
+        import io
+
+        return io.BytesIO()
 
 
 def _cancel_timers(operation: DimseOperation) -> None:

@@ -69,6 +69,12 @@ class ServiceClass:
     scp_role: bool = True
     scu_role: bool = False
     extended_negotiation: Callable[[bytes], bytes | None] | None = None
+    #: DIMSE command name -> factory(request) -> DataSink: where a request's
+    #: data set is written as it arrives (e.g. C-STORE straight into the
+    #: archive).  Called when the command set is complete, before its data
+    #: set; ``request.sink`` is then that sink.  May raise to refuse early:
+    #: the data set is then discarded and the handler sees ``request.sink_error``.
+    sink_factories: Mapping[str, Callable[..., object]] = field(default_factory=dict)
 
 
 class Registry:
@@ -89,6 +95,7 @@ class Registry:
         self.service_classes: list[ServiceClass] = []
         self.supported: dict[str, ContextSupport] = {}
         self.handlers: dict[tuple[str, str], Handler] = {}
+        self.sink_factories: dict[tuple[str, str], Callable[..., object]] = {}
         #: plugin name by service class (``id``), where known.
         self._plugin_of: dict[int, str] = {}
         scp_owner: dict[str, ServiceClass] = {}
@@ -109,6 +116,8 @@ class Registry:
                     scp_owner[sop_class] = service
                     for command, handler in service.handlers.items():
                         self.handlers[(command, sop_class)] = handler
+                    for command, factory in service.sink_factories.items():
+                        self.sink_factories[(command, sop_class)] = factory
                 self.supported[sop_class] = self._merge(self.supported.get(sop_class), sop_class, service)
 
     def _describe(self, service: ServiceClass) -> str:
@@ -156,6 +165,10 @@ class Registry:
     def handler(self, command: str, sop_class: str) -> Handler | None:
         """The handler for a request, or None (the caller answers "SOP class not supported")."""
         return self.handlers.get((command, sop_class))
+
+    def sink_factory(self, command: str, sop_class: str) -> Callable[..., object] | None:
+        """Where a request's data set should be written as it arrives, or None (memory/temp file)."""
+        return self.sink_factories.get((command, sop_class))
 
     def conformance_rows(self) -> list[tuple[str, str, str, str]]:
         """(service, SOP class name, UID, roles) rows for the conformance statement."""

@@ -85,6 +85,8 @@ class Request:
     command: dict[str, Any]
     sink: Any = None
     cancelled: bool = False  #: a C-CANCEL-RQ for it arrived
+    #: the exception a sink factory raised to refuse the data set early (it was discarded)
+    sink_error: Exception | None = None
     _dataset: Dataset | None = field(default=None, repr=False)
 
     @property

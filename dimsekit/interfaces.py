@@ -1,0 +1,82 @@
+"""zope.interface contracts between the core and replaceable plugins.
+
+An archive backend (the built-in one keeps Part 10 files and a SQLite index;
+another could use PostgreSQL and an object store) provides :class:`IArchive`
+through the ``dimsekit_archive`` hook.  The storage, query/retrieve and
+commitment plugins use only these methods.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IArchive", "IIncomingInstance", "StoredInstance"]
+
+
+class IIncomingInstance(Interface):
+    """A C-STORE data set being received straight into the archive (a data sink).
+
+    Made by :meth:`IArchive.receive` when the C-STORE-RQ command set arrives,
+    before the data set: its bytes are written as they come, to a temporary
+    file next to the instance's final place, so a large data set never sits
+    in memory.  Nothing is visible in the archive until :meth:`commit`.
+    """
+
+    size = Attribute("bytes of data set written so far")
+
+    def write(data):  # noqa: N805 - zope.interface style
+        """Append received data set bytes."""
+
+    def close():  # noqa: N805
+        """The last fragment arrived (the data set is complete, not yet committed)."""
+
+    def abort():  # noqa: N805
+        """Throw the partial data away (connection lost, rejected): leaves no file."""
+
+    def open():  # noqa: N805
+        """A binary file object over the data set bytes received (for checks/parsing)."""
+
+    def commit():  # noqa: N805
+        """Make the instance durable (fsync, rename) and indexed.
+
+        :returns: a Deferred firing with a :class:`StoredInstance`; a success
+            status may be sent only after it fires.  Fails with
+            :class:`~dimsekit.errors.DimsekitError` subclasses the storage
+            plugin maps to statuses (out of resources, duplicate rejected, ...).
+        """
+
+
+class IArchive(Interface):
+    """Where received instances go and where Q/R finds them."""
+
+    def receive(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae):  # noqa: N805
+        """An :class:`IIncomingInstance` for a C-STORE about to arrive.
+
+        :raises ~dimsekit.errors.DimsekitError: refused before anything is
+            written (invalid UID, below the free-space floor).
+        """
+
+    def reconcile():  # noqa: N805
+        """Make files and index agree after a crash; a Deferred firing with a report (dict)."""
+
+    def lookup(sop_instance_uid):  # noqa: N805
+        """A Deferred firing with the :class:`StoredInstance` of a UID, or None."""
+
+    def close():  # noqa: N805
+        """Release resources (database connections); a Deferred."""
+
+
+class StoredInstance:
+    """The archive's record of one stored instance (what hooks and Q/R see)."""
+
+    __slots__ = (
+        "sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid",
+        "patient_id", "transfer_syntax", "path", "size", "source_ae", "received_at", "replaced",
+    )
+
+    def __init__(self, **fields: object) -> None:
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+    def __repr__(self) -> str:
+        return f"<StoredInstance {self.sop_instance_uid} at {self.path}>"

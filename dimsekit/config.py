@@ -33,6 +33,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -150,22 +151,31 @@ def _section(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
         kwargs[name] = float(value) if f.type == "float" else value
     obj = cls(**kwargs)
     _validate(obj, prefix)
+    if isinstance(obj, NodeConfig | RemoteAE):
+        obj = replace(obj, ae_title=obj.ae_title.strip())
     return obj
 
 
 def _validate(obj: Any, prefix: str) -> None:
-    if isinstance(obj, NodeConfig | RemoteAE):
+    if isinstance(obj, NodeConfig):
         check_ae_title(obj.ae_title, f"{prefix}.ae_title")
         if not 0 <= obj.port <= 65535:
-            raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port (0-65535)")
+            raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port (0-65535; 0 = any free port)")
+    if isinstance(obj, RemoteAE):
+        check_ae_title(obj.ae_title, f"{prefix}.ae_title")
+        if not obj.host.strip():
+            raise ConfigError(f"{prefix}.host: give the host name or address of {obj.ae_title!r}")
+        if not 1 <= obj.port <= 65535:
+            raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port to connect to (1-65535)")
     if isinstance(obj, Limits):
         if obj.max_associations < 1:
             raise ConfigError("limits.max_associations: must be at least 1")
-        if obj.max_pdu != 0 and obj.max_pdu < 4096:
-            raise ConfigError("limits.max_pdu: use 0 (no limit) or at least 4096")
+        if obj.max_pdu != 0 and not 4096 <= obj.max_pdu <= 0xFFFFFFFF:
+            raise ConfigError("limits.max_pdu: use 0 (no limit) or 4096 to 4294967295 bytes")
         for name in ("artim_timeout", "acse_timeout", "idle_timeout", "dimse_timeout"):
-            if getattr(obj, name) < 0:
-                raise ConfigError(f"limits.{name}: must be 0 or more seconds")
+            value = getattr(obj, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"limits.{name}: must be 0 or more seconds (a finite number), got {value!r}")
         if obj.artim_timeout == 0:
             raise ConfigError("limits.artim_timeout: must be more than 0 seconds")
 
@@ -187,8 +197,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
         for required in ("ae_title", "host", "port"):
             if not isinstance(entry, Mapping) or required not in entry:
                 raise ConfigError(f"{prefix}.{required}: missing; every [[remote]] needs ae_title, host and port")
-        remote = _section(RemoteAE, entry, prefix)
-        remotes.append(replace(remote, ae_title=remote.ae_title.strip()))
+        remotes.append(_section(RemoteAE, entry, prefix))
     titles = [r.ae_title for r in remotes]
     for title in titles:
         if titles.count(title) > 1:
@@ -197,7 +206,7 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     if not isinstance(plugins, Mapping) or any(not isinstance(v, Mapping) for v in plugins.values()):
         raise ConfigError("plugins: write each plugin's settings as a [plugins.NAME] table")
     return Config(
-        node=replace(node, ae_title=node.ae_title.strip()),
+        node=node,
         limits=limits,
         remotes=tuple(remotes),
         plugins={k: dict(v) for k, v in plugins.items()},
@@ -217,4 +226,8 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: no such configuration file; check --config") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror or exc}); check --config") from None
     return from_mapping(data, source=str(path))

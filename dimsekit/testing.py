@@ -463,3 +463,350 @@ def _cut(data: bytes, splits: Iterable[int], chunk_size: int | None) -> Sequence
     points = sorted({p for p in splits if 0 < p < len(data)})
     edges = [0, *points, len(data)]
     return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+
+
+# ---------------------------------------------------------------------------
+# AssociationPair: two ApplicationEntity objects joined in memory
+# ---------------------------------------------------------------------------
+#
+# Everything Twisted is imported inside the functions below, so that importing
+# this module for UpperLayerPair alone does not import Twisted.
+
+#: Where the acceptor of an :class:`AssociationPair` pretends to listen.
+_PAIR_HOST = "127.0.0.1"
+
+
+class MemoryConnection:
+    """One in-memory transport connection of an :class:`AssociationPair`.
+
+    Each side writes into a ``StringTransport``; :meth:`pump` carries the
+    bytes over.  When either side calls ``loseConnection()`` the bytes it
+    wrote before are still delivered, then both protocols get
+    ``connectionLost`` (a side that asked to close reads nothing more, as a
+    real socket would).
+
+    :ivar requestor_protocol: the requestor's :class:`~dimsekit.protocol.DicomProtocol`.
+    :ivar acceptor_protocol: the acceptor's.
+    :ivar requestor_transport: the requestor's ``StringTransport`` (what it wrote, not yet pumped).
+    :ivar acceptor_transport: the acceptor's.
+    :ivar closed: both sides have had ``connectionLost``.
+    """
+
+    def __init__(
+        self, requestor_protocol: Any, acceptor_protocol: Any, client_port: int, server_port: int
+    ) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        client = IPv4Address("TCP", _PAIR_HOST, client_port)
+        server = IPv4Address("TCP", _PAIR_HOST, server_port)
+        self.requestor_protocol = requestor_protocol
+        self.acceptor_protocol = acceptor_protocol
+        self.requestor_transport = StringTransport(hostAddress=client, peerAddress=server)
+        self.acceptor_transport = StringTransport(hostAddress=server, peerAddress=client)
+        self.closed = False
+
+    @property
+    def requestor_association(self) -> Any:
+        """The requestor's :class:`~dimsekit.association.Association`."""
+        return self.requestor_protocol.user
+
+    @property
+    def acceptor_association(self) -> Any:
+        """The acceptor's :class:`~dimsekit.association.Association`."""
+        return self.acceptor_protocol.user
+
+    def open(self) -> None:
+        """Connect both protocols: the acceptor first (it starts ARTIM, Evt5),
+        then the requestor (Evt2: it writes its A-ASSOCIATE-RQ)."""
+        self.acceptor_protocol.makeConnection(self.acceptor_transport)
+        self.requestor_protocol.makeConnection(self.requestor_transport)
+
+    def pump(self) -> bool:
+        """Move what each side wrote to the other once, and close the connection
+        if a side asked to; True if anything happened."""
+        if self.closed:
+            self.requestor_transport.clear()
+            self.acceptor_transport.clear()
+            return False
+        moved = False
+        ends = (
+            (self.requestor_transport, self.acceptor_transport, self.acceptor_protocol),
+            (self.acceptor_transport, self.requestor_transport, self.requestor_protocol),
+        )
+        for source, sink, receiver in ends:
+            producer = source.producer
+            if producer is not None and not source.streaming:
+                before = len(source.io.getvalue())
+                producer.resumeProducing()  # a pull producer: the buffer is empty, ask for more
+                moved = moved or len(source.io.getvalue()) > before
+            data = source.value()
+            if not data:
+                continue
+            source.clear()
+            moved = True
+            if not sink.disconnecting and not self.closed:
+                receiver.dataReceived(data)
+        if (
+            not moved
+            and not self.closed
+            and (self.requestor_transport.disconnecting or self.acceptor_transport.disconnecting)
+        ):
+            self.lose()
+            moved = True
+        return moved
+
+    def lose(self, reason: Any = None) -> None:
+        """End the connection now, unsent bytes dropped: both sides get
+        ``connectionLost(reason)`` (default: a clean close)."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        if self.closed:
+            return
+        self.closed = True
+        failure = reason if reason is not None else Failure(ConnectionDone("closed in memory"))
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        self.requestor_transport.clear()
+        self.acceptor_transport.clear()
+        self.requestor_transport.disconnecting = self.acceptor_transport.disconnecting = True
+        self.requestor_protocol.connectionLost(failure)
+        self.acceptor_protocol.connectionLost(failure)
+
+
+class _MemoryClientEndpoint:
+    """An ``IStreamClientEndpoint`` that connects to the pair's acceptor in memory."""
+
+    def __init__(self, pair: AssociationPair) -> None:
+        self._pair = pair
+
+    def connect(self, factory: Any) -> Any:
+        from twisted.internet import defer
+        from twisted.internet.address import IPv4Address
+
+        pair = self._pair
+        client_port = 40000 + len(pair.connections)
+        server_port = pair.acceptor.config.node.port
+        requestor_protocol = factory.buildProtocol(IPv4Address("TCP", _PAIR_HOST, server_port))
+        acceptor_protocol = pair.acceptor.server_factory().buildProtocol(
+            IPv4Address("TCP", _PAIR_HOST, client_port)
+        )
+        connection = MemoryConnection(
+            requestor_protocol, acceptor_protocol, client_port, server_port
+        )
+        pair.connections.append(connection)
+        connection.open()
+        return defer.succeed(requestor_protocol)
+
+
+class AssociationPair:
+    """Two :class:`~dimsekit.ae.ApplicationEntity` objects, an acceptor and a
+    requestor, whose protocols are joined in memory on a fake clock.
+
+    The whole stack runs -- negotiation, the plugins' accept and
+    authenticate hooks, DIMSE dispatch to the acceptor's handlers, the
+    association end hooks, timeouts -- but bytes move only when :meth:`pump`
+    is called (most methods pump for you) and time only when :meth:`advance`
+    says so.  No socket, no thread, no real reactor, no sleeping::
+
+        from dimsekit import hookimpl, make_plugin_manager, ServiceClass
+        from dimsekit.testing import AssociationPair
+
+        class EchoPlugin:
+            @hookimpl
+            def dimsekit_service_classes(self):
+                return [ServiceClass(name="echo", sop_classes=("1.2.840.10008.1.1",),
+                                     handlers={"C-ECHO": lambda request: 0x0000})]
+
+        pair = AssociationPair(make_plugin_manager(load_entrypoints=False, plugins=[EchoPlugin()]))
+        assoc = pair.associate(contexts=["1.2.840.10008.1.1"])   # a live Association
+        assert pair.result(assoc.echo()) == 0x0000
+        pair.result(assoc.release())
+        assert pair.requestor_association.ended == "released"
+
+    :param plugin_manager: the acceptor's plugins; by default every plugin of
+        the ``dimsekit`` entry-point group (the built-ins included), as a node has.
+    :param requestor_plugin_manager: the requestor's plugins; by default none.
+    :param acceptor_config: the acceptor's :class:`~dimsekit.config.Config`
+        (limits, access list, ``check_called_ae``, plugin sections).
+    :param requestor_config: the requestor's (its limits: DIMSE timeout, ...).
+    :param acceptor_ae_title: default ``"ACCEPTOR"``.
+    :param requestor_ae_title: default ``"REQUESTOR"``.
+    :param reactor: what both sides use for time; a fresh
+        ``twisted.internet.testing.MemoryReactorClock`` by default.
+
+    :ivar acceptor: the acceptor's ApplicationEntity.
+    :ivar requestor: the requestor's ApplicationEntity.
+    :ivar reactor: the fake reactor (also the clock).
+    :ivar connections: every :class:`MemoryConnection` made, oldest first.
+    :ivar endpoint: an ``IStreamClientEndpoint`` reaching the acceptor, for
+        calling ``pair.requestor.associate(endpoint=pair.endpoint, ...)`` yourself.
+    """
+
+    #: Upper bound on pump rounds, so that two peers talking forever fail the
+    #: test instead of hanging it.
+    max_rounds = 100_000
+
+    def __init__(
+        self,
+        plugin_manager: Any = None,
+        *,
+        requestor_plugin_manager: Any = None,
+        acceptor_config: Any = None,
+        requestor_config: Any = None,
+        acceptor_ae_title: str = "ACCEPTOR",
+        requestor_ae_title: str = "REQUESTOR",
+        reactor: Any = None,
+    ) -> None:
+        from twisted.internet.interfaces import IStreamClientEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+        from zope.interface import directlyProvides
+
+        from dimsekit.ae import ApplicationEntity
+        from dimsekit.plugin import make_plugin_manager
+
+        self.reactor = reactor if reactor is not None else MemoryReactorClock()
+        if requestor_plugin_manager is None:
+            requestor_plugin_manager = make_plugin_manager(load_entrypoints=False)
+        self.acceptor = ApplicationEntity(
+            acceptor_ae_title,
+            config=acceptor_config,
+            plugin_manager=plugin_manager,
+            reactor=self.reactor,
+        )
+        self.requestor = ApplicationEntity(
+            requestor_ae_title,
+            config=requestor_config,
+            plugin_manager=requestor_plugin_manager,
+            reactor=self.reactor,
+        )
+        self.connections: list[MemoryConnection] = []
+        self.endpoint = _MemoryClientEndpoint(self)
+        directlyProvides(self.endpoint, IStreamClientEndpoint)
+
+    # -- making associations --------------------------------------------------
+
+    def connect(
+        self,
+        contexts: Iterable[Any] = (_VERIFICATION,),
+        *,
+        called: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Request an association and pump; return the Deferred of
+        :meth:`ApplicationEntity.associate <dimsekit.ae.ApplicationEntity.associate>`
+        (already fired unless a hook of the acceptor is still deciding).
+
+        :param contexts: as for ``associate``; Verification by default.
+        :param called: the Called AE Title; the acceptor's title by default.
+        :param kwargs: more ``associate`` arguments (``maximum_length``,
+            ``roles``, ``async_window``, ``user_identity``).
+        """
+        d = self.requestor.associate(
+            called=self.acceptor.ae_title if called is None else called,
+            contexts=contexts,
+            endpoint=self.endpoint,
+            **kwargs,
+        )
+        self.pump()
+        return d
+
+    def associate(
+        self,
+        contexts: Iterable[Any] = (_VERIFICATION,),
+        *,
+        called: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Request an association and return the live requestor
+        :class:`~dimsekit.association.Association`.
+
+        Same arguments as :meth:`connect`.
+
+        :raises AssociationRejected: the acceptor rejected it (as would any
+            other failure of the Deferred, e.g. AssociationAborted).
+        :raises AssertionError: no answer came (an asynchronous hook of the
+            acceptor is waiting: use :meth:`connect` and :meth:`advance`).
+        """
+        return self.result(self.connect(contexts, called=called, **kwargs))
+
+    # -- moving bytes and time -------------------------------------------------
+
+    def pump(self) -> None:
+        """Deliver everything written, both ways, on every connection, until
+        nothing moves (replies to replies included); close connections that a
+        side asked to close."""
+        for _ in range(self.max_rounds):
+            moved = False
+            for connection in self.connections:
+                moved = connection.pump() or moved
+            if not moved:
+                return
+        raise AssertionError(f"the peers were still talking after {self.max_rounds} pump rounds")
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass on the fake clock, firing each timer at its time
+        and pumping after each, so timeouts happen in the order they would."""
+        clock = self.reactor
+        target = clock.seconds() + seconds
+        self.pump()
+        while True:
+            due = [call.getTime() for call in clock.getDelayedCalls() if call.getTime() <= target]
+            if not due:
+                break
+            clock.advance(max(0.0, min(due) - clock.seconds()))
+            self.pump()
+        clock.advance(max(0.0, target - clock.seconds()))
+        self.pump()
+
+    def result(self, awaitable: Any) -> Any:
+        """Pump, then return what a Deferred (or coroutine) fired with, or raise
+        the exception it failed with.  The Deferred's result is consumed.
+
+        :raises AssertionError: it has not fired (it waits for time to pass:
+            :meth:`advance` first).
+        """
+        import inspect
+
+        from twisted.internet.defer import Deferred
+        from twisted.python.failure import Failure
+
+        d = Deferred.fromCoroutine(awaitable) if inspect.iscoroutine(awaitable) else awaitable
+        self.pump()
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        if not outcome:
+            raise AssertionError(f"{d!r} has not fired (does it wait for the clock? advance() it)")
+        value = outcome[0]
+        if isinstance(value, Failure):
+            value.raiseException()
+        return value
+
+    def disconnect(self, reason: Any = None) -> None:
+        """Drop the newest connection as a network failure would: unsent bytes
+        are lost and both sides get ``connectionLost`` (default reason:
+        ``twisted.internet.error.ConnectionLost``)."""
+        from twisted.internet.error import ConnectionLost
+
+        self._newest().lose(reason if reason is not None else ConnectionLost("dropped in memory"))
+
+    # -- what happened -----------------------------------------------------------
+
+    @property
+    def requestor_association(self) -> Any:
+        """The requestor's Association on the newest connection."""
+        return self._newest().requestor_association
+
+    @property
+    def acceptor_association(self) -> Any:
+        """The acceptor's Association on the newest connection."""
+        return self._newest().acceptor_association
+
+    def _newest(self) -> MemoryConnection:
+        if not self.connections:
+            raise AssertionError("no connection yet: call associate() or connect() first")
+        return self.connections[-1]
+
+
+__all__ += ["AssociationPair", "MemoryConnection"]

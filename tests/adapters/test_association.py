@@ -1,0 +1,590 @@
+"""Associations end to end through :class:`dimsekit.testing.AssociationPair`.
+
+Two ApplicationEntity objects, their DicomProtocols joined in memory, one
+fake clock: negotiation, the plugins' hooks, DIMSE dispatch, timeouts and the
+ways an association ends -- without a socket and without sleeping.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from dimsekit.config import Config, Limits, NodeConfig, RemoteAE
+from dimsekit.dimse.commands import CommandField
+from dimsekit.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    DIMSETimeout,
+)
+from dimsekit.hookspecs import hookimpl
+from dimsekit.plugin import make_plugin_manager
+from dimsekit.registry import ServiceClass
+from dimsekit.testing import AssociationPair
+from dimsekit.ul.items import UserIdentityRQ
+from dimsekit.ul.pdu import AssociateRJ, PDataTF, PresentationDataValue
+
+VERIFICATION = "1.2.840.10008.1.1"
+#: A private SOP class a test plugin declares without a C-ECHO handler.
+PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.9.7433.1.1"
+
+
+# -- test plugins ------------------------------------------------------------------
+
+
+class Services:
+    """Declares service classes; ``echo`` is the C-ECHO handler of Verification."""
+
+    def __init__(self, echo=lambda request: 0x0000, *, extra=()):
+        self.echo = echo
+        self.extra = tuple(extra)
+
+    @hookimpl
+    def dimsekit_service_classes(self):
+        verification = ServiceClass(
+            name="test-verification", sop_classes=(VERIFICATION,), handlers={"C-ECHO": self.echo}
+        )
+        return [verification, *self.extra]
+
+
+class Recorder:
+    """Records the association boundary hooks."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def dimsekit_on_association_established(self, association):
+        self.calls.append(("established", association))
+
+    @hookimpl
+    def dimsekit_on_association_released(self, association):
+        self.calls.append(("released", association))
+
+    @hookimpl
+    def dimsekit_on_association_aborted(self, association, reason):
+        self.calls.append(("aborted", association))
+
+    def kinds(self):
+        return [kind for kind, _ in self.calls]
+
+
+class Authenticator:
+    """Accepts alice/secret (answering b"welcome"), rejects every other identity."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def dimsekit_authenticate(self, identity, request):
+        self.seen.append((identity, request))
+        if identity.primary_field == b"alice" and identity.secondary_field == b"secret":
+            return b"welcome"
+        return False
+
+
+def identity(user=b"alice", password=b"secret", *, response=True):
+    return UserIdentityRQ(
+        identity_type=2,
+        positive_response_requested=response,
+        primary_field=user,
+        secondary_field=password,
+    )
+
+
+class AssociationTestCase(SynchronousTestCase):
+    """Builds a pair whose both sides record their hooks."""
+
+    def make_pair(self, *plugins, acceptor_config=None, requestor_config=None, **kwargs):
+        self.acceptor_hooks = Recorder()
+        self.requestor_hooks = Recorder()
+        if not any(isinstance(p, Services) for p in plugins):
+            plugins = (Services(), *plugins)
+        pm = make_plugin_manager(load_entrypoints=False, plugins=[*plugins, self.acceptor_hooks])
+        requestor_pm = make_plugin_manager(load_entrypoints=False, plugins=[self.requestor_hooks])
+        self.pair = AssociationPair(
+            pm,
+            requestor_plugin_manager=requestor_pm,
+            acceptor_config=acceptor_config,
+            requestor_config=requestor_config,
+            **kwargs,
+        )
+        return self.pair
+
+    def assertNoTimersLeft(self):
+        self.assertEqual(self.pair.reactor.getDelayedCalls(), [])
+
+
+# -- the happy paths -------------------------------------------------------------------
+
+
+class EchoTests(AssociationTestCase):
+    def test_echo(self):
+        pair = self.make_pair()
+        assoc = pair.associate(contexts=[VERIFICATION])
+        self.assertTrue(assoc.established)
+        self.assertEqual(assoc.remote_ae_title, "ACCEPTOR")
+        self.assertEqual(pair.acceptor_association.remote_ae_title, "REQUESTOR")
+        d = assoc.echo()
+        pair.pump()
+        self.assertEqual(self.successResultOf(d), 0x0000)
+
+    def test_many_echos_one_after_the_other(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        statuses = [pair.result(assoc.echo()) for _ in range(200)]
+        self.assertEqual(statuses, [0x0000] * 200)
+        self.assertEqual(pair.acceptor.active, {pair.acceptor_association})
+
+    def test_many_echos_in_flight_at_once(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        pending = [assoc.echo() for _ in range(50)]
+        pair.pump()
+        self.assertEqual([self.successResultOf(d) for d in pending], [0x0000] * 50)
+
+    def test_release(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        d = assoc.release()
+        pair.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(assoc.ended, "released")
+        self.assertEqual(pair.acceptor_association.ended, "released by the peer")
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+        # A released association refuses further work without raising.
+        self.failureResultOf(assoc.echo())
+        self.failureResultOf(assoc.release())
+
+    def test_two_associations_one_after_the_other(self):
+        pair = self.make_pair()
+        first = pair.associate()
+        pair.result(first.release())
+        second = pair.associate()
+        self.assertIsNot(first, second)
+        self.assertEqual(pair.result(second.echo()), 0)
+        self.assertEqual(len(pair.connections), 2)
+
+    def test_deferred_handler_answers_when_it_fires(self):
+        later: list[Deferred] = []
+
+        def echo(request):
+            later.append(Deferred())
+            return later[-1]
+
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        self.assertNoResult(d)
+        later[0].callback(0x0000)
+        pair.pump()
+        self.assertEqual(self.successResultOf(d), 0x0000)
+
+    def test_coroutine_handler(self):
+        async def echo(request):
+            return 0x0000
+
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        self.assertEqual(pair.result(assoc.echo()), 0x0000)
+
+    def test_handler_sees_the_request(self):
+        seen = []
+
+        def echo(request):
+            seen.append(request)
+            return 0x0000
+
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        pair.result(assoc.echo())
+        (request,) = seen
+        self.assertIs(request.association, pair.acceptor_association)
+        self.assertEqual(request.sop_class_uid, VERIFICATION)
+        self.assertEqual(request.context.abstract_syntax, VERIFICATION)
+
+
+# -- handlers that fail, SOP classes nobody serves ----------------------------------------
+
+
+class DispatchFailureTests(AssociationTestCase):
+    def test_handler_that_raises_gets_processing_failure_and_association_survives(self):
+        def echo(request):
+            raise ValueError("the handler broke")
+
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        context = assoc.negotiated.context_for(VERIFICATION)
+        command = {
+            "CommandField": CommandField.C_ECHO_RQ,
+            "AffectedSOPClassUID": VERIFICATION,
+            "CommandDataSetType": 0x0101,
+        }
+        response = pair.result(assoc.send_request(context, command))
+        self.assertEqual(response.status, 0x0110)
+        self.assertEqual(response.command["ErrorComment"], "the handler broke")
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        # Still established: another request is answered the same way, then a clean release.
+        self.assertEqual(pair.result(assoc.echo()), 0x0110)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIsNone(assoc.ended)
+        pair.result(assoc.release())
+        self.assertEqual(assoc.ended, "released")
+
+    def test_handler_returning_garbage_gets_processing_failure(self):
+        # A handler must return a status; one that returns None is a plugin bug
+        # that must be answered (0x0110), not leave the requestor waiting.
+        pair = self.make_pair(Services(lambda request: None))
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        self.assertEqual(self.successResultOf(d), 0x0110)
+        self.flushLoggedErrors()
+
+    def test_sop_class_without_handler_gets_0122(self):
+        private = ServiceClass(name="private", sop_classes=(PRIVATE_SOP_CLASS,))
+        pair = self.make_pair(Services(extra=[private]))
+        assoc = pair.associate(contexts=[VERIFICATION, PRIVATE_SOP_CLASS])
+        context = assoc.negotiated.context_for(PRIVATE_SOP_CLASS)
+        self.assertIsNotNone(context)
+        command = {
+            "CommandField": CommandField.C_ECHO_RQ,
+            "AffectedSOPClassUID": PRIVATE_SOP_CLASS,
+            "CommandDataSetType": 0x0101,
+        }
+        response = pair.result(assoc.send_request(context, command))
+        self.assertEqual(response.status, 0x0122)
+        self.assertEqual(response.command["MessageIDBeingRespondedTo"], 1)
+        self.assertEqual(pair.result(assoc.echo()), 0x0000)  # the association goes on
+
+    def test_context_of_an_undeclared_sop_class_is_not_accepted(self):
+        pair = self.make_pair()
+        assoc = pair.associate(contexts=[VERIFICATION, PRIVATE_SOP_CLASS])
+        self.assertIsNone(assoc.negotiated.context_for(PRIVATE_SOP_CLASS))
+        self.assertEqual(len(assoc.negotiated.contexts), 1)
+
+
+# -- ending: abort, loss, timeouts --------------------------------------------------------
+
+
+class EndingTests(AssociationTestCase):
+    def make_slow_pair(self, **kwargs):
+        """Acceptor whose C-ECHO handler never answers."""
+        self.never: list[Deferred] = []
+
+        def echo(request):
+            self.never.append(Deferred())
+            return self.never[-1]
+
+        return self.make_pair(Services(echo), **kwargs)
+
+    def test_requestor_abort_fails_outstanding_requests(self):
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        pending = [assoc.echo() for _ in range(3)]
+        pair.pump()
+        assoc.abort()
+        pair.pump()
+        for d in pending:
+            self.failureResultOf(d, AssociationAborted)
+        self.assertTrue(assoc.ended.startswith("aborted"))
+        self.assertEqual(pair.acceptor_association.ended, "aborted by the peer (A-ABORT)")
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "aborted"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_acceptor_abort_fails_the_requestors_outstanding_requests(self):
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        pending = [assoc.echo() for _ in range(3)]
+        pair.pump()
+        pair.acceptor_association.abort()
+        pair.pump()
+        for d in pending:
+            failure = self.failureResultOf(d, AssociationAborted)
+            self.assertEqual(failure.value.source, 0)  # the peer's service-user
+        self.assertEqual(assoc.ended, "aborted by the peer (A-ABORT)")
+        self.assertNoTimersLeft()
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "aborted"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_data_and_abort_in_one_read(self):
+        # The requestor's C-ECHO-RQ and its A-ABORT reach the acceptor in one
+        # read: the acceptor must not try to answer on the aborted association
+        # (no error may escape, be logged, or be left in a Deferred).
+        pair = self.make_pair()
+        assoc = pair.associate()
+        d = assoc.echo()
+        assoc.abort()
+        pair.pump()
+        self.failureResultOf(d, AssociationAborted)
+        self.assertEqual(pair.acceptor_association.ended, "aborted by the peer (A-ABORT)")
+        gc.collect()  # an unhandled failure left in a Deferred is logged when collected
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_connection_loss_fails_outstanding_requests(self):
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        pair.disconnect()
+        self.failureResultOf(d, AssociationAborted)  # ConnectionLost is one too
+        self.assertIn("closed", assoc.ended)
+        self.assertIsNone(assoc.protocol)
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "aborted"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_dimse_timeout(self):
+        pair = self.make_slow_pair(requestor_config=Config(limits=Limits(dimse_timeout=5)))
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.advance(4.9)
+        self.assertNoResult(d)
+        pair.advance(0.2)
+        failure = self.failureResultOf(d, DIMSETimeout)
+        self.assertIn("within 5 s", str(failure.value))
+        self.assertTrue(assoc.ended.startswith("aborted"))
+        self.assertEqual(pair.acceptor_association.ended, "aborted by the peer (A-ABORT)")
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertNoTimersLeft()
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "aborted"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_dimse_timer_is_cancelled_by_the_response(self):
+        pair = self.make_pair(requestor_config=Config(limits=Limits(dimse_timeout=5)))
+        assoc = pair.associate()
+        self.assertEqual(pair.result(assoc.echo()), 0)
+        owners = [getattr(call.func, "__self__", None) for call in pair.reactor.getDelayedCalls()]
+        self.assertNotIn(assoc, owners)  # only the protocols' timers are left
+
+    def test_idle_association_is_aborted(self):
+        pair = self.make_pair(acceptor_config=Config(limits=Limits(idle_timeout=60)),
+                              requestor_config=Config(limits=Limits(idle_timeout=0)))
+        assoc = pair.associate()
+        pair.advance(59)
+        self.assertIsNone(assoc.ended)
+        pair.result(assoc.echo())  # activity pushes the deadline back
+        pair.advance(59)
+        self.assertIsNone(assoc.ended)
+        pair.advance(2)
+        self.assertIsNotNone(assoc.ended)
+        self.assertIn("idle", pair.acceptor_association.ended)
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertNoTimersLeft()
+
+    def test_release_hooks_called_once(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        pair.result(assoc.echo())
+        pair.result(assoc.release())
+        pair.advance(120)  # nothing left to fire
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "released"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
+        self.assertEqual(
+            [a for _, a in self.acceptor_hooks.calls], [pair.acceptor_association] * 2
+        )
+        self.assertEqual([a for _, a in self.requestor_hooks.calls], [assoc] * 2)
+
+    def test_malformed_pdata_is_answered_with_an_abort(self):
+        # A data set fragment with no command set before it breaks the message
+        # sequence (PS3.7 6.3.1): the acceptor must abort, not raise.
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        stray = PDataTF(pdvs=(PresentationDataValue(context_id=1, control=0x02, data=b"\0\0\0\0"),))
+        assoc.protocol.send_pdata(stray.encode())
+        pair.pump()
+        self.assertIsNotNone(pair.acceptor_association.ended)
+        self.assertTrue(pair.connections[-1].closed)
+        self.failureResultOf(d, AssociationAborted)
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+
+# -- rejection --------------------------------------------------------------------------------
+
+
+class RejectionTests(AssociationTestCase):
+    def assertRejected(self, pair, result, source, reason, **kwargs):
+        d = pair.connect(**kwargs)
+        error = self.failureResultOf(d, AssociationRejected).value
+        self.assertEqual((error.result, error.source, error.reason), (result, source, reason))
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertFalse(pair.requestor_association.established)
+        self.assertTrue(pair.acceptor_association.ended.startswith("rejected"))
+        return error
+
+    def test_called_ae_title_checked(self):
+        pair = self.make_pair(acceptor_config=Config(node=NodeConfig(check_called_ae=True)))
+        error = self.assertRejected(pair, 1, 1, 7, called="SOMEONE-ELSE")
+        self.assertIn("called-AE-title-not-recognized", str(error))
+        self.assertTrue(pair.associate(called="ACCEPTOR").established)
+
+    def test_called_ae_title_not_checked_by_default(self):
+        pair = self.make_pair()
+        self.assertTrue(pair.associate(called="SOMEONE-ELSE").established)
+
+    def test_unknown_caller(self):
+        config = Config(
+            node=NodeConfig(allow_unknown_callers=False),
+            remotes=(RemoteAE(ae_title="FRIEND", host="127.0.0.1", port=11113),),
+        )
+        pair = self.make_pair(acceptor_config=config)
+        error = self.assertRejected(pair, 1, 1, 3)
+        self.assertIn("calling-AE-title-not-recognized", str(error))
+        self.assertEqual(self.acceptor_hooks.kinds(), [])
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+
+    def test_known_caller(self):
+        config = Config(
+            node=NodeConfig(allow_unknown_callers=False),
+            remotes=(RemoteAE(ae_title="FRIEND", host="127.0.0.1", port=11113),),
+        )
+        pair = self.make_pair(acceptor_config=config, requestor_ae_title="FRIEND")
+        self.assertTrue(pair.associate().established)
+
+    def test_max_associations(self):
+        pair = self.make_pair(acceptor_config=Config(limits=Limits(max_associations=1)))
+        first = pair.associate()
+        self.assertRejected(pair, 2, 3, 2)  # rejected-transient, local-limit-exceeded
+        self.assertEqual(pair.acceptor.active, {pair.connections[0].acceptor_association})
+        self.assertEqual(pair.result(first.echo()), 0)  # the first one is untouched
+        pair.result(first.release())
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertTrue(pair.associate().established)  # the slot is free again
+
+    def test_accept_hook_rejects(self):
+        class Gatekeeper:
+            def __init__(self):
+                self.requests = []
+
+            @hookimpl
+            def dimsekit_accept_association(self, request):
+                self.requests.append(request)
+                return AssociateRJ(result=2, source=1, reason=1)
+
+        gatekeeper = Gatekeeper()
+        pair = self.make_pair(gatekeeper)
+        self.assertRejected(pair, 2, 1, 1)
+        (request,) = gatekeeper.requests
+        self.assertEqual(request.rq.calling_ae_title, "REQUESTOR")
+        self.assertEqual(request.peer.host, "127.0.0.1")
+        self.assertEqual(pair.acceptor.active, set())
+
+
+# -- user identity -----------------------------------------------------------------------------
+
+
+class UserIdentityTests(AssociationTestCase):
+    def test_accepted_with_server_response(self):
+        authenticator = Authenticator()
+        pair = self.make_pair(authenticator)
+        assoc = pair.associate(user_identity=identity())
+        self.assertEqual(assoc.negotiated.user_identity_response, b"welcome")
+        (seen, request), = authenticator.seen
+        self.assertEqual(seen.primary_field, b"alice")
+        self.assertIs(request.association, pair.acceptor_association)
+
+    def test_rejected(self):
+        pair = self.make_pair(Authenticator())
+        error = self.failureResultOf(
+            pair.connect(user_identity=identity(password=b"wrong")), AssociationRejected
+        ).value
+        self.assertEqual((error.result, error.source, error.reason), (1, 1, 1))
+        self.assertEqual(self.acceptor_hooks.kinds(), [])
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+
+    def test_no_identity_offered_skips_the_authenticator(self):
+        authenticator = Authenticator()
+        pair = self.make_pair(authenticator)
+        assoc = pair.associate()
+        self.assertIsNone(assoc.negotiated.user_identity_response)
+        self.assertEqual(authenticator.seen, [])
+
+    def test_no_authenticator_accepts_without_response(self):
+        pair = self.make_pair()
+        assoc = pair.associate(user_identity=identity())
+        self.assertIsNone(assoc.negotiated.user_identity_response)
+
+    def test_asynchronous_authenticator(self):
+        class SlowAuthenticator:
+            def __init__(self, clock):
+                self.clock = clock
+
+            @hookimpl
+            def dimsekit_authenticate(self, identity, request):
+                d = Deferred()
+                self.clock.callLater(2, d.callback, True)
+                return d
+
+        pair = self.make_pair()
+        pair.acceptor.pm.register(SlowAuthenticator(pair.reactor))
+        d = pair.connect(user_identity=identity())
+        self.assertNoResult(d)
+        pair.advance(2)
+        assoc = self.successResultOf(d)
+        self.assertTrue(assoc.established)
+        self.assertIsNone(assoc.negotiated.user_identity_response)
+
+    def test_authenticator_that_raises_rejects(self):
+        class Broken:
+            @hookimpl
+            def dimsekit_authenticate(self, identity, request):
+                raise RuntimeError("directory unreachable")
+
+        pair = self.make_pair(Broken())
+        error = self.failureResultOf(pair.connect(user_identity=identity()), AssociationRejected).value
+        self.assertEqual((error.result, error.source, error.reason), (1, 1, 1))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+# -- the kit itself ----------------------------------------------------------------------------
+
+
+class PairTests(AssociationTestCase):
+    def test_default_plugin_manager_finds_the_builtin_verification(self):
+        pair = AssociationPair()
+        assoc = pair.associate()
+        self.assertEqual(pair.result(assoc.echo()), 0x0000)
+
+    def test_result_of_an_unfired_deferred_is_an_assertion(self):
+        pair = self.make_pair()
+        with self.assertRaises(AssertionError):
+            pair.result(Deferred())
+
+    def test_result_of_a_coroutine(self):
+        pair = self.make_pair()
+
+        async def scenario():
+            assoc = await pair.connect()
+            return await assoc.echo()
+
+        self.assertEqual(pair.result(scenario()), 0)
+
+    def test_result_raises_the_failure(self):
+        pair = self.make_pair(acceptor_config=Config(node=NodeConfig(check_called_ae=True)))
+        with self.assertRaises(AssociationRejected):
+            pair.associate(called="NOBODY")
+
+    def test_endpoint_for_the_application_entity_api(self):
+        pair = self.make_pair()
+        d = pair.requestor.associate(called="ACCEPTOR", contexts=[VERIFICATION], endpoint=pair.endpoint)
+        pair.pump()
+        self.assertTrue(self.successResultOf(d).established)
+
+    def test_peer_addresses(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        self.assertEqual((assoc.peer.host, assoc.peer.port), ("127.0.0.1", 11112))
+        self.assertEqual(pair.acceptor_association.peer.host, "127.0.0.1")

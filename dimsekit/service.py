@@ -68,8 +68,21 @@ class DicomNodeService(service.Service):
             deadline = self.ae.reactor.seconds() + self.grace
             while self.ae.active and self.ae.reactor.seconds() < deadline:
                 yield _sleep(self.ae.reactor, 0.1)
-            for association in list(self.ae.active):
+            aborted = list(self.ae.active)
+            for association in aborted:
                 association.abort("node shutting down")
+            # The A-ABORTs are only queued on the transports: the reactor's
+            # shutdown drops connections without flushing them, so the peers
+            # would see a bare close.  Close each transport ourselves (it
+            # writes what is queued first) and wait, bounded, until they are gone.
+            for association in aborted:
+                protocol = association.protocol
+                transport = getattr(protocol, "transport", None)
+                if transport is not None:
+                    transport.loseConnection()
+            deadline = self.ae.reactor.seconds() + 2.0
+            while any(a.protocol is not None for a in aborted) and self.ae.reactor.seconds() < deadline:
+                yield _sleep(self.ae.reactor, 0.02)
 
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred:

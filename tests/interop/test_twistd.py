@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 
 import pytest
 
-from tests.interop.conftest import TWISTD, echoscu, run, start_node
+from tests.interop.conftest import TWISTD, RawPeer, abort_pdu, echoscu, run, start_node, stop
 
 pytestmark = pytest.mark.interop
 
@@ -53,3 +54,43 @@ def test_bad_config_stops_start_up_with_a_message(tmp_path):
     assert result.returncode != 0
     assert "max_associations" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_sigterm_lets_a_running_association_finish(tmp_path):
+    node = start_node(tmp_path)
+    try:
+        with RawPeer.connect(node.port) as peer:
+            peer.associate(calling="GRACEFUL")
+            node.proc.send_signal(signal.SIGTERM)
+            node.wait_log(r"waiting up to .* association")
+            assert peer.echo() == 0x0000  # still served while the node waits for it
+            started = time.monotonic()
+            peer.release()
+        code = node.proc.wait(5)
+        assert time.monotonic() - started < 3, "the node kept waiting after the association ended"
+    finally:
+        stop(node.proc)
+    assert code == 0, node.log_text()
+    assert "Traceback" not in node.log_text()
+    assert "released" in node.wait_log(r"calling=GRACEFUL")
+
+
+def test_sigterm_aborts_associations_that_outlast_the_grace_period(tmp_path):
+    node = start_node(tmp_path)
+    try:
+        with RawPeer.connect(node.port) as peer, RawPeer.connect(node.port) as other:
+            peer.associate(calling="STUBBORN1")
+            other.associate(calling="STUBBORN2")
+            started = time.monotonic()
+            node.proc.send_signal(signal.SIGTERM)
+            for p in (peer, other):
+                # the A-ABORT reaches the peer before the connection closes
+                assert p.recv_pdu(timeout=10) == abort_pdu(source=0, reason=0)
+                p.expect_eof(timeout=3)
+            code = node.proc.wait(5)
+            assert time.monotonic() - started < 9
+    finally:
+        stop(node.proc)
+    assert code == 0, node.log_text()
+    assert "Traceback" not in node.log_text()
+    assert "shutting down" in node.wait_log(r"calling=STUBBORN2")

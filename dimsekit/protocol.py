@@ -31,6 +31,10 @@ __all__ = ["DicomProtocol", "UpperLayerUser", "set_low_latency"]
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
+#: No association any more: the table has no cell for a user primitive here
+#: (but Evt1 in Sta1, which is not issued through :meth:`DicomProtocol.call`).
+_OVER = frozenset({State.STA1, State.STA13})
+
 
 class UpperLayerUser(TypingProtocol):
     """What the protocol hands the upper layer's indications to (the association)."""
@@ -146,17 +150,27 @@ class DicomProtocol(protocol.Protocol):
         """A-ABORT request (Evt15); nothing happens where the table has no cell for it."""
         self.run(self.ul.abort(self.reactor.seconds(), reason))
 
-    def call(self, method: str, *args: Any) -> None:
+    def call(self, method: str, *args: Any) -> bool:
         """Issue a primitive on the core (``accept``, ``reject``, ``release``,
         ``release_response``, ``abort``) and carry out its outputs.
+
+        Returns False, doing nothing, when the association is already over
+        (Sta1, Sta13): the core handles every PDU of a read before the user
+        sees the first indication, so an answer to an A-RELEASE-RQ read
+        together with an A-ABORT comes too late -- the user learns of the end
+        from the next indication.  Misuse while the association lives raises
+        :class:`~dimsekit.errors.LocalProtocolError`.
 
         The core's primitives take ``now`` last, except ``abort(now, reason)``,
         whose reason is optional.
         """
         if method == "abort":
             self.abort(*args)
-            return
+            return True
+        if self.ul.state in _OVER:
+            return False
         self.run(getattr(self.ul, method)(*args, self.reactor.seconds()))
+        return True
 
     # -- carrying out outputs ---------------------------------------------------
 

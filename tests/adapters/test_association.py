@@ -329,6 +329,57 @@ class EndingTests(AssociationTestCase):
         gc.collect()  # an unhandled failure left in a Deferred is logged when collected
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_release_and_abort_in_one_read(self):
+        # The acceptor reads the A-RELEASE-RQ and the A-ABORT together: its
+        # answer to the release indication comes too late and must not raise.
+        pair = self.make_pair()
+        assoc = pair.associate()
+        d = assoc.release()
+        assoc.abort()
+        pair.pump()
+        self.failureResultOf(d, AssociationAborted)
+        self.assertTrue(assoc.ended.startswith("aborted"))
+        self.assertIsNotNone(pair.acceptor_association.ended)
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertNoTimersLeft()
+        self.assertEqual(len(self.acceptor_hooks.kinds()), 2)  # established + one end
+
+    def test_release_collision(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        mine, theirs = assoc.release(), pair.acceptor_association.release()
+        pair.pump()
+        self.assertIsNone(self.successResultOf(mine))
+        self.assertIsNone(self.successResultOf(theirs))
+        self.assertEqual(self.requestor_hooks.kinds(), ["established", "released"])
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
+        self.assertNoTimersLeft()
+
+    def test_acceptor_asks_to_release(self):
+        pair = self.make_pair()
+        assoc = pair.associate()
+        d = pair.acceptor_association.release()
+        pair.pump()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(assoc.ended, "released by the peer")
+
+    def test_acse_timeout_while_the_acceptor_decides(self):
+        class Undecided:
+            @hookimpl
+            def dimsekit_authenticate(self, identity, request):
+                return Deferred()
+
+        pair = self.make_pair(Undecided())
+        d = pair.connect(user_identity=identity())
+        self.assertEqual(len(pair.acceptor.active), 1)
+        pair.advance(29)
+        self.assertNoResult(d)
+        pair.advance(1)  # the requestor's ACSE timeout (30 s)
+        self.failureResultOf(d, AssociationAborted)
+        self.assertEqual(pair.acceptor.active, set())  # the slot is given back
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertNoTimersLeft()
+
     def test_connection_loss_fails_outstanding_requests(self):
         pair = self.make_slow_pair()
         assoc = pair.associate()

@@ -132,9 +132,9 @@ class SocketTransport(StringTransport):
 
 
 class ProtocolTestCase(SynchronousTestCase):
-    def make(self, *, requestor: bool = False, timeouts: Timeouts | None = None, transport=None):
+    def make(self, *, requestor: bool = False, timeouts: Timeouts | None = None, transport=None, user=None):
         self.clock = task.Clock()
-        self.user = RecordingUser()
+        self.user = user or RecordingUser()
         self.ul = UpperLayer(timeouts=timeouts or Timeouts())
         if requestor:
             self.ul.request_association(associate_rq(), self.clock.seconds())
@@ -282,6 +282,40 @@ class AssociationTests(ProtocolTestCase):
         self.assertEqual(pdu.source, 2)
         (indication,) = self.user.of("abort_indication")
         self.assertIsInstance(indication, out.ProviderAbortIndication)
+
+
+class StaleIndicationTests(ProtocolTestCase):
+    """The core handles every PDU of a read before the user sees the first
+    indication: answering one after the association ended is not an error."""
+
+    def test_release_rq_and_abort_in_one_read(self):
+        class AnswersRelease(RecordingUser):
+            def release_indication(self, item):
+                self.events.append(("release_indication", item))
+                self.protocol.call("release_response")
+
+        self.establish_as_acceptor(user=AnswersRelease())
+        self.protocol.dataReceived(ReleaseRQ().encode() + Abort(source=0, reason=0).encode())
+        self.assertEqual(self.user.names()[-2:], ["release_indication", "abort_indication"])
+        self.assertEqual(self.transport.value(), b"")  # no A-RELEASE-RP after the abort
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.ul.state, State.STA1)
+
+    def test_primitives_after_the_end_do_nothing(self):
+        self.establish_as_acceptor()
+        self.protocol.dataReceived(Abort(source=0, reason=0).encode())
+        self.transport.clear()
+        self.assertFalse(self.protocol.call("release"))
+        self.assertFalse(self.protocol.call("release_response"))
+        self.assertFalse(self.protocol.send_pdata(pdata()))
+        self.assertEqual(self.transport.value(), b"")
+
+    def test_misuse_while_alive_still_raises(self):
+        from dimsekit.errors import LocalProtocolError
+
+        self.establish_as_acceptor()
+        with self.assertRaises(LocalProtocolError):
+            self.protocol.call("release_response")  # nobody asked to release
 
 
 class TimerTests(ProtocolTestCase):

@@ -31,6 +31,7 @@ from tests.interop.conftest import (
     associate_rq,
     echo_rq_pdata,
     echoscu,
+    pdata_pdu,
     rj_fields,
     start_node,
     stop,
@@ -183,6 +184,58 @@ def test_second_associate_rq_on_established_association(artim_node):
     artim_node.assert_healthy()
 
 
+def test_release_then_never_close(artim_node):
+    with RawPeer.connect(artim_node.port) as peer:
+        peer.associate(calling="NOCLOSE")
+        peer.send(RELEASE_RQ)
+        assert peer.recv_pdu() == RELEASE_RP
+        # AR-4 started ARTIM in Sta13: the node closes when it expires (AA-2).
+        expect_waits_for_close(peer, artim=True)
+    assert "released" in artim_node.wait_log(r"calling=NOCLOSE")
+    artim_node.assert_healthy()
+
+
+def test_unsupported_protocol_version(artim_node):
+    rq = bytearray(associate_rq(calling="VERSION2"))
+    rq[6:8] = b"\x00\x02"  # protocol-version without bit 0 (PS3.8 Table 9-11)
+    with RawPeer.connect(artim_node.port) as peer:
+        peer.send(bytes(rq))
+        # rejected-permanent, service-provider (ACSE), protocol-version-not-supported (Table 9-21)
+        assert rj_fields(peer.recv_pdu()) == (1, 2, 2)
+        expect_waits_for_close(peer, artim=True)  # AE-8 / AE-6: RJ, then ARTIM
+    artim_node.assert_healthy()
+
+
+def expect_abort_and_close(peer: RawPeer) -> tuple[int, int]:
+    """An A-ABORT (either source), and the connection ends once we close."""
+    pdu = peer.recv_pdu(timeout=2)
+    assert pdu[0] == A_ABORT, f"expected A-ABORT, got {pdu.hex()}"
+    return abort_fields(pdu)
+
+
+BAD_PDATA = {
+    # a PDV item longer than what is left of its P-DATA-TF
+    "pdv-overruns-pdu": bytes.fromhex("04 00 0000000a 000000ff 01 03 0000 0000"),
+    "pdata-without-pdv": pdata_pdu(),
+    "pdv-length-below-2": bytes.fromhex("04 00 00000006 00000001 01 03"),
+    "command-set-of-garbage": pdata_pdu((1, 0x03, b"\xff" * 40)),
+    "unaccepted-context-id": echo_rq_pdata(context_id=3),
+    "data-set-before-command": pdata_pdu((1, 0x02, bytes(10))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PDATA))
+def test_bad_pdata_on_established_association(artim_node, name):
+    calling = f"BAD{sorted(BAD_PDATA).index(name)}"
+    with RawPeer.connect(artim_node.port) as peer:
+        peer.associate(calling=calling)
+        peer.send(BAD_PDATA[name])
+        source, reason = expect_abort_and_close(peer)
+        assert source in (0, 2), (source, reason)
+    assert "abort" in artim_node.wait_log(rf"calling={calling} ").lower()
+    artim_node.assert_healthy()
+
+
 def test_silent_connection_closed_after_artim(artim_node):
     with RawPeer.connect(artim_node.port) as peer:
         waited = peer.expect_eof(timeout=ARTIM + 1.5)  # nothing sent (AA-2), closed
@@ -236,7 +289,7 @@ def test_max_associations(tmp_path):
         b = accepted(node.port, "SLOT-B")
         peers += [a, b]
         assert rejected(node.port, "SLOT-C") == TOO_MANY
-        assert "rejected (2/3/2)" in node.wait_log(r"calling=SLOT-C")
+        node.wait_log(r"calling=SLOT-C\b.*reject.*(2/3/2|local-limit-exceeded)")
         assert a.echo(2) == 0 and b.echo(2) == 0  # the held ones still work
 
         a.release()  # ends by release

@@ -487,23 +487,30 @@ class MemoryConnection:
 
     :ivar requestor_protocol: the requestor's :class:`~dimsekit.protocol.DicomProtocol`.
     :ivar acceptor_protocol: the acceptor's.
-    :ivar requestor_transport: the requestor's ``StringTransport`` (what it wrote, not yet pumped).
+    :ivar requestor_transport: the requestor's ``StringTransport`` (what it wrote, not yet
+        pumped; ``pauses`` counts the times it paused the producer).
     :ivar acceptor_transport: the acceptor's.
     :ivar closed: both sides have had ``connectionLost``.
     """
 
     def __init__(
-        self, requestor_protocol: Any, acceptor_protocol: Any, client_port: int, server_port: int
+        self,
+        requestor_protocol: Any,
+        acceptor_protocol: Any,
+        client_port: int,
+        server_port: int,
+        write_buffer: int | None = None,
     ) -> None:
         from twisted.internet.address import IPv4Address
-        from twisted.internet.testing import StringTransport
 
         client = IPv4Address("TCP", _PAIR_HOST, client_port)
         server = IPv4Address("TCP", _PAIR_HOST, server_port)
+        transport = _memory_transport_class()
         self.requestor_protocol = requestor_protocol
         self.acceptor_protocol = acceptor_protocol
-        self.requestor_transport = StringTransport(hostAddress=client, peerAddress=server)
-        self.acceptor_transport = StringTransport(hostAddress=server, peerAddress=client)
+        self.requestor_transport = transport(hostAddress=client, peerAddress=server)
+        self.acceptor_transport = transport(hostAddress=server, peerAddress=client)
+        self.requestor_transport.write_buffer = self.acceptor_transport.write_buffer = write_buffer
         self.closed = False
 
     @property
@@ -537,9 +544,9 @@ class MemoryConnection:
         for source, sink, receiver in ends:
             producer = source.producer
             if producer is not None and not source.streaming:
-                before = len(source.io.getvalue())
+                before = source.io.tell()
                 producer.resumeProducing()  # a pull producer: the buffer is empty, ask for more
-                moved = moved or len(source.io.getvalue()) > before
+                moved = moved or source.io.tell() > before
             data = source.value()
             if not data:
                 continue
@@ -547,6 +554,7 @@ class MemoryConnection:
             moved = True
             if not sink.disconnecting and not self.closed:
                 receiver.dataReceived(data)
+            source.drained()
         if (
             not moved
             and not self.closed
@@ -575,6 +583,47 @@ class MemoryConnection:
         self.acceptor_protocol.connectionLost(failure)
 
 
+_transport_class: type | None = None
+
+
+def _memory_transport_class() -> type:
+    """A StringTransport with an optional write buffer limit (made once, lazily)."""
+    global _transport_class
+    if _transport_class is None:
+        from twisted.internet.testing import StringTransport
+
+        class MemoryTransport(StringTransport):
+            """Pauses a streaming producer when more than ``write_buffer`` bytes
+            wait to be pumped, and resumes it once they were, as a TCP
+            transport does with its send buffer."""
+
+            write_buffer: int | None = None
+            producer_paused = False
+            pauses = 0
+
+            def write(self, data: bytes) -> None:
+                super().write(data)
+                limit = self.write_buffer
+                if (
+                    limit is not None
+                    and self.streaming
+                    and self.producer is not None
+                    and not self.producer_paused
+                    and self.io.tell() > limit
+                ):
+                    self.producer_paused = True
+                    self.pauses += 1
+                    self.producer.pauseProducing()
+
+            def drained(self) -> None:
+                if self.producer_paused and self.producer is not None:
+                    self.producer_paused = False
+                    self.producer.resumeProducing()
+
+        _transport_class = MemoryTransport
+    return _transport_class
+
+
 class _MemoryClientEndpoint:
     """An ``IStreamClientEndpoint`` that connects to the pair's acceptor in memory."""
 
@@ -593,7 +642,7 @@ class _MemoryClientEndpoint:
             IPv4Address("TCP", _PAIR_HOST, client_port)
         )
         connection = MemoryConnection(
-            requestor_protocol, acceptor_protocol, client_port, server_port
+            requestor_protocol, acceptor_protocol, client_port, server_port, pair.write_buffer
         )
         pair.connections.append(connection)
         connection.open()
@@ -635,6 +684,10 @@ class AssociationPair:
     :param requestor_ae_title: default ``"REQUESTOR"``.
     :param reactor: what both sides use for time; a fresh
         ``twisted.internet.testing.MemoryReactorClock`` by default.
+    :param write_buffer: bytes a side may write before its transport pauses a
+        streaming producer (the association's send queue), as a full TCP send
+        buffer does; :meth:`pump` resumes it once the bytes moved.  None (the
+        default): never pause.
 
     :ivar acceptor: the acceptor's ApplicationEntity.
     :ivar requestor: the requestor's ApplicationEntity.
@@ -658,6 +711,7 @@ class AssociationPair:
         acceptor_ae_title: str = "ACCEPTOR",
         requestor_ae_title: str = "REQUESTOR",
         reactor: Any = None,
+        write_buffer: int | None = None,
     ) -> None:
         from twisted.internet.interfaces import IStreamClientEndpoint
         from twisted.internet.testing import MemoryReactorClock
@@ -681,6 +735,7 @@ class AssociationPair:
             plugin_manager=requestor_plugin_manager,
             reactor=self.reactor,
         )
+        self.write_buffer = write_buffer
         self.connections: list[MemoryConnection] = []
         self.endpoint = _MemoryClientEndpoint(self)
         directlyProvides(self.endpoint, IStreamClientEndpoint)

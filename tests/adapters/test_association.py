@@ -609,6 +609,33 @@ class PairTests(AssociationTestCase):
         assoc = pair.associate()
         self.assertEqual(pair.result(assoc.echo()), 0x0000)
 
+    def test_write_buffer_pauses_and_resumes_the_send_queue(self):
+        received = []
+
+        def store(request):
+            received.append(request.sink.size)
+            return 0x0000
+
+        storage = ServiceClass(name="private-storage", sop_classes=(PRIVATE_SOP_CLASS,), handlers={"C-STORE": store})
+        pair = self.make_pair(Services(extra=[storage]), write_buffer=8192)
+        assoc = pair.associate(contexts=[PRIVATE_SOP_CLASS], maximum_length=4096)
+        context = assoc.negotiated.context_for(PRIVATE_SOP_CLASS)
+        command = {
+            "CommandField": CommandField.C_STORE_RQ,
+            "AffectedSOPClassUID": PRIVATE_SOP_CLASS,
+            "AffectedSOPInstanceUID": "1.2.3.4",
+            "Priority": 0,
+            "CommandDataSetType": 0x0001,
+        }
+        dataset = bytes(range(256)) * 1024  # 256 KiB
+        d = assoc.send_request(context, command, dataset)
+        transport = pair.connections[-1].requestor_transport
+        self.assertLess(len(transport.value()), 8192 + 16384)  # paused, not all written at once
+        self.assertEqual(transport.pauses, 1)
+        self.assertEqual(pair.result(d).status, 0x0000)
+        self.assertEqual(received, [len(dataset)])
+        self.assertGreater(transport.pauses, 10)
+
     def test_result_of_an_unfired_deferred_is_an_assertion(self):
         pair = self.make_pair()
         with self.assertRaises(AssertionError):

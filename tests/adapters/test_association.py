@@ -17,6 +17,7 @@ from dimsekit.dimse.commands import CommandField
 from dimsekit.errors import (
     AssociationAborted,
     AssociationRejected,
+    ConnectionLost,
     DIMSETimeout,
 )
 from dimsekit.hookspecs import hookimpl
@@ -393,6 +394,16 @@ class EndingTests(AssociationTestCase):
         self.assertNoTimersLeft()
         self.assertEqual(self.requestor_hooks.kinds(), ["established", "aborted"])
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_connection_loss_is_reported_as_connection_lost(self):
+        # errors.ConnectionLost: "The transport connection closed while the
+        # association was in use" -- what a caller catches to retry.
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        pair.disconnect()
+        self.failureResultOf(d, ConnectionLost)
 
     def test_dimse_timeout(self):
         pair = self.make_slow_pair(requestor_config=Config(limits=Limits(dimse_timeout=5)))

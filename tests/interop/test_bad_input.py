@@ -9,6 +9,7 @@ end within about a second.
 from __future__ import annotations
 
 import random
+import re
 import socket
 import struct
 import threading
@@ -368,3 +369,34 @@ def test_max_associations_concurrent_burst(tmp_path):
     finally:
         code = stop(node.proc)
     assert code == 0, node.log_text()
+
+
+PRE_ASSOCIATION_INPUT = {
+    "tls-client-hello": (GARBAGE["tls-client-hello"], r"invalid|unrecognized"),
+    "pdata-before-association": (echo_rq_pdata(), r"unexpected"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRE_ASSOCIATION_INPUT))
+def test_bad_input_before_association_is_logged_with_its_reason(artim_node, name):
+    """DESIGN.md: bad input from the network gets a protocol-correct answer *and
+    a log line*.  The line for the connection must say what was wrong -- not
+    just "connection closed", as for a port probe that sends nothing."""
+    data, why = PRE_ASSOCIATION_INPUT[name]
+    with RawPeer.connect(artim_node.port) as peer:
+        port = peer.sock.getsockname()[1]
+        peer.send(data)
+        assert peer.recv_pdu()[0] == A_ABORT
+    line = artim_node.wait_log(rf"peer=127\.0\.0\.1:{port}\b", timeout=3)
+    assert re.search(why, line, re.IGNORECASE), f"the log does not say why the connection ended: {line}"
+
+
+def test_provider_rejection_is_logged(artim_node):
+    """An A-ASSOCIATE-RQ the service-provider itself rejects (protocol version
+    without bit 0, AE-6) is logged as a rejection, with its calling AE title."""
+    rq = bytearray(associate_rq(calling="VERSION3"))
+    rq[6:8] = b"\x00\x02"
+    with RawPeer.connect(artim_node.port) as peer:
+        peer.send(bytes(rq))
+        assert rj_fields(peer.recv_pdu()) == (1, 2, 2)
+    artim_node.wait_log(r"calling=VERSION3\b.*reject.*(1/2/2|protocol-version-not-supported)", timeout=2)

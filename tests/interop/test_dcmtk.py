@@ -119,3 +119,27 @@ def test_unknown_calling_ae_rejected_listed_one_accepted(tmp_path):
         assert "Traceback" not in node.log_text()
     finally:
         assert stop(node.proc) == 0
+
+
+def test_echoscu_aborting_instead_of_releasing(shared_node):
+    result = echoscu(shared_node.port, "-aet", "DCMTKABORT", "--abort", "-v")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Received Echo Response (Success)" in output, output
+    line = shared_node.wait_log(r"calling=DCMTKABORT ")
+    assert "abort" in line, line
+    shared_node.assert_healthy()
+
+
+@pytest.mark.parametrize("options", [
+    ("-pts", "38"),  # many transfer syntaxes per context, compressed ones included
+    ("-ppc", "128", "-pts", "3"),  # the most presentation contexts a request can hold
+    ("-pdu", "4096"),  # the smallest maximum PDU length echoscu offers
+    ("-pdu", "131072"),
+])
+def test_echoscu_negotiation_variants(shared_node, options):
+    result = echoscu(shared_node.port, *options, "-v")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Received Echo Response (Success)" in output, output
+    shared_node.assert_healthy()

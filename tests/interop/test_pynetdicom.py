@@ -7,6 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import (
+    AsynchronousOperationsWindowNegotiation,
+    SCP_SCU_RoleSelectionNegotiation,
+    SOPClassExtendedNegotiation,
+    UserIdentityNegotiation,
+)
 
 from tests.interop.conftest import DIMSEKIT_CLI, VERIFICATION, run, run_script
 
@@ -37,6 +43,73 @@ def test_pynetdicom_scu_to_node(shared_node):
     assert pynetdicom_scu(shared_node.port, echoes=3) == [0, 0, 0]
     line = shared_node.wait_log(r"calling=PYNETDICOM called=DIMSEKIT")
     assert "released" in line, line
+    shared_node.assert_healthy()
+
+
+def _user_identity(kind: int, positive: bool) -> UserIdentityNegotiation:
+    item = UserIdentityNegotiation()
+    item.user_identity_type = kind
+    item.primary_field = b"alice"
+    if kind == 2:
+        item.secondary_field = b"secret"
+    item.positive_response_requested = positive
+    return item
+
+
+def _async_window() -> AsynchronousOperationsWindowNegotiation:
+    item = AsynchronousOperationsWindowNegotiation()
+    item.maximum_number_operations_invoked = 4
+    item.maximum_number_operations_performed = 4
+    return item
+
+
+def _role() -> SCP_SCU_RoleSelectionNegotiation:
+    item = SCP_SCU_RoleSelectionNegotiation()
+    item.sop_class_uid = VERIFICATION
+    item.scu_role = True
+    item.scp_role = True
+    return item
+
+
+def _extended() -> SOPClassExtendedNegotiation:
+    item = SOPClassExtendedNegotiation()
+    item.sop_class_uid = VERIFICATION
+    item.service_class_application_information = b"\x01\x00"
+    return item
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+NEGOTIATIONS = {
+    "user-identity-username-positive-response": ([(VERIFICATION,)], lambda: [_user_identity(1, True)]),
+    "user-identity-password": ([(VERIFICATION,)], lambda: [_user_identity(2, False)]),
+    "async-operations-window": ([(VERIFICATION,)], lambda: [_async_window()]),
+    "role-selection": ([(VERIFICATION,)], lambda: [_role()]),
+    "sop-class-extended": ([(VERIFICATION,)], lambda: [_extended()]),
+    "explicit-vr-only": ([(VERIFICATION, ["1.2.840.10008.1.2.1"])], lambda: []),
+    "unsupported-context-too": ([(CT_IMAGE_STORAGE,), (VERIFICATION,)], lambda: []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEGOTIATIONS))
+def test_pynetdicom_negotiation_variants(shared_node, name):
+    contexts, items = NEGOTIATIONS[name]
+    ae = AE(ae_title="PYNNEG")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    for context in contexts:
+        ae.add_requested_context(*context)
+    assoc = ae.associate("127.0.0.1", shared_node.port, ae_title="DIMSEKIT", ext_neg=items())
+    try:
+        assert assoc.is_established, name
+        results = {c.abstract_syntax: c.result for c in assoc.accepted_contexts + assoc.rejected_contexts}
+        assert results[VERIFICATION] == 0x00, results
+        if CT_IMAGE_STORAGE in results:
+            assert results[CT_IMAGE_STORAGE] == 0x03, results  # abstract-syntax-not-supported
+        status = assoc.send_c_echo()
+        assert status and status.Status == 0x0000
+    finally:
+        assoc.release()
+        ae.shutdown()
     shared_node.assert_healthy()
 
 

@@ -109,23 +109,27 @@ class ServiceUser:
 
     # -- contexts ------------------------------------------------------------------
 
-    def context_for(self, sop_class: str, transfer_syntax: str | None = None) -> NegotiatedContext:
-        """The accepted presentation context for ``sop_class`` on which we are SCU.
+    def context_for(
+        self, sop_class: str, transfer_syntax: str | None = None, *, as_scu: bool = True
+    ) -> NegotiatedContext:
+        """The accepted presentation context for ``sop_class`` on which we are
+        SCU (``as_scu``), or SCP (to send the requests an SCP invokes: N-EVENT-REPORT).
 
         :raises LocalProtocolError: none was accepted.
         """
         if self.negotiated is None:
             raise LocalProtocolError("association is not established")
-        context = self.negotiated.context_for(sop_class, transfer_syntax, as_scu=True)
+        context = self.negotiated.context_for(sop_class, transfer_syntax, as_scu=as_scu)
         if context is None:
             wanted = f"{UID(sop_class).name}" + (f" in {UID(transfer_syntax).name}" if transfer_syntax else "")
-            raise LocalProtocolError(f"no accepted presentation context for {wanted}")
+            role = "SCU" if as_scu else "SCP"
+            raise LocalProtocolError(f"no accepted presentation context for {wanted} with us as {role}")
         return context
 
-    def _request(self, sop_class: str, command: dict[str, Any], dataset: Any = None) -> Deferred:
+    def _request(self, sop_class: str, command: dict[str, Any], dataset: Any = None, *, as_scu: bool = True) -> Deferred:
         """Send a request on the context of ``sop_class``; fire with the final Response."""
         try:
-            context = self.context_for(sop_class)
+            context = self.context_for(sop_class, as_scu=as_scu)
             command.setdefault("CommandDataSetType", NO_DATASET if dataset is None else 0x0001)
             operation = self.start_operation(context, command, dataset)
         except Exception as exc:
@@ -298,14 +302,18 @@ class ServiceUser:
     # -- DIMSE-N ----------------------------------------------------------------------------
 
     def n_event_report(self, sop_class: str, sop_instance: str, event_type_id: int, dataset: Any = None) -> Deferred:
-        """N-EVENT-REPORT (PS3.7 10.1.1); fires with the :class:`Response`."""
+        """N-EVENT-REPORT (PS3.7 10.1.1); fires with the :class:`Response`.
+
+        The SCP of ``sop_class`` invokes it (PS3.7 10.1.1): it goes out on a
+        context where we have the SCP role -- as acceptor by default, as
+        requestor when we proposed the SCP role (role selection)."""
         command = {
             "CommandField": CommandField.N_EVENT_REPORT_RQ,
             "AffectedSOPClassUID": sop_class,
             "AffectedSOPInstanceUID": sop_instance,
             "EventTypeID": int(event_type_id),
         }
-        return self._request(sop_class, command, dataset)
+        return self._request(sop_class, command, dataset, as_scu=False)
 
     def n_get(self, sop_class: str, sop_instance: str, attribute_identifiers: Sequence[int] = ()) -> Deferred:
         """N-GET (PS3.7 10.1.2); empty ``attribute_identifiers`` asks for every attribute."""

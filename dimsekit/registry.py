@@ -99,6 +99,9 @@ class Registry:
         #: plugin name by service class (``id``), where known.
         self._plugin_of: dict[int, str] = {}
         scp_owner: dict[str, ServiceClass] = {}
+        #: handlers of SCU-role-only declarations (the C-STORE sub-operations of
+        #: a C-GET, N-EVENT-REPORTs of storage commitment): an SCP declaration's win
+        scu_handlers: dict[tuple[str, str], tuple[Handler, ServiceClass]] = {}
         for entry in service_classes:
             plugin, service = entry if isinstance(entry, tuple) else (None, entry)
             if plugin is not None:
@@ -118,7 +121,19 @@ class Registry:
                         self.handlers[(command, sop_class)] = handler
                     for command, factory in service.sink_factories.items():
                         self.sink_factories[(command, sop_class)] = factory
+                else:
+                    for command, handler in service.handlers.items():
+                        other = scu_handlers.get((command, sop_class))
+                        if other is not None:
+                            raise RegistryError(
+                                f"{command} for SOP class {sop_class} ({UID(sop_class).name}) is handled by two "
+                                f"service classes: {self._describe(other[1])} and {self._describe(service)}; "
+                                "disable one with DIMSEKIT_DISABLE_PLUGINS"
+                            )
+                        scu_handlers[(command, sop_class)] = (handler, service)
                 self.supported[sop_class] = self._merge(self.supported.get(sop_class), sop_class, service)
+        for key, (handler, _service) in scu_handlers.items():
+            self.handlers.setdefault(key, handler)
 
     def _describe(self, service: ServiceClass) -> str:
         plugin = self._plugin_of.get(id(service))

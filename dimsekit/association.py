@@ -296,6 +296,9 @@ class Association(ServiceUser):
         if isinstance(output, out.AbortIndication):
             why = "aborted by the peer (A-ABORT)"
             error = AssociationAborted(why, source=output.source, reason=output.reason)
+        elif self.protocol is not None and getattr(self.protocol, "transport_lost", False):
+            why = f"aborted: {output.reason}"
+            error = ConnectionLost(f"the connection closed before the association ended ({output.reason})")
         else:
             why = f"aborted: {output.reason}"
             error = AssociationAborted(output.reason)

@@ -114,7 +114,12 @@ class ApplicationEntity:
             check_called_ae=node.check_called_ae,
             allowed_callers=allowed,
             maximum_length=self.maximum_length,
+            max_operations_invoked=limits.max_operations_invoked,
+            max_operations_performed=limits.max_operations_performed,
         )
+        #: the asynchronous operations window we propose by default (None: 1/1, not proposed)
+        window = (limits.max_operations_invoked, limits.max_operations_performed)
+        self.async_window: tuple[int, int] | None = None if window == (1, 1) else window
         self.active: set[Association] = set()
 
     # -- association slots (acceptor side) ---------------------------------------
@@ -162,6 +167,9 @@ class ApplicationEntity:
 
         :param contexts: abstract syntaxes to propose, each a UID (proposed with
             the uncompressed transfer syntaxes) or ``(uid, [transfer syntaxes])``.
+        :param async_window: (max operations we invoke, max we perform) to
+            propose (PS3.7 D.3.3.3; 0 = unlimited); by default the
+            ``[limits]`` window, not proposed when that is 1/1.
         :raises (in the Deferred): :class:`~dimsekit.errors.AssociationRejected`,
             :class:`~dimsekit.errors.AssociationAborted`, or the connection error.
         """
@@ -179,7 +187,7 @@ class ApplicationEntity:
                 contexts=proposals,
                 maximum_length=self.maximum_length if maximum_length is None else maximum_length,
                 roles=roles or {},
-                async_window=async_window,
+                async_window=self.async_window if async_window is None else async_window,
                 user_identity=user_identity,
             )
         except Exception as exc:

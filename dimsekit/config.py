@@ -22,6 +22,8 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     acse_timeout = 30
     idle_timeout = 60            # 0 = never drop an idle association
     dimse_timeout = 60           # seconds to wait for a DIMSE response; 0 = forever
+    max_operations_invoked = 1   # asynchronous operations window (PS3.7 D.3.3.3): our requests
+    max_operations_performed = 1 #   outstanding at once / the peer's performed at once; 0 = no limit
 
     [[remote]]                   # known AEs: C-MOVE destinations, access list
     ae_title = "STORESCP"
@@ -84,6 +86,10 @@ class Limits:
     acse_timeout: float = 30.0
     idle_timeout: float = 60.0
     dimse_timeout: float = 60.0
+    #: asynchronous operations window (PS3.7 D.3.3.3), 0 = unlimited; 1/1 (the
+    #: default) means the item is neither proposed nor answered
+    max_operations_invoked: int = 1
+    max_operations_performed: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +184,9 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"limits.{name}: must be 0 or more seconds (a finite number), got {value!r}")
         if obj.artim_timeout == 0:
             raise ConfigError("limits.artim_timeout: must be more than 0 seconds")
+        for name in ("max_operations_invoked", "max_operations_performed"):
+            if not 0 <= getattr(obj, name) <= 0xFFFF:
+                raise ConfigError(f"limits.{name}: use 0 (no limit) to 65535 operations")
 
 
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:

@@ -299,6 +299,9 @@ class Association(ServiceUser):
         elif self.protocol is not None and getattr(self.protocol, "transport_lost", False):
             why = f"aborted: {output.reason}"
             error = ConnectionLost(f"the connection closed before the association ended ({output.reason})")
+        elif output.transport_closed:
+            why = f"aborted: {output.reason}"
+            error = ConnectionLost(output.reason)
         else:
             why = f"aborted: {output.reason}"
             error = AssociationAborted(output.reason)

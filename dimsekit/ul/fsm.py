@@ -420,7 +420,7 @@ def aa_3(ctx: ActionContext) -> tuple[State, Outputs]:
 
 def aa_4(ctx: ActionContext) -> tuple[State, Outputs]:
     """AA-4: issue A-P-ABORT indication primitive; next state Sta1."""
-    return State.STA1, [out.ProviderAbortIndication(_why(ctx))]
+    return State.STA1, [out.ProviderAbortIndication(_why(ctx), transport_closed=ctx.event == Event.EVT17)]
 
 
 def aa_5(ctx: ActionContext) -> tuple[State, Outputs]:

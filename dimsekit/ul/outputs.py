@@ -101,9 +101,12 @@ class AbortIndication:
 class ProviderAbortIndication:
     """A-P-ABORT indication (AA-3, AA-4, AA-8, timeouts): the association ended
     for a reason of the service-provider (ours or the peer's); ``reason`` says
-    which in words, for logs and exceptions."""
+    which in words, for logs and exceptions.  ``transport_closed`` is true when
+    the cause is the transport connection closing under the association (AA-4
+    on Evt17)."""
 
     reason: str
+    transport_closed: bool = False
 
 
 Output = (

@@ -1,0 +1,1 @@
+"""Query/Retrieve and Modality Worklist: C-FIND matching, C-GET, C-MOVE over the archive."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from twisted.internet import defer, task
 from twisted.internet import error as net_error
 
 from dimsekit.ae import ApplicationEntity
 from dimsekit.config import Config, ConfigError, Limits, NodeConfig
 from dimsekit.errors import DimsekitError
 
-__all__ = ["make_ae", "describe_failure", "fail"]
+__all__ = ["make_ae", "describe_failure", "fail", "end_cleanly"]
 
 
 def make_ae(reactor: Any, args: Any) -> ApplicationEntity:
@@ -46,3 +47,26 @@ def fail(tool: str, failure: Any, code: int = 1) -> int:
     """Print ``tool: reason`` on stderr and return the exit code."""
     print(f"dimsekit {tool}: {describe_failure(failure)}", file=sys.stderr)
     return code
+
+
+@defer.inlineCallbacks
+def end_cleanly(reactor: Any, association: Any = None, *, timeout: float = 1.0):
+    """Before a tool exits: end the association protocol-correctly and let the
+    last PDUs reach the peer.
+
+    An association still open (the tool gave up on it: no usable context, a
+    failed operation) is aborted.  Then, for at most ``timeout`` seconds, wait
+    until nothing is left to write: stopping the reactor drops connections
+    without writing what is queued, so the peer would see a bare close where
+    PS3.8 has an A-ABORT (after an invalid A-ASSOCIATE-AC, a timeout, ...).
+    """
+    if association is not None and association.protocol is not None and not association.ended:
+        association.abort("the tool gave up on the association")
+    get_writers = getattr(reactor, "getWriters", None)
+    if get_writers is None:
+        return
+    deadline = reactor.seconds() + timeout
+    for _ in range(1000):
+        if not get_writers() or reactor.seconds() >= deadline:
+            return
+        yield task.deferLater(reactor, 0.005, lambda: None)

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import defer
 
 from dimsekit.cli import add_common_arguments
-from dimsekit.cli._scu import fail, make_ae
+from dimsekit.cli._scu import end_cleanly, fail, make_ae
 from dimsekit.dimse.status import describe
 from dimsekit.uids import VERIFICATION
 
@@ -30,12 +30,23 @@ def run(reactor: Any, args: argparse.Namespace):
         print("dimsekit echo: --repeat must be at least 1", file=sys.stderr)
         return 2
     ae = make_ae(reactor, args)
+    state: dict[str, Any] = {}
+    try:
+        code = yield _echo(reactor, args, ae, state)
+    finally:
+        yield end_cleanly(reactor, state.get("association"))
+    return code
+
+
+@defer.inlineCallbacks
+def _echo(reactor: Any, args: argparse.Namespace, ae: Any, state: dict[str, Any]):
     try:
         association = yield ae.associate(
             args.host, args.port, called=args.called, contexts=[VERIFICATION], connect_timeout=args.timeout
         )
     except Exception:
         return fail("echo", _failure())
+    state["association"] = association
     started = time.perf_counter()
     failures = 0
     try:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import struct
 import time
 
 import pytest
 
 from tests.interop.conftest import (
+    A_ABORT,
     A_ASSOCIATE_RQ,
     DIMSEKIT_CLI,
     P_DATA_TF,
+    RELEASE_RQ,
+    RawPeer,
     RawServer,
     SilentServer,
+    _element,
+    abort_fields,
     abort_pdu,
     associate_ac_for,
     free_port,
+    pdata_pdu,
     run,
     start_node,
     stop,
@@ -77,3 +84,83 @@ def test_abort_by_the_peer():
         line = one_line_reason(echo(server.port, timeout=20))
         server.join()
     assert "abort" in line, line
+
+
+# -- the CLI ends associations protocol-correctly, whatever went wrong ---------------------------
+
+
+def _echo_rsp(message_id: int) -> bytes:
+    """A C-ECHO-RSP (Success) in one P-DATA-TF, written by hand."""
+    uid = b"1.2.840.10008.1.1\x00"
+    body = (
+        _element(0x0000, 0x0002, uid)
+        + _element(0x0000, 0x0100, struct.pack("<H", 0x8030))
+        + _element(0x0000, 0x0120, struct.pack("<H", message_id))
+        + _element(0x0000, 0x0800, struct.pack("<H", 0x0101))
+        + _element(0x0000, 0x0900, struct.pack("<H", 0x0000))
+    )
+    return pdata_pdu((1, 0x03, _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body))
+
+
+def _reject_all_contexts(ac: bytes) -> bytes:
+    """The A-ASSOCIATE-AC with every presentation context answered 3 (abstract syntax not supported)."""
+    data = bytearray(ac)
+    offset = 74
+    for _ in range(256):
+        if offset >= len(data):
+            break
+        if data[offset] == 0x21:
+            data[offset + 6] = 3  # Result/Reason (PS3.8 Table 9-18, byte 7)
+        offset += 4 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return bytes(data)
+
+
+def _associated(peer: RawPeer, transform=lambda ac: ac) -> None:
+    rq = peer.recv_pdu()
+    assert rq[0] == A_ASSOCIATE_RQ
+    peer.send(transform(associate_ac_for(rq)))
+
+
+def garbage_instead_of_ac(peer: RawPeer) -> bytes:
+    peer.recv_pdu()
+    peer.send(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    return peer.recv_pdu()  # Sta5 + invalid PDU -> AA-8: A-ABORT
+
+
+def no_usable_context(peer: RawPeer) -> bytes:
+    _associated(peer, _reject_all_contexts)
+    return peer.recv_pdu()  # the tool cannot echo; it must end the association
+
+
+def wrong_message_id(peer: RawPeer) -> bytes:
+    _associated(peer)
+    assert peer.recv_pdu()[0] == P_DATA_TF
+    peer.send(_echo_rsp(message_id=99))  # never the answer to message 1
+    return peer.recv_pdu(timeout=6)  # DIMSE timeout -> A-ABORT
+
+
+def silent_on_release(peer: RawPeer) -> bytes:
+    _associated(peer)
+    assert peer.recv_pdu()[0] == P_DATA_TF
+    peer.send(_echo_rsp(message_id=1))
+    assert peer.recv_pdu() == RELEASE_RQ
+    return peer.recv_pdu(timeout=6)  # no A-RELEASE-RP: ACSE timeout -> A-ABORT (AA-1)
+
+
+@pytest.mark.parametrize(("script", "expected_abort", "words"), [
+    (garbage_instead_of_ac, {(2, 1)}, "invalid"),
+    (no_usable_context, {(0, 0)}, "context"),
+    (wrong_message_id, {(0, 0), (2, 0)}, "within 1 s"),
+    (silent_on_release, {(0, 0), (2, 0)}, "within 1 s"),
+])
+def test_cli_sends_a_abort_before_it_exits(script, expected_abort, words):
+    """Whatever goes wrong, the peer gets the A-ABORT PS3.8 has for it before the
+    connection closes -- not a bare close because the tool exited first."""
+    server = RawServer(script)
+    with server:
+        result = echo(server.port, "--timeout", "1", timeout=20)
+        abort = server.join()
+    line = one_line_reason(result)
+    assert words in line, line
+    assert abort[0] == A_ABORT, f"expected A-ABORT, got {abort.hex()}"
+    assert abort_fields(abort) in expected_abort, abort.hex()

@@ -564,8 +564,9 @@ class Association(ServiceUser):
         _cancel_timers(operation)
         message = f"message {operation.message_id}: {why}; aborting the association"
         _log.warn("{peer}: {message}", peer=_address(self.peer), message=message)
-        operation.fail(DIMSETimeout(message))
+        # abort first: whoever awaits the operation finds the association ended
         self.abort(message)
+        operation.fail(DIMSETimeout(message))
 
     def _operation_done(self, operation: DimseOperation) -> None:
         self._operations.pop(operation.message_id, None)

@@ -143,3 +143,20 @@ def test_echoscu_negotiation_variants(shared_node, options):
     assert result.returncode == 0, output
     assert "Received Echo Response (Success)" in output, output
     shared_node.assert_healthy()
+
+
+def test_many_echoscu_at_once(shared_node):
+    procs = [subprocess.Popen([dcmtk("echoscu"), "-aec", "DIMSEKIT", "-aet", f"PARALLEL{i}", "--repeat", "5",
+                               "127.0.0.1", str(shared_node.port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(16)]
+    try:
+        codes = [p.wait(30) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+            if p.stdout:
+                p.stdout.close()
+    assert codes == [0] * 16, codes
+    for i in range(16):
+        assert "released" in shared_node.wait_log(rf"calling=PARALLEL{i} ")
+    shared_node.assert_healthy()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.interop.conftest import (
+    A_ABORT,
     A_ASSOCIATE_RQ,
     HERE,
     RELEASE_RP,
@@ -21,6 +23,7 @@ from tests.interop.conftest import (
     associate_ac_for,
     free_port,
     run_script,
+    start_node,
     stop,
     wait_for_port,
 )
@@ -112,3 +115,21 @@ def test_release_collision_dimsekit_acceptor(tmp_path):
     lines = [line for line in output.splitlines() if line in {"listening", "release requested", "released", "closed"}]
     assert lines == ["listening", "release requested", "released", "closed"], output
     assert "Traceback" not in output, output
+
+
+def test_node_aborts_an_idle_association(tmp_path):
+    node = start_node(tmp_path, config="[limits]\nidle_timeout = 1\n")
+    try:
+        with RawPeer.connect(node.port) as peer:
+            peer.associate(calling="IDLER")
+            assert peer.echo() == 0x0000
+            started = time.monotonic()
+            pdu = peer.recv_pdu(timeout=3)  # idle for 1 s -> the node aborts
+            waited = time.monotonic() - started
+            assert pdu[0] == A_ABORT, pdu.hex()
+            assert 0.5 <= waited <= 2.0, f"aborted after {waited:.2f} s of idleness, idle_timeout is 1 s"
+        assert "idle" in node.wait_log(r"calling=IDLER ")
+        node.assert_healthy()
+    finally:
+        code = stop(node.proc)
+    assert code == 0, node.log_text()

@@ -73,6 +73,10 @@ async def main(reactor, port: int) -> int:
 
 
 if __name__ == "__main__":
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # dimsekit's log (and any Traceback) on stderr, for the test to check
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     codes: list[int] = []
     try:
         task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor, int(sys.argv[1]))).addCallback(codes.append))

@@ -62,6 +62,10 @@ def run(reactor) -> defer.Deferred:
 
 
 if __name__ == "__main__":
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    # dimsekit's log (and any Traceback) on stderr, for the test to check
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     codes: list[int] = []
     try:
         task.react(lambda reactor: run(reactor).addCallback(codes.append))

@@ -588,7 +588,7 @@ class SplittingProxy:
     coalesced.
     """
 
-    def __init__(self, target_port: int, seed: int, gather: float = 0.005) -> None:
+    def __init__(self, target_port: int, seed: int, gather: float = 0.01) -> None:
         self.target_port = target_port
         self.gather = gather
         self.rng = random.Random(seed)

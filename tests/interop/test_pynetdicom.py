@@ -158,4 +158,5 @@ def test_dimsekit_library_echo_to_pynetdicom_scp(pynetdicom_scp):
     result = run_script("_scu.py", "echo", str(pynetdicom_scp.port), "PYNSCP")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["established", "echo", "0x0000", "released", "closed"], result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
     assert pynetdicom_scp.requests == [("DIMSEKIT-SCU", "PYNSCP")]

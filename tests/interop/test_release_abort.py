@@ -86,6 +86,7 @@ def test_release_collision_dimsekit_requestor():
         assert server.join() == ["ok"]
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.split() == ["established", "released", "closed"], result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
 
 
 def test_release_collision_dimsekit_acceptor(tmp_path):

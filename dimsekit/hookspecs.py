@@ -174,3 +174,28 @@ def dimsekit_on_instance_stored(instance: Any) -> None:
 
     Added in API version 1.
     """
+
+
+@hookspec
+def dimsekit_on_mpps_completed(instance: Any) -> None:
+    """A Modality Performed Procedure Step reached a final state: COMPLETED or DISCONTINUED.
+
+    Called once per step, after the N-SET that set Performed Procedure Step
+    Status (0040,0252) to ``COMPLETED`` or ``DISCONTINUED`` is stored and
+    before its response is sent.  Both final states are reported, because a
+    worklist or a RIS must leave "in progress" in both: read
+    ``instance.dataset.PerformedProcedureStepStatus`` to tell them apart
+    (COMPLETED: the acquisition is done; DISCONTINUED: it was cancelled or
+    failed, PS3.4 Annex F) before marking, for example, a worklist item done.
+
+    Return value: ignored (a Deferred is not waited for; do slow work yourself
+    without blocking the reactor).  An exception is logged; the N-SET still
+    succeeds.
+
+    :param instance: the step as stored, a :class:`~dimsekit.nservice.Instance`
+        (``sop_instance_uid``, ``sop_class_uid``, ``dataset`` with every
+        attribute of the step, e.g. ``ScheduledStepAttributesSequence`` and
+        ``PerformedSeriesSequence``).
+
+    Added in API version 1.
+    """

@@ -1,0 +1,109 @@
+"""C-STORE from a Part 10 file: unparsed when the peer accepted its transfer
+syntax, re-encoded by pydicom among the uncompressed ones otherwise, refused
+with a clear DatasetError for compressed data the peer cannot take."""
+
+from __future__ import annotations
+
+import pydicom
+from pydicom import dcmread
+
+import dimsekit.scu
+from dimsekit.datasets import DatasetError, decode_dataset
+from dimsekit.uids import VERIFICATION
+from tests.dimse_e2e.support import (
+    BIG_ENDIAN,
+    CT,
+    CT_FILE,
+    EXPLICIT,
+    IMPLICIT,
+    JPEG2000,
+    JPEG2000_FILE,
+    JPEG_BASELINE,
+    JPEG_FILE,
+    MR,
+    MR_BIG_ENDIAN_FILE,
+    MR_IMPLICIT_FILE,
+    RT_PLAN,
+    RT_PLAN_FILE,
+    SC,
+    LoopbackTestCase,
+    Services,
+    file_dataset_bytes,
+    sha,
+    within,
+)
+
+
+def same_elements(test, received, path):
+    original = dcmread(path)
+    for elem in original:
+        test.assertEqual(received[elem.tag].value, elem.value, f"{elem.keyword} differs")
+    test.assertEqual(len(received), len(original))
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("the data set was parsed or re-encoded")
+
+
+class Part10SendingTests(LoopbackTestCase):
+    def forbid_parsing(self):
+        self.patch(pydicom, "dcmread", _never)
+        self.patch(dimsekit.scu, "encode_dataset", _never)
+
+    async def _store(self, path, storage_ts, contexts):
+        services = Services(storage_ts=storage_ts)
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [*contexts, VERIFICATION])
+        self.assoc = assoc
+        response = await within(assoc.store(path))
+        self.assertEqual(response.status, 0x0000)
+        (stored,) = services.stored
+        await within(assoc.release())
+        return stored
+
+    async def test_accepted_transfer_syntax_goes_unparsed(self):
+        self.forbid_parsing()
+        for path, sop, ts in [(CT_FILE, CT, EXPLICIT), (MR_IMPLICIT_FILE, MR, IMPLICIT),
+                              (MR_BIG_ENDIAN_FILE, MR, BIG_ENDIAN), (RT_PLAN_FILE, RT_PLAN, IMPLICIT)]:
+            stored = await self._store(path, (ts,), [(sop, [ts])])
+            self.assertEqual(stored.transfer_syntax, ts)
+            self.assertEqual(sha(stored.data), sha(file_dataset_bytes(path)), path)
+
+    async def test_compressed_file_with_its_syntax_accepted_goes_unparsed(self):
+        self.forbid_parsing()
+        for path, ts in [(JPEG2000_FILE, JPEG2000), (JPEG_FILE, JPEG_BASELINE)]:
+            stored = await self._store(path, (ts, EXPLICIT), [(SC, [ts]), (SC, [EXPLICIT])])
+            self.assertEqual(stored.transfer_syntax, ts)
+            self.assertEqual(stored.data, file_dataset_bytes(path))
+
+    async def test_uncompressed_file_is_reencoded_for_a_peer_taking_another_syntax(self):
+        for path, sop, target in [(CT_FILE, CT, IMPLICIT), (MR_IMPLICIT_FILE, MR, EXPLICIT),
+                                  (MR_BIG_ENDIAN_FILE, MR, IMPLICIT)]:
+            stored = await self._store(path, (target,), [sop])
+            self.assertEqual(stored.transfer_syntax, target)
+            self.assertNotEqual(stored.data, file_dataset_bytes(path))
+            same_elements(self, decode_dataset(stored.data, target), path)
+
+    async def test_compressed_file_the_peer_cannot_take_fails_clearly(self):
+        services = Services()  # uncompressed only
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [(SC, [EXPLICIT, IMPLICIT]), VERIFICATION])
+        with self.assertRaises(DatasetError) as caught:
+            await within(assoc.store(JPEG2000_FILE))
+        message = str(caught.exception)
+        self.assertIn("JPEG 2000", message)
+        self.assertIn("did not accept", message)
+        self.assertIn("JPEG2000.dcm", message)
+        self.assertEqual(services.stored, [])
+        self.assertEqual(await within(assoc.echo()), 0x0000)  # nothing was sent; the association goes on
+        await within(assoc.release())
+
+    async def test_compressed_dataset_the_peer_cannot_take_fails_clearly(self):
+        services = Services()
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [SC, VERIFICATION])
+        with self.assertRaises(DatasetError) as caught:
+            await within(assoc.store(dcmread(JPEG_FILE)))
+        self.assertIn("JPEG Baseline", str(caught.exception))
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())

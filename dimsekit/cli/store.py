@@ -1,0 +1,546 @@
+"""Send DICOM Part 10 files to a storage SCP (C-STORE), like DCMTK storescu.
+
+FILE arguments may be files or directories; a directory's files are sent
+(its subdirectories' too with --recurse, like storescu +sd +r).  Only the File
+Meta Information of each file is read before sending.  One presentation
+context is proposed per (SOP class, transfer syntax) found, plus, per SOP class
+with uncompressed files, a fallback context (Explicit and Implicit VR Little
+Endian) so they can be re-encoded if the peer refuses their own syntax.
+A file whose syntax the peer accepted goes out as its raw bytes, unparsed.
+
+Everything goes over one association unless more than 128 contexts are needed
+(the files are then sent in groups, one association each) or the peer refuses
+contexts (files left without one are retried on a new association proposing
+only what they need; a file the peer takes in no way is a failure).
+
+Output: a progress line on stderr when it is a terminal; then a summary on
+stdout -- instances sent, warnings and failures with their status names and
+files, files skipped.  Exit status 0 when every file was stored with Success
+or Warning (a warning status means the SCP stored the instance, possibly
+coerced: it is listed, and does not make the exit status non-zero); 1 when
+any file failed, was not sent, or was named but is not a DICOM file, and on
+rejection, abort, timeout or a refused connection, with a one-line reason on
+stderr.  Files found in a directory that are not DICOM Part 10 files are
+skipped and listed but do not change the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom.uid import UID
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from dimsekit.cli import add_common_arguments
+from dimsekit.cli._scu import describe_failure, make_ae
+from dimsekit.datasets import DatasetError, Part10Info, part10_info
+from dimsekit.dimse.status import STORAGE, Category, describe
+from dimsekit.errors import LocalProtocolError
+
+__all__ = [
+    "add_arguments",
+    "run",
+    "collect_files",
+    "read_files",
+    "contexts_for",
+    "plan_groups",
+    "can_send",
+    "MAX_CONTEXTS",
+]
+
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
+#: transfer syntaxes a data set can be re-encoded between (by pydicom, in Association.store)
+REENCODABLE = frozenset({IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE, DEFLATED_LE})
+#: what the per-SOP-class fallback context proposes
+FALLBACK_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE)
+#: presentation context IDs are the odd numbers 1..255 (PS3.8 9.3.2.2)
+MAX_CONTEXTS = 128
+#: Media Storage Directory Storage: a DICOMDIR, not an instance to store
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+Context = tuple[str, tuple[str, ...]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+    parser.add_argument("paths", nargs="+", metavar="FILE|DIR", help="DICOM files or directories to send")
+    parser.add_argument("-r", "--recurse", action="store_true",
+                        help="send the files of subdirectories too (like storescu +sd +r)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress and no summary; print only warnings, failures and errors")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+
+
+# -- collecting files ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file that is not sent, and why.  ``counts`` -- it makes the exit status
+    non-zero (a file named on the command line, rather than found in a directory)."""
+
+    path: Path
+    reason: str
+    counts: bool
+
+
+def collect_files(operands: Iterable[str | Path], recurse: bool) -> tuple[list[tuple[Path, bool]], list[Skipped]]:
+    """The files to consider, in a stable order, each with whether it was named
+    explicitly; plus the operands that do not exist.
+
+    Directories give their regular files sorted by name (with ``recurse``,
+    those of their subdirectories too, depth first, symbolic links to
+    directories not followed).  A file reached twice is taken once.
+    """
+    files: list[tuple[Path, bool]] = []
+    missing: list[Skipped] = []
+    seen: set[str] = set()
+
+    def take(path: Path, named: bool) -> None:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            files.append((path, named))
+
+    for operand in operands:
+        path = Path(operand)
+        if path.is_dir():
+            for found in _walk(path, recurse):
+                take(found, False)
+        elif path.is_file():
+            take(path, True)
+        elif path.exists():
+            missing.append(Skipped(path, "not a regular file", True))
+        else:
+            missing.append(Skipped(path, "no such file or directory", True))
+    return files, missing
+
+
+def _walk(directory: Path, recurse: bool) -> Iterable[Path]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return
+    subdirs = []
+    for entry in entries:
+        try:
+            if entry.is_file():
+                yield Path(entry.path)
+            elif recurse and entry.is_dir(follow_symlinks=False):
+                subdirs.append(Path(entry.path))
+        except OSError:
+            continue
+    for sub in subdirs:
+        yield from _walk(sub, recurse)
+
+
+def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], list[Skipped]]:
+    """The File Meta Information of each file; the files that are not Part 10
+    files (or are DICOMDIRs) are skipped, counting as failures when named."""
+    infos: list[Part10Info] = []
+    skipped: list[Skipped] = []
+    for path, named in files:
+        try:
+            info = part10_info(path)
+        except DatasetError:
+            skipped.append(Skipped(path, "not a DICOM Part 10 file", named))
+            continue
+        except OSError as exc:
+            skipped.append(Skipped(path, f"cannot read: {exc.strerror or exc}", named))
+            continue
+        if info.sop_class_uid == DICOMDIR_SOP_CLASS:
+            skipped.append(Skipped(path, "a DICOMDIR (media directory), not an instance", named))
+            continue
+        infos.append(info)
+    return infos, skipped
+
+
+# -- presentation contexts -----------------------------------------------------------------
+
+
+def _context_keys(infos: Iterable[Part10Info]) -> dict[tuple[str, str | None], None]:
+    """(SOP class, transfer syntax) per exact context and (SOP class, None) per
+    fallback, in order of first appearance (a dict as an ordered set)."""
+    keys: dict[tuple[str, str | None], None] = {}
+    for info in infos:
+        keys[(info.sop_class_uid, info.transfer_syntax)] = None
+        if info.transfer_syntax in REENCODABLE:
+            keys[(info.sop_class_uid, None)] = None
+    return keys
+
+
+def contexts_for(infos: Iterable[Part10Info]) -> list[Context]:
+    """The presentation contexts to propose for these files.
+
+    Per SOP class (in order of first appearance): one context per transfer
+    syntax its files are in, then -- when any of them is uncompressed -- one
+    fallback context proposing Explicit and Implicit VR Little Endian.
+    """
+    by_class: dict[str, list[Context]] = {}
+    for sop_class, ts in _context_keys(infos):
+        contexts = by_class.setdefault(sop_class, [])
+        contexts.append((sop_class, (ts,) if ts is not None else FALLBACK_SYNTAXES))
+    # the fallback (added when the first uncompressed file showed up) goes last in its class
+    return [c for contexts in by_class.values() for c in sorted(contexts, key=lambda c: len(c[1]) > 1)]
+
+
+def plan_groups(infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS) -> list[list[Part10Info]]:
+    """Split the files into groups, one association each, each needing at most
+    ``limit`` presentation contexts.
+
+    All files in one group (in their order) when they fit.  Otherwise the
+    files of each SOP class stay together where they can (a class needing more
+    than ``limit`` contexts on its own is split by transfer syntax), packed in
+    order of first appearance; within a group the files keep their order.
+    """
+    if not infos:
+        return []
+    if len(_context_keys(infos)) <= limit:
+        return [list(infos)]
+    units: dict[str, list[Part10Info]] = {}
+    for info in infos:
+        units.setdefault(info.sop_class_uid, []).append(info)
+    pieces: list[list[Part10Info]] = []
+    for unit in units.values():
+        if len(_context_keys(unit)) <= limit:
+            pieces.append(unit)
+            continue
+        by_ts: dict[str, list[Part10Info]] = {}
+        for info in unit:
+            by_ts.setdefault(info.transfer_syntax, []).append(info)
+        pieces.extend(by_ts.values())  # each needs at most 2 contexts
+    groups: list[list[Part10Info]] = []
+    current: list[Part10Info] = []
+    current_keys: dict[tuple[str, str | None], None] = {}
+    for piece in pieces:
+        merged = {**current_keys, **_context_keys(piece)}
+        if current and len(merged) > limit:
+            groups.append(current)
+            current, merged = [], dict(_context_keys(piece))
+        current = current + piece
+        current_keys = merged
+    if current:
+        groups.append(current)
+    order = {id(info): n for n, info in enumerate(infos)}
+    return [sorted(group, key=lambda info: order[id(info)]) for group in groups]
+
+
+def can_send(negotiated: Any, info: Part10Info) -> bool:
+    """Whether an association with these negotiated contexts can carry the file:
+    a context in its own transfer syntax, or -- for an uncompressed file -- one
+    in any syntax it can be re-encoded to."""
+    if negotiated is None:
+        return False
+    if negotiated.context_for(info.sop_class_uid, info.transfer_syntax, as_scu=True) is not None:
+        return True
+    if info.transfer_syntax not in REENCODABLE:
+        return False
+    return any(negotiated.context_for(info.sop_class_uid, ts, as_scu=True) is not None for ts in REENCODABLE)
+
+
+#: A-ASSOCIATE-AC presentation context results (PS3.8 Table 9-18) that no
+#: new association will change: abstract syntax / transfer syntaxes not supported
+_FINAL_REJECTIONS = {3: "abstract syntax not supported", 4: "transfer syntaxes not supported"}
+
+
+def refusal(proposed: Iterable[Any], rejected: dict[int, int], info: Part10Info) -> str | None:
+    """Why the peer will never take this file, or None if it might on another try.
+
+    ``proposed``: the presentation contexts of our A-ASSOCIATE-RQ (items with
+    ``context_id``, ``abstract_syntax``, ``transfer_syntaxes``); ``rejected``:
+    context ID -> result from the negotiation.  A file is refused for good when
+    every context that could have carried it was answered "abstract syntax not
+    supported" or "transfer syntaxes not supported"; other answers (user or
+    no-reason rejection, often a limit on the number of contexts) leave room
+    for a new association that proposes less.
+    """
+    results = []
+    for pc in proposed:
+        if pc.abstract_syntax != info.sop_class_uid:
+            continue
+        fits = info.transfer_syntax in pc.transfer_syntaxes or (
+            info.transfer_syntax in REENCODABLE and any(ts in REENCODABLE for ts in pc.transfer_syntaxes)
+        )
+        if fits:
+            results.append(rejected.get(pc.context_id))
+    if not results or any(r not in _FINAL_REJECTIONS for r in results):
+        return None
+    name = UID(info.sop_class_uid).name
+    if 3 in results:
+        return f"the peer does not support {name} (presentation context rejected: abstract syntax not supported)"
+    if info.transfer_syntax in REENCODABLE:
+        return f"the peer accepts {name} in no uncompressed transfer syntax (transfer syntaxes not supported)"
+    return (f"the peer does not accept {name} in {UID(info.transfer_syntax).name}, and dimsekit does not "
+            "transcode compressed data (transfer syntaxes not supported)")
+
+
+def _no_context_reason(info: Part10Info) -> str:
+    name = UID(info.sop_class_uid).name
+    ts = UID(info.transfer_syntax).name
+    if info.transfer_syntax in REENCODABLE:
+        return f"no presentation context accepted for {name} in any uncompressed transfer syntax"
+    return f"no presentation context accepted for {name} in {ts} (compressed; dimsekit does not transcode)"
+
+
+# -- progress and results ------------------------------------------------------------------
+
+
+class Progress:
+    """A line on a terminal, rewritten in place: instances done/total, MB, MB/s."""
+
+    def __init__(self, stream: IO[str], total: int, total_bytes: int, enabled: bool) -> None:
+        self.stream = stream
+        self.total = total
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, done: int, done_bytes: int, *, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.1:
+            return
+        self._last = now
+        elapsed = now - self.started
+        rate = done_bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+        line = (f"{done}/{self.total} instances  {done_bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB"
+                f"  {rate:.1f} MB/s")
+        self.stream.write("\r" + line + " " * max(0, self._width - len(line)))
+        self.stream.flush()
+        self._width = len(line)
+
+    def clear(self) -> None:
+        """Take the line away (before printing something else, and at the end)."""
+        if self.enabled and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+            self._last = 0.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    path: Path
+    kind: str  #: "success", "warning" or "failure"
+    detail: str = ""
+    size: int = 0
+
+
+@dataclass
+class Tally:
+    """What happened to every file, in the order it happened."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    not_sent: list[Path] = field(default_factory=list)
+    associations: int = 0
+    sent_bytes: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.kind != "failure":
+            self.sent_bytes += outcome.size
+
+    def count(self, kind: str) -> int:
+        return sum(1 for o in self.outcomes if o.kind == kind)
+
+
+class _Fatal(Exception):
+    """The association (or connecting) failed: stop sending."""
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_run(reactor, args, sys.stdout, sys.stderr))
+
+
+async def _run(
+    reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = make_ae,
+) -> int:
+    """The command; ``make(reactor, args)`` gives the ApplicationEntity (tests pass a fake)."""
+    files, missing = collect_files(args.paths, args.recurse)
+    infos, skipped = read_files(files)
+    skipped = missing + skipped
+    if not infos:
+        for s in skipped:
+            if s.counts or not args.quiet:
+                print(f"skipped  {s.path}: {s.reason}", file=out)
+        print("dimsekit store: no DICOM files to send", file=err)
+        return 1
+    total_bytes = sum(info.dataset_length for info in infos)
+    show_progress = not (args.quiet or args.no_progress) and _isatty(err)
+    progress = Progress(err, len(infos), total_bytes, show_progress)
+    tally = Tally()
+    started = time.monotonic()
+    fatal: str | None = None
+    try:
+        await _send(make(reactor, args), args, infos, tally, progress, err)
+    except _Fatal as exc:
+        fatal = str(exc)
+    elapsed = time.monotonic() - started
+    progress.clear()
+    if fatal is not None and tally.associations == 0:
+        print(f"dimsekit store: {fatal}", file=err)  # nothing was sent: the reason is all there is to say
+        return 1
+    _summary(args, tally, skipped, len(infos), elapsed, out)
+    if fatal is not None:
+        print(f"dimsekit store: {fatal}", file=err)
+    failed = tally.count("failure") or tally.not_sent or any(s.counts for s in skipped) or fatal
+    return 1 if failed else 0
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+async def _send(
+    ae: Any, args: argparse.Namespace, infos: list[Part10Info], tally: Tally, progress: Progress, err: IO[str],
+) -> None:
+    """Send every file, recording each outcome in ``tally``.
+
+    :raises _Fatal: connecting or an association failed; the files not
+        attempted are recorded as not sent.
+    """
+    # (files, splittable): files to send on one association; whether, if the
+    # peer accepts none of them, they may be retried split by SOP class
+    queue: deque[tuple[list[Part10Info], bool]] = deque((group, True) for group in plan_groups(infos))
+    done = 0
+
+    def note(text: str) -> None:
+        if not args.quiet:
+            progress.clear()
+            print(f"dimsekit store: {text}", file=err)
+
+    while queue:
+        files, splittable = queue.popleft()
+        contexts = contexts_for(files)
+        try:
+            association = await ae.associate(
+                args.host, args.port, called=args.called, contexts=contexts, connect_timeout=args.timeout,
+            )
+        except Exception:
+            raise _stop(tally, None, files, queue, describe_failure(Failure())) from None
+        tally.associations += 1
+        left: list[Part10Info] = []
+        for n, info in enumerate(files):
+            if not can_send(association.negotiated, info):
+                left.append(info)
+                continue
+            if association.ended:  # the peer ended it after the last response
+                raise _stop(tally, None, files[n:] + left, queue, f"association {association.ended}")
+            try:
+                response = await association.store(info.path)
+            except (DatasetError, LocalProtocolError) as exc:
+                if association.ended:
+                    raise _stop(tally, info, files[n + 1:] + left, queue, str(exc)) from None
+                tally.add(Outcome(info.path, "failure", str(exc)))  # this file only (e.g. unreadable)
+            except Exception:
+                reason = describe_failure(Failure())
+                raise _stop(tally, info, files[n + 1:] + left, queue, reason) from None
+            else:
+                tally.add(_outcome(info, response))
+            done += 1
+            progress.update(done, tally.sent_bytes)
+        if not association.ended:
+            try:
+                await association.release()
+            except Exception:
+                note(f"the association did not end with a release ({describe_failure(Failure())})")
+        proposed = association.rq.presentation_contexts if association.rq is not None else ()
+        rejected = dict(association.negotiated.rejected) if association.negotiated else {}
+        retry = []
+        for info in left:
+            reason = refusal(proposed, rejected, info)
+            if reason is None:
+                retry.append(info)
+            else:
+                tally.add(Outcome(info.path, "failure", reason))
+                done += 1
+        left = retry  # fewer than files: something was sent or refused for good
+        if not left:
+            progress.update(done, tally.sent_bytes, force=True)
+            continue
+        accepted = len(association.negotiated.contexts) if association.negotiated else 0
+        if len(left) < len(files):
+            note(f"the peer accepted {accepted} of {len(contexts)} presentation contexts; "
+                 f"a new association for {len(left)} file(s)")
+            queue.appendleft((left, True))
+        elif splittable and len({i.sop_class_uid for i in left}) > 1:
+            note(f"the peer accepted none of {len(contexts)} presentation contexts; "
+                 "trying one association per SOP class")
+            by_class: dict[str, list[Part10Info]] = {}
+            for info in left:
+                by_class.setdefault(info.sop_class_uid, []).append(info)
+            queue.extendleft((group, False) for group in reversed(list(by_class.values())))
+        else:
+            for info in left:
+                tally.add(Outcome(info.path, "failure", _no_context_reason(info)))
+                done += 1
+        progress.update(done, tally.sent_bytes, force=True)
+
+
+def _stop(
+    tally: Tally, current: Part10Info | None, rest: list[Part10Info],
+    queue: Iterable[tuple[list[Part10Info], bool]], reason: str,
+) -> _Fatal:
+    """Record the file in flight as failed and everything after it as not sent."""
+    if current is not None:
+        tally.add(Outcome(current.path, "failure", reason))
+    tally.not_sent.extend(i.path for i in rest)
+    for pending, _ in queue:
+        tally.not_sent.extend(i.path for i in pending)
+    return _Fatal(reason)
+
+
+def _outcome(info: Part10Info, response: Any) -> Outcome:
+    status = response.status
+    kind = response.category
+    text = describe(status, STORAGE)
+    if kind is Category.SUCCESS:
+        return Outcome(info.path, "success", text, info.dataset_length)
+    if kind is Category.WARNING:
+        return Outcome(info.path, "warning", text, info.dataset_length)
+    return Outcome(info.path, "failure", text)
+
+
+def _summary(
+    args: argparse.Namespace, tally: Tally, skipped: list[Skipped], total: int, elapsed: float, out: IO[str],
+) -> None:
+    stored = tally.count("success") + tally.count("warning")
+    if not args.quiet:
+        rate = tally.sent_bytes / elapsed / 1e6 if elapsed > 0 else 0.0
+        plural = "s" if tally.associations != 1 else ""
+        print(
+            f"Stored {stored} of {total} instances on {args.called}@{args.host}:{args.port} "
+            f"({tally.count('success')} Success, {tally.count('warning')} Warning, "
+            f"{tally.count('failure')} Failure, {len(tally.not_sent)} not sent) in {elapsed:.2f} s, "
+            f"{tally.sent_bytes / 1e6:.1f} MB, {rate:.1f} MB/s, {tally.associations} association{plural}",
+            file=out,
+        )
+    for outcome in tally.outcomes:
+        if outcome.kind != "success":
+            print(f"{outcome.kind:<8} {outcome.path}: {outcome.detail}", file=out)
+    for path in tally.not_sent:
+        print(f"not sent {path}", file=out)
+    for s in skipped:
+        if s.counts or not args.quiet:
+            print(f"skipped  {s.path}: {s.reason}", file=out)

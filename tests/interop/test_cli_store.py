@@ -1,0 +1,405 @@
+"""``dimsekit store`` against real storage SCPs: DCMTK storescp and pynetdicom.
+
+Every file sent must arrive with its data set bytes identical to the source
+file's (compared from the data set offset of each Part 10 file: the receiver
+may rewrite the File Meta Information, never the data set), in the transfer
+syntax it had, over one association unless the test says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import random
+import re
+import select
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+
+from dimsekit.datasets import decode_dataset, part10_info
+from tests.interop.conftest import (
+    A_ASSOCIATE_RQ,
+    DIMSEKIT_CLI,
+    P_DATA_TF,
+    RawServer,
+    abort_pdu,
+    associate_ac_for,
+    dcmtk,
+    free_port,
+    run,
+    stop,
+    wait_for_port,
+)
+
+pytestmark = pytest.mark.interop
+
+ILE, ELE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+
+#: pydicom test files: distinct SOP instances, several SOP classes and transfer syntaxes
+SAMPLES = [
+    "CT_small.dcm",        # CT, Explicit VR Little Endian
+    "MR_small_RLE.dcm",    # MR, RLE Lossless
+    "JPEG2000.dcm",        # Secondary Capture, JPEG 2000
+    "JPGExtended.dcm",     # Secondary Capture, JPEG Extended
+    "rtdose.dcm",          # RT Dose, Implicit VR Little Endian
+    "ExplVR_BigEnd.dcm",   # Ultrasound, Explicit VR Big Endian
+    "reportsi.dcm",        # Basic Text SR, Explicit VR Little Endian
+    "waveform_ecg.dcm",    # 12-lead ECG, Explicit VR Little Endian
+    "693_J2KI.dcm",        # CT, JPEG 2000
+]
+
+
+def sample(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path, f"pydicom's test file {name} is missing"
+    return Path(path)
+
+
+def copy_samples(directory: Path, names: list[str] = SAMPLES) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        target = directory / name
+        shutil.copyfile(sample(name), target)
+        out.append(target)
+    return out
+
+
+def make_instance(path: Path, *, frames: int, seed: int, rows: int = 512, columns: int = 512) -> Path:
+    """A 16-bit multi-frame secondary capture instance of random pixels (Explicit VR LE)."""
+    ds = Dataset()
+    ds.SOPClassUID = MULTIFRAME_WORD_SC
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7433.1.{seed}"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.9.7433.2"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.7433.3"
+    ds.PatientName, ds.PatientID, ds.Modality = "Store^Test", "STORE1", "OT"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = random.Random(seed).randbytes(rows * columns * 2 * frames)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ELE
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dataset_part(path: Path) -> tuple[str, str, bytes]:
+    """(SOP Instance UID, transfer syntax, data set bytes) of a Part 10 file."""
+    info = part10_info(path)
+    with path.open("rb") as f:
+        f.seek(info.dataset_offset)
+        return info.sop_instance_uid, info.transfer_syntax, f.read()
+
+
+def store(port: int, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return run([*DIMSEKIT_CLI, "store", "127.0.0.1", str(port), *args], timeout=timeout)
+
+
+def summary_counts(stdout: str) -> tuple[int, int]:
+    match = re.search(r"^Stored (\d+) of (\d+) instances", stdout, re.M)
+    assert match, stdout
+    return int(match[1]), int(match[2])
+
+
+# -- DCMTK storescp ----------------------------------------------------------------------------
+
+
+class StoreSCP:
+    """DCMTK storescp (/usr/bin) on a free port: accepts every transfer syntax
+    it knows and writes what it receives bit for bit (+B) into ``directory``."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.directory = tmp_path / "received"
+        self.directory.mkdir()
+        self.log = tmp_path / "storescp.log"
+        out = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [dcmtk("storescp"), "-v", "-aet", "STORESCP", "+xa", "+B", "-od", str(self.directory),
+             *extra, str(self.port)],
+            cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+        wait_for_port(self.port, 10, self.proc)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def associations(self) -> int:
+        """Associations accepted and then released (the port probe shows up as
+        "Association Received" only)."""
+        text = self.log_text()
+        assert text.count("Association Acknowledged") == text.count("Association Release"), text
+        return text.count("Association Acknowledged")
+
+    def received(self) -> dict[str, tuple[str, bytes]]:
+        """SOP Instance UID -> (transfer syntax, data set bytes) of every file written."""
+        out = {}
+        for path in sorted(self.directory.iterdir()):
+            uid, ts, data = dataset_part(path)
+            out[uid] = (ts, data)
+        return out
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+@pytest.fixture
+def storescp(tmp_path) -> Iterator[StoreSCP]:
+    scp = StoreSCP(tmp_path)
+    try:
+        yield scp
+    finally:
+        scp.close()
+
+
+def assert_identical(sources: list[Path], received: dict[str, tuple[str, bytes]]) -> None:
+    for source in sources:
+        uid, ts, data = dataset_part(source)
+        assert uid in received, f"{source.name} ({uid}) did not arrive; got {sorted(received)}"
+        got_ts, got = received[uid]
+        assert got_ts == ts, f"{source.name}: arrived in {got_ts}, sent from {ts}"
+        assert got == data, f"{source.name}: data set differs ({len(got)} bytes received, {len(data)} sent)"
+
+
+def test_files_of_several_classes_and_syntaxes_to_storescp(storescp, tmp_path):
+    files = copy_samples(tmp_path / "src")
+    files.append(make_instance(tmp_path / "src" / "big.dcm", frames=24, seed=1))  # 12.6 MB
+    result = store(storescp.port, "-aec", "STORESCP", *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr + storescp.log_text()
+    assert summary_counts(result.stdout) == (len(files), len(files))
+    assert "0 Failure" in result.stdout and "1 association" in result.stdout
+    received = storescp.received()
+    assert len(received) == len(files)
+    assert_identical(files, received)
+    assert storescp.associations() == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_directory_recursion_and_a_non_dicom_file_to_storescp_with_small_pdus(tmp_path):
+    src = tmp_path / "src"
+    top = copy_samples(src, SAMPLES[:3])
+    nested = copy_samples(src / "series" / "more", SAMPLES[3:6])
+    (src / "README.txt").write_text("not DICOM\n")
+    scp = StoreSCP(tmp_path, "-pdu", "4096")  # the peer takes P-DATA-TF of at most 4096 bytes
+    try:
+        flat = store(scp.port, "-aec", "STORESCP", str(src))
+        assert flat.returncode == 0, flat.stdout + flat.stderr
+        assert summary_counts(flat.stdout) == (3, 3)
+        assert re.search(r"^skipped  .*README\.txt: not a DICOM Part 10 file$", flat.stdout, re.M), flat.stdout
+        assert_identical(top, scp.received())
+        assert len(scp.received()) == 3
+
+        deep = store(scp.port, "-aec", "STORESCP", "--recurse", str(src))
+        assert deep.returncode == 0, deep.stdout + deep.stderr
+        assert summary_counts(deep.stdout) == (6, 6)
+        assert "README.txt" in deep.stdout
+        assert_identical(top + nested, scp.received())
+        assert scp.associations() == 2
+    finally:
+        scp.close()
+
+
+def test_refused_connection_is_one_line():
+    result = store(free_port(), str(sample("CT_small.dcm")), timeout=30)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dimsekit store: ") and "refused" in lines[0], result.stderr
+
+
+def test_rejection_is_one_line(tmp_path):
+    # storescp rejects a Calling AE Title it does not know when given an access list
+    scp = StoreSCP(tmp_path, "--refuse")
+    try:
+        result = store(scp.port, "-aec", "STORESCP", str(sample("CT_small.dcm")), timeout=30)
+    finally:
+        scp.close()
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "rejected" in lines[0], result.stderr
+
+
+def test_progress_line_on_a_terminal(storescp, tmp_path):
+    files = copy_samples(tmp_path / "src", SAMPLES[:4])
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen([*DIMSEKIT_CLI, "store", "127.0.0.1", str(storescp.port), "-aec", "STORESCP",
+                                 *map(str, files)], stdout=subprocess.PIPE, stderr=terminal, text=True)
+        os.close(terminal)
+        terminal = -1
+        seen = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal's other end closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert proc.returncode == 0, out + seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    assert re.search(r"\r\d+/4 instances\s+[\d.]+/[\d.]+ MB\s+[\d.]+ MB/s", text), repr(text)
+    assert "4/4 instances" in text or summary_counts(out) == (4, 4)
+
+
+# -- pynetdicom storage SCP ------------------------------------------------------------------
+
+
+class PynetdicomStoreSCP:
+    """A pynetdicom storage SCP in this process (non-blocking server) keeping
+    the raw bytes of every data set it receives."""
+
+    def __init__(self, contexts: list[tuple[str, list[str]]] | None = None) -> None:
+        self.received: dict[str, tuple[str, bytes]] = {}
+        self.associations: list[str] = []
+        self._lock = threading.Lock()
+        self.ae = AE(ae_title="PYNSTORE")
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 10
+        self.ae.maximum_associations = 4
+        if contexts is None:
+            contexts = [(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES) for cx in AllStoragePresentationContexts]
+        for abstract, syntaxes in contexts:
+            self.ae.add_supported_context(abstract, syntaxes)
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted)],
+        )
+        self.port = self.server.server_address[1]
+
+    def _on_accepted(self, event) -> None:
+        with self._lock:
+            self.associations.append(event.assoc.requestor.ae_title.strip())
+
+    def _on_store(self, event) -> int:
+        data = event.request.DataSet.getvalue()
+        with self._lock:
+            self.received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax), data)
+        return 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def pynetdicom_store_scp() -> Iterator[PynetdicomStoreSCP]:
+    scp = PynetdicomStoreSCP()
+    try:
+        yield scp
+    finally:
+        scp.close()
+
+
+def test_files_of_several_classes_and_syntaxes_to_pynetdicom(pynetdicom_store_scp, tmp_path):
+    files = copy_samples(tmp_path / "src")
+    files.append(make_instance(tmp_path / "src" / "big.dcm", frames=8, seed=2))
+    result = store(pynetdicom_store_scp.port, "-aec", "PYNSTORE", "-aet", "DKSTORE", *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary_counts(result.stdout) == (len(files), len(files))
+    assert len(pynetdicom_store_scp.received) == len(files)
+    assert_identical(files, pynetdicom_store_scp.received)
+    assert pynetdicom_store_scp.associations == ["DKSTORE"]
+
+
+def test_uncompressed_files_reencoded_when_only_implicit_le_is_accepted(tmp_path):
+    names = ["CT_small.dcm", "ExplVR_BigEnd.dcm", "rtdose.dcm", "JPEG2000.dcm"]
+    files = copy_samples(tmp_path / "src", names)
+    scp = PynetdicomStoreSCP([(cx.abstract_syntax, [ILE]) for cx in AllStoragePresentationContexts])
+    try:
+        result = store(scp.port, "-aec", "PYNSTORE", *map(str, files))
+    finally:
+        scp.close()
+    # the JPEG 2000 file cannot go (no transcoding): listed, exit non-zero
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary_counts(result.stdout) == (3, 4)
+    assert re.search(r"^failure  .*JPEG2000\.dcm: .*JPEG 2000.*transcode", result.stdout, re.M), result.stdout
+    assert scp.associations == ["DIMSEKIT"]  # refused for good: no reconnecting in vain
+    assert_identical([files[2]], scp.received)  # rtdose.dcm is Implicit VR LE already: sent raw
+    for source in files[:2]:  # re-encoded by pydicom: the same elements and values
+        original = dcmread(source)
+        ts, data = scp.received[str(original.SOPInstanceUID)]
+        assert ts == ILE
+        got = decode_dataset(data, ILE)
+        assert same_values(original, got), f"{source.name}: the data set changed in re-encoding"
+
+
+def same_values(a: Dataset, b: Dataset) -> bool:
+    """Same tags and values, group lengths aside (pydicom drops those) and VR aside
+    (Implicit VR gives OW where the source said OB)."""
+    tags_a = {e.tag for e in a if e.tag.element != 0}
+    tags_b = {e.tag for e in b if e.tag.element != 0}
+    return tags_a == tags_b and all(a[t].value == b[t].value for t in tags_a)
+
+
+def test_a_sop_class_the_peer_does_not_support_fails_and_exits_non_zero(tmp_path):
+    files = copy_samples(tmp_path / "src", ["CT_small.dcm", "MR_small_RLE.dcm", "693_J2KI.dcm"])
+    scp = PynetdicomStoreSCP([(CT_IMAGE, ALL_TRANSFER_SYNTAXES)])
+    try:
+        result = store(scp.port, "-aec", "PYNSTORE", *map(str, files))
+    finally:
+        scp.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert summary_counts(result.stdout) == (2, 3)
+    assert re.search(r"^failure  .*MR_small_RLE\.dcm: the peer does not support MR Image Storage", result.stdout,
+                     re.M), result.stdout
+    assert_identical([files[0], files[2]], scp.received)
+    assert scp.associations == ["DIMSEKIT"]
+
+
+def test_abort_by_the_peer_mid_run_is_one_line_and_the_rest_not_sent(tmp_path):
+    files = copy_samples(tmp_path / "src", ["rtdose.dcm", "rtplan.dcm"])  # both Implicit VR LE
+
+    def accept_then_abort_after_first_data_set(peer):
+        rq = peer.recv_pdu()
+        assert rq[0] == A_ASSOCIATE_RQ
+        peer.send(associate_ac_for(rq, transfer_syntax=ILE))
+        for _ in range(1000):  # P-DATA-TF until the last fragment of a data set
+            pdu = peer.recv_pdu()
+            assert pdu[0] == P_DATA_TF, pdu[:1].hex()
+            offset, last_data = 6, False
+            while offset < len(pdu):
+                (length,) = struct.unpack_from(">I", pdu, offset)
+                control = pdu[offset + 5]
+                last_data = last_data or control == 0x02  # data, last fragment
+                offset += 4 + length
+            if last_data:
+                break
+        peer.send(abort_pdu(source=0, reason=0))
+        peer.expect_eof()
+
+    server = RawServer(accept_then_abort_after_first_data_set)
+    with server:
+        result = store(server.port, *map(str, files), timeout=30)
+        server.join()
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dimsekit store: ") and "abort" in lines[0], result.stderr
+    assert re.search(r"^failure  .*rtdose\.dcm: .*abort", result.stdout, re.M), result.stdout
+    assert re.search(r"^not sent .*rtplan\.dcm$", result.stdout, re.M), result.stdout
+    assert summary_counts(result.stdout) == (0, 2)

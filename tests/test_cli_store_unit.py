@@ -1,0 +1,465 @@
+"""``dimsekit store`` without sockets: file collection, context planning, the
+decisions taken on what a peer accepted, the summary and the exit status.
+
+The association is a fake (an AE whose ``associate`` answers at once with what
+a scripted peer would accept), so the reconnect logic can be driven exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from twisted.internet import defer, error
+
+from dimsekit.cli import _parser
+from dimsekit.cli import store as cli_store
+from dimsekit.datasets import Part10Info
+from dimsekit.errors import AssociationAborted, AssociationRejected
+from dimsekit.operations import Response
+from dimsekit.ul.items import PresentationContextRQ
+from dimsekit.ul.negotiation import Negotiated, NegotiatedContext
+
+ILE, ELE, EBE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
+RLE, J2K = "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.91"
+CT, MR, RTDOSE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.481.2"
+
+
+def info(sop_class: str, ts: str, name: str = "f", size: int = 1000) -> Part10Info:
+    return Part10Info(Path(name), ts, sop_class, f"1.2.3.{sum(map(ord, name))}", 132, size)
+
+
+def sample(name: str) -> Path:
+    path = get_testdata_file(name, download=False)
+    assert path, f"pydicom test file {name} is missing"
+    return Path(path)
+
+
+def write_part10(path: Path, sop_class: str = CT, ts: str = ELE) -> Path:
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# -- collecting files -------------------------------------------------------------------
+
+
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("b.dcm", "a.dcm", "sub/c.dcm", "sub/deeper/d.dcm"):
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def test_directory_without_recurse_takes_its_own_files_sorted(tmp_path):
+    root = tree(tmp_path)
+    files, missing = cli_store.collect_files([root], recurse=False)
+    assert [p.name for p, _ in files] == ["a.dcm", "b.dcm"]
+    assert missing == []
+    assert all(named is False for _, named in files)
+
+
+def test_directory_with_recurse_takes_subdirectories_depth_first(tmp_path):
+    root = tree(tmp_path)
+    files, _ = cli_store.collect_files([root], recurse=True)
+    assert [str(p.relative_to(root)) for p, _ in files] == ["a.dcm", "b.dcm", "sub/c.dcm", "sub/deeper/d.dcm"]
+
+
+def test_named_files_missing_operands_and_duplicates(tmp_path):
+    root = tree(tmp_path)
+    files, missing = cli_store.collect_files([root / "b.dcm", root, tmp_path / "nope"], recurse=False)
+    assert [(p.name, named) for p, named in files] == [("b.dcm", True), ("a.dcm", False)]  # b taken once
+    assert [(m.path.name, m.counts) for m in missing] == [("nope", True)]
+    assert "no such file" in missing[0].reason
+
+
+def test_read_files_skips_non_dicom_and_dicomdir(tmp_path):
+    good = write_part10(tmp_path / "good.dcm")
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM")
+    named_text = tmp_path / "named.txt"
+    named_text.write_text("not DICOM either")
+    dicomdir = write_part10(tmp_path / "DICOMDIR", sop_class=cli_store.DICOMDIR_SOP_CLASS)
+    infos, skipped = cli_store.read_files([(good, False), (text, False), (named_text, True), (dicomdir, False)])
+    assert [i.path for i in infos] == [good]
+    assert [(s.path.name, s.counts) for s in skipped] == [("notes.txt", False), ("named.txt", True), ("DICOMDIR", False)]
+    assert "not a DICOM Part 10 file" in skipped[0].reason
+    assert "DICOMDIR" in skipped[2].reason
+
+
+# -- presentation contexts ----------------------------------------------------------------
+
+
+def test_contexts_one_per_syntax_found_and_a_fallback_for_uncompressed_classes():
+    infos = [info(CT, ELE, "1"), info(MR, RLE, "2"), info(CT, J2K, "3"), info(CT, ELE, "4"), info(RTDOSE, EBE, "5")]
+    assert cli_store.contexts_for(infos) == [
+        (CT, (ELE,)), (CT, (J2K,)), (CT, (ELE, ILE)),
+        (MR, (RLE,)),  # compressed only: no fallback
+        (RTDOSE, (EBE,)), (RTDOSE, (ELE, ILE)),
+    ]
+
+
+def test_one_group_in_file_order_when_the_contexts_fit():
+    infos = [info(f"1.2.3.{n % 60}", ELE, str(n)) for n in range(120)]  # 60 classes x 2 contexts
+    assert len(cli_store.contexts_for(infos)) == 120
+    assert cli_store.plan_groups(infos) == [infos]
+    assert cli_store.plan_groups([]) == []
+
+
+def test_groups_of_at_most_128_contexts_when_more_are_needed():
+    infos = [info(f"1.2.3.{n % 200}", [ELE, J2K][n % 2], str(n)) for n in range(600)]  # 200 classes
+    assert len(cli_store.contexts_for(infos)) > 128
+    groups = cli_store.plan_groups(infos)
+    assert len(groups) > 1
+    for group in groups:
+        assert len(cli_store.contexts_for(group)) <= 128
+        positions = [infos.index(i) for i in group]
+        assert positions == sorted(positions), "a group keeps the files' order"
+        classes_here = {i.sop_class_uid for i in group}
+        for other in groups:
+            if other is not group:
+                assert not classes_here & {i.sop_class_uid for i in other}, "a SOP class split needlessly"
+    assert sorted(id(i) for g in groups for i in g) == sorted(id(i) for i in infos)
+
+
+def test_a_class_needing_more_than_the_limit_is_split_by_transfer_syntax():
+    syntaxes = [f"1.2.840.10008.1.2.4.{n}" for n in range(10)] + [ELE]
+    infos = [info(CT, ts, str(n)) for n, ts in enumerate(syntaxes)]
+    groups = cli_store.plan_groups(infos, limit=4)
+    assert all(len(cli_store.contexts_for(g)) <= 4 for g in groups)
+    assert sum(len(g) for g in groups) == len(infos)
+
+
+# -- what an association can carry ---------------------------------------------------
+
+
+def negotiated(accepted: list[tuple[int, str, str]], rejected: dict[int, int] | None = None) -> Negotiated:
+    return Negotiated(
+        is_requestor=True,
+        contexts={cid: NegotiatedContext(context_id=cid, abstract_syntax=a, transfer_syntax=t,
+                                         local_scu=True, local_scp=False) for cid, a, t in accepted},
+        rejected=rejected or {},
+        local_maximum_length=16384,
+        peer_maximum_length=16384,
+        max_outstanding_local=1,
+        max_outstanding_remote=1,
+        peer_implementation_class_uid=None,
+        peer_implementation_version_name=None,
+    )
+
+
+def test_can_send_exact_syntax_or_reencodable_fallback():
+    n = negotiated([(1, CT, ILE), (3, MR, RLE)])
+    assert cli_store.can_send(n, info(CT, ELE))  # re-encoded to ILE
+    assert cli_store.can_send(n, info(CT, EBE))
+    assert not cli_store.can_send(n, info(CT, J2K))  # compressed, not accepted: no transcoding
+    assert cli_store.can_send(n, info(MR, RLE))
+    assert not cli_store.can_send(n, info(MR, ELE))  # only RLE accepted for MR
+    assert not cli_store.can_send(n, info(RTDOSE, ILE))
+    assert not cli_store.can_send(None, info(CT, ELE))
+
+
+def proposals(contexts: list[tuple[str, tuple[str, ...]]]) -> list[PresentationContextRQ]:
+    return [PresentationContextRQ(context_id=2 * n + 1, abstract_syntax=a, transfer_syntaxes=t)
+            for n, (a, t) in enumerate(contexts)]
+
+
+def test_refusal_for_good_only_on_abstract_or_transfer_syntax_not_supported():
+    pcs = proposals([(CT, (ELE,)), (CT, (J2K,)), (CT, (ELE, ILE)), (MR, (RLE,))])
+    # CT not supported at all
+    assert "does not support CT Image Storage" in cli_store.refusal(pcs, {1: 3, 3: 3, 5: 3, 7: 0}, info(CT, ELE))
+    # J2K's context refused for its syntax: compressed, so for good
+    why = cli_store.refusal(pcs, {3: 4}, info(CT, J2K))
+    assert "JPEG 2000" in why and "transcode" in why
+    # an uncompressed file is refused for good only when its fallback is too
+    assert cli_store.refusal(pcs, {1: 4}, info(CT, ELE)) is None  # its fallback was not refused
+    assert "no uncompressed" in cli_store.refusal(pcs, {1: 4, 5: 4}, info(CT, ELE))
+    # no-reason or user rejection (a limit, maybe): try again
+    assert cli_store.refusal(pcs, {7: 2}, info(MR, RLE)) is None
+    assert cli_store.refusal(pcs, {7: 1}, info(MR, RLE)) is None
+    assert cli_store.refusal(pcs, {1: 4, 5: 2}, info(CT, ELE)) is None
+
+
+# -- the sending loop, against a scripted peer -----------------------------------------------
+
+
+class FakeAssociation:
+    def __init__(self, peer: FakePeer, contexts: list[tuple[str, tuple[str, ...]]]) -> None:
+        self.peer = peer
+        self.rq = argparse.Namespace(presentation_contexts=proposals(contexts))
+        accepted, rejected = [], {}
+        for pc in self.rq.presentation_contexts:
+            verdict = peer.decide(pc, len(accepted))
+            if isinstance(verdict, str):
+                accepted.append((pc.context_id, pc.abstract_syntax, verdict))
+            else:
+                rejected[pc.context_id] = verdict
+        self.negotiated = negotiated(accepted, rejected)
+        self.ended: str | None = None
+        self.released = False
+
+    def store(self, path: Any) -> defer.Deferred:
+        if self.ended:
+            return defer.fail(AssociationAborted(self.ended))
+        name = Path(path).name
+        self.peer.stored.append(name)
+        if name in self.peer.abort_on:
+            self.ended = "aborted by the peer (A-ABORT)"
+            return defer.fail(AssociationAborted("aborted by the peer (A-ABORT)"))
+        return defer.succeed(Response({"Status": self.peer.statuses.get(name, 0x0000)}))
+
+    def release(self) -> defer.Deferred:
+        self.released = True
+        self.ended = "released"
+        return defer.succeed(None)
+
+
+class FakePeer:
+    """Accepts what ``decide(pc, accepted_so_far)`` says: a transfer syntax
+    (accepted) or a result code (rejected)."""
+
+    def __init__(self, *, limit: int | None = None, classes: set[str] | None = None,
+                 syntaxes: set[str] | None = None, rejection_result: int = 2) -> None:
+        self.limit = limit
+        self.classes = classes
+        self.syntaxes = syntaxes
+        self.rejection_result = rejection_result
+        self.associations: list[FakeAssociation] = []
+        self.stored: list[str] = []
+        self.statuses: dict[str, int] = {}
+        self.abort_on: set[str] = set()
+        self.connect_error: Exception | None = None
+
+    def decide(self, pc: PresentationContextRQ, accepted: int) -> str | int:
+        if self.limit is not None and accepted >= self.limit:
+            return self.rejection_result
+        if self.classes is not None and pc.abstract_syntax not in self.classes:
+            return 3
+        for ts in pc.transfer_syntaxes:
+            if self.syntaxes is None or ts in self.syntaxes:
+                return ts
+        return 4
+
+
+class FakeAE:
+    def __init__(self, peer: FakePeer) -> None:
+        self.peer = peer
+
+    def associate(self, host, port, *, called, contexts, connect_timeout):
+        assert len(contexts) <= 128
+        if self.peer.connect_error is not None:
+            return defer.fail(self.peer.connect_error)
+        association = FakeAssociation(self.peer, contexts)
+        self.peer.associations.append(association)
+        return defer.succeed(association)
+
+
+def args_for(paths: list[Any], **kw: Any) -> argparse.Namespace:
+    return _parser().parse_args(["store", "127.0.0.1", "11112", *map(str, paths),
+                                 *[a for k, v in kw.items() for a in ([f"--{k}"] if v is True else [f"--{k}", str(v)])]])
+
+
+def run_store(peer: FakePeer, paths: list[Any], **kw: Any) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    d = defer.Deferred.fromCoroutine(
+        cli_store._run(None, args_for(paths, **kw), out, err, make=lambda reactor, args: FakeAE(peer))
+    )
+    codes: list[int] = []
+    d.addCallback(codes.append)
+    assert codes, "the command did not finish against a peer answering at once"
+    return codes[0], out.getvalue(), err.getvalue()
+
+
+def send_infos(peer: FakePeer, infos: list[Part10Info]) -> cli_store.Tally:
+    tally = cli_store.Tally()
+    progress = cli_store.Progress(io.StringIO(), len(infos), 0, enabled=False)
+    args = args_for(["x"])
+    d = defer.Deferred.fromCoroutine(cli_store._send(FakeAE(peer), args, infos, tally, progress, io.StringIO()))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert not failures, failures
+    return tally
+
+
+def test_everything_on_one_association_when_the_peer_takes_it():
+    peer = FakePeer()
+    infos = [info(CT, ELE, "a"), info(MR, RLE, "b"), info(CT, J2K, "c")]
+    tally = send_infos(peer, infos)
+    assert peer.stored == ["a", "b", "c"]
+    assert len(peer.associations) == 1 and peer.associations[0].released
+    assert tally.count("success") == 3 and tally.associations == 1
+
+
+def test_a_peer_limiting_contexts_gets_new_associations_for_the_rest():
+    peer = FakePeer(limit=3)
+    infos = [info(f"1.2.3.{n}", J2K, f"f{n}") for n in range(10)]  # 10 contexts, 3 at a time
+    tally = send_infos(peer, infos)
+    assert sorted(peer.stored) == sorted(f"f{n}" for n in range(10))
+    assert tally.count("success") == 10 and tally.count("failure") == 0
+    assert len(peer.associations) == 4  # 3 + 3 + 3 + 1
+    assert all(len(a.rq.presentation_contexts) <= 10 for a in peer.associations)
+    assert [len(a.rq.presentation_contexts) for a in peer.associations] == [10, 7, 4, 1]
+
+
+def test_a_peer_accepting_nothing_is_tried_per_sop_class_then_failed():
+    peer = FakePeer(limit=0, rejection_result=1)
+    infos = [info(CT, ELE, "a"), info(MR, ELE, "b"), info(CT, ELE, "c")]
+    tally = send_infos(peer, infos)
+    assert peer.stored == []
+    assert len(peer.associations) == 3  # all together, then CT alone, then MR alone
+    assert [o.kind for o in tally.outcomes] == ["failure"] * 3
+    assert all("no presentation context accepted" in o.detail for o in tally.outcomes)
+
+
+def test_an_unsupported_sop_class_fails_at_once_without_retrying():
+    peer = FakePeer(classes={CT})
+    infos = [info(CT, ELE, "a"), info(MR, ELE, "b"), info(RTDOSE, ILE, "c")]
+    tally = send_infos(peer, infos)
+    assert peer.stored == ["a"]
+    assert len(peer.associations) == 1
+    failed = {o.path.name: o.detail for o in tally.outcomes if o.kind == "failure"}
+    assert set(failed) == {"b", "c"}
+    assert "does not support MR Image Storage" in failed["b"]
+
+
+def test_a_compressed_file_whose_syntax_is_refused_fails_uncompressed_ones_fall_back():
+    peer = FakePeer(syntaxes={ILE})
+    infos = [info(CT, ELE, "a"), info(CT, J2K, "b")]
+    tally = send_infos(peer, infos)
+    assert peer.stored == ["a"]  # via the fallback context, re-encoded
+    assert len(peer.associations) == 1
+    (failure,) = [o for o in tally.outcomes if o.kind == "failure"]
+    assert failure.path.name == "b" and "transcode" in failure.detail
+
+
+# -- the command: summary and exit status -----------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path) -> list[Path]:
+    out = []
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtdose.dcm"):
+        target = tmp_path / name
+        target.write_bytes(sample(name).read_bytes())
+        out.append(target)
+    return out
+
+
+def test_all_success_exit_0_and_a_summary(files):
+    code, out, err = run_store(FakePeer(), files)
+    assert code == 0, out + err
+    assert out.startswith("Stored 3 of 3 instances on ANY-SCP@127.0.0.1:11112 (3 Success, 0 Warning, 0 Failure")
+    assert "1 association" in out
+    assert err == ""  # not a terminal: no progress line
+
+
+def test_warnings_are_listed_and_exit_0(files):
+    peer = FakePeer()
+    peer.statuses["MR_small_RLE.dcm"] = 0xB000
+    code, out, _ = run_store(peer, files)
+    assert code == 0
+    assert "1 Warning" in out
+    assert "warning  " in out and "MR_small_RLE.dcm: 0xB000 Warning: Coercion of Data Elements" in out
+
+
+def test_failure_status_listed_by_name_and_exit_1(files):
+    peer = FakePeer()
+    peer.statuses["rtdose.dcm"] = 0xA700
+    code, out, _ = run_store(peer, files)
+    assert code == 1
+    assert "rtdose.dcm: 0xA700 Refused: Out of Resources" in out
+
+
+def test_non_dicom_in_a_directory_is_skipped_and_does_not_fail(files, tmp_path):
+    (tmp_path / "README.txt").write_text("hello")
+    code, out, _ = run_store(FakePeer(), [tmp_path])
+    assert code == 0, out
+    assert "Stored 3 of 3" in out
+    assert "skipped  " in out and "README.txt: not a DICOM Part 10 file" in out
+
+
+def test_a_named_non_dicom_file_fails(files, tmp_path):
+    text = tmp_path / "README.txt"
+    text.write_text("hello")
+    code, out, _ = run_store(FakePeer(), [*files, text])
+    assert code == 1
+    assert "README.txt: not a DICOM Part 10 file" in out
+
+
+def test_nothing_to_send_is_one_line_and_exit_1(tmp_path):
+    (tmp_path / "README.txt").write_text("hello")
+    code, out, err = run_store(FakePeer(), [tmp_path])
+    assert code == 1
+    assert err == "dimsekit store: no DICOM files to send\n"
+
+
+@pytest.mark.parametrize("exc, words", [
+    (error.ConnectionRefusedError(), "connection refused"),
+    (AssociationRejected(1, 1, 7), "called-ae-title-not-recognized"),
+])
+def test_no_association_is_one_line_on_stderr_and_exit_1(files, exc, words):
+    peer = FakePeer()
+    peer.connect_error = exc
+    code, out, err = run_store(peer, files)
+    assert code == 1
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("dimsekit store: ") and words in err.lower()
+
+
+def test_abort_midway_fails_that_file_and_leaves_the_rest_not_sent(files):
+    peer = FakePeer()
+    peer.abort_on.add("MR_small_RLE.dcm")
+    code, out, err = run_store(peer, files)
+    assert code == 1
+    assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm"]
+    assert "MR_small_RLE.dcm: aborted by the peer" in out
+    assert "not sent " in out and "rtdose.dcm" in out
+    assert err.strip().splitlines() == ["dimsekit store: aborted by the peer (A-ABORT)"]
+
+
+def test_quiet_prints_nothing_when_all_is_well(files):
+    code, out, err = run_store(FakePeer(), files, quiet=True)
+    assert (code, out, err) == (0, "", "")
+
+
+def test_options_a_storescu_user_expects():
+    args = _parser().parse_args(["store", "h", "104", "a", "b", "-aet", "ME", "-aec", "PACS", "--max-pdu", "4096",
+                                 "-to", "5", "-r", "--no-progress"])
+    assert (args.aet, args.called, args.max_pdu, args.timeout, args.recurse, args.no_progress) == (
+        "ME", "PACS", 4096, 5.0, True, True)
+    assert args.paths == ["a", "b"]
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+def test_progress_line_rewritten_in_place_and_cleared():
+    stream = io.StringIO()
+    progress = cli_store.Progress(stream, total=4, total_bytes=4_000_000, enabled=True)
+    progress.update(1, 1_000_000, force=True)
+    progress.update(2, 2_000_000, force=True)
+    text = stream.getvalue()
+    assert text.startswith("\r1/4 instances  1.0/4.0 MB") and "\r2/4 instances  2.0/4.0 MB" in text
+    assert "MB/s" in text and "\n" not in text
+    progress.clear()
+    assert stream.getvalue().endswith("\r")
+
+
+def test_progress_disabled_writes_nothing():
+    stream = io.StringIO()
+    progress = cli_store.Progress(stream, total=4, total_bytes=4, enabled=False)
+    progress.update(1, 1, force=True)
+    progress.clear()
+    assert stream.getvalue() == ""

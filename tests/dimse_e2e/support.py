@@ -37,6 +37,8 @@ RT_PLAN = by_keyword("RTPlanStorage")
 STORAGE = (CT, MR, SC, RT_PLAN)
 #: A private SOP class (our UID root) served with every DIMSE-N handler.
 N_CLASS = "1.2.826.0.1.3680043.9.7433.2.1"
+#: Storage Commitment Push Model SOP Class.
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 #: A private SOP class a plugin declares with no handler at all.
 NO_HANDLER_CLASS = "1.2.826.0.1.3680043.9.7433.2.2"
 
@@ -107,8 +109,12 @@ class Services:
     destination AE title -> (host, port)).
     """
 
-    def __init__(self, *, storage_ts: Iterable[str] = UNCOMPRESSED_TRANSFER_SYNTAXES, extra: Iterable[ServiceClass] = ()) -> None:
+    def __init__(
+        self, *, storage_ts: Iterable[str] = UNCOMPRESSED_TRANSFER_SYNTAXES, extra: Iterable[ServiceClass] = (),
+        n_classes: Iterable[str] = (N_CLASS,),
+    ) -> None:
         self.storage_ts = tuple(storage_ts)
+        self.n_classes = tuple(n_classes)
         self.extra = tuple(extra)
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self.stored: list[Stored] = []
@@ -274,10 +280,35 @@ class Services:
             ServiceClass(name="t-find", sop_classes=(STUDY_ROOT_FIND,), handlers={"C-FIND": self.find}),
             ServiceClass(name="t-get", sop_classes=(STUDY_ROOT_GET,), handlers={"C-GET": self.get}),
             ServiceClass(name="t-move", sop_classes=(STUDY_ROOT_MOVE,), handlers={"C-MOVE": self.move}),
-            ServiceClass(name="t-n", sop_classes=(N_CLASS,), handlers=self.handlers(), scu_role=True),
+            ServiceClass(name="t-n", sop_classes=self.n_classes, handlers=self.handlers(), scu_role=True),
             ServiceClass(name="t-none", sop_classes=(NO_HANDLER_CLASS,)),
             *self.extra,
         ]
+
+
+class Commitment:
+    """A storage-commitment-like SCP: N-ACTION answered at once, the result
+    reported with N-EVENT-REPORT on the same association afterwards."""
+
+    def __init__(self):
+        self.report_responses = []
+
+    def n_action(self, request):
+        association = request.association
+        uid = request.sop_instance_uid
+        report = Dataset()
+        report.TransactionUID = request.dataset().TransactionUID
+
+        def send_report():
+            d = association.n_event_report(STORAGE_COMMITMENT, uid, 1, report)
+            d.addBoth(self.report_responses.append)
+
+        association.reactor.callLater(0, send_report)
+        return 0x0000
+
+    @hookimpl
+    def dimsekit_service_classes(self):
+        return [ServiceClass(name="commitment", sop_classes=(STORAGE_COMMITMENT,), handlers={"N-ACTION": self.n_action})]
 
 
 class Tracker:

@@ -17,6 +17,8 @@ from tests.dimse_e2e.support import (
     MR_FILE,
     N_CLASS,
     NO_HANDLER_CLASS,
+    STORAGE_COMMITMENT,
+    Commitment,
     LoopbackTestCase,
     Services,
     file_dataset_bytes,
@@ -25,8 +27,6 @@ from tests.dimse_e2e.support import (
     wait_until,
     within,
 )
-
-STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 
 
 def study_query() -> Dataset:
@@ -276,31 +276,6 @@ class NPrimitivesTests(LoopbackTestCase):
         self.assertIn("presentation context", str(caught.exception))
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
-
-
-class Commitment:
-    """A storage-commitment-like SCP: N-ACTION answered at once, the result
-    reported with N-EVENT-REPORT on the same association afterwards."""
-
-    def __init__(self):
-        self.report_responses = []
-
-    def n_action(self, request):
-        association = request.association
-        uid = request.sop_instance_uid
-        report = Dataset()
-        report.TransactionUID = request.dataset().TransactionUID
-
-        def send_report():
-            d = association.n_event_report(STORAGE_COMMITMENT, uid, 1, report)
-            d.addBoth(self.report_responses.append)
-
-        association.reactor.callLater(0, send_report)
-        return 0x0000
-
-    @hookimpl
-    def dimsekit_service_classes(self):
-        return [ServiceClass(name="commitment", sop_classes=(STORAGE_COMMITMENT,), handlers={"N-ACTION": self.n_action})]
 
 
 class ReportReceiver:

@@ -162,7 +162,7 @@ def to_tag(value: int | str | BaseTag) -> BaseTag:
             raise ValueError(f"{value!r} is not a 32-bit tag")
         return Tag(value)
     text = str(value).strip()
-    found = tag_for_keyword(text)
+    found = tag_for_keyword(text) if text else None
     if found is not None:
         return Tag(found)
     match = _TAG_TEXT.match(text)
@@ -617,13 +617,17 @@ class SQLiteBackend:
             pool = ThreadPool(minthreads=0, maxthreads=1, name=f"dimsekit-sqlite:{self.path.name}")
             self._pool = pool
             if getattr(reactor, "running", False):
-                pool.start()
+                self._start_pool()
             else:
-                self._triggers.append(reactor.addSystemEventTrigger("after", "startup", pool.start))
+                self._triggers.append(reactor.addSystemEventTrigger("after", "startup", self._start_pool))
             self._triggers.append(reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool))
             self._run = lambda f, *a: deferToThreadPool(reactor, pool, f, *a)
 
     # -- life ------------------------------------------------------------------------
+
+    def _start_pool(self) -> None:
+        if self._pool is not None and not self._pool.started:
+            self._pool.start()
 
     def _stop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -636,8 +640,8 @@ class SQLiteBackend:
         for trigger in self._triggers:
             try:
                 self.reactor.removeSystemEventTrigger(trigger)
-            except (ValueError, KeyError):
-                pass
+            except (ValueError, KeyError, NotImplementedError):
+                pass  # already fired and gone, or a test reactor that cannot remove triggers
         self._triggers.clear()
         self._stop_pool()
         self._run = _closed

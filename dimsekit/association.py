@@ -101,6 +101,9 @@ class _Outgoing:
     pdus: Iterator[bytes]
     started: bool = False
     on_sent: Callable[[], None] | None = None
+    #: the request this message is, whose DIMSE timer counts from its last progress
+    operation: DimseOperation | None = None
+    written: int = 0
 
 
 @implementer(IPushProducer)
@@ -405,6 +408,7 @@ class Association(ServiceUser):
         command: dict[str, Any],
         dataset: Any = None,
         on_sent: Callable[[], None] | None = None,
+        operation: DimseOperation | None = None,
     ) -> None:
         """Queue one DIMSE message; it goes out whole, after those queued before it.
 
@@ -421,7 +425,7 @@ class Association(ServiceUser):
         pdus = fragment_message(
             context.context_id, encoded, payload, self.negotiated.peer_maximum_length, pack=self.pack_pdvs
         )
-        self._outgoing.append(_Outgoing(pdus, on_sent=on_sent))
+        self._outgoing.append(_Outgoing(pdus, on_sent=on_sent, operation=operation))
         self._pump()
 
     def _when_sent(self, action: Callable[[], None]) -> None:
@@ -449,11 +453,17 @@ class Association(ServiceUser):
                     return
                 if pdu is None:
                     outgoing.popleft()
+                    if message.operation is not None and message.operation.message_id in self._operations:
+                        self._arm_dimse_timer(message.operation)  # the response is due from now
                     if message.on_sent is not None:
                         message.on_sent()
                     continue
                 message.started = True
                 self.protocol.send_pdata(pdu)
+                if message.operation is not None:
+                    message.written += 1
+                    if not message.written & 0x3F:  # a slow peer is not a dead one
+                        self._arm_dimse_timer(message.operation)
         finally:
             self._pumping = False
         self._wake_writable()
@@ -541,7 +551,7 @@ class Association(ServiceUser):
                 total_timeout, self._operation_timeout, operation, f"not finished within {total_timeout:g} s"
             )
         try:
-            self.send_message(context, command, dataset)
+            self.send_message(context, command, dataset, operation=operation)
         except Exception as exc:
             self._operations.pop(operation.message_id, None)
             _cancel_timers(operation)

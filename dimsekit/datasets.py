@@ -74,6 +74,8 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     if transfer_syntax == DEFLATED:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
+        if len(data) & 1:
+            data += b"\x00"  # PS3.5 A.5: the deflated stream is padded to even length
     return data
 
 
@@ -157,15 +159,24 @@ def _dataset_offset(path: Path) -> int:
                 offset += 8 + length
 
 
-def iter_file(path: str | Path, offset: int, chunk: int = 1 << 20) -> Iterator[bytes]:
-    """Read a file from ``offset`` in chunks (for sending a data set unparsed)."""
+def iter_file(path: str | Path, offset: int, chunk: int = 1 << 20, *, pad_to_even: bool = False) -> Iterator[bytes]:
+    """Read a file from ``offset`` in chunks (for sending a data set unparsed).
+
+    ``pad_to_even`` appends one NUL when the data set's length is odd: a
+    deflated data set stored without its padding byte must still go on the
+    wire with an even length (PS3.5 A.5; DCMTK refuses an odd fragment).
+    """
+    total = 0
     with Path(path).open("rb") as f:
         f.seek(offset)
         while True:
             data = f.read(chunk)
             if not data:
-                return
+                break
+            total += len(data)
             yield data
+    if pad_to_even and total & 1:
+        yield b"\x00"
 
 
 def dataset_from_any(value: Any) -> Dataset:

@@ -82,7 +82,8 @@ def dataset_bytes(dataset: Any, transfer_syntax: str) -> Any:
     if dataset is None or isinstance(dataset, bytes | bytearray | memoryview):
         return dataset
     if isinstance(dataset, _FileData):
-        return iter_file(dataset.info.path, dataset.info.dataset_offset)
+        info = dataset.info
+        return iter_file(info.path, info.dataset_offset, pad_to_even=info.transfer_syntax == DEFLATED)
     if isinstance(dataset, Dataset):
         return encode_dataset(dataset, transfer_syntax)
     if isinstance(dataset, Iterable):

@@ -299,9 +299,6 @@ class Association(ServiceUser):
         if isinstance(output, out.AbortIndication):
             why = "aborted by the peer (A-ABORT)"
             error = AssociationAborted(why, source=output.source, reason=output.reason)
-        elif self.protocol is not None and getattr(self.protocol, "transport_lost", False):
-            why = f"aborted: {output.reason}"
-            error = ConnectionLost(f"the connection closed before the association ended ({output.reason})")
         elif output.transport_closed:
             why = f"aborted: {output.reason}"
             error = ConnectionLost(output.reason)

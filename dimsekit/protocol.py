@@ -92,8 +92,6 @@ class DicomProtocol(protocol.Protocol):
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._socket: socket.socket | None = None
-        #: the transport connection is gone (set before the user hears of it)
-        self.transport_lost = False
         self._dispatch = {
             out.AssociateIndication: user.association_indication,
             out.AssociateAccepted: user.association_accepted,
@@ -127,7 +125,6 @@ class DicomProtocol(protocol.Protocol):
                 self._socket = None
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.transport_lost = True
         self.run(self.ul.transport_closed(self.reactor.seconds()))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -456,7 +456,11 @@ class Association(ServiceUser):
                         message.on_sent()
                     continue
                 message.started = True
-                self.protocol.send_pdata(pdu)
+                if self.protocol.send_pdata(pdu) is False:
+                    # the association can no longer carry data (the peer's A-ABORT or
+                    # A-RELEASE-RQ was just read): read no more of any data set
+                    outgoing.clear()
+                    return
                 if message.operation is not None:
                     message.written += 1
                     if not message.written & 0x3F:  # a slow peer is not a dead one
@@ -522,7 +526,9 @@ class Association(ServiceUser):
             raise LocalProtocolError(f"association is not established ({self.ended or 'not yet'})")
         message_id = self.next_message_id()
         command = {**command, "MessageID": message_id}
-        operation = DimseOperation(self, message_id, context.context_id, on_pending=on_pending)
+        operation = DimseOperation(
+            self, message_id, context.context_id, on_pending=on_pending, command_field=int(command["CommandField"])
+        )
         limit = self.negotiated.max_outstanding_local if self.negotiated else 1
         if limit and len(self._operations) >= limit:
             self._waiting_ops.append((operation, command, (context, dataset, total_timeout)))
@@ -584,7 +590,9 @@ class Association(ServiceUser):
             self._launch(waiting, command, context, dataset, total_timeout)
 
     def send_cancel(self, operation: DimseOperation) -> None:
-        """C-CANCEL-RQ for an operation in progress (PS3.7 9.3.2.3)."""
+        """C-CANCEL-RQ for a C-FIND, C-GET or C-MOVE in progress (PS3.7 9.3.2.3)."""
+        if operation.command_field not in _CANCELLABLE:
+            return
         for index, (waiting, _command, _rest) in enumerate(self._waiting_ops):
             if waiting is operation:  # never sent: no need to ask the peer
                 del self._waiting_ops[index]
@@ -685,6 +693,9 @@ class Association(ServiceUser):
             "CommandDataSetType": NO_DATASET,
         }
         self.send_message(context, response)
+
+
+_CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 
 
 class _DiscardSink:

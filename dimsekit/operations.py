@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from dimsekit.dimse import status as dimse_status
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from dimsekit.association import Association
 
 __all__ = ["Response", "DimseOperation"]
+
+_log = Logger(namespace="dimsekit.operations")
 
 
 @dataclass(slots=True)
@@ -76,6 +79,8 @@ class DimseOperation:
     message_id: int
     context_id: int
     on_pending: Callable[[Response], object] | None = None
+    #: the request's Command Field (C-CANCEL applies to C-FIND, C-GET and C-MOVE only)
+    command_field: int = 0
     result: Deferred = field(default_factory=Deferred)
     responses: list[Response] = field(default_factory=list)
     cancel_sent: bool = False
@@ -94,7 +99,10 @@ class DimseOperation:
         """A pending response arrived."""
         self.responses.append(response)
         if self.on_pending is not None:
-            self.on_pending(response)
+            try:
+                self.on_pending(response)
+            except Exception:  # the caller's bug must not break the association
+                _log.failure("on_pending callback of message {id} failed", id=self.message_id)
         self._push(response)
 
     def finish(self, response: Response) -> None:
@@ -121,7 +129,9 @@ class DimseOperation:
     # -- the caller uses these --------------------------------------------------
 
     def cancel(self) -> None:
-        """Send C-CANCEL-RQ for this operation (once); the peer answers with its final status."""
+        """Send C-CANCEL-RQ for this operation (once); the peer answers with its
+        final status.  Nothing is sent for other than C-FIND, C-GET and C-MOVE
+        (PS3.7 9.3.2.3): their ``result`` may still be cancelled, locally."""
         if self.cancel_sent or self._done:
             return
         self.cancel_sent = True

@@ -35,7 +35,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dimsekit.datasets import decode_dataset
+from dimsekit.datasets import DatasetError, decode_dataset
 from dimsekit.dimse import status as dimse_status
 from dimsekit.dimse.commands import CommandField, make_response
 from dimsekit.ul.negotiation import NegotiatedContext
@@ -161,8 +161,17 @@ class ScpRunner:
         self._start(request)
 
     def cancel(self, message_id: int) -> None:
-        """C-CANCEL-RQ: mark the request cancelled; a handler's Deferred is cancelled too."""
+        """C-CANCEL-RQ: mark the request cancelled; a handler's Deferred is cancelled too.
+
+        Only a C-FIND, C-GET or C-MOVE can be cancelled (PS3.7 9.3.2.3); a
+        C-CANCEL-RQ naming anything else is logged and ignored."""
         running = self.running.get(message_id)
+        if running is not None and int(running.request.command["CommandField"]) not in _PENDING_CAPABLE:
+            _log.warn(
+                "C-CANCEL-RQ for {command} message {id} ignored: only C-FIND, C-GET and C-MOVE can be cancelled",
+                command=running.request.name, id=message_id,
+            )
+            return
         if running is None:
             for queued in self.queue:
                 if queued.message_id == message_id:
@@ -322,7 +331,15 @@ class ScpRunner:
             )
             command = make_response(request.command, 0x0110, ErrorComment=_comment(str(exc)))
             dataset = None
-        association.send_message(request.context, command, dataset)
+        try:
+            association.send_message(request.context, command, dataset)
+        except DatasetError as exc:  # the handler's data set cannot be encoded
+            _log.error(
+                "cannot encode the {command} response's data set ({error}); answering 0x0110 instead",
+                command=request.name, error=exc,
+            )
+            failure = make_response(request.command, 0x0110, ErrorComment=_comment(f"cannot encode the reply: {exc}"))
+            association.send_message(request.context, failure)
 
 
 def _comment(text: str) -> str:

@@ -12,9 +12,20 @@ from dimsekit.config import ConfigError, from_mapping
 from dimsekit.errors import AssociationAborted, DIMSETimeout
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
-from dimsekit.scu import STUDY_ROOT_FIND, STUDY_ROOT_MOVE
+from dimsekit.scu import STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE
 from dimsekit.uids import VERIFICATION
-from tests.dimse_e2e.support import N_CLASS, LoopbackTestCase, Services, match, wait_until, within
+from tests.dimse_e2e.support import (
+    CT,
+    CT_FILE,
+    MR,
+    MR_FILE,
+    N_CLASS,
+    LoopbackTestCase,
+    Services,
+    match,
+    wait_until,
+    within,
+)
 
 CANCEL = 0xFE00
 
@@ -241,6 +252,36 @@ class CancelTests(LoopbackTestCase):
             await operation.result
         await wait_until(lambda: scp.states and scp.states[-1] == "closed", 2, "generator closed")
         self.assertTrue(scp.requests[0].cancelled)
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())
+
+    async def test_cancel_a_get_while_its_scp_awaits_a_store_suboperation(self):
+        services = Services()
+        services.retrieve_files = [CT_FILE, MR_FILE, CT_FILE]
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT, MR, VERIFICATION], roles={CT: (True, True), MR: (True, True)})
+        stores: list[defer.Deferred] = []
+
+        def on_store(request):
+            d = defer.Deferred()
+            stores.append(d)
+            return d
+
+        operation = assoc.get(query(), on_store=on_store)
+        await wait_until(lambda: stores, 2, "the first sub-operation")
+        stores[0].callback(0x0000)
+        await wait_until(lambda: len(stores) == 2, 2, "the second sub-operation")
+        operation.cancel()  # the SCP is awaiting the second C-STORE-RSP
+        await task.deferLater(reactor, 0.05, lambda: None)
+        stores[1].callback(0x0000)
+        final = await within(operation.result)
+        self.assertEqual(final.status, CANCEL)
+        # the C-CANCEL interrupts the handler where it awaits (CancelledError); this
+        # plugin counts the interrupted sub-operation as failed, then the stream stops
+        self.assertEqual(final.NumberOfCompletedSuboperations, 1)
+        self.assertEqual(final.NumberOfFailedSuboperations, 1)
+        self.assertEqual(final.NumberOfRemainingSuboperations, 1)
+        self.assertEqual(len(stores), 2)  # no third sub-operation was started
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
 

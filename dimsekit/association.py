@@ -256,6 +256,12 @@ class Association(ServiceUser):
         if waiter is not None:
             waiter.errback(error)
 
+    def association_rejected_by_provider(self, output: out.ProviderRejection) -> None:
+        """The upper layer rejected the peer's A-ASSOCIATE-RQ itself (protocol version)."""
+        self.rq = output.rq
+        rj = output.rj
+        self.ended = f"rejected ({rj.result}/{rj.source}/{rj.reason}): {AssociationRejected(rj.result, rj.source, rj.reason)}"
+
     def _on_established(self) -> None:
         self.established = True
         self.ae.pm.hook.dimsekit_on_association_established(association=self)

@@ -315,7 +315,7 @@ def ae_6(ctx: ActionContext) -> tuple[State, Outputs]:
     rq = ctx.payload
     if not rq.protocol_version & 0x0001:  # type: ignore[attr-defined]
         rj = AssociateRJ(result=1, source=2, reason=2)
-        return State.STA13, [StopARTIM(), out.Transmit(rj.encode()), StartARTIM()]
+        return State.STA13, [StopARTIM(), out.Transmit(rj.encode()), out.ProviderRejection(rq, rj), StartARTIM()]  # type: ignore[arg-type]
     return State.STA3, [StopARTIM(), out.AssociateIndication(rq)]  # type: ignore[arg-type]
 
 
@@ -398,8 +398,10 @@ def aa_1(ctx: ActionContext) -> tuple[State, Outputs]:
     a fresh connection (Sta2); that abort is the service-provider's doing, so
     it carries source 2 and the reason (unexpected or invalid PDU).
     """
-    abort = Abort(source=0, reason=0) if ctx.event == Event.EVT15 else _abort_for(ctx)
-    return State.STA13, [out.Transmit(abort.encode()), StartARTIM()]
+    if ctx.event == Event.EVT15:
+        return State.STA13, [out.Transmit(Abort(source=0, reason=0).encode()), StartARTIM()]
+    # The peer's doing: tell the local user too, so the connection is logged with its reason.
+    return State.STA13, [out.Transmit(_abort_for(ctx).encode()), out.ProviderAbortIndication(_why(ctx)), StartARTIM()]
 
 
 def aa_2(ctx: ActionContext) -> tuple[State, Outputs]:

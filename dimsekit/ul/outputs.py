@@ -22,6 +22,7 @@ __all__ = [
     "AssociateIndication",
     "AssociateAccepted",
     "AssociateRejected",
+    "ProviderRejection",
     "PDataIndication",
     "ReleaseIndication",
     "ReleaseConfirmation",
@@ -66,6 +67,15 @@ class AssociateAccepted:
 class AssociateRejected:
     """A-ASSOCIATE confirmation, reject (AE-4)."""
 
+    rj: AssociateRJ
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRejection:
+    """The service-provider itself rejected an A-ASSOCIATE-RQ (AE-6, "otherwise"):
+    the local user never got the indication, but should log who asked and why."""
+
+    rq: AssociateRQ
     rj: AssociateRJ
 
 
@@ -116,6 +126,7 @@ Output = (
     | AssociateIndication
     | AssociateAccepted
     | AssociateRejected
+    | ProviderRejection
     | PDataIndication
     | ReleaseIndication
     | ReleaseConfirmation

@@ -403,7 +403,7 @@ def test_garbage_on_a_fresh_connection() -> None:
     ul = acceptor(now=0.0)
     outputs = ul.receive_data(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n", 3.0)
     assert pdus_of(outputs) == [Abort(source=2, reason=1)]
-    assert kinds(outputs) == [out.Transmit]
+    assert kinds(outputs) == [out.Transmit, out.ProviderAbortIndication]
     assert ul.state == State.STA13
     assert ul.next_deadline() == 3.0 + ARTIM
     assert ul.handle_timer(3.0 + ARTIM) == [out.CloseTransport()]
@@ -436,7 +436,7 @@ def test_pdata_before_the_association() -> None:
     ul = acceptor(now=0.0)
     outputs = ul.receive_data(PDATA_1.encode(), 4.0)
     assert pdus_of(outputs) == [Abort(source=2, reason=2)]  # unexpected PDU
-    assert kinds(outputs) == [out.Transmit]
+    assert kinds(outputs) == [out.Transmit, out.ProviderAbortIndication]
     assert ul.state == State.STA13
     assert ul.next_deadline() == 4.0 + ARTIM
 

@@ -207,7 +207,7 @@ def _expected_outputs(action: str, event: Event) -> list[object]:
         "AR-8": [out.ReleaseIndication(collision=True)],
         "AR-9": [ReleaseRP()],
         "AR-10": [out.ReleaseConfirmation()],
-        "AA-1": [_abort_sent(event)],
+        "AA-1": [_abort_sent(event)] + ([] if event == Event.EVT15 else [PROVIDER_ABORT]),
         "AA-2": [out.CloseTransport()],
         "AA-3": [out.AbortIndication(source=0, reason=0), out.CloseTransport()],
         "AA-4": [PROVIDER_ABORT],
@@ -404,7 +404,8 @@ def test_ae_6_unacceptable_request_is_rejected_by_the_provider() -> None:
     ul = drive(State.STA2)
     bad = dataclasses.replace(RQ, protocol_version=2)
     outputs = ul.receive_data(bad.encode(), NOW)
-    assert normalise(outputs) == [AssociateRJ(result=1, source=2, reason=2)]
+    rj = AssociateRJ(result=1, source=2, reason=2)
+    assert normalise(outputs) == [rj, out.ProviderRejection(bad, rj)]
     assert ul.state == State.STA13
     assert ul.next_deadline() == NOW + ARTIM
 

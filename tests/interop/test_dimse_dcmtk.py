@@ -5,8 +5,11 @@ PDU sizes used), findscu --cancel stopping a running C-FIND."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 from typing import Any
 
 import pytest
@@ -107,7 +110,9 @@ class StorescuTests(LoopbackTestCase):
                             "127.0.0.1", str(port), *files])
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(len(services.stored), len(files), result.stdout + result.stderr)
-        tmp = self.mktemp()
+        workdir = tempfile.mkdtemp(prefix="dimsekit-dcmconv-")
+        self.addCleanup(shutil.rmtree, workdir, True)
+        tmp = os.path.join(workdir, "rendering.dcm")
         for path, stored in zip(files, services.stored, strict=True):
             sent = dcmtk_rendering(path, stored.transfer_syntax, tmp)
             self.assertEqual(sha(stored.data), sha(sent), f"{path} arrived changed")

@@ -128,6 +128,8 @@ class AsyncWindowTests(LoopbackTestCase):
         await wait_until(lambda: len(handlers.waiting) == 2, 5, "2 requests at the SCP")
         await task.deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(len(handlers.waiting), 2)
+        self.assertEqual(len(assoc._operations), 2)  # the other 4 wait on our side, unsent
+        self.assertEqual(len(self._trackers[0].associations[0].scp.queue), 0)
         for _ in range(6):
             await wait_until(lambda: handlers.waiting, 5, "a request at the SCP")
             handlers.fire(len(handlers.waiting) - 1)

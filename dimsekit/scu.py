@@ -247,9 +247,14 @@ class ServiceUser:
         *,
         priority: int = Priority.MEDIUM,
         on_pending: Callable[[Response], object] | None = None,
+        total_timeout: float | None = None,
     ) -> DimseOperation:
-        """C-FIND (PS3.7 9.1.2): each match arrives as a pending response."""
-        return self._retrieve_like(CommandField.C_FIND_RQ, identifier, model, {}, on_pending, None, priority)
+        """C-FIND (PS3.7 9.1.2): each match arrives as a pending response.
+
+        :param total_timeout: seconds after which the whole operation fails
+            with :class:`~dimsekit.errors.DIMSETimeout` (and the association is
+            aborted) however many pending responses keep arriving."""
+        return self._retrieve_like(CommandField.C_FIND_RQ, identifier, model, {}, on_pending, total_timeout, priority)
 
     def get(
         self,

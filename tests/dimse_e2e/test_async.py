@@ -350,6 +350,21 @@ class TimeoutTests(LoopbackTestCase):
         await wait_until(lambda: scp.requests[0].cancelled, 2, "the SCP's stream stopped")
 
 
+    async def test_find_total_timeout(self):
+        scp = SlowFind(delay=0.01, count=10_000)
+        _, port = await self.serve(scp)
+        scu = self.make_ae("SCU", dimse_timeout=0.3)
+        assoc = await self.connect(port, [STUDY_ROOT_FIND], ae=scu)
+        operation = assoc.find(query(), total_timeout=0.4)
+        with self.assertRaises(DIMSETimeout):
+            async for _ in operation:
+                pass
+        self.assertGreater(len(operation.responses), 5)
+        self.assertTrue(assoc.ended.startswith("aborted"))
+        with self.assertRaises(DIMSETimeout):
+            await within(operation.result)
+
+
 class FailingSourceTests(LoopbackTestCase):
     async def test_a_source_failing_half_way_aborts_and_nothing_follows(self):
         services = Services()

@@ -132,6 +132,8 @@ class Registry:
                             )
                         scu_handlers[(command, sop_class)] = (handler, service)
                 self.supported[sop_class] = self._merge(self.supported.get(sop_class), sop_class, service)
+        #: the SOP classes some plugin handles at least one command of as SCP
+        self.handlers_by_sop_class: frozenset[str] = frozenset(sop for (_command, sop) in self.handlers)
         for key, (handler, _service) in scu_handlers.items():
             self.handlers.setdefault(key, handler)
 

@@ -206,8 +206,12 @@ class ScpRunner:
         handlers = self.association.handlers
         sop_class = context.abstract_syntax
         handler = handlers.get((name, sop_class)) or handlers.get((name, None))
+        registry = self.association.ae.registry
         if handler is None:
-            handler = self.association.ae.registry.handler(name, sop_class)
+            handler = registry.handler(name, sop_class)
+        if handler is None and sop_class in registry.handlers_by_sop_class:
+            # The SOP class is served, just not with this operation.
+            return None, 0x0211  # Unrecognized operation
         return handler, 0x0122  # Refused: SOP class not supported
 
     def _start(self, request: Request) -> None:

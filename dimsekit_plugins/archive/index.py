@@ -1,0 +1,462 @@
+"""The archive's SQLite index: patient / study / series / instance.
+
+Plain functions over a :class:`sqlite3.Connection`; the caller runs them in a
+worker thread and serialises access (see :mod:`dimsekit_plugins.archive.store`).
+
+What is kept is what Query/Retrieve matches on and returns (PS3.4 C.6.1.1 and
+C.6.2.1, the required and unique keys of the patient root and study root
+models, plus a few common optional ones), what retrieval needs (file path,
+transfer syntax, SOP class), and where an instance came from.  Text values are
+stored decoded (pydicom applies the instance's Specific Character Set), and
+the Specific Character Set is stored beside them, so Q/R can match in Unicode
+and answer in the character set the instance used.  Counts of related
+series/instances and Modalities in Study are derived (the ``study_summary``
+and ``series_summary`` views), never stored, so they cannot go stale.
+
+Upserts keep an attribute already known when a later instance lacks it
+(``COALESCE``); rows left without children are deleted, so the tables never
+hold an empty series, study or patient.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "HEADER_KEYWORDS",
+    "InstanceRecord",
+    "connect",
+    "header_values",
+    "put",
+    "get",
+    "delete",
+    "all_paths",
+    "rows",
+]
+
+SCHEMA_VERSION = 1
+
+#: The data elements the index needs, read from each instance (before its pixel data).
+HEADER_KEYWORDS = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS patient (
+    pk INTEGER PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    issuer_of_patient_id TEXT NOT NULL DEFAULT '',
+    patient_name TEXT,
+    patient_birth_date TEXT,
+    patient_sex TEXT,
+    specific_character_set TEXT,
+    UNIQUE (patient_id, issuer_of_patient_id)
+);
+CREATE TABLE IF NOT EXISTS study (
+    study_instance_uid TEXT PRIMARY KEY,
+    patient_pk INTEGER NOT NULL REFERENCES patient (pk),
+    study_date TEXT,
+    study_time TEXT,
+    accession_number TEXT,
+    study_id TEXT,
+    referring_physician_name TEXT,
+    study_description TEXT,
+    specific_character_set TEXT
+);
+CREATE INDEX IF NOT EXISTS study_patient ON study (patient_pk);
+CREATE INDEX IF NOT EXISTS study_date ON study (study_date);
+CREATE INDEX IF NOT EXISTS study_accession ON study (accession_number);
+CREATE TABLE IF NOT EXISTS series (
+    series_instance_uid TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL REFERENCES study (study_instance_uid),
+    modality TEXT,
+    series_number INTEGER,
+    series_description TEXT,
+    specific_character_set TEXT
+);
+CREATE INDEX IF NOT EXISTS series_study ON series (study_instance_uid);
+CREATE TABLE IF NOT EXISTS instance (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
+    sop_class_uid TEXT NOT NULL,
+    instance_number INTEGER,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    source_ae TEXT,
+    specific_character_set TEXT
+);
+CREATE INDEX IF NOT EXISTS instance_series ON instance (series_instance_uid);
+CREATE VIEW IF NOT EXISTS series_summary AS
+    SELECT se.*,
+           (SELECT COUNT(*) FROM instance i
+             WHERE i.series_instance_uid = se.series_instance_uid)
+               AS number_of_series_related_instances
+      FROM series se;
+CREATE VIEW IF NOT EXISTS study_summary AS
+    SELECT st.*,
+           (SELECT COUNT(*) FROM series se
+             WHERE se.study_instance_uid = st.study_instance_uid)
+               AS number_of_study_related_series,
+           (SELECT COUNT(*) FROM instance i JOIN series se USING (series_instance_uid)
+             WHERE se.study_instance_uid = st.study_instance_uid)
+               AS number_of_study_related_instances,
+           (SELECT group_concat(modality, '\\') FROM
+               (SELECT DISTINCT modality FROM series se
+                 WHERE se.study_instance_uid = st.study_instance_uid
+                   AND modality IS NOT NULL AND modality != ''
+                 ORDER BY modality))
+               AS modalities_in_study
+      FROM study st;
+CREATE VIEW IF NOT EXISTS patient_summary AS
+    SELECT p.*,
+           (SELECT COUNT(*) FROM study st WHERE st.patient_pk = p.pk)
+               AS number_of_patient_related_studies,
+           (SELECT COUNT(*) FROM series se JOIN study st USING (study_instance_uid)
+             WHERE st.patient_pk = p.pk)
+               AS number_of_patient_related_series,
+           (SELECT COUNT(*) FROM instance i JOIN series se USING (series_instance_uid)
+                                            JOIN study st USING (study_instance_uid)
+             WHERE st.patient_pk = p.pk)
+               AS number_of_patient_related_instances
+      FROM patient p;
+"""
+
+
+@dataclass(slots=True, kw_only=True)
+class InstanceRecord:
+    """One instance as the index holds it (patient, study and series attributes included)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    path: str  #: relative to the data directory, POSIX separators
+    size: int
+    received_at: str
+    source_ae: str | None = None
+    specific_character_set: str | None = None
+    instance_number: int | None = None
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    accession_number: str | None = None
+    study_id: str | None = None
+    referring_physician_name: str | None = None
+    study_description: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_RECORD_FIELDS = {f.name for f in fields(InstanceRecord)}
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open (creating if needed) the index at ``path``: WAL mode, schema in place.
+
+    The connection may be used from any one thread at a time (the caller locks).
+    ``synchronous=NORMAL`` is enough: the files are the truth and are fsynced
+    before anything is indexed; an index transaction lost in a crash leaves a
+    file without a row, which :meth:`Archive.reconcile` indexes again.
+    """
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits on its own
+    with _transaction(conn):
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"index schema version {row[0]} is not {SCHEMA_VERSION}; "
+                "move index.sqlite away and restart to rebuild it from the files"
+            )
+    return conn
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if kind is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+# -- reading attributes from a data set ------------------------------------------------------
+
+
+def _text(dataset: Dataset, keyword: str) -> str | None:
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # a value pydicom cannot convert
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value) or None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip() or None
+    return str(value).strip() or None
+
+
+def _integer(dataset: Dataset, keyword: str) -> int | None:
+    text = _text(dataset, keyword)
+    if text is None:
+        return None
+    try:
+        return int(float(text.split("\\")[0]))
+    except ValueError:
+        return None
+
+
+def header_values(dataset: Dataset) -> dict[str, Any]:
+    """The index attributes of a data set, by :class:`InstanceRecord` field name.
+
+    Missing or unreadable values are None (``patient_id`` and
+    ``issuer_of_patient_id``: the empty string, as patients are keyed on them).
+    """
+    charset_text = _text(dataset, "SpecificCharacterSet")
+    return {
+        "sop_class_uid": _text(dataset, "SOPClassUID"),
+        "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
+        "instance_number": _integer(dataset, "InstanceNumber"),
+        "specific_character_set": charset_text or None,
+        "patient_id": _text(dataset, "PatientID") or "",
+        "issuer_of_patient_id": _text(dataset, "IssuerOfPatientID") or "",
+        "patient_name": _text(dataset, "PatientName"),
+        "patient_birth_date": _text(dataset, "PatientBirthDate"),
+        "patient_sex": _text(dataset, "PatientSex"),
+        "study_instance_uid": _text(dataset, "StudyInstanceUID"),
+        "study_date": _text(dataset, "StudyDate"),
+        "study_time": _text(dataset, "StudyTime"),
+        "accession_number": _text(dataset, "AccessionNumber"),
+        "study_id": _text(dataset, "StudyID"),
+        "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
+        "study_description": _text(dataset, "StudyDescription"),
+        "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
+        "modality": _text(dataset, "Modality"),
+        "series_number": _integer(dataset, "SeriesNumber"),
+        "series_description": _text(dataset, "SeriesDescription"),
+    }
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def put(conn: sqlite3.Connection, record: InstanceRecord) -> str | None:
+    """Insert or replace an instance (and upsert its patient, study, series).
+
+    :returns: the path the instance had before, if it was indexed already
+        (the caller deletes that file when it differs from the new one).
+    """
+    r = record
+    with _transaction(conn):
+        previous = conn.execute(
+            "SELECT path, series_instance_uid FROM instance WHERE sop_instance_uid = ?", (r.sop_instance_uid,)
+        ).fetchone()
+        (patient_pk,) = conn.execute(
+            """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
+                                    patient_sex, specific_character_set)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+                   patient_name = COALESCE(excluded.patient_name, patient_name),
+                   patient_birth_date = COALESCE(excluded.patient_birth_date, patient_birth_date),
+                   patient_sex = COALESCE(excluded.patient_sex, patient_sex),
+                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)
+               RETURNING pk""",
+            (r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
+             r.specific_character_set),
+        ).fetchone()
+        old_patient = conn.execute(
+            "SELECT patient_pk FROM study WHERE study_instance_uid = ?", (r.study_instance_uid,)
+        ).fetchone()
+        conn.execute(
+            """INSERT INTO study (study_instance_uid, patient_pk, study_date, study_time, accession_number,
+                                  study_id, referring_physician_name, study_description, specific_character_set)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (study_instance_uid) DO UPDATE SET
+                   patient_pk = excluded.patient_pk,
+                   study_date = COALESCE(excluded.study_date, study_date),
+                   study_time = COALESCE(excluded.study_time, study_time),
+                   accession_number = COALESCE(excluded.accession_number, accession_number),
+                   study_id = COALESCE(excluded.study_id, study_id),
+                   referring_physician_name = COALESCE(excluded.referring_physician_name, referring_physician_name),
+                   study_description = COALESCE(excluded.study_description, study_description),
+                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
+            (r.study_instance_uid, patient_pk, r.study_date, r.study_time, r.accession_number, r.study_id,
+             r.referring_physician_name, r.study_description, r.specific_character_set),
+        )
+        old_study = conn.execute(
+            "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (r.series_instance_uid,)
+        ).fetchone()
+        conn.execute(
+            """INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number,
+                                   series_description, specific_character_set)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT (series_instance_uid) DO UPDATE SET
+                   study_instance_uid = excluded.study_instance_uid,
+                   modality = COALESCE(excluded.modality, modality),
+                   series_number = COALESCE(excluded.series_number, series_number),
+                   series_description = COALESCE(excluded.series_description, series_description),
+                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
+            (r.series_instance_uid, r.study_instance_uid, r.modality, r.series_number, r.series_description,
+             r.specific_character_set),
+        )
+        conn.execute(
+            """INSERT INTO instance (sop_instance_uid, series_instance_uid, sop_class_uid, instance_number,
+                                     transfer_syntax_uid, path, size, received_at, source_ae, specific_character_set)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (sop_instance_uid) DO UPDATE SET
+                   series_instance_uid = excluded.series_instance_uid,
+                   sop_class_uid = excluded.sop_class_uid,
+                   instance_number = excluded.instance_number,
+                   transfer_syntax_uid = excluded.transfer_syntax_uid,
+                   path = excluded.path,
+                   size = excluded.size,
+                   received_at = excluded.received_at,
+                   source_ae = excluded.source_ae,
+                   specific_character_set = excluded.specific_character_set""",
+            (r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.instance_number,
+             r.transfer_syntax_uid, r.path, r.size, r.received_at, r.source_ae, r.specific_character_set),
+        )
+        if previous is not None and previous["series_instance_uid"] != r.series_instance_uid:
+            _prune_series(conn, previous["series_instance_uid"])
+        if old_study is not None and old_study[0] != r.study_instance_uid:
+            _prune_study(conn, old_study[0])
+        if old_patient is not None and old_patient[0] != patient_pk:
+            _prune_patient(conn, old_patient[0])
+    return previous["path"] if previous is not None else None
+
+
+def delete(conn: sqlite3.Connection, sop_instance_uids: Iterable[str]) -> int:
+    """Drop instances (and whatever series, study, patient they leave empty); how many went."""
+    count = 0
+    with _transaction(conn):
+        for uid in sop_instance_uids:
+            row = conn.execute(
+                "SELECT series_instance_uid FROM instance WHERE sop_instance_uid = ?", (uid,)
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute("DELETE FROM instance WHERE sop_instance_uid = ?", (uid,))
+            count += 1
+            _prune_series(conn, row[0])
+    return count
+
+
+def _prune_series(conn: sqlite3.Connection, series_uid: str) -> None:
+    row = conn.execute("SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (series_uid,)).fetchone()
+    if row is None:
+        return
+    gone = conn.execute(
+        """DELETE FROM series WHERE series_instance_uid = ?
+             AND NOT EXISTS (SELECT 1 FROM instance WHERE series_instance_uid = ?)""",
+        (series_uid, series_uid),
+    ).rowcount
+    if gone:
+        _prune_study(conn, row[0])
+
+
+def _prune_study(conn: sqlite3.Connection, study_uid: str) -> None:
+    row = conn.execute("SELECT patient_pk FROM study WHERE study_instance_uid = ?", (study_uid,)).fetchone()
+    if row is None:
+        return
+    gone = conn.execute(
+        """DELETE FROM study WHERE study_instance_uid = ?
+             AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?)""",
+        (study_uid, study_uid),
+    ).rowcount
+    if gone:
+        _prune_patient(conn, row[0])
+
+
+def _prune_patient(conn: sqlite3.Connection, patient_pk: int) -> None:
+    conn.execute(
+        "DELETE FROM patient WHERE pk = ? AND NOT EXISTS (SELECT 1 FROM study WHERE patient_pk = ?)",
+        (patient_pk, patient_pk),
+    )
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def get(conn: sqlite3.Connection, sop_instance_uid: str) -> InstanceRecord | None:
+    """The whole record of one instance, or None."""
+    row = conn.execute(
+        """SELECT i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, se.study_instance_uid,
+                  i.transfer_syntax_uid, i.path, i.size, i.received_at, i.source_ae,
+                  i.specific_character_set, i.instance_number,
+                  p.patient_id, p.issuer_of_patient_id, p.patient_name, p.patient_birth_date, p.patient_sex,
+                  st.study_date, st.study_time, st.accession_number, st.study_id,
+                  st.referring_physician_name, st.study_description,
+                  se.modality, se.series_number, se.series_description
+             FROM instance i JOIN series se USING (series_instance_uid)
+                             JOIN study st USING (study_instance_uid)
+                             JOIN patient p ON p.pk = st.patient_pk
+            WHERE i.sop_instance_uid = ?""",
+        (sop_instance_uid,),
+    ).fetchone()
+    if row is None:
+        return None
+    return InstanceRecord(**{k: row[k] for k in row.keys() if k in _RECORD_FIELDS})
+
+
+def all_paths(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    """SOP Instance UID -> (relative path, size) of every indexed instance."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT sop_instance_uid, path, size FROM instance")}
+
+
+def rows(conn: sqlite3.Connection, sql: str, parameters: Iterable[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    """Run a read-only query; the rows as dicts."""
+    return [dict(row) for row in conn.execute(sql, parameters)]

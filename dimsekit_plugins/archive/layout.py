@@ -1,0 +1,77 @@
+"""Where an instance lives on disk, from UIDs that were checked first.
+
+Layout under the data directory::
+
+    <data_dir>/
+      index.sqlite                      the index (plus -wal and -shm)
+      .incoming/<sop uid>.<token>.part  instances being received
+      .quarantine/                      files reconcile() could not read
+      <study uid>/<series uid>/<sop instance uid>.dcm
+
+Every UID is checked by :func:`check_uid` before it becomes a path
+component: digits and dots only, 1 to 64 characters, no empty component (so
+no ``.``, ``..``, leading, trailing or doubled dots).  A UID is therefore never
+a hidden name, a parent reference or a path separator: nothing can land
+outside the data directory.  Components with leading zeros (``1.02``), which
+PS3.5 9.1 forbids but real devices send, are accepted: they are harmless in a
+path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dimsekit_plugins.archive.errors import InvalidUID
+
+__all__ = [
+    "check_uid",
+    "is_uid",
+    "instance_path",
+    "relative_path",
+    "INCOMING",
+    "QUARANTINE",
+    "INDEX_NAME",
+    "SUFFIX",
+]
+
+INCOMING = ".incoming"
+QUARANTINE = ".quarantine"
+INDEX_NAME = "index.sqlite"
+SUFFIX = ".dcm"
+
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")
+
+
+def is_uid(value: object) -> bool:
+    """True for a string that is a usable UID (see the module docstring)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+def check_uid(value: object, what: str, *, status: int | None = None, tag: int | None = None) -> str:
+    """``value`` if it is a usable UID, else :class:`InvalidUID` naming ``what``.
+
+    :param status: the C-STORE status for the error (default: Invalid SOP Instance).
+    :param tag: the data element to name as Offending Element.
+    """
+    if is_uid(value):
+        return value  # type: ignore[return-value]
+    shown = repr(value)[:40]
+    raise InvalidUID(
+        f"{what} {shown} is not a UID (digits and dots, at most 64 characters)",
+        status=status,
+        offending=(tag,) if tag is not None else (),
+    )
+
+
+def relative_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
+    """``study/series/instance.dcm`` (POSIX separators, as stored in the index)."""
+    for uid, what in ((study_uid, "Study Instance UID"), (series_uid, "Series Instance UID"),
+                      (sop_instance_uid, "SOP Instance UID")):
+        check_uid(uid, what)
+    return f"{study_uid}/{series_uid}/{sop_instance_uid}{SUFFIX}"
+
+
+def instance_path(root: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    """The final place of an instance under ``root``."""
+    return root.joinpath(*relative_path(study_uid, series_uid, sop_instance_uid).split("/"))

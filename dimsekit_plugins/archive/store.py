@@ -1,0 +1,771 @@
+"""The built-in archive: Part 10 files on disk, a SQLite index beside them.
+
+:class:`Archive` provides :class:`~dimsekit.interfaces.IArchive`.  A C-STORE
+goes through it like this:
+
+1. :meth:`Archive.receive` (reactor thread, when the C-STORE-RQ command set is
+   complete): the UIDs of the command are checked, then the free-space floor;
+   a temporary file ``.incoming/<sop uid>.<random>.part`` is created (on the
+   same file system as the final place, so the rename below is atomic) and
+   the preamble and File Meta Information are written to it.
+2. :meth:`IncomingInstance.write` (reactor thread): the data set bytes, as
+   they arrive, unparsed, through a 1 MiB buffer.
+3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
+   own thread pool, never in the reactor thread: flush and fsync the
+   temporary file; read the header (pydicom, up to the pixel data); check it
+   against the command (SOP Class/Instance UID) and check the Study/Series
+   Instance UIDs that make up the path; apply the duplicates policy; rename
+   into ``<study>/<series>/<sop>.dcm`` (new directories fsynced into their
+   parents); index it in SQLite; fsync the directory.  The Deferred fires
+   only then: success means durable and indexed.  Any failure removes the
+   temporary file.
+
+Concurrency: commits of different instances run in parallel up to the pool
+size; the rename + index step holds one lock (``_write_lock``), which
+:meth:`reconcile` also takes while it fixes anything, so it never sees a
+half-done commit.  Commits of the same SOP Instance UID are serialised in
+arrival order.
+
+Crash consistency: a file is renamed into place only once it is complete and
+synced, and indexed only after that; so after a crash the worst cases are a
+stray temporary file, a file without a row, or a row whose file vanished.
+:meth:`reconcile` (run when the archive starts) fixes all three and reports it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+import dimsekit
+from dimsekit.errors import LocalProtocolError
+from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
+from dimsekit_plugins.archive import index
+from dimsekit_plugins.archive.errors import (
+    STATUS_DATASET_MISMATCH,
+    ArchiveError,
+    CannotUnderstand,
+    DatasetMismatch,
+    DuplicateRejected,
+    OutOfResources,
+)
+from dimsekit_plugins.archive.layout import (
+    INCOMING,
+    INDEX_NAME,
+    QUARANTINE,
+    SUFFIX,
+    check_uid,
+    is_uid,
+    relative_path,
+)
+from dimsekit_plugins.archive.settings import DUPLICATE_POLICIES, ArchiveSettings
+
+__all__ = ["Archive", "IncomingInstance", "ArchivedInstance"]
+
+_log = Logger(namespace="dimsekit.archive")
+
+_MB = 1 << 20
+_TAG_SOP_CLASS = 0x00080016
+_TAG_SOP_INSTANCE = 0x00080018
+_TAG_STUDY = 0x0020000D
+_TAG_SERIES = 0x0020000E
+
+
+class ArchivedInstance(StoredInstance):
+    """A :class:`~dimsekit.interfaces.StoredInstance` with what this archive adds.
+
+    ``duplicate_discarded``: the SOP Instance was stored already and, by the
+    ``first`` policy, the copy just received was thrown away (the fields
+    describe the copy kept).  ``record``: the full
+    :class:`~dimsekit_plugins.archive.index.InstanceRecord`.
+    """
+
+    __slots__ = ("duplicate_discarded", "record")
+
+    def __init__(self, **fields: object) -> None:
+        for name in (*StoredInstance.__slots__, *ArchivedInstance.__slots__):
+            setattr(self, name, fields.get(name))
+
+    @classmethod
+    def of(cls, root: Path, record: index.InstanceRecord, **extra: object) -> ArchivedInstance:
+        return cls(
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            study_instance_uid=record.study_instance_uid,
+            series_instance_uid=record.series_instance_uid,
+            patient_id=record.patient_id,
+            transfer_syntax=record.transfer_syntax_uid,
+            path=root.joinpath(*record.path.split("/")),
+            size=record.size,
+            source_ae=record.source_ae,
+            received_at=record.received_at,
+            record=record,
+            **extra,
+        )
+
+
+def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) for a received instance."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = dimsekit.IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = dimsekit.IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # pragma: no cover - reported, nothing else to do
+        _log.warn("cannot remove {path}: {error}", path=str(path), error=exc)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resource_error(exc: OSError, doing: str) -> OutOfResources:
+    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+    return OutOfResources(f"cannot {doing}: {reason}")
+
+
+@implementer(IIncomingInstance)
+class IncomingInstance:
+    """A C-STORE data set on its way into the archive (a data sink).  See the module docstring."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        source_ae: str | None,
+        temp_path: Path,
+        file: IO[bytes] | None,
+        header_length: int,
+    ) -> None:
+        self.archive = archive
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax = transfer_syntax
+        self.source_ae = source_ae
+        self.temp_path = temp_path
+        self.header_length = header_length
+        self.size = 0
+        #: receiving -> closed -> committing -> committed | failed; or aborted
+        self.state = "receiving"
+        #: a write failed (disk full): the data is dropped, commit() fails with this
+        self.error: ArchiveError | None = None
+        self.stored: ArchivedInstance | None = None
+        self._file: IO[bytes] | None = file
+
+    def __repr__(self) -> str:
+        return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
+
+    # -- DataSink -----------------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append data set bytes (reactor thread; buffered)."""
+        if self.state != "receiving":
+            raise LocalProtocolError(f"write to an incoming instance that is {self.state}")
+        self.size += len(data)
+        if self._file is None:
+            return  # a write failed earlier: keep counting, drop the data
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.error = _resource_error(exc, "write the instance")
+            _log.warn("{uid}: {error}; the rest of its data set is dropped", uid=self.sop_instance_uid, error=self.error)
+            self._close_file()
+            _unlink(self.temp_path)
+
+    def close(self) -> None:
+        """The last fragment arrived."""
+        if self.state == "receiving":
+            self.state = "closed"
+
+    def abort(self) -> None:
+        """Throw the partial instance away: no file remains.  Idempotent; too late once committing."""
+        if self.state not in ("receiving", "closed"):
+            return
+        self.state = "aborted"
+        self._close_file()
+        _unlink(self.temp_path)
+        self.archive._forget(self)
+
+    def open(self) -> IO[bytes]:
+        """The data set bytes received, as a binary file positioned at their start."""
+        if self.state == "committed" and self.stored is not None:
+            path = Path(self.stored.path)
+            offset = self.header_length
+            if self.stored.duplicate_discarded:
+                from dimsekit.datasets import part10_info
+
+                offset = part10_info(path).dataset_offset
+        elif self.state in ("receiving", "closed") and self._file is not None:
+            self._file.flush()
+            path, offset = self.temp_path, self.header_length
+        else:
+            raise LocalProtocolError(f"the data set of an incoming instance that is {self.state} cannot be read")
+        f = path.open("rb")
+        f.seek(offset)
+        return f
+
+    def commit(self) -> Deferred:
+        """Make it durable and indexed; a Deferred firing with an :class:`ArchivedInstance`."""
+        if self.state != "closed":
+            return defer.fail(LocalProtocolError(f"commit() of an incoming instance that is {self.state}"))
+        self.state = "committing"
+        return self.archive._commit(self)
+
+    def _close_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+
+
+@implementer(IArchive)
+class Archive:
+    """Part 10 files under ``root`` and their SQLite index.
+
+    :param root: the data directory (created on :meth:`start`).
+    :param duplicates: a SOP Instance UID already stored: ``"newest"`` replaces
+        it, ``"first"`` keeps the stored copy and discards the new one,
+        ``"reject"`` refuses the new one (:class:`DuplicateRejected`).
+    :param min_free_mb: :meth:`receive` refuses while less space is free.
+    :param threads: size of the worker thread pool.
+    :param fsync: fsync files and directories before success (turn off only
+        for throwaway data).
+    :param reactor: the reactor the Deferreds fire in (default: the global one).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        duplicates: str = "newest",
+        min_free_mb: float = 100.0,
+        threads: int = 4,
+        fsync: bool = True,
+        reactor: Any = None,
+    ) -> None:
+        if duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}, not {duplicates!r}")
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.root = Path(root)
+        self.incoming_dir = self.root / INCOMING
+        self.duplicates = duplicates
+        self.min_free_mb = float(min_free_mb)
+        self.fsync = fsync
+        self.reactor = reactor
+        self.started = False
+        self.closed = False
+        #: the report of the last reconcile() (a dict), None before one ran
+        self.last_reconcile: dict[str, Any] | None = None
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"dimsekit-archive {self.root}")
+        self._conn: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._live: dict[str, IncomingInstance] = {}  # temp file name -> instance; guarded by _live_lock
+        self._live_lock = threading.Lock()
+        self._uid_locks: dict[str, DeferredLock] = {}
+        self._inflight = 0
+        self._idle_waiters: list[Deferred] = []
+        self._trigger: Any = None
+        self._closing: Deferred | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
+        return cls(
+            settings.root,
+            duplicates=settings.duplicates,
+            min_free_mb=settings.min_free_mb,
+            threads=settings.threads,
+            fsync=settings.fsync,
+            reactor=reactor,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Archive {self.root}>"
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the directories and start the thread pool (stopped with the reactor).
+
+        Idempotent.  Called by the other methods when needed.
+        """
+        if self.started:
+            return
+        if self.closed:
+            raise OutOfResources("the archive is closed")
+        try:
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _resource_error(exc, f"create the data directory {self.root}") from exc
+        self.started = True
+        self._pool.start()
+        add_trigger = getattr(self.reactor, "addSystemEventTrigger", None)
+        if add_trigger is not None:
+            # "during": after the services' stopService ("before") let associations end.
+            self._trigger = add_trigger("during", "shutdown", self.close)
+
+    def close(self) -> Deferred:
+        """Refuse new instances, wait for commits in progress, close the index, stop the threads."""
+        if self._closing is not None:
+            d: Deferred = Deferred()
+            self._closing.addBoth(lambda result: (d.callback(None), result)[1])
+            return d
+        self.closed = True
+        with self._live_lock:
+            live = list(self._live.values())
+        for incoming in live:
+            incoming.abort()
+        if not self.started:
+            self._closing = defer.succeed(None)
+            return defer.succeed(None)
+        self._closing = Deferred()
+
+        def close_db() -> None:
+            with self._db_lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        def stop(result: object) -> None:
+            self._pool.stop()
+            if isinstance(result, Failure):
+                _log.failure("closing the archive index failed", result)
+            self._closing.callback(None)  # type: ignore[union-attr]
+
+        waited = self._wait_idle()
+        waited.addCallback(lambda _: deferToThreadPool(self.reactor, self._pool, close_db))
+        waited.addBoth(stop)
+        return self.close()
+
+    def _wait_idle(self) -> Deferred:
+        if self._inflight == 0:
+            return defer.succeed(None)
+        d: Deferred = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        self.start()
+        return deferToThreadPool(self.reactor, self._pool, function, *args)
+
+    def _sql(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(connection, *args)`` with the index (worker thread)."""
+        with self._db_lock:
+            if self._conn is None:
+                self._conn = index.connect(str(self.root / INDEX_NAME))
+            return function(self._conn, *args)
+
+    # -- IArchive -------------------------------------------------------------------------
+
+    def receive(
+        self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str | None
+    ) -> IncomingInstance:
+        """Start receiving an instance (reactor thread).  See the module docstring.
+
+        :raises InvalidUID: a UID of the command is unusable (status 0117H).
+        :raises OutOfResources: closed, below the free-space floor, or the
+            temporary file cannot be created (status A700H).
+        """
+        if self.closed:
+            raise OutOfResources("the archive is shutting down")
+        check_uid(sop_instance_uid, "Affected SOP Instance UID", tag=0x00001000)
+        check_uid(sop_class_uid, "Affected SOP Class UID", tag=0x00000002)
+        check_uid(transfer_syntax, "transfer syntax")
+        self.start()
+        self._check_free_space()
+        name = f"{sop_instance_uid}.{secrets.token_hex(8)}.part"
+        path = self.incoming_dir / name
+        header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae)
+        incoming = IncomingInstance(
+            self,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax=transfer_syntax,
+            source_ae=source_ae or None,
+            temp_path=path,
+            file=None,
+            header_length=len(header),
+        )
+        with self._live_lock:  # before the file exists: reconcile() must never take it for a stray one
+            self._live[name] = incoming
+        try:
+            incoming._file = path.open("xb", buffering=_MB)
+            incoming._file.write(header)
+        except OSError as exc:
+            incoming._close_file()
+            _unlink(path)
+            self._forget(incoming)
+            raise _resource_error(exc, "create a file for the instance") from exc
+        return incoming
+
+    def lookup(self, sop_instance_uid: str) -> Deferred:
+        """A Deferred firing with the :class:`ArchivedInstance` of a UID, or None."""
+
+        def find() -> ArchivedInstance | None:
+            record = self._sql(index.get, sop_instance_uid)
+            return None if record is None else ArchivedInstance.of(self.root, record, replaced=False)
+
+        return self._run(find)
+
+    def query(self, sql: str, parameters: Any = ()) -> Deferred:
+        """Run a read-only SQL query on the index (worker thread); fires with the rows as dicts."""
+        return self._run(self._sql, index.rows, sql, parameters)
+
+    def reconcile(self) -> Deferred:
+        """Make files and index agree; fires with the report (also logged).
+
+        The report's lists: ``temp_removed`` (stray temporary files),
+        ``rows_dropped`` (rows whose file is gone), ``files_indexed`` (files
+        without a row), ``rows_refreshed`` (rows whose file changed size),
+        ``stale_removed`` (an older copy of an instance indexed elsewhere),
+        ``quarantined`` (files that cannot be read, moved to ``.quarantine``),
+        ``dirs_removed`` (empty study/series directories); ``instances``: how
+        many are indexed afterwards.
+        """
+
+        def done(report: dict[str, Any]) -> dict[str, Any]:
+            self.last_reconcile = report
+            fixed = {k: len(v) for k, v in report.items() if isinstance(v, list) and v}
+            if fixed:
+                _log.warn(
+                    "archive {root}: reconciled files and index: {fixed}; {n} instances indexed",
+                    root=str(self.root), fixed=", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in fixed.items()),
+                    n=report["instances"],
+                )
+            else:
+                _log.info("archive {root}: files and index agree; {n} instances", root=str(self.root), n=report["instances"])
+            return report
+
+        return self._run(self._reconcile).addCallback(done)
+
+    # -- committing (worker thread) ------------------------------------------------------------
+
+    def _check_free_space(self) -> None:
+        if self.min_free_mb <= 0:
+            return
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise _resource_error(exc, "check the free disk space") from exc
+        if free < self.min_free_mb * _MB:
+            raise OutOfResources(
+                f"{free // _MB} MB free, below the floor of {self.min_free_mb:g} MB (min_free_mb)"
+            )
+
+    def _forget(self, incoming: IncomingInstance) -> None:
+        with self._live_lock:
+            self._live.pop(incoming.temp_path.name, None)
+
+    def _commit(self, incoming: IncomingInstance) -> Deferred:
+        uid = incoming.sop_instance_uid
+        lock = self._uid_locks.get(uid)
+        if lock is None:
+            lock = self._uid_locks[uid] = DeferredLock()
+        self._inflight += 1
+
+        def finished(result: object) -> object:
+            if not lock.locked and not lock.waiting:
+                self._uid_locks.pop(uid, None)
+            self._forget(incoming)
+            if isinstance(result, Failure):
+                incoming.state = "failed"
+            else:
+                incoming.state = "committed"
+                incoming.stored = result  # type: ignore[assignment]
+            self._inflight -= 1
+            if self._inflight == 0:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        try:
+            d = lock.run(self._run, self._store, incoming)
+        except Exception:
+            d = defer.fail()
+        return d.addBoth(finished)
+
+    def _store(self, incoming: IncomingInstance) -> ArchivedInstance:
+        temp = incoming.temp_path
+        try:
+            return self._store_file(incoming)
+        except ArchiveError:
+            _unlink(temp)
+            raise
+        except OSError as exc:
+            _unlink(temp)
+            raise _resource_error(exc, "store the instance") from exc
+        except sqlite3.Error as exc:
+            # The file may already be in place: reconcile() indexes it at the next start.
+            _unlink(temp)
+            raise OutOfResources(f"cannot index the instance: {exc}") from exc
+
+    def _store_file(self, incoming: IncomingInstance) -> ArchivedInstance:
+        if incoming.error is not None:
+            raise incoming.error
+        file = incoming._file
+        if file is None:
+            raise OutOfResources("the instance's file is gone")
+        file.flush()
+        if self.fsync:
+            os.fsync(file.fileno())
+        incoming._close_file()
+        temp = incoming.temp_path
+        values = self._read_header(temp)
+        self._check_against_command(values, incoming)
+        check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
+        check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
+        rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)
+        final = self.root.joinpath(*rel.split("/"))
+        record = index.InstanceRecord(
+            **values,
+            transfer_syntax_uid=incoming.transfer_syntax,
+            path=rel,
+            size=temp.stat().st_size,
+            received_at=_now(),
+            source_ae=incoming.source_ae,
+        )
+        with self._write_lock:
+            existing = self._sql(index.get, incoming.sop_instance_uid)
+            if existing is not None and not self.root.joinpath(*existing.path.split("/")).exists():
+                existing = None  # its file vanished: store this one as new
+            if existing is not None and self.duplicates == "reject":
+                raise DuplicateRejected(
+                    f"SOP Instance {incoming.sop_instance_uid} is stored already (duplicates = reject)"
+                )
+            if existing is not None and self.duplicates == "first":
+                _unlink(temp)
+                _log.info("{uid}: stored already; the copy just received is discarded (duplicates = first)",
+                          uid=incoming.sop_instance_uid)
+                return ArchivedInstance.of(self.root, existing, replaced=False, duplicate_discarded=True)
+            self._make_dirs(final.parent)
+            os.replace(temp, final)
+            previous = self._sql(index.put, record)
+        if self.fsync:
+            _fsync_dir(final.parent)
+        if previous is not None and previous != rel:
+            _unlink(self.root.joinpath(*previous.split("/")))
+        return ArchivedInstance.of(self.root, record, replaced=existing is not None, duplicate_discarded=False)
+
+    def _read_header(self, path: Path) -> dict[str, Any]:
+        try:
+            dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(index.HEADER_KEYWORDS))
+            values = index.header_values(dataset)
+        except Exception as exc:
+            raise CannotUnderstand(f"cannot parse the data set: {exc}") from exc
+        return values
+
+    @staticmethod
+    def _check_against_command(values: dict[str, Any], incoming: IncomingInstance) -> None:
+        for key, expected, tag, name in (
+            ("sop_class_uid", incoming.sop_class_uid, _TAG_SOP_CLASS, "SOP Class UID"),
+            ("sop_instance_uid", incoming.sop_instance_uid, _TAG_SOP_INSTANCE, "SOP Instance UID"),
+        ):
+            found = values[key]
+            if found is None:
+                raise DatasetMismatch(f"the data set has no {name}", offending=(tag,))
+            if found != expected:
+                raise DatasetMismatch(f"{name} {found} of the data set is not {expected} of the C-STORE-RQ",
+                                      offending=(tag,))
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and missing parents below the root, each fsynced into its parent."""
+        missing = []
+        current = directory
+        while current != self.root and not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(path.parent)
+
+    # -- reconciling (worker thread) -----------------------------------------------------------
+
+    def _reconcile(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "temp_removed": [], "rows_dropped": [], "files_indexed": [], "rows_refreshed": [],
+            "stale_removed": [], "quarantined": [], "dirs_removed": [],
+        }
+        # List first, then take the names of the instances being received:
+        # receive() registers a name before it creates the file, so every
+        # file listed that is not stray is in this snapshot.
+        listed = _scandir(self.incoming_dir)
+        with self._live_lock:
+            live = set(self._live)
+        for entry in listed:
+            if entry.name not in live and entry.is_file(follow_symlinks=False):
+                _unlink(Path(entry.path))
+                report["temp_removed"].append(entry.name)
+
+        files = self._layout_files()
+        indexed = self._sql(index.all_paths)
+        by_path = {path: (uid, size) for uid, (path, size) in indexed.items()}
+
+        gone = [uid for uid, (path, _size) in indexed.items() if path not in files]
+        if gone:
+            with self._write_lock:
+                really = []
+                for uid in gone:
+                    record = self._sql(index.get, uid)
+                    if record is not None and not self.root.joinpath(*record.path.split("/")).exists():
+                        really.append(uid)
+                self._sql(index.delete, really)
+            report["rows_dropped"].extend(really)
+
+        for rel, size in sorted(files.items()):
+            known = by_path.get(rel)
+            if known is not None and known[1] == size:
+                continue
+            with self._write_lock:
+                self._reconcile_file(rel, report)
+
+        with self._write_lock:
+            report["dirs_removed"].extend(self._remove_empty_dirs())
+        report["instances"] = self._sql(lambda conn: conn.execute("SELECT COUNT(*) FROM instance").fetchone()[0])
+        return report
+
+    def _layout_files(self) -> dict[str, int]:
+        """Relative path -> size of every ``<study>/<series>/<sop>.dcm`` file."""
+        found: dict[str, int] = {}
+        for study in _scandir(self.root):
+            if not (is_uid(study.name) and study.is_dir(follow_symlinks=False)):
+                continue
+            for series in _scandir(Path(study.path)):
+                if not (is_uid(series.name) and series.is_dir(follow_symlinks=False)):
+                    continue
+                for entry in _scandir(Path(series.path)):
+                    name = entry.name
+                    if name.endswith(SUFFIX) and is_uid(name[: -len(SUFFIX)]) and entry.is_file(follow_symlinks=False):
+                        try:
+                            found[f"{study.name}/{series.name}/{name}"] = entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue
+        return found
+
+    def _reconcile_file(self, rel: str, report: dict[str, Any]) -> None:
+        """Index (or drop) one file that has no matching row.  Holds the write lock."""
+        path = self.root.joinpath(*rel.split("/"))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        study_uid, series_uid, name = rel.split("/")
+        uid = name[: -len(SUFFIX)]
+        record = self._sql(index.get, uid)
+        if record is not None and record.path == rel and record.size == size:
+            return  # a commit indexed it meanwhile
+        if record is not None and record.path != rel and self.root.joinpath(*record.path.split("/")).exists():
+            _unlink(path)  # an older copy: the index names the current one
+            report["stale_removed"].append(rel)
+            return
+        try:
+            dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(index.HEADER_KEYWORDS))
+            values = index.header_values(dataset)
+            meta = dataset.file_meta
+            transfer_syntax = str(meta.TransferSyntaxUID)
+            source_ae = str(meta.get("SourceApplicationEntityTitle", "") or "").strip() or None
+            if (values["sop_instance_uid"], values["study_instance_uid"], values["series_instance_uid"]) != (
+                uid, study_uid, series_uid
+            ):
+                raise DatasetMismatch("its UIDs do not match its place")
+            if not values["sop_class_uid"]:
+                raise DatasetMismatch("no SOP Class UID")
+        except Exception as exc:
+            self._quarantine(path, rel, exc)
+            report["quarantined"].append(rel)
+            return
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+        new = index.InstanceRecord(
+            **values, transfer_syntax_uid=transfer_syntax, path=rel, size=size, received_at=mtime, source_ae=source_ae
+        )
+        self._sql(index.put, new)
+        report["rows_refreshed" if record is not None else "files_indexed"].append(rel)
+
+    def _quarantine(self, path: Path, rel: str, why: Exception) -> None:
+        target_dir = self.root / QUARANTINE
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{rel.replace('/', '_')}"
+        os.replace(path, target)
+        _log.warn("archive: {rel} cannot be indexed ({why}); moved to {target}", rel=rel, why=why, target=str(target))
+
+    def _remove_empty_dirs(self) -> list[str]:
+        removed = []
+        for study in _scandir(self.root):
+            if not (is_uid(study.name) and study.is_dir(follow_symlinks=False)):
+                continue
+            for series in _scandir(Path(study.path)):
+                if is_uid(series.name) and series.is_dir(follow_symlinks=False):
+                    try:
+                        os.rmdir(series.path)
+                        removed.append(f"{study.name}/{series.name}")
+                    except OSError:
+                        pass
+            try:
+                os.rmdir(study.path)
+                removed.append(study.name)
+            except OSError:
+                pass
+        return removed
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []

@@ -12,9 +12,9 @@ writes a PDU in pieces (DCMTK as shipped) otherwise stalls ~40 ms per
 message against our delayed ACKs.
 
 Throughput: the transport's block size (``bufferSize``: how much one read
-takes, how much may wait to be written before we are paused) grows to 1 MiB
-while a data set streams in or out and falls back to Twisted's 64 KiB when
-traffic is request/response again.
+takes, how much may wait to be written before we are paused) grows while a
+data set streams in (to 1 MiB) or out (to 256 KiB) and falls back to
+Twisted's 64 KiB when traffic is request/response again.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 # A Twisted TCP transport reads in blocks of ``bufferSize`` bytes and pauses
 # its producer once that much is waiting to be written; Twisted's default is
-# 64 KiB.  Bulk transfers go faster with bigger blocks (measured with
-# benchmarks/bench_store_large.py), request/response traffic does not: the
-# block grows while data streams and falls back when it stops.
+# 64 KiB.  Bulk transfers go faster with bigger blocks, request/response
+# traffic does not, so the block grows while data streams and falls back when
+# it stops.  Measured with benchmarks/bench_store_large.py (loopback, 16 KiB
+# PDUs): reading, 1 MiB blocks beat 64 and 256 KiB; writing, 256 KiB beats
+# 64 KiB and 1 MiB (Twisted joins its pending writes into one block, and
+# blocks of 1 MiB and more cost fresh pages each time).
 _BLOCK_MIN = 1 << 16
 _BLOCK_MAX = 1 << 20
+_WRITE_BLOCK = 1 << 18
 #: a P-DATA write at least this long is a data set fragment of a bulk transfer
 _BULK_PDU = 8192
 
@@ -177,11 +181,11 @@ class DicomProtocol(protocol.Protocol):
         if not self.ul.can_send_pdata():
             return False
         sized = self._sized
-        if sized is not None and len(pdus) >= _BULK_PDU and sized.bufferSize < _BLOCK_MAX:
+        if sized is not None and len(pdus) >= _BULK_PDU and sized.bufferSize < _WRITE_BLOCK:
             # A data set going out in full-size PDUs: let the transport buffer
             # more before it pauses us (its producer) -- fewer pause/resume
-            # turns per megabyte, memory still bounded by _BLOCK_MAX.
-            sized.bufferSize = _BLOCK_MAX
+            # turns per megabyte, memory still bounded.
+            sized.bufferSize = _WRITE_BLOCK
         self.run(self.ul.send_pdata(pdus, self.reactor.seconds()))
         return True
 

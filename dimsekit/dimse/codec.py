@@ -224,53 +224,66 @@ def tag_of(key: str) -> int | None:
 # ---------------------------------------------------------------------------
 # Encoding.  An Implicit VR LE element is tag group (2), tag element (2),
 # value length (4), value -- PS3.5 7.1.3.  Each VR gets one small encoder that
-# returns the even-length value bytes (PS3.5 6.2: UI padded with NUL, text with
-# SPACE).  The 4 tag bytes of each element are precomputed.
+# returns the whole element (PS3.5 6.2: UI padded with NUL, text with SPACE);
+# US and UL elements, most of a command set, are one ``struct`` call each.
 # ---------------------------------------------------------------------------
 _PACK_LEN = struct.Struct("<I").pack
 _PACK_US = struct.Struct("<H").pack
 _PACK_UL = struct.Struct("<I").pack
 _PACK_AT = struct.Struct("<HH").pack
 _HEADER = struct.Struct("<HHI")
+_PACK_HEADER = _HEADER.pack
+#: a whole US / UL element of group 0000: group, element, length, value
+_PACK_US_ELEMENT = struct.Struct("<HHIH").pack
+_PACK_UL_ELEMENT = struct.Struct("<HHII").pack
 
 
-def _enc_us(value: Any) -> bytes:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _is_uint(value: Any) -> bool:
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _enc_us(element: int, value: Any) -> bytes:
+    if not _is_uint(value):
         raise TypeError("US needs an int")
-    return _PACK_US(value)  # struct.error for values outside 0..65535
+    return _PACK_US_ELEMENT(0, element, 2, value)  # struct.error for values outside 0..65535
 
 
-def _enc_ul(value: Any) -> bytes:
-    if not isinstance(value, int) or isinstance(value, bool):
+def _enc_ul(element: int, value: Any) -> bytes:
+    if not _is_uint(value):
         raise TypeError("UL needs an int")
-    return _PACK_UL(value)
+    return _PACK_UL_ELEMENT(0, element, 4, value)
 
 
 def _enc_text(pad: bytes):
-    def encode(value: Any) -> bytes:
+    def encode(element: int, value: Any) -> bytes:
         if not isinstance(value, str):
             raise TypeError("needs a str")
         raw = value.encode("latin-1")
-        return raw + pad if len(raw) & 1 else raw
+        if len(raw) & 1:
+            raw += pad
+        return _PACK_HEADER(0, element, len(raw)) + raw
 
     return encode
 
 
-def _enc_at(value: Any) -> bytes:
+def _enc_at(element: int, value: Any) -> bytes:
     tags = (value,) if isinstance(value, int) else value
     out = []
     for tag in tags:
         if not isinstance(tag, int) or isinstance(tag, bool):
             raise TypeError("AT needs int tags")
         out.append(_PACK_AT(tag >> 16, tag & 0xFFFF))  # struct.error if > 32 bits
-    return b"".join(out)
+    raw = b"".join(out)
+    return _PACK_HEADER(0, element, len(raw)) + raw
 
 
-def _enc_raw(value: Any) -> bytes:
+def _enc_raw(element: int, value: Any) -> bytes:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError("an element unknown to the codec needs raw bytes")
     raw = bytes(value)
-    return raw + b"\x00" if len(raw) & 1 else raw
+    if len(raw) & 1:
+        raw += b"\x00"
+    return _PACK_HEADER(0, element, len(raw)) + raw
 
 
 _ENCODER_BY_VR = {
@@ -283,9 +296,9 @@ _ENCODER_BY_VR = {
     "AT": _enc_at,
 }
 
-# keyword -> (tag, 4 tag bytes, encoder)
+# keyword -> (element number, encoder); the group is always 0000
 _ENCODE_TABLE = {
-    kw: (tag, _PACK_AT(0, tag & 0xFFFF), _ENCODER_BY_VR[vr])
+    kw: (tag & 0xFFFF, _ENCODER_BY_VR[vr])
     for kw, (tag, vr, _vm) in ELEMENTS.items()
     if kw != "CommandGroupLength"
 }
@@ -302,12 +315,14 @@ def encode_command(command: Mapping[str, Any]) -> bytes:
         group-0000 tag in hex.  Nothing is checked beyond types: use
         :func:`.commands.validate` for required fields.
     """
-    elements: list[tuple[int, bytes, bytes]] = []
+    elements: list[tuple[int, bytes]] = []
     append = elements.append
+    table = _ENCODE_TABLE
+    us, pack_us = _enc_us, _PACK_US_ELEMENT
     for key, value in command.items():
-        spec = _ENCODE_TABLE.get(key)
+        spec = table.get(key)
         if spec is not None:
-            tag, head, encoder = spec
+            element, encoder = spec
         elif key == "CommandGroupLength":
             continue  # always recomputed
         else:
@@ -318,27 +333,22 @@ def encode_command(command: Mapping[str, Any]) -> bytes:
                     f"{key!r} is not a command element",
                     command=dict(command),
                 )
-            head, encoder = _PACK_AT(0, tag), _enc_raw
+            element, encoder = tag, _enc_raw
         try:
-            raw = encoder(value)
+            if encoder is us and type(value) is int:  # most of a command set: inlined
+                append((element, pack_us(0, element, 2, value)))
+            else:
+                append((element, encoder(element, value)))
         except (TypeError, ValueError, struct.error, UnicodeError) as exc:
             raise CommandError(
                 _MISTYPED_ARGUMENT,
-                f"{key} {format_tag(tag)}: bad value {value!r} ({exc})",
-                offending_element=tag,
+                f"{key} {format_tag(element)}: bad value {value!r} ({exc})",
+                offending_element=element,
                 command=dict(command),
             ) from None
-        append((tag, head, raw))
     elements.sort()
-    parts = [_GROUP_LENGTH_HEAD, b""]
-    length = 0
-    for _tag, head, raw in elements:
-        parts.append(head)
-        parts.append(_PACK_LEN(len(raw)))
-        parts.append(raw)
-        length += 8 + len(raw)
-    parts[1] = _PACK_UL(length)
-    return b"".join(parts)
+    body = b"".join([encoded for _element, encoded in elements])
+    return _GROUP_LENGTH_HEAD + _PACK_UL(len(body)) + body
 
 
 # ---------------------------------------------------------------------------
@@ -408,6 +418,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     command: dict[str, Any] = {}
     problem: tuple[str, int] | None = None
     table = _DECODE_TABLE
+    us = _dec_us
     while offset < end:
         if end - offset < 8:
             raise CommandError(
@@ -415,10 +426,10 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
                 f"command set ends inside an element header at byte {offset}",
                 command=command,
             )
-        group, element, length = _unpack_header(buf, offset)
+        group, tag, length = _unpack_header(buf, offset)  # tag: group 0000, so the element number
         offset += 8
-        tag = group << 16 | element
-        if group != 0x0000:
+        if group:
+            tag |= group << 16
             raise CommandError(
                 _MISTYPED_ARGUMENT,
                 f"element {format_tag(tag)} outside group 0000 in a command set",
@@ -432,18 +443,21 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
                 offending_element=tag,
                 command=command,
             )
-        raw = buf[offset : offset + length]
-        offset += length
-        spec = table.get(element)
+        spec = table.get(tag)
         if spec is None:
-            key, value = f"{tag:08X}", raw
+            key, value = f"{tag:08X}", buf[offset : offset + length]
         else:
             key, decoder = spec
-            try:
-                value = decoder(raw)
-            except ValueError as exc:
-                problem = problem or (f"{key} {format_tag(tag)}: {exc}", tag)
-                continue
+            if decoder is us and length == 2:  # most of a command set: no slice, no call
+                value = buf[offset] | buf[offset + 1] << 8
+            else:
+                try:
+                    value = decoder(buf[offset : offset + length])
+                except ValueError as exc:
+                    problem = problem or (f"{key} {format_tag(tag)}: {exc}", tag)
+                    offset += length
+                    continue
+        offset += length
         if key in command:
             problem = problem or (f"{key} {format_tag(tag)} appears twice", tag)
             continue

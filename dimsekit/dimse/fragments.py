@@ -36,7 +36,7 @@ from typing import IO, Any, NoReturn, Protocol, runtime_checkable
 from dimsekit.dimse.codec import CommandError, decode_command
 from dimsekit.dimse.commands import NO_DATASET, validate
 from dimsekit.errors import LocalProtocolError, RemoteProtocolError
-from dimsekit.ul.pdu import encode_pdata
+from dimsekit.ul.pdu import encode_pdata, encode_single_pdata
 
 __all__ = [
     "fragment_message",
@@ -94,6 +94,9 @@ def _pdata(pdvs: list[tuple[int, int, list[memoryview]]]) -> bytes:
     encoder as is (copied once, into the PDU); only a fragment that straddles
     two blocks is joined first.
     """
+    if len(pdvs) == 1:  # the usual PDU: one PDV
+        context_id, control, parts = pdvs[0]
+        return encode_single_pdata(context_id, control, parts[0] if len(parts) == 1 else b"".join(parts))
     return encode_pdata(
         (context_id, control, parts[0] if len(parts) == 1 else b"".join(parts))
         for context_id, control, parts in pdvs
@@ -179,6 +182,11 @@ def fragment_message(
     size = _fragment_length(max_pdu_length)
     if not 1 <= context_id <= 255:
         raise ValueError(f"presentation context ID {context_id} out of range")
+    if dataset is None and len(command_bytes) <= size:
+        # The commonest message (C-ECHO, every response without a data set):
+        # one PDU, one PDV, the whole command set.
+        yield encode_single_pdata(context_id, _COMMAND | _LAST, command_bytes)
+        return
     command = memoryview(command_bytes).cast("B")
     cmd_fragments = [command[i : i + size] for i in range(0, len(command), size)] or [command]
     for fragment in cmd_fragments[:-1]:
@@ -476,6 +484,9 @@ class MessageAssembler:
             if state is _State.IDLE:
                 self._state = _State.COMMAND
                 self._context_id = context_id
+                if control & _LAST and len(data) <= self.max_command_length:
+                    # The whole command set in one PDV (the usual case): no gathering.
+                    return self._command_complete(data)
             elif state is not _State.COMMAND:
                 self._fail("command fragment while a data set was expected")
             self._command_length += len(data)
@@ -517,9 +528,11 @@ class MessageAssembler:
             self._fail("data set fragment before the command set was complete")
         self._fail("data set fragment without a command set")
 
-    def _command_complete(self) -> list[Event]:
-        raw = b"".join(self._command_parts)
-        self._command_parts = []
+    def _command_complete(self, raw: bytes | None = None) -> list[Event]:
+        """The command set is complete: ``raw``, or the fragments gathered so far."""
+        if raw is None:
+            raw = b"".join(self._command_parts)
+            self._command_parts = []
         context_id = self._context_id
         try:
             command = decode_command(raw)

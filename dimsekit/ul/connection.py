@@ -32,6 +32,7 @@ from dimsekit.ul.fsm import (
     STATE_DESCRIPTIONS,
     TRANSITIONS,
     USER_EVENTS,
+    Action,
     ActionContext,
     Event,
     StartARTIM,
@@ -47,6 +48,7 @@ from dimsekit.ul.pdu import (
     ReleaseRP,
     ReleaseRQ,
     decode,
+    decode_from,
 )
 
 __all__ = ["UpperLayer", "Timeouts", "DEFAULT_MAXIMUM_LENGTH"]
@@ -64,6 +66,17 @@ _EVENT_FOR_PDU: dict[type, Event] = {
     ReleaseRP: Event.EVT13,
     Abort: Event.EVT16,
 }
+
+# The two cells inlined as fast paths (UpperLayer.send_pdata, ._pdu_received):
+# fail at import, not at run time, should the table ever say otherwise.
+if (
+    TRANSITIONS[(State.STA6, Event.EVT9)] is not Action.DT_1
+    or TRANSITIONS[(State.STA6, Event.EVT10)] is not Action.DT_2
+):  # pragma: no cover
+    raise ImportError("Table 9-10: Sta6 x Evt9/Evt10 are no longer DT-1/DT-2; update connection.py")
+
+#: the PDU header: type, reserved, length (PS3.8 9.3.1)
+_HEADER_SIZE = 6
 
 # States in which we wait for the peer's ACSE answer (A-ASSOCIATE-AC/RJ, A-RELEASE-RP).
 _ACSE_WAIT = frozenset({State.STA5, State.STA7, State.STA10, State.STA11})
@@ -133,11 +146,16 @@ class UpperLayer:
     def send_pdata(self, pdu: bytes, now: float) -> list[out.Output]:
         """P-DATA request (Evt9): ``pdu`` is one or more encoded P-DATA-TF PDUs."""
         self._last_activity = now
+        if self.state is State.STA6:
+            # Table 9-10, Sta6 x Evt9 = DT-1 (checked at import, above): send
+            # the P-DATA-TF, stay in Sta6.  Inlined: the sending hot path.
+            return [out.Transmit(pdu)]
         return self._handle(Event.EVT9, pdu, now)
 
     def can_send_pdata(self) -> bool:
         """Whether a P-DATA request is allowed now (Sta6, or Sta8 before our release response)."""
-        return self.state in (State.STA6, State.STA8)
+        state = self.state
+        return state is State.STA6 or state is State.STA8
 
     def release(self, now: float) -> list[out.Output]:
         """A-RELEASE request (Evt11)."""
@@ -162,42 +180,84 @@ class UpperLayer:
         Any split is fine: one PDU over many calls, many PDUs in one call.
         After an invalid PDU the rest of the stream is discarded (framing is
         lost) and the table's abort action runs (Evt19).
+
+        Copies: the PDUs wholly inside ``data`` are decoded in place; only a
+        PDU cut by the end of a chunk is gathered in a buffer, and only its
+        own bytes (never the rest of the chunk) are appended to it.
         """
-        if self._discarding or self.state == State.STA1:
+        if self._discarding or self.state is State.STA1:
             return []
         self._last_activity = now
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            source: bytes | bytearray = buffer
-        else:
-            source = data
+        if type(data) is not bytes:
+            data = bytes(data)
         results: list[out.Output] = []
-        offset = 0
-        end = len(source)
-        with memoryview(source) as view:
-            while offset < end:
-                try:
-                    decoded = decode(view[offset:], self.maximum_length)
-                except RemoteProtocolError as exc:
-                    self._discarding = True
-                    results += self._handle(Event.EVT19, exc, now)
-                    offset = end
-                    break
+        buffer = self._buffer
+        pos = 0
+        end = len(data)
+        try:
+            if buffer:
+                pos = self._complete_buffered(data, now, results)
+            maximum = self.maximum_length
+            while pos < end and not self._discarding and self.state is not State.STA1:
+                decoded = decode_from(data, pos, maximum)
                 if decoded is None:
                     break
-                pdu, used = decoded
-                offset += used
-                results += self._handle(_EVENT_FOR_PDU[type(pdu)], pdu, now)
-                if self.state == State.STA1:  # transport being closed: ignore the rest
-                    offset = end
-                    break
-            rest = bytes(view[offset:]) if offset < end else b""
-        if source is buffer:
-            del buffer[:]
-        if rest:
-            buffer += rest
+                pdu, pos = decoded
+                self._pdu_received(pdu, now, results)
+        except RemoteProtocolError as exc:
+            self._discarding = True
+            buffer.clear()
+            results += self._handle(Event.EVT19, exc, now)
+            return results
+        if self._discarding or self.state is State.STA1:  # transport being closed: ignore the rest
+            buffer.clear()
+        elif pos < end:
+            with memoryview(data) as view:
+                buffer += view[pos:]
         return results
+
+    def _complete_buffered(self, data: bytes, now: float, results: list[out.Output]) -> int:
+        """Finish the PDU begun in an earlier chunk with the front of ``data``.
+
+        Takes from ``data`` only what that PDU still lacks: first its 6-byte
+        header, whose length is checked (by the decoder) before any of the
+        body is waited for, then the rest of its body.  Returns how much of
+        ``data`` was used; the buffer is empty again unless ``data`` ran out.
+        """
+        buffer = self._buffer
+        pos = 0
+        end = len(data)
+        with memoryview(data) as view:
+            if len(buffer) < _HEADER_SIZE:
+                take = min(_HEADER_SIZE - len(buffer), end)
+                buffer += view[:take]
+                pos = take
+                if len(buffer) < _HEADER_SIZE:
+                    return pos
+            decoded = decode(buffer, self.maximum_length)  # checks the header; None: body incomplete
+            if decoded is None:
+                total = _HEADER_SIZE + int.from_bytes(buffer[2:_HEADER_SIZE], "big")
+                take = min(total - len(buffer), end - pos)
+                buffer += view[pos : pos + take]
+                pos += take
+                if len(buffer) < total:
+                    return pos
+                decoded = decode(buffer, self.maximum_length)
+                if decoded is None:  # cannot happen: the buffer holds the whole PDU
+                    raise RemoteProtocolError("PDU framing lost", abort_source=2, abort_reason=6)
+        buffer.clear()
+        self._pdu_received(decoded[0], now, results)
+        return pos
+
+    def _pdu_received(self, pdu: object, now: float, results: list[out.Output]) -> None:
+        """Run the event a received PDU is, adding its outputs to ``results``."""
+        if self.state is State.STA6 and type(pdu) is PDataTF:
+            # Table 9-10, Sta6 x Evt10 = DT-2 (checked at import, above):
+            # P-DATA indication, stay in Sta6.  Inlined: it is every PDU of
+            # an established association.
+            results.append(out.PDataIndication(pdu))  # type: ignore[arg-type]
+            return
+        results += self._handle(_EVENT_FOR_PDU[type(pdu)], pdu, now)
 
     def transport_closed(self, now: float) -> list[out.Output]:
         """Transport connection closed indication (Evt17)."""
@@ -208,8 +268,17 @@ class UpperLayer:
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or None."""
-        deadlines = [d for d in (self._artim, self._acse, self._idle_deadline()) if d is not None]
-        return min(deadlines) if deadlines else None
+        deadline = self._artim
+        acse = self._acse
+        if acse is not None and (deadline is None or acse < deadline):
+            deadline = acse
+        if self.state is State.STA6:
+            idle = self.timeouts.idle
+            if idle is not None:
+                idle += self._last_activity
+                if deadline is None or idle < deadline:
+                    deadline = idle
+        return deadline
 
     def handle_timer(self, now: float) -> list[out.Output]:
         """Run whatever timer has expired by ``now`` (nothing if none has)."""

@@ -56,6 +56,8 @@ __all__ = [
     "decode",
     "encode",
     "encode_pdata",
+    "encode_single_pdata",
+    "decode_from",
     "DICOM_APPLICATION_CONTEXT",
     "MAX_CONTROL_PDU_LENGTH",
 ]
@@ -88,6 +90,9 @@ class PDUType(IntEnum):
 #   bytes 3-6  PDU-length: bytes from byte 7 to the end of the PDU
 
 _PDU_HEADER = struct.Struct(">BBI")
+_PDU_HEADER_SIZE = _PDU_HEADER.size
+_unpack_pdu_header = _PDU_HEADER.unpack_from
+_P_DATA_TF = int(PDUType.P_DATA_TF)
 #: The four bytes after the header of A-ASSOCIATE-RJ (Table 9-21), A-ABORT
 #: (Table 9-26) and the reserved field of A-RELEASE-RQ/RP (Tables 9-24, 9-25).
 _FOUR_BYTES = struct.Struct(">BBBB")
@@ -99,8 +104,11 @@ _ASSOCIATE_FIXED = struct.Struct(">HH16s16s32s")
 #: 5 presentation-context-ID, 6 message control header (first byte of the
 #: presentation-data-value field; the item-length counts it and the ID).
 _PDV_HEAD = struct.Struct(">IBB")
+_PDV_HEAD_SIZE = _PDV_HEAD.size
 #: the part of the PDV head that the item-length counts: context ID + control
 _PDV_COUNTED = 2
+_unpack_pdv_head = _PDV_HEAD.unpack_from
+_pack_pdv_head = _PDV_HEAD.pack
 
 # A-ABORT reason/diag. values (PS3.8 Table 9-26) carried by RemoteProtocolError.
 _UNRECOGNIZED_PDU = 1
@@ -289,43 +297,70 @@ def decode(
         that does not belong in a presentation context (reason 4).
     """
     if type(buf) is bytes:
-        return _decode(buf, max_pdata_length, max_control_length)
-    # bytearray / memoryview: decode through a view, released on every exit
-    # (an exception included) so that the caller can resize its bytearray.
-    # Slices of the view are only ever taken inside ``bytes(...)``.
-    with memoryview(buf) as view:
-        if view.ndim == 1 and view.c_contiguous and view.format in _BYTE_FORMATS:
-            with view.cast("B") as flat:
-                return _decode(flat, max_pdata_length, max_control_length)
-        return _decode(view.tobytes(), max_pdata_length, max_control_length)
+        decoded = _decode(buf, 0, max_pdata_length, max_control_length)
+    else:
+        # bytearray / memoryview: decode through a view, released on every exit
+        # (an exception included) so that the caller can resize its bytearray.
+        # Slices of the view are only ever taken inside ``bytes(...)``.
+        with memoryview(buf) as view:
+            if view.ndim == 1 and view.c_contiguous and view.format in _BYTE_FORMATS:
+                with view.cast("B") as flat:
+                    decoded = _decode(flat, 0, max_pdata_length, max_control_length)
+            else:
+                decoded = _decode(view.tobytes(), 0, max_pdata_length, max_control_length)
+    return decoded
+
+
+def decode_from(
+    buf: bytes,
+    offset: int,
+    max_pdata_length: int = 0,
+    *,
+    max_control_length: int = MAX_CONTROL_PDU_LENGTH,
+) -> tuple[PDU, int] | None:
+    """:func:`decode` of the PDU that starts at ``buf[offset]``, without slicing ``buf``.
+
+    The receiving hot path: a chunk read from the transport holds several
+    PDUs, each decoded in place.  ``buf`` is ``bytes`` (or a 1-D memoryview
+    of unsigned bytes).
+
+    :returns: ``(pdu, offset just past it)``, or ``None`` if ``buf`` does not
+        yet hold the whole PDU.
+    :raises RemoteProtocolError: as :func:`decode`.
+    """
+    return _decode(buf, offset, max_pdata_length, max_control_length)
 
 
 _BYTE_FORMATS = frozenset({"B", "b", "c"})
 
 
 def _decode(
-    buf: bytes | memoryview, max_pdata_length: int, max_control_length: int
+    buf: bytes | memoryview, offset: int, max_pdata_length: int, max_control_length: int
 ) -> tuple[PDU, int] | None:
-    """:func:`decode` on ``bytes`` or a 1-D memoryview of unsigned bytes."""
-    available = len(buf)
-    if available < _PDU_HEADER.size:
+    """The PDU at ``buf[offset:]`` and the offset just past it (or None: incomplete).
+
+    ``buf`` is ``bytes`` or a 1-D memoryview of unsigned bytes.
+    """
+    available = len(buf) - offset
+    if available < _PDU_HEADER_SIZE:
         return None
-    pdu_type, _reserved, length = _PDU_HEADER.unpack_from(buf, 0)
-    end = _PDU_HEADER.size + length
+    pdu_type, _reserved, length = _unpack_pdu_header(buf, offset)
+    size = _PDU_HEADER_SIZE + length
 
     # -- checks on the header alone, before waiting for the body -------------
-    if pdu_type == PDUType.P_DATA_TF:
+    if pdu_type == _P_DATA_TF:
         # The hot path.  max_pdata_length is our Maximum Length Received
         # (PS3.8 D.1): it bounds the PDU-length field of a P-DATA-TF.
         if max_pdata_length and length > max_pdata_length:
             raise _invalid(
                 f"P-DATA-TF of {length} bytes, above our maximum length {max_pdata_length}"
             )
-        if length < _PDV_HEAD.size:
+        if length < _PDV_HEAD_SIZE:
             raise _invalid(f"P-DATA-TF of {length} bytes cannot hold a PDV item")
-        if available < end:
+        if available < size:
             return None
-        return _decode_pdata(buf, end), end
+        end = offset + size
+        return _decode_pdata(buf, offset + _PDU_HEADER_SIZE, end), end
 
     decoder = _BODY_DECODERS.get(pdu_type)
     if decoder is None:
@@ -343,11 +378,12 @@ def _decode(
         raise _invalid(f"{PDUType(pdu_type).name} with length {length}, must be {fixed}")
     if length < _ASSOCIATE_FIXED.size and pdu_type in _ASSOCIATE_TYPES:
         raise _invalid(f"{PDUType(pdu_type).name} of {length} bytes, shorter than its fixed fields")
-    if available < end:
+    if available < size:
         return None
     # Control PDUs are small (bounded above): one copy of the body, then plain
     # bytes slicing inside it.
-    return decoder(bytes(buf[_PDU_HEADER.size : end])), end
+    end = offset + size
+    return decoder(bytes(buf[offset + _PDU_HEADER_SIZE : end])), end
 
 
 def _invalid(message: str) -> RemoteProtocolError:
@@ -380,7 +416,7 @@ def encode_pdata(pdvs: Iterable[tuple[int, int, bytes | bytearray | memoryview]]
     #                    6-  presentation-data-value = control header + fragment
     parts: list[bytes | bytearray | memoryview] = [b""]  # [0] becomes the PDU header
     length = 0
-    pack_head = _PDV_HEAD.pack
+    pack_head = _pack_pdv_head
     try:
         for context_id, control, data in pdvs:
             size = data.nbytes if type(data) is memoryview else len(data)
@@ -396,14 +432,37 @@ def encode_pdata(pdvs: Iterable[tuple[int, int, bytes | bytearray | memoryview]]
     return b"".join(parts)
 
 
-def _decode_pdata(buf: bytes | memoryview, end: int) -> PDataTF:
-    """The PDV items of the P-DATA-TF in ``buf[:end]`` (length already checked)."""
+#: A P-DATA-TF of one PDV item: PDU header (Table 9-22) then PDV head (Table 9-23).
+_SINGLE_PDATA_HEAD = struct.Struct(">BBIIBB")
+
+
+def encode_single_pdata(context_id: int, control: int, data: bytes | bytearray | memoryview) -> bytes:
+    """A P-DATA-TF PDU carrying one PDV item: :func:`encode_pdata` of one
+    ``(context_id, control, data)`` tuple, built with one ``struct`` call.
+
+    The fast path of a DIMSE message's usual PDU (a command set, or one data
+    set fragment); ``data`` is copied once, into the returned bytes.
+
+    :raises LocalProtocolError: a field that does not fit its wire width.
+    """
+    size = data.nbytes if type(data) is memoryview else len(data)
+    try:
+        head = _SINGLE_PDATA_HEAD.pack(
+            PDUType.P_DATA_TF, 0, size + _PDV_HEAD_SIZE, size + _PDV_COUNTED, context_id, control
+        )
+    except (struct.error, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode P-DATA-TF: {exc}") from exc
+    return head + data
+
+
+def _decode_pdata(buf: bytes | memoryview, pos: int, end: int) -> PDataTF:
+    """The PDV items of the P-DATA-TF whose items are ``buf[pos:end]`` (length already checked)."""
     pdvs = []
     append = pdvs.append
-    unpack_head = _PDV_HEAD.unpack_from
-    pos = _PDU_HEADER.size
+    unpack_head = _unpack_pdv_head
+    pdv = PresentationDataValue
     while pos < end:
-        if end - pos < _PDV_HEAD.size:
+        if end - pos < _PDV_HEAD_SIZE:
             raise _invalid(f"P-DATA-TF: {end - pos} trailing byte(s), too few for a PDV item")
         item_length, context_id, control = unpack_head(buf, pos)
         # The item-length counts the context ID and control header (2 bytes),
@@ -412,14 +471,10 @@ def _decode_pdata(buf: bytes | memoryview, end: int) -> PDataTF:
             raise _invalid(
                 f"P-DATA-TF: PDV item length {item_length}, with {end - pos - 4} bytes left"
             )
-        start = pos + _PDV_HEAD.size
+        start = pos + _PDV_HEAD_SIZE
         pos += 4 + item_length
         # bytes of a bytes slice is the slice itself: exactly one copy per PDV.
-        append(
-            PresentationDataValue(
-                context_id=context_id, control=control, data=bytes(buf[start:pos])
-            )
-        )
+        append(pdv(context_id=context_id, control=control, data=bytes(buf[start:pos])))
     return PDataTF(pdvs=tuple(pdvs))
 
 

@@ -413,3 +413,11 @@ class FailureTests(LoopbackTestCase):
         self.assertEqual(await within(assoc.echo()), 0x0000)
         self.assertEqual(services.seen, [("C-ECHO", services.seen[0][1])])
         await within(assoc.release())
+
+    async def test_served_sop_class_without_this_operation_gets_0211(self):
+        _, port = await self.serve(Commitment())  # N-ACTION only
+        assoc = await self.connect(port, [STORAGE_COMMITMENT])
+        self.assertEqual((await within(assoc.n_get(STORAGE_COMMITMENT, "1.2.3"))).status, 0x0211)
+        self.assertEqual((await within(assoc.n_delete(STORAGE_COMMITMENT, "1.2.3"))).status, 0x0211)
+        self.assertIsNone(assoc.ended)
+        await within(assoc.release())

@@ -1,0 +1,219 @@
+"""Shared plumbing of the benchmarks: free ports, server processes stopped by
+PID, peak RSS, medians, result files.
+
+Every process a benchmark starts is a child started here: it binds
+127.0.0.1 on a free port, and :class:`Servers` stops each one by its own PID
+(SIGTERM, then SIGKILL after a bound) when the ``with`` block ends, whether
+the benchmark finished or failed.  Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DCMTK_BIN = Path("/usr/bin")
+
+
+def dcmtk(tool: str) -> str:
+    """DCMTK's own tool (pynetdicom installs look-alike scripts earlier on PATH)."""
+    path = DCMTK_BIN / tool
+    if not path.exists():
+        raise SystemExit(f"DCMTK's {tool} is missing at {path} (apt-get install dcmtk)")
+    return str(path)
+
+
+def twistd() -> str:
+    """twistd next to the running Python (the one dimsekit is installed in)."""
+    sibling = Path(sys.executable).with_name("twistd")
+    if sibling.exists():
+        return str(sibling)
+    found = shutil.which("twistd")
+    if not found:
+        raise SystemExit("twistd not found")
+    return found
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Until something accepts connections on 127.0.0.1:port (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout:g} s")
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size of a live process, from /proc/PID/status (VmHWM, KiB)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Server:
+    """A server process under test."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class Servers(contextlib.AbstractContextManager):
+    """Starts servers; stops every one of them by PID on exit."""
+
+    started: list[Server] = field(default_factory=list)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        wait: bool = True,
+    ) -> Server:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        log = RESULTS / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,  # Ctrl-C in the terminal reaches only us
+            )
+        server = Server(name, port, proc, log)
+        self.started.append(server)
+        if wait:
+            try:
+                wait_for_port(port, proc)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name}: {exc}; see {log}") from None
+        return server
+
+    def stop(self, server: Server, timeout: float = 10.0) -> None:
+        proc = server.proc
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        if server in self.started:
+            self.started.remove(server)
+
+    def __exit__(self, *exc: Any) -> None:
+        for server in list(reversed(self.started)):
+            self.stop(server)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def environment() -> dict[str, Any]:
+    """What a result depends on, recorded next to it."""
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for module in ("twisted", "pydicom", "pynetdicom"):
+        try:
+            info[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    try:
+        info["dimsekit_commit"] = subprocess.run(
+            ["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout.strip()
+    except OSError:
+        pass
+    try:
+        info["dcmtk"] = subprocess.run(
+            [dcmtk("storescp"), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.splitlines()[0].strip("$ ")
+    except (OSError, SystemExit, IndexError):
+        pass
+    return info
+
+
+def save(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write results/<name>.json and results/<name>.md; return their paths."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / f"{name}.json"
+    md_path = RESULTS / f"{name}.md"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    """A temporary directory removed at the end, whatever happens."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

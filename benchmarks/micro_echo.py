@@ -1,0 +1,110 @@
+"""The server's own Python cost of a C-ECHO and of an association, without sockets.
+
+    python benchmarks/micro_echo.py [--echoes 20000] [--assocs 2000] [--repeat 5]
+
+An acceptor exactly as a node builds it (``ApplicationEntity.server_factory()
+.buildProtocol``: DicomProtocol + UpperLayer + Association, the installed
+plugins) is fed the raw client's bytes through Twisted's ``StringTransport``
+on a ``task.Clock``: no reactor, no system calls.  What it measures is
+dimsekit's own code per C-ECHO (bytes in -> bytes out) and per association
+(connect, A-ASSOCIATE-RQ, C-ECHO, A-RELEASE-RQ, close), the part that
+optimisations of dimsekit can change; bench_echo.py measures the whole.
+
+Per-association log lines go to a throw-away observer that formats them
+as twistd's file observer does, so that their cost is counted.
+Prints the median microseconds of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_echo import ASSOCIATE_RQ, ECHO_RQ, RELEASE_RQ  # noqa: E402
+from twisted.internet import address, task  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+from twisted.logger import globalLogPublisher, textFileLogObserver  # noqa: E402
+
+from dimsekit.ae import ApplicationEntity  # noqa: E402
+
+
+class _Transport(StringTransport):
+    """StringTransport whose written bytes are dropped (keeps memory flat)."""
+
+    def write(self, data: bytes) -> None:
+        self.written = data
+
+
+def make_connection(ae: ApplicationEntity) -> tuple[object, _Transport]:
+    factory = ae.server_factory()
+    proto = factory.buildProtocol(address.IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = _Transport(peerAddress=address.IPv4Address("TCP", "127.0.0.1", 40000))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def echo_us(ae: ApplicationEntity, n: int) -> float:
+    proto, transport = make_connection(ae)
+    proto.dataReceived(ASSOCIATE_RQ)
+    assert transport.written[0] == 0x02, transport.written[:1]
+    feed = proto.dataReceived
+    started = time.perf_counter()
+    for _ in range(n):
+        feed(ECHO_RQ)
+    elapsed = time.perf_counter() - started
+    assert transport.written[0] == 0x04
+    proto.dataReceived(RELEASE_RQ)
+    proto.connectionLost()
+    return elapsed / n * 1e6
+
+
+def assoc_us(ae: ApplicationEntity, n: int) -> float:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    done = Failure(ConnectionDone())
+    started = time.perf_counter()
+    for _ in range(n):
+        proto, transport = make_connection(ae)
+        proto.dataReceived(ASSOCIATE_RQ)
+        proto.dataReceived(ECHO_RQ)
+        proto.dataReceived(RELEASE_RQ)
+        proto.connectionLost(done)
+    elapsed = time.perf_counter() - started
+    assert not ae.active
+    return elapsed / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--echoes", type=int, default=20000)
+    parser.add_argument("--assocs", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sink = io.StringIO()
+    observer = textFileLogObserver(sink)
+    globalLogPublisher.addObserver(observer)
+    try:
+        ae = ApplicationEntity("DIMSEKIT", reactor=task.Clock())
+        echo_us(ae, 500)
+        assoc_us(ae, 50)
+        echoes = [echo_us(ae, args.echoes) for _ in range(args.repeat)]
+        assocs = []
+        for _ in range(args.repeat):
+            sink.seek(0)
+            sink.truncate()
+            assocs.append(assoc_us(ae, args.assocs))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    print(f"C-ECHO (bytes in -> bytes out):      {statistics.median(echoes):7.1f} us  (runs {', '.join(f'{x:.1f}' for x in echoes)})")
+    print(f"association (RQ, echo, release, close): {statistics.median(assocs):7.1f} us  (runs {', '.join(f'{x:.1f}' for x in assocs)})")
+
+
+if __name__ == "__main__":
+    main()

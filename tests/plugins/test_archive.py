@@ -1,0 +1,607 @@
+"""The built-in archive on a temporary directory: files, index, duplicates, refusals, reconcile."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+import dimsekit
+from dimsekit.config import ConfigError, from_mapping
+from dimsekit.datasets import part10_info
+from dimsekit.interfaces import IArchive, IIncomingInstance
+from dimsekit_plugins.archive import (
+    Archive,
+    ArchiveSettings,
+    CannotUnderstand,
+    DatasetMismatch,
+    DuplicateRejected,
+    InvalidUID,
+    OutOfResources,
+    index,
+)
+from dimsekit_plugins.archive import (
+    store as store_module,
+)
+from dimsekit_plugins.archive.layout import check_uid, is_uid
+from tests.plugins.test_archive_support import (
+    CT_IMAGE_STORAGE,
+    DEFLATED,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    MR_IMAGE_STORAGE,
+    ThreadedClock,
+    encode,
+    make_dataset,
+    receive,
+    store,
+)
+
+
+@pytest.fixture
+def clock():
+    return ThreadedClock()
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "data"
+
+
+def _open(root, clock, **kwargs):
+    archive = Archive(root, reactor=clock, min_free_mb=kwargs.pop("min_free_mb", 0), **kwargs)
+    archive.start()
+    return archive
+
+
+@pytest.fixture
+def archive(root, clock):
+    archive = _open(root, clock)
+    yield archive
+    clock.wait(archive.close())
+    assert not any(t.is_alive() for t in archive._pool.threads), "worker threads alive after close()"
+
+
+def rows(archive, clock, sql, *params):
+    return clock.wait(archive.query(sql, params))
+
+
+def dcm_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix == ".dcm")
+
+
+def incoming_files(root: Path) -> list[str]:
+    return sorted(os.listdir(root / ".incoming")) if (root / ".incoming").exists() else []
+
+
+def all_files(path: Path) -> set[str]:
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()}
+
+
+# -- the contracts ------------------------------------------------------------------------------
+
+
+def test_archive_and_incoming_instance_provide_their_interfaces(archive):
+    assert IArchive.providedBy(archive)
+    incoming = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    assert IIncomingInstance.providedBy(incoming)
+    incoming.abort()
+
+
+# -- storing ---------------------------------------------------------------------------------------
+
+
+def test_stored_file_is_part10_with_our_meta_and_the_data_set_bytes_as_received(archive, clock, root):
+    ds = make_dataset()
+    data = encode(ds, EXPLICIT_VR_LE)
+    incoming = receive(archive, data, sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID, source_ae="MODALITY1")
+    assert incoming.size == len(data)
+    assert incoming.open().read() == data  # readable before commit (request.dataset())
+    stored = clock.wait(incoming.commit())
+
+    expected = root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    assert Path(stored.path) == expected
+    assert dcm_files(root) == [expected]
+    assert incoming_files(root) == []
+    info = part10_info(expected)
+    assert expected.read_bytes()[info.dataset_offset :] == data
+    assert expected.read_bytes()[128:132] == b"DICM"
+    meta = dcmread(expected, stop_before_pixels=True).file_meta
+    assert meta.MediaStorageSOPClassUID == CT_IMAGE_STORAGE
+    assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert meta.TransferSyntaxUID == EXPLICIT_VR_LE
+    assert meta.ImplementationClassUID == dimsekit.IMPLEMENTATION_CLASS_UID
+    assert meta.ImplementationVersionName == dimsekit.IMPLEMENTATION_VERSION_NAME
+    assert meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert incoming.open().read() == data  # and after, from the final file
+
+    assert stored.sop_instance_uid == ds.SOPInstanceUID
+    assert stored.study_instance_uid == ds.StudyInstanceUID
+    assert stored.size == expected.stat().st_size
+    assert stored.replaced is False and stored.duplicate_discarded is False
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)).path == expected
+    assert clock.wait(archive.lookup(generate_uid())) is None
+
+
+def test_index_rows_hold_the_query_retrieve_keys(archive, clock):
+    ds = make_dataset(modality="MR", sop_class=MR_IMAGE_STORAGE)
+    stored = store(archive, clock, ds, transfer_syntax=IMPLICIT_VR_LE, source_ae="MRI")
+    (patient,) = rows(archive, clock, "SELECT * FROM patient_summary")
+    assert (patient["patient_id"], patient["patient_name"], patient["patient_birth_date"], patient["patient_sex"]) == (
+        "PID1", "Doe^Jane", "19700101", "F")
+    assert patient["number_of_patient_related_instances"] == 1
+    (study,) = rows(archive, clock, "SELECT * FROM study_summary")
+    assert study["study_instance_uid"] == ds.StudyInstanceUID
+    assert (study["study_date"], study["study_time"], study["accession_number"], study["study_id"]) == (
+        "20240131", "101500", "ACC1", "S1")
+    assert study["referring_physician_name"] == "Ref^Doctor"
+    assert study["study_description"] == "Head"
+    assert study["modalities_in_study"] == "MR"
+    assert (study["number_of_study_related_series"], study["number_of_study_related_instances"]) == (1, 1)
+    (series,) = rows(archive, clock, "SELECT * FROM series_summary")
+    assert (series["series_instance_uid"], series["modality"], series["series_number"], series["series_description"]) == (
+        ds.SeriesInstanceUID, "MR", 3, "Axial")
+    assert series["number_of_series_related_instances"] == 1
+    (instance,) = rows(archive, clock, "SELECT * FROM instance")
+    assert instance["sop_instance_uid"] == ds.SOPInstanceUID
+    assert instance["sop_class_uid"] == MR_IMAGE_STORAGE
+    assert instance["instance_number"] == 7
+    assert instance["transfer_syntax_uid"] == IMPLICIT_VR_LE
+    assert instance["source_ae"] == "MRI"
+    assert instance["size"] == Path(stored.path).stat().st_size
+    assert instance["path"] == f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    assert instance["received_at"].endswith("+00:00")
+
+
+def test_modalities_in_study_and_counts_are_derived(archive, clock):
+    study = generate_uid()
+    ct_series, mr_series = generate_uid(), generate_uid()
+    for _ in range(3):
+        store(archive, clock, make_dataset(study=study, series=ct_series, modality="CT"))
+    store(archive, clock, make_dataset(study=study, series=mr_series, modality="MR", sop_class=MR_IMAGE_STORAGE))
+    (row,) = rows(archive, clock, "SELECT * FROM study_summary")
+    assert row["modalities_in_study"] == "CT\\MR"
+    assert (row["number_of_study_related_series"], row["number_of_study_related_instances"]) == (2, 4)
+
+
+def test_names_are_decoded_with_the_specific_character_set_which_is_kept(archive, clock):
+    latin = make_dataset(charset="ISO_IR 100", patient_name="Müller^Jürgen", patient_id="L1")
+    utf8 = make_dataset(charset="ISO_IR 192", patient_name="Иванов^Иван", patient_id="U1")
+    for ds in (latin, utf8):
+        store(archive, clock, ds)
+    found = {r["patient_id"]: r for r in rows(archive, clock, "SELECT * FROM patient")}
+    assert found["L1"]["patient_name"] == "Müller^Jürgen"
+    assert found["L1"]["specific_character_set"] == "ISO_IR 100"
+    assert found["U1"]["patient_name"] == "Иванов^Иван"
+    assert found["U1"]["specific_character_set"] == "ISO_IR 192"
+    # the bytes on disk are the sender's: Latin-1, not UTF-8
+    path = Path(clock.wait(archive.lookup(latin.SOPInstanceUID)).path)
+    assert "Müller".encode("latin-1") in path.read_bytes()
+
+
+def test_a_later_instance_lacking_an_attribute_keeps_the_known_value(archive, clock):
+    study, series = generate_uid(), generate_uid()
+    store(archive, clock, make_dataset(study=study, series=series))
+    bare = make_dataset(study=study, series=series)
+    del bare.StudyDescription
+    store(archive, clock, bare)
+    (row,) = rows(archive, clock, "SELECT study_description FROM study")
+    assert row["study_description"] == "Head"
+
+
+def test_blocking_work_runs_in_worker_threads_never_the_reactor_thread(archive, clock, monkeypatch):
+    threads: list[int] = []
+    real_put, real_fsync = index.put, os.fsync
+
+    def put(conn, record):
+        threads.append(threading.get_ident())
+        return real_put(conn, record)
+
+    def fsync(fd):
+        threads.append(threading.get_ident())
+        return real_fsync(fd)
+
+    monkeypatch.setattr(index, "put", put)
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    store(archive, clock, make_dataset())
+    assert len(threads) >= 3  # file, directories, index
+    assert clock.main_thread not in threads
+
+
+def test_many_concurrent_commits_all_land(archive, clock, root):
+    datasets = [make_dataset() for _ in range(25)]
+    incomings = [receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+                 for ds in datasets]
+    from twisted.internet.defer import gatherResults
+
+    clock.wait(gatherResults([i.commit() for i in incomings]))
+    assert len(dcm_files(root)) == 25
+    assert rows(archive, clock, "SELECT COUNT(*) AS n FROM instance")[0]["n"] == 25
+    assert incoming_files(root) == []
+
+
+# -- duplicates ---------------------------------------------------------------------------------
+
+
+def _twice(root, clock, policy, *, move=False):
+    archive = _open(root, clock, duplicates=policy)
+    try:
+        first = make_dataset(pixels=b"\x01\x00" * 16)
+        uid = first.SOPInstanceUID
+        store(archive, clock, first)
+        second = make_dataset(sop_instance=uid, pixels=b"\x02\x00" * 16,
+                              study=None if move else first.StudyInstanceUID,
+                              series=None if move else first.SeriesInstanceUID)
+        incoming = receive(archive, encode(second), sop_class=CT_IMAGE_STORAGE, sop_instance=uid)
+        try:
+            outcome = clock.wait(incoming.commit())
+        except Exception as exc:  # noqa: BLE001
+            outcome = exc
+        listed = rows(archive, clock, "SELECT * FROM instance")
+        studies = rows(archive, clock, "SELECT study_instance_uid FROM study")
+        return outcome, listed, studies, first, second
+    finally:
+        clock.wait(archive.close())
+
+
+def test_duplicates_newest_replaces_the_stored_copy(root, clock):
+    outcome, listed, _, _first, second = _twice(root, clock, "newest")
+    assert outcome.replaced is True
+    assert len(listed) == 1
+    assert dcmread(outcome.path).PixelData == second.PixelData
+    assert len(dcm_files(root)) == 1 and incoming_files(root) == []
+
+
+def test_duplicates_newest_moving_to_another_study_removes_the_old_file_and_empty_rows(root, clock):
+    outcome, listed, studies, first, second = _twice(root, clock, "newest", move=True)
+    assert dcm_files(root) == [Path(outcome.path)]
+    assert (listed[0]["series_instance_uid"],) == (second.SeriesInstanceUID,)
+    assert studies == [{"study_instance_uid": second.StudyInstanceUID}]
+
+
+def test_duplicates_first_keeps_the_stored_copy_and_discards_the_new_one(root, clock):
+    outcome, listed, _, first, _second = _twice(root, clock, "first")
+    assert outcome.duplicate_discarded is True and outcome.replaced is False
+    assert len(listed) == 1
+    assert dcmread(outcome.path).PixelData == first.PixelData
+    assert len(dcm_files(root)) == 1 and incoming_files(root) == []
+
+
+def test_duplicates_reject_refuses_with_duplicate_sop_instance(root, clock):
+    outcome, listed, _, first, _second = _twice(root, clock, "reject")
+    assert isinstance(outcome, DuplicateRejected)
+    assert outcome.status == 0x0111
+    (path,) = dcm_files(root)
+    assert dcmread(path).PixelData == first.PixelData
+    assert len(listed) == 1 and incoming_files(root) == []
+
+
+def test_a_row_whose_file_vanished_is_no_duplicate(root, clock):
+    archive = _open(root, clock, duplicates="reject")
+    try:
+        ds = make_dataset()
+        stored = store(archive, clock, ds)
+        Path(stored.path).unlink()
+        again = store(archive, clock, ds)
+        assert Path(again.path).exists()
+    finally:
+        clock.wait(archive.close())
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+
+BAD_UIDS = ["../../etc/x", "1.2.3/4", "..", ".", "1..2", ".1.2", "1.2.", "", "1" * 65, "1.2.3a", "1.2 3", "/1.2"]
+
+
+@pytest.mark.parametrize("uid", BAD_UIDS)
+def test_receive_refuses_an_unusable_sop_instance_uid_before_writing(archive, root, tmp_path, uid):
+    before = all_files(tmp_path)
+    with pytest.raises(InvalidUID) as caught:
+        archive.receive(CT_IMAGE_STORAGE, uid, EXPLICIT_VR_LE, "X")
+    assert caught.value.status == 0x0117
+    assert all_files(tmp_path) == before
+    assert incoming_files(root) == []
+
+
+def test_uid_checks():
+    assert is_uid("1.2.840.10008.5.1.4.1.1.2") and is_uid("0") and is_uid("1.02.3")
+    assert is_uid("1" * 64) and not is_uid("1" * 65)
+    for bad in BAD_UIDS + [None, 12]:
+        assert not is_uid(bad)
+    with pytest.raises(InvalidUID, match="Study Instance UID"):
+        check_uid("x", "Study Instance UID")
+
+
+@pytest.mark.parametrize("keyword, value", [("StudyInstanceUID", "../../x"), ("SeriesInstanceUID", "1..2")])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_data_set_with_an_unusable_study_or_series_uid_does_not_match(archive, clock, root, tmp_path, keyword, value):
+    ds = make_dataset()
+    setattr(ds, keyword, value)
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+    error = clock.failure_of(incoming.commit())
+    assert error.status == 0xA900
+    assert dcm_files(tmp_path) == [] and incoming_files(root) == []
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("field, tag", [("SOPInstanceUID", 0x00080018), ("SOPClassUID", 0x00080016)])
+def test_a_data_set_contradicting_its_command_does_not_match(archive, clock, root, field, tag):
+    ds = make_dataset()
+    command_instance = str(ds.SOPInstanceUID) if field == "SOPClassUID" else generate_uid()
+    command_class = MR_IMAGE_STORAGE if field == "SOPClassUID" else CT_IMAGE_STORAGE
+    incoming = receive(archive, encode(ds), sop_class=command_class, sop_instance=command_instance)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, DatasetMismatch)
+    assert (error.status, error.offending) == (0xA900, (tag,))
+    assert dcm_files(root) == [] and incoming_files(root) == []
+
+
+def test_a_data_set_without_its_sop_instance_uid_does_not_match(archive, clock, root):
+    ds = make_dataset()
+    uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=uid).commit())
+    assert (error.status, error.offending) == (0xA900, (0x00080018,))
+
+
+def test_an_unparseable_data_set_cannot_be_understood(archive, clock, root):
+    incoming = receive(archive, b"this is not deflated data", sop_class=CT_IMAGE_STORAGE,
+                       sop_instance=generate_uid(), transfer_syntax=DEFLATED)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, CannotUnderstand) and error.status == 0xC000
+    assert dcm_files(root) == [] and incoming_files(root) == []
+
+
+def test_a_deflated_data_set_is_stored_as_received(archive, clock):
+    ds = make_dataset()
+    data = encode(ds, DEFLATED)
+    stored = clock.wait(receive(archive, data, sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
+                                transfer_syntax=DEFLATED).commit())
+    assert Path(stored.path).read_bytes().endswith(data)
+    assert dcmread(stored.path).PixelData == ds.PixelData
+
+
+def test_below_the_disk_floor_receive_refuses_before_writing(root, clock, tmp_path):
+    free_mb = shutil.disk_usage(tmp_path).free // (1 << 20)
+    archive = _open(root, clock, min_free_mb=free_mb + 10_000)
+    try:
+        before = all_files(tmp_path)
+        with pytest.raises(OutOfResources, match="min_free_mb") as caught:
+            archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+        assert caught.value.status == 0xA700
+        assert all_files(tmp_path) == before
+    finally:
+        clock.wait(archive.close())
+
+
+def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(archive, clock, root):
+    ds = make_dataset()
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    real = incoming._file
+    incoming._file = Full()
+    real.close()
+    incoming.write(b"\x00" * 100)
+    incoming.write(b"\x00" * 100)  # later fragments are counted, not written
+    incoming.close()
+    assert incoming.size == 200
+    assert incoming_files(root) == []
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, OutOfResources) and "disk full" in str(error)
+    assert dcm_files(root) == []
+
+
+def test_abort_leaves_no_file_and_no_row(archive, clock, root):
+    ds = make_dataset()
+    data = encode(ds)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
+    incoming.write(data[: len(data) // 2])
+    assert len(incoming_files(root)) == 1
+    incoming.abort()
+    incoming.abort()  # idempotent
+    assert incoming_files(root) == [] and dcm_files(root) == []
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None
+    assert isinstance(clock.failure_of(incoming.commit()), dimsekit.LocalProtocolError)
+
+
+def test_commit_before_the_last_fragment_or_twice_is_refused(archive, clock):
+    ds = make_dataset()
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
+    incoming.write(encode(ds))
+    assert isinstance(clock.failure_of(incoming.commit()), dimsekit.LocalProtocolError)
+    incoming.close()
+    d = incoming.commit()
+    assert isinstance(clock.failure_of(incoming.commit()), dimsekit.LocalProtocolError)
+    clock.wait(d)
+
+
+def test_close_aborts_instances_in_progress_and_refuses_new_ones(root, clock):
+    archive = _open(root, clock)
+    incoming = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    incoming.write(b"\x08\x00")
+    clock.wait(archive.close())
+    assert incoming.state == "aborted" and incoming_files(root) == []
+    with pytest.raises(OutOfResources):
+        archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    clock.wait(archive.close())  # idempotent
+
+
+def test_close_waits_for_commits_in_progress(root, clock):
+    archive = _open(root, clock)
+    ds = make_dataset()
+    commit = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit()
+    closed = archive.close()
+    stored = clock.wait(commit)
+    clock.wait(closed)
+    assert Path(stored.path).exists()
+
+
+def test_start_adds_a_shutdown_trigger(root, clock):
+    archive = _open(root, clock)
+    triggers = clock.triggers.get("during", {}).get("shutdown", [])
+    assert any(getattr(f, "__self__", None) is archive for f, _args, _kw in triggers)
+    clock.wait(archive.close())
+
+
+# -- reconcile -------------------------------------------------------------------------------------
+
+
+def _plant_file(root: Path, ds) -> Path:
+    """A Part 10 file in the layout, as if renamed into place before a crash (no row)."""
+    from dimsekit_plugins.archive.store import part10_header
+
+    path = root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(part10_header(str(ds.SOPClassUID), ds.SOPInstanceUID, EXPLICIT_VR_LE, "PLANTER") + encode(ds))
+    return path
+
+
+def test_reconcile_fixes_every_kind_of_disagreement(root, clock):
+    archive = _open(root, clock)
+    kept = store(archive, clock, make_dataset())
+    gone = make_dataset()
+    gone_path = Path(store(archive, clock, gone).path)
+    changed = make_dataset()
+    changed_path = Path(store(archive, clock, changed).path)
+    moved = make_dataset()
+    store(archive, clock, moved)
+    clock.wait(archive.close())
+
+    # What a crash (or a hand) leaves behind:
+    (root / ".incoming" / "1.2.3.4.deadbeef.part").write_bytes(b"half an instance")
+    orphan = make_dataset(patient_id="ORPHAN", modality="MR", sop_class=MR_IMAGE_STORAGE)
+    orphan_path = _plant_file(root, orphan)
+    gone_path.unlink()
+    changed.PatientName = "Changed^Name"
+    changed.ImageComments = "x" * 300
+    changed_path.write_bytes(part10_header_for(changed) + encode(changed))
+    stale = make_dataset(sop_instance=moved.SOPInstanceUID)  # an older copy elsewhere
+    stale_path = _plant_file(root, stale)
+    junk = root / "1.2.3" / "4.5.6" / "7.8.9.dcm"
+    junk.parent.mkdir(parents=True)
+    junk.write_bytes(b"not dicom at all")
+    (root / "README.txt").write_text("not the archive's")
+
+    archive = _open(root, clock)
+    try:
+        report = clock.wait(archive.reconcile())
+        rel = lambda p: str(p.relative_to(root))  # noqa: E731
+        assert report["temp_removed"] == ["1.2.3.4.deadbeef.part"]
+        assert report["rows_dropped"] == [gone.SOPInstanceUID]
+        assert report["files_indexed"] == [rel(orphan_path)]
+        assert report["rows_refreshed"] == [rel(changed_path)]
+        assert report["stale_removed"] == [rel(stale_path)]
+        assert report["quarantined"] == [rel(junk)]
+        assert set(report["dirs_removed"]) >= {"1.2.3/4.5.6", "1.2.3", f"{stale.StudyInstanceUID}/{stale.SeriesInstanceUID}"}
+        assert report["instances"] == 4
+        assert archive.last_reconcile == report
+
+        assert incoming_files(root) == []
+        assert not gone_path.exists() and not stale_path.exists() and not junk.exists()
+        assert len(os.listdir(root / ".quarantine")) == 1
+        assert (root / "README.txt").exists()
+        uids = {r["sop_instance_uid"] for r in rows(archive, clock, "SELECT sop_instance_uid FROM instance")}
+        assert uids == {kept.sop_instance_uid, orphan.SOPInstanceUID, changed.SOPInstanceUID, moved.SOPInstanceUID}
+        found = clock.wait(archive.lookup(orphan.SOPInstanceUID))
+        assert (found.patient_id, found.source_ae, found.transfer_syntax) == ("ORPHAN", "PLANTER", EXPLICIT_VR_LE)
+        assert found.record.modality == "MR"
+        names = {r["patient_name"] for r in rows(archive, clock, "SELECT patient_name FROM patient")}
+        assert "Changed^Name" in names
+        assert rows(archive, clock, "SELECT COUNT(*) AS n FROM study WHERE study_instance_uid = ?",
+                    gone.StudyInstanceUID)[0]["n"] == 0
+
+        again = clock.wait(archive.reconcile())
+        assert [k for k, v in again.items() if isinstance(v, list) and v] == []
+    finally:
+        clock.wait(archive.close())
+
+
+def part10_header_for(ds) -> bytes:
+    from dimsekit_plugins.archive.store import part10_header
+
+    return part10_header(str(ds.SOPClassUID), ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+
+
+def test_reconcile_reindexes_a_file_whose_index_transaction_was_lost(archive, clock, root):
+    ds = make_dataset()
+    store(archive, clock, ds)
+    with sqlite3.connect(root / "index.sqlite") as conn:  # as if the commit never reached the disk
+        conn.execute("DELETE FROM instance")
+    report = clock.wait(archive.reconcile())
+    assert len(report["files_indexed"]) == 1
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is not None
+
+
+def test_reconcile_leaves_instances_being_received_alone(archive, clock, root):
+    incoming = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    incoming.write(b"\x08\x00")
+    report = clock.wait(archive.reconcile())
+    assert report["temp_removed"] == []
+    assert incoming_files(root) == [incoming.temp_path.name]
+    incoming.abort()
+
+
+def test_reconcile_of_a_missing_index_rebuilds_it_from_the_files(root, clock):
+    archive = _open(root, clock)
+    datasets = [make_dataset() for _ in range(3)]
+    for ds in datasets:
+        store(archive, clock, ds)
+    clock.wait(archive.close())
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (root / name).unlink(missing_ok=True)
+    archive = _open(root, clock)
+    try:
+        report = clock.wait(archive.reconcile())
+        assert len(report["files_indexed"]) == 3 and report["instances"] == 3
+    finally:
+        clock.wait(archive.close())
+
+
+# -- settings ------------------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_values(tmp_path):
+    settings = ArchiveSettings.from_config(from_mapping({"node": {"data_dir": str(tmp_path / "d")}}))
+    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync) == ("newest", 100.0, 4, True)
+    assert settings.root == (tmp_path / "d").resolve()
+    settings = ArchiveSettings.from_config(from_mapping({
+        "plugins": {"storage": {"duplicates": "reject", "min_free_mb": 5}, "archive": {"threads": 2, "fsync": False}},
+    }))
+    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync) == ("reject", 5.0, 2, False)
+    assert settings.root == (Path.cwd() / "dimsekit-data").resolve()
+
+
+@pytest.mark.parametrize("plugins, key", [
+    ({"storage": {"duplicates": "oldest"}}, "plugins.storage.duplicates"),
+    ({"storage": {"min_free_mb": -1}}, "plugins.storage.min_free_mb"),
+    ({"storage": {"min_free_mb": "lots"}}, "plugins.storage.min_free_mb"),
+    ({"archive": {"threads": 0}}, "plugins.archive.threads"),
+    ({"archive": {"fsync": "yes"}}, "plugins.archive.fsync"),
+    ({"archive": {"thread": 2}}, "plugins.archive.thread"),
+])
+def test_bad_settings_name_the_key(plugins, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        ArchiveSettings.from_config(from_mapping({"plugins": plugins}))
+
+
+def test_the_archive_plugin_checks_its_settings_at_configure():
+    from dimsekit_plugins import archive as plugin
+
+    with pytest.raises(ConfigError, match="plugins.archive.threads"):
+        plugin.dimsekit_configure(config=from_mapping({"plugins": {"archive": {"threads": 100}}}))

@@ -78,7 +78,8 @@ def _extended() -> SOPClassExtendedNegotiation:
     return item
 
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: A SOP class no built-in plugin serves (a private UID under the UUID-derived 2.25 root).
+UNSUPPORTED_SOP_CLASS = "2.25.174021893517063532386209851186236437197"
 
 NEGOTIATIONS = {
     "user-identity-username-positive-response": ([(VERIFICATION,)], lambda: [_user_identity(1, True)]),
@@ -87,7 +88,7 @@ NEGOTIATIONS = {
     "role-selection": ([(VERIFICATION,)], lambda: [_role()]),
     "sop-class-extended": ([(VERIFICATION,)], lambda: [_extended()]),
     "explicit-vr-only": ([(VERIFICATION, ["1.2.840.10008.1.2.1"])], lambda: []),
-    "unsupported-context-too": ([(CT_IMAGE_STORAGE,), (VERIFICATION,)], lambda: []),
+    "unsupported-context-too": ([(UNSUPPORTED_SOP_CLASS,), (VERIFICATION,)], lambda: []),
 }
 
 
@@ -103,8 +104,8 @@ def test_pynetdicom_negotiation_variants(shared_node, name):
         assert assoc.is_established, name
         results = {c.abstract_syntax: c.result for c in assoc.accepted_contexts + assoc.rejected_contexts}
         assert results[VERIFICATION] == 0x00, results
-        if CT_IMAGE_STORAGE in results:
-            assert results[CT_IMAGE_STORAGE] == 0x03, results  # abstract-syntax-not-supported
+        if UNSUPPORTED_SOP_CLASS in results:
+            assert results[UNSUPPORTED_SOP_CLASS] == 0x03, results  # abstract-syntax-not-supported
         status = assoc.send_c_echo()
         assert status and status.Status == 0x0000
     finally:

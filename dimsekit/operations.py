@@ -73,6 +73,11 @@ class DimseOperation:
       ``op.result`` then fires with the peer's final status;
     * ``op.result.cancel()`` does the same and, per Twisted's rules, fails
       ``op.result`` with CancelledError.
+
+    Memory stays bounded on huge result sets: pending responses are kept in
+    ``responses`` only while nobody consumes them otherwise -- once an
+    ``on_pending`` callback is given or iteration has begun, each response
+    is handed over and not kept (``pending_count`` still counts them).
     """
 
     association: Association
@@ -83,12 +88,15 @@ class DimseOperation:
     command_field: int = 0
     result: Deferred = field(default_factory=Deferred)
     responses: list[Response] = field(default_factory=list)
+    pending_count: int = 0
     cancel_sent: bool = False
     timer: Any = None
     total_timer: Any = None
     _queue: deque = field(default_factory=deque)
     _waiter: Deferred | None = None
     _done: bool = False
+    _iterating: bool = False
+    _error: Exception | None = None
 
     def __post_init__(self) -> None:
         self.result = Deferred(lambda _d: self.cancel())
@@ -97,25 +105,31 @@ class DimseOperation:
 
     def pending(self, response: Response) -> None:
         """A pending response arrived."""
-        self.responses.append(response)
+        self.pending_count += 1
+        if self.on_pending is None and not self._iterating:
+            self.responses.append(response)
         if self.on_pending is not None:
             try:
                 self.on_pending(response)
             except Exception:  # the caller's bug must not break the association
                 _log.failure("on_pending callback of message {id} failed", id=self.message_id)
-        self._push(response)
+        if self._iterating:
+            self._push(response)
 
     def finish(self, response: Response) -> None:
         """The final response arrived."""
         self._done = True
-        self._push(None)
+        if self._iterating:
+            self._push(None)
         if not self.result.called:
             self.result.callback(response)
 
     def fail(self, error: Exception) -> None:
         """The operation cannot end normally (abort, timeout)."""
         self._done = True
-        self._push(error)
+        self._error = error
+        if self._iterating:
+            self._push(error)
         if not self.result.called:
             self.result.errback(error)
 
@@ -141,6 +155,12 @@ class DimseOperation:
         return self.result.__await__()
 
     def __aiter__(self) -> DimseOperation:
+        if not self._iterating:
+            self._iterating = True
+            self._queue.extend(self.responses)  # those that came before iteration began
+            self.responses = []
+            if self._done:
+                self._queue.append(self._error)
         return self
 
     async def __anext__(self) -> Response:

@@ -35,18 +35,18 @@ class ThreadedClock(MemoryReactorClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calls: queue.Queue = queue.Queue()
+        self.thread_calls: queue.Queue = queue.Queue()
         self.main_thread = threading.get_ident()
 
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:  # noqa: N802
-        self.calls.put((f, args, kwargs))
+        self.thread_calls.put((f, args, kwargs))
 
     def run_pending(self) -> int:
         """Run the calls the threads queued so far; how many ran."""
         count = 0
         while True:
             try:
-                f, args, kwargs = self.calls.get_nowait()
+                f, args, kwargs = self.thread_calls.get_nowait()
             except queue.Empty:
                 return count
             f(*args, **kwargs)
@@ -66,7 +66,7 @@ class ThreadedClock(MemoryReactorClock):
             if left <= 0:
                 raise AssertionError(f"{d!r} did not fire within {timeout} s")
             try:
-                f, args, kwargs = self.calls.get(timeout=min(left, 0.05))
+                f, args, kwargs = self.thread_calls.get(timeout=min(left, 0.05))
             except queue.Empty:
                 continue
             f(*args, **kwargs)

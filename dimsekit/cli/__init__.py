@@ -18,7 +18,12 @@ from dimsekit import __version__
 __all__ = ["main", "add_common_arguments", "SUBCOMMANDS"]
 
 #: subcommand name -> module under dimsekit.cli
-SUBCOMMANDS = {"echo": "dimsekit.cli.echo", "store": "dimsekit.cli.store", "mpps": "dimsekit.cli.mpps"}
+SUBCOMMANDS = {
+    "echo": "dimsekit.cli.echo",
+    "store": "dimsekit.cli.store",
+    "mpps": "dimsekit.cli.mpps",
+    "commit": "dimsekit.cli.commit",
+}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

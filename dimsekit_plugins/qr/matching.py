@@ -2,48 +2,70 @@
 
 Each key of a C-FIND identifier becomes, by its VR and value, one of the
 standard's matching kinds, and each kind becomes a SQL condition on the
-column that holds that attribute:
+column (a SQL expression) that holds that attribute:
 
 =======================  ============================  =======================================
 kind (PS3.4)             when                          SQL
 =======================  ============================  =======================================
-universal (C.2.2.2.3)    zero-length value             no condition (the key is returned only)
-single value (C.2.2.2.1) any other value               ``col = ?`` (PN: case-insensitive)
+universal (C.2.2.2.3)    zero-length value, or only    no condition (the key is returned only)
+                         ``*`` in a wild card VR
+single value (C.2.2.2.1) any other value               ``col = ?``; PN: ``dk_pn_match(col, ?)``
 list of UIDs (C.2.2.2.2) UI value with backslashes     ``col IN (?, ?, ...)``
-wild card (C.2.2.2.4)    ``*`` or ``?`` in AE, CS, LO,   ``col GLOB ?`` (PN: ``LIKE``), ``?`` is
-                         LT, PN, SH, ST, UC, UR, UT     one *character*, not one byte
+wild card (C.2.2.2.4)    ``*`` or ``?`` in AE, CS, LO,   ``col GLOB ?`` (case-sensitive); PN:
+                         LT, PN, SH, ST, UC, UR, UT     ``dk_pn_match(col, ?)``; ``?`` is one
+                                                       *character*, not one byte of UTF-8
 range (C.2.2.2.5)        ``-`` in DA, TM, DT            ``col >= ? AND col <= ?`` (either open)
+numbers                  IS, DS, SL, SS, UL, US, FL,    ``col = ?`` with the number
+                         FD, SV, UV
 =======================  ============================  =======================================
 
 A value made only of ``*`` matches everything, including entities whose
 attribute is empty (the standard: an empty attribute matches a wild card of
-``*`` only); every other condition excludes empty values.
+``*`` only); every other condition excludes empty values (stored as NULL or '').
 
-Dates, times and date-times are stored normalised (DA ``YYYYMMDD``, TM
-``HHMMSS.FFFFFF`` without separators, padded) so that string comparison is
-chronological; :func:`normalise_time` does the same to query values.
+Stored values are what pydicom decoded (Unicode, whatever Specific Character
+Set the instance used); query values are decoded the same way from the
+request's Specific Character Set, so both sides compare as Unicode strings.
 
-Person names: PS3.4 allows literal PN matching that is insensitive to case;
-we match PN case-insensitively, which is what users of other archives expect
-(``DOE*`` finds ``Doe^John``).  SQLite's LIKE folds ASCII case only, so
-names are also stored and compared upper-cased (:func:`fold`), which folds
-non-ASCII letters too.
+Dates (DA) are compared as stored: ``YYYYMMDD`` strings sort chronologically,
+so a range is a plain string comparison that can use an index.  Times (TM)
+and date-times (DT) come in several precisions, so they are compared through
+SQL functions that normalise them (``dk_tm``, ``dk_dt``: the callers wrap the
+column, e.g. ``dk_tm(st.study_time)``); :func:`normalise_time` does the same
+to query values.
+
+Person names (PS3.4 leaves PN wild card matching to the implementation): the
+match is insensitive to case (``doe*`` finds ``DOE^JOHN``; non-ASCII letters
+folded too, ``müller`` finds ``MÜLLER``); trailing empty components are
+ignored (``DOE^JOHN`` finds ``DOE^JOHN^^``); and a query without ``=`` is
+matched against the whole value *and* against each component group, so
+``山田*`` finds ``Yamada^Tarou=山田^太郎``.  ``dk_pn_match`` does this; call
+:func:`register_functions` on every connection the conditions run on.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "Condition",
     "condition_for",
+    "where",
     "WILDCARD_VRS",
     "RANGE_VRS",
+    "NUMBER_VRS",
     "normalise_date",
     "normalise_time",
     "normalise_datetime",
+    "stored_time",
+    "stored_datetime",
     "fold",
+    "pn_match",
+    "register_functions",
     "MatchingError",
 ]
 
@@ -51,10 +73,13 @@ __all__ = [
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 #: VRs that take range matching (PS3.4 C.2.2.2.5).
 RANGE_VRS = frozenset({"DA", "TM", "DT"})
+#: VRs matched as numbers (single value matching only).
+NUMBER_VRS = frozenset({"IS", "DS", "SL", "SS", "UL", "US", "FL", "FD", "SV", "UV"})
+_INTEGER_VRS = frozenset({"IS", "SL", "SS", "UL", "US", "SV", "UV"})
 
 
 class MatchingError(ValueError):
-    """A key value the matching rules cannot use (a malformed range or date)."""
+    """A key value the matching rules cannot use (a malformed range, date or number)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +91,11 @@ class Condition:
 
 
 def fold(text: str) -> str:
-    """The case-folded form names are stored and compared in."""
-    return text.upper()
+    """The case-folded form person names are compared in (any script, not only ASCII)."""
+    return text.lower()
+
+
+# -- dates and times ------------------------------------------------------------------------------
 
 
 def normalise_date(value: str) -> str:
@@ -102,28 +130,79 @@ def normalise_datetime(value: str, *, end: bool = False) -> str:
         if index != -1:
             text = text[:index]
     date_part, time_part = text[:8], text[8:]
-    if len(date_part) < 4 or not date_part.isdigit():
+    if len(date_part) not in (4, 6, 8) or not date_part.isdigit():
         raise MatchingError(f"{value!r} is not a date-time")
-    date_part = date_part + ("1231"[len(date_part) - 4:] if end else "0101"[len(date_part) - 4:])
-    if len(date_part) == 6:
+    if len(date_part) == 4:
+        date_part += "1231" if end else "0101"
+    elif len(date_part) == 6:
         date_part += "31" if end else "01"
     time = normalise_time(time_part or ("23" if end else "00"), end=end)
     return date_part + time
 
 
-def _like_pattern(value: str) -> str:
-    """A DICOM wild card pattern as a LIKE pattern with ``\\`` as escape."""
-    out = []
-    for ch in value:
-        if ch == "*":
-            out.append("%")
-        elif ch == "?":
-            out.append("_")
-        elif ch in "%_\\":
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
+def stored_time(value: str | None) -> str | None:
+    """A stored TM value as ``HHMMSS.FFFFFF`` for comparison (``dk_tm``); None when unusable."""
+    if not value:
+        return None
+    try:
+        return normalise_time(value)
+    except MatchingError:
+        return None
+
+
+def stored_datetime(value: str | None) -> str | None:
+    """A stored DT value normalised for comparison (``dk_dt``); None when unusable."""
+    if not value:
+        return None
+    try:
+        return normalise_datetime(value)
+    except MatchingError:
+        return None
+
+
+# -- person names ----------------------------------------------------------------------------------
+
+
+def _pn_tidy(name: str) -> str:
+    """Trailing empty components and groups, and padding, removed: ``DOE^JOHN^^=`` -> ``DOE^JOHN``."""
+    groups = [group.strip(" ").rstrip("^").rstrip(" ") for group in name.strip(" ").split("=")]
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
+
+
+@lru_cache(maxsize=512)
+def _pn_pattern(pattern: str) -> tuple[re.Pattern[str], bool]:
+    tidy = _pn_tidy(fold(pattern))
+    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in tidy)
+    return re.compile(regex, re.DOTALL), "=" in tidy
+
+
+def pn_match(value: str | None, pattern: str) -> int:
+    """1 if the stored person name ``value`` matches the query ``pattern``, else 0.
+
+    Case-insensitive; ``*`` any characters, ``?`` one character; a pattern
+    without ``=`` may match the whole name or any one component group.
+    """
+    if value is None or pattern is None:
+        return 0
+    regex, grouped = _pn_pattern(pattern)
+    name = fold(value)
+    if regex.fullmatch(_pn_tidy(name)):
+        return 1
+    if not grouped and "=" in name:
+        return int(any(regex.fullmatch(_pn_tidy(group)) for group in name.split("=")))
+    return 0
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Make ``dk_pn_match``, ``dk_tm`` and ``dk_dt`` available to SQL on ``conn``."""
+    conn.create_function("dk_pn_match", 2, pn_match, deterministic=True)
+    conn.create_function("dk_tm", 1, stored_time, deterministic=True)
+    conn.create_function("dk_dt", 1, stored_datetime, deterministic=True)
+
+
+# -- conditions --------------------------------------------------------------------------------------
 
 
 def _glob_pattern(value: str) -> str:
@@ -142,31 +221,52 @@ def _glob_pattern(value: str) -> str:
 
 
 def _range(column: str, vr: str, value: str) -> Condition:
+    if vr == "DT":
+        if value.count("-") != 1:
+            raise MatchingError(f"date-time range {value!r} with a negative offset is not supported")
+    elif value.count("-") != 1:
+        raise MatchingError(f"range {value!r} has more than one '-'")
     low, _, high = value.partition("-")
-    if vr == "DT" and value.count("-") > 1:
-        raise MatchingError(f"date-time range {value!r} with an offset is not supported")
-    normalise = {"DA": lambda v, end: normalise_date(v), "TM": normalise_time, "DT": normalise_datetime}[vr]
     parts, params = [], []
     if low.strip():
         parts.append(f"{column} >= ?")
-        params.append(normalise(low, end=False))
+        params.append(_normalise(vr, low, end=False))
     if high.strip():
         parts.append(f"{column} <= ?")
-        params.append(normalise(high, end=True))
+        params.append(_normalise(vr, high, end=True))
     if not parts:
         raise MatchingError(f"range {value!r} has neither bound")
+    if len(params) == 2 and params[0] > params[1]:
+        raise MatchingError(f"range {value!r} ends before it starts")
     parts.append(f"{column} != ''")
     return Condition(" AND ".join(parts), tuple(params))
+
+
+def _normalise(vr: str, value: str, *, end: bool) -> str:
+    if vr == "DA":
+        return normalise_date(value)
+    if vr == "TM":
+        return normalise_time(value, end=end)
+    return normalise_datetime(value, end=end)
+
+
+def _number(vr: str, text: str) -> int | float:
+    try:
+        if vr in _INTEGER_VRS:
+            return int(text.strip())
+        return float(text.strip())
+    except ValueError:
+        raise MatchingError(f"{text!r} is not a number ({vr})") from None
 
 
 def condition_for(column: str, vr: str, value: object) -> Condition:
     """The SQL condition for one key of a C-FIND identifier.
 
-    :param column: the SQL expression holding the attribute (stored normalised:
-        dates/times as above, PN folded with :func:`fold`).
+    :param column: the SQL expression holding the attribute (TM and DT
+        columns wrapped in ``dk_tm()`` / ``dk_dt()`` by the caller).
     :param vr: the attribute's VR.
     :param value: the key's value from the identifier (str, list, or None/empty).
-    :raises MatchingError: the value cannot be matched (bad range or date).
+    :raises MatchingError: the value cannot be matched (bad range, date or number).
     """
     if value is None:
         return Condition("")
@@ -175,28 +275,31 @@ def condition_for(column: str, vr: str, value: object) -> Condition:
         text = "\\".join(values)
     else:
         text = str(value)
+    if vr not in ("LT", "ST", "UT"):
+        text = text.strip(" ")
+    if vr == "UI":
+        text = text.strip("\x00 ")
     if text == "" or (vr in WILDCARD_VRS and set(text) == {"*"}):
         return Condition("")  # universal matching; a lone "*" also matches empty values
-    if vr == "UI" and "\\" in text:
-        uids = [u.strip() for u in text.split("\\") if u.strip()]
+    if vr == "UI":
+        uids = [u.strip("\x00 ") for u in text.split("\\") if u.strip("\x00 ")]
+        if len(uids) == 1:
+            return Condition(f"{column} = ?", (uids[0],))
         placeholders = ", ".join("?" for _ in uids)
         return Condition(f"{column} IN ({placeholders})", tuple(uids))
     if vr in RANGE_VRS and "-" in text:
         return _range(column, vr, text)
-    if vr in RANGE_VRS:
-        normalise = {"DA": lambda v: normalise_date(v), "TM": normalise_time, "DT": normalise_datetime}[vr]
-        if vr == "DA":
-            return Condition(f"{column} = ?", (normalise(text),))
-        low, high = normalise(text), (normalise_time(text, end=True) if vr == "TM" else normalise_datetime(text, end=True))
+    if vr == "DA":
+        return Condition(f"{column} = ?", (normalise_date(text),))
+    if vr in ("TM", "DT"):
+        low, high = _normalise(vr, text, end=False), _normalise(vr, text, end=True)
         return Condition(f"{column} >= ? AND {column} <= ?", (low, high))
+    if vr in NUMBER_VRS:
+        return Condition(f"{column} = ?", (_number(vr, text),))
     if vr == "PN":
-        text = fold(text)
+        return Condition(f"dk_pn_match({column}, ?)", (text,))
     if vr in WILDCARD_VRS and ("*" in text or "?" in text):
-        if vr == "PN":
-            return Condition(f"{column} LIKE ? ESCAPE '\\'", (_like_pattern(text),))
         return Condition(f"{column} GLOB ?", (_glob_pattern(text),))
-    if vr in WILDCARD_VRS or vr == "PN":
-        text = text.rstrip(" ")  # trailing spaces are padding in these VRs
     return Condition(f"{column} = ?", (text,))
 
 
@@ -208,6 +311,3 @@ def where(conditions: Iterable[Condition]) -> tuple[str, tuple[object, ...]]:
             parts.append(f"({condition.sql})")
             params.extend(condition.params)
     return ("WHERE " + " AND ".join(parts) if parts else ""), tuple(params)
-
-
-__all__ += ["where"]

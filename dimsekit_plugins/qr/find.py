@@ -1,0 +1,192 @@
+"""C-FIND SCP for the Patient Root and Study Root models (PS3.4 C.4.1).
+
+The identifier becomes a :class:`~dimsekit_plugins.qr.model.Query`, the query
+one SELECT over the index (:func:`find_sql`: matching in SQL, every condition
+a parameter), and the rows stream back: a first small batch so that the first
+match goes out at once, then larger ones, each batch fetched in the thread
+pool while the reactor keeps serving.  Between two responses the SCP runner
+lets the reactor run, so a C-CANCEL-RQ is seen before the next response.
+
+Each response identifier holds exactly the keys of the request (values from
+the index, zero-length when unknown), Query/Retrieve Level, Retrieve AE Title
+(this node's AE title) and, when some value is not plain ASCII or the
+request named one, Specific Character Set (:func:`reply_charset`).
+
+Statuses: FF00 per match (FF01 when a requested optional key is not
+supported: it is returned zero-length and not matched on), 0000 at the end,
+A900 for an identifier that does not fit the model (Error Comment says why),
+FE00 after a C-CANCEL, C000 when the index cannot be read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydicom.charset import convert_encodings, encode_string
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+
+from dimsekit_plugins.qr.common import MODELS, QRUnavailable, Shield, identifier_of, index_for
+from dimsekit_plugins.qr.index import Cursor
+from dimsekit_plugins.qr.matching import where
+from dimsekit_plugins.qr.model import (
+    FROM_CLAUSES,
+    IdentifierError,
+    Query,
+    empty_element,
+    parse_identifier,
+)
+
+__all__ = ["handle_find", "find_sql", "reply_charset", "response_identifier", "FIRST_BATCH"]
+
+_log = Logger(namespace="dimsekit.qr")
+
+#: rows fetched first (small, so that the first response leaves quickly)
+FIRST_BATCH = 16
+#: rows fetched per thread-pool call after the first batch (``[plugins.queryretrieve] batch_size``)
+batch_size = 256
+
+_TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+_UTF8 = "ISO_IR 192"
+
+
+def find_sql(query: Query) -> tuple[str, tuple[Any, ...], list[str]]:
+    """The SELECT for a query: (sql, parameters, keywords of the selected columns)."""
+    columns: list[str] = []
+    expressions: list[str] = []
+    for key in query.keys:
+        if key.supported and key.keyword not in columns:
+            assert key.spec is not None and key.spec.column is not None
+            columns.append(key.keyword)
+            expressions.append(key.spec.column)
+    clause, params = where(query.conditions)
+    select = ", ".join(expressions) if expressions else "1"
+    sql = f"SELECT {select} FROM {FROM_CLAUSES[query.level]} {clause}"
+    return sql, params, columns
+
+
+def _encodable(texts: list[str], charset: list[str]) -> bool:
+    try:
+        encodings = convert_encodings(charset)
+    except Exception:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            for text in texts:
+                encode_string(text, encodings)
+        except Exception:
+            return False
+    return True
+
+
+def reply_charset(request_charset: list[str], texts: list[str]) -> list[str] | None:
+    """The Specific Character Set of a response identifier holding ``texts``.
+
+    All plain ASCII: the request's (echoed, it may be absent).  Otherwise the
+    request's when it can encode them all, else ISO_IR 192 (UTF-8): a value is
+    never sent in a character set that cannot hold it.
+    """
+    if all(text.isascii() for text in texts):
+        return request_charset or None
+    if request_charset and any(request_charset) and _encodable(texts, request_charset):
+        return request_charset
+    return [_UTF8]
+
+
+def _value(raw: Any, vr: str, multi: bool) -> Any:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return str(raw) if vr in ("IS", "DS") else raw
+    text = str(raw)
+    if (multi or "\\" in text) and vr not in ("LT", "ST", "UT"):
+        parts = text.split("\\")
+        return parts if len(parts) > 1 else parts[0]
+    return text
+
+
+def response_identifier(query: Query, row: tuple[Any, ...], columns: dict[str, int], retrieve_ae: str) -> Dataset:
+    """The identifier of one match (see the module docstring)."""
+    ds = Dataset()
+    texts: list[str] = []
+    for key in query.keys:
+        keyword = key.keyword
+        if keyword in ("RetrieveAETitle", "QueryRetrieveLevel"):
+            continue
+        if keyword == "InstanceAvailability":
+            ds.add(DataElement(key.tag, "CS", "ONLINE"))
+            continue
+        index = columns.get(keyword)
+        if index is None:
+            ds.add(empty_element(key))
+            continue
+        assert key.spec is not None
+        value = _value(row[index], key.vr, key.spec.multi)
+        if value is not None and key.vr in _TEXT_VRS:
+            texts.extend(value if isinstance(value, list) else [value])
+        ds.add(DataElement(key.tag, key.vr, value))
+    ds.QueryRetrieveLevel = query.level
+    ds.RetrieveAETitle = retrieve_ae
+    charset = reply_charset(query.charset, texts)
+    if charset:
+        ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
+    return ds
+
+
+def handle_find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """C-FIND handler (an async generator of responses)."""
+    return _find(request)
+
+
+async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
+    model = MODELS[request.sop_class_uid]
+    ae = request.association.ae
+    try:
+        query = parse_identifier(identifier_of(request), model)
+        index = index_for(ae)
+    except IdentifierError as exc:
+        _log.info("C-FIND from {peer} refused (A900): {why}", peer=request.association.remote_ae_title, why=exc)
+        fields: dict[str, Any] = {"ErrorComment": str(exc)}
+        if exc.offending:
+            fields["OffendingElement"] = list(exc.offending)
+        yield 0xA900, None, fields
+        return
+    except QRUnavailable as exc:
+        yield 0xC000, None, {"ErrorComment": str(exc)}
+        return
+    sql, params, columns = find_sql(query)
+    positions = {keyword: n for n, keyword in enumerate(columns)}
+    pending = 0xFF01 if query.unsupported else 0xFF00
+    retrieve_ae = ae.ae_title
+    shield = Shield()
+    cursor = None
+    matches = 0
+    try:
+        try:
+            cursor = await shield.wait(index.open(sql, params))
+            size = FIRST_BATCH
+            while True:
+                rows = await shield.wait(cursor.fetch(size))
+                if not rows:
+                    break
+                for row in rows:
+                    matches += 1
+                    yield pending, response_identifier(query, row, positions, retrieve_ae)
+                size = batch_size
+        except CancelledError:
+            if not request.cancelled:
+                raise
+            yield 0xFE00, None, {}
+            return
+    finally:
+        await shield.settle()
+        if cursor is None and isinstance(shield.outcome, Cursor):
+            cursor = shield.outcome  # opened after a cancel arrived: close it too
+        if cursor is not None:
+            await cursor.close()
+        _log.debug("C-FIND {qr_level}: {n} match(es)", qr_level=query.level, n=matches)

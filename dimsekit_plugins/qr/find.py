@@ -70,13 +70,10 @@ def find_sql(query: Query) -> tuple[str, tuple[Any, ...], list[str]]:
 
 
 def _encodable(texts: list[str], charset: list[str]) -> bool:
-    try:
-        encodings = convert_encodings(charset)
-    except Exception:
-        return False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
+            encodings = convert_encodings(charset)
             for text in texts:
                 encode_string(text, encodings)
         except Exception:
@@ -177,6 +174,8 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
                 for row in rows:
                     matches += 1
                     yield pending, response_identifier(query, row, positions, retrieve_ae)
+                if len(rows) < size:
+                    break  # a short batch is the last one
                 size = batch_size
         except CancelledError:
             if not request.cancelled:

@@ -101,7 +101,7 @@ def fold(text: str) -> str:
 def normalise_date(value: str) -> str:
     """A DA value as ``YYYYMMDD`` (accepts the old ``YYYY.MM.DD`` form)."""
     digits = value.strip().replace(".", "")
-    if len(digits) != 8 or not digits.isdigit():
+    if len(digits) != 8 or not digits.isdigit() or not (1 <= int(digits[4:6]) <= 12 and 1 <= int(digits[6:]) <= 31):
         raise MatchingError(f"{value!r} is not a date (YYYYMMDD)")
     return digits
 
@@ -113,6 +113,8 @@ def normalise_time(value: str, *, end: bool = False) -> str:
     whole, _, fraction = text.partition(".")
     if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not fraction.isdigit()):
         raise MatchingError(f"{value!r} is not a time (HHMMSS.FFFFFF)")
+    if int(whole[:2]) > 23 or (len(whole) >= 4 and int(whole[2:4]) > 59) or (len(whole) == 6 and int(whole[4:]) > 60):
+        raise MatchingError(f"{value!r} is not a time of day")
     filler = "595959" if end else "000000"
     whole = whole + filler[len(whole):]
     if fraction:

@@ -369,7 +369,11 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel) -> Que
                 vr = dictionary_VR(tag)
             except KeyError:
                 vr = "UN"
-        keys.append(Key(tag, keyword, str(vr), _plain(element.value, str(vr)), spec))
+        try:
+            value = _plain(element.value, str(vr))
+        except Exception as exc:  # a value pydicom cannot convert (IS "two", ...)
+            raise IdentifierError(f"{keyword or Tag(tag)}: unreadable value ({exc})", (tag,)) from None
+        keys.append(Key(tag, keyword, str(vr), value, spec))
     if below:
         raise IdentifierError(
             f"key(s) below the {level} level: {', '.join(below)} (no relational queries)", below_tags

@@ -30,7 +30,7 @@ A900H a bad identifier; C000H the index cannot be read.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +144,7 @@ class Tally:
     failed: int = 0
     warning: int = 0
     started: int = 0
-
-    def __post_init__(self) -> None:
-        self.failed_uids: list[str] = []
+    failed_uids: list[str] = field(default_factory=list)
 
     def fields(self, *, remaining: bool) -> dict[str, int]:
         counts = {

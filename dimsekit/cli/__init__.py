@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "store": "dimsekit.cli.store",
     "mpps": "dimsekit.cli.mpps",
     "commit": "dimsekit.cli.commit",
+    "print": "dimsekit.cli.print",
 }
 
 

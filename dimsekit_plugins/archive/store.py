@@ -318,6 +318,7 @@ class Archive:
         self._idle_waiters: list[Deferred] = []
         self._trigger: Any = None
         self._closing: Deferred | None = None
+        self._stopped = False
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -352,8 +353,9 @@ class Archive:
         self._pool.start()
         add_trigger = getattr(self.reactor, "addSystemEventTrigger", None)
         if add_trigger is not None:
-            # "during": after the services' stopService ("before") let associations end.
-            self._trigger = add_trigger("during", "shutdown", self.close)
+            # "during" shutdown: after the services' stopService (the "before"
+            # phase) let the associations end, like the reactor's own thread pool.
+            self._trigger = add_trigger("during", "shutdown", self._shutdown)
 
     def close(self) -> Deferred:
         """Refuse new instances, wait for commits in progress, close the index, stop the threads."""
@@ -361,32 +363,59 @@ class Archive:
             d: Deferred = Deferred()
             self._closing.addBoth(lambda result: (d.callback(None), result)[1])
             return d
+        self._refuse_new()
+        self._closing = Deferred()
+        if not self.started or self._stopped:
+            self._closing.callback(None)
+            return self.close()
+
+        def stop(result: object) -> None:
+            if isinstance(result, Failure):
+                _log.failure("closing the archive index failed", result)
+            self._stop_threads()
+            remove = getattr(self.reactor, "removeSystemEventTrigger", None)
+            if remove is not None and self._trigger is not None:
+                try:
+                    remove(self._trigger)
+                except (ValueError, KeyError, TypeError):
+                    pass
+                self._trigger = None
+            self._closing.callback(None)  # type: ignore[union-attr]
+
+        waited = self._wait_idle()
+        waited.addCallback(lambda _: deferToThreadPool(self.reactor, self._pool, self._close_db))
+        waited.addBoth(stop)
+        return self.close()
+
+    def _shutdown(self) -> None:
+        """The reactor is shutting down (and will run no more of our callbacks): stop now.
+
+        Joining the threads lets a commit in progress finish its rename and
+        index write (its answer can no longer be sent; the instance is kept).
+        """
+        if self._stopped:
+            return
+        self._refuse_new()
+        self._stop_threads()
+        self._close_db()
+
+    def _refuse_new(self) -> None:
         self.closed = True
         with self._live_lock:
             live = list(self._live.values())
         for incoming in live:
             incoming.abort()
-        if not self.started:
-            self._closing = defer.succeed(None)
-            return defer.succeed(None)
-        self._closing = Deferred()
 
-        def close_db() -> None:
-            with self._db_lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        def stop(result: object) -> None:
+    def _stop_threads(self) -> None:
+        if self.started and not self._stopped:
+            self._stopped = True
             self._pool.stop()
-            if isinstance(result, Failure):
-                _log.failure("closing the archive index failed", result)
-            self._closing.callback(None)  # type: ignore[union-attr]
 
-        waited = self._wait_idle()
-        waited.addCallback(lambda _: deferToThreadPool(self.reactor, self._pool, close_db))
-        waited.addBoth(stop)
-        return self.close()
+    def _close_db(self) -> None:
+        with self._db_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _wait_idle(self) -> Deferred:
         if self._inflight == 0:

@@ -452,11 +452,22 @@ def test_close_waits_for_commits_in_progress(root, clock):
     assert Path(stored.path).exists()
 
 
-def test_start_adds_a_shutdown_trigger(root, clock):
+def test_the_shutdown_trigger_stops_the_threads_and_lets_a_commit_in_progress_finish(root, clock):
     archive = _open(root, clock)
-    triggers = clock.triggers.get("during", {}).get("shutdown", [])
-    assert any(getattr(f, "__self__", None) is archive for f, _args, _kw in triggers)
-    clock.wait(archive.close())
+    (trigger,) = [f for f, _a, _k in clock.triggers["during"]["shutdown"] if getattr(f, "__self__", None) is archive]
+    ds = make_dataset()
+    receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit()
+    half = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    half.write(b"\x08\x00")
+    trigger()  # as the reactor calls it: synchronously, and it runs no callbacks afterwards
+    assert not any(t.is_alive() for t in archive._pool.threads)
+    assert half.state == "aborted" and incoming_files(root) == []
+    assert len(dcm_files(root)) == 1
+    with sqlite3.connect(root / "index.sqlite") as conn:
+        assert conn.execute("SELECT sop_instance_uid FROM instance").fetchall() == [(ds.SOPInstanceUID,)]
+    with pytest.raises(OutOfResources):
+        archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    clock.wait(archive.close())  # still fine afterwards
 
 
 # -- reconcile -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Layout under the data directory::
 
     <data_dir>/
       index.sqlite                      the index (plus -wal and -shm)
+      .lock                             held (flock) by the process using the archive
       .incoming/<sop uid>.<token>.part  instances being received
       .quarantine/                      files reconcile() could not read
       <study uid>/<series uid>/<sop instance uid>.dcm
@@ -32,12 +33,14 @@ __all__ = [
     "INCOMING",
     "QUARANTINE",
     "INDEX_NAME",
+    "LOCK_NAME",
     "SUFFIX",
 ]
 
 INCOMING = ".incoming"
 QUARANTINE = ".quarantine"
 INDEX_NAME = "index.sqlite"
+LOCK_NAME = ".lock"
 SUFFIX = ".dcm"
 
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*\Z")

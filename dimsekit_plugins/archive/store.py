@@ -35,6 +35,7 @@ stray temporary file, a file without a row, or a row whose file vanished.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -72,6 +73,7 @@ from dimsekit_plugins.archive.errors import (
 from dimsekit_plugins.archive.layout import (
     INCOMING,
     INDEX_NAME,
+    LOCK_NAME,
     QUARANTINE,
     SUFFIX,
     check_uid,
@@ -319,6 +321,7 @@ class Archive:
         self._trigger: Any = None
         self._closing: Deferred | None = None
         self._stopped = False
+        self._lock_file: IO[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -349,6 +352,7 @@ class Archive:
             self.incoming_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _resource_error(exc, f"create the data directory {self.root}") from exc
+        self._lock_root()
         self.started = True
         self._pool.start()
         add_trigger = getattr(self.reactor, "addSystemEventTrigger", None)
@@ -373,6 +377,7 @@ class Archive:
             if isinstance(result, Failure):
                 _log.failure("closing the archive index failed", result)
             self._stop_threads()
+            self._unlock_root()
             remove = getattr(self.reactor, "removeSystemEventTrigger", None)
             if remove is not None and self._trigger is not None:
                 try:
@@ -398,6 +403,34 @@ class Archive:
         self._refuse_new()
         self._stop_threads()
         self._close_db()
+        self._unlock_root()
+
+    def _lock_root(self) -> None:
+        """Hold an exclusive lock on ``<root>/.lock`` while open: two processes
+        sharing a data directory would take each other's instances in progress
+        for debris of a crash.  The kernel drops the lock if the process dies."""
+        path = self.root / LOCK_NAME
+        try:
+            file = path.open("a+")
+        except OSError as exc:
+            raise _resource_error(exc, f"open {path}") from exc
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise OutOfResources(f"the data directory {self.root} is in use by {holder}") from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()}\n")
+        file.flush()
+        self._lock_file = file
+
+    def _unlock_root(self) -> None:
+        file, self._lock_file = self._lock_file, None
+        if file is not None:
+            file.close()  # releases the lock
 
     def _refuse_new(self) -> None:
         self.closed = True

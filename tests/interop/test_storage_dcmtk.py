@@ -140,7 +140,7 @@ def test_an_unusable_sop_instance_uid_gets_a_failure_and_nothing_is_written(tmp_
     finally:
         _finish(node)
     new = {p for p in tmp_path.rglob("*") if p.is_file()} - before
-    assert {p.name for p in new} <= {"twistd.log", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"}, new
+    assert {p.name for p in new} <= {"twistd.log", ".lock", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"}, new
     assert all(data_dir in p.parents or p.parent == tmp_path / "run" for p in new), new
     assert not Path("/etc/x").exists()
     assert stored_files(data_dir) == [] and temp_files(data_dir) == []

@@ -470,6 +470,18 @@ def test_the_shutdown_trigger_stops_the_threads_and_lets_a_commit_in_progress_fi
     clock.wait(archive.close())  # still fine afterwards
 
 
+def test_one_archive_at_a_time_uses_a_data_directory(root, clock):
+    first = _open(root, clock)
+    second = Archive(root, reactor=clock, min_free_mb=0)
+    with pytest.raises(OutOfResources, match=f"in use by process {os.getpid()}"):
+        second.start()
+    with pytest.raises(OutOfResources):
+        second.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
+    clock.wait(first.close())
+    second.start()  # free again once the first is closed
+    clock.wait(second.close())
+
+
 # -- reconcile -------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,10 @@ Receivers, each in its own process on a free 127.0.0.1 port, stopped by PID:
   (``pynetdicom-chunked``: ``_config.STORE_RECV_CHUNKED_DATASET``, to a file).
 
 All receivers run side by side; each run sends the file once to each of
-them in turn (so a noisy neighbour slows them alike).  Measured per send:
+them in turn (so a noisy neighbour slows them alike).  Receivers write what they receive to the system's temporary directory (a
+disk, whose write-back throttles every receiver once a few hundred MB are
+dirty); ``--spool-dir /dev/shm`` puts it in memory instead, to measure the
+protocol stacks rather than the disk.  Measured per send:
 MiB/s of the C-STORE (request sent -> response received, as the sender sees
 it) and the sender's peak RSS (``getrusage``, a fresh sender process each
 time); per receiver, its peak RSS (``VmHWM`` from /proc) over all its runs.  Goal: each peak RSS under 150 MB.
@@ -39,11 +42,14 @@ Results: ``benchmarks/results/store_large.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +127,20 @@ def source_tree(kind: str) -> str | None:
     return kind.partition("@")[2] or None if kind.startswith("dimsekit@") else None
 
 
-def start_receiver(servers: Servers, kind: str, port: int, workdir: Path, expect: int, max_pdu: int | None):
+def start_receiver(
+    servers: Servers, kind: str, port: int, workdir: Path, expect: int, max_pdu: int | None, spool: Path | None
+):
+    """Start a receiver; ``spool``: where receivers write what they receive (TMPDIR, DCMTK -od)."""
+    tmp = {"TMPDIR": str(spool)} if spool else {}
     if kind == "dimsekit" or kind.startswith("dimsekit@"):
         argv = [sys.executable, str(HERE / "store_receiver.py"), str(port), "--expect-size", str(expect)]
         if max_pdu:
             argv += ["--max-pdu", str(max_pdu)]
         tree = source_tree(kind)
-        env = {"PYTHONPATH": tree} if tree else None
-        return servers.start(f"store-{kind}".replace("/", "_"), argv, port, env=env)
+        env = {"PYTHONPATH": tree} if tree else {}
+        return servers.start(f"store-{kind}".replace("/", "_"), argv, port, env={**env, **tmp})
     if kind == "dcmtk":
-        out = workdir / "dcmtk-out"
+        out = dcmtk_out(workdir, spool)
         out.mkdir(exist_ok=True)
         argv = [dcmtk("storescp"), "+B", "-od", str(out), str(port)]
         if max_pdu:
@@ -140,7 +150,7 @@ def start_receiver(servers: Servers, kind: str, port: int, workdir: Path, expect
         argv = [sys.executable, str(HERE / "pynetdicom_scp.py"), str(port), "--store"]
         if kind.endswith("chunked"):
             argv.append("--chunked")
-        return servers.start(f"store-{kind}", argv, port)
+        return servers.start(f"store-{kind}", argv, port, env=tmp)
     raise SystemExit(f"unknown receiver {kind!r}")
 
 
@@ -156,11 +166,24 @@ def send(port: int, path: Path, max_pdu: int | None, tree: str | None = None) ->
     return json.loads(lines[-1])
 
 
-def clean(workdir: Path) -> None:
-    out = workdir / "dcmtk-out"
+def dcmtk_out(workdir: Path, spool: Path | None) -> Path:
+    return (spool or workdir) / "dimsekit-bench-dcmtk-out"
+
+
+def clean(out: Path) -> None:
     if out.exists():
         for item in out.iterdir():
             item.unlink()
+
+
+@contextlib.contextmanager
+def _removed(path: Path | None) -> Iterator[None]:
+    """Remove ``path`` (a directory a receiver wrote to) at the end, whatever happens."""
+    try:
+        yield
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def main() -> None:
@@ -169,13 +192,16 @@ def main() -> None:
     parser.add_argument("--receivers", default="dimsekit", help="comma list of dimsekit,dcmtk,pynetdicom,pynetdicom-chunked")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--max-pdu", type=int, default=None, help="Maximum Length Received of both sides (default: each one's own)")
+    parser.add_argument("--spool-dir", default=None,
+                        help="where receivers write (TMPDIR, DCMTK -od); e.g. /dev/shm to take the disk out")
     parser.add_argument("--name", default="store_large")
     args = parser.parse_args()
     size = parse_size(args.size)
     kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
+    spool = Path(args.spool_dir) if args.spool_dir else None
 
     results: dict[str, dict[str, Any]] = {}
-    with temp_dir("dimsekit-store-") as workdir:
+    with temp_dir("dimsekit-store-") as workdir, _removed(dcmtk_out(workdir, spool) if spool else None):
         path = workdir / "large.dcm"
         started = time.perf_counter()
         pixel_length = make_instance(path, size)
@@ -187,14 +213,14 @@ def main() -> None:
         with Servers() as servers:
             receivers = {}
             for kind in kinds:
-                receivers[kind] = start_receiver(servers, kind, free_port(), workdir, expect, args.max_pdu)
+                receivers[kind] = start_receiver(servers, kind, free_port(), workdir, expect, args.max_pdu, spool)
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
             for i in range(args.runs):  # each run visits every receiver in turn
                 for kind, receiver in receivers.items():
                     run = send(receiver.port, path, args.max_pdu, source_tree(kind))
                     run["mib_per_s"] = run["dataset_bytes"] / MIB / run["store_seconds"]
                     runs[kind].append(run)
-                    clean(workdir)
+                    clean(dcmtk_out(workdir, spool))
                     print(f"run {i + 1}/{args.runs} {kind}: {run['mib_per_s']:,.0f} MiB/s, sender peak RSS "
                           f"{run['sender_peak_rss_kib'] / 1024:,.1f} MiB, status 0x{run['status']:04X}", flush=True)
             for kind, receiver in receivers.items():

@@ -28,6 +28,7 @@ C-GET).  Whatever the handler returns is normalised by :mod:`dimsekit.scp`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -63,7 +65,7 @@ from dimsekit.errors import (
 )
 from dimsekit.operations import DimseOperation, Response
 from dimsekit.scp import COMMAND_NAMES, Request, ScpRunner
-from dimsekit.scu import ServiceUser
+from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import State
 from dimsekit.ul.negotiation import (
@@ -364,17 +366,15 @@ class Association(ServiceUser):
         if self.negotiated is not None:
             names = sorted({_uid_name(c.abstract_syntax) for c in self.negotiated.contexts.values()})
             contexts = ", ".join(names)
-        _log.info(
-            "association {side} peer={peer} calling={calling} called={called} contexts=[{contexts}] "
-            "duration={duration:.3f}s ended: {ended}",
-            side="requestor" if self.is_requestor else "acceptor",
-            peer=_address(self.peer),
-            calling=self.calling_ae_title or "-",
-            called=self.called_ae_title or "-",
-            contexts=contexts,
-            duration=time.monotonic() - self._started,
-            ended=self.ended,
+        side = "requestor" if self.is_requestor else "acceptor"
+        # One line per association, built once (the logger would otherwise
+        # format eight fields per line on every observer).
+        text = (
+            f"association {side} peer={_address(self.peer)} calling={self.calling_ae_title or '-'} "
+            f"called={self.called_ae_title or '-'} contexts=[{contexts}] "
+            f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
+        _log.info("{text}", text=text, ended=self.ended, calling=self.calling_ae_title, called=self.called_ae_title)
 
     def release(self) -> Deferred:
         """A-RELEASE: fires with None once released (or fails if aborted)."""
@@ -419,15 +419,21 @@ class Association(ServiceUser):
             an iterable of such byte blocks (read lazily), or a pydicom Dataset
             (encoded now by pydicom in the context's transfer syntax).
         """
-        if self.protocol is None or self.negotiated is None:
+        protocol = self.protocol
+        if protocol is None or self.negotiated is None:
             raise LocalProtocolError("association is not established")
-        from dimsekit.scu import dataset_bytes  # noqa: PLC0415  (cycle: scu imports this module's types)
-
         payload = dataset_bytes(dataset, context.transfer_syntax)
         encoded = encode_command(command)
         pdus = fragment_message(
             context.context_id, encoded, payload, self.negotiated.peer_maximum_length, pack=self.pack_pdvs
         )
+        if payload is None and on_sent is None and not self._outgoing and not self._paused and not self._pumping:
+            # The common case of a command-only message (a response, an echo)
+            # with nothing queued before it: straight out, no queue entry.
+            for pdu in pdus:
+                if not protocol.send_pdata(pdu):
+                    break
+            return
         self._outgoing.append(_Outgoing(pdus, on_sent=on_sent, operation=operation))
         self._pump()
 
@@ -737,8 +743,7 @@ def _address(peer: Any) -> str:
     return f"{host}:{port}" if host is not None else str(peer)
 
 
+@functools.lru_cache(maxsize=512)
 def _uid_name(uid: str) -> str:
-    from pydicom.uid import UID
-
     name = UID(uid).name
     return name if name != uid else uid

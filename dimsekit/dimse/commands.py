@@ -142,6 +142,16 @@ class CommandSpec:
     fields: Mapping[str, Usage]
     dataset: Usage | None
     section: str
+    #: keywords with usage M (derived once, at import: validation is per message)
+    required: tuple[str, ...] = ()
+    #: the Command Field of the response to this request; None for a response
+    #: or for C-CANCEL-RQ, which is never answered (PS3.7 9.3.2.3)
+    response: CommandField | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required", tuple(k for k, u in self.fields.items() if u is Usage.M))
+        answered = self.field.is_request and self.field is not CommandField.C_CANCEL_RQ
+        object.__setattr__(self, "response", CommandField(self.field | 0x8000) if answered else None)
 
     @property
     def name(self) -> str:
@@ -152,19 +162,6 @@ class CommandSpec:
     def is_request(self) -> bool:
         """True for a request (including C-CANCEL-RQ)."""
         return self.field.is_request
-
-    @property
-    def required(self) -> tuple[str, ...]:
-        """Keywords with usage M."""
-        return tuple(k for k, u in self.fields.items() if u is Usage.M)
-
-    @property
-    def response(self) -> CommandField | None:
-        """The Command Field of the response to this request; None for a
-        response or for C-CANCEL-RQ, which is never answered (PS3.7 9.3.2.3)."""
-        if not self.is_request or self.field is CommandField.C_CANCEL_RQ:
-            return None
-        return CommandField(self.field | 0x8000)
 
 
 M, C, U = Usage.M, Usage.C, Usage.U
@@ -397,7 +394,10 @@ _TEXT = re.compile(r"[\x20-\x5b\x5d-\x7e]*\Z")  # default repertoire, no backsla
 
 
 def _is_int(value: Any, bits: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits
+    kind = type(value)
+    if kind is not int and (kind is bool or not isinstance(value, int)):
+        return False
+    return 0 <= value < 1 << bits
 
 
 def _check_us(value: Any) -> str | None:
@@ -485,15 +485,14 @@ def validate(command: Mapping[str, Any]) -> CommandSpec:
             offending_element=_COMMAND_FIELD_TAG,
             command=dict(command),
         )
-    try:
-        spec = COMMANDS[CommandField(field)]
-    except ValueError:
+    spec = COMMANDS.get(field)
+    if spec is None:
         raise CommandError(
             _UNRECOGNIZED_OPERATION,
             f"unknown Command Field 0x{field:04X}",
             offending_element=_COMMAND_FIELD_TAG,
             command=dict(command),
-        ) from None
+        )
     for key, value in command.items():
         check = _CHECKS.get(key)
         if check is None:

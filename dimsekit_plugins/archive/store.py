@@ -458,8 +458,23 @@ class Archive:
         return d
 
     def _run(self, function: Callable[..., Any], *args: Any) -> Deferred:
-        self.start()
-        return deferToThreadPool(self.reactor, self._pool, function, *args)
+        """Run blocking work in the pool; close() waits for all of it."""
+        if self._stopped:
+            return defer.fail(OutOfResources("the archive is closed"))
+        try:
+            self.start()
+        except ArchiveError:
+            return defer.fail()
+        self._busy(+1)
+        d = deferToThreadPool(self.reactor, self._pool, function, *args)
+        return d.addBoth(lambda result: (self._busy(-1), result)[1])
+
+    def _busy(self, delta: int) -> None:
+        self._inflight += delta
+        if self._inflight == 0:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _sql(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(connection, *args)`` with the index (worker thread)."""
@@ -574,7 +589,7 @@ class Archive:
         lock = self._uid_locks.get(uid)
         if lock is None:
             lock = self._uid_locks[uid] = DeferredLock()
-        self._inflight += 1
+        self._busy(+1)
 
         def finished(result: object) -> object:
             if not lock.locked and not lock.waiting:
@@ -585,11 +600,7 @@ class Archive:
             else:
                 incoming.state = "committed"
                 incoming.stored = result  # type: ignore[assignment]
-            self._inflight -= 1
-            if self._inflight == 0:
-                waiters, self._idle_waiters = self._idle_waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
+            self._busy(-1)
             return result
 
         try:

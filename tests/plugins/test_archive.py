@@ -470,6 +470,21 @@ def test_the_shutdown_trigger_stops_the_threads_and_lets_a_commit_in_progress_fi
     clock.wait(archive.close())  # still fine afterwards
 
 
+def test_close_waits_for_all_work_in_progress_and_refuses_work_afterwards(root, clock):
+    archive = _open(root, clock)
+    for ds in (make_dataset(), make_dataset()):
+        _plant_file(root, ds)
+    reconciled = archive.reconcile()
+    looked_up = archive.lookup(generate_uid())
+    closed = archive.close()
+    clock.wait(closed)
+    assert reconciled.called and looked_up.called
+    assert clock.wait(reconciled)["instances"] == 2
+    assert archive._conn is None  # nothing reopened the index behind close()
+    assert isinstance(clock.failure_of(archive.lookup(generate_uid())), OutOfResources)
+    assert isinstance(clock.failure_of(archive.reconcile()), OutOfResources)
+
+
 def test_one_archive_at_a_time_uses_a_data_directory(root, clock):
     first = _open(root, clock)
     second = Archive(root, reactor=clock, min_free_mb=0)

@@ -335,9 +335,11 @@ def _level(identifier: Dataset, model: InformationModel) -> str:
     return level
 
 
-def parse_identifier(identifier: Dataset | None, model: InformationModel) -> Query:
+def parse_identifier(identifier: Dataset | None, model: InformationModel, *, match: bool = True) -> Query:
     """Check an identifier against ``model`` and make the :class:`Query`.
 
+    :param match: make the SQL conditions of the keys (False: only check the
+        level and the hierarchy, as a retrieve does, whose other keys are ignored).
     :raises IdentifierError: see the module docstring.
     """
     if identifier is None:
@@ -379,6 +381,8 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel) -> Que
             f"key(s) below the {level} level: {', '.join(below)} (no relational queries)", below_tags
         )
     query = Query(model=model, level=level, keys=keys, charset=charset)
+    if not match:
+        return query
     for key in keys:
         if key.keyword in _RESPONSE_ONLY:
             continue

@@ -73,7 +73,7 @@ def parse_retrieve(identifier: Dataset | None, model: InformationModel) -> tuple
     :raises IdentifierError: no level, a key below it, no value for the
         level's unique key, or a wild card in a unique key.
     """
-    query = parse_identifier(identifier, model)  # level and hierarchy checks
+    query = parse_identifier(identifier, model, match=False)  # level and hierarchy checks
     level = query.level
     depth = model.depth(level)
     conditions: list[Condition] = []

@@ -390,3 +390,10 @@ def test_models_know_their_levels():
     assert STUDY_ROOT.level_of(PATIENT) == STUDY
     assert parse_identifier(ident("PATIENT", PatientID=None), PATIENT_ROOT).level == PATIENT
     assert str(PATIENT_ROOT_FIND) != str(STUDY_ROOT_FIND)
+
+
+def test_a_retrieve_ignores_its_non_unique_keys_even_malformed_ones(indexed):
+    level, conditions = parse_retrieve(ident("STUDY", StudyInstanceUID=study_uid("5"), StudyDate="2024-01-01",
+                                             PatientName="NOBODY"), STUDY_ROOT)
+    assert level == STUDY and len(conditions) == 1
+    assert len(list(indexed.execute(*retrieve_sql(conditions)))) == 1

@@ -24,6 +24,9 @@ SUBCOMMANDS = {
     "mpps": "dimsekit.cli.mpps",
     "commit": "dimsekit.cli.commit",
     "print": "dimsekit.cli.print",
+    "find": "dimsekit.cli.find",
+    "get": "dimsekit.cli.get",
+    "move": "dimsekit.cli.move",
 }
 
 

@@ -1,0 +1,435 @@
+"""``dimsekit find / get / move`` without sockets: -k parsing, identifiers,
+the table / DICOM JSON / DICOM file outputs, retrieve summaries and exit
+statuses, driven through a scripted association."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from twisted.internet import defer
+
+from dimsekit.cli import _parser
+from dimsekit.cli import find as cli_find
+from dimsekit.cli import get as cli_get
+from dimsekit.cli._keys import (
+    BadKey,
+    apply_keys,
+    flatten,
+    has_return_keys,
+    key_paths,
+    load_dataset,
+    parse_key,
+    render_table,
+)
+from dimsekit.operations import DimseOperation, Response
+from dimsekit.scu import MODALITY_WORKLIST_FIND, PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+
+SPS = 0x00400100
+MODALITY = 0x00080060
+
+
+def args_for(*argv: str) -> argparse.Namespace:
+    return _parser().parse_args(list(argv))
+
+
+# -- -k keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "value"),
+    [
+        ("PatientName=DOE*", [(0x00100010, None)], "DOE*"),
+        ("0010,0020", [(0x00100020, None)], None),
+        ("(0010,0020)=X", [(0x00100020, None)], "X"),
+        ("00100020=", [(0x00100020, None)], ""),
+        ("QueryRetrieveLevel=STUDY", [(0x00080052, None)], "STUDY"),
+        ("ScheduledProcedureStepSequence[0].Modality=CT", [(SPS, 0), (MODALITY, None)], "CT"),
+        ("(0040,0100)[1].(0008,0060)=MR", [(SPS, 1), (MODALITY, None)], "MR"),
+        ("ScheduledProcedureStepSequence", [(SPS, None)], None),
+        ("StudyDescription=a=b", [(0x00081030, None)], "a=b"),
+    ],
+)
+def test_parse_key_forms(text, path, value):
+    assert parse_key(text) == (path, value)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("NoSuchKeyword=1", "neither a DICOM keyword"),
+        ("PatientName[0]=X", "not a sequence"),
+        ("PatientName.PatientID=X", "not a sequence"),
+        ("ScheduledProcedureStepSequence.Modality=CT", "say which item"),
+        ("=X", "no attribute named"),
+        ("0010,00ZZ=1", "neither a DICOM keyword"),
+    ],
+)
+def test_parse_key_refusals_say_why(text, words):
+    with pytest.raises(BadKey, match=words):
+        parse_key(text)
+
+
+def test_apply_keys_values_and_nesting():
+    ds = apply_keys(Dataset(), [
+        "PatientName=DOE*", "PatientID", "ModalitiesInStudy=CT\\MR", "Rows=512",
+        "ScheduledProcedureStepSequence[1].Modality=CT", "ReferencedStudySequence",
+        "PatientName=ROE*",  # a later key replaces an earlier one
+    ])
+    assert str(ds.PatientName) == "ROE*"
+    assert ds["PatientID"].is_empty
+    assert list(ds.ModalitiesInStudy) == ["CT", "MR"]
+    assert ds.Rows == 512
+    items = ds.ScheduledProcedureStepSequence
+    assert len(items) == 2 and len(items[0]) == 0 and items[1].Modality == "CT"
+    assert ds.ReferencedStudySequence == []
+    with pytest.raises(BadKey, match="needs numbers"):
+        apply_keys(Dataset(), ["Rows=many"])
+    with pytest.raises(BadKey, match="is a sequence"):
+        apply_keys(Dataset(), ["ReferencedStudySequence=1"])
+
+
+def test_has_return_keys():
+    assert not has_return_keys(apply_keys(Dataset(), ["PatientName=DOE*", "QueryRetrieveLevel=STUDY"]))
+    assert has_return_keys(apply_keys(Dataset(), ["PatientName=DOE*", "StudyDate"]))
+    assert has_return_keys(apply_keys(Dataset(), ["ScheduledProcedureStepSequence[0].Modality"]))
+    assert not has_return_keys(apply_keys(Dataset(), ["ScheduledProcedureStepSequence[0].Modality=CT"]))
+
+
+def test_load_dataset_json_and_dicom(tmp_path):
+    ds = Dataset()
+    ds.PatientID = "J1"
+    (tmp_path / "one.json").write_text(ds.to_json())
+    (tmp_path / "array.json").write_text(json.dumps([ds.to_json_dict()]))
+    (tmp_path / "two.json").write_text(json.dumps([ds.to_json_dict(), ds.to_json_dict()]))
+    (tmp_path / "junk.txt").write_bytes(b"\x01\x02 not dicom")
+    assert load_dataset(tmp_path / "one.json").PatientID == "J1"
+    assert load_dataset(tmp_path / "array.json").PatientID == "J1"
+    with pytest.raises(BadKey, match="holds 2 data sets"):
+        load_dataset(tmp_path / "two.json")
+    with pytest.raises(BadKey, match="neither DICOM JSON nor a DICOM file"):
+        load_dataset(tmp_path / "junk.txt")
+    with pytest.raises(BadKey, match="No such file"):
+        load_dataset(tmp_path / "missing.json")
+
+
+# -- identifiers ---------------------------------------------------------------------------------
+
+
+def test_find_identifier_defaults_only_without_return_keys():
+    ident = cli_find.find_identifier(args_for("find", "h", "1", "-k", "PatientName=DOE*"), "study")
+    assert ident.QueryRetrieveLevel == "STUDY"
+    assert str(ident.PatientName) == "DOE*"  # the user's value is kept
+    assert "StudyInstanceUID" in ident and "StudyDate" in ident and "ModalitiesInStudy" in ident
+
+    exact = cli_find.find_identifier(args_for("find", "h", "1", "-k", "PatientName=DOE*", "-k", "StudyDate"), "study")
+    assert sorted(e.keyword for e in exact) == ["PatientName", "QueryRetrieveLevel", "StudyDate"]
+
+    patient = cli_find.find_identifier(args_for("find", "h", "1", "-P"), "patient")
+    assert patient.QueryRetrieveLevel == "PATIENT" and "PatientBirthDate" in patient
+
+    series = cli_find.find_identifier(args_for("find", "h", "1", "-k", "QueryRetrieveLevel=SERIES",
+                                               "-k", "StudyInstanceUID=1.2.3"), "study")
+    assert series.QueryRetrieveLevel == "SERIES" and "SeriesInstanceUID" in series
+
+    with pytest.raises(BadKey, match="no PATIENT level"):
+        cli_find.find_identifier(args_for("find", "h", "1", "-k", "QueryRetrieveLevel=PATIENT"), "study")
+    with pytest.raises(BadKey, match="not one of"):
+        cli_find.find_identifier(args_for("find", "h", "1", "-k", "QueryRetrieveLevel=FRAME"), "study")
+
+
+def test_worklist_identifier_merges_defaults_into_the_step_item():
+    ident = cli_find.find_identifier(
+        args_for("find", "h", "1", "-W", "-k", "ScheduledProcedureStepSequence[0].Modality=CT",
+                 "-k", "PatientName=Müller*"), "worklist")
+    assert "QueryRetrieveLevel" not in ident
+    step = ident.ScheduledProcedureStepSequence[0]
+    assert step.Modality == "CT"  # kept, not replaced by the default's empty value
+    assert "ScheduledStationAETitle" in step and "ScheduledProcedureStepStartDate" in step
+    assert ident.SpecificCharacterSet == "ISO_IR 192"  # a non-ASCII value: UTF-8 said
+
+
+def test_retrieve_identifier_level_from_the_deepest_unique_key():
+    def level(model: str, *keys: str) -> str:
+        argv = ["get", "h", "1"] + [x for k in keys for x in ("-k", k)]
+        return cli_find.retrieve_identifier(args_for(*argv), model).QueryRetrieveLevel
+
+    assert level("study", "StudyInstanceUID=1.2") == "STUDY"
+    assert level("study", "StudyInstanceUID=1.2", "SeriesInstanceUID=1.2.3") == "SERIES"
+    assert level("study", "SOPInstanceUID=1.2.3.4") == "IMAGE"
+    assert level("patient", "PatientID=P1") == "PATIENT"
+    assert level("study", "QueryRetrieveLevel=SERIES", "SeriesInstanceUID=1") == "SERIES"
+    with pytest.raises(BadKey, match="say what to retrieve"):
+        level("study", "PatientID=P1")  # no PATIENT level in Study Root
+
+
+def test_model_options():
+    assert cli_find.model_of(args_for("find", "h", "1")) == "study"
+    assert cli_find.model_of(args_for("find", "h", "1", "-P")) == "patient"
+    assert cli_find.model_of(args_for("find", "h", "1", "--model", "worklist")) == "worklist"
+    with pytest.raises(BadKey, match="contradicts"):
+        cli_find.model_of(args_for("find", "h", "1", "-P", "--model", "study"))
+    with pytest.raises(SystemExit):
+        args_for("get", "h", "1", "-W")  # no worklist retrieve
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def match(name: str, uid: str, modality: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = name
+    ds.StudyInstanceUID = uid
+    if modality:
+        step = Dataset()
+        step.Modality = modality
+        ds.ScheduledProcedureStepSequence = [step]
+    return ds
+
+
+def test_flatten_and_table():
+    rows = [dict(flatten(match("DOE^JOHN", "1.2", "CT"))), dict(flatten(match("山田^太郎", "1.3")))]
+    assert rows[0] == {"PatientName": "DOE^JOHN", "StudyInstanceUID": "1.2",
+                       "ScheduledProcedureStepSequence[0].Modality": "CT"}
+    text = render_table(rows, max_width=6)
+    lines = text.splitlines()
+    assert lines[0].startswith("Patie") and "Modality" in lines[0]  # the short header of a nested path
+    assert "DOE^J…" in lines[2]
+    # wide characters take two columns: the cells still line up
+    from dimsekit.cli._keys import _width
+
+    assert _width(lines[3][: lines[3].index("1.3")]) == _width(lines[2][: lines[2].index("1.2")])
+
+
+def test_table_writer_keeps_the_order_of_the_keys():
+    out = io.StringIO()
+    args = args_for("find", "h", "1", "-k", "StudyInstanceUID", "-k", "PatientName")
+    ident = cli_find.find_identifier(args, "study")
+    writer = cli_find.TableWriter(out, cli_find.display_order(args, "study", ident))
+    writer.add(match("DOE^JOHN", "1.2"))
+    writer.finish()
+    assert out.getvalue().splitlines()[0].split() == ["StudyInstanceUID", "PatientName"]
+    assert key_paths(["(0040,0100)[0].(0008,0060)=CT"]) == ["ScheduledProcedureStepSequence[0].Modality"]
+
+
+def test_json_writer_is_a_dicom_json_array():
+    for n in (0, 1, 3):
+        out = io.StringIO()
+        writer = cli_find.JsonWriter(out, io.StringIO())
+        for i in range(n):
+            writer.add(match(f"DOE^{i}", f"1.{i}"))
+        writer.finish()
+        data = json.loads(out.getvalue())
+        assert isinstance(data, list) and len(data) == n
+        assert [str(Dataset.from_json(d).PatientName) for d in data] == [f"DOE^{i}" for i in range(n)]
+
+
+def test_directory_writer_writes_dicom_files(tmp_path):
+    writer = cli_find.DirectoryWriter(tmp_path / "out", STUDY_ROOT_FIND)
+    writer.add(match("DOE^JOHN", "1.2"))
+    writer.add(match("ROE^JANE", "1.3"))
+    files = sorted((tmp_path / "out").iterdir())
+    assert [f.name for f in files] == ["rsp0001.dcm", "rsp0002.dcm"]
+    back = dcmread(files[1])
+    assert str(back.PatientName) == "ROE^JANE"
+    assert back.file_meta.MediaStorageSOPClassUID == STUDY_ROOT_FIND
+
+
+# -- find, driven through a scripted association ---------------------------------------------------
+
+
+class FakeAssociation:
+    def __init__(self, responses: list[Response], final: Response, accepted: bool = True) -> None:
+        self.responses = responses
+        self.final = final
+        self.accepted = accepted
+        self.protocol = None
+        self.ended: str | None = None
+        self.sent: list[tuple[Dataset, str]] = []
+        self.cancelled = False
+        outer = self
+
+        class Negotiated:
+            def context_for(self, sop_class: str, ts: str | None = None, *, as_scu: bool = True) -> Any:
+                return object() if outer.accepted else None
+
+        self.negotiated = Negotiated()
+
+    def _operation(self, identifier: Dataset, sop_class: str) -> DimseOperation:
+        self.sent.append((identifier, sop_class))
+        op = self.operation = DimseOperation(self, 1, 1)  # type: ignore[arg-type]
+        for response in self.responses:
+            op.pending(response)
+        if self.final.status != 0xFE00:  # a Cancel comes when the C-CANCEL is sent
+            op.finish(self.final)
+        return op
+
+    def find(self, identifier: Dataset, sop_class: str) -> DimseOperation:
+        return self._operation(identifier, sop_class)
+
+    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None) -> DimseOperation:
+        return self._operation(identifier, sop_class)
+
+    def send_cancel(self, operation: DimseOperation) -> None:
+        self.cancelled = True
+        operation.finish(self.final)
+
+    def release(self) -> defer.Deferred:
+        self.ended = "released"
+        return defer.succeed(None)
+
+
+class FakeAE:
+    def __init__(self, association: FakeAssociation) -> None:
+        self.association = association
+        self.contexts: list[Any] = []
+        self.roles: dict[str, Any] = {}
+
+    def associate(self, host: str, port: int, *, called: str, contexts: list[Any], roles: Any = None,
+                  connect_timeout: float = 30) -> defer.Deferred:
+        self.contexts = contexts
+        self.roles = roles or {}
+        return defer.succeed(self.association)
+
+
+def pending(ds: Dataset | None, **counts: int) -> Response:
+    return Response({"Status": 0xFF00, **counts}, ds)
+
+
+def run_find(association: FakeAssociation, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    args = args_for("find", "127.0.0.1", "104", *argv)
+    d = defer.Deferred.fromCoroutine(cli_find._run(object(), args, out, err, make=lambda r, a: FakeAE(association)))
+    codes: list[int] = []
+    d.addCallback(codes.append)
+    assert codes, "the command did not finish"
+    return codes[0], out.getvalue(), err.getvalue()
+
+
+def test_find_table_and_status():
+    assoc = FakeAssociation([pending(match("DOE^JOHN", "1.2")), pending(match("DOE^JANE", "1.3"))],
+                            Response({"Status": 0x0000}))
+    code, out, err = run_find(assoc, "-k", "PatientName=DOE*")
+    assert code == 0
+    assert "DOE^JOHN" in out and "DOE^JANE" in out and out.splitlines()[1].startswith("---")
+    assert "2 matches" in err
+    assert assoc.sent[0][1] == STUDY_ROOT_FIND and assoc.ended == "released"
+
+
+def test_find_json_only_json_on_stdout():
+    assoc = FakeAssociation([pending(match("DOE^JOHN", "1.2"))], Response({"Status": 0x0000}))
+    code, out, err = run_find(assoc, "-P", "--json")
+    assert code == 0
+    assert [Dataset.from_json(d).StudyInstanceUID for d in json.loads(out)] == ["1.2"]
+    assert assoc.sent[0][1] == PATIENT_ROOT_FIND
+
+
+def test_find_failure_status_is_named_and_exits_1():
+    assoc = FakeAssociation([], Response({"Status": 0xA900, "ErrorComment": "no level"}))
+    code, out, err = run_find(assoc, "-W", "--json")
+    assert code == 1
+    assert json.loads(out) == []  # still a valid (empty) array
+    assert "0xA900" in err and "no level" in err
+    assert assoc.sent[0][1] == MODALITY_WORKLIST_FIND
+
+
+def test_find_cancel_after_n():
+    assoc = FakeAssociation([pending(match("A", "1")), pending(match("B", "2"))], Response({"Status": 0xFE00}))
+    code, out, err = run_find(assoc, "--cancel", "1", "-q")
+    assert assoc.cancelled and code == 0 and err == ""
+
+
+def test_find_context_refused_and_bad_arguments():
+    assoc = FakeAssociation([], Response({"Status": 0}), accepted=False)
+    code, out, err = run_find(assoc)
+    assert code == 1 and "did not accept Study Root" in err
+    code, out, err = run_find(assoc, "-k", "Nope=1")
+    assert code == 2 and "Nope" in err
+
+
+# -- get: contexts, files, summaries -------------------------------------------------------------------
+
+
+def test_storage_contexts_fit_one_association():
+    contexts = cli_get.storage_contexts()
+    assert len(contexts) == 127 == len(set(contexts))
+    assert contexts[0] == "1.2.840.10008.5.1.4.1.1.2"  # CT first
+    assert "1.2.840.10008.5.1.4.1.1.1.1" in contexts  # DX For Presentation (keyword not ending in Storage)
+    everything = cli_get.all_storage_sop_classes()
+    assert "1.2.840.10008.1.3.10" not in everything and len(everything) > 127
+
+
+class FakeSink:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def test_written_file_is_part10_with_the_bytes_received(tmp_path):
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.PatientName = "DOE^JOHN"
+    from dimsekit.datasets import encode_dataset
+
+    raw = encode_dataset(ds, "1.2.840.10008.1.2")
+    header = cli_get.part10_header(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2", "PEER")
+    path = tmp_path / "x" / "1.2.3.4.dcm"
+    size = cli_get._write(path, header, FakeSink(raw))
+    assert path.read_bytes().endswith(raw) and size == path.stat().st_size
+    back = dcmread(path)
+    assert str(back.PatientName) == "DOE^JOHN"
+    assert back.file_meta.SourceApplicationEntityTitle == "PEER"
+    assert not list(path.parent.glob(".*.part"))
+
+
+def outcome(status: int, tmp_path: Path, dataset: Dataset | None = None, **counts: int) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    progress = cli_get.Progress(err, False, None)
+    receiver = cli_get.Receiver(None, tmp_path)
+    final = Response({"Status": status, **counts}, dataset)
+    code = cli_get.retrieve_outcome("get", "get", final, progress, receiver, 0.5,
+                                    argparse.Namespace(quiet=False), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_retrieve_outcomes(tmp_path):
+    code, out, _ = outcome(0x0000, tmp_path, NumberOfCompletedSuboperations=3, NumberOfFailedSuboperations=0)
+    assert code == 0 and "3 completed, 0 failed" in out
+    failed = Dataset()
+    failed.FailedSOPInstanceUIDList = ["1.2.3", "1.2.4"]
+    code, out, err = outcome(0xB000, tmp_path, failed, NumberOfCompletedSuboperations=1,
+                             NumberOfFailedSuboperations=2)
+    assert code == 1 and "failed   1.2.4" in out and "2 sub-operation(s) failed" in err
+    code, _, _ = outcome(0xB000, tmp_path, NumberOfWarningSuboperations=1, NumberOfFailedSuboperations=0)
+    assert code == 0  # warnings only
+    code, _, err = outcome(0xA801, tmp_path)
+    assert code == 1 and "0xA801" in err
+    code, _, err = outcome(0xFE00, tmp_path)
+    assert code == 1 and "Cancel" in err
+
+
+def test_get_proposes_storage_with_the_scp_role(tmp_path):
+    assoc = FakeAssociation([pending(None, NumberOfRemainingSuboperations=1, NumberOfCompletedSuboperations=0)],
+                            Response({"Status": 0, "NumberOfCompletedSuboperations": 1}))
+    ae = FakeAE(assoc)
+    out, err = io.StringIO(), io.StringIO()
+    args = args_for("get", "127.0.0.1", "104", "-k", "StudyInstanceUID=1.2.3", "--out-dir", str(tmp_path))
+    d = defer.Deferred.fromCoroutine(cli_get._run(object(), args, out, err, make=lambda r, a: ae))
+    codes: list[int] = []
+    d.addCallback(codes.append)
+    assert codes == [0], err.getvalue()
+    assert ae.contexts[0] == "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root GET
+    assert len(ae.contexts) == 128
+    assert all(role == (False, True) for role in ae.roles.values()) and len(ae.roles) == 127
+    assert assoc.sent[0][0].QueryRetrieveLevel == "STUDY"
+    assert "1 completed" in out.getvalue()

@@ -85,7 +85,10 @@ def index_for(ae: Any) -> QueryIndex:
     index = _indexes.get(ae)
     if index is not None and not index.closed:
         return index
-    archive = ae.pm.hook.dimsekit_archive(config=ae.config)
+    try:
+        archive = ae.pm.hook.dimsekit_archive(config=ae.config)
+    except Exception as exc:  # the archive cannot be opened (data directory locked, unwritable, ...)
+        raise QRUnavailable(f"the archive cannot be opened: {exc}") from exc
     if archive is None:
         raise QRUnavailable("no archive to query: no plugin provides one (dimsekit_archive)")
     root = getattr(archive, "root", None)

@@ -444,3 +444,36 @@ class MoveTests(QrTestCase):
         await wait_until(lambda: all(a.ended for a in self.node_ae.tracker.associations if a.is_requestor),
                          2, "the sub-association ended")
         await within(assoc.release())
+
+
+class NoIndexTests(QrTestCase):
+    async def test_no_archive_is_unable_to_process_c000(self):
+        import dimsekit_plugins.verification as verification
+        from dimsekit_plugins.qr import plugin as qr_plugin
+
+        _, port = await self.serve(verification, qr_plugin, ae_title="QRSCP")
+        self.node_port = port
+        assoc = await self.qr_association()
+        _, final = await collect(assoc.find(query("STUDY", PatientName="*"), STUDY_ROOT_FIND))
+        self.assertEqual(final.status, 0xC000)
+        self.assertIn("no archive", final.ErrorComment)
+        _, final = await collect(assoc.get(query("STUDY", StudyInstanceUID="1.2"), STUDY_ROOT_GET))
+        self.assertEqual(final.status, 0xC000)
+        await within(assoc.release())
+
+    async def test_an_archive_that_cannot_be_opened_is_c000_not_a_crash(self):
+        import dimsekit_plugins.verification as verification
+        from dimsekit_plugins.qr import plugin as qr_plugin
+
+        class Broken:
+            @hookimpl
+            def dimsekit_archive(self, config: Any) -> Any:
+                raise OSError("data directory locked by another process")
+
+        _, port = await self.serve(verification, qr_plugin, Broken(), ae_title="QRSCP")
+        self.node_port = port
+        assoc = await self.qr_association()
+        _, final = await collect(assoc.find(query("STUDY", PatientName="*"), STUDY_ROOT_FIND))
+        self.assertEqual(final.status, 0xC000)
+        self.assertIn("locked", final.ErrorComment)
+        await within(assoc.release())

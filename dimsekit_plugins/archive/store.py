@@ -206,8 +206,14 @@ class IncomingInstance:
     # -- DataSink -----------------------------------------------------------------------
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append data set bytes (reactor thread; buffered)."""
+        """Append data set bytes (reactor thread; buffered).
+
+        After :meth:`abort` (the archive closing under a transfer) the rest is dropped.
+        """
         if self.state != "receiving":
+            if self.state == "aborted":
+                self.size += len(data)
+                return
             raise LocalProtocolError(f"write to an incoming instance that is {self.state}")
         self.size += len(data)
         if self._file is None:
@@ -254,6 +260,8 @@ class IncomingInstance:
 
     def commit(self) -> Deferred:
         """Make it durable and indexed; a Deferred firing with an :class:`ArchivedInstance`."""
+        if self.state == "aborted":
+            return defer.fail(OutOfResources("the archive closed before the instance was complete"))
         if self.state != "closed":
             return defer.fail(LocalProtocolError(f"commit() of an incoming instance that is {self.state}"))
         self.state = "committing"

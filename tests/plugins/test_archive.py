@@ -417,7 +417,10 @@ def test_abort_leaves_no_file_and_no_row(archive, clock, root):
     incoming.abort()  # idempotent
     assert incoming_files(root) == [] and dcm_files(root) == []
     assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None
-    assert isinstance(clock.failure_of(incoming.commit()), dimsekit.LocalProtocolError)
+    incoming.write(data[len(data) // 2 :])  # what still arrives is dropped
+    incoming.close()
+    assert incoming_files(root) == []
+    assert isinstance(clock.failure_of(incoming.commit()), OutOfResources)
 
 
 def test_commit_before_the_last_fragment_or_twice_is_refused(archive, clock):

@@ -360,6 +360,30 @@ def test_a_data_set_cut_off_by_the_connection_dropping_leaves_nothing(node):
     assert node.clock.wait(node.archive.lookup(ds.SOPInstanceUID)) is None
 
 
+def test_the_archive_closing_under_a_transfer_answers_out_of_resources(node):
+    closing: list[Deferred] = []
+    real_receive = node.archive.receive
+
+    def receive(*args):
+        incoming = real_receive(*args)
+        real_write = incoming.write
+
+        def write(data):
+            real_write(data)
+            if not closing:
+                closing.append(node.archive.close())
+
+        incoming.write = write
+        return incoming
+
+    node.archive.receive = receive
+    response = node.store(make_dataset(pixels=b"\x05\x00" * 40_000))
+    node.wait(closing[0])
+    assert response.status == 0xA700
+    assert node.files() == []
+    assert node.store(make_dataset()).status == 0xA700  # the association goes on
+
+
 def test_instances_delivered_but_never_handled_are_aborted_when_the_association_ends(node):
     class FakeIncoming:
         aborted = False

@@ -335,6 +335,27 @@ def _level(identifier: Dataset, model: InformationModel) -> str:
     return level
 
 
+def _elements(identifier: Dataset) -> Iterable[DataElement]:
+    """The identifier's top-level elements; one pydicom cannot convert (an ambiguous VR it
+    cannot resolve, ...) comes as an element of its first possible VR, valued with its raw bytes."""
+    for tag in sorted(identifier.keys()):
+        try:
+            yield identifier[tag]
+        except Exception:
+            raw = identifier.get_item(tag)
+            vr = str(getattr(raw, "VR", None) or "UN")
+            if vr == "UN" or " or " in vr:
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "UN"
+            element = DataElement(tag, vr.split(" or ")[0], None)
+            raw_value = getattr(raw, "value", None)
+            if raw_value:
+                element._value = raw_value.decode("latin-1") if isinstance(raw_value, bytes) else raw_value
+            yield element
+
+
 def parse_identifier(identifier: Dataset | None, model: InformationModel, *, match: bool = True) -> Query:
     """Check an identifier against ``model`` and make the :class:`Query`.
 
@@ -350,7 +371,7 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
     below: list[str] = []
     below_tags: list[int] = []
     charset: list[str] = []
-    for element in identifier:
+    for element in _elements(identifier):
         tag = int(element.tag)
         keyword = element.keyword or keyword_for_tag(tag) or ""
         if Tag(tag).element == 0 or tag == 0x00080052:
@@ -371,11 +392,14 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
                 vr = dictionary_VR(tag)
             except KeyError:
                 vr = "UN"
+        vr = str(vr)
+        if " or " in vr:  # an ambiguous dictionary VR ("US or SS"): any one encodes an empty value
+            vr = vr.split(" or ")[0]
         try:
-            value = _plain(element.value, str(vr))
+            value = _plain(element.value, vr)
         except Exception as exc:  # a value pydicom cannot convert (IS "two", ...)
             raise IdentifierError(f"{keyword or Tag(tag)}: unreadable value ({exc})", (tag,)) from None
-        keys.append(Key(tag, keyword, str(vr), value, spec))
+        keys.append(Key(tag, keyword, vr, value, spec))
     if below:
         raise IdentifierError(
             f"key(s) below the {level} level: {', '.join(below)} (no relational queries)", below_tags

@@ -397,3 +397,15 @@ def test_a_retrieve_ignores_its_non_unique_keys_even_malformed_ones(indexed):
                                              PatientName="NOBODY"), STUDY_ROOT)
     assert level == STUDY and len(conditions) == 1
     assert len(list(indexed.execute(*retrieve_sql(conditions)))) == 1
+
+
+def test_keys_with_an_ambiguous_vr_come_back_encodable():
+    ds = ident("IMAGE", SOPInstanceUID=None)
+    ds.add_new(0x00280106, "US", None)  # Smallest Image Pixel Value: "US or SS", unresolvable here
+    ds.add_new(0x00280107, "US", 7)  # Largest Image Pixel Value, with a value
+    received = decode_dataset(encode_dataset(ds, "1.2.840.10008.1.2"), "1.2.840.10008.1.2")
+    q = parse_identifier(received, STUDY_ROOT)
+    identifier = response_identifier(q, ("1.2.3",), {"SOPInstanceUID": 0}, "AE")
+    assert identifier["SmallestImagePixelValue"].is_empty and identifier["LargestImagePixelValue"].is_empty
+    assert q.unsupported == ["SmallestImagePixelValue", "LargestImagePixelValue"]
+    encode_dataset(identifier, "1.2.840.10008.1.2.1")  # explicit VR needs a VR it can write

@@ -7,9 +7,12 @@ absent) and compares the rows that match with the expected ones.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dimsekit_plugins.qr.matching import (
     Condition,
@@ -265,3 +268,26 @@ def test_normalisers():
 )
 def test_pn_match(stored, pattern, expected):
     assert pn_match(stored, pattern) == expected
+
+
+# -- wild cards against a reference, on arbitrary text -------------------------------------------------
+
+_ALPHABET = "aAbZ09^.[]%_\\-ü山ß*?"
+
+
+def _reference(value: str, pattern: str) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(alphabet=_ALPHABET.replace("*", "").replace("?", ""), min_size=1, max_size=8),
+       pattern=st.text(alphabet=_ALPHABET, min_size=1, max_size=6))
+def test_wild_card_matching_agrees_with_a_reference(value, pattern):
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE v (lo)")
+    conn.execute("INSERT INTO v VALUES (?)", (value,))
+    condition = condition_for("lo", "LO", pattern)
+    clause, params = where([condition])
+    matched = conn.execute(f"SELECT COUNT(*) FROM v {clause}", params).fetchone()[0] == 1
+    assert matched == _reference(value, pattern)

@@ -19,7 +19,7 @@ def test_commit_against_the_node_both_ways(tmp_path: Path):
     listen = free_port()
     config = (
         f'[[remote]]\nae_title = "COMMITCLI"\nhost = "127.0.0.1"\nport = {listen}\n\n'
-        "[plugins.commitment]\nreport_delay = 0.5\n"  # the tool has released by then
+        "[plugins.commitment]\nreport_delay = 1\n"  # the tool has released by then
     )
     stored, missing = tmp_path / "stored.dcm", tmp_path / "missing.dcm"
     ct_image().save_as(stored, enforce_file_format=True)

@@ -203,7 +203,10 @@ def test_report_on_the_same_association(tmp_path: Path):
 def test_report_on_a_separate_association_with_role_selection(tmp_path: Path):
     reports = Reports()
     listener = Listener(reports)
-    node = start_node(tmp_path, "--data-dir", str(tmp_path / "data"), config=node_config(listener.port))
+    # report_delay: the SCU has surely released by then, even on a loaded machine (else the
+    # report would rightly go on its association, still there)
+    config = node_config(listener.port, report_delay=1)
+    node = start_node(tmp_path, "--data-dir", str(tmp_path / "data"), config=config)
     try:
         unused = Reports()
         modality = Modality(node.port, unused)
@@ -393,8 +396,9 @@ def test_cli_commit_gives_up_after_the_timeout(files: list[Path]):
                       str(files[0]), "--wait", "-to", "2"], timeout=30)
         elapsed = time.monotonic() - started
     finally:
-        scp.threads.clear()
-        scp.errors.clear()
+        for thread in scp.threads:
+            thread.join(10)
+        scp.errors.clear()  # its report could not reach the closed port: expected here
         scp.close()
     assert result.returncode == 1
     assert "no N-EVENT-REPORT on the association within 2 s" in result.stderr

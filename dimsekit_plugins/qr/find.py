@@ -154,6 +154,8 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
         yield 0xA900, None, fields
         return
     except QRUnavailable as exc:
+        _log.warn("C-FIND from {peer}: unable to process (C000): {why}", peer=request.association.remote_ae_title,
+                  why=exc)
         yield 0xC000, None, {"ErrorComment": str(exc)}
         return
     sql, params, columns = find_sql(query)

@@ -223,6 +223,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         yield 0xA900, None, fields
         return
     except QRUnavailable as exc:
+        _log.warn("{op} from {peer}: unable to process (C000): {why}", op=name, peer=association.remote_ae_title,
+                  why=exc)
         yield 0xC000, None, {"ErrorComment": str(exc)}
         return
     shield = Shield()

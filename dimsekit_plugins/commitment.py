@@ -40,7 +40,9 @@ Statuses of the N-ACTION (PS3.4 J.3.2.1.2 leaves the failures to PS3.7 Annex C):
 0x0112  No Such SOP Instance: not the well-known instance 1.2.840.10008.1.20.1.1
 0x0120  Missing Attribute: no Transaction UID / Referenced SOP Sequence / item UID
 0x0121  Missing Attribute Value: one of those is empty (the list names them)
-0x0106  Invalid Attribute Value: the Transaction UID is not a UID
+0x0106  Invalid Attribute Value: the Transaction UID is not a UID, or a value
+        cannot be read at all
+0x0110  Processing Failure: the Action Information cannot be decoded
 0x0123  No Such Action: an Action Type ID other than 1
 0x0211  Unrecognized Operation: N-CREATE, N-SET, N-GET, N-DELETE
 ======  ==========================================================================
@@ -80,17 +82,20 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.datasets import DatasetError
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
@@ -103,6 +108,7 @@ from dimsekit.nservice import (
     MissingAttribute,
     NormalizedService,
     NoSuchInstance,
+    ProcessingFailure,
     SQLiteBackend,
     check_backend_config,
     check_required,
@@ -126,6 +132,10 @@ __all__ = [
     "report_dataset",
     "read_report",
 ]
+
+#: what reading a malformed received data set raises (pydicom parses values lazily,
+#: on first access): answered with a status, never a traceback
+_UNREADABLE = (ValueError, TypeError, OverflowError, EOFError, OSError, struct.error, BytesLengthException)
 
 _log = Logger(namespace="dimsekit.commitment")
 
@@ -360,11 +370,9 @@ class CommitmentService(NormalizedService):
 
     # -- N-ACTION ---------------------------------------------------------------------------------
 
-    async def _request_commitment(self, request: Any) -> int:
-        association = request.association
-        ae = association.ae
-        if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
-            raise NoSuchInstance(request.sop_instance_uid)
+    @staticmethod
+    def _read_request(request: Any) -> tuple[str, list[tuple[str, str]]]:
+        """Transaction UID and (SOP Class, SOP Instance) pairs of an N-ACTION's Action Information."""
         dataset = request.dataset()
         if dataset is None:
             raise MissingAttribute("no Action Information", attributes=(_TRANSACTION_UID_TAG, 0x00081199))
@@ -378,6 +386,21 @@ class CommitmentService(NormalizedService):
             (str(item.ReferencedSOPClassUID).strip(), str(item.ReferencedSOPInstanceUID).strip())
             for item in dataset.ReferencedSOPSequence
         ]
+        return transaction_uid, references
+
+    async def _request_commitment(self, request: Any) -> int:
+        association = request.association
+        ae = association.ae
+        if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
+            raise NoSuchInstance(request.sop_instance_uid)
+        try:
+            transaction_uid, references = self._read_request(request)
+        except DatasetError as exc:
+            _log.warn("storage commitment: undecodable N-ACTION from {caller}: {error}",
+                      caller=association.remote_ae_title, error=exc)
+            raise ProcessingFailure("cannot decode the Action Information") from None
+        except _UNREADABLE as exc:  # a value pydicom cannot read or convert
+            raise InvalidAttributeValue(f"unusable attribute value: {exc}"[:64]) from None
         pending = Pending(transaction_uid, association.remote_ae_title, references)
         key = self._store_key(ae)
         try:

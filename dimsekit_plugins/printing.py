@@ -48,11 +48,12 @@ Statuses (PS3.7 Annex C and PS3.4 Annex H):
 0x0105  No Such Attribute: N-SET of an attribute the SOP class does not have
 0x0106  Invalid Attribute Value: bad Image Display Format, Film Orientation, Film
         Size ID, Magnification Type, Polarity, Number of Copies, Print Priority,
-        Image Box Position, pixel description; a Film Box N-CREATE that references
-        something that is not our Film Session; an N-SET of an attribute N-SET may
-        not change (the Attribute Identifier List names them)
+        Image Box Position, pixel description, a value that cannot be read at all;
+        a Film Box N-CREATE whose reference is not to a Basic Film Session; an
+        N-SET of an attribute N-SET may not change (the Attribute Identifier
+        List names them)
 0x0110  Processing Failure: a second Film Session on one association; the PNG
-        could not be written
+        could not be written; the request's data set cannot be decoded
 0x0111  Duplicate SOP Instance: N-CREATE with a UID already used on the association
 0x0112  No Such SOP Instance: an unknown or deleted Film Session, Film Box, Image
         Box or Printer instance (also a Film Box N-CREATE whose Referenced Film
@@ -60,6 +61,7 @@ Statuses (PS3.7 Annex C and PS3.4 Annex H):
 0x0117  Invalid Object Instance: N-CREATE with a malformed UID
 0x0120  Missing Attribute / 0x0121 Missing Attribute Value: Type 1 attributes
 0x0123  No Such Action: an Action Type ID other than 1
+0x0213  Resource Limitation: a Film Session with ``MAX_FILM_BOXES`` (50) Film Boxes already
 0xC605  Insufficient memory: an image larger than ``max_image_pixels``
 0x0211  Unrecognized Operation; 0x0122 SOP Class not supported
 ======  ==========================================================================
@@ -78,6 +80,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import tempfile
 import weakref
 from collections.abc import Callable, Mapping
@@ -86,15 +89,19 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.uid import generate_uid
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.datasets import DatasetError
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
+    INVALID_ATTRIBUTE_VALUE,
+    PROCESSING_FAILURE,
     SUCCESS,
     UNRECOGNIZED_OPERATION,
     DuplicateInstance,
@@ -130,6 +137,10 @@ __all__ = [
     "render_film",
     "service",
 ]
+
+#: what reading a malformed received data set raises (pydicom parses values lazily,
+#: on first access): answered with a status, never a traceback
+_UNREADABLE = (ValueError, TypeError, OverflowError, EOFError, OSError, struct.error, BytesLengthException)
 
 _log = Logger(namespace="dimsekit.printing")
 
@@ -233,6 +244,9 @@ FILM_SIZES: dict[str, tuple[float, float]] = {
     "A4": (210 / 25.4, 297 / 25.4), "A3": (297 / 25.4, 420 / 25.4),
 }
 MAX_IMAGE_BOXES = 100
+#: Film Boxes one Film Session may hold at once (more: 0x0213 Resource limitation)
+MAX_FILM_BOXES = 50
+RESOURCE_LIMITATION = 0x0213
 
 _DISPLAY_FORMAT = re.compile(r"(STANDARD|ROW|COL)\\(\d{1,3}(?:,\d{1,3})*)\Z")
 
@@ -502,6 +516,13 @@ class PrintService:
             _log.info("print: {command} answered 0x{status:04X} ({comment})", command=command, status=status,
                       comment=error.comment or "")
             return status, dataset, fields
+        except DatasetError as exc:  # the request's data set cannot be parsed
+            _log.warn("print: {command} from {caller}: {error}", command=command, caller=_caller(request), error=exc)
+            return PROCESSING_FAILURE, None, {"ErrorComment": "cannot decode the data set"}
+        except _UNREADABLE as exc:  # a value pydicom cannot read or convert
+            _log.warn("print: {command} from {caller}: unusable value ({error})", command=command,
+                      caller=_caller(request), error=exc)
+            return INVALID_ATTRIBUTE_VALUE, None, {"ErrorComment": f"unusable attribute value: {exc}"[:64]}
 
     def state(self, association: Any) -> PrintState:
         state = self._states.get(association)
@@ -611,6 +632,8 @@ class PrintService:
             elif default is not None:
                 setattr(dataset, keyword, default)
         self._check_film_box(dataset)
+        if len(state.session.film_boxes) >= MAX_FILM_BOXES:
+            raise NServiceError(f"a Film Session holds at most {MAX_FILM_BOXES} Film Boxes", status=RESOURCE_LIMITATION)
         film_box = FilmBox(uid, session_uid, dataset, layout)
         items = []
         for position in range(1, box_count(*layout) + 1):

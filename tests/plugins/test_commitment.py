@@ -92,6 +92,22 @@ def fresh_service(monkeypatch):
     commitment.service._busy.clear()
 
 
+@pytest.fixture
+def logged_failures():
+    """Twisted log events that carry a traceback (a handler that raised)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+
+    def observe(event):
+        if "log_failure" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
 def make_scp(*, archive: FakeArchive | None = None, remotes: list[dict] | None = None, settings: dict | None = None,
              no_archive: bool = False) -> SimpleNamespace:
     archive = None if no_archive else (archive or FakeArchive(dict(STORED)))
@@ -227,7 +243,7 @@ def _bad(**values: Any) -> Dataset:
         ({"action_type": 2}, 0x0123, None),
     ],
 )
-def test_refused_requests(kwargs, status, tags):
+def test_refused_requests(kwargs, status, tags, logged_failures):
     s = make_scp()
     assoc, reports = open_scu(s)
     rsp = action(s, assoc, ROOT + "104", refs("1"), **kwargs)
@@ -239,6 +255,7 @@ def test_refused_requests(kwargs, status, tags):
     s.pair.advance(1)
     assert reports == [] and pending(s) == []
     assert s.call(assoc.echo()) == 0x0000 and not assoc.ended
+    assert logged_failures == []
 
 
 def test_an_item_without_its_instance_uid_is_0120():
@@ -406,3 +423,22 @@ def test_settings_defaults(tmp_path):
     settings = commitment.Settings.from_config(config)
     assert (settings.backend, settings.retry_interval, settings.max_attempts) == ("sqlite", 60.0, 10)
     assert settings.database_path(config) == tmp_path.resolve() / "dimsekit.sqlite"
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x08\x00\x95\x11\xff\xff\x00\x00",  # Transaction UID claiming 65535 bytes: cannot be decoded
+        b"\x08\x00\x99\x11\x04\x00\x00\x00\x01\x02\x03\x04",  # Referenced SOP Sequence that is no sequence
+    ],
+)
+def test_undecodable_action_information_is_answered_without_a_traceback(payload, logged_failures):
+    s = make_scp()
+    assoc, reports = open_scu(s)
+    rsp = s.call(assoc.n_action(SC, STORAGE_COMMITMENT_INSTANCE, 1, payload))
+    assert rsp.status in (0x0106, 0x0110, 0x0120)
+    s.pair.advance(1)
+    assert reports == [] and pending(s) == []
+    assert s.call(assoc.echo()) == 0x0000 and not assoc.ended
+    assert logged_failures == []

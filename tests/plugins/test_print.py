@@ -353,3 +353,39 @@ def test_bad_settings_name_the_key(section, key):
 def test_default_directory_is_under_the_data_dir(tmp_path):
     config = from_mapping({"node": {"data_dir": str(tmp_path)}})
     assert printing.Settings.from_config(config).directory == tmp_path.resolve() / "prints"
+
+
+@pytest.fixture
+def logged_failures():
+    """Twisted log events that carry a traceback (a handler that raised)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+
+    def observe(event):
+        if "log_failure" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x20\x10\x00\xff\xff\x00\x00",  # Number of Copies claiming 65535 bytes
+        b"\x20\x20\x10\x00\x01\x00\x00\x00\x07",  # Image Box Position (US) of one byte
+    ],
+)
+def test_undecodable_data_sets_are_answered(scp, payload, logged_failures):
+    session_uid = session(scp)
+    _, boxes, _ = create_box(scp, session_uid)
+    for sop_class, uid in ((FILM_SESSION, session_uid), (GRAYSCALE_IMAGE_BOX, boxes[0])):
+        command = {"CommandField": CommandField.N_SET_RQ, "RequestedSOPClassUID": sop_class,
+                   "RequestedSOPInstanceUID": uid}
+        rsp = scp.call(scp.scu.send(command, payload))
+        assert rsp.status in (0x0105, 0x0106, 0x0110, 0x0120), hex(rsp.status)
+    still_there(scp)
+    assert logged_failures == []

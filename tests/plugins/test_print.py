@@ -389,3 +389,11 @@ def test_undecodable_data_sets_are_answered(scp, payload, logged_failures):
         assert rsp.status in (0x0105, 0x0106, 0x0110, 0x0120), hex(rsp.status)
     still_there(scp)
     assert logged_failures == []
+
+
+def test_a_session_holds_at_most_50_film_boxes(scp):
+    session_uid = session(scp)
+    for _ in range(printing.MAX_FILM_BOXES):
+        create_box(scp, session_uid, "STANDARD\\1,1")
+    assert scp.call(scp.scu.n_create(FILM_BOX, film_box(session_uid, "STANDARD\\1,1"))).status == 0x0213
+    still_there(scp)

@@ -54,7 +54,7 @@ from dimsekit.cli._keys import (
     render_table,
     set_character_set,
 )
-from dimsekit.cli._scu import describe_failure, end_cleanly, make_ae
+from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.dimse.status import QR_FIND, Category, category, describe
 from dimsekit.scu import (
     MODALITY_WORKLIST_FIND,
@@ -80,6 +80,7 @@ __all__ = [
     "JsonWriter",
     "DirectoryWriter",
     "response_problem",
+    "make_scu_ae",
 ]
 
 #: model name -> (FIND, GET, MOVE) SOP classes
@@ -322,6 +323,29 @@ def response_problem(response: Any, service: str) -> str:
 # -- the command ---------------------------------------------------------------------------
 
 
+def make_scu_ae(reactor: Any, args: argparse.Namespace) -> Any:
+    """An application entity from the common options, with no plugin at all.
+
+    The query/retrieve tools serve nothing: the C-STORE sub-operations of a
+    C-GET must reach the tool's own handler, never an installed storage or
+    archive plugin (which would make a ``dimsekit-data`` archive wherever the
+    tool runs).
+    """
+    from dimsekit.ae import ApplicationEntity
+    from dimsekit.config import Config, Limits, NodeConfig
+    from dimsekit.plugin import make_plugin_manager
+
+    limits = Limits(
+        max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
+        acse_timeout=args.timeout,
+        dimse_timeout=args.timeout,
+        idle_timeout=0,
+    )
+    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
+    return ApplicationEntity(config=config, plugin_manager=make_plugin_manager(load_entrypoints=False),
+                             reactor=reactor)
+
+
 def quiet_pydicom() -> None:
     """No pydicom warning per odd value of a peer's response: the tool shows the values as they are."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
@@ -344,7 +368,7 @@ def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
     return defer.Deferred.fromCoroutine(_run(reactor, args, sys.stdout, sys.stderr))
 
 
-async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = make_ae) -> int:
+async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = None) -> int:
     try:
         model = model_of(args)
         identifier = find_identifier(args, model)
@@ -361,7 +385,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
         except OSError as exc:
             print(f"dimsekit find: cannot use {args.out_dir}: {exc.strerror or exc}", file=err)
             return 2
-    ae = make(reactor, args)
+    ae = (make or make_scu_ae)(reactor, args)
     association = None
     try:
         association = await ae.associate(

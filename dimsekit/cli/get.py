@@ -45,11 +45,12 @@ from twisted.python.failure import Failure
 import dimsekit
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._keys import BadKey
-from dimsekit.cli._scu import describe_failure, end_cleanly, make_ae
+from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.cli.find import (
     MODELS,
     add_key_options,
     add_model_options,
+    make_scu_ae,
     model_of,
     quiet_pydicom,
     response_problem,
@@ -339,7 +340,7 @@ def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
     return defer.Deferred.fromCoroutine(_run(reactor, args, sys.stdout, sys.stderr))
 
 
-async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = make_ae) -> int:
+async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = None) -> int:
     try:
         model = model_of(args)
         identifier = retrieve_identifier(args, model)
@@ -359,7 +360,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
     storage = storage_contexts()
     contexts: list[Any] = [get_sop] + [(uid, RETRIEVE_TRANSFER_SYNTAXES) for uid in storage]
     roles = {uid: (False, True) for uid in storage}
-    ae = make(reactor, args)
+    ae = (make or make_scu_ae)(reactor, args)
     association = None
     try:
         association = await ae.associate(

@@ -30,11 +30,12 @@ from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._keys import BadKey
-from dimsekit.cli._scu import describe_failure, end_cleanly, make_ae
+from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.cli.find import (
     MODELS,
     add_key_options,
     add_model_options,
+    make_scu_ae,
     model_of,
     quiet_pydicom,
     retrieve_identifier,
@@ -107,7 +108,7 @@ def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
     return defer.Deferred.fromCoroutine(_run(reactor, args, sys.stdout, sys.stderr))
 
 
-async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = make_ae) -> int:
+async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str], make: Any = None) -> int:
     try:
         model = model_of(args)
         identifier = retrieve_identifier(args, model)
@@ -140,7 +141,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             print(f"dimsekit move: cannot listen on port {args.store_port}: {describe_failure(Failure())}", file=err)
             return 1
     progress = Progress(err, not args.quiet and _isatty(err), receiver)
-    ae = make(reactor, args)
+    ae = (make or make_scu_ae)(reactor, args)
     association = None
     try:
         try:

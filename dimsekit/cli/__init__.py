@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "find": "dimsekit.cli.find",
     "get": "dimsekit.cli.get",
     "move": "dimsekit.cli.move",
+    "worklist": "dimsekit.cli.worklist",
 }
 
 

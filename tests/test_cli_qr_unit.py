@@ -433,3 +433,27 @@ def test_get_proposes_storage_with_the_scp_role(tmp_path):
     assert all(role == (False, True) for role in ae.roles.values()) and len(ae.roles) == 127
     assert assoc.sent[0][0].QueryRetrieveLevel == "STUDY"
     assert "1 completed" in out.getvalue()
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_only_on_a_terminal(tmp_path):
+    receiver = cli_get.Receiver(None, tmp_path)
+    receiver.files, receiver.bytes = 3, 2_500_000
+    tty = Tty()
+    progress = cli_get.Progress(tty, cli_get._isatty(tty), receiver)
+    progress.response(Response({"Status": 0xFF00, "NumberOfCompletedSuboperations": 3,
+                                "NumberOfRemainingSuboperations": 7, "NumberOfFailedSuboperations": 0,
+                                "NumberOfWarningSuboperations": 0}))
+    line = tty.getvalue()
+    assert line.startswith("\r") and "completed 3  remaining 7  failed 0" in line and "3 files  2.5 MB" in line
+    progress.clear()
+    assert tty.getvalue().endswith("\r")
+    plain = io.StringIO()
+    quiet = cli_get.Progress(plain, cli_get._isatty(plain), receiver)
+    quiet.response(Response({"Status": 0xFF00, "NumberOfCompletedSuboperations": 1}))
+    quiet.clear()
+    assert plain.getvalue() == ""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -420,6 +421,11 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
             if args.cancel is not None and count >= args.cancel:
                 operation.cancel()
         final = await operation
+    except BrokenPipeError:  # stdout closed (| head): stop quietly, like other tools
+        _forget_stdout(writers)
+        operation.cancel()
+        operation.result.addErrback(lambda failure: None)  # ended by the abort that follows
+        return 1
     except Exception:
         reason = describe_failure(Failure())
         for writer in writers:
@@ -430,8 +436,12 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
         for writer in writers:
             writer.finish()
         raise
-    for writer in writers:
-        writer.finish()
+    try:
+        for writer in writers:
+            writer.finish()
+    except BrokenPipeError:
+        _forget_stdout(writers)
+        return 1
     await _release(association)
     kind = category(final.status)
     plural = "es" if count != 1 else ""
@@ -442,6 +452,19 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
     print(f"dimsekit find: C-FIND failed after {count} match{plural}: {response_problem(final, QR_FIND)}",
           file=err)
     return 1
+
+
+def _forget_stdout(writers: list[Any]) -> None:
+    """Point the closed stdout at /dev/null, so that nothing fails again at exit."""
+    for writer in writers:
+        out = getattr(writer, "out", None)
+        try:
+            fd = out.fileno()  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 async def _release(association: Any) -> None:

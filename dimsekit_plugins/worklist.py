@@ -754,7 +754,8 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
     matches = 0
     try:
         try:
-            await shield.wait(store.scan(called))
+            if store.folder is not None:
+                await shield.wait(store.scan(called))
             for source in ("database", "folder") if store.folder is not None else ("database",):
                 after = 0
                 while True:

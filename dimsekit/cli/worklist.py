@@ -72,24 +72,37 @@ def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
     return defer.Deferred.fromCoroutine(_run(reactor, args, sys.stdout, sys.stderr))
 
 
-def open_store(reactor: Any, args: argparse.Namespace) -> Any:
-    """The worklist store of the node configured by --config / --data-dir (raises ConfigError)."""
-    from dimsekit_plugins.worklist import WorklistSettings, WorklistStore
+def worklist_plugin() -> Any:
+    """The worklist plugin, found like the node finds it (the ``dimsekit`` entry
+    points, minus DIMSEKIT_DISABLE_PLUGINS): the core never imports a built-in plugin.
 
+    :raises ConfigError: it is not installed, or disabled.
+    """
+    from dimsekit.plugin import make_plugin_manager
+
+    plugin = make_plugin_manager().get_plugin("worklist")
+    if plugin is None or not hasattr(plugin, "WorklistStore"):
+        raise ConfigError("the worklist plugin is not installed, or is disabled (DIMSEKIT_DISABLE_PLUGINS)")
+    return plugin
+
+
+def open_store(reactor: Any, args: argparse.Namespace, plugin: Any) -> Any:
+    """The worklist store of the node configured by --config / --data-dir (raises ConfigError)."""
     config = load(args.config).override(data_dir=args.data_dir)
-    settings = WorklistSettings.from_config(config)
-    return WorklistStore(settings.database, None, reactor, create=args.action == "add")
+    settings = plugin.WorklistSettings.from_config(config)
+    return plugin.WorklistStore(settings.database, None, reactor, create=args.action == "add")
 
 
 async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     try:
-        store = open_store(reactor, args)
+        plugin = worklist_plugin()
+        store = open_store(reactor, args, plugin)
     except ConfigError as exc:
         print(f"dimsekit worklist: {exc}", file=err)
         return 2
     try:
         if args.action == "add":
-            return await _add(store, args, out, err)
+            return await _add(plugin, store, args, out, err)
         if args.action == "list":
             return await _list(store, args, out)
         return await _remove(store, args, out, err)
@@ -97,20 +110,18 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
         await store.close()
 
 
-async def _add(store: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    from dimsekit_plugins.worklist import WorklistItemError, check_item
-
+async def _add(plugin: Any, store: Any, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     datasets = []
     refused = 0
     for name in args.files:
         try:
             dataset = load_dataset(name)
-            check_item(dataset)
+            plugin.check_item(dataset)
         except BadKey as exc:
             print(f"dimsekit worklist: {exc}", file=err)
             refused += 1
             continue
-        except WorklistItemError as exc:
+        except plugin.WorklistItemError as exc:
             print(f"dimsekit worklist: {name}: refused: {exc}", file=err)
             refused += 1
             continue

@@ -164,6 +164,22 @@ def dimsekit_on_association_aborted(association: Any, reason: str) -> None:
 
 
 @hookspec
+def dimsekit_on_node_started(ae: Any) -> None:
+    """The node is listening: prepare what must be ready before the first association.
+
+    Called by ``twistd dimsekit`` and any DicomNodeService once its port is
+    open.  The archive reconciles its files and index here; a plugin may
+    resume pending work (storage commitment reports).
+
+    Return value: ignored; a Deferred is not waited for.
+
+    :param ae: the node's :class:`~dimsekit.ae.ApplicationEntity`.
+
+    Added in API version 1.
+    """
+
+
+@hookspec
 def dimsekit_on_instance_stored(instance: Any) -> None:
     """An instance was received and is durable in the archive (forwarders, routers).
 

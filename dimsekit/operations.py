@@ -164,6 +164,8 @@ class DimseOperation:
         return self
 
     async def __anext__(self) -> Response:
+        if not self._iterating:
+            self.__aiter__()  # called directly (e.g. anext(op)) rather than by ``async for``
         if self._queue:
             item = self._queue.popleft()
         elif self._done:

@@ -53,6 +53,10 @@ class DicomNodeService(service.Service):
                 count=len(self.ae.registry.supported),
                 names=", ".join(sorted({s.name for s in self.ae.registry.service_classes})),
             )
+            try:
+                self.ae.pm.hook.dimsekit_on_node_started(ae=self.ae)
+            except Exception:
+                _log.failure("a plugin failed as the node started")
 
         return d.addCallback(listening)
 

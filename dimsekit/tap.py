@@ -50,11 +50,18 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     """Build the node service from the options."""
     from dimsekit.ae import ApplicationEntity
+    from dimsekit.config import ConfigError
+    from dimsekit.registry import RegistryError
     from dimsekit.service import DicomNodeService
 
     config = options["config_obj"]
     node = config.node
-    ae = ApplicationEntity(config=config)
+    try:
+        ae = ApplicationEntity(config=config)
+    except (ConfigError, RegistryError) as exc:
+        # A plugin refused its section, or two plugins claim one SOP class:
+        # one line naming the problem, not a traceback.
+        raise usage.UsageError(str(exc)) from None
     endpoint: Any = options["endpoint"]
     if endpoint is None:
         endpoint = f"tcp:{node.port}"

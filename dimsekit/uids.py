@@ -27,12 +27,18 @@ def by_keyword(keyword: str) -> UID:
 
 
 def storage_sop_classes() -> tuple[UID, ...]:
-    """Every storage SOP class in pydicom's dictionary (keyword ends in "Storage"), sorted."""
+    """Every storage SOP class in pydicom's dictionary that is not retired, sorted.
+
+    A storage SOP class is one whose keyword ends in "Storage", or in
+    "StorageForPresentation"/"StorageForProcessing" (DX, MG, IO, ...);
+    Storage Commitment is a service, not a storage SOP class.
+    """
+    suffixes = ("Storage", "StorageForPresentation", "StorageForProcessing")
     return tuple(
         sorted(
             UID(uid)
             for uid, entry in UID_dictionary.items()
-            if entry[1] == "SOP Class" and entry[4].endswith("Storage") and not entry[3]
+            if entry[1] == "SOP Class" and entry[4].endswith(suffixes) and not entry[3]
         )
     )
 

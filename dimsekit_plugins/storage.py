@@ -318,6 +318,16 @@ def dimsekit_configure(config: Config) -> None:
 
 
 @hookimpl
+def dimsekit_on_node_started(ae: Any) -> None:
+    """Open the archive as the node starts, so it reconciles files and index
+    (after a crash) before the first association rather than on the first C-STORE."""
+    try:
+        archive_for(ae)
+    except NoArchive:
+        _log.warn("no archive: this node will refuse C-STORE (0xA700)")
+
+
+@hookimpl
 def dimsekit_service_classes() -> list[ServiceClass]:
     """Declare every storage SOP class, SCP role, with a C-STORE handler and sink factory."""
     return [

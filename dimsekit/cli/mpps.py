@@ -30,20 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
+from dimsekit.cli._keys import BadKey, apply_keys, load_dataset, parse_key
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.nservice import is_valid_uid, tag_name, to_tag
@@ -68,8 +65,8 @@ _SCHEDULED_TYPE2 = (
 )
 
 
-class BadInput(ValueError):
-    """A ``-k`` key or a ``-f`` file that cannot be used."""
+#: A ``-k`` key or a ``-f`` file that cannot be used: the find/get/move tools' error.
+BadInput = BadKey
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,135 +107,12 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
 
 # -- building data sets ---------------------------------------------------------------------
 
-_SEGMENT = re.compile(r"(?P<name>[^\[\]]+?)\s*(?:\[(?P<index>\d+)\])?\Z")
-_INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
-_FLOAT_VRS = frozenset({"FL", "FD"})
 
 
-def parse_key(text: str) -> tuple[list[tuple[int, int | None]], str | None]:
-    """``"Seq[0].Keyword=value"`` -> ([(Seq tag, 0), (Keyword tag, None)], "value").
-
-    A key without ``=`` has no value (None).  Tags may be written
-    ``(gggg,eeee)``, ``gggg,eeee`` or ``ggggeeee``.
-
-    :raises BadInput: an unknown keyword, a malformed tag or index.
-    """
-    path_text, sep, value = text.partition("=")
-    segments: list[tuple[int, int | None]] = []
-    for part in _split_path(path_text):
-        match = _SEGMENT.match(part.strip())
-        if match is None:
-            raise BadInput(f"{text!r}: cannot read {part!r} (write Keyword, (gggg,eeee) or Sequence[n])")
-        try:
-            tag = to_tag(match.group("name"))
-        except ValueError as exc:
-            raise BadInput(f"{text!r}: {exc}") from None
-        index = match.group("index")
-        segments.append((int(tag), int(index) if index is not None else None))
-    if not segments:
-        raise BadInput(f"{text!r}: no attribute named")
-    for tag, index in segments[:-1]:
-        if index is None or _vr(tag) != "SQ":
-            raise BadInput(f"{text!r}: {tag_name(tag)} must be a sequence with an item index, like Seq[0].")
-    return segments, (value if sep else None)
 
 
-def _split_path(text: str) -> list[str]:
-    """Split at dots outside parentheses (``(0010,0010)`` has none, but keep it safe)."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "." and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return [p for p in parts if p.strip()]
 
 
-def _vr(tag: int) -> str:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-
-
-def _convert(tag: int, value: str | None) -> Any:
-    vr = _vr(tag)
-    if vr == "SQ":
-        if value:
-            raise BadInput(f"{tag_name(tag)} is a sequence: give its items' attributes as Seq[0].Keyword=value")
-        return []
-    if value is None or value == "":
-        return None if vr in _INTEGER_VRS | _FLOAT_VRS else ""
-    parts = value.split("\\")
-    try:
-        if vr in _INTEGER_VRS:
-            numbers: list[Any] = [int(p) for p in parts]
-        elif vr in _FLOAT_VRS:
-            numbers = [float(p) for p in parts]
-        else:
-            return value
-    except ValueError:
-        raise BadInput(f"{tag_name(tag)} ({vr}) needs numbers, not {value!r}") from None
-    return numbers[0] if len(numbers) == 1 else numbers
-
-
-def apply_keys(dataset: Dataset, keys: list[str]) -> Dataset:
-    """Set each ``-k`` key in ``dataset`` (items of sequences made as needed)."""
-    for text in keys:
-        path, value = parse_key(text)
-        target = dataset
-        for tag, index in path[:-1]:
-            if tag not in target or target[tag].VR != "SQ":
-                target.add_new(tag, "SQ", [])
-            items = target[tag].value
-            while len(items) <= index:  # type: ignore[operator]
-                items.append(Dataset())
-            target = items[index]
-        tag, index = path[-1]
-        if index is not None:
-            if _vr(tag) != "SQ":
-                raise BadInput(f"{text!r}: {tag_name(tag)} is not a sequence; drop the [index]")
-            if tag not in target:
-                target.add_new(tag, "SQ", [])
-            items = target[tag].value
-            while len(items) <= index:
-                items.append(Dataset())
-            continue
-        target.add_new(tag, _vr(tag), _convert(tag, value))
-    return dataset
-
-
-def load_dataset(path: str) -> Dataset:
-    """A data set from a DICOM JSON file or a DICOM file (its File Meta Information dropped)."""
-    file = Path(path)
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise BadInput(f"{path}: {exc.strerror or exc}") from None
-    if raw.lstrip()[:1] in (b"{", b"["):
-        try:
-            data = json.loads(raw)
-            if isinstance(data, list):  # a DICOM JSON array of one data set (PS3.18 F.2)
-                if len(data) != 1:
-                    raise BadInput(f"{path}: holds {len(data)} data sets; give one")
-                data = data[0]
-            return Dataset.from_json(data)
-        except BadInput:
-            raise
-        except Exception as exc:
-            raise BadInput(f"{path}: not DICOM JSON ({exc})") from None
-    try:
-        dataset = dcmread(file, force=True)
-    except Exception as exc:
-        raise BadInput(f"{path}: neither DICOM JSON nor a DICOM file ({exc})") from None
-    dataset.file_meta = None  # type: ignore[assignment]
-    return Dataset(dataset)
 
 
 def create_defaults(dataset: Dataset, ae_title: str, now: datetime | None = None) -> Dataset:

@@ -1,0 +1,316 @@
+"""C-STORE throughput from DCMTK storescu: dimsekit vs pynetdicom vs DCMTK storescp.
+
+    python benchmarks/bench_store.py            # 3 runs: 200 CT, 1000 small, 8x50 CT, Nagle-on
+    python benchmarks/bench_store.py --quick    # 1 run, fewer instances
+    python benchmarks/bench_store.py --runs 5 --skip concurrent,nagle
+
+The sender is always DCMTK ``/usr/bin/storescu`` (by that path: pynetdicom
+installs look-alike scripts earlier on PATH), every instance on one
+association (``+sd DIR``), ``TCP_NODELAY=1`` in its environment (DCMTK then
+turns Nagle off).  The data sets are generated once by pydicom into a
+temporary directory (Explicit VR Little Endian, CT Image Storage):
+
+* CT: 512x512 16-bit pixels (~525 KB a file), 8 groups of ``--ct-per-group``
+  (50); the single-association scenario sends the first 4 groups (200);
+* small: ``--small`` (1000) CT instances of 16x16 pixels (~1.4 KB a file).
+
+Receivers, each one started fresh for every run (empty output directory, so
+no run meets the previous run's SOP Instance UIDs) on a free 127.0.0.1 port,
+and stopped by its PID afterwards, whatever happens:
+
+* ``dimsekit``   -- the node as shipped: ``twistd -n --pidfile= --logfile LOG
+  dimsekit --port N --interface 127.0.0.1 --data-dir DIR``, which stores
+  durably (fsync before the success status) into its archive;
+* ``pynetdicom`` -- pynetdicom's own ``storescp`` app (``-od DIR``: it decodes
+  each data set and writes it with pydicom), with ``TCP_NODELAY`` patched on
+  its accepted sockets as ``pynetdicom_scp.py`` does;
+* ``dcmtk``      -- ``/usr/bin/storescp -od DIR``, ``TCP_NODELAY=1``.
+
+Scenarios (each run visits every receiver in turn, so that a noisy
+neighbour slows them alike; figures are medians over runs, ratios are
+ratios of the medians of the same run set):
+
+* ``ct``         -- 200 CT instances on one association;
+* ``small``      -- 1000 small instances on one association;
+* ``concurrent`` -- 8 storescu processes at once, one group of 50 CT each
+  (aggregate: all bytes / time until the last one finishes);
+* ``nagle``      -- Nagle on: storescu *without* ``TCP_NODELAY``, to dimsekit
+  and to DCMTK storescp as shipped (no ``TCP_NODELAY``); a subset
+  (``--nagle-ct``, ``--nagle-small``) since DCMTK then crawls on delayed ACKs.
+
+Timing: the storescu process's wall time (start -> exit; it reads the files
+and opens one association).  MB = 10^6 bytes of the Part 10 files sent.
+Every run checks storescu's exit status and that the receiver holds as many
+files as were sent.  Results: ``benchmarks/results/store.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (  # noqa: E402
+    HERE,
+    Servers,
+    dcmtk,
+    environment,
+    fmt,
+    free_port,
+    median,
+    save,
+    table,
+    temp_dir,
+    twistd,
+)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MB = 1e6
+RECEIVERS = ("dimsekit", "pynetdicom", "dcmtk")
+
+# pynetdicom's storescp app with TCP_NODELAY patched on (see pynetdicom_scp.py).
+PYNETDICOM_STORESCP = (
+    "import sys; sys.path.insert(0, {here!r}); "
+    "import pynetdicom_scp; from pynetdicom.transport import AssociationServer; "
+    "AssociationServer.get_request = pynetdicom_scp._get_request_nodelay; "
+    "from pynetdicom.apps.storescp.storescp import main; main(sys.argv[1:])"
+)
+
+
+# ---------------------------------------------------------------- data sets
+
+def make_set(directory: Path, count: int, rows: int, tag: str) -> int:
+    """``count`` CT instances of rows x rows 16-bit pixels in ``directory``; return total bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    pixels = os.urandom(rows * rows * 2)
+    total = 0
+    for i in range(count):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CT_IMAGE_STORAGE
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.PatientName = f"BENCH^{tag}"
+        ds.PatientID = f"BENCH-{tag}"
+        ds.StudyID = "1"
+        ds.AccessionNumber = "A1"
+        ds.StudyDate = "20260101"
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = i + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = rows
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = pixels
+        path = directory / f"{tag}{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        total += path.stat().st_size
+    return total
+
+
+# ---------------------------------------------------------------- receivers
+
+def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: bool = False):
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"store-{kind}{'-nagle' if nagle else ''}"
+    if kind == "dimsekit":
+        log = out.parent / f"{out.name}.twistd.log"
+        argv = [twistd(), "-n", "--pidfile=", "--logfile", str(log), "dimsekit",
+                "--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(out)]
+        return servers.start(name, argv, port)
+    if kind == "pynetdicom":
+        argv = [sys.executable, "-c", PYNETDICOM_STORESCP.format(here=str(HERE)),
+                "-ba", "127.0.0.1", "-od", str(out), str(port)]
+        return servers.start(name, argv, port)
+    if kind == "dcmtk":
+        env = {} if nagle else {"TCP_NODELAY": "1"}
+        return servers.start(name, [dcmtk("storescp"), "-od", str(out), str(port)], port, env=env)
+    raise SystemExit(f"unknown receiver {kind!r}")
+
+
+def stored_files(kind: str, out: Path) -> int:
+    """How many instance files the receiver holds."""
+    if kind == "dimsekit":  # the archive: instance files anywhere under the data dir
+        return sum(1 for p in out.rglob("*") if p.is_file() and _is_part10(p))
+    return sum(1 for p in out.iterdir() if p.is_file())
+
+
+def _is_part10(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- senders
+
+def storescu_argv(port: int, dirs: list[Path]) -> list[str]:
+    argv = [dcmtk("storescu"), "-aet", "STORESCU", "-aec", "ANY-SCP", "+sd"]
+    return argv + ["127.0.0.1", str(port)] + [str(d) for d in dirs]
+
+
+def sender_env(nagle: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if not nagle:
+        env["TCP_NODELAY"] = "1"
+    return env
+
+
+def send(port: int, groups: list[list[Path]], nagle: bool, logdir: Path) -> float:
+    """One storescu per group, all at once; wall seconds until the last one exits."""
+    procs = []
+    start = time.perf_counter()
+    try:
+        for i, dirs in enumerate(groups):
+            log = (logdir / f"storescu{i}.log").open("wb")
+            procs.append((subprocess.Popen(storescu_argv(port, dirs), stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=sender_env(nagle)), log))
+        for proc, _ in procs:
+            proc.wait(timeout=1800)
+        elapsed = time.perf_counter() - start
+    finally:
+        for proc, log in procs:  # on failure: stop every sender we started, by PID
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    bad = [p.returncode for p, _ in procs if p.returncode != 0]
+    if bad:
+        tail = (logdir / "storescu0.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"storescu failed with {bad}: {tail}")
+    return elapsed
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 run, 80 CT (8x10), 300 small, small Nagle subset")
+    parser.add_argument("--runs", type=int, default=None, help="runs per receiver and scenario (default 3, quick 1)")
+    parser.add_argument("--ct-per-group", type=int, default=None, help="CT instances per group of 8 (default 50)")
+    parser.add_argument("--small", type=int, default=None, help="small instances (default 1000)")
+    parser.add_argument("--nagle-ct", type=int, default=None, help="CT instances in the Nagle-on run (default 50)")
+    parser.add_argument("--nagle-small", type=int, default=None, help="small instances in the Nagle-on run (default 100)")
+    parser.add_argument("--receivers", default=",".join(RECEIVERS))
+    parser.add_argument("--skip", default="", help="comma list of scenarios to skip: ct,small,concurrent,nagle")
+    parser.add_argument("--name", default="store")
+    args = parser.parse_args()
+    q = args.quick
+    runs = args.runs or (1 if q else 3)
+    per_group = args.ct_per_group or (10 if q else 50)
+    n_small = args.small or (300 if q else 1000)
+    nagle_ct = min(args.nagle_ct or (10 if q else 50), per_group)
+    nagle_small = min(args.nagle_small or (30 if q else 100), n_small)
+    kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+
+    results: dict[str, Any] = {}
+    with temp_dir("dimsekit-bench-store-") as work:
+        t0 = time.perf_counter()
+        ct_groups = [work / "ct" / f"g{g}" for g in range(8)]
+        group_bytes = [make_set(d, per_group, 512, f"CT{g}") for g, d in enumerate(ct_groups)]
+        small_dir = work / "small" / "all"
+        small_bytes = make_set(small_dir, n_small, 16, "SM")
+        nagle_ct_dir, nagle_small_dir = work / "nagle" / "ct", work / "nagle" / "small"
+        nagle_ct_bytes = make_set(nagle_ct_dir, nagle_ct, 512, "NC")
+        nagle_small_bytes = make_set(nagle_small_dir, nagle_small, 16, "NS")
+        print(f"made {8 * per_group} CT ({sum(group_bytes) / MB / (8 * per_group):.3f} MB each), "
+              f"{n_small} small ({small_bytes / n_small / 1e3:.1f} KB each) in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+
+        # scenario -> (receivers, groups of directories, instances, bytes, nagle)
+        scenarios: dict[str, tuple[list[str], list[list[Path]], int, int, bool]] = {
+            "ct": (kinds, [ct_groups[:4]], 4 * per_group, sum(group_bytes[:4]), False),
+            "small": (kinds, [[small_dir]], n_small, small_bytes, False),
+            "concurrent": (kinds, [[d] for d in ct_groups], 8 * per_group, sum(group_bytes), False),
+            "nagle-ct": ([k for k in kinds if k != "pynetdicom"], [[nagle_ct_dir]], nagle_ct, nagle_ct_bytes, True),
+            "nagle-small": ([k for k in kinds if k != "pynetdicom"], [[nagle_small_dir]], nagle_small,
+                            nagle_small_bytes, True),
+        }
+        scenarios = {s: v for s, v in scenarios.items() if s not in skip and s.split("-")[0] not in skip}
+
+        with Servers() as servers:
+            for scenario, (receivers, groups, count, nbytes, nagle) in scenarios.items():
+                results[scenario] = {"instances": count, "bytes": nbytes, "senders": len(groups),
+                                     "nagle": nagle, "receivers": {k: {"seconds": []} for k in receivers}}
+                for i in range(runs):
+                    for kind in receivers:  # each run visits every receiver in turn
+                        out = work / "out" / f"{scenario}-{kind}-{i}"
+                        receiver = start_receiver(servers, kind, free_port(), out, nagle=nagle)
+                        try:
+                            seconds = send(receiver.port, groups, nagle, work)
+                            time.sleep(0.2)  # the receiver's last write after the last response
+                            got = stored_files(kind, out)
+                        finally:
+                            servers.stop(receiver)
+                            shutil.rmtree(out, ignore_errors=True)
+                        if got != count:
+                            raise RuntimeError(f"{scenario}/{kind}: {got} files stored, {count} sent")
+                        results[scenario]["receivers"][kind]["seconds"].append(seconds)
+                        print(f"run {i + 1}/{runs} {scenario} -> {kind}: {count / seconds:,.1f} inst/s, "
+                              f"{nbytes / MB / seconds:,.1f} MB/s ({seconds:.2f} s)", flush=True)
+                for r in results[scenario]["receivers"].values():
+                    r["median_seconds"] = median(r["seconds"])
+                    r["instances_per_s"] = count / r["median_seconds"]
+                    r["mb_per_s"] = nbytes / MB / r["median_seconds"]
+
+    titles = {
+        "ct": "CT 512x512x16, one association",
+        "small": "small instances, one association",
+        "concurrent": "8 concurrent senders x CT (aggregate)",
+        "nagle-ct": "Nagle on (storescu as shipped): CT",
+        "nagle-small": "Nagle on (storescu as shipped): small",
+    }
+    rows = []
+    for scenario, res in results.items():
+        recs = res["receivers"]
+        base = recs.get("dimsekit")
+        for kind, r in recs.items():
+            ratio = ""
+            if base and kind != "dimsekit":
+                ratio = f"{base['instances_per_s'] / r['instances_per_s']:.2f}x"
+            rows.append([titles[scenario], f"{res['instances']}", kind, fmt(r["instances_per_s"], 1),
+                         fmt(r["mb_per_s"], 1), ratio])
+    markdown = (
+        f"# C-STORE from DCMTK storescu, median of {runs} run(s)\n\n"
+        "Sender /usr/bin/storescu, TCP_NODELAY=1 except the Nagle-on rows; dimsekit stores durably (fsync).\n\n"
+        + table(["scenario", "instances", "receiver", "instances/s", "MB/s", "dimsekit / this"], rows)
+    )
+    data = {"environment": environment(), "settings": {**vars(args), "runs": runs, "ct_per_group": per_group,
+                                                       "small": n_small, "nagle_ct": nagle_ct,
+                                                       "nagle_small": nagle_small},
+            "results": results}
+    json_path, md_path = save(args.name, data, markdown)
+    print()
+    print(markdown)
+    print(f"results: {json_path} {md_path}")
+
+
+if __name__ == "__main__":
+    main()

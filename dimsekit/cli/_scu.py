@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import defer, task
@@ -11,20 +12,28 @@ from twisted.internet import error as net_error
 from dimsekit.ae import ApplicationEntity
 from dimsekit.config import Config, ConfigError, Limits, NodeConfig
 from dimsekit.errors import DimsekitError
+from dimsekit.plugin import make_plugin_manager
 
 __all__ = ["make_ae", "describe_failure", "fail", "end_cleanly"]
 
 
-def make_ae(reactor: Any, args: Any) -> ApplicationEntity:
-    """An SCU application entity from the common options."""
+def make_ae(reactor: Any, args: Any, *, plugins: Iterable[object] = (), idle_timeout: float = 0) -> ApplicationEntity:
+    """An SCU application entity from the common options (-aet, --max-pdu, --timeout).
+
+    Only the ``plugins`` given are loaded, never the installed entry points:
+    a tool serves nothing of its own accord (an installed storage plugin would
+    otherwise take a C-GET's instances and make a ``dimsekit-data`` archive
+    wherever the tool runs).
+    """
     limits = Limits(
         max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
         acse_timeout=args.timeout,
         dimse_timeout=args.timeout,
-        idle_timeout=0,
+        idle_timeout=idle_timeout,
     )
     config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
-    return ApplicationEntity(config=config, reactor=reactor)
+    pm = make_plugin_manager(load_entrypoints=False, plugins=plugins)
+    return ApplicationEntity(config=config, plugin_manager=pm, reactor=reactor)
 
 
 def describe_failure(failure: Any) -> str:

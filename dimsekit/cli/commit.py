@@ -41,14 +41,12 @@ from twisted.python.failure import Failure
 
 from dimsekit.ae import ApplicationEntity
 from dimsekit.cli import add_common_arguments
-from dimsekit.cli._scu import end_cleanly, fail
+from dimsekit.cli._scu import end_cleanly, fail, make_ae
 from dimsekit.cli.store import collect_files
-from dimsekit.config import Config, Limits, NodeConfig
 from dimsekit.datasets import DatasetError, part10_info
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import is_valid_uid
-from dimsekit.plugin import make_plugin_manager
 from dimsekit.registry import ServiceClass
 from dimsekit.uids import by_keyword
 
@@ -157,15 +155,7 @@ class ReportWaiter:
 
 
 def _make_ae(reactor: Any, args: argparse.Namespace, waiter: ReportWaiter) -> ApplicationEntity:
-    limits = Limits(
-        max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
-        acse_timeout=args.timeout,
-        dimse_timeout=args.timeout,
-        idle_timeout=0,
-    )
-    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
-    pm = make_plugin_manager(load_entrypoints=False, plugins=[waiter])
-    return ApplicationEntity(config=config, plugin_manager=pm, reactor=reactor)
+    return make_ae(reactor, args, plugins=[waiter])
 
 
 # -- the tool -----------------------------------------------------------------------------------------

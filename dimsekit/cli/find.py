@@ -325,26 +325,11 @@ def response_problem(response: Any, service: str) -> str:
 
 
 def make_scu_ae(reactor: Any, args: argparse.Namespace) -> Any:
-    """An application entity from the common options, with no plugin at all.
+    """An application entity from the common options, with no plugin at all
+    (see :func:`dimsekit.cli._scu.make_ae`)."""
+    from dimsekit.cli._scu import make_ae
 
-    The query/retrieve tools serve nothing: the C-STORE sub-operations of a
-    C-GET must reach the tool's own handler, never an installed storage or
-    archive plugin (which would make a ``dimsekit-data`` archive wherever the
-    tool runs).
-    """
-    from dimsekit.ae import ApplicationEntity
-    from dimsekit.config import Config, Limits, NodeConfig
-    from dimsekit.plugin import make_plugin_manager
-
-    limits = Limits(
-        max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
-        acse_timeout=args.timeout,
-        dimse_timeout=args.timeout,
-        idle_timeout=0,
-    )
-    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
-    return ApplicationEntity(config=config, plugin_manager=make_plugin_manager(load_entrypoints=False),
-                             reactor=reactor)
+    return make_ae(reactor, args)
 
 
 def quiet_pydicom() -> None:

@@ -49,7 +49,7 @@ from dimsekit.cli.get import (
     all_storage_sop_classes,
     retrieve_outcome,
 )
-from dimsekit.config import Config, ConfigError, Limits, NodeConfig, check_ae_title
+from dimsekit.config import ConfigError, check_ae_title
 from dimsekit.dimse.status import QR_MOVE
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
@@ -76,16 +76,9 @@ class StoragePlugin:
 
 def destination_ae(reactor: Any, args: argparse.Namespace, receiver: Receiver) -> Any:
     """The application entity that takes the sub-operations (AE title -aet)."""
-    from dimsekit.ae import ApplicationEntity
-    from dimsekit.plugin import make_plugin_manager
+    from dimsekit.cli._scu import make_ae
 
-    limits = Limits(
-        max_pdu=args.max_pdu if args.max_pdu is not None else Limits().max_pdu,
-        acse_timeout=args.timeout, dimse_timeout=args.timeout, idle_timeout=max(args.timeout, 60.0),
-    )
-    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
-    pm = make_plugin_manager(load_entrypoints=False, plugins=[StoragePlugin(receiver)])
-    return ApplicationEntity(config=config, plugin_manager=pm, reactor=reactor)
+    return make_ae(reactor, args, plugins=[StoragePlugin(receiver)], idle_timeout=max(args.timeout, 60.0))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,19 @@ and ``series_summary`` views), never stored, so they cannot go stale.
 Upserts keep an attribute already known when a later instance lacks it
 (``COALESCE``); rows left without children are deleted, so the tables never
 hold an empty series, study or patient.
+
+A few sequence attributes are kept too, one row per item in a table of their
+own (:data:`ITEM_TABLES`), so that Q/R can match and return them in SQL
+(PS3.4 C.2.2.2.6): Other Patient IDs Sequence (patient), Procedure Code
+Sequence (study), Request Attributes Sequence (series).  Only the listed
+attributes of each item are kept (nested sequences are not).  A later
+instance carrying the sequence replaces the stored items; one without it (or
+with it empty) keeps them, as ``COALESCE`` does for plain attributes.
+
+Schema versions: 1 had no item tables; :func:`connect` upgrades a version 1
+index in place (the item tables are created empty: instances indexed before
+get their items when they are stored again, or when the index is rebuilt from
+the files by moving ``index.sqlite`` away and restarting).
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,9 +52,11 @@ __all__ = [
     "delete",
     "all_paths",
     "rows",
+    "ItemTable",
+    "ITEM_TABLES",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: The data elements the index needs, read from each instance (before its pixel data).
 HEADER_KEYWORDS = (
@@ -64,7 +80,75 @@ HEADER_KEYWORDS = (
     "Modality",
     "SeriesNumber",
     "SeriesDescription",
+    "OtherPatientIDsSequence",
+    "ProcedureCodeSequence",
+    "RequestAttributesSequence",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTable:
+    """Where the items of one sequence attribute are kept: one row per item.
+
+    :param sequence: keyword of the sequence attribute.
+    :param table: the SQL table.
+    :param level: the table of the entity the sequence belongs to (``patient``,
+        ``study`` or ``series``).
+    :param owner: the column holding the owner's key (``patient_pk``,
+        ``study_instance_uid``, ``series_instance_uid``: the owner table's
+        primary key column has the same name, ``pk`` for the patient).
+    :param field: the :class:`InstanceRecord` field carrying the items.
+    :param attributes: (item attribute keyword, column) of what is kept of
+        each item; every column is TEXT, as decoded by pydicom.
+    """
+
+    sequence: str
+    table: str
+    level: str
+    owner: str
+    field: str
+    attributes: tuple[tuple[str, str], ...]
+
+    @property
+    def owner_key(self) -> str:
+        """The owner table's primary key column."""
+        return "pk" if self.level == "patient" else self.owner
+
+
+#: The sequence attributes kept item by item (see the module docstring).
+ITEM_TABLES: tuple[ItemTable, ...] = (
+    ItemTable(
+        "OtherPatientIDsSequence", "patient_other_id", "patient", "patient_pk", "other_patient_ids",
+        (("PatientID", "patient_id"), ("IssuerOfPatientID", "issuer_of_patient_id"),
+         ("TypeOfPatientID", "type_of_patient_id")),
+    ),
+    ItemTable(
+        "ProcedureCodeSequence", "study_procedure_code", "study", "study_instance_uid", "procedure_codes",
+        (("CodeValue", "code_value"), ("CodingSchemeDesignator", "coding_scheme_designator"),
+         ("CodingSchemeVersion", "coding_scheme_version"), ("CodeMeaning", "code_meaning")),
+    ),
+    ItemTable(
+        "RequestAttributesSequence", "series_request_attributes", "series", "series_instance_uid",
+        "request_attributes",
+        (("RequestedProcedureID", "requested_procedure_id"),
+         ("ScheduledProcedureStepID", "scheduled_procedure_step_id"),
+         ("AccessionNumber", "accession_number"),
+         ("StudyInstanceUID", "study_instance_uid"),
+         ("RequestedProcedureDescription", "requested_procedure_description"),
+         ("ScheduledProcedureStepDescription", "scheduled_procedure_step_description")),
+    ),
+)
+
+
+def _item_schema(spec: ItemTable) -> str:
+    owner_type = "INTEGER" if spec.level == "patient" else "TEXT"
+    columns = "".join(f"    {column} TEXT,\n" for _, column in spec.attributes)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {spec.table} (\n"
+        f"    {spec.owner} {owner_type} NOT NULL REFERENCES {spec.level} ({spec.owner_key}) ON DELETE CASCADE,\n"
+        f"    item INTEGER NOT NULL,\n{columns}"
+        f"    PRIMARY KEY ({spec.owner}, item)\n);\n"
+    )
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -150,7 +234,10 @@ CREATE VIEW IF NOT EXISTS patient_summary AS
              WHERE st.patient_pk = p.pk)
                AS number_of_patient_related_instances
       FROM patient p;
-"""
+""" + "".join(_item_schema(spec) for spec in ITEM_TABLES)
+
+#: Item rows: None (sequence absent: keep what is stored) or one {column: value} per item.
+Items = list[dict[str, str | None]] | None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -182,6 +269,10 @@ class InstanceRecord:
     modality: str | None = None
     series_number: int | None = None
     series_description: str | None = None
+    #: items of the sequences of :data:`ITEM_TABLES` (``get`` leaves them None: not loaded)
+    other_patient_ids: Items = None
+    procedure_codes: Items = None
+    request_attributes: Items = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +299,9 @@ def connect(path: str) -> sqlite3.Connection:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) == 1:
+            # version 1 -> 2: only the item tables were added (created above by the script)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         elif int(row[0]) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"index schema version {row[0]} is not {SCHEMA_VERSION}; "
@@ -260,14 +354,37 @@ def _integer(dataset: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _items(dataset: Dataset, spec: ItemTable) -> Items:
+    """The kept attributes of each item of a sequence; None when it is absent, empty or unreadable.
+
+    Items holding none of the kept attributes are left out.
+    """
+    try:
+        sequence = dataset.get(spec.sequence)
+        if not sequence or not isinstance(sequence, Sequence):
+            return None
+        items = []
+        for item in sequence:
+            if not isinstance(item, Dataset):
+                continue
+            values = {column: _text(item, keyword) for keyword, column in spec.attributes}
+            if any(value is not None for value in values.values()):
+                items.append(values)
+    except Exception:  # a sequence pydicom cannot parse: as if absent
+        return None
+    return items or None
+
+
 def header_values(dataset: Dataset) -> dict[str, Any]:
     """The index attributes of a data set, by :class:`InstanceRecord` field name.
 
     Missing or unreadable values are None (``patient_id`` and
-    ``issuer_of_patient_id``: the empty string, as patients are keyed on them).
+    ``issuer_of_patient_id``: the empty string, as patients are keyed on them);
+    the items of the sequences of :data:`ITEM_TABLES` are lists of dicts.
     """
     charset_text = _text(dataset, "SpecificCharacterSet")
     return {
+        **{spec.field: _items(dataset, spec) for spec in ITEM_TABLES},
         "sop_class_uid": _text(dataset, "SOPClassUID"),
         "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
         "instance_number": _integer(dataset, "InstanceNumber"),
@@ -370,6 +487,11 @@ def put(conn: sqlite3.Connection, record: InstanceRecord) -> str | None:
             (r.sop_instance_uid, r.series_instance_uid, r.sop_class_uid, r.instance_number,
              r.transfer_syntax_uid, r.path, r.size, r.received_at, r.source_ae, r.specific_character_set),
         )
+        owners = {"patient": patient_pk, "study": r.study_instance_uid, "series": r.series_instance_uid}
+        for spec in ITEM_TABLES:
+            items = getattr(r, spec.field)
+            if items:
+                _put_items(conn, spec, owners[spec.level], items)
         if previous is not None and previous["series_instance_uid"] != r.series_instance_uid:
             _prune_series(conn, previous["series_instance_uid"])
         if old_study is not None and old_study[0] != r.study_instance_uid:
@@ -377,6 +499,17 @@ def put(conn: sqlite3.Connection, record: InstanceRecord) -> str | None:
         if old_patient is not None and old_patient[0] != patient_pk:
             _prune_patient(conn, old_patient[0])
     return previous["path"] if previous is not None else None
+
+
+def _put_items(conn: sqlite3.Connection, spec: ItemTable, owner: object, items: list[dict[str, Any]]) -> None:
+    """Replace the items of ``spec`` stored for ``owner`` by ``items``."""
+    conn.execute(f"DELETE FROM {spec.table} WHERE {spec.owner} = ?", (owner,))
+    columns = [column for _, column in spec.attributes]
+    placeholders = ", ".join("?" for _ in range(len(columns) + 2))
+    conn.executemany(
+        f"INSERT INTO {spec.table} ({spec.owner}, item, {', '.join(columns)}) VALUES ({placeholders})",
+        [(owner, n, *(item.get(column) for column in columns)) for n, item in enumerate(items)],
+    )
 
 
 def delete(conn: sqlite3.Connection, sop_instance_uids: Iterable[str]) -> int:

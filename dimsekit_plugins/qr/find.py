@@ -8,7 +8,8 @@ pool while the reactor keeps serving.  Between two responses the SCP runner
 lets the reactor run, so a C-CANCEL-RQ is seen before the next response.
 
 Each response identifier holds exactly the keys of the request (values from
-the index, zero-length when unknown), Query/Retrieve Level, Retrieve AE Title
+the index, zero-length when unknown; a sequence key its items as
+:mod:`dimsekit_plugins.qr.sequences` says), Query/Retrieve Level, Retrieve AE Title
 (this node's AE title) and, when some value is not plain ASCII or the
 request named one, Specific Character Set (:func:`reply_charset`).
 
@@ -58,15 +59,23 @@ def find_sql(query: Query) -> tuple[str, tuple[Any, ...], list[str]]:
     """The SELECT for a query: (sql, parameters, keywords of the selected columns)."""
     columns: list[str] = []
     expressions: list[str] = []
+    select_params: list[Any] = []
     for key in query.keys:
         if key.supported and key.keyword not in columns:
             assert key.spec is not None and key.spec.column is not None
+            sequence = query.sequences.get(key.keyword)
+            if sequence is not None:
+                expressions.append(sequence.select)  # the (matching) items as JSON text
+                select_params.extend(sequence.params)
+            elif key.spec.items is not None:
+                continue  # a sequence key not planned (retrieve parsing): nothing to select
+            else:
+                expressions.append(key.spec.column)
             columns.append(key.keyword)
-            expressions.append(key.spec.column)
     clause, params = where(query.conditions)
     select = ", ".join(expressions) if expressions else "1"
     sql = f"SELECT {select} FROM {FROM_CLAUSES[query.level]} {clause}"
-    return sql, params, columns
+    return sql, (*select_params, *params), columns
 
 
 def _encodable(texts: list[str], charset: list[str]) -> bool:
@@ -123,6 +132,12 @@ def response_identifier(query: Query, row: tuple[Any, ...], columns: dict[str, i
             ds.add(empty_element(key))
             continue
         assert key.spec is not None
+        sequence = query.sequences.get(keyword)
+        if sequence is not None:
+            items = sequence.sequence(row[index])
+            texts.extend(sequence.texts(items))
+            ds.add(DataElement(key.tag, "SQ", items))
+            continue
         value = _value(row[index], key.vr, key.spec.multi)
         if value is not None and key.vr in _TEXT_VRS:
             texts.extend(value if isinstance(value, list) else [value])

@@ -35,7 +35,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from dimsekit_plugins.archive.index import ItemTable
 from dimsekit_plugins.qr.matching import Condition, MatchingError, condition_for
+from dimsekit_plugins.qr.sequences import ITEM_TABLE_BY_KEYWORD, OWNERS, SequencePlan, plan
 
 __all__ = [
     "PATIENT",
@@ -111,12 +113,16 @@ class KeySpec:
     :param match: SQL expression matched on, when not ``column`` (times
         normalised); or a special matcher name (``"modalities"``, ``"sop_classes"``).
     :param multi: the value may have several values (backslash-separated in the column).
+    :param items: a sequence whose items the index keeps (sequence matching,
+        :mod:`dimsekit_plugins.qr.sequences`); ``column`` is then ``"items"``,
+        the SQL being made per query.
     """
 
     entity: str
     column: str | None = None
     match: str | None = None
     multi: bool = False
+    items: ItemTable | None = None
 
     @property
     def supported(self) -> bool:
@@ -156,7 +162,8 @@ KEYS: dict[str, KeySpec] = {
                         " JOIN study z ON z.study_instance_uid = y.study_instance_uid"
                         " WHERE z.patient_pk = p.pk")),
     "PatientBirthTime": KeySpec(PATIENT),
-    "OtherPatientIDsSequence": KeySpec(PATIENT),
+    "OtherPatientIDsSequence": KeySpec(
+        PATIENT, "items", items=ITEM_TABLE_BY_KEYWORD["OtherPatientIDsSequence"]),
     "OtherPatientNames": KeySpec(PATIENT),
     "EthnicGroup": KeySpec(PATIENT),
     "PatientComments": KeySpec(PATIENT),
@@ -180,7 +187,8 @@ KEYS: dict[str, KeySpec] = {
     "NumberOfStudyRelatedInstances": KeySpec(
         STUDY, _count("FROM instance x JOIN series y ON y.series_instance_uid = x.series_instance_uid"
                       " WHERE y.study_instance_uid = st.study_instance_uid")),
-    "ProcedureCodeSequence": KeySpec(STUDY),
+    "ProcedureCodeSequence": KeySpec(
+        STUDY, "items", items=ITEM_TABLE_BY_KEYWORD["ProcedureCodeSequence"]),
     "NameOfPhysiciansReadingStudy": KeySpec(STUDY),
     "AdmittingDiagnosesDescription": KeySpec(STUDY),
     "ReferencedStudySequence": KeySpec(STUDY),
@@ -211,7 +219,8 @@ KEYS: dict[str, KeySpec] = {
     "PerformedProcedureStepStartDate": KeySpec(SERIES),
     "PerformedProcedureStepStartTime": KeySpec(SERIES),
     "PerformedProcedureStepID": KeySpec(SERIES),
-    "RequestAttributesSequence": KeySpec(SERIES),
+    "RequestAttributesSequence": KeySpec(
+        SERIES, "items", items=ITEM_TABLE_BY_KEYWORD["RequestAttributesSequence"]),
     "Manufacturer": KeySpec(SERIES),
     "ManufacturerModelName": KeySpec(SERIES),
     "InstitutionName": KeySpec(SERIES),
@@ -292,6 +301,8 @@ class Query:
     unsupported: list[str] = field(default_factory=list)
     #: the request's Specific Character Set values ([] when absent)
     charset: list[str] = field(default_factory=list)
+    #: sequence keys matched and returned item by item, by keyword
+    sequences: dict[str, SequencePlan] = field(default_factory=dict)
 
     def key(self, keyword: str) -> Key | None:
         for key in self.keys:
@@ -414,7 +425,13 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
             query.unsupported.append(key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})")
             continue
         try:
-            condition = _condition(key)
+            if key.spec is not None and key.spec.items is not None:
+                sequence = plan(key.keyword, key.value, key.spec.items, OWNERS[key.spec.items.level])
+                query.sequences[key.keyword] = sequence
+                query.unsupported.extend(sequence.unsupported)
+                condition = sequence.condition
+            else:
+                condition = _condition(key)
         except MatchingError as exc:
             raise IdentifierError(f"{key.keyword}: {exc}", (key.tag,)) from None
         if condition.sql:

@@ -13,6 +13,11 @@ the index, zero-length when unknown; a sequence key its items as
 (this node's AE title) and, when some value is not plain ASCII or the
 request named one, Specific Character Set (:func:`reply_charset`).
 
+Combined date-time matching (Study Date with Study Time as one range) is
+done on an association whose requestor asked for it in its SOP Class Extended
+Negotiation sub-item (:func:`answer_extended_negotiation` accepts it; the
+other options are refused).
+
 Statuses: FF00 per match (FF01 when a requested optional key is not
 supported: it is returned zero-length and not matched on), 0000 at the end,
 A900 for an identifier that does not fit the model (Error Comment says why),
@@ -42,7 +47,16 @@ from dimsekit_plugins.qr.model import (
     parse_identifier,
 )
 
-__all__ = ["handle_find", "find_sql", "reply_charset", "response_identifier", "FIRST_BATCH"]
+__all__ = [
+    "handle_find",
+    "find_sql",
+    "reply_charset",
+    "response_identifier",
+    "FIRST_BATCH",
+    "answer_extended_negotiation",
+    "combined_datetime_agreed",
+    "COMBINED_DATETIME_BYTE",
+]
 
 _log = Logger(namespace="dimsekit.qr")
 
@@ -53,6 +67,36 @@ batch_size = 256
 
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
 _UTF8 = "ISO_IR 192"
+
+
+#: PS3.4 Table C.5-1/C.5-2, the C-FIND Service-class-application-information field: item byte 2
+#: (offset 1) is combined date and time matching.  Bytes 1 (relational queries), 3 (fuzzy
+#: semantic matching of person names) and 4 (timezone query adjustment) are refused.
+COMBINED_DATETIME_BYTE = 1
+
+
+def answer_extended_negotiation(info: bytes) -> bytes | None:
+    """Answer a C-FIND SOP Class Extended Negotiation sub-item (PS3.4 C.5.1.1).
+
+    The answer has as many bytes as the request: combined date-time matching
+    is accepted (1) when asked for, every other option is answered 0 (not
+    supported).  None (no sub-item in the A-ASSOCIATE-AC) for an empty request.
+    """
+    if not info:
+        return None
+    answer = bytearray(len(info))
+    if len(info) > COMBINED_DATETIME_BYTE and info[COMBINED_DATETIME_BYTE] == 1:
+        answer[COMBINED_DATETIME_BYTE] = 1
+    return bytes(answer)
+
+
+def combined_datetime_agreed(association: Any, sop_class_uid: str) -> bool:
+    """Whether combined date-time matching was agreed for ``sop_class_uid`` on ``association``."""
+    negotiated = getattr(association, "negotiated", None)
+    if negotiated is None:
+        return False
+    info = negotiated.extended.get(str(sop_class_uid), b"")
+    return len(info) > COMBINED_DATETIME_BYTE and info[COMBINED_DATETIME_BYTE] == 1
 
 
 def find_sql(query: Query) -> tuple[str, tuple[Any, ...], list[str]]:
@@ -159,7 +203,8 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
     model = MODELS[request.sop_class_uid]
     ae = request.association.ae
     try:
-        query = parse_identifier(identifier_of(request), model)
+        query = parse_identifier(identifier_of(request), model,
+                                 combined_datetime=combined_datetime_agreed(request.association, request.sop_class_uid))
         index = index_for(ae)
     except IdentifierError as exc:
         _log.info("C-FIND from {peer} refused (A900): {why}", peer=request.association.remote_ae_title, why=exc)

@@ -34,6 +34,12 @@ SQL functions that normalise them (``dk_tm``, ``dk_dt``: the callers wrap the
 column, e.g. ``dk_tm(st.study_time)``); :func:`normalise_time` does the same
 to query values.
 
+Combined date and time (PS3.4 C.2.2.2.5.1, when the requestor negotiated it,
+PS3.4 C.5.1.1): :func:`combined_condition` matches a DA key and its TM key
+as one date-time range -- Study Date ``20060705-20060707`` with Study Time
+``1000-1800`` is from 2006-07-05 10:00 to 2006-07-07 18:00, not 10:00-18:00
+on each of three days.
+
 Person names (PS3.4 leaves PN wild card matching to the implementation): the
 match is insensitive to case (``doe*`` finds ``DOE^JOHN``; non-ASCII letters
 folded too, ``müller`` finds ``MÜLLER``); trailing empty components are
@@ -67,6 +73,7 @@ __all__ = [
     "pn_match",
     "register_functions",
     "MatchingError",
+    "combined_condition",
 ]
 
 #: VRs for which ``*`` and ``?`` are wild cards (PS3.4 C.2.2.2.4).
@@ -303,6 +310,68 @@ def condition_for(column: str, vr: str, value: object) -> Condition:
     if vr in WILDCARD_VRS and ("*" in text or "?" in text):
         return Condition(f"{column} GLOB ?", (_glob_pattern(text),))
     return Condition(f"{column} = ?", (text,))
+
+
+def _date_bounds(value: str) -> tuple[str | None, str | None]:
+    if "-" not in value:
+        day = normalise_date(value)
+        return day, day
+    if value.count("-") != 1:
+        raise MatchingError(f"range {value!r} has more than one '-'")
+    low, _, high = (part.strip() for part in value.partition("-"))
+    if not low and not high:
+        raise MatchingError(f"range {value!r} has neither bound")
+    return (normalise_date(low) if low else None), (normalise_date(high) if high else None)
+
+
+def _time_bounds(value: str) -> tuple[str | None, str | None]:
+    if "-" not in value:
+        return normalise_time(value), normalise_time(value, end=True)
+    if value.count("-") != 1:
+        raise MatchingError(f"range {value!r} has more than one '-'")
+    low, _, high = (part.strip() for part in value.partition("-"))
+    if not low and not high:
+        raise MatchingError(f"range {value!r} has neither bound")
+    return (normalise_time(low) if low else None), (normalise_time(high, end=True) if high else None)
+
+
+_MIDNIGHT, _LAST_MOMENT = "000000.000000", "235959.999999"
+
+
+def combined_condition(date_column: str, time_column: str, date_value: str, time_value: str) -> Condition:
+    """A DA key and its TM key matched as one date-time range (combined date-time matching).
+
+    The range runs from the lower date at the lower time (midnight when the
+    time range has no lower bound) to the upper date at the upper time (the
+    end of the day when it has no upper bound); an open date side leaves that
+    side open.  A single date or time is a range of its whole precision.  An
+    entity with a date but no (usable) time matches when any moment of its
+    day falls in the range.
+
+    :param date_column: SQL expression of the stored DA value (``YYYYMMDD``).
+    :param time_column: SQL expression of the stored TM value (raw; normalised with ``dk_tm``).
+    :param date_value: the DA key's value (not universal).
+    :param time_value: the TM key's value (not universal).
+    :raises MatchingError: a malformed date, time or range, or one that ends before it starts.
+    """
+    date_low, date_high = _date_bounds(date_value.strip())
+    time_low, time_high = _time_bounds(time_value.strip())
+    low = date_low + (time_low or _MIDNIGHT) if date_low else None
+    high = date_high + (time_high or _LAST_MOMENT) if date_high else None
+    if low is not None and high is not None and low > high:
+        raise MatchingError(f"date-time range {date_value!r} {time_value!r} ends before it starts")
+    first = f"({date_column} || COALESCE(dk_tm({time_column}), '{_MIDNIGHT}'))"
+    last = f"({date_column} || COALESCE(dk_tm({time_column}), '{_LAST_MOMENT}'))"
+    parts: list[str] = []
+    params: list[object] = []
+    if low is not None:
+        parts += [f"{date_column} >= ?", f"{last} >= ?"]  # the plain date bound can use an index
+        params += [date_low, low]
+    if high is not None:
+        parts += [f"{date_column} <= ?", f"{first} <= ?"]
+        params += [date_high, high]
+    parts.append(f"{date_column} != ''")
+    return Condition(" AND ".join(parts), tuple(params))
 
 
 def where(conditions: Iterable[Condition]) -> tuple[str, tuple[object, ...]]:

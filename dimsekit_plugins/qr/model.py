@@ -36,7 +36,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from dimsekit_plugins.archive.index import ItemTable
-from dimsekit_plugins.qr.matching import Condition, MatchingError, condition_for
+from dimsekit_plugins.qr.matching import Condition, MatchingError, combined_condition, condition_for
 from dimsekit_plugins.qr.sequences import ITEM_TABLE_BY_KEYWORD, OWNERS, SequencePlan, plan
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "IdentifierError",
     "parse_identifier",
     "FROM_CLAUSES",
+    "DATETIME_PAIRS",
 ]
 
 PATIENT, STUDY, SERIES, IMAGE = "PATIENT", "STUDY", "SERIES", "IMAGE"
@@ -367,11 +368,20 @@ def _elements(identifier: Dataset) -> Iterable[DataElement]:
             yield element
 
 
-def parse_identifier(identifier: Dataset | None, model: InformationModel, *, match: bool = True) -> Query:
+#: (DA key, TM key) pairs matched as one date-time range under combined date-time matching
+DATETIME_PAIRS = (("StudyDate", "StudyTime"),)
+
+
+def parse_identifier(identifier: Dataset | None, model: InformationModel, *, match: bool = True,
+                     combined_datetime: bool = False) -> Query:
     """Check an identifier against ``model`` and make the :class:`Query`.
 
     :param match: make the SQL conditions of the keys (False: only check the
         level and the hierarchy, as a retrieve does, whose other keys are ignored).
+    :param combined_datetime: the requestor negotiated combined date-time
+        matching (PS3.4 C.5.1.1): each pair of :data:`DATETIME_PAIRS` whose two
+        keys are both not universal is matched as one date-time range
+        (:func:`~dimsekit_plugins.qr.matching.combined_condition`).
     :raises IdentifierError: see the module docstring.
     """
     if identifier is None:
@@ -418,8 +428,9 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
     query = Query(model=model, level=level, keys=keys, charset=charset)
     if not match:
         return query
+    combined = _combined_conditions(query) if combined_datetime else set()
     for key in keys:
-        if key.keyword in _RESPONSE_ONLY:
+        if key.keyword in _RESPONSE_ONLY or key.keyword in combined:
             continue
         if not key.supported:
             query.unsupported.append(key.keyword or f"({key.tag >> 16:04X},{key.tag & 0xFFFF:04X})")
@@ -437,6 +448,30 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
         if condition.sql:
             query.conditions.append(condition)
     return query
+
+
+def _joined(value: Any) -> str:
+    return "\\".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def _combined_conditions(query: Query) -> set[str]:
+    """Add the combined date-time conditions of ``query``; the keywords they cover."""
+    covered: set[str] = set()
+    for date_keyword, time_keyword in DATETIME_PAIRS:
+        date, time = query.key(date_keyword), query.key(time_keyword)
+        if date is None or time is None or not (date.supported and time.supported):
+            continue
+        assert date.spec is not None and time.spec is not None
+        assert date.spec.column is not None and time.spec.column is not None
+        try:
+            if not (_condition(date).sql and _condition(time).sql):
+                continue  # one of them universal: each is matched on its own
+            condition = combined_condition(date.spec.column, time.spec.column, _joined(date.value), _joined(time.value))
+        except MatchingError as exc:
+            raise IdentifierError(f"{date_keyword}/{time_keyword}: {exc}", (date.tag, time.tag)) from None
+        query.conditions.append(condition)
+        covered.update((date_keyword, time_keyword))
+    return covered
 
 
 def _condition(key: Key) -> Condition:

@@ -14,10 +14,12 @@ archive must expose ``root``, where ``index.sqlite`` lives).
   the SCU role (no SCP claim, so the storage plugin keeps its own), which
   makes negotiation accept a requestor's SCP role proposal for them.
 
-Extended negotiation (relational queries / retrieval, combined date-time
-matching, fuzzy semantic matching of person names, ...): not supported; a
-requestor proposing it gets the same number of bytes back, all 0 (PS3.4
-C.5.1.1, C.5.2.1, C.5.3.1: "not supported" for every option).
+Extended negotiation: for FIND, combined date-time matching is accepted when
+proposed (:func:`~dimsekit_plugins.qr.find.answer_extended_negotiation`);
+relational queries, fuzzy semantic matching of person names and timezone
+query adjustment are refused (0).  For MOVE and GET every option (relational
+retrieval, enhanced multi-frame image conversion) is refused: the same
+number of bytes back, all 0 (PS3.4 C.5.1.1, C.5.2.1, C.5.3.1).
 
 Settings (``[plugins.queryretrieve]``)::
 
@@ -41,7 +43,7 @@ from dimsekit.scu import (
 )
 from dimsekit.uids import storage_sop_classes
 from dimsekit_plugins.qr import find
-from dimsekit_plugins.qr.find import handle_find
+from dimsekit_plugins.qr.find import answer_extended_negotiation, handle_find
 from dimsekit_plugins.qr.retrieve import handle_get, handle_move
 
 __all__ = ["refuse_extended_negotiation", "SECTION", "DEFAULT_BATCH_SIZE"]
@@ -106,7 +108,7 @@ def dimsekit_service_classes() -> list[ServiceClass]:
     get_classes = (str(PATIENT_ROOT_GET), str(STUDY_ROOT_GET))
     return [
         ServiceClass(name="query/retrieve find", sop_classes=find_classes,
-                     handlers={"C-FIND": handle_find}, extended_negotiation=refuse_extended_negotiation),
+                     handlers={"C-FIND": handle_find}, extended_negotiation=answer_extended_negotiation),
         ServiceClass(name="query/retrieve move", sop_classes=move_classes,
                      handlers={"C-MOVE": handle_move}, extended_negotiation=refuse_extended_negotiation),
         ServiceClass(name="query/retrieve get", sop_classes=get_classes,

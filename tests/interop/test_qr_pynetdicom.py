@@ -1,15 +1,18 @@
-"""Query/Retrieve interop with pynetdicom as the requestor: extended negotiation is refused cleanly.
+"""Query/Retrieve interop with pynetdicom as the requestor: SOP Class Extended Negotiation.
 
 A pynetdicom AE proposes relational queries, combined date-time matching and
-fuzzy person-name matching (SOP Class Extended Negotiation) for the Study
-Root FIND and relational retrieval for MOVE; the node accepts the contexts,
-answers every option with 0, and then serves a baseline C-FIND.
+fuzzy person-name matching for the Study Root FIND and relational retrieval
+for MOVE; the node accepts the contexts, accepts combined date-time matching
+only (every other option answered 0), and then matches Study Date with Study
+Time as one range on that association -- and separately on one that did not
+negotiate it.
 """
 
 from __future__ import annotations
 
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
@@ -26,7 +29,7 @@ def _extended(uid: str, info: bytes) -> SOPClassExtendedNegotiation:
     return item
 
 
-def test_extended_negotiation_is_answered_with_every_option_off(node):
+def test_extended_negotiation_accepts_combined_date_time_matching_only(node):
     ae = AE(ae_title="PYNETDICOM")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(STUDY_ROOT_FIND)
@@ -39,7 +42,7 @@ def test_extended_negotiation_is_answered_with_every_option_off(node):
         assert assoc.is_established
         assert {c.abstract_syntax for c in assoc.accepted_contexts} == {STUDY_ROOT_FIND, STUDY_ROOT_MOVE}
         answered = assoc.acceptor.sop_class_extended
-        assert answered == {STUDY_ROOT_FIND: b"\x00\x00\x00", STUDY_ROOT_MOVE: b"\x00"}
+        assert answered == {STUDY_ROOT_FIND: b"\x00\x01\x00", STUDY_ROOT_MOVE: b"\x00"}
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.PatientName = "*"
@@ -52,4 +55,68 @@ def test_extended_negotiation_is_answered_with_every_option_off(node):
         assert "below the STUDY level" in status.ErrorComment
     finally:
         assoc.release()
+    node.assert_healthy()
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+#: study id -> (study date, study time)
+_STUDIES = {"B": ("20060705", "0930"), "C": ("20060705", "1000"), "D": ("20060706", "0300"),
+            "E": ("20060707", "1800"), "F": ("20060707", "1830"), "I": ("20060708", "0000")}
+
+
+def _instance(study_id: str, date: str, time: str) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName, ds.PatientID = "Müller^Jürgen", "PID-DT"
+    ds.StudyInstanceUID, ds.StudyID, ds.StudyDate, ds.StudyTime = generate_uid(), study_id, date, time
+    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = generate_uid(), "CT", 1
+    ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _study_ids(assoc, identifier: Dataset) -> tuple[set[str], list[int]]:
+    found, statuses = set(), []
+    for status, answer in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
+        statuses.append(status.Status)
+        if answer is not None and status.Status in (0xFF00, 0xFF01):
+            found.add(answer.StudyID)
+    return found, statuses
+
+
+def test_combined_date_time_matching_applies_only_where_negotiated(node):
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(CT_IMAGE_STORAGE, ExplicitVRLittleEndian)
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT")
+    try:
+        assert assoc.is_established
+        for study_id, (date, time) in _STUDIES.items():
+            status = assoc.send_c_store(_instance(study_id, date, time))
+            assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    identifier = Dataset()
+    identifier.SpecificCharacterSet = "ISO_IR 192"
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "müller*"
+    identifier.StudyDate = "20060705-20060707"
+    identifier.StudyTime = "1000-1800"
+    identifier.StudyID = ""
+    results = {}
+    for proposed in (b"\x00\x01", b"\x01\x00", None):
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT",
+                             ext_neg=[_extended(STUDY_ROOT_FIND, proposed)] if proposed else None)
+        try:
+            assert assoc.is_established
+            results[proposed] = _study_ids(assoc, identifier)
+        finally:
+            assoc.release()
+    # from 07-05 10:00 to 07-07 18:00 ...
+    assert results[b"\x00\x01"] == ({"C", "D", "E"}, [0xFF00] * 3 + [0x0000])
+    # ... and, not negotiated, 10:00-18:00 on each of the three days
+    assert results[b"\x01\x00"] == results[None] == ({"C", "E"}, [0xFF00] * 2 + [0x0000])
     node.assert_healthy()

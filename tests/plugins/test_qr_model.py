@@ -368,7 +368,22 @@ def test_registry_gives_the_storage_classes_both_roles_with_the_storage_plugin()
     assert alone.supported[CT].scu_role and not alone.supported[CT].scp_role
 
 
-def test_extended_negotiation_is_answered_with_every_option_refused():
+@pytest.mark.parametrize(
+    ("proposed", "answered"),
+    [
+        (b"", None),
+        (b"\x01", b"\x00"),                          # relational queries: refused
+        (b"\x00\x01", b"\x00\x01"),                  # combined date-time matching: accepted
+        (b"\x01\x01\x01\x01", b"\x00\x01\x00\x00"),  # + fuzzy PN, timezone adjustment: refused
+        (b"\x00\x00\x01", b"\x00\x00\x00"),
+        (b"\x00\x02", b"\x00\x00"),                  # not a defined value: not supported
+    ],
+)
+def test_find_extended_negotiation_accepts_combined_date_time_matching_only(proposed, answered):
+    assert find.answer_extended_negotiation(proposed) == answered
+
+
+def test_extended_negotiation_is_answered_with_combined_date_time_the_only_option_accepted():
     assert qr_plugin.refuse_extended_negotiation(b"\x01\x01\x01") == b"\x00\x00\x00"
     assert qr_plugin.refuse_extended_negotiation(b"") is None
     pm = make_plugin_manager(load_entrypoints=False, plugins=[qr_plugin])
@@ -381,8 +396,10 @@ def test_extended_negotiation_is_answered_with_every_option_refused():
         extended={str(STUDY_ROOT_FIND): b"\x01\x01\x01", str(STUDY_ROOT_MOVE): b"\x01"},
     )
     ac, negotiated = negotiate_as_acceptor(rq, ae.policy)
-    assert negotiated.extended == {str(STUDY_ROOT_FIND): b"\x00\x00\x00", str(STUDY_ROOT_MOVE): b"\x00"}
+    assert negotiated.extended == {str(STUDY_ROOT_FIND): b"\x00\x01\x00", str(STUDY_ROOT_MOVE): b"\x00"}
     assert len(negotiated.contexts) == 2
+    assert find.combined_datetime_agreed(type("A", (), {"negotiated": negotiated})(), STUDY_ROOT_FIND)
+    assert not find.combined_datetime_agreed(type("A", (), {"negotiated": None})(), STUDY_ROOT_FIND)
 
 
 def test_models_know_their_levels():

@@ -31,7 +31,8 @@ from dimsekit.plugin import make_plugin_manager
 from dimsekit.protocol import DicomProtocol
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, Registry
 from dimsekit.ul.connection import Timeouts, UpperLayer
-from dimsekit.ul.negotiation import AcceptorPolicy, build_associate_rq
+from dimsekit.ul.negotiation import AcceptorPolicy, Negotiated, NegotiationCache, build_associate_rq
+from dimsekit.ul.pdu import AssociateRQ
 
 __all__ = ["ApplicationEntity", "DicomServerFactory", "ContextRequest"]
 
@@ -121,6 +122,24 @@ class ApplicationEntity:
         window = (limits.max_operations_invoked, limits.max_operations_performed)
         self.async_window: tuple[int, int] | None = None if window == (1, 1) else window
         self.active: set[Association] = set()
+        self._negotiation_cache = NegotiationCache(self.policy)
+
+    # -- negotiation (acceptor side) -------------------------------------------------
+
+    def negotiate(self, rq: AssociateRQ) -> tuple[bytes, Negotiated]:
+        """The encoded A-ASSOCIATE-AC and the :class:`~dimsekit.ul.negotiation.Negotiated`
+        for an acceptable request without a user identity response to send.
+
+        :func:`~dimsekit.ul.negotiation.negotiate_as_acceptor` under
+        ``self.policy``, through a :class:`~dimsekit.ul.negotiation.NegotiationCache`:
+        a peer that sends the request it sent before gets the same answer
+        without negotiating again.  Assigning a new ``policy`` (a configuration
+        change) starts a new cache.
+        """
+        cache = self._negotiation_cache
+        if cache.policy is not self.policy:
+            cache = self._negotiation_cache = cache.for_policy(self.policy)
+        return cache.negotiate(rq)
 
     # -- association slots (acceptor side) ---------------------------------------
 

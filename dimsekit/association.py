@@ -76,7 +76,7 @@ from dimsekit.ul.negotiation import (
     negotiate_as_requestor,
     reject_congestion,
 )
-from dimsekit.ul.pdu import AssociateRJ, AssociateRQ
+from dimsekit.ul.pdu import AssociateAC, AssociateRJ, AssociateRQ
 
 if TYPE_CHECKING:  # pragma: no cover
     from dimsekit.ae import ApplicationEntity
@@ -226,9 +226,14 @@ class Association(ServiceUser):
 
     def _accept(self, identity_response: bytes | None) -> None:
         try:
-            ac, negotiated = negotiate_as_acceptor(
-                self.rq, self.ae.policy, user_identity_response=identity_response  # type: ignore[arg-type]
-            )
+            if identity_response is None:
+                # what the policy alone decides: cached per request (ApplicationEntity.negotiate)
+                ac: AssociateAC | bytes
+                ac, negotiated = self.ae.negotiate(self.rq)  # type: ignore[arg-type]
+            else:
+                ac, negotiated = negotiate_as_acceptor(
+                    self.rq, self.ae.policy, user_identity_response=identity_response  # type: ignore[arg-type]
+                )
         except Exception as exc:  # a plugin's extended negotiation failed, or the RQ is unusable
             _log.failure("negotiation failed; aborting the association", Failure(exc))
             self.abort(f"negotiation failed: {exc}")

@@ -135,8 +135,8 @@ class UpperLayer:
             self.is_requestor = False
         return self._handle(Event.EVT5, None, now)
 
-    def accept(self, ac: AssociateAC, now: float) -> list[out.Output]:
-        """A-ASSOCIATE response, accept (Evt7)."""
+    def accept(self, ac: AssociateAC | bytes, now: float) -> list[out.Output]:
+        """A-ASSOCIATE response, accept (Evt7): the A-ASSOCIATE-AC, or its encoding."""
         return self._handle(Event.EVT7, ac, now)
 
     def reject(self, rj: AssociateRJ, now: float) -> list[out.Output]:

@@ -244,7 +244,7 @@ class ActionContext:
     """What an action may look at: the event, its payload and our role.
 
     ``payload`` is, by event: the A-ASSOCIATE-RQ to send (Evt1, Evt2), the
-    received PDU (Evt3, 4, 6, 10, 12, 13, 16), the AC or RJ to send (Evt7,
+    received PDU (Evt3, 4, 6, 10, 12, 13, 16), the AC or RJ to send (Evt7 -- an AC may come encoded --,
     Evt8), the encoded P-DATA-TF bytes to send (Evt9), the
     :class:`~dimsekit.errors.RemoteProtocolError` (Evt19), or a reason text
     (Evt15, Evt17, Evt18).
@@ -320,8 +320,13 @@ def ae_6(ctx: ActionContext) -> tuple[State, Outputs]:
 
 
 def ae_7(ctx: ActionContext) -> tuple[State, Outputs]:
-    """AE-7: send A-ASSOCIATE-AC PDU; next state Sta6."""
-    return State.STA6, [out.Transmit(ctx.payload.encode())]  # type: ignore[attr-defined]
+    """AE-7: send A-ASSOCIATE-AC PDU; next state Sta6.
+
+    The payload is the AC, or its encoding (an acceptor that answered the
+    same request before keeps the bytes, see negotiation.NegotiationCache).
+    """
+    ac = ctx.payload
+    return State.STA6, [out.Transmit(ac if type(ac) is bytes else ac.encode())]  # type: ignore[attr-defined]
 
 
 def ae_8(ctx: ActionContext) -> tuple[State, Outputs]:

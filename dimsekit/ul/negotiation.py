@@ -103,6 +103,7 @@ __all__ = [
     "check_association_rq",
     "reject_congestion",
     "negotiate_as_acceptor",
+    "NegotiationCache",
     "build_associate_rq",
     "negotiate_as_requestor",
 ]
@@ -591,6 +592,76 @@ def _decide_context(
     if not usable:
         return PresentationContextResult.USER_REJECTION, None
     return PresentationContextResult.ACCEPTANCE, chosen
+
+
+class NegotiationCache:
+    """The acceptor's answers to A-ASSOCIATE-RQs it has seen, for one policy.
+
+    :func:`negotiate_as_acceptor` is a pure function of the request and the
+    policy -- except for the two things that depend on more than those:
+
+    * a User Identity sub-item (PS3.7 D.3.3.7): the answer depends on what an
+      authenticator decides, association by association;
+    * SOP Class Extended Negotiation sub-items (PS3.7 D.3.3.5): answered by
+      the ``extended_negotiation`` callables of plugins, which may decide
+      differently each time.
+
+    A request carrying neither is answered once: the encoded A-ASSOCIATE-AC
+    and the :class:`Negotiated` (both immutable) are kept and given again for
+    the same request.  "The same" is identity: :mod:`dimsekit.ul.pdu` decodes
+    the same A-ASSOCIATE-RQ bytes to the same value (its memo), so a peer
+    that sends what it sent before is recognised without comparing fields;
+    an equal request decoded apart is negotiated afresh (correct, only slower).
+
+    Everything else the acceptor decides per association -- the called and
+    calling AE checks (:func:`check_association_rq`), the accept hooks, the
+    association limit, authentication -- runs before negotiation and is not
+    cached.  The cache belongs to one :class:`AcceptorPolicy`: whoever holds it
+    makes a new one when the policy changes (see :meth:`for_policy`).
+    It keeps at most ``size`` answers, dropping the oldest first.
+    """
+
+    __slots__ = ("policy", "size", "_answers", "hits", "misses")
+
+    def __init__(self, policy: AcceptorPolicy, size: int = 64) -> None:
+        self.policy = policy
+        self.size = size
+        #: id(rq) -> (rq, encoded AC, negotiated); rq is kept so that its id
+        #: cannot be reused by another object while the entry lives
+        self._answers: dict[int, tuple[AssociateRQ, bytes, Negotiated]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def for_policy(self, policy: AcceptorPolicy) -> NegotiationCache:
+        """This cache if it was made for ``policy``, else a new, empty one."""
+        return self if policy is self.policy else NegotiationCache(policy, self.size)
+
+    @staticmethod
+    def cacheable(rq: AssociateRQ) -> bool:
+        """Whether the answer to ``rq`` depends on the request and policy alone."""
+        user_info = rq.user_information
+        return user_info.user_identity_rq is None and not user_info.sop_class_extended
+
+    def negotiate(self, rq: AssociateRQ) -> tuple[bytes, Negotiated]:
+        """The encoded A-ASSOCIATE-AC and the :class:`Negotiated` for ``rq``.
+
+        As :func:`negotiate_as_acceptor` (same exceptions, nothing cached
+        then), with the AC already encoded; from the cache when ``rq`` was
+        answered before and :meth:`cacheable`.
+        """
+        entry = self._answers.get(id(rq))
+        if entry is not None and entry[0] is rq:
+            self.hits += 1
+            return entry[1], entry[2]
+        self.misses += 1
+        ac, negotiated = negotiate_as_acceptor(rq, self.policy)
+        encoded = ac.encode()
+        if self.cacheable(rq):
+            answers = self._answers
+            if len(answers) >= self.size:
+                del answers[next(iter(answers))]  # the oldest (dicts keep insertion order)
+            answers[id(rq)] = (rq, encoded, negotiated)
+        return encoded, negotiated
 
 
 # -- requestor side ----------------------------------------------------------------

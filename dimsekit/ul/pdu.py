@@ -93,6 +93,7 @@ _PDU_HEADER = struct.Struct(">BBI")
 _PDU_HEADER_SIZE = _PDU_HEADER.size
 _unpack_pdu_header = _PDU_HEADER.unpack_from
 _P_DATA_TF = int(PDUType.P_DATA_TF)
+_A_ASSOCIATE_RQ = int(PDUType.A_ASSOCIATE_RQ)
 #: The four bytes after the header of A-ASSOCIATE-RJ (Table 9-21), A-ABORT
 #: (Table 9-26) and the reserved field of A-RELEASE-RQ/RP (Tables 9-24, 9-25).
 _FOUR_BYTES = struct.Struct(">BBBB")
@@ -383,7 +384,10 @@ def _decode(
     # Control PDUs are small (bounded above): one copy of the body, then plain
     # bytes slicing inside it.
     end = offset + size
-    return decoder(bytes(buf[offset + _PDU_HEADER_SIZE : end])), end
+    body = bytes(buf[offset + _PDU_HEADER_SIZE : end])
+    if pdu_type == _A_ASSOCIATE_RQ:
+        return _decode_associate_rq_memo(body), end
+    return decoder(body), end
 
 
 def _invalid(message: str) -> RemoteProtocolError:
@@ -586,6 +590,40 @@ def _decode_associate(body: bytes, rq: bool) -> AssociateRQ | AssociateAC:
         protocol_version=version,
         unknown_items=tuple(unknown),
     )
+
+
+# -- A-ASSOCIATE-RQ memo ---------------------------------------------------------
+#
+# A node is called again and again by the same peers (a modality, a router, a
+# monitoring probe), and each sends, byte for byte, the A-ASSOCIATE-RQ it sent
+# last time.  Decoding is a pure function of the bytes and the decoded PDU is
+# an immutable value, so the same bytes may share one decoded value: the memo
+# below maps a request's body to it.  It stays small whatever the peers send:
+# bodies above _RQ_MEMO_MAX_BODY bytes are never kept, and past
+# _RQ_MEMO_ENTRIES entries the oldest goes first.  A malformed request raises
+# as before and is never kept.  Sharing the value also lets the acceptor's
+# negotiation cache (negotiation.NegotiationCache) recognise a request by
+# identity, without hashing it field by field.
+
+#: the largest A-ASSOCIATE-RQ body kept in the memo (one with 40 contexts of
+#: 3 transfer syntaxes each is about 5 KiB)
+_RQ_MEMO_MAX_BODY = 16384
+#: how many different requests the memo keeps
+_RQ_MEMO_ENTRIES = 64
+_rq_memo: dict[bytes, AssociateRQ] = {}
+
+
+def _decode_associate_rq_memo(body: bytes) -> AssociateRQ:
+    """:func:`_decode_associate` of an A-ASSOCIATE-RQ body, through the memo."""
+    rq = _rq_memo.get(body)
+    if rq is not None:
+        return rq
+    rq = _decode_associate(body, rq=True)  # type: ignore[assignment]
+    if len(body) <= _RQ_MEMO_MAX_BODY:
+        if len(_rq_memo) >= _RQ_MEMO_ENTRIES:
+            del _rq_memo[next(iter(_rq_memo))]  # the oldest entry (dicts keep insertion order)
+        _rq_memo[body] = rq  # type: ignore[assignment]
+    return rq  # type: ignore[return-value]
 
 
 def _unexpected(message: str) -> RemoteProtocolError:

@@ -1,0 +1,300 @@
+"""The archive's fast path: a cached File Meta header, the header read from the
+first bytes received (in parallel with the fsync), the rename before the fsync
+with the length recorded for reconcile, early writeback of large data sets."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRBigEndian, generate_uid
+
+from dimsekit_plugins.archive import Archive, OutOfResources
+from dimsekit_plugins.archive import store as store_module
+from dimsekit_plugins.archive.store import (
+    _LENGTH_XATTR,
+    _PREFIX,
+    _encode_part10_header,
+    _HeaderJob,
+    header_from_prefix,
+    part10_header,
+)
+from tests.plugins.test_archive_support import (
+    CT_IMAGE_STORAGE,
+    DEFLATED,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    ThreadedClock,
+    encode,
+    make_dataset,
+    receive,
+    store,
+)
+
+# -- the File Meta header --------------------------------------------------------------------
+
+_uid = st.lists(st.integers(min_value=1, max_value=10**12), min_size=2, max_size=8).map(
+    lambda parts: ".".join(map(str, parts))
+).filter(lambda uid: len(uid) <= 64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sop_class=_uid, sop_instance=_uid, syntax=st.sampled_from([EXPLICIT_VR_LE, IMPLICIT_VR_LE, DEFLATED]),
+       source_ae=st.sampled_from([None, "", "A", "STORESCU", "SIXTEEN_CHARS_AE"]))
+def test_the_cached_header_is_byte_for_byte_what_pydicom_encodes(sop_class, sop_instance, syntax, source_ae):
+    assert part10_header(sop_class, sop_instance, syntax, source_ae) == _encode_part10_header(
+        sop_class, sop_instance, syntax, source_ae or ""
+    )
+
+
+def test_a_cached_header_carries_its_own_instance_uid(tmp_path):
+    first, second = "1.2.3.4", "1.2.3.5"  # same length: same template
+    for uid in (first, second):
+        path = tmp_path / f"{uid}.dcm"
+        path.write_bytes(part10_header(CT_IMAGE_STORAGE, uid, EXPLICIT_VR_LE, "AE") + encode(make_dataset(sop_instance=uid)))
+        meta = dcmread(path).file_meta
+        assert meta.MediaStorageSOPInstanceUID == uid
+        assert meta.SourceApplicationEntityTitle == "AE"
+
+
+# -- the header from the first bytes ---------------------------------------------------------
+
+
+def _file_values(tmp_path: Path, data: bytes, syntax: str) -> dict:
+    from dimsekit_plugins.archive import index
+
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(CT_IMAGE_STORAGE, "1.2.3", syntax, None) + data)
+    return index.header_values(dcmread(path, stop_before_pixels=True, specific_tags=list(index.HEADER_KEYWORDS)))
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT_VR_LE, IMPLICIT_VR_LE, ExplicitVRBigEndian])
+@pytest.mark.parametrize("charset, name", [(None, "Doe^Jane"), ("ISO_IR 192", "Müller^Jürgen=山田^太郎")])
+def test_values_from_the_whole_data_set_equal_those_read_from_the_file(tmp_path, syntax, charset, name):
+    data = encode(make_dataset(charset=charset, patient_name=name), syntax)
+    values = header_from_prefix(data, True, syntax)
+    assert values == _file_values(tmp_path, data, syntax)
+    assert values["patient_name"] == name
+
+
+def test_a_large_data_set_is_read_from_its_first_bytes(tmp_path):
+    data = encode(make_dataset(pixels=b"\x07" * (3 * _PREFIX)))
+    values = header_from_prefix(data[:_PREFIX], False, EXPLICIT_VR_LE)
+    assert values is not None
+    assert values == _file_values(tmp_path, data, EXPLICIT_VR_LE)
+
+
+def test_a_header_longer_than_the_first_bytes_is_left_to_the_file():
+    # A large private element before them puts the Study/Series UIDs past the prefix.
+    ds = make_dataset(pixels=b"")
+    ds.add_new(0x00090010, "LO", "DIMSEKIT TEST")
+    ds.add_new(0x00091010, "OB", b"\x05" * (_PREFIX + 10))
+    data = encode(ds)
+    assert header_from_prefix(data[:_PREFIX], False, EXPLICIT_VR_LE) is None
+    assert header_from_prefix(data, True, EXPLICIT_VR_LE)["series_instance_uid"] == ds.SeriesInstanceUID
+
+
+def test_a_prefix_ending_just_after_the_last_needed_element_is_left_to_the_file():
+    ds = make_dataset(pixels=b"")
+    data = encode(ds)
+    # Cut right after the last element: nothing tells whether more elements follow.
+    assert header_from_prefix(data, False, EXPLICIT_VR_LE) is None
+
+
+@pytest.mark.parametrize("syntax", [DEFLATED, "1.2.3.4.5.6"])
+def test_deflated_or_unknown_syntaxes_are_left_to_the_file(syntax):
+    data = encode(make_dataset())
+    assert header_from_prefix(data, True, syntax) is None
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00", b"\xff" * 64, b"\x08\x00\x16\x00UI\xff\xff"])
+def test_garbage_is_left_to_the_file(garbage):
+    values = header_from_prefix(garbage, True, EXPLICIT_VR_LE)
+    assert values is None or values["sop_class_uid"] is None
+
+
+# -- the header job ----------------------------------------------------------------------------
+
+
+def test_a_job_no_thread_picked_up_is_run_by_whoever_wants_its_result():
+    calls = []
+    job = _HeaderJob(lambda: calls.append(threading.get_ident()) or 42)
+    assert job.result() == 42
+    job.run()  # the pool's turn comes later: nothing left to do
+    assert calls == [threading.get_ident()]
+
+
+def test_result_waits_for_a_run_in_progress_and_raises_its_error():
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(5)
+        raise ValueError("bad header")
+
+    job = _HeaderJob(slow)
+    worker = threading.Thread(target=job.run)
+    worker.start()
+    assert started.wait(5)
+    threading.Timer(0.05, release.set).start()
+    with pytest.raises(ValueError, match="bad header"):
+        job.result()
+    worker.join(5)
+
+
+# -- rename before fsync ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clock():
+    return ThreadedClock()
+
+
+@pytest.fixture
+def archive(tmp_path, clock):
+    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0)
+    archive.start()
+    yield archive
+    clock.wait(archive.close())
+
+
+def _supports_xattr(path: Path) -> bool:
+    probe = path / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+def _kind(fd: int) -> str:
+    return "fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync"
+
+
+def test_a_new_file_is_renamed_before_its_fsync_and_records_its_length(archive, clock, monkeypatch):
+    if not _supports_xattr(archive.root):
+        pytest.fail(f"{archive.root} has no user extended attributes: the fast path cannot be tested here")
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (events.append(_kind(fd)), real_fsync(fd))[1])
+    ds = make_dataset()
+    store(archive, clock, make_dataset(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID))
+    events.clear()  # the next one goes into an existing series directory
+    stored = store(archive, clock, ds)
+    assert events == ["rename", "fsync", "fsync dir"]
+    path = Path(stored.path)
+    assert int(os.getxattr(path, _LENGTH_XATTR)) == path.stat().st_size == stored.size
+
+
+def test_a_replaced_copy_is_synced_before_its_rename(archive, clock, monkeypatch):
+    ds = make_dataset()
+    store(archive, clock, ds)
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (events.append(_kind(fd)), real_fsync(fd))[1])
+    store(archive, clock, ds)
+    assert events == ["fsync", "rename", "fsync dir"]
+
+
+def test_without_extended_attributes_files_are_synced_before_their_rename(archive, clock, monkeypatch):
+    def no_xattr(*args):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(store_module.os, "setxattr", no_xattr)
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(store_module.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (events.append(_kind(fd)), real_fsync(fd))[1])
+    stored = store(archive, clock, make_dataset())
+    assert [e for e in events if e != "fsync dir"] == ["fsync", "rename"]
+    assert archive._rename_first is False
+    assert dcmread(stored.path).SOPInstanceUID == stored.sop_instance_uid
+
+
+def test_an_fsync_failing_after_the_rename_leaves_no_file_and_no_row(archive, clock, monkeypatch):
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(store_module.os, "fsync", failing)
+    ds = make_dataset()
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, OutOfResources)
+    assert not [p for p in archive.root.rglob("*.dcm")]
+    assert not list((archive.root / ".incoming").iterdir())
+    monkeypatch.undo()
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None
+
+
+def test_reconcile_quarantines_a_file_whose_data_never_all_reached_the_disk(archive, clock):
+    if not _supports_xattr(archive.root):
+        pytest.fail(f"{archive.root} has no user extended attributes: the fast path cannot be tested here")
+    whole, cut = make_dataset(pixels=b"\x01" * 4096), make_dataset(pixels=b"\x01" * 4096)
+    for ds in (whole, cut):
+        store(archive, clock, ds)
+    clock.wait(archive.query("DELETE FROM instance"))  # as if the crash came before the index write
+    cut_path = next(archive.root.rglob(f"{cut.SOPInstanceUID}.dcm"))
+    with cut_path.open("r+b") as f:  # as if only part of its data was written out
+        f.truncate(cut_path.stat().st_size - 1000)
+    report = clock.wait(archive.reconcile())
+    assert [Path(p).name for p in report["quarantined"]] == [cut_path.name]
+    assert [Path(p).name for p in report["files_indexed"]] == [f"{whole.SOPInstanceUID}.dcm"]
+    assert clock.wait(archive.lookup(cut.SOPInstanceUID)) is None
+
+
+# -- large data sets -----------------------------------------------------------------------------
+
+
+def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, clock, monkeypatch):
+    advised = []
+    monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(advice))
+    ds = make_dataset(pixels=b"\x02" * (4 * _PREFIX))
+    data = encode(ds)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    incoming.write(data[: _PREFIX + 100])
+    job = incoming._header
+    assert job is not None  # queued in the pool while the rest arrives
+    deadline = time.monotonic() + 5
+    while not job._done.is_set() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert job._done.is_set()
+    for offset in range(_PREFIX + 100, len(data), 16384):
+        incoming.write(data[offset: offset + 16384])
+    incoming.close()
+    assert advised, "the kernel was never asked to start writing the data out"
+    stored = clock.wait(incoming.commit())
+    assert stored.record.study_instance_uid == ds.StudyInstanceUID
+    assert Path(stored.path).read_bytes().endswith(b"\x02" * 1000)
+    assert dcmread(stored.path).PixelData == ds.PixelData
+
+
+def test_many_instances_with_a_busy_pool_all_land(tmp_path):
+    clock = ThreadedClock()
+    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0, threads=1)
+    archive.start()
+    try:
+        sets = [make_dataset(pixels=b"\x03" * (2 * _PREFIX)) for _ in range(12)]
+        incomings = [receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
+                             chunk=16384) for ds in sets]
+        results = [clock.wait(i.commit()) for i in incomings]
+        assert sorted(r.sop_instance_uid for r in results) == sorted(ds.SOPInstanceUID for ds in sets)
+        assert len(list((tmp_path / "data").rglob("*.dcm"))) == 12
+    finally:
+        clock.wait(archive.close())
+
+
+def test_uids_made_here_are_valid_for_the_property_test():
+    assert len(generate_uid()) <= 64

@@ -1,7 +1,7 @@
 """``dimsekit find / get / move`` against real Query/Retrieve SCPs: DCMTK
 dcmqrscp over a test archive (its dcmqrscp.cfg written here, files indexed
 with dcmqridx) and a pynetdicom AE whose handlers serve a few data sets
-(pynetdicom's own qrscp app needs sqlalchemy, which is not installed)."""
+(pynetdicom's own qrscp app: tests/interop/test_cli_qr_qrscp.py)."""
 
 from __future__ import annotations
 

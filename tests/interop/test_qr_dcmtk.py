@@ -252,3 +252,41 @@ def test_getscu_retrieves_into_a_folder(qr, tmp_path):
     assert sorted(ds.SOPInstanceUID for ds in files) == sorted(
         [instance_uid("4.1", 1), instance_uid("4.1", 2), instance_uid("4.2", 1)])
     assert {str(ds.PatientName) for ds in files} == {"SMITH^JANE"}
+
+
+def test_findscu_sequence_keys_against_a_node_storing_them(node, tmp_path):
+    # the sequence corpus of tests/plugins/test_qr_sequences.py, stored with DCMTK storescu
+    from tests.plugins.test_qr_sequences import corpus as sequence_corpus
+
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for n, ds in enumerate(sequence_corpus()):
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    result = run([dcmtk("storescu"), "-aec", "DIMSEKIT", "+sd", "127.0.0.1", str(node.port), str(folder)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    qr = QrNode(node, 0, tmp_path)
+    # one item key matched (in the same item as the return key), the matching item returned
+    result, responses = findscu(qr, tmp_path / "code", *keys(
+        "QueryRetrieveLevel=STUDY", "StudyID", "ProcedureCodeSequence[0].CodeValue=24627-2",
+        "ProcedureCodeSequence[0].CodeMeaning"))
+    assert result.returncode == 0, result.stderr
+    (match,) = responses
+    assert match.StudyID == "S1"
+    (code,) = match.ProcedureCodeSequence
+    assert (code.CodeValue, code.CodeMeaning) == ("24627-2", "Chest CT")
+    # a wild card in an item key, Patient Root, PATIENT level
+    result, responses = findscu(qr, tmp_path / "ids", *keys(
+        "QueryRetrieveLevel=PATIENT", "PatientID", "OtherPatientIDsSequence[0].PatientID=*-1?3",
+        "OtherPatientIDsSequence[0].IssuerOfPatientID"), model="-P")
+    assert result.returncode == 0, result.stderr
+    (match,) = responses
+    assert match.PatientID == "PID1"
+    assert [(i.PatientID, i.IssuerOfPatientID) for i in match.OtherPatientIDsSequence] == [("NHS-123", "NHS")]
+    # two items in a sequence key: A900
+    result, responses = findscu(qr, tmp_path / "two", *keys(
+        "QueryRetrieveLevel=SERIES", "RequestAttributesSequence[0].AccessionNumber=A",
+        "RequestAttributesSequence[1].AccessionNumber=B"))
+    assert responses == []
+    assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr
+    node.wait_log(r"refused \(A900\): RequestAttributesSequence: a sequence key holds one item")
+    node.assert_healthy()

@@ -321,8 +321,18 @@ class Association(ServiceUser):
         self._finish(why, error)
 
     def connection_lost(self, reason: Failure) -> None:
-        self._finish("connection closed", ConnectionLost("the connection closed before the association ended"))
+        # The error is made only when something is left to fail with it
+        # (normally the association was released before: nothing is).
+        self._finish("connection closed", _CONNECTION_LOST if self._pending() else None)
         self.protocol = None
+
+    def _pending(self) -> bool:
+        """Whether anything waits on this association: operations, waiters, handlers, a message."""
+        return bool(
+            self._operations or self._waiting_ops or self._outgoing or self._writable_waiters
+            or self._established_waiter is not None or self._release_waiters
+            or self.scp.running or self.scp.queue or not self._assembler.idle
+        )
 
     # -- ending ------------------------------------------------------------------------
 
@@ -336,6 +346,21 @@ class Association(ServiceUser):
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
+        if self._pending():
+            self._fail_pending(error)
+        if first and self.established:
+            hook = self.ae.pm.hook
+            if how.startswith("released"):
+                hook.dimsekit_on_association_released(association=self)
+            else:
+                hook.dimsekit_on_association_aborted(association=self, reason=how)
+        if how == "connection closed":
+            self._log_end()
+
+    def _fail_pending(self, error: Exception | None) -> None:
+        """Fail or end whatever waits on the association (see :meth:`_pending`)."""
+        if error is _CONNECTION_LOST:
+            error = ConnectionLost("the connection closed before the association ended")
         failure = error or AssociationAborted(f"association ended ({self.ended})")
         operations, self._operations = self._operations, {}
         waiting, self._waiting_ops = self._waiting_ops, deque()
@@ -357,29 +382,22 @@ class Association(ServiceUser):
                 d.callback(None)
             else:
                 d.errback(failure)
-        if first and self.established:
-            hook = self.ae.pm.hook
-            if how.startswith("released"):
-                hook.dimsekit_on_association_released(association=self)
-            else:
-                hook.dimsekit_on_association_aborted(association=self, reason=how)
-        if how == "connection closed":
-            self._log_end()
 
     def _log_end(self) -> None:
-        contexts = ""
-        if self.negotiated is not None:
-            names = sorted({_uid_name(c.abstract_syntax) for c in self.negotiated.contexts.values()})
-            contexts = ", ".join(names)
         side = "requestor" if self.is_requestor else "acceptor"
-        # One line per association, built once (the logger would otherwise
-        # format eight fields per line on every observer).
+        # One line per association, built once, and handed to the logger as
+        # its format with the braces doubled: observers that format it (the
+        # twistd log file) then find no field to look up.  The parts stay in
+        # the event as fields too, for observers that want them (JSON logs).
         text = (
             f"association {side} peer={_address(self.peer)} calling={self.calling_ae_title or '-'} "
-            f"called={self.called_ae_title or '-'} contexts=[{contexts}] "
+            f"called={self.called_ae_title or '-'} contexts=[{_context_names(self.negotiated)}] "
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
-        _log.info("{text}", text=text, ended=self.ended, calling=self.calling_ae_title, called=self.called_ae_title)
+        _log.info(
+            text.replace("{", "{{").replace("}", "}}"),
+            text=text, ended=self.ended, calling=self.calling_ae_title, called=self.called_ae_title,
+        )
 
     def release(self) -> Deferred:
         """A-RELEASE: fires with None once released (or fails if aborted)."""
@@ -746,6 +764,28 @@ def _address(peer: Any) -> str:
     host = getattr(peer, "host", None)
     port = getattr(peer, "port", None)
     return f"{host}:{port}" if host is not None else str(peer)
+
+
+#: the error a connection lost with work pending ends it with, made when needed
+_CONNECTION_LOST = ConnectionLost("the connection closed before the association ended")
+
+#: id(negotiated) -> (negotiated, its contexts' names for the log line); the
+#: acceptor's negotiation cache shares one Negotiated between associations
+_CONTEXT_NAMES: dict[int, tuple[Negotiated, str]] = {}
+
+
+def _context_names(negotiated: Negotiated | None) -> str:
+    """The accepted contexts' SOP class names, sorted, for the association's log line."""
+    if negotiated is None:
+        return ""
+    entry = _CONTEXT_NAMES.get(id(negotiated))
+    if entry is not None and entry[0] is negotiated:
+        return entry[1]
+    names = ", ".join(sorted({_uid_name(c.abstract_syntax) for c in negotiated.contexts.values()}))
+    if len(_CONTEXT_NAMES) >= 256:
+        del _CONTEXT_NAMES[next(iter(_CONTEXT_NAMES))]
+    _CONTEXT_NAMES[id(negotiated)] = (negotiated, names)
+    return names
 
 
 @functools.lru_cache(maxsize=512)

@@ -54,6 +54,19 @@ _WRITE_BLOCK = 1 << 18
 #: a P-DATA write at least this long is a data set fragment of a bulk transfer
 _BULK_PDU = 8192
 
+#: indication output -> the UpperLayerUser method it goes to
+_INDICATIONS: dict[type, str] = {
+    out.AssociateIndication: "association_indication",
+    out.AssociateAccepted: "association_accepted",
+    out.AssociateRejected: "association_rejected",
+    out.ProviderRejection: "association_rejected_by_provider",
+    out.PDataIndication: "pdata_indication",
+    out.ReleaseIndication: "release_indication",
+    out.ReleaseConfirmation: "release_confirmation",
+    out.AbortIndication: "abort_indication",
+    out.ProviderAbortIndication: "abort_indication",
+}
+
 #: No association any more: the table has no cell for a user primitive here
 #: (but Evt1 in Sta1, which is not issued through :meth:`DicomProtocol.call`).
 _OVER = frozenset({State.STA1, State.STA13})
@@ -74,27 +87,40 @@ class UpperLayerUser(TypingProtocol):
     def connection_lost(self, reason: Failure) -> None: ...
 
 
-def set_low_latency(transport: Any, quickack: bool = True) -> None:
-    """TCP_NODELAY (and TCP_QUICKACK where the OS has it) on the transport's socket."""
+def set_low_latency(transport: Any, quickack: bool = True) -> socket.socket | None:
+    """TCP_NODELAY (and TCP_QUICKACK where the OS has it) on the transport's socket.
+
+    Returns the socket (None: the transport has none, or it refused)."""
     handle = _socket_of(transport)
     if handle is None:
-        return
+        return None
     try:
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if quickack and _TCP_QUICKACK is not None:
             handle.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
     except OSError:
-        pass
+        return None
+    return handle
 
 
 def _can_write_now(transport: Any) -> bool:
     """Whether :meth:`DicomProtocol._write_now` may use this transport: a
-    plain (not TLS) Twisted TCP connection with the write queue it reads."""
-    return (
-        isinstance(transport, tcp.Connection)
-        and not transport.TLS
-        and all(hasattr(transport, name) for name in _QUEUE_ATTRIBUTES)
-    )
+    plain (not TLS) Twisted TCP connection with the write queue it reads.
+
+    The class decides all but TLS (the queue's attributes are class-level
+    defaults of Twisted's FileDescriptor), so that part is remembered per class.
+    """
+    kind = type(transport)
+    queue = _WRITE_QUEUE_BY_CLASS.get(kind)
+    if queue is None:
+        queue = _WRITE_QUEUE_BY_CLASS[kind] = isinstance(transport, tcp.Connection) and all(
+            hasattr(transport, name) for name in _QUEUE_ATTRIBUTES
+        )
+    return queue and not transport.TLS
+
+
+#: transport class -> whether it has the write queue _write_now reads
+_WRITE_QUEUE_BY_CLASS: dict[type, bool] = {}
 
 
 #: the parts of Twisted's FileDescriptor write queue that _write_now reads
@@ -134,27 +160,16 @@ class DicomProtocol(protocol.Protocol):
         self._sized: Any = None
         #: small writes may skip Twisted's queue (see _write_now)
         self._direct = False
-        self._dispatch = {
-            out.AssociateIndication: user.association_indication,
-            out.AssociateAccepted: user.association_accepted,
-            out.AssociateRejected: user.association_rejected,
-            out.ProviderRejection: user.association_rejected_by_provider,
-            out.PDataIndication: user.pdata_indication,
-            out.ReleaseIndication: user.release_indication,
-            out.ReleaseConfirmation: user.release_confirmation,
-            out.AbortIndication: user.abort_indication,
-            out.ProviderAbortIndication: user.abort_indication,
-        }
 
     # -- twisted.internet.interfaces.IProtocol --------------------------------
 
     def connectionMade(self) -> None:
-        set_low_latency(self.transport)
-        sock = _socket_of(self.transport)
+        transport = self.transport
+        sock = set_low_latency(transport)
         self._socket = sock if _TCP_QUICKACK is not None else None
-        if type(getattr(self.transport, "bufferSize", None)) is int:
-            self._sized = self.transport
-        self._direct = _can_write_now(self.transport)
+        if type(getattr(transport, "bufferSize", None)) is int:
+            self._sized = transport
+        self._direct = _can_write_now(transport)
         self.user.connection_made(self)
         now = self.reactor.seconds()
         if self.ul.is_requestor:
@@ -252,7 +267,7 @@ class DicomProtocol(protocol.Protocol):
             elif kind is out.OpenTransport:
                 pass  # the requestor's endpoint opened the connection before we existed
             else:
-                self._dispatch[kind](item)  # type: ignore[index]
+                getattr(self.user, _INDICATIONS[kind])(item)
         self._arm_timer()
 
     def _write_now(self, data: bytes) -> None:

@@ -49,8 +49,9 @@ JPEG = ("-xy", JPEG_FILE, JPEG_BASELINE)
 class PduSizes:
     """A plugin that records the size of every P-DATA-TF PDU its associations receive.
 
-    (It wraps the protocol's dispatch of P-DATA indications, a private table:
-    the size of a received PDU is not otherwise visible above the upper layer.)
+    (It wraps the association's P-DATA indication, which the protocol looks
+    up by name for each indication: the size of a received PDU is not
+    otherwise visible above the upper layer.)
     """
 
     def __init__(self) -> None:
@@ -60,14 +61,13 @@ class PduSizes:
 
     @hookimpl
     def dimsekit_on_association_established(self, association: Any) -> None:
-        dispatch = association.protocol._dispatch
-        deliver = dispatch[out.PDataIndication]
+        deliver = association.pdata_indication
 
         def recording(indication: out.PDataIndication) -> None:
             self.sizes.append(6 + sum(6 + len(pdv.data) for pdv in indication.pdu.pdvs))
             deliver(indication)
 
-        dispatch[out.PDataIndication] = recording
+        association.pdata_indication = recording
 
 
 def _meaningful(dataset: Any) -> dict[int, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from dimsekit.errors import LocalProtocolError, RemoteProtocolError
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import (
-    ACTIONS,
+    CELLS,
     EVENT_DESCRIPTIONS,
     STATE_DESCRIPTIONS,
     TRANSITIONS,
@@ -313,16 +313,16 @@ class UpperLayer:
 
     def _handle(self, event: Event, payload: object, now: float) -> list[out.Output]:
         """Look the cell up, run its action, apply timer changes, return outputs."""
-        action = TRANSITIONS.get((self.state, event))
+        previous = self.state
+        action = CELLS[previous][event]  # TRANSITIONS[(state, event)], as its function
         if action is None:
             if event in USER_EVENTS:
                 self._check(event)
             # A blank cell for a non-user event: a late timer, a close after we
             # closed, a PDU while the transport is not open.  Nothing to do.
             return []
-        previous = self.state
-        ctx = ActionContext(event=event, is_requestor=self.is_requestor, payload=payload)
-        self.state, outputs = ACTIONS[action](ctx)
+        state, outputs = action(ActionContext(event, self.is_requestor, payload))
+        self.state = state
         results: list[out.Output] = []
         for item in outputs:
             kind = type(item)
@@ -332,12 +332,12 @@ class UpperLayer:
                 self._artim = None
             else:
                 results.append(item)  # type: ignore[arg-type]
-        if self.state != previous:
-            if self.state in _ACSE_WAIT and self.timeouts.acse is not None:
+        if state is not previous:
+            if state in _ACSE_WAIT and self.timeouts.acse is not None:
                 if previous not in _ACSE_WAIT:
                     self._acse = now + self.timeouts.acse
             else:
                 self._acse = None
-            if self.state == State.STA6:
+            if state is State.STA6:
                 self._last_activity = now
         return results

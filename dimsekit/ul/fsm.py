@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from dimsekit.errors import RemoteProtocolError, describe_abort
 from dimsekit.ul import outputs as out
@@ -32,6 +33,7 @@ __all__ = [
     "StartARTIM",
     "StopARTIM",
     "STATE_DESCRIPTIONS",
+    "CELLS",
     "EVENT_DESCRIPTIONS",
 ]
 
@@ -239,9 +241,11 @@ class StopARTIM:
     """Stop the ARTIM timer if it runs.  Consumed by the connection core."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ActionContext:
+class ActionContext(NamedTuple):
     """What an action may look at: the event, its payload and our role.
+
+    Immutable; a named tuple rather than a frozen dataclass because one is
+    made for every event (a tuple is made several times faster).
 
     ``payload`` is, by event: the A-ASSOCIATE-RQ to send (Evt1, Evt2), the
     received PDU (Evt3, 4, 6, 10, 12, 13, 16), the AC or RJ to send (Evt7 -- an AC may come encoded --,
@@ -295,12 +299,21 @@ def ae_3(ctx: ActionContext) -> tuple[State, Outputs]:
 
 def ae_4(ctx: ActionContext) -> tuple[State, Outputs]:
     """AE-4: issue A-ASSOCIATE confirmation (reject), close transport; next state Sta1."""
-    return State.STA1, [out.AssociateRejected(ctx.payload), out.CloseTransport()]  # type: ignore[arg-type]
+    return State.STA1, [out.AssociateRejected(ctx.payload), _CLOSE]  # type: ignore[arg-type]
+
+
+# Outputs are immutable values: those that never vary are made once, here.
+_START_ARTIM = StartARTIM()
+_STOP_ARTIM = StopARTIM()
+_CLOSE = out.CloseTransport()
+_RELEASE_CONFIRMATION = out.ReleaseConfirmation()
+_RELEASE_INDICATION = out.ReleaseIndication(collision=False)
+_RELEASE_COLLISION = out.ReleaseIndication(collision=True)
 
 
 def ae_5(ctx: ActionContext) -> tuple[State, Outputs]:
     """AE-5: issue transport connection response, start ARTIM; next state Sta2."""
-    return State.STA2, [StartARTIM()]
+    return State.STA2, [_START_ARTIM]
 
 
 def ae_6(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -315,8 +328,8 @@ def ae_6(ctx: ActionContext) -> tuple[State, Outputs]:
     rq = ctx.payload
     if not rq.protocol_version & 0x0001:  # type: ignore[attr-defined]
         rj = AssociateRJ(result=1, source=2, reason=2)
-        return State.STA13, [StopARTIM(), out.Transmit(rj.encode()), out.ProviderRejection(rq, rj), StartARTIM()]  # type: ignore[arg-type]
-    return State.STA3, [StopARTIM(), out.AssociateIndication(rq)]  # type: ignore[arg-type]
+        return State.STA13, [_STOP_ARTIM, out.Transmit(rj.encode()), out.ProviderRejection(rq, rj), _START_ARTIM]  # type: ignore[arg-type]
+    return State.STA3, [_STOP_ARTIM, out.AssociateIndication(rq)]  # type: ignore[arg-type]
 
 
 def ae_7(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -331,7 +344,7 @@ def ae_7(ctx: ActionContext) -> tuple[State, Outputs]:
 
 def ae_8(ctx: ActionContext) -> tuple[State, Outputs]:
     """AE-8: send A-ASSOCIATE-RJ PDU and start ARTIM; next state Sta13."""
-    return State.STA13, [out.Transmit(ctx.payload.encode()), StartARTIM()]  # type: ignore[attr-defined]
+    return State.STA13, [out.Transmit(ctx.payload.encode()), _START_ARTIM]  # type: ignore[attr-defined]
 
 
 def dt_1(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -346,27 +359,27 @@ def dt_2(ctx: ActionContext) -> tuple[State, Outputs]:
 
 def ar_1(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-1: send A-RELEASE-RQ PDU; next state Sta7."""
-    return State.STA7, [out.Transmit(_RELEASE_RQ)]
+    return State.STA7, [_TRANSMIT_RELEASE_RQ]
 
 
 def ar_2(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-2: issue A-RELEASE indication primitive; next state Sta8."""
-    return State.STA8, [out.ReleaseIndication(collision=False)]
+    return State.STA8, [_RELEASE_INDICATION]
 
 
 def ar_3(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-3: issue A-RELEASE confirmation, close transport; next state Sta1."""
-    return State.STA1, [out.ReleaseConfirmation(), out.CloseTransport()]
+    return State.STA1, [_RELEASE_CONFIRMATION, _CLOSE]
 
 
 def ar_4(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-4: issue A-RELEASE-RP PDU and start ARTIM; next state Sta13."""
-    return State.STA13, [out.Transmit(_RELEASE_RP), StartARTIM()]
+    return State.STA13, [_TRANSMIT_RELEASE_RP, _START_ARTIM]
 
 
 def ar_5(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-5: stop ARTIM; next state Sta1."""
-    return State.STA1, [StopARTIM()]
+    return State.STA1, [_STOP_ARTIM]
 
 
 def ar_6(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -382,17 +395,17 @@ def ar_7(ctx: ActionContext) -> tuple[State, Outputs]:
 def ar_8(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-8: issue A-RELEASE indication (release collision); next state Sta9
     for the association-requestor, Sta10 for the acceptor."""
-    return (State.STA9 if ctx.is_requestor else State.STA10), [out.ReleaseIndication(collision=True)]
+    return (State.STA9 if ctx.is_requestor else State.STA10), [_RELEASE_COLLISION]
 
 
 def ar_9(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-9: send A-RELEASE-RP PDU; next state Sta11."""
-    return State.STA11, [out.Transmit(_RELEASE_RP)]
+    return State.STA11, [_TRANSMIT_RELEASE_RP]
 
 
 def ar_10(ctx: ActionContext) -> tuple[State, Outputs]:
     """AR-10: issue A-RELEASE confirmation primitive; next state Sta12."""
-    return State.STA12, [out.ReleaseConfirmation()]
+    return State.STA12, [_RELEASE_CONFIRMATION]
 
 
 def aa_1(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -404,14 +417,14 @@ def aa_1(ctx: ActionContext) -> tuple[State, Outputs]:
     it carries source 2 and the reason (unexpected or invalid PDU).
     """
     if ctx.event == Event.EVT15:
-        return State.STA13, [out.Transmit(Abort(source=0, reason=0).encode()), StartARTIM()]
+        return State.STA13, [out.Transmit(Abort(source=0, reason=0).encode()), _START_ARTIM]
     # The peer's doing: tell the local user too, so the connection is logged with its reason.
-    return State.STA13, [out.Transmit(_abort_for(ctx).encode()), out.ProviderAbortIndication(_why(ctx)), StartARTIM()]
+    return State.STA13, [out.Transmit(_abort_for(ctx).encode()), out.ProviderAbortIndication(_why(ctx)), _START_ARTIM]
 
 
 def aa_2(ctx: ActionContext) -> tuple[State, Outputs]:
     """AA-2: stop ARTIM if running, close transport; next state Sta1."""
-    return State.STA1, [StopARTIM(), out.CloseTransport()]
+    return State.STA1, [_STOP_ARTIM, _CLOSE]
 
 
 def aa_3(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -422,7 +435,7 @@ def aa_3(ctx: ActionContext) -> tuple[State, Outputs]:
         indication: object = out.AbortIndication(source=pdu.source, reason=pdu.reason)  # type: ignore[attr-defined]
     else:
         indication = out.ProviderAbortIndication(describe_abort(pdu.source, pdu.reason))  # type: ignore[attr-defined]
-    return State.STA1, [indication, out.CloseTransport()]
+    return State.STA1, [indication, _CLOSE]
 
 
 def aa_4(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -432,7 +445,7 @@ def aa_4(ctx: ActionContext) -> tuple[State, Outputs]:
 
 def aa_5(ctx: ActionContext) -> tuple[State, Outputs]:
     """AA-5: stop ARTIM timer; next state Sta1."""
-    return State.STA1, [StopARTIM()]
+    return State.STA1, [_STOP_ARTIM]
 
 
 def aa_6(ctx: ActionContext) -> tuple[State, Outputs]:
@@ -451,7 +464,7 @@ def aa_8(ctx: ActionContext) -> tuple[State, Outputs]:
     return State.STA13, [
         out.Transmit(_abort_for(ctx).encode()),
         out.ProviderAbortIndication(_why(ctx)),
-        StartARTIM(),
+        _START_ARTIM,
     ]
 
 
@@ -471,3 +484,17 @@ ACTIONS: dict[Action, ActionFunction] = {
 # length 4, four reserved bytes); a test checks them against the codec.
 _RELEASE_RQ = b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00"
 _RELEASE_RP = b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00"
+_TRANSMIT_RELEASE_RQ = out.Transmit(_RELEASE_RQ)
+_TRANSMIT_RELEASE_RP = out.Transmit(_RELEASE_RP)
+
+
+# ---------------------------------------------------------------------------
+# The table again, indexed for the connection core: CELLS[state][event] is the
+# action *function* of that cell, or None for a blank cell -- two list
+# indexings instead of a tuple key, a dict lookup and a second one in ACTIONS.
+# Derived from TRANSITIONS and ACTIONS, so the table stays the one source.
+# ---------------------------------------------------------------------------
+CELLS: list[list[ActionFunction | None]] = [[None] * (len(Event) + 1) for _ in range(len(State) + 1)]
+for (_state, _event), _action in TRANSITIONS.items():
+    CELLS[_state][_event] = ACTIONS[_action]
+del _state, _event, _action

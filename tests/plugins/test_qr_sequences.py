@@ -9,12 +9,15 @@ tests run the SQL the C-FIND SCP runs, the last test runs a node.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -328,6 +331,69 @@ def test_the_sequence_condition_uses_the_item_table_primary_key(indexed):
     sql, params, _ = find_sql(q)
     plan = " ".join(str(row[-1]) for row in indexed.execute("EXPLAIN QUERY PLAN " + sql, params))
     assert "study_procedure_code" in plan and "SCAN sq" not in plan, plan
+
+
+# -- against a reference: "some item matches every item key" ------------------------------------------
+
+_TEXT = "aBü頭?*-"
+_values = st.one_of(st.none(), st.text(alphabet="aBü頭-", min_size=1, max_size=3))
+_patterns = st.one_of(st.just(""), st.text(alphabet=_TEXT, min_size=1, max_size=4))
+
+
+def _reference(stored: str | None, pattern: str) -> bool:
+    """PS3.4 C.2.2.2: universal (empty, only ``*``) or a whole-value wild card match of a non-empty value."""
+    if pattern == "" or set(pattern) == {"*"}:
+        return True
+    if not stored:
+        return False
+    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.fullmatch(regex, stored, re.DOTALL) is not None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    studies=st.lists(st.lists(st.tuples(_values, _values), max_size=3), min_size=1, max_size=4),
+    value_pattern=_patterns,
+    meaning_pattern=_patterns,
+)
+def test_sequence_matching_agrees_with_a_reference(tmp_path_factory, studies, value_pattern, meaning_pattern):
+    conn = archive_index.connect(str(tmp_path_factory.mktemp("prop") / "index.sqlite"))
+    for n, codes in enumerate(studies):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientID, ds.StudyID = "P", f"S{n}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = uid(5, str(n)), uid(6, str(n)), uid(7, str(n))
+        ds.SOPClassUID = CT
+        items = []
+        for value, meaning in codes:
+            code = Dataset()
+            if value is not None:
+                code.CodeValue = value
+            if meaning is not None:
+                code.CodeMeaning = meaning
+            items.append(code)
+        ds.ProcedureCodeSequence = Sequence(items)
+        archive_index.put(conn, record(ds))
+    register_functions(conn)
+    conn.row_factory = None
+    keys = one(CodeValue=value_pattern, CodeMeaning=meaning_pattern)
+    universal = all(p == "" or set(p) == {"*"} for p in (value_pattern, meaning_pattern))
+    expected = {
+        f"S{n}" for n, codes in enumerate(studies)
+        if universal or any(_reference(v, value_pattern) and _reference(m, meaning_pattern) for v, m in codes)
+    }
+    q, rows = run(conn, STUDY_ROOT, ident("STUDY", StudyID="", ProcedureCodeSequence=keys))
+    answers = {row[c["StudyID"]]: response_identifier(q, row, c, "QRSCP") for row, c in rows}
+    assert set(answers) == expected
+    for n, codes in enumerate(studies):
+        if f"S{n}" not in answers:
+            continue
+        kept = [(v, m) for v, m in codes if v is not None or m is not None]  # items with nothing kept: not stored
+        wanted = kept if universal else [
+            (v, m) for v, m in kept if _reference(v, value_pattern) and _reference(m, meaning_pattern)]
+        got = [(i.CodeValue or None, i.CodeMeaning or None) for i in answers[f"S{n}"].ProcedureCodeSequence]
+        assert got == wanted
+    conn.close()
 
 
 # -- through a node ------------------------------------------------------------------------------------

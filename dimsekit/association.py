@@ -76,7 +76,7 @@ from dimsekit.ul.negotiation import (
     negotiate_as_requestor,
     reject_congestion,
 )
-from dimsekit.ul.pdu import AssociateAC, AssociateRJ, AssociateRQ
+from dimsekit.ul.pdu import AssociateAC, AssociateRJ, AssociateRQ, encode_single_pdata
 
 if TYPE_CHECKING:  # pragma: no cover
     from dimsekit.ae import ApplicationEntity
@@ -442,21 +442,39 @@ class Association(ServiceUser):
             an iterable of such byte blocks (read lazily), or a pydicom Dataset
             (encoded now by pydicom in the context's transfer syntax).
         """
-        protocol = self.protocol
-        if protocol is None or self.negotiated is None:
+        if self.protocol is None or self.negotiated is None:
             raise LocalProtocolError("association is not established")
-        payload = dataset_bytes(dataset, context.transfer_syntax)
-        encoded = encode_command(command)
-        pdus = fragment_message(
-            context.context_id, encoded, payload, self.negotiated.peer_maximum_length, pack=self.pack_pdvs
-        )
+        payload = None if dataset is None else dataset_bytes(dataset, context.transfer_syntax)
+        self.send_encoded(context, encode_command(command), payload, on_sent, operation)
+
+    def send_encoded(
+        self,
+        context: NegotiatedContext,
+        command: bytes,
+        payload: Any = None,
+        on_sent: Callable[[], None] | None = None,
+        operation: DimseOperation | None = None,
+    ) -> None:
+        """:meth:`send_message` of a command set already encoded (and validated),
+        with a data set already made bytes (or blocks) by
+        :func:`~dimsekit.scu.dataset_bytes`."""
+        protocol = self.protocol
+        negotiated = self.negotiated
+        if protocol is None or negotiated is None:
+            raise LocalProtocolError("association is not established")
         if payload is None and on_sent is None and not self._outgoing and not self._paused and not self._pumping:
             # The common case of a command-only message (a response, an echo)
             # with nothing queued before it: straight out, no queue entry.
-            for pdu in pdus:
+            maximum = negotiated.peer_maximum_length
+            if not maximum or len(command) <= (maximum - _PDV_OVERHEAD) & ~1:
+                # one PDV in one PDU (as fragment_message would make it)
+                protocol.send_pdata(encode_single_pdata(context.context_id, _LAST_COMMAND, command))
+                return
+            for pdu in fragment_message(context.context_id, command, None, maximum, pack=self.pack_pdvs):
                 if not protocol.send_pdata(pdu):
                     break
             return
+        pdus = fragment_message(context.context_id, command, payload, negotiated.peer_maximum_length, pack=self.pack_pdvs)
         self._outgoing.append(_Outgoing(pdus, on_sent=on_sent, operation=operation))
         self._pump()
 
@@ -729,6 +747,11 @@ class Association(ServiceUser):
         }
         self.send_message(context, response)
 
+
+#: message control header of a whole command set in one PDV (PS3.8 E.2: command, last)
+_LAST_COMMAND = 0x03
+#: a PDV item's head: item length (4), context ID, control header (PS3.8 Table 9-23)
+_PDV_OVERHEAD = 6
 
 _CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 

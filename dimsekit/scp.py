@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 
 from dimsekit.datasets import DatasetError, decode_dataset
 from dimsekit.dimse import status as dimse_status
+from dimsekit.dimse.codec import encode_command
 from dimsekit.dimse.commands import CommandField, make_response
 from dimsekit.ul.negotiation import NegotiatedContext
 
@@ -323,6 +324,11 @@ class ScpRunner:
         association = self.association
         if association.protocol is None or association.ended:
             return
+        if dataset is None and not fields:
+            encoded = _status_only_response(request.command, status)
+            if encoded is not None:
+                association.send_encoded(request.context, encoded)
+                return
         fields = dict(fields or {})
         if "ErrorComment" in fields:
             fields["ErrorComment"] = _comment(str(fields["ErrorComment"]))
@@ -344,6 +350,72 @@ class ScpRunner:
             )
             failure = make_response(request.command, 0x0110, ErrorComment=_comment(f"cannot encode the reply: {exc}"))
             association.send_message(request.context, failure)
+
+
+# -- status-only responses ------------------------------------------------------
+#
+# A response without a data set or extra fields (every C-ECHO-RSP, many
+# failures) is a function of its request's Command Field, echoed SOP class
+# UID and the status -- and of the Message ID it answers.  The first one of a
+# kind is built, validated and encoded as usual (make_response,
+# encode_command); its bytes are kept as a template whose two Message ID
+# Being Responded To bytes are replaced for each later one.  Requests that
+# name a SOP instance (C-STORE, N-operations) are answered the usual way:
+# their responses echo the instance UID, so no two are alike.
+
+#: (Command Field, SOP class UID, status) -> (encoded response, offset of the
+#: Message ID Being Responded To value in it)
+_RESPONSE_TEMPLATES: dict[tuple[int, str, int], tuple[bytes, int]] = {}
+_RESPONSE_TEMPLATES_MAX = 256
+#: (0000,0120) Message ID Being Responded To, as group << 16 | element
+_MESSAGE_ID_BEING_RESPONDED_TO = 0x00000120
+_INSTANCE_KEYS = ("AffectedSOPInstanceUID", "RequestedSOPInstanceUID")
+
+
+def _status_only_response(request: dict[str, Any], status: int) -> bytes | None:
+    """The encoded response with ``status`` and nothing else to ``request``,
+    from a template; None when this request is not answered from templates
+    (it names an instance, or its response cannot be built: the caller's
+    usual path then reports that)."""
+    if _INSTANCE_KEYS[0] in request or _INSTANCE_KEYS[1] in request:
+        return None
+    message_id = request.get("MessageID")
+    if type(message_id) is not int or not 0 <= message_id <= 0xFFFF or type(status) is not int:
+        return None
+    key = (
+        request.get("CommandField"),
+        request.get("AffectedSOPClassUID") or request.get("RequestedSOPClassUID"),
+        status,
+    )
+    template = _RESPONSE_TEMPLATES.get(key)  # type: ignore[arg-type]
+    if template is None:
+        try:
+            encoded = encode_command(make_response(request, status))
+        except Exception:
+            return None
+        offset = _value_offset(encoded, _MESSAGE_ID_BEING_RESPONDED_TO)
+        if offset is None:  # pragma: no cover - every response has one (make_response sets it)
+            return None
+        if len(_RESPONSE_TEMPLATES) >= _RESPONSE_TEMPLATES_MAX:
+            del _RESPONSE_TEMPLATES[next(iter(_RESPONSE_TEMPLATES))]
+        _RESPONSE_TEMPLATES[key] = (encoded, offset)  # type: ignore[index]
+        return encoded  # made for this request: its Message ID is in it
+    encoded, offset = template
+    return encoded[:offset] + message_id.to_bytes(2, "little") + encoded[offset + 2 :]
+
+
+def _value_offset(encoded: bytes, tag: int) -> int | None:
+    """Where the value of element ``tag`` starts in an Implicit VR Little
+    Endian command set (PS3.5 7.1.3: tag 4 bytes, length 4 bytes, value)."""
+    pos, end = 0, len(encoded)
+    while pos + 8 <= end:
+        group = int.from_bytes(encoded[pos : pos + 2], "little")
+        element_tag = group << 16 | int.from_bytes(encoded[pos + 2 : pos + 4], "little")
+        length = int.from_bytes(encoded[pos + 4 : pos + 8], "little")
+        if element_tag == tag:
+            return pos + 8
+        pos += 8 + length
+    return None
 
 
 def _comment(text: str) -> str:

@@ -85,6 +85,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Association", "AssociationRequest", "Request", "Response", "NO_DATASET"]
 
 _log = Logger(namespace="dimsekit.association")
+#: the system a text log observer names for our info lines ("namespace#level")
+_LOG_SYSTEM = "dimsekit.association#info"
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +399,7 @@ class Association(ServiceUser):
         _log.info(
             text.replace("{", "{{").replace("}", "}}"),
             text=text, ended=self.ended, calling=self.calling_ae_title, called=self.called_ae_title,
+            log_system=_LOG_SYSTEM,  # what a text observer shows anyway, not worked out per line
         )
 
     def release(self) -> Deferred:

@@ -7,9 +7,10 @@ association), and the one timer the core asks for is kept as a single
 ``IDelayedCall`` on the injected reactor.  State never changes here.
 
 Latency: every DICOM socket gets ``TCP_NODELAY``; on Linux ``TCP_QUICKACK`` is
-re-armed each time data is read, because a peer that leaves Nagle on and
-writes a PDU in pieces (DCMTK as shipped) otherwise stalls ~40 ms per
-message against our delayed ACKs.
+re-armed after a read that we did not answer at once, because a peer that
+leaves Nagle on and writes a PDU in pieces (DCMTK as shipped) otherwise
+stalls ~40 ms per message against our delayed ACKs.  A read we answered in
+the same turn needs no such call: the answer carries the ACK.
 
 Small writes (commands, responses, association PDUs) go to the socket in the
 reactor turn that makes them when nothing is queued before them, rather than
@@ -160,6 +161,8 @@ class DicomProtocol(protocol.Protocol):
         self._sized: Any = None
         #: small writes may skip Twisted's queue (see _write_now)
         self._direct = False
+        #: something was written since the current read began (dataReceived)
+        self._wrote = False
 
     # -- twisted.internet.interfaces.IProtocol --------------------------------
 
@@ -190,8 +193,11 @@ class DicomProtocol(protocol.Protocol):
                     sized.bufferSize = min(size * 4, _BLOCK_MAX)
             elif size > _BLOCK_MIN and len(data) < _BLOCK_MIN:
                 sized.bufferSize = _BLOCK_MIN
+        self._wrote = False
         self.run(self.ul.receive_data(data, self.reactor.seconds()))
-        if self._socket is not None:
+        if self._socket is not None and not self._wrote:
+            # Nothing sent back yet (a PDU still incomplete, a data set
+            # streaming in, an answer that comes later): acknowledge now.
             try:
                 self._socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[arg-type]
             except OSError:
@@ -258,6 +264,7 @@ class DicomProtocol(protocol.Protocol):
         for item in outputs:
             kind = type(item)
             if kind is out.Transmit:
+                self._wrote = True
                 if self._direct:
                     self._write_now(item.data)
                 else:

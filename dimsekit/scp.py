@@ -228,6 +228,9 @@ class ScpRunner:
         except Exception:
             self._failed(running, Failure())
             return
+        if type(result) is int:  # a plain status, the commonest answer (C-ECHO)
+            self._finish(running, result, None, {})
+            return
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):

@@ -421,16 +421,41 @@ class LowLatencyTests(ProtocolTestCase):
         self.make(transport=SocketTransport(handle))
         self.assertIn((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), handle.options)
 
-    def test_quickack_rearmed_on_each_read_where_available(self):
+    def test_quickack_rearmed_after_a_read_not_answered_where_available(self):
         quickack = getattr(socket, "TCP_QUICKACK", None)
         handle = FakeSocket()
         self.make(transport=SocketTransport(handle))
         before = len(handle.options)
-        self.protocol.dataReceived(associate_rq().encode())
+        self.protocol.dataReceived(associate_rq().encode())  # the user answers later
         if quickack is None:
             self.assertEqual(len(handle.options), before)
         else:
             self.assertEqual(handle.options[before:], [(socket.IPPROTO_TCP, quickack, 1)])
+
+    def test_quickack_rearmed_after_part_of_a_pdu(self):
+        quickack = getattr(socket, "TCP_QUICKACK", None)
+        if quickack is None:
+            self.skipTest("no TCP_QUICKACK here")
+        handle = FakeSocket()
+        self.make(transport=SocketTransport(handle))
+        rq = associate_rq().encode()
+        for part in (rq[:3], rq[3:20]):
+            before = len(handle.options)
+            self.protocol.dataReceived(part)
+            self.assertEqual(handle.options[before:], [(socket.IPPROTO_TCP, quickack, 1)])
+
+    def test_no_quickack_after_a_read_answered_at_once(self):
+        # The answer carries the ACK: no system call for it.
+        class Rejects(RecordingUser):
+            def association_indication(self, item):
+                self.protocol.call("reject", AssociateRJ(result=1, source=1, reason=1))
+
+        handle = FakeSocket()
+        self.make(transport=SocketTransport(handle), user=Rejects())
+        before = len(handle.options)
+        self.protocol.dataReceived(associate_rq().encode())
+        self.assertEqual(self.written(), [AssociateRJ(result=1, source=1, reason=1)])
+        self.assertEqual(handle.options[before:], [])
 
     def test_socket_errors_are_ignored(self):
         self.make(transport=SocketTransport(FakeSocket(fail=True)))

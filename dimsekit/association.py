@@ -185,7 +185,9 @@ class Association(ServiceUser):
         request = AssociationRequest(rq=rq, peer=self.peer, association=self)
         rj = check_association_rq(rq, ae.policy)
         if rj is None:
-            rj = ae.pm.hook.dimsekit_accept_association(request=request)
+            accept_hook = ae.pm.hook.dimsekit_accept_association
+            if accept_hook.get_hookimpls():  # no plugin decides: no call
+                rj = accept_hook(request=request)
         if rj is None:
             if ae.take_slot(self):
                 self._counted = True

@@ -168,7 +168,9 @@ class DicomProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         transport = self.transport
-        sock = set_low_latency(transport)
+        # No TCP_QUICKACK yet: a new connection starts in quick-ACK mode, and
+        # dataReceived re-arms it after any read it does not answer at once.
+        sock = set_low_latency(transport, quickack=False)
         self._socket = sock if _TCP_QUICKACK is not None else None
         if type(getattr(transport, "bufferSize", None)) is int:
             self._sized = transport

@@ -421,6 +421,12 @@ class LowLatencyTests(ProtocolTestCase):
         self.make(transport=SocketTransport(handle))
         self.assertIn((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), handle.options)
 
+    def test_only_tcp_nodelay_on_connection(self):
+        # a new connection starts in quick-ACK mode: no TCP_QUICKACK call before the first read
+        handle = FakeSocket()
+        self.make(transport=SocketTransport(handle))
+        self.assertEqual(handle.options, [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+
     def test_quickack_rearmed_after_a_read_not_answered_where_available(self):
         quickack = getattr(socket, "TCP_QUICKACK", None)
         handle = FakeSocket()

@@ -319,8 +319,8 @@ class DicomProtocol(protocol.Protocol):
         if deadline is None:
             return  # a timer left running fires, finds nothing due, and is not re-armed
         timer = self._timer
-        if timer is not None and timer.active():
-            if self._timer_at is not None and self._timer_at <= deadline:
+        if timer is not None:  # pending: only _fire and connectionLost clear it
+            if self._timer_at <= deadline:  # type: ignore[operator]
                 return  # fires early, finds nothing due, re-arms for the later deadline
             timer.cancel()
         self._timer_at = deadline

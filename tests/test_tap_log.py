@@ -1,0 +1,112 @@
+"""The node's log (dimsekit.tap): twistd's text lines, byte for byte, with the
+timestamp made once per second; installed only when the operator did not
+choose --logger or --syslog."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+
+import pytest
+from twisted.logger import FileLogObserver, LogLevel, formatEventAsClassicLogText
+from twisted.python.failure import Failure
+from twisted.scripts.twistd import ServerOptions
+
+from dimsekit import tap
+
+T0 = 1_790_000_000.25  # some time, a quarter into its second
+
+
+def events():
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = Failure()
+    return [
+        {"log_format": "hello {who}", "who": "world", "log_time": T0, "log_level": LogLevel.info,
+         "log_namespace": "dimsekit.association"},
+        {"log_format": "pre-formatted {{braces}}", "log_time": T0 + 0.5, "log_system": "dimsekit.association#info"},
+        {"log_format": "two\nlines", "log_time": T0 + 1, "log_level": LogLevel.warn, "log_namespace": "x"},
+        {"log_format": "it failed", "log_time": T0 + 2, "log_failure": failure, "log_level": LogLevel.critical,
+         "log_namespace": "y"},
+        {"log_format": "no time"},
+        {"log_format": "é non-ASCII", "log_time": T0 - 3600},
+        {},
+    ]
+
+
+def test_lines_are_twisteds():
+    formatter = tap.NodeLogFormatter()
+    for event in events():
+        assert formatter(event) == formatEventAsClassicLogText(event)
+
+
+def test_timestamp_made_once_per_second(monkeypatch):
+    calls = []
+    real = tap.formatTime
+
+    def counting(when):
+        calls.append(when)
+        return real(when)
+
+    monkeypatch.setattr(tap, "formatTime", counting)
+    formatter = tap.NodeLogFormatter()
+    stamps = [formatter.format_time(t) for t in (T0, T0 + 0.5, T0 + 0.7, T0 + 1, T0 + 1.7, T0 + 5, T0)]
+    assert len(calls) == 4  # seconds T0, T0+1, T0+5, T0 again
+    assert stamps == [real(t) for t in (T0, T0 + 0.5, T0 + 0.7, T0 + 1, T0 + 1.7, T0 + 5, T0)]
+    assert formatter.format_time(None) == "-"
+
+
+def parse(*argv):
+    options = ServerOptions()
+    options.parseOptions([*argv, "dimsekit", "--port", "1"])
+    return options
+
+
+def test_node_observer_installed_by_default(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    options = parse("-n", "--pidfile=")
+    observer = options["logger"]()
+    assert isinstance(observer, FileLogObserver)
+    observer({"log_format": "association {n}", "n": 1, "log_time": T0, "log_system": "s"})
+    assert out.getvalue() == formatEventAsClassicLogText({"log_format": "association 1", "log_time": T0, "log_system": "s"})
+
+
+def test_operator_choices_are_kept():
+    assert parse("-n", "--logger", "twisted.logger.textFileLogObserver")["logger"].__name__ == "textFileLogObserver"
+    if "syslog" in ServerOptions().keys():
+        assert parse("-n", "--syslog")["logger"] is None
+
+
+def test_logfile_and_rotation_signal(tmp_path):
+    if not hasattr(signal, "SIGUSR1"):
+        pytest.skip("no SIGUSR1 here")
+    previous = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    try:
+        path = tmp_path / "node.log"
+        observer = tap.node_log_observer({"logfile": str(path), "nodaemon": True})
+        observer({"log_format": "one line", "log_time": T0, "log_system": "s"})
+        assert path.read_text() == formatEventAsClassicLogText({"log_format": "one line", "log_time": T0, "log_system": "s"})
+        assert callable(signal.getsignal(signal.SIGUSR1))  # rotation on SIGUSR1, as twistd does
+        handler = signal.getsignal(signal.SIGUSR1)
+        tap.node_log_observer({"logfile": str(tmp_path / "other.log"), "nodaemon": True})
+        assert signal.getsignal(signal.SIGUSR1) is handler  # an existing handler is left alone
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_where_lines_go(monkeypatch, tmp_path):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # no process-wide handler from a test
+    assert tap.node_log_observer({"logfile": "-", "nodaemon": True})._outFile is out
+    assert tap.node_log_observer({"logfile": None, "nodaemon": True})._outFile is out
+    if hasattr(signal, "SIGUSR1"):
+        with pytest.raises(SystemExit):
+            tap.node_log_observer({"logfile": "-", "nodaemon": False})
+        daemon = tap.node_log_observer({"logfile": None, "nodaemon": False})
+        assert daemon._outFile.path == str(tmp_path / "twistd.log")

@@ -77,7 +77,10 @@ class NodeLogFormatter:
 
     :func:`twisted.logger.formatEventAsClassicLogText` with the RFC 3339
     timestamp (``2026-11-26T08:22:19+0000``, whole seconds) formatted once per
-    second rather than once per line; the text is otherwise Twisted's.
+    second rather than once per line; and an event that carries its whole
+    line as its format (no fields, its ``log_system`` given, no failure --
+    the association lines) is put together directly.  The text is
+    Twisted's, byte for byte (a test compares them).
     """
 
     __slots__ = ("_second", "_stamp")
@@ -100,6 +103,19 @@ class NodeLogFormatter:
         return self._stamp
 
     def __call__(self, event: dict[str, Any]) -> str | None:
+        text = event.get("log_format")
+        system = event.get("log_system")
+        if (
+            type(text) is str and type(system) is str and "{" not in text and "}" not in text
+            and "log_failure" not in event and "log_flattened" not in event
+        ):
+            # A line given whole (the association lines; any format without
+            # fields) with its system: what Twisted makes of it, without
+            # running its formatter over it.
+            if not text:
+                return None
+            line = f"{self.format_time(event.get('log_time'))} [{system}] {text}"
+            return line.replace("\n", "\n\t") + "\n"
         return formatEventAsClassicLogText(event, formatTime=self.format_time)
 
 

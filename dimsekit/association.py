@@ -182,11 +182,12 @@ class Association(ServiceUser):
         """We are the acceptor and an A-ASSOCIATE-RQ arrived: decide and answer."""
         rq = self.rq = output.rq
         ae = self.ae
-        request = AssociationRequest(rq=rq, peer=self.peer, association=self)
+        request: AssociationRequest | None = None  # what the hooks get, made if one is called
         rj = check_association_rq(rq, ae.policy)
         if rj is None:
             accept_hook = ae.pm.hook.dimsekit_accept_association
             if accept_hook.get_hookimpls():  # no plugin decides: no call
+                request = AssociationRequest(rq=rq, peer=self.peer, association=self)
                 rj = accept_hook(request=request)
         if rj is None:
             if ae.take_slot(self):
@@ -200,6 +201,8 @@ class Association(ServiceUser):
         if identity is None:
             self._accept(None)
             return
+        if request is None:
+            request = AssociationRequest(rq=rq, peer=self.peer, association=self)
         d = defer.maybeDeferred(ae.pm.hook.dimsekit_authenticate, identity=identity, request=request)
         d.addCallbacks(self._authenticated, self._authentication_failed)
 

@@ -11,8 +11,11 @@ dimsekit's own code per C-ECHO (bytes in -> bytes out) and per association
 optimisations of dimsekit can change; bench_echo.py measures the whole.
 
 Per-association log lines go to a throw-away observer that formats them
-as twistd's file observer does, so that their cost is counted.
-Prints the median microseconds of ``--repeat`` runs.
+as the node's log observer does (:func:`dimsekit.tap.node_log_observer`'s
+formatter), so that their cost is counted.  Prints the median microseconds
+of ``--repeat`` runs, and the association's cost phase by phase: connect
+(buildProtocol + makeConnection), A-ASSOCIATE-RQ -> AC, the C-ECHO, the
+A-RELEASE-RQ -> RP and the close (end hooks, the log line).
 """
 
 from __future__ import annotations
@@ -29,9 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_echo import ASSOCIATE_RQ, ECHO_RQ, RELEASE_RQ  # noqa: E402
 from twisted.internet import address, task  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
-from twisted.logger import globalLogPublisher, textFileLogObserver  # noqa: E402
+from twisted.logger import FileLogObserver, globalLogPublisher, textFileLogObserver  # noqa: E402
 
 from dimsekit.ae import ApplicationEntity  # noqa: E402
+
+try:
+    from dimsekit.tap import NodeLogFormatter  # noqa: E402
+except ImportError:  # an older tree (PYTHONPATH=DIR): the node logged through twistd's default observer
+    NodeLogFormatter = None  # type: ignore[assignment,misc]
+
+PHASES = ("connect", "RQ -> AC", "C-ECHO", "release", "close")
 
 
 class _Transport(StringTransport):
@@ -64,20 +74,36 @@ def echo_us(ae: ApplicationEntity, n: int) -> float:
     return elapsed / n * 1e6
 
 
-def assoc_us(ae: ApplicationEntity, n: int) -> float:
+def assoc_us(ae: ApplicationEntity, n: int, phases: list[float] | None = None) -> float:
+    """Microseconds per association; ``phases`` (if given) gets the per-phase sums added."""
     from twisted.internet.error import ConnectionDone
     from twisted.python.failure import Failure
 
     done = Failure(ConnectionDone())
-    started = time.perf_counter()
+    clock = time.perf_counter
+    sums = [0.0] * len(PHASES)
+    started = clock()
     for _ in range(n):
+        t0 = clock()
         proto, transport = make_connection(ae)
+        t1 = clock()
         proto.dataReceived(ASSOCIATE_RQ)
+        t2 = clock()
         proto.dataReceived(ECHO_RQ)
+        t3 = clock()
         proto.dataReceived(RELEASE_RQ)
+        t4 = clock()
         proto.connectionLost(done)
-    elapsed = time.perf_counter() - started
+        t5 = clock()
+        sums[0] += t1 - t0
+        sums[1] += t2 - t1
+        sums[2] += t3 - t2
+        sums[3] += t4 - t3
+        sums[4] += t5 - t4
+    elapsed = clock() - started
     assert not ae.active
+    if phases is not None:
+        phases[:] = [total / n * 1e6 for total in sums]
     return elapsed / n * 1e6
 
 
@@ -88,7 +114,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     sink = io.StringIO()
-    observer = textFileLogObserver(sink)
+    observer = textFileLogObserver(sink) if NodeLogFormatter is None else FileLogObserver(sink, NodeLogFormatter())
     globalLogPublisher.addObserver(observer)
     try:
         ae = ApplicationEntity("DIMSEKIT", reactor=task.Clock())
@@ -96,14 +122,19 @@ def main() -> None:
         assoc_us(ae, 50)
         echoes = [echo_us(ae, args.echoes) for _ in range(args.repeat)]
         assocs = []
+        phases: list[list[float]] = []
         for _ in range(args.repeat):
             sink.seek(0)
             sink.truncate()
-            assocs.append(assoc_us(ae, args.assocs))
+            phases.append([])
+            assocs.append(assoc_us(ae, args.assocs, phases[-1]))
     finally:
         globalLogPublisher.removeObserver(observer)
     print(f"C-ECHO (bytes in -> bytes out):      {statistics.median(echoes):7.1f} us  (runs {', '.join(f'{x:.1f}' for x in echoes)})")
     print(f"association (RQ, echo, release, close): {statistics.median(assocs):7.1f} us  (runs {', '.join(f'{x:.1f}' for x in assocs)})")
+    print("  by phase (median): " + ", ".join(
+        f"{name} {statistics.median(run[i] for run in phases):.1f}" for i, name in enumerate(PHASES)
+    ) + " us")
 
 
 if __name__ == "__main__":

@@ -206,10 +206,10 @@ class ScpRunner:
             return None, 0x0124  # Refused: not authorized (role not negotiated)
         handlers = self.association.handlers
         sop_class = context.abstract_syntax
-        handler = handlers.get((name, sop_class)) or handlers.get((name, None))
+        handler = (handlers.get((name, sop_class)) or handlers.get((name, None))) if handlers else None
         registry = self.association.ae.registry
         if handler is None:
-            handler = registry.handler(name, sop_class)
+            handler = registry.handlers.get((name, sop_class))
         if handler is None and sop_class in registry.handlers_by_sop_class:
             # The SOP class is served, just not with this operation.
             return None, 0x0211  # Unrecognized operation
@@ -222,14 +222,19 @@ class ScpRunner:
             self._next()
             return
         running = _Running(request)
-        self.running[request.message_id] = running
+        message_id = request.message_id
+        self.running[message_id] = running
         try:
             result = handler(request)
         except Exception:
             self._failed(running, Failure())
             return
         if type(result) is int:  # a plain status, the commonest answer (C-ECHO)
-            self._finish(running, result, None, {})
+            if self.running.pop(message_id, None) is None:
+                return  # the handler ended the association meanwhile
+            self._respond(request, result)
+            if self.queue:
+                self._next()
             return
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)

@@ -52,6 +52,7 @@ import secrets
 import shutil
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +106,10 @@ _MB = 1 << 20
 _PREFIX = 64 * 1024
 #: after this many bytes of a data set the kernel is asked to start writing them out
 _WRITEBACK = 256 * 1024
+#: a data set stays in memory up to this size, and is written by the commit's worker thread
+_SPOOL = _MB
+#: free space this far above the floor is not checked again for a second
+_FREE_MARGIN = 1 << 30
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
 #: extended attribute giving a file's full length, set before it is renamed into place unsynced
 _LENGTH_XATTR = "user.dimsekit.length"
@@ -299,6 +304,7 @@ class IncomingInstance:
         temp_path: Path,
         file: IO[bytes] | None,
         header_length: int,
+        part10_header: bytes | None = None,
     ) -> None:
         self.archive = archive
         self.sop_class_uid = sop_class_uid
@@ -314,15 +320,34 @@ class IncomingInstance:
         self.error: ArchiveError | None = None
         self.stored: ArchivedInstance | None = None
         self._file: IO[bytes] | None = file
-        #: the first _PREFIX bytes of the data set, parsed for the index while the file is synced
-        self._prefix = bytearray()
+        #: the preamble and File Meta Information, until the file is created
+        self._part10_header: bytes | None = part10_header
+        #: the data set while it is small: no file I/O in the reactor thread (a file
+        #: creation there waits for the fsyncs of other commits); None once in the file
+        self._memory: bytearray | None = bytearray() if file is None else None
         self._header: _HeaderJob | None = None
         self._unflushed = 0
 
-    def _start_header(self, *, complete: bool) -> None:
-        prefix, self._prefix = bytes(self._prefix), bytearray()
+    def _start_header(self, *, complete: bool, queue: bool) -> None:
+        """Read the header from the first bytes: queued in the pool now, or run by the commit itself."""
+        memory = self._memory if self._memory is not None else bytearray()
+        prefix = bytes(memory) if complete else bytes(memory[:_PREFIX])
         self._header = _HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
-        self.archive._submit(self._header.run)
+        if queue:
+            self.archive._submit(self._header.run)
+
+    def _open_file(self) -> IO[bytes]:
+        """Create the temporary file with the header and what arrived so far (any thread)."""
+        file = self.temp_path.open("xb", buffering=_WRITEBACK)
+        try:
+            file.write(self._part10_header or b"")
+            if self._memory:
+                file.write(self._memory)
+        except BaseException:
+            file.close()
+            raise
+        self._part10_header = self._memory = None
+        return file
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
@@ -340,12 +365,20 @@ class IncomingInstance:
                 return
             raise LocalProtocolError(f"write to an incoming instance that is {self.state}")
         self.size += len(data)
+        memory = self._memory
+        if memory is not None:
+            memory += data
+            if self._header is None and len(memory) >= _PREFIX:
+                self._start_header(complete=False, queue=True)  # read it while the rest arrives
+            if len(memory) < _SPOOL:
+                return
+            try:
+                self._file = self._open_file()  # large: on to disk as it arrives
+            except OSError as exc:
+                self._write_failed(exc)
+            return
         if self._file is None:
             return  # a write failed earlier: keep counting, drop the data
-        if self._header is None and len(self._prefix) < _PREFIX:
-            self._prefix += data[:_PREFIX - len(self._prefix)]
-            if len(self._prefix) == _PREFIX:  # a large one: read its header while the rest arrives
-                self._start_header(complete=False)
         try:
             self._file.write(data)
             self._unflushed += len(data)
@@ -356,10 +389,14 @@ class IncomingInstance:
                 self._file.flush()
                 os.posix_fadvise(self._file.fileno(), 0, 0, _FADV_DONTNEED)
         except OSError as exc:
-            self.error = _resource_error(exc, "write the instance")
-            _log.warn("{uid}: {error}; the rest of its data set is dropped", uid=self.sop_instance_uid, error=self.error)
-            self._close_file()
-            _unlink(self.temp_path)
+            self._write_failed(exc)
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.error = _resource_error(exc, "write the instance")
+        _log.warn("{uid}: {error}; the rest of its data set is dropped", uid=self.sop_instance_uid, error=self.error)
+        self._memory = None
+        self._close_file()
+        _unlink(self.temp_path)
 
     def close(self) -> None:
         """The last fragment arrived."""
@@ -371,7 +408,7 @@ class IncomingInstance:
         if self.state not in ("receiving", "closed"):
             return
         self.state = "aborted"
-        self._prefix = bytearray()
+        self._memory = None
         self._close_file()
         _unlink(self.temp_path)
         self.archive._forget(self)
@@ -385,6 +422,8 @@ class IncomingInstance:
                 from dimsekit.datasets import part10_info
 
                 offset = part10_info(path).dataset_offset
+        elif self.state in ("receiving", "closed") and self._memory is not None:
+            return io.BytesIO(bytes(self._memory))
         elif self.state in ("receiving", "closed") and self._file is not None:
             self._file.flush()
             path, offset = self.temp_path, self.header_length
@@ -402,7 +441,7 @@ class IncomingInstance:
             return defer.fail(LocalProtocolError(f"commit() of an incoming instance that is {self.state}"))
         self.state = "committing"
         if self.error is None and self._header is None:
-            self._start_header(complete=True)
+            self._start_header(complete=True, queue=False)
         return self.archive._commit(self)
 
     def _close_file(self) -> None:
@@ -470,6 +509,7 @@ class Archive:
         self._lock_file: IO[str] | None = None
         #: rename new files into place before syncing them (see _store_file); off without xattrs
         self._rename_first = hasattr(os, "setxattr")
+        self._free_ok_until = 0.0
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -666,17 +706,10 @@ class Archive:
             temp_path=path,
             file=None,
             header_length=len(header),
+            part10_header=header,
         )
         with self._live_lock:  # before the file exists: reconcile() must never take it for a stray one
             self._live[name] = incoming
-        try:
-            incoming._file = path.open("xb", buffering=_WRITEBACK)
-            incoming._file.write(header)
-        except OSError as exc:
-            incoming._close_file()
-            _unlink(path)
-            self._forget(incoming)
-            raise _resource_error(exc, "create a file for the instance") from exc
         return incoming
 
     def lookup(self, sop_instance_uid: str) -> Deferred:
@@ -722,12 +755,19 @@ class Archive:
     # -- committing (worker thread) ------------------------------------------------------------
 
     def _check_free_space(self) -> None:
+        """Refuse below the floor.  Far above it, a reading is trusted for a second (a statvfs per
+        instance cost as much as the rest of receive())."""
         if self.min_free_mb <= 0:
+            return
+        now = time.monotonic()
+        if now < self._free_ok_until:
             return
         try:
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
             raise _resource_error(exc, "check the free disk space") from exc
+        if free > self.min_free_mb * _MB + _FREE_MARGIN:
+            self._free_ok_until = now + 1.0
         if free < self.min_free_mb * _MB:
             raise OutOfResources(
                 f"{free // _MB} MB free, below the floor of {self.min_free_mb:g} MB (min_free_mb)"
@@ -797,7 +837,9 @@ class Archive:
             raise incoming.error
         file = incoming._file
         if file is None:
-            raise OutOfResources("the instance's file is gone")
+            if incoming._memory is None:
+                raise OutOfResources("the instance's file is gone")
+            file = incoming._file = incoming._open_file()
         file.flush()
         fd = file.fileno()
         temp = incoming.temp_path

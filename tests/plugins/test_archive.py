@@ -386,6 +386,8 @@ def test_below_the_disk_floor_receive_refuses_before_writing(root, clock, tmp_pa
 def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(archive, clock, root):
     ds = make_dataset()
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
+    big = store_module._SPOOL + 10
+    incoming.write(b"\x00" * big)  # past the memory threshold: now in its file
 
     class Full:
         def write(self, data):
@@ -395,24 +397,41 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
             pass
 
     real = incoming._file
+    assert real is not None
     incoming._file = Full()
     real.close()
     incoming.write(b"\x00" * 100)
     incoming.write(b"\x00" * 100)  # later fragments are counted, not written
     incoming.close()
-    assert incoming.size == 200
+    assert incoming.size == big + 200
     assert incoming_files(root) == []
     error = clock.failure_of(incoming.commit())
     assert isinstance(error, OutOfResources) and "disk full" in str(error)
     assert dcm_files(root) == []
 
 
-def test_abort_leaves_no_file_and_no_row(archive, clock, root):
+def test_a_small_instance_stays_in_memory_until_its_commit_writes_it(archive, clock, root, monkeypatch):
     ds = make_dataset()
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+    assert incoming_files(root) == []  # no file created in the reactor thread
+    assert incoming.open().read() == encode(ds)
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.IncomingInstance, "_open_file", full)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, OutOfResources) and "disk full" in str(error)
+    assert dcm_files(root) == [] and incoming_files(root) == []
+
+
+@pytest.mark.parametrize("pixels", [32, 2 * store_module._SPOOL], ids=["in memory", "in its file"])
+def test_abort_leaves_no_file_and_no_row(archive, clock, root, pixels):
+    ds = make_dataset(pixels=b"\x01" * pixels)
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
     incoming.write(data[: len(data) // 2])
-    assert len(incoming_files(root)) == 1
+    assert len(incoming_files(root)) == (1 if len(data) // 2 >= store_module._SPOOL else 0)
     incoming.abort()
     incoming.abort()  # idempotent
     assert incoming_files(root) == [] and dcm_files(root) == []
@@ -591,7 +610,7 @@ def test_reconcile_reindexes_a_file_whose_index_transaction_was_lost(archive, cl
 
 def test_reconcile_leaves_instances_being_received_alone(archive, clock, root):
     incoming = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
-    incoming.write(b"\x08\x00")
+    incoming.write(b"\x08\x00" * store_module._SPOOL)  # large: in its temporary file already
     report = clock.wait(archive.reconcile())
     assert report["temp_removed"] == []
     assert incoming_files(root) == [incoming.temp_path.name]

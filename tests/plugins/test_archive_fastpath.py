@@ -261,7 +261,7 @@ def test_reconcile_quarantines_a_file_whose_data_never_all_reached_the_disk(arch
 def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, clock, monkeypatch):
     advised = []
     monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(advice))
-    ds = make_dataset(pixels=b"\x02" * (4 * _PREFIX))
+    ds = make_dataset(pixels=b"\x02" * (2 * store_module._SPOOL))
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
     incoming.write(data[: _PREFIX + 100])

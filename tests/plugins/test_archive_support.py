@@ -125,8 +125,8 @@ def make_dataset(
     for keyword, value in extra.items():
         setattr(ds, keyword, value)
     if pixels:
-        ds.Rows = 4
-        ds.Columns = len(pixels) // 8
+        ds.Rows = 4 if len(pixels) <= 8 * 0xFFFF else len(pixels) // (2 * 4096)
+        ds.Columns = len(pixels) // (2 * ds.Rows)
         ds.BitsAllocated = 16
         ds.BitsStored = 16
         ds.HighBit = 15

@@ -329,7 +329,7 @@ def _pdata(context_id: int, control: int, fragment: bytes) -> bytes:
 
 
 def test_a_data_set_cut_off_by_the_connection_dropping_leaves_nothing(node):
-    ds = make_dataset(pixels=b"\x07\x00" * 40_000)
+    ds = make_dataset(pixels=b"\x07\x00" * 1_200_000)  # large enough to be spooled to its file
     data = encode(ds)
     context = node.assoc.context_for(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
     command = encode_command(make_command(

@@ -137,10 +137,14 @@ def make_set(directory: Path, count: int, rows: int, tag: str) -> int:
 def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: bool = False):
     out.mkdir(parents=True, exist_ok=True)
     name = f"store-{kind}{'-nagle' if nagle else ''}"
-    if kind == "dimsekit":
+    if kind in ("dimsekit", "dimsekit-nofsync"):
         log = out.parent / f"{out.name}.twistd.log"
-        argv = [twistd(), "-n", "--pidfile=", "--logfile", str(log), "dimsekit",
-                "--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(out)]
+        argv = [twistd(), "-n", "--pidfile=", "--logfile", str(log), "dimsekit"]
+        if kind == "dimsekit-nofsync":  # not a shipping setting: what durability costs
+            config = out.parent / f"{out.name}.toml"
+            config.write_text("[plugins.archive]\nfsync = false\n")
+            argv += ["--config", str(config)]
+        argv += ["--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(out)]
         return servers.start(name, argv, port)
     if kind == "pynetdicom":
         argv = [sys.executable, "-c", PYNETDICOM_STORESCP.format(here=str(HERE)),
@@ -154,7 +158,7 @@ def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: 
 
 def stored_files(kind: str, out: Path) -> int:
     """How many instance files the receiver holds."""
-    if kind == "dimsekit":  # the archive: instance files anywhere under the data dir
+    if kind.startswith("dimsekit"):  # the archive: instance files anywhere under the data dir
         return sum(1 for p in out.rglob("*") if p.is_file() and _is_part10(p))
     return sum(1 for p in out.iterdir() if p.is_file())
 
@@ -249,8 +253,8 @@ def main() -> None:
             "ct": (kinds, [ct_groups[:4]], 4 * per_group, sum(group_bytes[:4]), False),
             "small": (kinds, [[small_dir]], n_small, small_bytes, False),
             "concurrent": (kinds, [[d] for d in ct_groups], 8 * per_group, sum(group_bytes), False),
-            "nagle-ct": ([k for k in kinds if k != "pynetdicom"], [[nagle_ct_dir]], nagle_ct, nagle_ct_bytes, True),
-            "nagle-small": ([k for k in kinds if k != "pynetdicom"], [[nagle_small_dir]], nagle_small,
+            "nagle-ct": ([k for k in kinds if k in ("dimsekit", "dcmtk")], [[nagle_ct_dir]], nagle_ct, nagle_ct_bytes, True),
+            "nagle-small": ([k for k in kinds if k in ("dimsekit", "dcmtk")], [[nagle_small_dir]], nagle_small,
                             nagle_small_bytes, True),
         }
         scenarios = {s: v for s, v in scenarios.items() if s not in skip and s.split("-")[0] not in skip}
@@ -293,7 +297,7 @@ def main() -> None:
         base = recs.get("dimsekit")
         for kind, r in recs.items():
             ratio = ""
-            if base and kind != "dimsekit":
+            if base and not kind.startswith("dimsekit"):
                 ratio = f"{base['instances_per_s'] / r['instances_per_s']:.2f}x"
             rows.append([titles[scenario], f"{res['instances']}", kind, fmt(r["instances_per_s"], 1),
                          fmt(r["mb_per_s"], 1), ratio])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dimsekit.dimse.codec import CommandError
 from dimsekit.dimse.commands import (
@@ -353,3 +355,56 @@ def test_command_error_response_fields() -> None:
     assert error.message_id is None and error.command_field is None
     assert "OffendingElement" not in CommandError(0x0211, "y").response_fields()
     assert repr(CommandError(0x0211, "y")) == "CommandError(0x0211, 'y')"
+
+
+# -- validate(decoded=True): the received commands' cheaper checks -----------------
+
+
+def _outcome(command: dict, **kwargs: object) -> object:
+    try:
+        return validate(command, **kwargs).field
+    except CommandError as exc:
+        return (exc.status, exc.offending_element, str(exc))
+
+
+@given(
+    field=st.sampled_from(list(CommandField)),
+    optional=st.booleans(),
+    mutation=st.tuples(st.integers(0, 4096), st.integers(0, 255)),
+)
+@settings(max_examples=300)
+def test_validate_decoded_agrees_with_full_validation(field: CommandField, optional: bool, mutation: tuple[int, int]) -> None:
+    """Whatever decode_command returns (a valid command, or one whose bytes
+    were changed), validate(decoded=True) decides exactly as validate()."""
+    from dimsekit.dimse.codec import decode_command, encode_command
+
+    raw = bytearray(encode_command(sample_command(field, optional=optional)))
+    position, value = mutation
+    raw[position % len(raw)] = value
+    try:
+        command = decode_command(bytes(raw))
+    except CommandError:
+        return
+    assert _outcome(command, decoded=True) == _outcome(command)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("AffectedSOPClassUID", "1.2.3a"),
+        ("AffectedSOPInstanceUID", "1" * 65),
+        ("MoveDestination", "BACK\\SLASH"),
+        ("MoveDestination", "A" * 17),
+    ],
+)
+def test_validate_decoded_still_checks_uids_and_ae_titles(key: str, value: str) -> None:
+    """The checks decoding cannot make for us are still made."""
+    from dimsekit.dimse.codec import decode_command, encode_command
+
+    field = CommandField.C_MOVE_RQ if key == "MoveDestination" else CommandField.C_STORE_RQ
+    command = decode_command(encode_command(sample_command(field)))
+    validate(command, decoded=True)
+    command[key] = value  # as if the peer had sent it (encode_command refuses it)
+    with pytest.raises(CommandError) as caught:
+        validate(command, decoded=True)
+    assert caught.value.status == 0x0212

@@ -9,6 +9,9 @@ on a ``task.Clock``: no reactor, no system calls.  What it measures is
 dimsekit's own code per C-ECHO (bytes in -> bytes out) and per association
 (connect, A-ASSOCIATE-RQ, C-ECHO, A-RELEASE-RQ, close), the part that
 optimisations of dimsekit can change; bench_echo.py measures the whole.
+It also times the receive path a C-STORE takes (:func:`receive_us`: upper
+layer framing, PDV decoding, command decoding and validation, reassembly into
+a sink that only counts) per small (1.4 KB) and CT-sized (512 KB) message.
 
 Per-association log lines go to a throw-away observer that formats them
 as the node's log observer does (:func:`dimsekit.tap.node_log_observer`'s
@@ -107,11 +110,75 @@ def assoc_us(ae: ApplicationEntity, n: int, phases: list[float] | None = None) -
     return elapsed / n * 1e6
 
 
+class _CountingSink:
+    """A data set sink that only counts (the receive path without storage)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.size += len(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def receive_us(dataset_size: int, n: int, read_size: int = 1 << 20) -> float:
+    """Microseconds per C-STORE-RQ message received, sans-I/O: the bytes of
+    ``n`` messages (command PDU, then the data set in 16 KiB P-DATA-TF PDUs,
+    as storescu sends them) fed to an established UpperLayer in reads of
+    ``read_size`` bytes, each PDV through the MessageAssembler into a sink
+    that counts -- framing, PDU/PDV decoding, command decoding and
+    validation, reassembly; no association, no storage."""
+    from dimsekit.dimse.codec import encode_command
+    from dimsekit.dimse.fragments import (
+        CommandReceived,
+        MessageAssembler,
+        MessageReceived,
+        fragment_message,
+    )
+    from dimsekit.ul import outputs as out
+    from dimsekit.ul.connection import UpperLayer
+    from dimsekit.ul.fsm import State
+
+    pdus = []
+    for message_id in range(1, n + 1):
+        command = encode_command({
+            "CommandField": 0x0001, "MessageID": message_id & 0xFFFF, "Priority": 0,
+            "CommandDataSetType": 0x0000, "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+            "AffectedSOPInstanceUID": f"1.2.826.0.1.3680043.8.498.{message_id}",
+        })
+        pdus.extend(fragment_message(1, command, bytes(dataset_size), 16384))
+    stream = b"".join(pdus)
+    reads = [stream[i : i + read_size] for i in range(0, len(stream), read_size)]
+    ul = UpperLayer()
+    ul.state = State.STA6
+    assembler = MessageAssembler()
+    received = 0
+    started = time.perf_counter()
+    for chunk in reads:
+        for output in ul.receive_data(chunk, 0.0):
+            if type(output) is out.PDataIndication:
+                for pdv in output.pdu.pdvs:
+                    for event in assembler.receive_pdv(pdv):
+                        if type(event) is CommandReceived and event.has_dataset:
+                            assembler.set_sink(_CountingSink())
+                        elif type(event) is MessageReceived:
+                            received += event.dataset.size
+    elapsed = time.perf_counter() - started
+    assert received == n * dataset_size, (received, n * dataset_size)
+    return elapsed / n * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--echoes", type=int, default=20000)
     parser.add_argument("--assocs", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--stores", type=int, default=2000, help="small C-STORE-RQ messages per receive run")
     args = parser.parse_args()
     sink = io.StringIO()
     observer = textFileLogObserver(sink) if NodeLogFormatter is None else FileLogObserver(sink, NodeLogFormatter())
@@ -135,6 +202,10 @@ def main() -> None:
     print("  by phase (median): " + ", ".join(
         f"{name} {statistics.median(run[i] for run in phases):.1f}" for i, name in enumerate(PHASES)
     ) + " us")
+    for label, size, count in (("1.4 KB", 1400, args.stores), ("512 KB", 524288, max(args.stores // 20, 10))):
+        receive_us(size, 10)
+        runs = [receive_us(size, count) for _ in range(args.repeat)]
+        print(f"C-STORE-RQ {label} received (no storage): {statistics.median(runs):7.1f} us  (runs {', '.join(f'{x:.1f}' for x in runs)})")
 
 
 if __name__ == "__main__":

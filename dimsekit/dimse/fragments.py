@@ -29,9 +29,8 @@ import io
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from enum import Enum
-from typing import IO, Any, NoReturn, Protocol, runtime_checkable
+from typing import IO, Any, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 from dimsekit.dimse.codec import CommandError, decode_command
 from dimsekit.dimse.commands import NO_DATASET, validate
@@ -332,8 +331,7 @@ class SpooledSink:
 # ---------------------------------------------------------------------------
 # Receiving: events and the assembler.
 # ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class CommandReceived:
+class CommandReceived(NamedTuple):
     """A command set is complete, decoded and valid (PS3.7 6.3.1).
 
     When ``has_dataset`` is true its data set follows; the receiver may now
@@ -345,8 +343,7 @@ class CommandReceived:
     has_dataset: bool
 
 
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
+class MessageReceived(NamedTuple):
     """A whole DIMSE message has arrived: its command set and, if it has one,
     the closed sink that holds its data set (else None)."""
 
@@ -355,8 +352,7 @@ class MessageReceived:
     dataset: DataSink | None
 
 
-@dataclass(frozen=True, slots=True)
-class CommandRejected:
+class CommandRejected(NamedTuple):
     """A message whose command set cannot be accepted but can be answered.
 
     Reported once the whole message (its data set, if any, discarded) has
@@ -386,6 +382,10 @@ class _State(Enum):
     DATASET = "dataset"
     #: Dropping the data set of a rejected command.
     DISCARD = "discard"
+
+
+_IDLE = _State.IDLE
+_DATASET = _State.DATASET
 
 
 class MessageAssembler:
@@ -468,65 +468,76 @@ class MessageAssembler:
             yield from self.receive_pdv(pdv)
 
     def receive_pdv(self, pdv: Any) -> list[Event]:
-        """Take one PDV (``context_id``, ``control``, ``data``); return the
-        events it completes (zero, one, or CommandReceived + MessageReceived).
+        """Take one PDV (``(context_id, control, data)``: a
+        :class:`~dimsekit.ul.pdu.PresentationDataValue` or any 3-tuple);
+        return the events it completes (zero, one, or CommandReceived +
+        MessageReceived).
+
+        ``data`` (bytes or a memoryview) goes to the data set's sink as it
+        is, never copied here.
 
         :raises RemoteProtocolError: the PDV breaks the message sequence.
         """
-        context_id, control, data = pdv.context_id, pdv.control, pdv.data
+        context_id, control, data = pdv
         state = self._state
-        if state is not _State.IDLE and context_id != self._context_id:
-            self._fail(
-                f"PDV on presentation context {context_id} in the middle of a message "
-                f"on context {self._context_id}"
-            )
-        if control & _COMMAND:
-            if state is _State.IDLE:
-                self._state = _State.COMMAND
-                self._context_id = context_id
-                if control & _LAST and len(data) <= self.max_command_length:
-                    # The whole command set in one PDV (the usual case): no gathering.
-                    return self._command_complete(data)
-            elif state is not _State.COMMAND:
-                self._fail("command fragment while a data set was expected")
-            self._command_length += len(data)
-            if self._command_length > self.max_command_length:
-                self._fail(f"command set longer than {self.max_command_length} bytes")
-            self._command_parts.append(bytes(data))
-            if control & _LAST:
-                return self._command_complete()
-            return []
-        # Data set fragment.
-        if state is _State.DATASET:
-            self._dataset_length += len(data)
-            if (
-                self.max_dataset_length is not None
-                and self._dataset_length > self.max_dataset_length
-            ):
-                self.abort()
-                raise RemoteProtocolError(
-                    f"data set longer than {self.max_dataset_length} bytes", abort_source=0
+        if state is _DATASET:
+            # The hot path of a data set streaming in: one PDV per PDU.
+            if context_id != self._context_id:
+                self._fail(
+                    f"PDV on presentation context {context_id} in the middle of a message "
+                    f"on context {self._context_id}"
                 )
-            if self._sink is None:
-                self._sink = SpooledSink(self.spool_threshold, self.spool_dir)
-            self._sink.write(data)
+            if control & _COMMAND:
+                self._fail("command fragment while a data set was expected")
+            self._dataset_length += len(data)
+            limit = self.max_dataset_length
+            if limit is not None and self._dataset_length > limit:
+                self.abort()
+                raise RemoteProtocolError(f"data set longer than {limit} bytes", abort_source=0)
+            sink = self._sink
+            if sink is None:
+                sink = self._sink = SpooledSink(self.spool_threshold, self.spool_dir)
+            sink.write(data)
             if control & _LAST:
-                sink = self._sink
                 sink.close()
-                event = MessageReceived(self._context_id, self._command, sink)
+                event = MessageReceived(context_id, self._command, sink)
                 self._sink = None  # now the receiver's
                 self._reset()
                 return [event]
             return []
-        if state is _State.DISCARD:
-            if control & _LAST:
-                rejection = self._rejection
-                self._reset()
-                return [rejection]  # type: ignore[list-item]
-            return []
-        if state is _State.COMMAND:
+        if state is _IDLE:
+            if control == _COMMAND | _LAST and len(data) <= self.max_command_length:
+                # The whole command set in one PDV (the usual case): no
+                # gathering, and nothing to reset when no data set follows.
+                self._context_id = context_id
+                return self._command_complete(data)
+            if not control & _COMMAND:
+                self._fail("data set fragment without a command set")
+            self._state = _State.COMMAND
+            self._context_id = context_id
+        elif context_id != self._context_id:
+            self._fail(
+                f"PDV on presentation context {context_id} in the middle of a message "
+                f"on context {self._context_id}"
+            )
+        elif not control & _COMMAND:
+            if state is _State.DISCARD:
+                if control & _LAST:
+                    rejection = self._rejection
+                    self._reset()
+                    return [rejection]  # type: ignore[list-item]
+                return []
             self._fail("data set fragment before the command set was complete")
-        self._fail("data set fragment without a command set")
+        elif state is not _State.COMMAND:
+            self._fail("command fragment while a data set was expected")
+        # A command fragment (the first of several, or a later one).
+        self._command_length += len(data)
+        if self._command_length > self.max_command_length:
+            self._fail(f"command set longer than {self.max_command_length} bytes")
+        self._command_parts.append(bytes(data))
+        if control & _LAST:
+            return self._command_complete()
+        return []
 
     def _command_complete(self, raw: bytes | None = None) -> list[Event]:
         """The command set is complete: ``raw``, or the fragments gathered so far."""
@@ -536,7 +547,7 @@ class MessageAssembler:
         context_id = self._context_id
         try:
             command = decode_command(raw)
-            validate(command)
+            validate(command, decoded=True)
         except CommandError as error:
             return self._reject(error)
         has_dataset = command["CommandDataSetType"] != NO_DATASET
@@ -545,7 +556,8 @@ class MessageAssembler:
             self._state = _State.DATASET
             self._command = command
             return [received]
-        self._reset()
+        if self._state is not _IDLE:  # gathered from several fragments
+            self._reset()
         return [received, MessageReceived(context_id, command, None)]
 
     def _reject(self, error: CommandError) -> list[Event]:

@@ -181,9 +181,11 @@ class UpperLayer:
         After an invalid PDU the rest of the stream is discarded (framing is
         lost) and the table's abort action runs (Evt19).
 
-        Copies: the PDUs wholly inside ``data`` are decoded in place; only a
-        PDU cut by the end of a chunk is gathered in a buffer, and only its
-        own bytes (never the rest of the chunk) are appended to it.
+        Copies: the PDUs wholly inside ``data`` are decoded in place, their
+        PDV data handed on as read-only views of ``data`` (no copy: a data
+        set fragment reaches its sink as a memoryview); only a PDU cut by the
+        end of a chunk is gathered in a buffer, and only its own bytes (never
+        the rest of the chunk) are appended to it, copied out once decoded.
         """
         if self._discarding or self.state is State.STA1:
             return []
@@ -198,8 +200,9 @@ class UpperLayer:
             if buffer:
                 pos = self._complete_buffered(data, now, results)
             maximum = self.maximum_length
+            view = memoryview(data)  # data is bytes: immutable, safe to hand out views of
             while pos < end and not self._discarding and self.state is not State.STA1:
-                decoded = decode_from(data, pos, maximum)
+                decoded = decode_from(view, pos, maximum)
                 if decoded is None:
                     break
                 pdu, pos = decoded

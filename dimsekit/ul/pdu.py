@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from dimsekit.errors import LocalProtocolError, RemoteProtocolError
 from dimsekit.ul.items import (
@@ -203,17 +203,21 @@ class AssociateRJ:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PresentationDataValue:
+class PresentationDataValue(NamedTuple):
     """One PDV item of a P-DATA-TF PDU (PS3.8 Table 9-23 and Annex E.2).
 
     ``control`` is the message control header byte: bit 0 set = command
-    (else data set), bit 1 set = last fragment.
+    (else data set), bit 1 set = last fragment.  A named tuple (every
+    received PDU makes one per PDV): ``context_id, control, data = pdv``.
+
+    ``data`` is ``bytes``, or, for a PDU decoded by :func:`decode_from` from a
+    memoryview (the receiving hot path), a read-only view of that buffer:
+    the fragment without a copy.
     """
 
     context_id: int
     control: int
-    data: bytes
+    data: bytes | memoryview
 
     @property
     def is_command(self) -> bool:
@@ -226,9 +230,11 @@ class PresentationDataValue:
         return bool(self.control & 0x02)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PDataTF:
-    """P-DATA-TF PDU (PS3.8 Table 9-22): one or more PDV items."""
+class PDataTF(NamedTuple):
+    """P-DATA-TF PDU (PS3.8 Table 9-22): one or more PDV items.
+
+    A named tuple of one field, like :class:`PresentationDataValue`: one is
+    made per received PDU."""
 
     pdvs: tuple[PresentationDataValue, ...]
 
@@ -306,7 +312,7 @@ def decode(
         with memoryview(buf) as view:
             if view.ndim == 1 and view.c_contiguous and view.format in _BYTE_FORMATS:
                 with view.cast("B") as flat:
-                    decoded = _decode(flat, 0, max_pdata_length, max_control_length)
+                    decoded = _decode(flat, 0, max_pdata_length, max_control_length, True)
             else:
                 decoded = _decode(view.tobytes(), 0, max_pdata_length, max_control_length)
     return decoded
@@ -322,8 +328,9 @@ def decode_from(
     """:func:`decode` of the PDU that starts at ``buf[offset]``, without slicing ``buf``.
 
     The receiving hot path: a chunk read from the transport holds several
-    PDUs, each decoded in place.  ``buf`` is ``bytes`` (or a 1-D memoryview
-    of unsigned bytes).
+    PDUs, each decoded in place.  ``buf`` is ``bytes`` (PDV data are copied
+    out as bytes) or a 1-D memoryview of unsigned bytes (PDV data are views
+    of it: no copy; the caller must not change the buffer under them).
 
     :returns: ``(pdu, offset just past it)``, or ``None`` if ``buf`` does not
         yet hold the whole PDU.
@@ -336,11 +343,16 @@ _BYTE_FORMATS = frozenset({"B", "b", "c"})
 
 
 def _decode(
-    buf: bytes | memoryview, offset: int, max_pdata_length: int, max_control_length: int
+    buf: bytes | memoryview,
+    offset: int,
+    max_pdata_length: int,
+    max_control_length: int,
+    copy: bool = False,
 ) -> tuple[PDU, int] | None:
     """The PDU at ``buf[offset:]`` and the offset just past it (or None: incomplete).
 
-    ``buf`` is ``bytes`` or a 1-D memoryview of unsigned bytes.
+    ``buf`` is ``bytes`` or a 1-D memoryview of unsigned bytes.  PDV data
+    are slices of ``buf`` (views of a memoryview), or copies with ``copy``.
     """
     available = len(buf) - offset
     if available < _PDU_HEADER_SIZE:
@@ -361,7 +373,7 @@ def _decode(
         if available < size:
             return None
         end = offset + size
-        return _decode_pdata(buf, offset + _PDU_HEADER_SIZE, end), end
+        return _decode_pdata(buf, offset + _PDU_HEADER_SIZE, end, copy), end
 
     decoder = _BODY_DECODERS.get(pdu_type)
     if decoder is None:
@@ -459,11 +471,18 @@ def encode_single_pdata(context_id: int, control: int, data: bytes | bytearray |
     return head + data
 
 
-def _decode_pdata(buf: bytes | memoryview, pos: int, end: int) -> PDataTF:
-    """The PDV items of the P-DATA-TF whose items are ``buf[pos:end]`` (length already checked)."""
+def _decode_pdata(buf: bytes | memoryview, pos: int, end: int, copy: bool = False) -> PDataTF:
+    """The PDV items of the P-DATA-TF whose items are ``buf[pos:end]`` (length already checked).
+
+    Each PDV's data is ``buf[start:stop]``: a bytes slice of bytes (one copy),
+    a view of a memoryview (none) -- unless ``copy``: a memoryview over a
+    buffer its owner will reuse (decode's bytearray), whose fragments must
+    outlive it.
+    """
     pdvs = []
     append = pdvs.append
     unpack_head = _unpack_pdv_head
+    make = tuple.__new__
     pdv = PresentationDataValue
     while pos < end:
         if end - pos < _PDV_HEAD_SIZE:
@@ -477,9 +496,11 @@ def _decode_pdata(buf: bytes | memoryview, pos: int, end: int) -> PDataTF:
             )
         start = pos + _PDV_HEAD_SIZE
         pos += 4 + item_length
-        # bytes of a bytes slice is the slice itself: exactly one copy per PDV.
-        append(pdv(context_id=context_id, control=control, data=bytes(buf[start:pos])))
-    return PDataTF(pdvs=tuple(pdvs))
+        data = buf[start:pos]
+        if copy:
+            data = bytes(data)
+        append(make(pdv, (context_id, control, data)))
+    return make(PDataTF, (tuple(pdvs),))
 
 
 # -- A-ASSOCIATE-RQ / -AC (PS3.8 Tables 9-11 and 9-17) ----------------------------

@@ -454,3 +454,34 @@ def test_rejected_response_is_not_answered() -> None:
     assert isinstance(event, CommandRejected)
     assert event.message_id is None
     assert event.error.message_id_being_responded_to == 7
+
+
+def test_data_set_fragments_reach_the_sink_uncopied() -> None:
+    """A PDV given as a plain 3-tuple whose data is a memoryview: the sink
+    gets that very object (the assembler copies nothing)."""
+
+    class Keep:
+        def __init__(self) -> None:
+            self.writes: list[Any] = []
+
+        def write(self, data: Any) -> None:
+            self.writes.append(data)
+
+        def close(self) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    assembler = MessageAssembler()
+    command = encode_command(sample_command(CommandField.C_STORE_RQ))
+    (received,) = assembler.receive_pdv((1, 0x03, memoryview(command)))
+    assert type(received) is CommandReceived and received.has_dataset
+    sink = Keep()
+    assembler.set_sink(sink)
+    block = memoryview(b"\x01\x02" * 100)
+    assert assembler.receive_pdv((1, 0x00, block)) == []
+    (done,) = assembler.receive_pdv((1, 0x02, block[:10]))
+    assert type(done) is MessageReceived and done.dataset is sink
+    assert sink.writes[0] is block and type(sink.writes[1]) is memoryview
+    assert assembler.idle

@@ -489,3 +489,24 @@ def test_bytes_before_any_connection_are_ignored() -> None:
     ul = UpperLayer(timeouts=TIMEOUTS)
     assert ul.receive_data(b"\x99" * 20, 0.0) == []
     assert ul.state == State.STA1
+
+
+def test_pdata_fragments_arrive_as_views_of_the_read_and_cut_ones_as_copies() -> None:
+    """A P-DATA-TF wholly inside a read: its PDV data is a view of that read
+    (no copy); one cut by the end of a read is gathered, and handed on as
+    bytes that do not change when the buffer is reused."""
+    from dimsekit.ul.pdu import encode_pdata
+
+    ul = established_acceptor()
+    first = encode_pdata([(1, 0x00, b"a" * 1000)])
+    second = encode_pdata([(1, 0x02, b"b" * 1000)])
+    chunk = first + second[:500]
+    outputs = ul.receive_data(chunk, 1.0)
+    (indication,) = outputs
+    data = indication.pdu.pdvs[0].data
+    assert type(data) is memoryview and data.obj is chunk and data == b"a" * 1000
+    (indication,) = ul.receive_data(second[500:] + encode_pdata([(1, 0x03, b"c" * 10)])[:3], 2.0)
+    data = indication.pdu.pdvs[0].data
+    assert type(data) is bytes and data == b"b" * 1000
+    ul.receive_data(encode_pdata([(1, 0x03, b"c" * 10)])[3:], 3.0)
+    assert data == b"b" * 1000

@@ -29,6 +29,7 @@ from dimsekit.ul.pdu import (
     PresentationDataValue,
     ReleaseRQ,
     decode,
+    decode_from,
     encode,
     encode_pdata,
 )
@@ -589,3 +590,31 @@ def test_item_type_values_are_the_standards() -> None:
         0x10, 0x20, 0x21, 0x30, 0x40, 0x50,
         0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57, 0x58, 0x59,
     ]  # fmt: skip
+
+
+# -- PDV data without copies (the receiving hot path) ------------------------------
+
+
+def test_decode_from_a_memoryview_hands_out_views_of_it() -> None:
+    raw = encode_pdata([(1, 0x00, b"A" * 100), (1, 0x02, b"B" * 50)])
+    pdu, end = decode_from(memoryview(raw), 0)
+    assert end == len(raw)
+    first, second = pdu.pdvs
+    assert type(first.data) is memoryview and first.data.obj is raw  # no copy
+    assert (first.data, second.data) == (b"A" * 100, b"B" * 50)
+    context_id, control, data = second  # a PDV is a 3-tuple
+    assert (context_id, control, bytes(data)) == (1, 0x02, b"B" * 50)
+
+
+def test_decode_from_bytes_and_decode_of_a_bytearray_copy() -> None:
+    """A buffer its owner reuses (the upper layer's bytearray) must not be
+    shared with the PDVs decoded from it."""
+    raw = encode_pdata([(3, 0x02, b"xyz" * 10)])
+    pdu, _ = decode_from(raw, 0)
+    assert type(pdu.pdvs[0].data) is bytes
+    buffer = bytearray(raw)
+    pdu, _ = decode(buffer)
+    assert type(pdu.pdvs[0].data) is bytes
+    buffer.clear()  # no export left on it
+    buffer += b"\0" * len(raw)
+    assert pdu.pdvs[0].data == b"xyz" * 10

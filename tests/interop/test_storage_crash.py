@@ -43,12 +43,12 @@ def test_a_node_killed_mid_write_reconciles_when_restarted(tmp_path):
     (tmp_path / "run1").mkdir()
     node = start_node(tmp_path / "run1", "--data-dir", str(data_dir))
     sender = None
-    proxy = RecordingProxy(node.port, budget=1 << 20)
+    proxy = RecordingProxy(node.port, budget=2 << 20)  # past the 1 MiB kept in memory
     try:
         _storescu(node.port, lost, kept)
         sender = subprocess.Popen([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(proxy.port), str(big)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert proxy.stalled.wait(20), "storescu did not send 1 MB"
+        assert proxy.stalled.wait(20), "storescu did not send 2 MiB"
         wait_until(lambda: temp_files(data_dir), what="the big instance being received")
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait(10)

@@ -174,7 +174,7 @@ def test_a_raw_sender_that_stops_halfway_leaves_no_file_and_no_row(tmp_path, how
     node = start_node(tmp_path)
     data_dir = tmp_path / "dimsekit-data"
     source = tmp_path / "big.dcm"
-    ds = big_instance(source, megabytes=2)
+    ds = big_instance(source, megabytes=3)  # half of it is past the 1 MiB kept in memory
     data = _dataset_bytes(source)
     try:
         peer = RawPeer.connect(node.port)
@@ -202,11 +202,11 @@ def test_storescu_killed_mid_instance_leaves_no_file_and_no_row(tmp_path):
     data_dir = tmp_path / "dimsekit-data"
     source = tmp_path / "big.dcm"
     big_instance(source, megabytes=8)
-    proxy = RecordingProxy(node.port, budget=1 << 20)  # lets 1 MB through, then stalls
+    proxy = RecordingProxy(node.port, budget=2 << 20)  # lets 2 MiB through (past the in-memory 1 MiB), then stalls
     sender = subprocess.Popen([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(proxy.port), str(source)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert proxy.stalled.wait(20), "storescu did not send 1 MB"
+        assert proxy.stalled.wait(20), "storescu did not send 2 MiB"
         wait_until(lambda: temp_files(data_dir), what="the instance being received")
         sender.send_signal(signal.SIGKILL)
         sender.wait(10)

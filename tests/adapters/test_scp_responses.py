@@ -1,6 +1,6 @@
 """Status-only responses from templates (dimsekit.scp): byte for byte what
-make_response + encode_command give, for any Message ID; never for a request
-that names an instance."""
+make_response + encode_command give, for any Message ID and any SOP Instance
+UID a request names."""
 
 from __future__ import annotations
 
@@ -53,14 +53,46 @@ def test_one_template_per_command_sop_class_and_status():
     assert len(scp._RESPONSE_TEMPLATES) == 3
 
 
-def test_requests_naming_an_instance_are_not_templated():
+_UIDS = st.from_regex(r"[1-9][0-9]{0,5}(\.[0-9]{1,6}){0,12}", fullmatch=True).filter(lambda u: len(u) <= 64)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 0xFFFF), _UIDS), min_size=1, max_size=6),
+    st.sampled_from([0x0000, 0xA700, 0xB000, 0x0110]),
+    st.sampled_from(["store", "n_get", "n_set", "n_create", "both"]),
+)
+def test_requests_naming_an_instance_get_the_usual_bytes(requests, status, kind):
+    """C-STORE and N-operations echo the instance UID: the template is per
+    length of its value, the UID spliced in, byte for byte the usual response."""
+    scp._RESPONSE_TEMPLATES.clear()
+    for message_id, uid in requests:
+        if kind == "store":
+            request = {"CommandField": CommandField.C_STORE_RQ, "MessageID": message_id, "AffectedSOPClassUID": CT,
+                       "AffectedSOPInstanceUID": uid, "Priority": 0, "CommandDataSetType": 0x0001}
+        elif kind == "both":  # make_response echoes the Affected one
+            request = {"CommandField": CommandField.C_STORE_RQ, "MessageID": message_id, "AffectedSOPClassUID": CT,
+                       "AffectedSOPInstanceUID": uid, "RequestedSOPInstanceUID": "1.2.3",
+                       "Priority": 0, "CommandDataSetType": 0x0001}
+        elif kind == "n_create":
+            request = {"CommandField": CommandField.N_CREATE_RQ, "MessageID": message_id, "AffectedSOPClassUID": CT,
+                       "AffectedSOPInstanceUID": uid, "CommandDataSetType": 0x0101}
+        else:
+            field = CommandField.N_GET_RQ if kind == "n_get" else CommandField.N_SET_RQ
+            request = {"CommandField": field, "MessageID": message_id, "RequestedSOPClassUID": CT,
+                       "RequestedSOPInstanceUID": uid, "CommandDataSetType": 0x0101 if kind == "n_get" else 0x0001}
+        encoded = scp._status_only_response(request, status)
+        assert encoded == usual(request, status)
+    assert len(scp._RESPONSE_TEMPLATES) == len({len(uid) + (len(uid) & 1) for _, uid in requests})
+
+
+def test_an_instance_uid_that_is_no_uid_is_not_spliced():
     store = {"CommandField": CommandField.C_STORE_RQ, "MessageID": 1, "AffectedSOPClassUID": CT,
              "AffectedSOPInstanceUID": "1.2.3", "Priority": 0, "CommandDataSetType": 0x0001}
-    n_get = {"CommandField": CommandField.N_GET_RQ, "MessageID": 1, "RequestedSOPClassUID": CT,
-             "RequestedSOPInstanceUID": "1.2.3", "CommandDataSetType": 0x0101}
-    assert scp._status_only_response(store, 0) is None
-    assert scp._status_only_response(n_get, 0) is None
-    assert not scp._RESPONSE_TEMPLATES
+    assert scp._status_only_response(store, 0) == usual(store, 0)
+    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": "1.2.x"}, 0) is None
+    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": b"1.2.4"}, 0) is None
+    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": "1." + "2" * 63}, 0) is None
+    assert len(scp._RESPONSE_TEMPLATES) == 1
 
 
 def test_unusable_requests_or_statuses_fall_back():
@@ -77,7 +109,7 @@ def test_templates_are_bounded(monkeypatch):
     for status in (0x0000, 0x0110, 0x0122):
         scp._status_only_response(echo(1), status)
     assert list(scp._RESPONSE_TEMPLATES) == [
-        (CommandField.C_ECHO_RQ, VERIFICATION, 0x0110), (CommandField.C_ECHO_RQ, VERIFICATION, 0x0122)
+        (CommandField.C_ECHO_RQ, VERIFICATION, 0x0110, None), (CommandField.C_ECHO_RQ, VERIFICATION, 0x0122, None)
     ]
 
 

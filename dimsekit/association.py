@@ -147,7 +147,9 @@ class Association(ServiceUser):
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
-        self._sink_errors: dict[int, Exception] = {}
+        #: Message ID -> the Request a sink factory was given for its data set
+        #: (refused: with its sink_error), handed to the handler once the data set is in
+        self._early_requests: dict[int, Request] = {}
         self.scp = ScpRunner(self)
 
     # -- identity ----------------------------------------------------------------
@@ -688,10 +690,12 @@ class Association(ServiceUser):
         if factory is None:
             return
         request = Request(self, context, event.command)
+        # The handler gets this same Request (its sink set) once the data set is in.
+        self._early_requests[event.command.get("MessageID", -1)] = request
         try:
             sink = factory(request)
         except Exception as exc:  # refused before writing: the handler answers with a status
-            self._sink_errors[int(event.command.get("MessageID", -1))] = exc
+            request.sink_error = exc
             self._assembler.set_sink(_DiscardSink())
             return
         if sink is not None:
@@ -709,8 +713,12 @@ class Association(ServiceUser):
         elif field == CommandField.C_CANCEL_RQ:
             self.scp.cancel(int(command.get("MessageIDBeingRespondedTo", -1)))
         else:
-            request = Request(self, context, command, sink)
-            request.sink_error = self._sink_errors.pop(request.message_id, None)
+            early = self._early_requests.pop(command.get("MessageID", -1), None) if self._early_requests else None
+            if early is not None and early.command is command and early.context is context:
+                request = early  # the one its sink factory saw (C-STORE into the archive)
+                request.sink = sink
+            else:
+                request = Request(self, context, command, sink)
             self.scp.receive(request)
 
     def _response(self, context: NegotiatedContext, command: dict[str, Any], sink: Any) -> None:

@@ -9,12 +9,14 @@ goes through it like this:
    same file system as the final place, so the rename below is atomic) and
    the preamble and File Meta Information are written to it.
 2. :meth:`IncomingInstance.write` (reactor thread): the data set bytes, as
-   they arrive, unparsed, through a 256 KiB buffer; past that the kernel is
-   asked to start writing them out (``posix_fadvise``), so the fsync at the
-   end waits for little.  The first 64 KiB are also kept in memory: the
-   header is read from them (pydicom, up to the last element the index
-   needs) in a pool thread, as soon as they are complete -- for a large
-   instance while the rest is still arriving.
+   they arrive, unparsed: in memory up to 1 MiB (no file I/O in the reactor
+   thread; the commit's worker writes the file), past that into the
+   temporary file through a 256 KiB buffer, the kernel asked to start
+   writing them out (``posix_fadvise``) so the fsync at the end waits for
+   little.  The header is read from the first 64 KiB (pydicom, up to the last
+   element the index needs): by the commit's worker for a small instance, in
+   a pool thread as soon as they are there for a large one, while the rest
+   is still arriving.
 3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
    own thread pool, never in the reactor thread: take the header (or read it
    from the file when the first bytes were not enough); check it against the
@@ -43,6 +45,7 @@ recorded length: quarantined), or a row whose file vanished.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import fcntl
 import functools
@@ -195,45 +198,42 @@ def _encode_part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_sy
 
 
 class _HeaderJob:
-    """Reading an instance's header for the index, in a pool thread while another syncs its file.
+    """Reading an instance's header for the index, maybe in a pool thread while the rest arrives.
 
-    :meth:`run` is queued in the pool when the commit starts; the commit's own
-    worker calls :meth:`result` after its fsync: it takes the result, waits
-    for a run in progress, or -- when no thread has picked the job up yet (a
-    busy pool) -- runs it itself, so a commit never waits on a queued job.
+    :meth:`run` may be queued in the pool; the commit's worker calls
+    :meth:`result`: it takes the result, waits for a run in progress, or --
+    when no thread has picked the job up yet (a busy pool) -- cancels the
+    queued run and does the work itself, so a commit never waits on a queued job.
     """
 
-    __slots__ = ("_function", "_claim", "_done", "_value", "_error")
+    __slots__ = ("_function", "_future")
 
     def __init__(self, function: Callable[[], Any]) -> None:
         self._function = function
-        self._claim = threading.Lock()
-        self._done = threading.Event()
-        self._value: Any = None
-        self._error: BaseException | None = None
+        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
     def run(self) -> None:
-        if not self._claim.acquire(blocking=False):
-            return  # taken already
+        if not self._future.set_running_or_notify_cancel():
+            return  # result() took it over
         try:
-            self._value = self._function()
+            self._future.set_result(self._function())
         except BaseException as exc:  # handed to result()
-            self._error = exc
-        finally:
-            self._function = None  # type: ignore[assignment]
-            self._done.set()
+            self._future.set_exception(exc)
+
+    def done(self) -> bool:
+        return self._future.done()
 
     def result(self) -> Any:
-        self.run()
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        if self._future.cancel():  # still queued: do it here
+            return self._function()
+        return self._future.result()
 
 
 @functools.lru_cache(maxsize=8)
-def _last_tag(keywords: tuple[str, ...]) -> int:
-    return max(int(tag_for_keyword(keyword)) for keyword in keywords)  # type: ignore[arg-type]
+def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
+    """The tags of the index's keywords, and the last of them."""
+    tags = [int(tag_for_keyword(keyword)) for keyword in keywords]  # type: ignore[arg-type]
+    return tags, max(tags)
 
 
 def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> dict[str, Any] | None:
@@ -248,13 +248,13 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     syntax = UID(transfer_syntax)
     if not syntax.is_transfer_syntax or syntax.is_deflated:
         return None
-    last = _last_tag(index.HEADER_KEYWORDS)
+    tags, last = _header_tags(index.HEADER_KEYWORDS)
     stream = io.BytesIO(prefix)
     try:
         dataset = read_dataset(
             stream, syntax.is_implicit_VR, syntax.is_little_endian,
             stop_when=lambda tag, vr, length: tag > last,
-            specific_tags=[tag_for_keyword(keyword) for keyword in index.HEADER_KEYWORDS],
+            specific_tags=tags,  # type: ignore[arg-type]
         )
         if not complete and stream.tell() >= len(prefix):
             return None  # stopped by the end of the prefix, not past the last element needed
@@ -302,7 +302,6 @@ class IncomingInstance:
         transfer_syntax: str,
         source_ae: str | None,
         temp_path: Path,
-        file: IO[bytes] | None,
         header_length: int,
         part10_header: bytes | None = None,
     ) -> None:
@@ -319,18 +318,18 @@ class IncomingInstance:
         #: a write failed (disk full): the data is dropped, commit() fails with this
         self.error: ArchiveError | None = None
         self.stored: ArchivedInstance | None = None
-        self._file: IO[bytes] | None = file
+        self._file: IO[bytes] | None = None  # created once the data set outgrows memory, or by the commit
         #: the preamble and File Meta Information, until the file is created
         self._part10_header: bytes | None = part10_header
         #: the data set while it is small: no file I/O in the reactor thread (a file
         #: creation there waits for the fsyncs of other commits); None once in the file
-        self._memory: bytearray | None = bytearray() if file is None else None
+        self._memory: bytearray | None = bytearray()
         self._header: _HeaderJob | None = None
         self._unflushed = 0
 
     def _start_header(self, *, complete: bool, queue: bool) -> None:
         """Read the header from the first bytes: queued in the pool now, or run by the commit itself."""
-        memory = self._memory if self._memory is not None else bytearray()
+        memory = self._memory or b""
         prefix = bytes(memory) if complete else bytes(memory[:_PREFIX])
         self._header = _HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
         if queue:
@@ -704,7 +703,6 @@ class Archive:
             transfer_syntax=transfer_syntax,
             source_ae=source_ae or None,
             temp_path=path,
-            file=None,
             header_length=len(header),
             part10_header=header,
         )

@@ -1,5 +1,5 @@
 """The archive's fast path: a cached File Meta header, the header read from the
-first bytes received (in parallel with the fsync), the rename before the fsync
+first bytes received (for a large one while the rest arrives), the rename before the fsync
 with the length recorded for reconcile, early writeback of large data sets."""
 
 from __future__ import annotations
@@ -268,9 +268,9 @@ def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, 
     job = incoming._header
     assert job is not None  # queued in the pool while the rest arrives
     deadline = time.monotonic() + 5
-    while not job._done.is_set() and time.monotonic() < deadline:
+    while not job.done() and time.monotonic() < deadline:
         time.sleep(0.005)
-    assert job._done.is_set()
+    assert job.done()
     for offset in range(_PREFIX + 100, len(data), 16384):
         incoming.write(data[offset: offset + 16384])
     incoming.close()

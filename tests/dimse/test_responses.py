@@ -1,4 +1,4 @@
-"""Status-only responses from templates (dimsekit.scp): byte for byte what
+"""Status-only responses from templates (dimsekit.dimse.responses): byte for byte what
 make_response + encode_command give, for any Message ID and any SOP Instance
 UID a request names."""
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dimsekit import scp
+from dimsekit.dimse import responses
 from dimsekit.dimse.codec import decode_command, encode_command
 from dimsekit.dimse.commands import CommandField, make_response
 
@@ -23,9 +23,9 @@ def usual(request, status):
 
 @pytest.fixture(autouse=True)
 def no_templates():
-    scp._RESPONSE_TEMPLATES.clear()
+    responses._RESPONSE_TEMPLATES.clear()
     yield
-    scp._RESPONSE_TEMPLATES.clear()
+    responses._RESPONSE_TEMPLATES.clear()
 
 
 def echo(message_id):
@@ -35,22 +35,22 @@ def echo(message_id):
 
 @given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=5), st.sampled_from([0x0000, 0x0110, 0xC000, 0x0122]))
 def test_template_gives_the_usual_bytes(message_ids, status):
-    scp._RESPONSE_TEMPLATES.clear()
+    responses._RESPONSE_TEMPLATES.clear()
     for message_id in message_ids:
-        assert scp._status_only_response(echo(message_id), status) == usual(echo(message_id), status)
-    assert len(scp._RESPONSE_TEMPLATES) == 1
+        assert responses.encode_status_response(echo(message_id), status) == usual(echo(message_id), status)
+    assert len(responses._RESPONSE_TEMPLATES) == 1
 
 
 def test_one_template_per_command_sop_class_and_status():
     find = {"CommandField": CommandField.C_FIND_RQ, "MessageID": 3, "AffectedSOPClassUID": STUDY_FIND,
             "Priority": 0, "CommandDataSetType": 0x0001}
     for request, status in ((echo(1), 0), (echo(2), 0x0110), (find, 0xA900), (echo(9), 0)):
-        encoded = scp._status_only_response(request, status)
+        encoded = responses.encode_status_response(request, status)
         assert encoded == usual(request, status)
         decoded = decode_command(encoded)
         assert decoded["MessageIDBeingRespondedTo"] == request["MessageID"]
         assert decoded["Status"] == status
-    assert len(scp._RESPONSE_TEMPLATES) == 3
+    assert len(responses._RESPONSE_TEMPLATES) == 3
 
 
 _UIDS = st.from_regex(r"[1-9][0-9]{0,5}(\.[0-9]{1,6}){0,12}", fullmatch=True).filter(lambda u: len(u) <= 64)
@@ -64,7 +64,7 @@ _UIDS = st.from_regex(r"[1-9][0-9]{0,5}(\.[0-9]{1,6}){0,12}", fullmatch=True).fi
 def test_requests_naming_an_instance_get_the_usual_bytes(requests, status, kind):
     """C-STORE and N-operations echo the instance UID: the template is per
     length of its value, the UID spliced in, byte for byte the usual response."""
-    scp._RESPONSE_TEMPLATES.clear()
+    responses._RESPONSE_TEMPLATES.clear()
     for message_id, uid in requests:
         if kind == "store":
             request = {"CommandField": CommandField.C_STORE_RQ, "MessageID": message_id, "AffectedSOPClassUID": CT,
@@ -80,41 +80,41 @@ def test_requests_naming_an_instance_get_the_usual_bytes(requests, status, kind)
             field = CommandField.N_GET_RQ if kind == "n_get" else CommandField.N_SET_RQ
             request = {"CommandField": field, "MessageID": message_id, "RequestedSOPClassUID": CT,
                        "RequestedSOPInstanceUID": uid, "CommandDataSetType": 0x0101 if kind == "n_get" else 0x0001}
-        encoded = scp._status_only_response(request, status)
+        encoded = responses.encode_status_response(request, status)
         assert encoded == usual(request, status)
-    assert len(scp._RESPONSE_TEMPLATES) == len({len(uid) + (len(uid) & 1) for _, uid in requests})
+    assert len(responses._RESPONSE_TEMPLATES) == len({len(uid) + (len(uid) & 1) for _, uid in requests})
 
 
 def test_an_instance_uid_that_is_no_uid_is_not_spliced():
     store = {"CommandField": CommandField.C_STORE_RQ, "MessageID": 1, "AffectedSOPClassUID": CT,
              "AffectedSOPInstanceUID": "1.2.3", "Priority": 0, "CommandDataSetType": 0x0001}
-    assert scp._status_only_response(store, 0) == usual(store, 0)
-    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": "1.2.x"}, 0) is None
-    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": b"1.2.4"}, 0) is None
-    assert scp._status_only_response({**store, "AffectedSOPInstanceUID": "1." + "2" * 63}, 0) is None
-    assert len(scp._RESPONSE_TEMPLATES) == 1
+    assert responses.encode_status_response(store, 0) == usual(store, 0)
+    assert responses.encode_status_response({**store, "AffectedSOPInstanceUID": "1.2.x"}, 0) is None
+    assert responses.encode_status_response({**store, "AffectedSOPInstanceUID": b"1.2.4"}, 0) is None
+    assert responses.encode_status_response({**store, "AffectedSOPInstanceUID": "1." + "2" * 63}, 0) is None
+    assert len(responses._RESPONSE_TEMPLATES) == 1
 
 
 def test_unusable_requests_or_statuses_fall_back():
-    assert scp._status_only_response(echo(1), 0x10000) is None  # not a US: the usual path reports it
-    assert scp._status_only_response(echo(1), "0") is None
-    assert scp._status_only_response({**echo(1), "MessageID": 70000}, 0) is None
+    assert responses.encode_status_response(echo(1), 0x10000) is None  # not a US: the usual path reports it
+    assert responses.encode_status_response(echo(1), "0") is None
+    assert responses.encode_status_response({**echo(1), "MessageID": 70000}, 0) is None
     cancel = {"CommandField": CommandField.C_CANCEL_RQ, "MessageIDBeingRespondedTo": 1, "CommandDataSetType": 0x0101}
-    assert scp._status_only_response({**cancel, "MessageID": 1}, 0) is None  # no response to a C-CANCEL
-    assert not scp._RESPONSE_TEMPLATES
+    assert responses.encode_status_response({**cancel, "MessageID": 1}, 0) is None  # no response to a C-CANCEL
+    assert not responses._RESPONSE_TEMPLATES
 
 
 def test_templates_are_bounded(monkeypatch):
-    monkeypatch.setattr(scp, "_RESPONSE_TEMPLATES_MAX", 2)
+    monkeypatch.setattr(responses, "_RESPONSE_TEMPLATES_MAX", 2)
     for status in (0x0000, 0x0110, 0x0122):
-        scp._status_only_response(echo(1), status)
-    assert list(scp._RESPONSE_TEMPLATES) == [
+        responses.encode_status_response(echo(1), status)
+    assert list(responses._RESPONSE_TEMPLATES) == [
         (CommandField.C_ECHO_RQ, VERIFICATION, 0x0110, None), (CommandField.C_ECHO_RQ, VERIFICATION, 0x0122, None)
     ]
 
 
 def test_value_offset():
     encoded = usual(echo(0x1234), 0)
-    offset = scp._value_offset(encoded, 0x00000120)
+    offset = responses._value_offset(encoded, 0x00000120)
     assert encoded[offset : offset + 2] == b"\x34\x12"
-    assert scp._value_offset(encoded, 0x00001000) is None
+    assert responses._value_offset(encoded, 0x00001000) is None

@@ -40,7 +40,7 @@ from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -403,11 +403,25 @@ class Association(ServiceUser):
             f"called={self.called_ae_title or '-'} contexts=[{_context_names(self.negotiated)}] "
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
-        _log.info(
-            text.replace("{", "{{").replace("}", "}}"),
-            text=text, ended=self.ended, calling=self.calling_ae_title, called=self.called_ae_title,
-            log_system=_LOG_SYSTEM,  # what a text observer shows anyway, not worked out per line
-        )
+        #
+        # The event is the one ``_log.info(format, text=..., ...)`` would
+        # emit, keys and order included, handed to the logger's observer
+        # directly: Logger.emit would first look the (constant) level up
+        # among all levels and rebuild the keyword dict, a third of the cost
+        # of a line that every association pays.
+        _log.observer({
+            "text": text,
+            "ended": self.ended,
+            "calling": self.calling_ae_title,
+            "called": self.called_ae_title,
+            "log_system": _LOG_SYSTEM,  # what a text observer shows anyway, not worked out per line
+            "log_logger": _log,
+            "log_level": LogLevel.info,
+            "log_namespace": _log.namespace,
+            "log_source": _log.source,
+            "log_format": text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text,
+            "log_time": time.time(),
+        })
 
     def release(self) -> Deferred:
         """A-RELEASE: fires with None once released (or fails if aborted)."""

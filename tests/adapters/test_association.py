@@ -161,6 +161,56 @@ class EchoTests(AssociationTestCase):
         self.failureResultOf(assoc.echo())
         self.failureResultOf(assoc.release())
 
+    def test_one_log_line_per_association(self):
+        # The line as Logger.info would emit it (association._log_end hands
+        # the event to the logger's observer itself): its keys in emit's
+        # order, the info level, the namespace, the whole line as a format
+        # without fields (braces doubled) and the parts as fields.
+        from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+        from dimsekit import association as association_module
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pair = self.make_pair()
+        assoc = pair.associate()
+        pair.result(assoc.release())
+        pair.disconnect()
+        lines = [e for e in events if e.get("log_namespace") == "dimsekit.association" and "text" in e]
+        self.assertEqual(len(lines), 2)  # one per side
+        acceptor = next(e for e in lines if e["text"].startswith("association acceptor"))
+        self.assertEqual(list(acceptor)[:11], [  # then what legacy observers add
+            "text", "ended", "calling", "called", "log_system", "log_logger", "log_level",
+            "log_namespace", "log_source", "log_format", "log_time",
+        ])
+        self.assertIs(acceptor["log_logger"], association_module._log)
+        self.assertIs(acceptor["log_level"], LogLevel.info)
+        self.assertIsNone(acceptor["log_source"])
+        self.assertEqual(acceptor["log_system"], "dimsekit.association#info")
+        self.assertEqual((acceptor["calling"], acceptor["called"]), ("REQUESTOR", "ACCEPTOR"))
+        self.assertEqual(acceptor["ended"], "released by the peer")
+        self.assertIsInstance(acceptor["log_time"], float)
+        self.assertEqual(formatEvent(acceptor), acceptor["text"])
+        self.assertIn("calling=REQUESTOR called=ACCEPTOR contexts=[Verification SOP Class]", acceptor["text"])
+        self.assertTrue(acceptor["text"].endswith("ended: released by the peer"))
+
+    def test_log_line_with_braces_is_not_a_format(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pair = self.make_pair()
+        assoc = pair.associate()
+        assoc.abort("odd {reason} }{")
+        pair.pump()
+        pair.disconnect()
+        line = next(e for e in events if e.get("text", "").startswith("association requestor"))
+        self.assertTrue(line["text"].endswith("ended: aborted: odd {reason} }{"))
+        self.assertEqual(line["log_format"], line["text"].replace("{", "{{").replace("}", "}}"))
+        self.assertEqual(formatEvent(line), line["text"])
+
     def test_two_associations_one_after_the_other(self):
         pair = self.make_pair()
         first = pair.associate()

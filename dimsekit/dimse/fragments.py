@@ -387,6 +387,45 @@ class _State(Enum):
 _IDLE = _State.IDLE
 _DATASET = _State.DATASET
 
+# ---------------------------------------------------------------------------
+# Command sets seen before.  A peer repeats its command sets byte for byte:
+# every association of an echo client (or a monitoring probe) sends the same
+# C-ECHO-RQ with Message ID 1, a query tool the same C-FIND-RQ.  Decoding
+# (codec.decode_command) and checking (commands.validate) a command set is a
+# function of its bytes alone, so the command a valid command set decodes to
+# is kept, keyed by those bytes, and handed out as a copy of its own (the
+# receiver may keep or change it).  Not kept: what failed (decoded and
+# rejected again each time, with its own error), command sets longer than
+# _COMMAND_CACHE_KEY_MAX bytes, and those naming a SOP instance (C-STORE,
+# the N-operations, their responses: such a command set hardly ever comes
+# twice).  At most _COMMAND_CACHE_MAX entries, the oldest dropped first.
+# ---------------------------------------------------------------------------
+_COMMAND_CACHE: dict[bytes, dict[str, Any]] = {}
+_COMMAND_CACHE_MAX = 256
+_COMMAND_CACHE_KEY_MAX = 256
+_PER_INSTANCE = ("AffectedSOPInstanceUID", "RequestedSOPInstanceUID")
+
+
+def _decode_valid_command(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """``validate(decode_command(raw), decoded=True)``'s command, from
+    :data:`_COMMAND_CACHE` when these bytes were decoded before.
+
+    :raises CommandError: as :func:`~dimsekit.dimse.codec.decode_command`
+        and :func:`~dimsekit.dimse.commands.validate` do.
+    """
+    key = raw if type(raw) is bytes else bytes(raw)
+    cache = _COMMAND_CACHE
+    known = cache.get(key)
+    if known is not None:
+        return known.copy()
+    command = decode_command(key)
+    validate(command, decoded=True)
+    if len(key) <= _COMMAND_CACHE_KEY_MAX and _PER_INSTANCE[0] not in command and _PER_INSTANCE[1] not in command:
+        if len(cache) >= _COMMAND_CACHE_MAX:
+            del cache[next(iter(cache))]
+        cache[key] = command.copy()
+    return command
+
 
 class MessageAssembler:
     """Reassembles DIMSE messages from PDVs (PS3.7 6.3, PS3.8 Annex E).
@@ -546,8 +585,7 @@ class MessageAssembler:
             self._command_parts = []
         context_id = self._context_id
         try:
-            command = decode_command(raw)
-            validate(command, decoded=True)
+            command = _decode_valid_command(raw)
         except CommandError as error:
             return self._reject(error)
         has_dataset = command["CommandDataSetType"] != NO_DATASET

@@ -485,3 +485,67 @@ def test_data_set_fragments_reach_the_sink_uncopied() -> None:
     assert type(done) is MessageReceived and done.dataset is sink
     assert sink.writes[0] is block and type(sink.writes[1]) is memoryview
     assert assembler.idle
+
+
+# ---------------------------------------------------------------------------
+# Command sets seen before (fragments._COMMAND_CACHE): same events, own dicts.
+# ---------------------------------------------------------------------------
+def test_repeated_command_set_decodes_to_an_equal_command_of_its_own() -> None:
+    from dimsekit.dimse import fragments
+
+    fragments._COMMAND_CACHE.clear()
+    first = collect(MessageAssembler(), split_into_pdvs(1, ECHO_BYTES, None, []))
+    assert ECHO_BYTES in fragments._COMMAND_CACHE
+    first[0].command["MessageID"] = 99  # a receiver may change its command
+    second = collect(MessageAssembler(), split_into_pdvs(1, ECHO_BYTES, None, []))
+    assert [type(e) for e in second] == [CommandReceived, MessageReceived]
+    assert second[0].command == ECHO and second[0].command is not first[0].command
+    assert second[1].command is second[0].command
+    assert fragments._COMMAND_CACHE[ECHO_BYTES] == ECHO
+
+
+def test_command_set_in_several_fragments_uses_the_cache_too() -> None:
+    from dimsekit.dimse import fragments
+
+    fragments._COMMAND_CACHE.clear()
+    whole = collect(MessageAssembler(), split_into_pdvs(1, ECHO_BYTES, None, []))
+    pieces = collect(MessageAssembler(), split_into_pdvs(1, ECHO_BYTES, None, [5, 11]))
+    assert [e.command for e in pieces] == [e.command for e in whole] == [ECHO, ECHO]
+    assert list(fragments._COMMAND_CACHE) == [ECHO_BYTES]
+
+
+def test_rejected_command_set_is_rejected_every_time() -> None:
+    from dimsekit.dimse import fragments
+
+    fragments._COMMAND_CACHE.clear()
+    raw = encode_command({**ECHO, "AffectedSOPClassUID": "1.2.3"}).replace(b"1.2.3", b"1/2/3")
+    for _ in range(2):
+        (event,) = collect(MessageAssembler(), split_into_pdvs(1, raw, None, []))
+        assert isinstance(event, CommandRejected) and event.error.status == 0x0212
+    assert fragments._COMMAND_CACHE == {}
+
+
+def test_command_sets_naming_an_instance_are_not_kept() -> None:
+    from dimsekit.dimse import fragments
+
+    fragments._COMMAND_CACHE.clear()
+    events = collect(MessageAssembler(), split_into_pdvs(1, STORE_BYTES, b"data", []))
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+    assert events[0].command == STORE
+    assert fragments._COMMAND_CACHE == {}
+
+
+def test_command_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dimsekit.dimse import fragments
+
+    fragments._COMMAND_CACHE.clear()
+    monkeypatch.setattr(fragments, "_COMMAND_CACHE_MAX", 3)
+    raws = [encode_command({**ECHO, "MessageID": n}) for n in range(1, 6)]
+    for n, raw in enumerate(raws, 1):
+        (_, event) = collect(MessageAssembler(), split_into_pdvs(1, raw, None, []))
+        assert event.command["MessageID"] == n
+    assert list(fragments._COMMAND_CACHE) == raws[2:]  # the oldest dropped first
+    monkeypatch.setattr(fragments, "_COMMAND_CACHE_KEY_MAX", len(raws[0]) - 1)
+    fragments._COMMAND_CACHE.clear()
+    collect(MessageAssembler(), split_into_pdvs(1, raws[0], None, []))
+    assert fragments._COMMAND_CACHE == {}  # too long to keep

@@ -64,6 +64,7 @@ from dimsekit.errors import (
     RemoteProtocolError,
 )
 from dimsekit.operations import DimseOperation, Response
+from dimsekit.plugin import broadcast
 from dimsekit.scp import COMMAND_NAMES, Request, ScpRunner
 from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
@@ -280,7 +281,8 @@ class Association(ServiceUser):
 
     def _on_established(self) -> None:
         self.established = True
-        self.ae.pm.hook.dimsekit_on_association_established(association=self)
+        pm = self.ae.pm
+        broadcast(pm, pm.hook.dimsekit_on_association_established, association=self)
 
     def pdata_indication(self, output: out.PDataIndication) -> None:
         """P-DATA-TF arrived: reassemble messages, handle each complete one."""
@@ -358,11 +360,11 @@ class Association(ServiceUser):
         if self._pending():
             self._fail_pending(error)
         if first and self.established:
-            hook = self.ae.pm.hook
+            pm = self.ae.pm
             if how.startswith("released"):
-                hook.dimsekit_on_association_released(association=self)
+                broadcast(pm, pm.hook.dimsekit_on_association_released, association=self)
             else:
-                hook.dimsekit_on_association_aborted(association=self, reason=how)
+                broadcast(pm, pm.hook.dimsekit_on_association_aborted, association=self, reason=how)
         if how == "connection closed":
             self._log_end()
 

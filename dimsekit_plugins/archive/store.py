@@ -5,18 +5,21 @@ goes through it like this:
 
 1. :meth:`Archive.receive` (reactor thread, when the C-STORE-RQ command set is
    complete): the UIDs of the command are checked, then the free-space floor;
-   a temporary file ``.incoming/<sop uid>.<random>.part`` is created (on the
-   same file system as the final place, so the rename below is atomic) and
-   the preamble and File Meta Information are written to it.
+   a pool thread is asked to create the temporary file
+   ``.incoming/<sop uid>.<random>.part`` (on the same file system as the final
+   place, so the rename below is atomic) and to write the preamble and File
+   Meta Information to it, while the data set arrives.
 2. :meth:`IncomingInstance.write` (reactor thread): the data set bytes, as
-   they arrive, unparsed: in memory up to 1 MiB (no file I/O in the reactor
-   thread; the commit's worker writes the file), past that into the
-   temporary file through a 256 KiB buffer, the kernel asked to start
-   writing them out (``posix_fadvise``) so the fsync at the end waits for
-   little.  The header is read from the first 64 KiB (pydicom, up to the last
-   element the index needs): by the commit's worker for a small instance, in
-   a pool thread as soon as they are there for a large one, while the rest
-   is still arriving.
+   they arrive, unparsed, are held; once the pool thread has created the file,
+   every 256 KiB of them are written to it (from the reactor thread: into the
+   page cache, which does not block the way creating a file does, while a
+   pool thread would not get the GIL before the data set is all there), and
+   the kernel is asked to start writing them out (``posix_fadvise``), so the
+   fsync at the end waits for little.  Past 8 MiB held without a file (the
+   pool far behind) the reactor thread creates it, holding the sender back.  The header is read from the
+   first 64 KiB (pydicom, up to the last element the index needs): by the
+   commit's worker for a small instance, in a pool thread as soon as they are
+   there for a large one, while the rest is still arriving.
 3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
    own thread pool, never in the reactor thread: take the header (or read it
    from the file when the first bytes were not enough); check it against the
@@ -109,8 +112,8 @@ _MB = 1 << 20
 _PREFIX = 64 * 1024
 #: after this many bytes of a data set the kernel is asked to start writing them out
 _WRITEBACK = 256 * 1024
-#: a data set stays in memory up to this size, and is written by the commit's worker thread
-_SPOOL = _MB
+#: received bytes not yet written past which the reactor thread writes them itself (back-pressure)
+_MAX_PENDING = 8 * _MB
 #: free space this far above the floor is not checked again for a second
 _FREE_MARGIN = 1 << 30
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
@@ -318,35 +321,59 @@ class IncomingInstance:
         #: a write failed (disk full): the data is dropped, commit() fails with this
         self.error: ArchiveError | None = None
         self.stored: ArchivedInstance | None = None
-        self._file: IO[bytes] | None = None  # created once the data set outgrows memory, or by the commit
-        #: the preamble and File Meta Information, until the file is created
-        self._part10_header: bytes | None = part10_header
-        #: the data set while it is small: no file I/O in the reactor thread (a file
-        #: creation there waits for the fsyncs of other commits); None once in the file
-        self._memory: bytearray | None = bytearray()
-        self._header: _HeaderJob | None = None
+        #: the temporary file, created by the first _drain (a pool thread); guarded by _file_lock
+        self._file: IO[bytes] | None = None
+        self._file_lock = threading.Lock()
+        #: bytes received and not yet written (the preamble and File Meta first); guarded by _lock
+        self._pending: list[bytes] = [part10_header] if part10_header else []
+        self._pending_size = 0
+        self._lock = threading.Lock()
         self._unflushed = 0
+        #: the first _PREFIX bytes of the data set, to read its header from
+        self._prefix = bytearray()
+        self._header: _HeaderJob | None = None
 
     def _start_header(self, *, complete: bool, queue: bool) -> None:
         """Read the header from the first bytes: queued in the pool now, or run by the commit itself."""
-        memory = self._memory or b""
-        prefix = bytes(memory) if complete else bytes(memory[:_PREFIX])
+        prefix = bytes(self._prefix)
         self._header = _HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
         if queue:
             self.archive._submit(self._header.run)
 
-    def _open_file(self) -> IO[bytes]:
-        """Create the temporary file with the header and what arrived so far (any thread)."""
-        file = self.temp_path.open("xb", buffering=_WRITEBACK)
-        try:
-            file.write(self._part10_header or b"")
-            if self._memory:
-                file.write(self._memory)
-        except BaseException:
-            file.close()
-            raise
-        self._part10_header = self._memory = None
-        return file
+    def _drain(self) -> None:
+        """Write what is pending into the temporary file, creating it first (any thread; the pool's).
+
+        Queued by :meth:`Archive.receive`, so that the file exists (creating
+        one cost ~0.2 ms of kernel time here, more when it waits for the
+        journal) by the time data arrives; :meth:`write` then calls it every
+        256 KiB, so most of a large data set is written -- and being written
+        out by the kernel -- by the time the last fragment comes; the commit's
+        worker calls it for the rest.  A write error drops the data (see
+        :attr:`error`); after :meth:`abort` nothing more is written.
+        """
+        with self._file_lock:
+            while True:
+                with self._lock:
+                    chunks, self._pending, self._pending_size = self._pending, [], 0
+                    if not chunks:
+                        return
+                if self.error is not None or self.state == "aborted":
+                    continue  # dropped
+                try:
+                    file = self._file
+                    if file is None:
+                        file = self._file = self.temp_path.open("xb", buffering=_WRITEBACK)
+                    for chunk in chunks:
+                        file.write(chunk)
+                        self._unflushed += len(chunk)
+                    if self._unflushed >= _WRITEBACK and _FADV_DONTNEED is not None:
+                        # Have the kernel start writing what arrived so far: the
+                        # fsync at the end then waits for little.
+                        self._unflushed = 0
+                        file.flush()
+                        os.posix_fadvise(file.fileno(), 0, 0, _FADV_DONTNEED)
+                except OSError as exc:
+                    self._write_failed(exc)
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
@@ -354,7 +381,7 @@ class IncomingInstance:
     # -- DataSink -----------------------------------------------------------------------
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append data set bytes (reactor thread; buffered).
+        """Append data set bytes (reactor thread): queued for a pool thread to write.
 
         After :meth:`abort` (the archive closing under a transfer) the rest is dropped.
         """
@@ -364,36 +391,30 @@ class IncomingInstance:
                 return
             raise LocalProtocolError(f"write to an incoming instance that is {self.state}")
         self.size += len(data)
-        memory = self._memory
-        if memory is not None:
-            memory += data
-            if self._header is None and len(memory) >= _PREFIX:
+        if self.error is not None:
+            return  # a write failed: keep counting, drop the data
+        chunk = bytes(data)
+        prefix = self._prefix
+        if len(prefix) < _PREFIX:
+            prefix += chunk[: _PREFIX - len(prefix)]
+            if len(prefix) >= _PREFIX and self._header is None:
                 self._start_header(complete=False, queue=True)  # read it while the rest arrives
-            if len(memory) < _SPOOL:
-                return
-            try:
-                self._file = self._open_file()  # large: on to disk as it arrives
-            except OSError as exc:
-                self._write_failed(exc)
-            return
-        if self._file is None:
-            return  # a write failed earlier: keep counting, drop the data
-        try:
-            self._file.write(data)
-            self._unflushed += len(data)
-            if self._unflushed >= _WRITEBACK and _FADV_DONTNEED is not None:
-                # Have the kernel start writing what arrived so far: the fsync
-                # at the end then waits for less.
-                self._unflushed = 0
-                self._file.flush()
-                os.posix_fadvise(self._file.fileno(), 0, 0, _FADV_DONTNEED)
-        except OSError as exc:
-            self._write_failed(exc)
+        with self._lock:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            pending = self._pending_size
+        if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._file is not None:
+            # Into the page cache from here: a pool thread would not get the
+            # GIL while this thread is busy receiving.  The file was created
+            # by the pool (that blocked); writing it does not.  Past
+            # _MAX_PENDING without a file (the pool far behind), the file is
+            # created here too, holding the sender back.
+            self._drain()
 
     def _write_failed(self, exc: OSError) -> None:
+        """(Holding _file_lock.)"""
         self.error = _resource_error(exc, "write the instance")
         _log.warn("{uid}: {error}; the rest of its data set is dropped", uid=self.sop_instance_uid, error=self.error)
-        self._memory = None
         self._close_file()
         _unlink(self.temp_path)
 
@@ -407,9 +428,11 @@ class IncomingInstance:
         if self.state not in ("receiving", "closed"):
             return
         self.state = "aborted"
-        self._memory = None
-        self._close_file()
-        _unlink(self.temp_path)
+        with self._lock:
+            self._pending, self._pending_size = [], 0
+        with self._file_lock:  # a drain in progress finishes first; later ones write nothing
+            self._close_file()
+            _unlink(self.temp_path)
         self.archive._forget(self)
 
     def open(self) -> IO[bytes]:
@@ -421,10 +444,13 @@ class IncomingInstance:
                 from dimsekit.datasets import part10_info
 
                 offset = part10_info(path).dataset_offset
-        elif self.state in ("receiving", "closed") and self._memory is not None:
-            return io.BytesIO(bytes(self._memory))
-        elif self.state in ("receiving", "closed") and self._file is not None:
-            self._file.flush()
+        elif self.state in ("receiving", "closed") and self.error is None and self.size <= len(self._prefix):
+            return io.BytesIO(bytes(self._prefix))
+        elif self.state in ("receiving", "closed") and self.error is None:
+            self._drain()
+            with self._file_lock:
+                if self._file is not None:
+                    self._file.flush()
             path, offset = self.temp_path, self.header_length
         else:
             raise LocalProtocolError(f"the data set of an incoming instance that is {self.state} cannot be read")
@@ -708,6 +734,8 @@ class Archive:
         )
         with self._live_lock:  # before the file exists: reconcile() must never take it for a stray one
             self._live[name] = incoming
+        # A pool thread creates the file (and writes the File Meta) while the data set arrives.
+        self._submit(incoming._drain)
         return incoming
 
     def lookup(self, sop_instance_uid: str) -> Deferred:
@@ -831,13 +859,12 @@ class Archive:
         the file system has no extended attributes, the file is synced before
         it is renamed.
         """
+        incoming._drain()  # the rest of the data set (usually all of a small one)
         if incoming.error is not None:
             raise incoming.error
         file = incoming._file
         if file is None:
-            if incoming._memory is None:
-                raise OutOfResources("the instance's file is gone")
-            file = incoming._file = incoming._open_file()
+            raise OutOfResources("the instance's file is gone")
         file.flush()
         fd = file.fileno()
         temp = incoming.temp_path

@@ -386,8 +386,10 @@ def test_below_the_disk_floor_receive_refuses_before_writing(root, clock, tmp_pa
 def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(archive, clock, root):
     ds = make_dataset()
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
-    big = store_module._SPOOL + 10
-    incoming.write(b"\x00" * big)  # past the memory threshold: now in its file
+    big = store_module._WRITEBACK + 10
+    incoming.write(b"\x00" * big)
+    incoming._drain()  # as the pool does: now in its file
+    assert len(incoming_files(root)) == 1
 
     class Full:
         def write(self, data):
@@ -396,11 +398,13 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
         def close(self):
             pass
 
-    real = incoming._file
-    assert real is not None
-    incoming._file = Full()
-    real.close()
+    with incoming._file_lock:
+        real = incoming._file
+        assert real is not None
+        incoming._file = Full()
+        real.close()
     incoming.write(b"\x00" * 100)
+    incoming._drain()
     incoming.write(b"\x00" * 100)  # later fragments are counted, not written
     incoming.close()
     assert incoming.size == big + 200
@@ -410,28 +414,43 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
     assert dcm_files(root) == []
 
 
-def test_a_small_instance_stays_in_memory_until_its_commit_writes_it(archive, clock, root, monkeypatch):
+def test_the_reactor_thread_never_writes_a_file_and_a_failed_creation_fails_the_commit(archive, clock, root,
+                                                                                       monkeypatch):
     ds = make_dataset()
-    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
-    assert incoming_files(root) == []  # no file created in the reactor thread
-    assert incoming.open().read() == encode(ds)
+    threads = []
+    drain = store_module.IncomingInstance._drain
 
-    def full(self):
+    def recording(self):
+        threads.append(threading.current_thread())
+        return drain(self)
+
+    monkeypatch.setattr(store_module.IncomingInstance, "_drain", recording)
+    stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                sop_instance=ds.SOPInstanceUID).commit())
+    assert Path(stored.path).is_file()
+    assert threads and threading.main_thread() not in threads  # created and written by pool threads
+
+    def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module.IncomingInstance, "_open_file", full)
+    ds2 = make_dataset()
+    monkeypatch.setattr(store_module.Path, "open", full)
+    incoming = receive(archive, encode(ds2), sop_class=CT_IMAGE_STORAGE, sop_instance=ds2.SOPInstanceUID)
+    assert incoming.open().read() == encode(ds2)  # the data set is still readable from memory
     error = clock.failure_of(incoming.commit())
     assert isinstance(error, OutOfResources) and "disk full" in str(error)
-    assert dcm_files(root) == [] and incoming_files(root) == []
+    monkeypatch.undo()
+    assert [p.name for p in dcm_files(root)] == [Path(stored.path).name] and incoming_files(root) == []
 
 
-@pytest.mark.parametrize("pixels", [32, 2 * store_module._SPOOL], ids=["in memory", "in its file"])
+@pytest.mark.parametrize("pixels", [32, 2 * store_module._WRITEBACK], ids=["small", "large"])
 def test_abort_leaves_no_file_and_no_row(archive, clock, root, pixels):
     ds = make_dataset(pixels=b"\x01" * pixels)
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
     incoming.write(data[: len(data) // 2])
-    assert len(incoming_files(root)) == (1 if len(data) // 2 >= store_module._SPOOL else 0)
+    incoming._drain()  # as the pool does
+    assert len(incoming_files(root)) == 1
     incoming.abort()
     incoming.abort()  # idempotent
     assert incoming_files(root) == [] and dcm_files(root) == []
@@ -610,7 +629,8 @@ def test_reconcile_reindexes_a_file_whose_index_transaction_was_lost(archive, cl
 
 def test_reconcile_leaves_instances_being_received_alone(archive, clock, root):
     incoming = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "X")
-    incoming.write(b"\x08\x00" * store_module._SPOOL)  # large: in its temporary file already
+    incoming.write(b"\x08\x00" * store_module._WRITEBACK)
+    incoming._drain()  # in its temporary file already
     report = clock.wait(archive.reconcile())
     assert report["temp_removed"] == []
     assert incoming_files(root) == [incoming.temp_path.name]

@@ -261,7 +261,7 @@ def test_reconcile_quarantines_a_file_whose_data_never_all_reached_the_disk(arch
 def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, clock, monkeypatch):
     advised = []
     monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice: advised.append(advice))
-    ds = make_dataset(pixels=b"\x02" * (2 * store_module._SPOOL))
+    ds = make_dataset(pixels=b"\x02" * (2 * store_module._WRITEBACK * 4))
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
     incoming.write(data[: _PREFIX + 100])
@@ -274,11 +274,83 @@ def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, 
     for offset in range(_PREFIX + 100, len(data), 16384):
         incoming.write(data[offset: offset + 16384])
     incoming.close()
+    deadline = time.monotonic() + 5
+    while not advised and time.monotonic() < deadline:  # the pool writes it as it arrives
+        time.sleep(0.005)
     assert advised, "the kernel was never asked to start writing the data out"
+    assert incoming.temp_path.stat().st_size >= len(data) // 2  # most of it written before the commit
     stored = clock.wait(incoming.commit())
     assert stored.record.study_instance_uid == ds.StudyInstanceUID
     assert Path(stored.path).read_bytes().endswith(b"\x02" * 1000)
     assert dcmread(stored.path).PixelData == ds.PixelData
+
+
+def _wait_for(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return predicate()
+
+
+def test_the_file_is_created_by_the_pool_before_the_data_set_arrives(archive, clock):
+    ds = make_dataset()
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    header = part10_header(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    assert _wait_for(lambda: incoming.temp_path.exists() and incoming.temp_path.stat().st_size == len(header)) or \
+        incoming._file is not None
+    with incoming._file_lock:
+        incoming._file.flush()
+    assert incoming.temp_path.read_bytes() == header
+    for offset in range(0, len(encode(ds)), 1000):
+        incoming.write(encode(ds)[offset: offset + 1000])
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert Path(stored.path).read_bytes() == header + encode(ds)
+
+
+def test_a_disk_slower_than_the_network_holds_the_reactor_back(archive, clock, monkeypatch):
+    monkeypatch.setattr(store_module, "_MAX_PENDING", 3 * store_module._WRITEBACK)
+    gate = threading.Event()
+    archive._submit(gate.wait)  # the pool's threads are all busy ...
+    for _ in range(archive._pool.max - 1):
+        archive._submit(gate.wait)
+    try:
+        ds = make_dataset(pixels=b"\x04" * (8 * store_module._WRITEBACK))
+        data = encode(ds)
+        incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+        writers = []
+        drain = store_module.IncomingInstance._drain
+
+        def recording(self):
+            writers.append(threading.current_thread())
+            return drain(self)
+
+        monkeypatch.setattr(store_module.IncomingInstance, "_drain", recording)
+        for offset in range(0, len(data), 65536):
+            incoming.write(data[offset: offset + 65536])
+            assert incoming._pending_size < store_module._MAX_PENDING  # never more than that held
+        assert threading.current_thread() in writers  # ... so the caller wrote them itself
+    finally:
+        gate.set()
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert dcmread(stored.path).PixelData == ds.PixelData
+
+
+def test_an_abort_before_a_queued_write_runs_leaves_no_file(archive, clock):
+    gate = threading.Event()
+    for _ in range(archive._pool.max):
+        archive._submit(gate.wait)  # every thread busy: the file creation stays queued
+    try:
+        ds = make_dataset(pixels=b"\x05" * (2 * store_module._WRITEBACK))
+        incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+        incoming.write(encode(ds)[: 2 * store_module._WRITEBACK])
+        incoming.abort()
+    finally:
+        gate.set()
+    clock.wait(archive.close())  # every queued job has run
+    assert not incoming.temp_path.exists()
+    assert list(archive.incoming_dir.iterdir()) == []
 
 
 def test_many_instances_with_a_busy_pool_all_land(tmp_path):

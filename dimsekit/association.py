@@ -333,8 +333,9 @@ class Association(ServiceUser):
 
     def connection_lost(self, reason: Failure) -> None:
         # The error is made only when something is left to fail with it
-        # (normally the association was released before: nothing is).
-        self._finish("connection closed", _CONNECTION_LOST if self._pending() else None)
+        # (normally the association was released before: nothing is), by
+        # _fail_pending, which _finish calls only then.
+        self._finish("connection closed", _CONNECTION_LOST)
         self.protocol = None
 
     def _pending(self) -> bool:
@@ -396,13 +397,15 @@ class Association(ServiceUser):
 
     def _log_end(self) -> None:
         side = "requestor" if self.is_requestor else "acceptor"
+        rq = self.rq
+        calling, called = (rq.calling_ae_title, rq.called_ae_title) if rq is not None else ("", "")
         # One line per association, built once, and handed to the logger as
         # its format with the braces doubled: observers that format it (the
         # twistd log file) then find no field to look up.  The parts stay in
         # the event as fields too, for observers that want them (JSON logs).
         text = (
-            f"association {side} peer={_address(self.peer)} calling={self.calling_ae_title or '-'} "
-            f"called={self.called_ae_title or '-'} contexts=[{_context_names(self.negotiated)}] "
+            f"association {side} peer={_address(self.peer)} calling={calling or '-'} "
+            f"called={called or '-'} contexts=[{_context_names(self.negotiated)}] "
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
         #
@@ -414,8 +417,8 @@ class Association(ServiceUser):
         _log.observer({
             "text": text,
             "ended": self.ended,
-            "calling": self.calling_ae_title,
-            "called": self.called_ae_title,
+            "calling": calling,
+            "called": called,
             "log_system": _LOG_SYSTEM,  # what a text observer shows anyway, not worked out per line
             "log_logger": _log,
             "log_level": LogLevel.info,

@@ -414,7 +414,7 @@ class Association(ServiceUser):
         # directly: Logger.emit would first look the (constant) level up
         # among all levels and rebuild the keyword dict, a third of the cost
         # of a line that every association pays.
-        _log.observer({
+        _log.observer({  # type: ignore[call-arg,misc]
             "text": text,
             "ended": self.ended,
             "calling": calling,

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 try:
     from pluggy._callers import _multicall as _PLAIN_HOOKEXEC
 except ImportError:  # pragma: no cover - a pluggy without it: broadcast() always calls the hook
-    _PLAIN_HOOKEXEC = None
+    _PLAIN_HOOKEXEC = None  # type: ignore[assignment]
 
 from dimsekit import hookspecs
 

@@ -385,6 +385,7 @@ class _State(Enum):
 
 
 _IDLE = _State.IDLE
+_make_tuple = tuple.__new__
 _DATASET = _State.DATASET
 
 # ---------------------------------------------------------------------------
@@ -539,7 +540,7 @@ class MessageAssembler:
             sink.write(data)
             if control & _LAST:
                 sink.close()
-                event = MessageReceived(context_id, self._command, sink)
+                event = _make_tuple(MessageReceived, (context_id, self._command, sink))
                 self._sink = None  # now the receiver's
                 self._reset()
                 return [event]
@@ -589,14 +590,16 @@ class MessageAssembler:
         except CommandError as error:
             return self._reject(error)
         has_dataset = command["CommandDataSetType"] != NO_DATASET
-        received = CommandReceived(context_id, command, has_dataset)
+        # the events as named tuples made in one C call each (tuple.__new__),
+        # not through their Python-level __new__: every message makes them
+        received = _make_tuple(CommandReceived, (context_id, command, has_dataset))
         if has_dataset:
             self._state = _State.DATASET
             self._command = command
             return [received]
         if self._state is not _IDLE:  # gathered from several fragments
             self._reset()
-        return [received, MessageReceived(context_id, command, None)]
+        return [received, _make_tuple(MessageReceived, (context_id, command, None))]
 
     def _reject(self, error: CommandError) -> list[Event]:
         partial = error.command or {}

@@ -53,6 +53,9 @@ from dimsekit.ul.pdu import (
 
 __all__ = ["UpperLayer", "Timeouts", "DEFAULT_MAXIMUM_LENGTH"]
 
+#: ``tuple.__new__``: makes a named tuple from its fields in one C call
+_make_tuple = tuple.__new__
+
 #: Our default Maximum Length Received (the largest P-DATA-TF variable field we accept).
 DEFAULT_MAXIMUM_LENGTH = 16384
 
@@ -324,7 +327,9 @@ class UpperLayer:
             # A blank cell for a non-user event: a late timer, a close after we
             # closed, a PDU while the transport is not open.  Nothing to do.
             return []
-        state, outputs = action(ActionContext(event, self.is_requestor, payload))
+        # ActionContext(event, self.is_requestor, payload), without the named
+        # tuple's Python-level __new__ (one is made for every event)
+        state, outputs = action(_make_tuple(ActionContext, (event, self.is_requestor, payload)))
         self.state = state
         results: list[out.Output] = []
         for item in outputs:

@@ -32,6 +32,7 @@ Results go to ``benchmarks/results/echo.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import errno
 import re
 import socket
 import subprocess
@@ -80,8 +81,15 @@ RELEASE_RQ = bytes.fromhex("05 00 00000004 00000000")
 class RawClient:
     """One association on a plain blocking socket (TCP_NODELAY on)."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    def __init__(self, port: int, local_port: int | None = None) -> None:
+        if local_port is None:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        else:  # see assoc_run
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.settimeout(30)
+            self.sock.bind(("127.0.0.1", local_port))
+            self.sock.connect(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
 
@@ -152,13 +160,35 @@ def echo_run(port: int, count: int, seconds: float) -> float:
     return done / elapsed
 
 
+_next_port = [20000]
+
+
+def _connect_from_next_port(port: int) -> RawClient:
+    """A RawClient from the next local port in 20000-31999 that connects (TIME_WAIT reuse on loopback)."""
+    for _ in range(200):
+        local = _next_port[0]
+        _next_port[0] = 20000 if local >= 31999 else local + 1
+        if local == port:
+            continue
+        try:
+            return RawClient(port, local)
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                raise
+    return RawClient(port)
+
+
 def assoc_run(port: int, count: int, seconds: float) -> float:
     """Associations per second: connect, associate, echo, release, close."""
     done = 0
     started = time.perf_counter()
     deadline = started + seconds
     while done < count:
-        client = RawClient(port)
+        # Each closed connection leaves the client's end in TIME_WAIT for 60 s;
+        # with tens of thousands of them the kernel's search for a free port
+        # in connect() grows slow (and a figure depends on what ran in the
+        # minute before).  The client takes the ports in turn itself.
+        client = _connect_from_next_port(port)
         client.associate()
         client.echo()
         client.release()

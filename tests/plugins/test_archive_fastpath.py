@@ -292,20 +292,36 @@ def _wait_for(predicate, seconds=5.0):
     return predicate()
 
 
-def test_the_file_is_created_by_the_pool_before_the_data_set_arrives(archive, clock):
-    ds = make_dataset()
+def test_a_large_data_sets_file_is_created_by_the_pool_while_it_arrives(archive, clock):
+    ds = make_dataset(pixels=b"\x06" * (4 * _PREFIX))
+    data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
     header = part10_header(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
-    assert _wait_for(lambda: incoming.temp_path.exists() and incoming.temp_path.stat().st_size == len(header)) or \
-        incoming._file is not None
+    incoming.write(data[: _PREFIX - 1])
+    time.sleep(0.05)
+    assert not incoming.temp_path.exists()  # not for what may be a small one
+    incoming.write(data[_PREFIX - 1: _PREFIX])
+    assert _wait_for(lambda: incoming._file is not None)  # a large one: a pool thread made it
     with incoming._file_lock:
         incoming._file.flush()
-    assert incoming.temp_path.read_bytes() == header
-    for offset in range(0, len(encode(ds)), 1000):
-        incoming.write(encode(ds)[offset: offset + 1000])
+    assert incoming.temp_path.read_bytes() == header + data[:_PREFIX]
+    for offset in range(_PREFIX, len(data), 16384):
+        incoming.write(data[offset: offset + 16384])
     incoming.close()
     stored = clock.wait(incoming.commit())
-    assert Path(stored.path).read_bytes() == header + encode(ds)
+    assert Path(stored.path).read_bytes() == header + data
+
+
+def test_a_small_data_set_is_written_by_the_commits_worker_alone(archive, clock, monkeypatch):
+    submitted = []
+    submit = archive._submit
+    monkeypatch.setattr(archive, "_submit", lambda work: (submitted.append(work), submit(work))[1])
+    ds = make_dataset()
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+    assert not incoming.temp_path.exists()
+    stored = clock.wait(incoming.commit())
+    assert submitted == []  # one hand-off to the pool: the commit
+    assert Path(stored.path).read_bytes().endswith(encode(ds))
 
 
 def test_a_disk_slower_than_the_network_holds_the_reactor_back(archive, clock, monkeypatch):

@@ -206,6 +206,7 @@ def main() -> None:
         started = time.perf_counter()
         pixel_length = make_instance(path, size)
         file_size = path.stat().st_size
+        os.sync()  # its write-back would otherwise run under the first transfers timed
         print(f"made {path.name}: {file_size / MIB:,.1f} MiB in {time.perf_counter() - started:.1f} s", flush=True)
         from dimsekit.datasets import part10_info
 
@@ -221,6 +222,7 @@ def main() -> None:
                     run["mib_per_s"] = run["dataset_bytes"] / MIB / run["store_seconds"]
                     runs[kind].append(run)
                     clean(dcmtk_out(workdir, spool))
+                    os.sync()  # what this receiver wrote, out before the next one is timed
                     print(f"run {i + 1}/{args.runs} {kind}: {run['mib_per_s']:,.0f} MiB/s, sender peak RSS "
                           f"{run['sender_peak_rss_kib'] / 1024:,.1f} MiB, status 0x{run['status']:04X}", flush=True)
             for kind, receiver in receivers.items():

@@ -463,15 +463,24 @@ def _combined_conditions(query: Query) -> set[str]:
             continue
         assert date.spec is not None and time.spec is not None
         assert date.spec.column is not None and time.spec.column is not None
+        if _universal(date) or _universal(time):
+            continue  # one of them universal: each is matched on its own
         try:
-            if not (_condition(date).sql and _condition(time).sql):
-                continue  # one of them universal: each is matched on its own
             condition = combined_condition(date.spec.column, time.spec.column, _joined(date.value), _joined(time.value))
         except MatchingError as exc:
             raise IdentifierError(f"{date_keyword}/{time_keyword}: {exc}", (date.tag, time.tag)) from None
         query.conditions.append(condition)
         covered.update((date_keyword, time_keyword))
     return covered
+
+
+def _universal(key: Key) -> bool:
+    """Whether a key matches everything.  A value that is no range on its own (a time range
+    crossing midnight) may still be one half of a combined date-time range: not universal."""
+    try:
+        return not _condition(key).sql
+    except MatchingError:
+        return False
 
 
 def _condition(key: Key) -> Condition:

@@ -84,6 +84,13 @@ def test_study_date_and_time(indexed, date, time, combined, baseline):
     assert found(indexed, combined=False, StudyDate=date, StudyTime=time) == baseline
 
 
+def test_a_combined_range_may_cross_midnight(indexed):
+    # 07-04 22:00 to 07-06 06:00; "2200-0600" alone is no time range (A900 without the negotiation)
+    assert found(indexed, combined=True, StudyDate="20060704-20060706", StudyTime="2200-0600") == set("ABCDGH")
+    with pytest.raises(IdentifierError, match="ends before it starts"):
+        found(indexed, combined=False, StudyDate="20060704-20060706", StudyTime="2200-0600")
+
+
 def test_combined_with_a_non_ascii_person_name(indexed):
     assert found(indexed, combined=True, StudyDate="20060705-20060707", StudyTime="1000-1800",
                  PatientName="müller*") == set("CDH")

@@ -15,7 +15,7 @@ business, not ours.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pluggy
@@ -31,6 +31,7 @@ from dimsekit.plugin import make_plugin_manager
 from dimsekit.protocol import DicomProtocol
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, Registry
 from dimsekit.ul.connection import Timeouts, UpperLayer
+from dimsekit.ul.items import SOPClassCommonExtendedNegotiation
 from dimsekit.ul.negotiation import AcceptorPolicy, Negotiated, NegotiationCache, build_associate_rq
 from dimsekit.ul.pdu import AssociateRQ
 
@@ -180,6 +181,8 @@ class ApplicationEntity:
         roles: dict[str, tuple[bool, bool]] | None = None,
         async_window: tuple[int, int] | None = None,
         user_identity: Any = None,
+        extended: Mapping[str, bytes] | None = None,
+        common_extended: Sequence[SOPClassCommonExtendedNegotiation] = (),
         connect_timeout: float = 30.0,
     ) -> Deferred:
         """Open an association; fires with the :class:`~dimsekit.association.Association`.
@@ -189,6 +192,12 @@ class ApplicationEntity:
         :param async_window: (max operations we invoke, max we perform) to
             propose (PS3.7 D.3.3.3; 0 = unlimited); by default the
             ``[limits]`` window, not proposed when that is 1/1.
+        :param extended: SOP class -> Service-class-application-information to
+            propose (SOP Class Extended Negotiation, PS3.7 D.3.3.5), e.g. C-FIND's
+            options of PS3.4 C.5.1.1; what the peer agreed to is in
+            ``association.negotiated.extended`` (nothing for a SOP class it did not answer).
+        :param common_extended: SOP Class Common Extended Negotiation sub-items
+            (PS3.7 D.3.3.6) to send.
         :raises (in the Deferred): :class:`~dimsekit.errors.AssociationRejected`,
             :class:`~dimsekit.errors.AssociationAborted`, or the connection error.
         """
@@ -208,6 +217,8 @@ class ApplicationEntity:
                 roles=roles or {},
                 async_window=self.async_window if async_window is None else async_window,
                 user_identity=user_identity,
+                extended=extended or {},
+                common_extended=common_extended,
             )
         except Exception as exc:
             return defer.fail(exc)

@@ -457,3 +457,28 @@ def test_progress_only_on_a_terminal(tmp_path):
     quiet.response(Response({"Status": 0xFF00, "NumberOfCompletedSuboperations": 1}))
     quiet.clear()
     assert plain.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], None),
+        (["--relational"], b"\x01"),
+        (["--datetime"], b"\x00\x01"),
+        (["--timezone", "--relational"], b"\x01\x00\x00\x01"),
+        (["--fuzzy"], b"\x00\x00\x01"),
+    ],
+)
+def test_find_extended_negotiation_bytes(flags, expected):
+    parser = argparse.ArgumentParser()
+    cli_find.add_arguments(parser)
+    args = parser.parse_args(["127.0.0.1", "104", *flags])
+    assert cli_find.find_extended(args) == expected
+
+
+def test_options_not_agreed_are_named():
+    asked = b"\x01\x01\x00\x01"
+    assert cli_find.not_agreed(asked, None) == ["relational queries", "combined date and time matching",
+                                                "timezone query adjustment"]
+    assert cli_find.not_agreed(asked, b"\x00\x01") == ["relational queries", "timezone query adjustment"]
+    assert cli_find.not_agreed(asked, b"\x01\x01\x01\x01") == []

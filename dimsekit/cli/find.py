@@ -347,6 +347,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("-q", "--quiet", action="store_true", help="no count or status on stderr, only errors")
     parser.add_argument("--cancel", type=int, metavar="N", default=None,
                         help="send C-CANCEL after N matches (like findscu --cancel)")
+    extended = parser.add_argument_group(
+        "extended negotiation", "matching options to propose (PS3.4 C.5.1.1); a note on stderr when the peer "
+        "does not agree, and the query goes ahead without them")
+    for flag, _byte, name in FIND_OPTIONS:
+        extended.add_argument(f"--{flag}", action="store_true", dest=f"ext_{flag}", help=f"propose {name}")
+
+
+#: C-FIND extended negotiation options: (flag, byte of the Service-class-application-information,
+#: name), PS3.4 Table C.5-1
+FIND_OPTIONS = (
+    ("relational", 0, "relational queries"),
+    ("datetime", 1, "combined date and time matching"),
+    ("fuzzy", 2, "fuzzy semantic matching of person names"),
+    ("timezone", 3, "timezone query adjustment"),
+)
+
+
+def find_extended(args: argparse.Namespace) -> bytes | None:
+    """The C-FIND SOP Class Extended Negotiation information the options ask for, None for none.
+
+    As long as the last option asked for (item bytes 2 onwards are optional), each byte 1 or 0.
+    """
+    wanted = [byte for flag, byte, _ in FIND_OPTIONS if getattr(args, f"ext_{flag}", False)]
+    if not wanted:
+        return None
+    info = bytearray(max(wanted) + 1)
+    for byte in wanted:
+        info[byte] = 1
+    return bytes(info)
+
+
+def not_agreed(asked: bytes, agreed: bytes | None) -> list[str]:
+    """The names of the options asked for that the peer's answer does not grant."""
+    agreed = agreed or b""
+    return [name for _, byte, name in FIND_OPTIONS
+            if byte < len(asked) and asked[byte] == 1 and not (byte < len(agreed) and agreed[byte] == 1)]
 
 
 def run(reactor: Any, args: argparse.Namespace) -> defer.Deferred:
@@ -373,13 +409,19 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             return 2
     ae = (make or make_scu_ae)(reactor, args)
     association = None
+    asked = find_extended(args)
     try:
         association = await ae.associate(
             args.host, args.port, called=args.called, contexts=[sop_class], connect_timeout=args.timeout,
+            extended={sop_class: asked} if asked else None,
         )
     except Exception:
         print(f"dimsekit find: {describe_failure(Failure())}", file=err)
         return 1
+    if asked and not args.quiet:
+        refused = not_agreed(asked, association.negotiated.extended.get(sop_class))
+        if refused:
+            print(f"dimsekit find: the peer did not agree to {', '.join(refused)}; querying without", file=err)
     try:
         return await _find(association, args, identifier, sop_class, writers, err)
     finally:

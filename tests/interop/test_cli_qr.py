@@ -302,3 +302,12 @@ def test_pynetdicom_get_and_move(pynetdicom_qr, tmp_path):
     assert list(moved) == [f"{study_uid(2)}.1.1"]
     assert moved[f"{study_uid(2)}.1.1"].SOPClassUID == MR
     assert "1 completed, 0 failed" in done.stdout
+
+
+def test_datetime_matching_a_peer_does_not_agree_to_is_named(pynetdicom_qr, dcmqrscp):
+    # neither pynetdicom nor dcmqrscp answers C-FIND extended negotiation: the query goes ahead without it
+    for port, called in ((pynetdicom_qr.port, "PYNQR"), (dcmqrscp.port, "QRSCP")):
+        done = cli("find", port, "--datetime", "-k", "PatientName=DOE*", "--json", called=called)
+        assert done.returncode == 0, done.stderr
+        assert "did not agree to combined date and time matching" in done.stderr, done.stderr
+        assert json.loads(done.stdout), f"{called}: no matches"

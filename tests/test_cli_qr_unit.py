@@ -293,9 +293,10 @@ class FakeAE:
         self.roles: dict[str, Any] = {}
 
     def associate(self, host: str, port: int, *, called: str, contexts: list[Any], roles: Any = None,
-                  connect_timeout: float = 30) -> defer.Deferred:
+                  extended: Any = None, connect_timeout: float = 30) -> defer.Deferred:
         self.contexts = contexts
         self.roles = roles or {}
+        self.extended = extended
         return defer.succeed(self.association)
 
 

@@ -406,6 +406,7 @@ class Association(ServiceUser):
         text = (
             f"association {side} peer={_address(self.peer)} calling={calling or '-'} "
             f"called={called or '-'} contexts=[{_context_names(self.negotiated)}] "
+            f"handled=[{_handled_text(self.scp.handled)}] "
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
         #
@@ -830,6 +831,20 @@ _CONNECTION_LOST = ConnectionLost("the connection closed before the association 
 #: id(negotiated) -> (negotiated, its contexts' names for the log line); the
 #: acceptor's negotiation cache shares one Negotiated between associations
 _CONTEXT_NAMES: dict[int, tuple[Negotiated, str]] = {}
+
+
+def _handled_text(handled: dict[int, list[int]]) -> str:
+    """The requests this association answered, for its log line: ``C-STORE 200 (1 warning, 2 failed)``."""
+    parts = []
+    for field_, (total, warnings, failures, cancels) in handled.items():
+        name = COMMAND_NAMES.get(int(field_), "unknown")
+        if not (warnings or failures or cancels):
+            parts.append(f"{name} {total}")
+            continue
+        notes = [f"{n} {what}" for n, what in ((warnings, "warning" if warnings == 1 else "warnings"),
+                                              (failures, "failed"), (cancels, "cancelled")) if n]
+        parts.append(f"{name} {total} ({', '.join(notes)})")
+    return ", ".join(parts)
 
 
 def _context_names(negotiated: Negotiated | None) -> str:

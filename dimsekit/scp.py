@@ -155,6 +155,9 @@ class ScpRunner:
         self.association: Association = weakref.proxy(association)
         self.running: dict[int, _Running] = {}
         self.queue: deque[Request] = deque()
+        #: Command Field of the requests -> [final responses sent, warnings, failures, cancels],
+        #: for the association's log line
+        self.handled: dict[int, list[int]] = {}
 
     # -- entry points ---------------------------------------------------------------
 
@@ -338,6 +341,16 @@ class ScpRunner:
         association = self.association
         if association.protocol is None or association.ended:
             return
+        if status != 0xFF00 and status != 0xFF01:  # a final response: count it
+            field_ = request.command["CommandField"]
+            tally = self.handled.get(field_)
+            if tally is None:
+                tally = self.handled[field_] = [0, 0, 0, 0]
+            tally[0] += 1
+            if status:
+                kind = dimse_status.category(status)
+                warning, cancel = dimse_status.Category.WARNING, dimse_status.Category.CANCEL
+                tally[1 if kind is warning else 3 if kind is cancel else 2] += 1
         if dataset is None and not fields:
             encoded = encode_status_response(request.command, status)
             if encoded is not None:

@@ -175,6 +175,8 @@ class EchoTests(AssociationTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         pair = self.make_pair()
         assoc = pair.associate()
+        self.assertEqual(pair.result(assoc.echo()), 0)
+        self.assertEqual(pair.result(assoc.echo()), 0)
         pair.result(assoc.release())
         pair.disconnect()
         lines = [e for e in events if e.get("log_namespace") == "dimsekit.association" and "text" in e]
@@ -192,8 +194,20 @@ class EchoTests(AssociationTestCase):
         self.assertEqual(acceptor["ended"], "released by the peer")
         self.assertIsInstance(acceptor["log_time"], float)
         self.assertEqual(formatEvent(acceptor), acceptor["text"])
-        self.assertIn("calling=REQUESTOR called=ACCEPTOR contexts=[Verification SOP Class]", acceptor["text"])
+        self.assertIn("calling=REQUESTOR called=ACCEPTOR contexts=[Verification SOP Class] handled=[C-ECHO 2] "
+                      "duration=", acceptor["text"])
+        requestor = next(e for e in lines if e["text"].startswith("association requestor"))
+        self.assertIn(" handled=[] duration=", requestor["text"])  # it answered nothing
         self.assertTrue(acceptor["text"].endswith("ended: released by the peer"))
+
+    def test_the_log_line_counts_the_final_responses_by_outcome(self):
+        from dimsekit.association import _handled_text
+
+        self.assertEqual(_handled_text({}), "")
+        self.assertEqual(_handled_text({CommandField.C_ECHO_RQ: [1, 0, 0, 0]}), "C-ECHO 1")
+        self.assertEqual(_handled_text({CommandField.C_STORE_RQ: [200, 1, 2, 0], CommandField.C_FIND_RQ: [3, 0, 0, 1]}),
+                         "C-STORE 200 (1 warning, 2 failed), C-FIND 3 (1 cancelled)")
+        self.assertEqual(_handled_text({CommandField.C_STORE_RQ: [5, 2, 0, 0]}), "C-STORE 5 (2 warnings)")
 
     def test_log_line_with_braces_is_not_a_format(self):
         from twisted.logger import formatEvent, globalLogPublisher
@@ -286,6 +300,7 @@ class DispatchFailureTests(AssociationTestCase):
         self.assertIsNone(assoc.ended)
         pair.result(assoc.release())
         self.assertEqual(assoc.ended, "released")
+        self.assertEqual(pair.acceptor_association.scp.handled, {CommandField.C_ECHO_RQ: [2, 0, 2, 0]})  # the log line
 
     def test_handler_returning_garbage_gets_processing_failure(self):
         # A handler must return a status; one that returns None is a plugin bug

@@ -74,6 +74,8 @@ def test_storescu_directory_mode_every_file_arrives_as_sent(tmp_path, corpus):
             assert "Store Failed" not in result.stdout + result.stderr
             wire, pdu_lengths = stores_on_the_wire(bytes(proxy.recordings[0]))
         node.assert_healthy()
+        # the association's log line says how many it took in
+        node.wait_log(rf"calling=STORESCU .* handled=\[C-STORE {len(corpus)}\] duration=")
     finally:
         _finish(node)
 

@@ -181,6 +181,15 @@ class DicomProtocol(protocol.Protocol):
             self.run(self.ul.transport_connected(now))
         else:
             self.run(self.ul.transport_accepted(now))
+            if self._direct and transport.connected and not transport.disconnecting:
+                # A requestor sends its A-ASSOCIATE-RQ as soon as it is
+                # connected, so it is usually waiting by the time we accept:
+                # read it now rather than after another turn of the reactor
+                # (~2 % more associations/s).  Nothing there: EAGAIN, no harm.
+                # An end of stream or an error found here is left to the
+                # reactor, which sees the socket readable again (a reset then
+                # shows as a close) -- what doRead returns is for the reactor.
+                transport.doRead()
 
     def dataReceived(self, data: bytes) -> None:
         sized = self._sized

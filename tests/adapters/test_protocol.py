@@ -173,6 +173,55 @@ class ConnectionMadeTests(ProtocolTestCase):
         timer = self.assertOneTimer()
         self.assertEqual(timer.getTime(), 30.0)
 
+    def test_an_rq_already_waiting_at_accept_is_read_at_once(self):
+        # A plain TCP transport (writes go straight out) is read as soon as the
+        # connection is made: the A-ASSOCIATE-RQ a requestor sent right after
+        # connecting is handled without waiting for another reactor turn.
+        rq = associate_rq().encode()
+        test = self
+
+        class WaitingTransport(StringTransport):
+            connected, disconnecting = 1, False
+            reads = 0
+
+            def doRead(self):
+                self.reads += 1
+                if self.reads == 1:
+                    return test.protocol.dataReceived(rq)
+                return None  # nothing more (EAGAIN)
+
+        import dimsekit.protocol as protocol_module
+
+        self.patch(protocol_module, "_can_write_now", lambda transport: True)
+        transport = WaitingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.make(transport=transport)
+        self.assertEqual(transport.reads, 1)
+        self.assertEqual(self.user.names(), ["connection_made", "association_indication"])
+        self.assertEqual(self.ul.state, State.STA3)
+
+    def test_no_early_read_of_a_transport_that_is_closing_or_not_plain_tcp(self):
+        import dimsekit.protocol as protocol_module
+
+        class Closing(StringTransport):
+            connected, disconnecting = 1, True
+
+            def doRead(self):
+                raise AssertionError("read a closing transport")
+
+        self.patch(protocol_module, "_can_write_now", lambda transport: True)
+        self.make(transport=Closing())
+        self.assertEqual(self.user.names(), ["connection_made"])
+
+        class Tls(StringTransport):  # no direct writes: not read early either
+            connected, disconnecting = 1, False
+
+            def doRead(self):
+                raise AssertionError("read a transport without direct writes")
+
+        self.patch(protocol_module, "_can_write_now", lambda transport: False)
+        self.make(transport=Tls())
+        self.assertEqual(self.user.names(), ["connection_made"])
+
     def test_artim_expiry_closes_the_transport(self):
         self.make()
         self.clock.advance(29.9)

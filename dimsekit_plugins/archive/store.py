@@ -18,10 +18,11 @@ goes through it like this:
    pool thread would not get the GIL before the data set is all there), and
    the kernel is asked to start writing them out (``posix_fadvise``), so the
    fsync at the end waits for little.  Past 8 MiB held without a file (the
-   pool far behind) the reactor thread creates it, holding the sender back.  The header is read from the
-   first 64 KiB (pydicom, up to the last element the index needs): by the
-   commit's worker for a small instance, in a pool thread as soon as they are
-   there for a large one, while the rest is still arriving.
+   pool far behind) the reactor thread creates it, holding the sender back.
+   The header is read from the first 64 KiB (pydicom, up to the last element
+   the index needs): by the commit's worker for a small instance, in a pool
+   thread as soon as they are there for a large one, while the rest is still
+   arriving.
 3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
    own thread pool, never in the reactor thread: take the header (or read it
    from the file when the first bytes were not enough); check it against the

@@ -33,7 +33,6 @@ the files by moving ``index.sqlite`` away and restarting).
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -347,11 +346,6 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
-def _integer(dataset: Dataset, keyword: str) -> int | None:
-    text = _text(dataset, keyword)
-    return None if text is None else _to_integer(text)
-
-
 def _to_integer(text: str) -> int | None:
     try:
         return int(float(text.split("\\")[0]))
@@ -360,13 +354,6 @@ def _to_integer(text: str) -> int | None:
 
 
 _CHARSET_TAG = 0x00080005
-
-
-@functools.cache
-def _sequence_tag(keyword: str) -> int:
-    tag = tag_for_keyword(keyword)
-    assert tag is not None
-    return int(tag)
 
 
 def _items(dataset: Dataset, spec: ItemTable) -> Items:
@@ -425,18 +412,15 @@ _TEXT_VRS = frozenset(("LO", "SH"))  # in the data set's character set, each val
 _DIGITS = frozenset(b"0123456789")
 
 
+#: (field, keyword, tag, VR) of each plain attribute
+_PLAIN_TAGS = tuple(
+    (field_name, keyword, int(tag_for_keyword(keyword)), dictionary_VR(keyword))  # type: ignore[arg-type]
+    for field_name, keyword in _PLAIN_FIELDS
+)
+
+
 class _Slow(Exception):
     """The fast path cannot vouch for a value: pydicom converts it."""
-
-
-@functools.lru_cache(maxsize=1)
-def _plain_tags() -> tuple[tuple[str, str, int, str], ...]:
-    tags = []
-    for field_name, keyword in _PLAIN_FIELDS:
-        tag = tag_for_keyword(keyword)
-        assert tag is not None
-        tags.append((field_name, keyword, int(tag), dictionary_VR(tag)))
-    return tuple(tags)
 
 
 def _raw_text(raw: Any, vr: str, codec: str | None) -> str | None:
@@ -478,7 +462,7 @@ def _raw_text(raw: Any, vr: str, codec: str | None) -> str | None:
     return "\\".join(items) or None
 
 
-def header_values(dataset: Dataset) -> dict[str, Any]:
+def header_values(dataset: Dataset, *, fast: bool = True) -> dict[str, Any]:
     """The index attributes of a data set, by :class:`InstanceRecord` field name.
 
     Missing or unreadable values are None (``patient_id`` and
@@ -487,28 +471,27 @@ def header_values(dataset: Dataset) -> dict[str, Any]:
 
     Elements still raw (as pydicom's readers leave them until asked for) are
     decoded here when their VR and character set allow it -- to the same
-    values pydicom's conversion gives (a property test compares them) in a
-    fraction of its time, which was most of the cost of reading a small
-    instance's header; anything else is converted by pydicom.
+    values pydicom's conversion gives (a property test compares them with
+    ``fast=False``, where pydicom converts every value) in a fraction of its
+    time, which was most of the cost of reading a small instance's header;
+    anything else is converted by pydicom.
     """
-    values: dict[str, Any] = {}
     get_item = dataset.get_item
     charset_raw = get_item(_CHARSET_TAG)  # pydicom's readers convert it as they read
-    try:
-        if charset_raw is None:
-            charset_text = None
-        elif isinstance(charset_raw, RawDataElement):
+    if fast and isinstance(charset_raw, RawDataElement):
+        try:
             charset_text = _raw_text(charset_raw, "CS", None)
-        else:
-            raise _Slow
-    except _Slow:
-        charset_text = _text(dataset, "SpecificCharacterSet")
+        except _Slow:
+            charset_text = _text(dataset, "SpecificCharacterSet")
+    else:
+        charset_text = None if charset_raw is None else _text(dataset, "SpecificCharacterSet")
     codec = _FAST_CHARSETS.get(charset_text)
-    for field_name, keyword, tag, vr in _plain_tags():
+    values: dict[str, Any] = {}
+    for field_name, keyword, tag, vr in _PLAIN_TAGS:
         raw = get_item(tag)
         if raw is None:
             value = None
-        elif isinstance(raw, RawDataElement):
+        elif fast and isinstance(raw, RawDataElement):
             try:
                 value = _raw_text(raw, vr, codec)
             except _Slow:
@@ -521,37 +504,9 @@ def header_values(dataset: Dataset) -> dict[str, Any]:
             value = ""
         values[field_name] = value
     for spec in ITEM_TABLES:
-        values[spec.field] = _items(dataset, spec) if _sequence_tag(spec.sequence) in dataset else None
+        values[spec.field] = _items(dataset, spec) if spec.sequence in dataset else None
     values["specific_character_set"] = charset_text or None
     return values
-
-
-def _header_values_by_pydicom(dataset: Dataset) -> dict[str, Any]:
-    """:func:`header_values` with every value converted by pydicom (the reference the fast path must equal)."""
-    charset_text = _text(dataset, "SpecificCharacterSet")
-    return {
-        **{spec.field: _items(dataset, spec) for spec in ITEM_TABLES},
-        "sop_class_uid": _text(dataset, "SOPClassUID"),
-        "sop_instance_uid": _text(dataset, "SOPInstanceUID"),
-        "instance_number": _integer(dataset, "InstanceNumber"),
-        "specific_character_set": charset_text or None,
-        "patient_id": _text(dataset, "PatientID") or "",
-        "issuer_of_patient_id": _text(dataset, "IssuerOfPatientID") or "",
-        "patient_name": _text(dataset, "PatientName"),
-        "patient_birth_date": _text(dataset, "PatientBirthDate"),
-        "patient_sex": _text(dataset, "PatientSex"),
-        "study_instance_uid": _text(dataset, "StudyInstanceUID"),
-        "study_date": _text(dataset, "StudyDate"),
-        "study_time": _text(dataset, "StudyTime"),
-        "accession_number": _text(dataset, "AccessionNumber"),
-        "study_id": _text(dataset, "StudyID"),
-        "referring_physician_name": _text(dataset, "ReferringPhysicianName"),
-        "study_description": _text(dataset, "StudyDescription"),
-        "series_instance_uid": _text(dataset, "SeriesInstanceUID"),
-        "modality": _text(dataset, "Modality"),
-        "series_number": _integer(dataset, "SeriesNumber"),
-        "series_description": _text(dataset, "SeriesDescription"),
-    }
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The index's header values: the raw fast path equals pydicom's conversion.
 
 :func:`index.header_values` decodes raw elements itself where it can; the
-reference is :func:`index._header_values_by_pydicom`, which has pydicom
+reference is ``index.header_values(..., fast=False)``, which has pydicom
 convert every value.  Data sets are encoded here element by element (raw
 bytes, any padding, any character set), read back with pydicom's
 ``read_dataset`` in both VR encodings, and the two must agree on all of them.
@@ -52,7 +52,7 @@ def read(data: bytes, implicit: bool):
 def both(data: bytes, implicit: bool) -> tuple[dict, dict]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return index.header_values(read(data, implicit)), index._header_values_by_pydicom(read(data, implicit))
+        return index.header_values(read(data, implicit)), index.header_values(read(data, implicit), fast=False)
 
 
 value_bytes = st.lists(st.sampled_from(ALPHABET), max_size=12).map(b"".join)
@@ -139,4 +139,4 @@ def test_converted_data_sets_use_pydicom_values():
     assert values["patient_name"] == "Doe^Jane"
     assert values["series_number"] == 4
     assert values["patient_id"] == ""
-    assert values == index._header_values_by_pydicom(ds)
+    assert values == index.header_values(ds, fast=False)

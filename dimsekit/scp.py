@@ -143,6 +143,10 @@ def _normalise(item: object) -> tuple[int, Any, dict[str, Any]]:
     raise TypeError(f"a handler returned {item!r}; expected a status, (status, dataset) or (status, dataset, fields)")
 
 
+#: where a final status other than success is counted in ScpRunner.handled
+_TALLY_SLOT = {dimse_status.Category.WARNING: 1, dimse_status.Category.FAILURE: 2, dimse_status.Category.CANCEL: 3}
+
+
 class ScpRunner:
     """Runs the requests one association receives.  See the module docstring."""
 
@@ -348,9 +352,7 @@ class ScpRunner:
                 tally = self.handled[field_] = [0, 0, 0, 0]
             tally[0] += 1
             if status:
-                kind = dimse_status.category(status)
-                warning, cancel = dimse_status.Category.WARNING, dimse_status.Category.CANCEL
-                tally[1 if kind is warning else 3 if kind is cancel else 2] += 1
+                tally[_TALLY_SLOT[dimse_status.category(status)]] += 1
         if dataset is None and not fields:
             encoded = encode_status_response(request.command, status)
             if encoded is not None:

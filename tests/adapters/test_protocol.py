@@ -202,25 +202,19 @@ class ConnectionMadeTests(ProtocolTestCase):
     def test_no_early_read_of_a_transport_that_is_closing_or_not_plain_tcp(self):
         import dimsekit.protocol as protocol_module
 
-        class Closing(StringTransport):
-            connected, disconnecting = 1, True
+        # closing; or with no direct writes (TLS): not read early either
+        for disconnecting, direct in ((True, True), (False, False)):
 
-            def doRead(self):
-                raise AssertionError("read a closing transport")
+            class Unread(StringTransport):
+                connected = 1
 
-        self.patch(protocol_module, "_can_write_now", lambda transport: True)
-        self.make(transport=Closing())
-        self.assertEqual(self.user.names(), ["connection_made"])
+                def doRead(self):
+                    raise AssertionError(f"read early (disconnecting={self.disconnecting})")
 
-        class Tls(StringTransport):  # no direct writes: not read early either
-            connected, disconnecting = 1, False
-
-            def doRead(self):
-                raise AssertionError("read a transport without direct writes")
-
-        self.patch(protocol_module, "_can_write_now", lambda transport: False)
-        self.make(transport=Tls())
-        self.assertEqual(self.user.names(), ["connection_made"])
+            Unread.disconnecting = disconnecting
+            self.patch(protocol_module, "_can_write_now", lambda transport, direct=direct: direct)
+            self.make(transport=Unread())
+            self.assertEqual(self.user.names(), ["connection_made"])
 
     def test_artim_expiry_closes_the_transport(self):
         self.make()

@@ -38,6 +38,7 @@ from tests.plugins.test_archive_support import (
     IMPLICIT_VR_LE,
     MR_IMAGE_STORAGE,
     ThreadedClock,
+    drain_threads,
     encode,
     make_dataset,
     receive,
@@ -417,14 +418,7 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
 def test_the_reactor_thread_never_writes_a_file_and_a_failed_creation_fails_the_commit(archive, clock, root,
                                                                                        monkeypatch):
     ds = make_dataset()
-    threads = []
-    drain = store_module.IncomingInstance._drain
-
-    def recording(self):
-        threads.append(threading.current_thread())
-        return drain(self)
-
-    monkeypatch.setattr(store_module.IncomingInstance, "_drain", recording)
+    threads = drain_threads(monkeypatch)
     stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
                                 sop_instance=ds.SOPInstanceUID).commit())
     assert Path(stored.path).is_file()

@@ -33,6 +33,7 @@ from tests.plugins.test_archive_support import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     ThreadedClock,
+    drain_threads,
     encode,
     make_dataset,
     receive,
@@ -334,14 +335,7 @@ def test_a_disk_slower_than_the_network_holds_the_reactor_back(archive, clock, m
         ds = make_dataset(pixels=b"\x04" * (8 * store_module._WRITEBACK))
         data = encode(ds)
         incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
-        writers = []
-        drain = store_module.IncomingInstance._drain
-
-        def recording(self):
-            writers.append(threading.current_thread())
-            return drain(self)
-
-        monkeypatch.setattr(store_module.IncomingInstance, "_drain", recording)
+        writers = drain_threads(monkeypatch)
         for offset in range(0, len(data), 65536):
             incoming.write(data[offset: offset + 65536])
             assert incoming._pending_size < store_module._MAX_PENDING  # never more than that held

@@ -161,3 +161,18 @@ def store(archive: Any, clock: ThreadedClock, ds: Dataset, *, transfer_syntax: s
         transfer_syntax=transfer_syntax, source_ae=source_ae,
     )
     return clock.wait(incoming.commit())
+
+
+def drain_threads(monkeypatch: Any) -> list[threading.Thread]:
+    """The threads that write incoming instances' files (IncomingInstance._drain), as they do."""
+    from dimsekit_plugins.archive.store import IncomingInstance
+
+    threads: list[threading.Thread] = []
+    drain = IncomingInstance._drain
+
+    def recording(self: IncomingInstance) -> None:
+        threads.append(threading.current_thread())
+        drain(self)
+
+    monkeypatch.setattr(IncomingInstance, "_drain", recording)
+    return threads

@@ -40,6 +40,15 @@ ratios of the medians of the same run set):
   and to DCMTK storescp as shipped (no ``TCP_NODELAY``); a subset
   (``--nagle-ct``, ``--nagle-small``) since DCMTK then crawls on delayed ACKs.
 
+What the receivers stored is kept until the benchmark ends (a few GB in
+the system's temporary directory): ext4 does not hand out again, for about
+30 s, an inode freed by a deletion, and while such inodes are around each
+file created near them cost ~0.2-0.5 ms instead of ~20 us here.  Deleting a
+receiver's files before the next one ran made every receiver pay that on
+each instance (DCMTK, with the cheapest instances, relatively the most).
+For the same reason, wait half a minute after deleting many files (an
+earlier run of this benchmark) before starting it.
+
 Timing: the storescu process's wall time (start -> exit; it reads the files
 and opens one association).  MB = 10^6 bytes of the Part 10 files sent.
 Every run checks storescu's exit status and that the receiver holds as many
@@ -50,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -287,9 +295,10 @@ def main() -> None:
                             got = stored_files(kind, out)
                         finally:
                             servers.stop(receiver)
-                            shutil.rmtree(out, ignore_errors=True)
-                            # Write back and discard what this receiver left before the next
-                            # one is timed, so that it does not pay for it.
+                            # Kept until the end (see the module docstring: deleting
+                            # here slowed every file the next receiver created).
+                            # Written back before the next one is timed, so that it
+                            # does not pay for this one.
                             os.sync()
                         if got != count:
                             raise RuntimeError(f"{scenario}/{kind}: {got} files stored, {count} sent")

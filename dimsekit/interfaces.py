@@ -25,7 +25,11 @@ class IIncomingInstance(Interface):
     size = Attribute("bytes of data set written so far")
 
     def write(data):  # noqa: N805 - zope.interface style
-        """Append received data set bytes."""
+        """Append received data set bytes (bytes, or a memoryview of immutable bytes).
+
+        The archive may keep what it is handed, without copying it, until it
+        is written: a caller must not hand in a view of a buffer it changes.
+        """
 
     def close():  # noqa: N805
         """The last fragment arrived (the data set is complete, not yet committed)."""

@@ -236,7 +236,11 @@ class DataSink(Protocol):
     """
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append one fragment."""
+        """Append one fragment.
+
+        A memoryview handed in views immutable bytes (what was read from the
+        transport) and stays valid: a sink may keep it rather than copy it.
+        """
 
     def close(self) -> None:
         """The data set is complete; no more writes."""

@@ -6,7 +6,9 @@ goes through it like this:
 1. :meth:`Archive.receive` (reactor thread, when the C-STORE-RQ command set is
    complete): the UIDs of the command are checked, then the free-space floor.
 2. :meth:`IncomingInstance.write` (reactor thread): the data set bytes, as
-   they arrive, unparsed, are held.  Once 64 KiB are there (a large data
+   they arrive, unparsed, are held -- as handed in (views of what was read
+   from the socket), not copied: ``writev`` writes them to the file as they
+   are, many at a time, without a user-space buffer.  Once 64 KiB are there (a large data
    set), a pool thread is asked to create the temporary file
    ``.incoming/<sop uid>.<random>.part`` (on the same file system as the final
    place, so the rename below is atomic) with the preamble and File Meta
@@ -120,6 +122,8 @@ _MAX_PENDING = 8 * _MB
 #: free space this far above the floor is not checked again for a second
 _FREE_MARGIN = 1 << 30
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+#: how many buffers one writev may take
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16, 1024)
 #: extended attribute giving a file's full length, set before it is renamed into place unsynced
 _LENGTH_XATTR = "user.dimsekit.length"
 _TAG_SOP_CLASS = 0x00080016
@@ -282,6 +286,38 @@ def _unlink(path: Path) -> None:
         _log.warn("cannot remove {path}: {error}", path=str(path), error=exc)
 
 
+def _create(path: Path) -> int:
+    """Create ``path`` (it must not exist) for writing; its descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+
+
+def _write_chunks(fd: int, chunks: list[bytes | memoryview]) -> int:
+    """Write all of ``chunks`` to ``fd`` with as few system calls as possible; how many bytes."""
+    total = 0
+    while chunks:
+        batch = chunks[:_IOV_MAX]
+        size = sum(map(len, batch))
+        written = os.writev(fd, batch)
+        if written <= 0 < size:
+            raise OSError(errno.EIO, "a write made no progress")
+        total += written
+        if written == size:
+            chunks = chunks[_IOV_MAX:]
+            continue
+        # A short write: skip what went, go on with the rest of the chunk it stopped in.
+        rest = list(chunks)
+        while written:
+            first = memoryview(rest[0])
+            if len(first) <= written:
+                written -= len(first)
+                rest.pop(0)
+            else:
+                rest[0] = first[written:]
+                written = 0
+        chunks = rest
+    return total
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -324,8 +360,8 @@ class IncomingInstance:
         #: a write failed (disk full): the data is dropped, commit() fails with this
         self.error: ArchiveError | None = None
         self.stored: ArchivedInstance | None = None
-        #: the temporary file, created by the first _drain (a pool thread); guarded by _file_lock
-        self._file: IO[bytes] | None = None
+        #: the temporary file's descriptor, opened by the first _drain (a pool thread); guarded by _file_lock
+        self._fd: int | None = None
         self._file_lock = threading.Lock()
         #: bytes received and not yet written (the preamble and File Meta first); guarded by _lock
         self._pending: list[bytes] = [part10_header] if part10_header else []
@@ -364,18 +400,15 @@ class IncomingInstance:
                 if self.error is not None or self.state == "aborted":
                     continue  # dropped
                 try:
-                    file = self._file
-                    if file is None:
-                        file = self._file = self.temp_path.open("xb", buffering=_WRITEBACK)
-                    for chunk in chunks:
-                        file.write(chunk)
-                        self._unflushed += len(chunk)
+                    fd = self._fd
+                    if fd is None:
+                        fd = self._fd = _create(self.temp_path)
+                    self._unflushed += _write_chunks(fd, chunks)
                     if self._unflushed >= _WRITEBACK and _FADV_DONTNEED is not None:
                         # Have the kernel start writing what arrived so far: the
                         # fsync at the end then waits for little.
                         self._unflushed = 0
-                        file.flush()
-                        os.posix_fadvise(file.fileno(), 0, 0, _FADV_DONTNEED)
+                        os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
                 except OSError as exc:
                     self._write_failed(exc)
 
@@ -397,7 +430,7 @@ class IncomingInstance:
         self.size += len(data)
         if self.error is not None:
             return  # a write failed: keep counting, drop the data
-        chunk = bytes(data)
+        chunk = data
         prefix = self._prefix
         if len(prefix) < _PREFIX:
             prefix += chunk[: _PREFIX - len(prefix)]
@@ -413,7 +446,7 @@ class IncomingInstance:
             # file and all, by the commit's worker: one thread hand-off, not two.
             self._file_asked = True
             self.archive._submit(self._drain)
-        if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._file is not None:
+        if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._fd is not None:
             # Into the page cache from here: a pool thread would not get the
             # GIL while this thread is busy receiving.  The file was created
             # by the pool (that blocked); writing it does not.  Past
@@ -458,9 +491,6 @@ class IncomingInstance:
             return io.BytesIO(bytes(self._prefix))
         elif self.state in ("receiving", "closed") and self.error is None:
             self._drain()
-            with self._file_lock:
-                if self._file is not None:
-                    self._file.flush()
             path, offset = self.temp_path, self.header_length
         else:
             raise LocalProtocolError(f"the data set of an incoming instance that is {self.state} cannot be read")
@@ -480,10 +510,10 @@ class IncomingInstance:
         return self.archive._commit(self)
 
     def _close_file(self) -> None:
-        file, self._file = self._file, None
-        if file is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             try:
-                file.close()
+                os.close(fd)
             except OSError:
                 pass
 
@@ -870,11 +900,9 @@ class Archive:
         incoming._drain()  # the rest of the data set (usually all of a small one)
         if incoming.error is not None:
             raise incoming.error
-        file = incoming._file
-        if file is None:
+        fd = incoming._fd
+        if fd is None:
             raise OutOfResources("the instance's file is gone")
-        file.flush()
-        fd = file.fileno()
         temp = incoming.temp_path
         header, incoming._header = incoming._header, None
         values = header.result() if header is not None else None

@@ -384,7 +384,7 @@ def test_below_the_disk_floor_receive_refuses_before_writing(root, clock, tmp_pa
         clock.wait(archive.close())
 
 
-def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(archive, clock, root):
+def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(archive, clock, root, monkeypatch):
     ds = make_dataset()
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "X")
     big = store_module._WRITEBACK + 10
@@ -392,18 +392,10 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
     incoming._drain()  # as the pool does: now in its file
     assert len(incoming_files(root)) == 1
 
-    class Full:
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def full(fd, chunks):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def close(self):
-            pass
-
-    with incoming._file_lock:
-        real = incoming._file
-        assert real is not None
-        incoming._file = Full()
-        real.close()
+    monkeypatch.setattr(store_module, "_write_chunks", full)
     incoming.write(b"\x00" * 100)
     incoming._drain()
     incoming.write(b"\x00" * 100)  # later fragments are counted, not written
@@ -424,11 +416,11 @@ def test_the_reactor_thread_never_writes_a_file_and_a_failed_creation_fails_the_
     assert Path(stored.path).is_file()
     assert threads and threading.main_thread() not in threads  # created and written by pool threads
 
-    def full(self, *args, **kwargs):
+    def full(path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     ds2 = make_dataset()
-    monkeypatch.setattr(store_module.Path, "open", full)
+    monkeypatch.setattr(store_module, "_create", full)
     incoming = receive(archive, encode(ds2), sop_class=CT_IMAGE_STORAGE, sop_instance=ds2.SOPInstanceUID)
     assert incoming.open().read() == encode(ds2)  # the data set is still readable from memory
     error = clock.failure_of(incoming.commit())

@@ -38,6 +38,7 @@ from tests.plugins.test_archive_support import (
     make_dataset,
     receive,
     store,
+    wait_for,
 )
 
 # -- the File Meta header --------------------------------------------------------------------
@@ -286,13 +287,6 @@ def test_a_large_data_set_has_its_header_read_before_its_last_fragment(archive, 
     assert dcmread(stored.path).PixelData == ds.PixelData
 
 
-def _wait_for(predicate, seconds=5.0):
-    deadline = time.monotonic() + seconds
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    return predicate()
-
-
 def test_a_large_data_sets_file_is_created_by_the_pool_while_it_arrives(archive, clock):
     ds = make_dataset(pixels=b"\x06" * (4 * _PREFIX))
     data = encode(ds)
@@ -302,9 +296,9 @@ def test_a_large_data_sets_file_is_created_by_the_pool_while_it_arrives(archive,
     time.sleep(0.05)
     assert not incoming.temp_path.exists()  # not for what may be a small one
     incoming.write(data[_PREFIX - 1: _PREFIX])
-    assert _wait_for(lambda: incoming._file is not None)  # a large one: a pool thread made it
-    with incoming._file_lock:
-        incoming._file.flush()
+    assert wait_for(lambda: incoming._fd is not None)  # a large one: a pool thread made it
+    with incoming._file_lock:  # its first write done
+        pass
     assert incoming.temp_path.read_bytes() == header + data[:_PREFIX]
     for offset in range(_PREFIX, len(data), 16384):
         incoming.write(data[offset: offset + 16384])
@@ -380,3 +374,70 @@ def test_many_instances_with_a_busy_pool_all_land(tmp_path):
 
 def test_uids_made_here_are_valid_for_the_property_test():
     assert len(generate_uid()) <= 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=60),
+    iov_max=st.integers(min_value=1, max_value=8),
+)
+def test_writing_chunks_survives_short_writes_and_the_iovec_limit(tmp_path_factory, sizes, cuts, iov_max):
+    """Every byte lands once, in order, whatever writev takes each time and however many buffers one may take."""
+    chunks = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    chunks = [memoryview(c) if i % 2 else c for i, c in enumerate(chunks)]
+    real_writev = os.writev
+    takes = iter(cuts)
+    calls = []
+
+    def short_writev(fd, buffers):
+        buffers = list(buffers)
+        assert len(buffers) <= iov_max
+        calls.append(len(buffers))
+        want = sum(map(len, buffers))
+        limit = min(next(takes, want), want) if want else 0
+        kept, left = [], limit
+        for b in buffers:
+            if left <= 0:
+                break
+            piece = memoryview(b)[:left]
+            kept.append(piece)
+            left -= len(piece)
+        return real_writev(fd, kept) if kept else 0
+
+    path = tmp_path_factory.mktemp("writev") / "f.part"
+    fd = store_module._create(path)
+    original = (store_module._IOV_MAX, store_module.os.writev)
+    try:
+        store_module._IOV_MAX = iov_max
+        store_module.os.writev = short_writev
+        written = store_module._write_chunks(fd, list(chunks))
+    finally:
+        store_module._IOV_MAX, store_module.os.writev = original
+        os.close(fd)
+    expected = b"".join(bytes(c) for c in chunks)
+    assert written == len(expected)
+    assert path.read_bytes() == expected
+
+
+def test_a_data_set_reaches_its_file_without_being_copied_first(archive, clock, monkeypatch):
+    """What the sink is handed (views of what was read) is what writev gets: no bytes() copy on the way."""
+    ds = make_dataset(pixels=b"\x07" * (3 * _PREFIX))
+    data = encode(ds)
+    seen = []
+    real = store_module._write_chunks
+
+    def recording(fd, chunks):
+        seen.extend(type(c) for c in chunks)
+        return real(fd, chunks)
+
+    monkeypatch.setattr(store_module, "_write_chunks", recording)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    view = memoryview(data)
+    for offset in range(0, len(data), 16384):
+        incoming.write(view[offset: offset + 16384])
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert Path(stored.path).read_bytes()[incoming.header_length:] == data
+    assert memoryview in seen and bytes in seen  # the views as handed in; the Part 10 header
+    assert all(t in (bytes, memoryview) for t in seen)

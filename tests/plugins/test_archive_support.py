@@ -176,3 +176,11 @@ def drain_threads(monkeypatch: Any) -> list[threading.Thread]:
 
     monkeypatch.setattr(IncomingInstance, "_drain", recording)
     return threads
+
+
+def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
+    """Poll ``predicate`` (work a pool thread does) until true or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return bool(predicate())

@@ -33,6 +33,7 @@ from tests.plugins.test_archive_support import (
     ThreadedClock,
     encode,
     make_dataset,
+    wait_for,
 )
 
 JPEG2000 = "1.2.840.10008.1.2.4.91"
@@ -351,7 +352,7 @@ def test_a_data_set_cut_off_by_the_connection_dropping_leaves_nothing(node):
         acceptor.dataReceived(_pdata(context.context_id, 0x00, data[offset : min(offset + 8000, half)]))
     (incoming,) = received
     assert incoming.state == "receiving" and incoming.size == half
-    assert [p.suffix for p in node.files()] == [".part"]
+    assert wait_for(lambda: [p.suffix for p in node.files()] == [".part"])  # a pool thread creates it
     node.pair.disconnect()
     node.clock.run_pending()
     assert incoming.state == "aborted"

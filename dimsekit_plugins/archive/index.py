@@ -25,6 +25,11 @@ attributes of each item are kept (nested sequences are not).  A later
 instance carrying the sequence replaces the stored items; one without it (or
 with it empty) keeps them, as ``COALESCE`` does for plain attributes.
 
+Storing a series instance by instance repeats the same patient, study and
+series values each time: :func:`put` remembers, per connection, what it last
+wrote to those rows and skips the writes that would change nothing (see
+:class:`_PutMemo`).
+
 Schema versions: 1 had no item tables; :func:`connect` upgrades a version 1
 index in place (the item tables are created empty: instances indexed before
 get their items when they are stored again, or when the index is rebuilt from
@@ -283,6 +288,77 @@ class InstanceRecord:
 _RECORD_FIELDS = {f.name for f in fields(InstanceRecord)}
 
 
+class _Connection(sqlite3.Connection):
+    """The connections :func:`connect` opens: they carry :func:`put`'s memo."""
+
+    put_memo: _PutMemo | None = None
+
+
+@dataclass(slots=True)
+class _PutMemo:
+    """What the last :func:`put` on a connection left in the patient, study,
+    series and item tables, so that the next one can skip what would change nothing.
+
+    A series arrives instance by instance, each carrying the same patient,
+    study and series attributes: the upserts of those rows would write again
+    the values already there.  Such an upsert is a no-op when its parameters
+    are exactly those of the previous put on the same connection *and nothing
+    else has written the database since*: the previous put left the row
+    holding them (``COALESCE(excluded.x, x)`` applied twice gives what it gave
+    once; the owner keys -- the study's patient, the series' study -- are
+    among the parameters), and the row was not removed (a put never prunes
+    its own patient, study or series).  The SELECTs that only serve the
+    pruning of the study's old patient and the series' old study go with
+    them: they would find the same owner.  The same holds for the items of a
+    sequence: stored again as the same rows for the same owner, they are
+    skipped.  The instance row, the SELECT of the instance as it was, the
+    pruning of its old series, and anything that differs are always written.
+
+    "Nothing else has written" is not left to the other writers to declare
+    (every present and future function of this module, any SQL run on the
+    connection, another connection, another process): it is read from SQLite
+    itself, inside the put's write transaction (``BEGIN IMMEDIATE``: nobody
+    can write between the check and the put's own statements):
+
+    * ``changes`` -- ``Connection.total_changes`` after the previous put's
+      last statement.  It counts every row any INSERT, UPDATE or DELETE on
+      the connection changed (including those rolled back), so any other
+      write through the connection since -- :func:`delete`, the prunes,
+      reconciliation, a test's own SQL -- makes it differ;
+    * ``data_version`` -- ``PRAGMA data_version`` in the previous put's
+      transaction.  It changes when another connection, in this process or
+      another, commits to the database (the archive's exclusive lock on its
+      data directory, ``Archive._lock_root``, means no other process should,
+      but tests and tools do open the index beside the archive).  ~1 us.
+
+    So a memo is never used stale: the skipped statements are no-ops, not a
+    bet on it.  Not detected: schema changes made through the same connection
+    (only :func:`connect` makes any, before it returns the connection).
+    What is known of the items is kept for the put's own owners only (a put
+    never prunes them; an owner pruned later may see its key, a patient's
+    pk, given to another).
+
+    The memo is taken off the connection when a put starts and set again only
+    once its transaction has committed, so a put that fails (rolled back)
+    leaves none.  It lives on the connection object (:class:`_Connection`),
+    so it goes with it; connections not opened by :func:`connect` get none.
+    """
+
+    changes: int
+    data_version: int
+    patient: tuple[Any, ...]  #: the parameters of the patient upsert
+    patient_pk: int
+    study: tuple[Any, ...]  #: the parameters of the study upsert (with the patient's pk)
+    series: tuple[Any, ...]  #: the parameters of the series upsert
+    #: item table -> the rows stored for the current owner, as :func:`_put_items` inserted them
+    items: dict[str, tuple[tuple[Any, ...], ...]]
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Equal parameters, value by value of the same type (``1 == 1.0 == True``, but SQLite may store them apart)."""
+    return a == b and all(type(x) is type(y) for x, y in zip(a, b, strict=True))
+
+
 def connect(path: str) -> sqlite3.Connection:
     """Open (creating if needed) the index at ``path``: WAL mode, schema in place.
 
@@ -291,7 +367,9 @@ def connect(path: str) -> sqlite3.Connection:
     before anything is indexed; an index transaction lost in a crash leaves a
     file without a row, which :meth:`Archive.reconcile` indexes again.
     """
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn = sqlite3.connect(
+        path, check_same_thread=False, isolation_level=None, timeout=30.0, factory=_Connection
+    )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -512,65 +590,92 @@ def header_values(dataset: Dataset, *, fast: bool = True) -> dict[str, Any]:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def put(conn: sqlite3.Connection, record: InstanceRecord) -> str | None:
+def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) -> str | None:
     """Insert or replace an instance (and upsert its patient, study, series).
+
+    Writes that would change nothing, as the previous put on the same
+    connection wrote them, are skipped (see :class:`_PutMemo`); ``memo=False``
+    writes everything (the tests' reference).
 
     :returns: the path the instance had before, if it was indexed already
         (the caller deletes that file when it differs from the new one).
     """
     r = record
+    last: _PutMemo | None = None
+    now: _PutMemo | None = None
+    remember = False
+    if isinstance(conn, _Connection):
+        last, conn.put_memo = conn.put_memo, None
+        remember = memo
+    patient_values = (r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
+                      r.specific_character_set)
+    series_values = (r.series_instance_uid, r.study_instance_uid, r.modality, r.series_number, r.series_description,
+                     r.specific_character_set)
     with _transaction(conn):
+        if remember:
+            (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+            if last is not None and (last.changes != conn.total_changes or last.data_version != data_version):
+                last = None  # something else wrote: nothing is known
+        else:
+            last = None
         previous = conn.execute(
             "SELECT path, series_instance_uid FROM instance WHERE sop_instance_uid = ?", (r.sop_instance_uid,)
         ).fetchone()
-        (patient_pk,) = conn.execute(
-            """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
-                                    patient_sex, specific_character_set)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
-                   patient_name = COALESCE(excluded.patient_name, patient_name),
-                   patient_birth_date = COALESCE(excluded.patient_birth_date, patient_birth_date),
-                   patient_sex = COALESCE(excluded.patient_sex, patient_sex),
-                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)
-               RETURNING pk""",
-            (r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
-             r.specific_character_set),
-        ).fetchone()
-        old_patient = conn.execute(
-            "SELECT patient_pk FROM study WHERE study_instance_uid = ?", (r.study_instance_uid,)
-        ).fetchone()
-        conn.execute(
-            """INSERT INTO study (study_instance_uid, patient_pk, study_date, study_time, accession_number,
-                                  study_id, referring_physician_name, study_description, specific_character_set)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-               ON CONFLICT (study_instance_uid) DO UPDATE SET
-                   patient_pk = excluded.patient_pk,
-                   study_date = COALESCE(excluded.study_date, study_date),
-                   study_time = COALESCE(excluded.study_time, study_time),
-                   accession_number = COALESCE(excluded.accession_number, accession_number),
-                   study_id = COALESCE(excluded.study_id, study_id),
-                   referring_physician_name = COALESCE(excluded.referring_physician_name, referring_physician_name),
-                   study_description = COALESCE(excluded.study_description, study_description),
-                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
-            (r.study_instance_uid, patient_pk, r.study_date, r.study_time, r.accession_number, r.study_id,
-             r.referring_physician_name, r.study_description, r.specific_character_set),
-        )
-        old_study = conn.execute(
-            "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (r.series_instance_uid,)
-        ).fetchone()
-        conn.execute(
-            """INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number,
-                                   series_description, specific_character_set)
-               VALUES (?, ?, ?, ?, ?, ?)
-               ON CONFLICT (series_instance_uid) DO UPDATE SET
-                   study_instance_uid = excluded.study_instance_uid,
-                   modality = COALESCE(excluded.modality, modality),
-                   series_number = COALESCE(excluded.series_number, series_number),
-                   series_description = COALESCE(excluded.series_description, series_description),
-                   specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
-            (r.series_instance_uid, r.study_instance_uid, r.modality, r.series_number, r.series_description,
-             r.specific_character_set),
-        )
+        if last is not None and _same(last.patient, patient_values):
+            patient_pk = last.patient_pk
+        else:
+            (patient_pk,) = conn.execute(
+                """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
+                                        patient_sex, specific_character_set)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+                       patient_name = COALESCE(excluded.patient_name, patient_name),
+                       patient_birth_date = COALESCE(excluded.patient_birth_date, patient_birth_date),
+                       patient_sex = COALESCE(excluded.patient_sex, patient_sex),
+                       specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)
+                   RETURNING pk""",
+                patient_values,
+            ).fetchone()
+        study_values = (r.study_instance_uid, patient_pk, r.study_date, r.study_time, r.accession_number, r.study_id,
+                        r.referring_physician_name, r.study_description, r.specific_character_set)
+        old_patient = None
+        if last is None or not _same(last.study, study_values):
+            old_patient = conn.execute(
+                "SELECT patient_pk FROM study WHERE study_instance_uid = ?", (r.study_instance_uid,)
+            ).fetchone()
+            conn.execute(
+                """INSERT INTO study (study_instance_uid, patient_pk, study_date, study_time, accession_number,
+                                      study_id, referring_physician_name, study_description, specific_character_set)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (study_instance_uid) DO UPDATE SET
+                       patient_pk = excluded.patient_pk,
+                       study_date = COALESCE(excluded.study_date, study_date),
+                       study_time = COALESCE(excluded.study_time, study_time),
+                       accession_number = COALESCE(excluded.accession_number, accession_number),
+                       study_id = COALESCE(excluded.study_id, study_id),
+                       referring_physician_name = COALESCE(excluded.referring_physician_name,
+                                                           referring_physician_name),
+                       study_description = COALESCE(excluded.study_description, study_description),
+                       specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
+                study_values,
+            )
+        old_study = None
+        if last is None or not _same(last.series, series_values):
+            old_study = conn.execute(
+                "SELECT study_instance_uid FROM series WHERE series_instance_uid = ?", (r.series_instance_uid,)
+            ).fetchone()
+            conn.execute(
+                """INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number,
+                                       series_description, specific_character_set)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (series_instance_uid) DO UPDATE SET
+                       study_instance_uid = excluded.study_instance_uid,
+                       modality = COALESCE(excluded.modality, modality),
+                       series_number = COALESCE(excluded.series_number, series_number),
+                       series_description = COALESCE(excluded.series_description, series_description),
+                       specific_character_set = COALESCE(excluded.specific_character_set, specific_character_set)""",
+                series_values,
+            )
         conn.execute(
             """INSERT INTO instance (sop_instance_uid, series_instance_uid, sop_class_uid, instance_number,
                                      transfer_syntax_uid, path, size, received_at, source_ae, specific_character_set)
@@ -589,28 +694,47 @@ def put(conn: sqlite3.Connection, record: InstanceRecord) -> str | None:
              r.transfer_syntax_uid, r.path, r.size, r.received_at, r.source_ae, r.specific_character_set),
         )
         owners = {"patient": patient_pk, "study": r.study_instance_uid, "series": r.series_instance_uid}
+        known = last.items if last is not None else {}
+        stored: dict[str, tuple[tuple[Any, ...], ...]] = {}
         for spec in ITEM_TABLES:
+            owner = owners[spec.level]
             items = getattr(r, spec.field)
             if items:
-                _put_items(conn, spec, owners[spec.level], items)
+                item_rows = _item_rows(spec, owner, items)
+                was = known.get(spec.table)
+                if was is None or len(was) != len(item_rows) or not all(map(_same, was, item_rows)):
+                    _put_items(conn, spec, owner, item_rows)
+                stored[spec.table] = item_rows
+            else:  # kept as they are: still known if they are the current owner's (the
+                # rows of an owner pruned since are gone, and its key may come back: forget them)
+                was = known.get(spec.table)
+                if was is not None and was[0][0] == owner:
+                    stored[spec.table] = was
         if previous is not None and previous["series_instance_uid"] != r.series_instance_uid:
             _prune_series(conn, previous["series_instance_uid"])
         if old_study is not None and old_study[0] != r.study_instance_uid:
             _prune_study(conn, old_study[0])
         if old_patient is not None and old_patient[0] != patient_pk:
             _prune_patient(conn, old_patient[0])
+        if remember:
+            now = _PutMemo(conn.total_changes, data_version, patient_values, patient_pk, study_values, series_values,
+                           stored)
+    if now is not None:
+        conn.put_memo = now  # type: ignore[attr-defined]  # committed: now it holds
     return previous["path"] if previous is not None else None
 
 
-def _put_items(conn: sqlite3.Connection, spec: ItemTable, owner: object, items: list[dict[str, Any]]) -> None:
-    """Replace the items of ``spec`` stored for ``owner`` by ``items``."""
+def _item_rows(spec: ItemTable, owner: object, items: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:
+    """The rows of ``spec``'s table holding ``items`` of ``owner``."""
+    return tuple((owner, n, *(item.get(column) for _, column in spec.attributes)) for n, item in enumerate(items))
+
+
+def _put_items(conn: sqlite3.Connection, spec: ItemTable, owner: object, item_rows: Iterable[tuple[Any, ...]]) -> None:
+    """Replace the items of ``spec`` stored for ``owner`` by ``item_rows`` (from :func:`_item_rows`)."""
     conn.execute(f"DELETE FROM {spec.table} WHERE {spec.owner} = ?", (owner,))
-    columns = [column for _, column in spec.attributes]
-    placeholders = ", ".join("?" for _ in range(len(columns) + 2))
-    conn.executemany(
-        f"INSERT INTO {spec.table} ({spec.owner}, item, {', '.join(columns)}) VALUES ({placeholders})",
-        [(owner, n, *(item.get(column) for column in columns)) for n, item in enumerate(items)],
-    )
+    columns = ", ".join(column for _, column in spec.attributes)
+    placeholders = ", ".join("?" for _ in range(len(spec.attributes) + 2))
+    conn.executemany(f"INSERT INTO {spec.table} ({spec.owner}, item, {columns}) VALUES ({placeholders})", item_rows)
 
 
 def delete(conn: sqlite3.Connection, sop_instance_uids: Iterable[str]) -> int:

@@ -121,6 +121,8 @@ _WRITEBACK = 256 * 1024
 _MAX_PENDING = 8 * _MB
 #: free space this far above the floor is not checked again for a second
 _FREE_MARGIN = 1 << 30
+#: how many directories known to exist are remembered (then forgotten all at once)
+_KNOWN_DIRS = 4096
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
 #: how many buffers one writev may take
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16, 1024)
@@ -148,7 +150,9 @@ class ArchivedInstance(StoredInstance):
             setattr(self, name, fields.get(name))
 
     @classmethod
-    def of(cls, root: Path, record: index.InstanceRecord, **extra: object) -> ArchivedInstance:
+    def of(cls, root: Path, record: index.InstanceRecord, *, path: Path | None = None,
+           **extra: object) -> ArchivedInstance:
+        """``path``: the file's (``root`` + the record's relative path), when the caller has it already."""
         return cls(
             sop_class_uid=record.sop_class_uid,
             sop_instance_uid=record.sop_instance_uid,
@@ -156,7 +160,7 @@ class ArchivedInstance(StoredInstance):
             series_instance_uid=record.series_instance_uid,
             patient_id=record.patient_id,
             transfer_syntax=record.transfer_syntax_uid,
-            path=root.joinpath(*record.path.split("/")),
+            path=path if path is not None else root.joinpath(*record.path.split("/")),
             size=record.size,
             source_ae=record.source_ae,
             received_at=record.received_at,
@@ -246,6 +250,9 @@ def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
     return tags, max(tags)
 
 
+_int_gt = int.__gt__
+
+
 def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> dict[str, Any] | None:
     """The index values of a data set read from its first bytes (pydicom), or None to read the file.
 
@@ -263,7 +270,7 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     try:
         dataset = read_dataset(
             stream, syntax.is_implicit_VR, syntax.is_little_endian,
-            stop_when=lambda tag, vr, length: tag > last,
+            stop_when=lambda tag, vr, length: _int_gt(tag, last),  # not BaseTag.__gt__, in Python
             specific_tags=tags,  # type: ignore[arg-type]
         )
         if not complete and stream.tell() >= len(prefix):
@@ -575,6 +582,8 @@ class Archive:
         #: rename new files into place before syncing them (see _store_file); off without xattrs
         self._rename_first = hasattr(os, "setxattr")
         self._free_ok_until = 0.0
+        #: series directories known to exist (see _make_dirs); guarded by _write_lock
+        self._known_dirs: set[Path] = set()
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -922,25 +931,37 @@ class Archive:
             received_at=_now(),
             source_ae=incoming.source_ae,
         )
-        rename_first = self.fsync and self._rename_first and not final.exists() and self._mark_length(fd, size)
+        final_existed = final.exists()
+        rename_first = self.fsync and self._rename_first and not final_existed and self._mark_length(fd, size)
         if self.fsync and not rename_first:
             os.fsync(fd)
         with self._write_lock:
-            existing = self._sql(index.get, incoming.sop_instance_uid)
-            if existing is not None and not self.root.joinpath(*existing.path.split("/")).exists():
-                existing = None  # its file vanished: store this one as new
-            if existing is not None and self.duplicates == "reject":
-                raise DuplicateRejected(
-                    f"SOP Instance {incoming.sop_instance_uid} is stored already (duplicates = reject)"
-                )
-            if existing is not None and self.duplicates == "first":
-                incoming._close_file()
-                _unlink(temp)
-                _log.info("{uid}: stored already; the copy just received is discarded (duplicates = first)",
-                          uid=incoming.sop_instance_uid)
-                return ArchivedInstance.of(self.root, existing, replaced=False, duplicate_discarded=True)
+            if self.duplicates != "newest":
+                # The policy decides here, before the file goes anywhere; "newest"
+                # needs no look-up: index.put says what it replaced.
+                existing = self._sql(index.get, incoming.sop_instance_uid)
+                if existing is not None and not self.root.joinpath(*existing.path.split("/")).exists():
+                    existing = None  # its file vanished: store this one as new
+                if existing is not None and self.duplicates == "reject":
+                    raise DuplicateRejected(
+                        f"SOP Instance {incoming.sop_instance_uid} is stored already (duplicates = reject)"
+                    )
+                if existing is not None and self.duplicates == "first":
+                    incoming._close_file()
+                    _unlink(temp)
+                    _log.info("{uid}: stored already; the copy just received is discarded (duplicates = first)",
+                              uid=incoming.sop_instance_uid)
+                    return ArchivedInstance.of(self.root, existing, replaced=False, duplicate_discarded=True)
             self._make_dirs(final.parent)
-            os.replace(temp, final)
+            try:
+                os.replace(temp, final)
+            except FileNotFoundError:
+                if not temp.exists():
+                    raise
+                # Its directory went away under us (removed by hand): make it again.
+                self._known_dirs.clear()
+                self._make_dirs(final.parent)
+                os.replace(temp, final)
         try:
             if rename_first:
                 os.fsync(fd)
@@ -954,9 +975,14 @@ class Archive:
             _fsync_dir(final.parent)
         with self._write_lock:
             previous = self._sql(index.put, record)
+        replaced = False
         if previous is not None and previous != rel:
-            _unlink(self.root.joinpath(*previous.split("/")))
-        return ArchivedInstance.of(self.root, record, replaced=existing is not None, duplicate_discarded=False)
+            old_path = self.root.joinpath(*previous.split("/"))
+            replaced = old_path.exists()
+            _unlink(old_path)
+        elif previous is not None:
+            replaced = final_existed  # overwritten in place (or its file had vanished: stored as new)
+        return ArchivedInstance.of(self.root, record, replaced=replaced, duplicate_discarded=False, path=final)
 
     def _mark_length(self, fd: int, size: int) -> bool:
         """Record the file's full length in an extended attribute; False where they are not supported."""
@@ -993,7 +1019,15 @@ class Archive:
                                       offending=(tag,))
 
     def _make_dirs(self, directory: Path) -> None:
-        """Create ``directory`` and missing parents below the root, each fsynced into its parent."""
+        """Create ``directory`` and missing parents below the root, each fsynced into its parent.
+
+        Directories found or made are remembered (holding the write lock), so
+        that the next instance of a series costs no ``stat``; :meth:`reconcile`,
+        the only code that removes directories, forgets them.
+        """
+        known = self._known_dirs
+        if directory in known:
+            return
         missing = []
         current = directory
         while current != self.root and not current.is_dir():
@@ -1006,6 +1040,9 @@ class Archive:
                 continue
             if self.fsync:
                 _fsync_dir(path.parent)
+        if len(known) >= _KNOWN_DIRS:
+            known.clear()
+        known.add(directory)
 
     # -- reconciling (worker thread) -----------------------------------------------------------
 
@@ -1048,6 +1085,7 @@ class Archive:
                 self._reconcile_file(rel, report)
 
         with self._write_lock:
+            self._known_dirs.clear()
             report["dirs_removed"].extend(self._remove_empty_dirs())
         report["instances"] = self._sql(lambda conn: conn.execute("SELECT COUNT(*) FROM instance").fetchone()[0])
         return report

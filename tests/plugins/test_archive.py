@@ -297,6 +297,58 @@ def test_a_row_whose_file_vanished_is_no_duplicate(root, clock):
         clock.wait(archive.close())
 
 
+@pytest.mark.parametrize("move", [False, True], ids=["same place", "moved"])
+def test_duplicates_newest_whose_stored_file_vanished_is_no_replacement(root, clock, move):
+    archive = _open(root, clock, duplicates="newest")
+    try:
+        ds = make_dataset()
+        stored = store(archive, clock, ds)
+        Path(stored.path).unlink()
+        again = make_dataset(sop_instance=ds.SOPInstanceUID, pixels=b"\x03\x00" * 16,
+                             study=None if move else ds.StudyInstanceUID,
+                             series=None if move else ds.SeriesInstanceUID)
+        outcome = store(archive, clock, again)
+        assert outcome.replaced is False
+        assert dcm_files(root) == [Path(outcome.path)]
+        assert len(rows(archive, clock, "SELECT * FROM instance")) == 1
+    finally:
+        clock.wait(archive.close())
+
+
+def test_duplicates_newest_stores_without_looking_the_instance_up_first(root, clock, monkeypatch):
+    """index.put says what it replaced: no index.get per instance (its SQL and lock) for the default policy."""
+    archive = _open(root, clock, duplicates="newest")
+    looked_up = []
+    real_get = store_module.index.get
+    monkeypatch.setattr(store_module.index, "get", lambda conn, uid: (looked_up.append(uid), real_get(conn, uid))[1])
+    try:
+        ds = make_dataset()
+        store(archive, clock, ds)
+        outcome = store(archive, clock, make_dataset(sop_instance=ds.SOPInstanceUID, study=ds.StudyInstanceUID,
+                                                     series=ds.SeriesInstanceUID))
+        assert outcome.replaced is True
+        assert looked_up == []
+    finally:
+        clock.wait(archive.close())
+
+
+def test_a_series_directory_removed_by_hand_is_made_again(root, clock):
+    """Directories known to exist are not stat'ed again; one that vanished is recreated, not a failure."""
+    archive = _open(root, clock)
+    try:
+        first = make_dataset()
+        stored = store(archive, clock, first)
+        series_dir = Path(stored.path).parent
+        Path(stored.path).unlink()
+        series_dir.rmdir()
+        series_dir.parent.rmdir()
+        second = make_dataset(study=first.StudyInstanceUID, series=first.SeriesInstanceUID)
+        again = store(archive, clock, second)
+        assert Path(again.path).parent == series_dir and Path(again.path).is_file()
+    finally:
+        clock.wait(archive.close())
+
+
 # -- refusals -------------------------------------------------------------------------------------
 
 

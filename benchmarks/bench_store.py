@@ -47,7 +47,10 @@ file created near them cost ~0.2-0.5 ms instead of ~20 us here.  Deleting a
 receiver's files before the next one ran made every receiver pay that on
 each instance (DCMTK, with the cheapest instances, relatively the most).
 For the same reason, wait half a minute after deleting many files (an
-earlier run of this benchmark) before starting it.
+earlier run of this benchmark) before starting it.  Between receivers, as
+root, the page cache is dropped and the input files read back in
+(``_harness.settle``): on a virtual machine whose host takes back freed
+memory, later receivers otherwise ran up to ~2x slower than the first.
 
 Timing: the storescu process's wall time (start -> exit; it reads the files
 and opens one association).  MB = 10^6 bytes of the Part 10 files sent.
@@ -77,6 +80,7 @@ from _harness import (  # noqa: E402
     free_port,
     median,
     save,
+    settle,
     table,
     temp_dir,
     twistd,
@@ -281,6 +285,9 @@ def main() -> None:
         }
         scenarios = {s: v for s, v in scenarios.items() if s not in skip and s.split("-")[0] not in skip}
 
+        dropped = settle([work / "ct", work / "small", work / "nagle"])
+        print("page cache dropped between receivers" if dropped else
+              "page cache not dropped between receivers (not root): figures may drift run to run", flush=True)
         with Servers() as servers:
             for scenario, (receivers, groups, count, nbytes, nagle) in scenarios.items():
                 results[scenario] = {"instances": count, "bytes": nbytes, "senders": len(groups),
@@ -297,9 +304,9 @@ def main() -> None:
                             servers.stop(receiver)
                             # Kept until the end (see the module docstring: deleting
                             # here slowed every file the next receiver created).
-                            # Written back before the next one is timed, so that it
-                            # does not pay for this one.
-                            os.sync()
+                            # Written back, and the page cache emptied, before the
+                            # next one is timed, so that it does not pay for this one.
+                            settle([work / "ct", work / "small", work / "nagle"])
                         if got != count:
                             raise RuntimeError(f"{scenario}/{kind}: {got} files stored, {count} sent")
                         results[scenario]["receivers"][kind]["seconds"].append(seconds)

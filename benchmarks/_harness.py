@@ -152,7 +152,8 @@ class Servers(contextlib.AbstractContextManager):
 
 
 def settle(warm: Sequence[Path] = ()) -> bool:
-    """Write back what the last receiver left, drop the page cache, read ``warm`` back in.
+    """Write back what the last receiver left, drop the page cache, read ``warm`` (files,
+    directories) back in.
 
     Dropping needs root (``/proc/sys/vm/drop_caches``); without it only the
     write-back happens and False is returned.  Why: on a virtual machine whose
@@ -168,8 +169,8 @@ def settle(warm: Sequence[Path] = ()) -> bool:
             knob.write("3\n")
     except OSError:
         return False
-    for directory in warm:
-        for path in sorted(directory.rglob("*")):
+    for top in warm:
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
             if path.is_file():
                 with path.open("rb") as f:
                     while f.read(1 << 20):

@@ -178,6 +178,24 @@ def settle(warm: Sequence[Path] = ()) -> bool:
     return True
 
 
+def prefault(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it again, just before a transfer.
+
+    On a virtual machine whose host takes back memory the guest frees (free
+    page reporting, ~2 s after the free), the first touch of such a page
+    costs a trip to the host: a transfer whose receiver (or spool) needed
+    1 GiB of fresh pages ran at ~1,000 MiB/s or at half that, depending on
+    how much of it had been taken back (bench_store_large.py).  Freed just now, these pages are the
+    ones the transfer gets, still backed.
+
+    In a process of its own: the harness's peak RSS is inherited by the
+    sender processes it starts (``getrusage`` counts it across ``exec``).
+    """
+    code = (f"b = bytearray({nbytes})\n"
+            f"for i in range(0, {nbytes}, {os.sysconf('SC_PAGE_SIZE')}): b[i] = 1\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

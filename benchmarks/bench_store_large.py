@@ -40,7 +40,7 @@ time); per receiver, its peak RSS (``VmHWM`` from /proc) over all its runs.  Goa
 Before each send, what the previous one wrote is written back and, as
 root, the page cache dropped (``_harness.settle``); then a short-lived
 process touches twice the instance's size of memory and frees it
-(:func:`prefault`).  On this kind of virtual machine the host takes back
+(``_harness.prefault``).  On this kind of virtual machine the host takes back
 memory the guest frees, and a transfer needing 1 GiB of fresh pages ran
 at ~1,000 MiB/s or at half that, whatever the receiver; with the pages just
 freed (still backed) the runs agree.
@@ -71,6 +71,7 @@ from _harness import (  # noqa: E402
     fmt,
     free_port,
     median,
+    prefault,
     save,
     settle,
     table,
@@ -183,24 +184,6 @@ def clean(out: Path) -> None:
     if out.exists():
         for item in out.iterdir():
             item.unlink()
-
-
-def prefault(nbytes: int) -> None:
-    """Touch ``nbytes`` of fresh memory and free it again, just before a transfer.
-
-    On a virtual machine whose host takes back memory the guest frees (free
-    page reporting, ~2 s after the free), the first touch of such a page
-    costs a trip to the host: a transfer whose receiver (or spool) needed
-    1 GiB of fresh pages ran at ~1,000 MiB/s or at half that, depending on
-    how much of it had been taken back.  Freed just now, these pages are the
-    ones the transfer gets, still backed.
-
-    In a process of its own: the harness's peak RSS is inherited by the
-    sender processes it starts (``getrusage`` counts it across ``exec``).
-    """
-    code = (f"b = bytearray({nbytes})\n"
-            f"for i in range(0, {nbytes}, {os.sysconf('SC_PAGE_SIZE')}): b[i] = 1\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
 
 
 @contextlib.contextmanager

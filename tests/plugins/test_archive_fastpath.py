@@ -441,3 +441,22 @@ def test_a_data_set_reaches_its_file_without_being_copied_first(archive, clock, 
     assert Path(stored.path).read_bytes()[incoming.header_length:] == data
     assert memoryview in seen and bytes in seen  # the views as handed in; the Part 10 header
     assert all(t in (bytes, memoryview) for t in seen)
+
+
+def test_a_large_data_set_costs_one_pool_job_before_its_commit(archive, clock, monkeypatch):
+    """Its file is created and its header read by one job: one thread hand-off, not two."""
+    jobs = []
+    monkeypatch.setattr(archive, "_submit", jobs.append)
+    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))
+    data = encode(ds)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    for offset in range(0, len(data), 16384):
+        incoming.write(data[offset: offset + 16384])
+    assert len(jobs) == 1
+    assert not incoming.temp_path.exists() and not incoming._header.done()
+    jobs[0]()  # as a pool thread would
+    assert incoming.temp_path.exists() and incoming._header.done()
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert stored.record.series_instance_uid == ds.SeriesInstanceUID
+    assert Path(stored.path).read_bytes()[incoming.header_length:] == data

@@ -25,7 +25,10 @@ ones a :class:`SpooledSink` rolls over to.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import os
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -251,6 +254,40 @@ class DataSink(Protocol):
 
 #: Default memory budget of a :class:`SpooledSink` before it moves to disk.
 DEFAULT_SPOOL_THRESHOLD = 1 << 20
+#: on disk, a :class:`SpooledSink` writes its fragments this many bytes at a time
+SPOOL_WRITE_BLOCK = 256 * 1024
+#: how many buffers one ``writev`` may take
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16, 1024)
+
+
+def write_chunks(fd: int, chunks: list[bytes | memoryview]) -> int:
+    """Write all of ``chunks`` to the file descriptor ``fd``, in order, with as few
+    system calls as possible (``writev``, up to :data:`IOV_MAX` buffers each);
+    return how many bytes.  A short write goes on where it stopped.
+    """
+    total = 0
+    while chunks:
+        batch = chunks[:IOV_MAX]
+        size = sum(map(len, batch))
+        written = os.writev(fd, batch)
+        if written <= 0 < size:
+            raise OSError(errno.EIO, "a write made no progress")
+        total += written
+        if written == size:
+            chunks = chunks[IOV_MAX:]
+            continue
+        # A short write: skip what went, go on with the rest of the chunk it stopped in.
+        rest = list(chunks)
+        while written:
+            first = memoryview(rest[0])
+            if len(first) <= written:
+                written -= len(first)
+                rest.pop(0)
+            else:
+                rest[0] = first[written:]
+                written = 0
+        chunks = rest
+    return total
 
 
 class SpooledSink:
@@ -262,12 +299,18 @@ class SpooledSink:
     file object positioned at the start).  Like
     :class:`tempfile.SpooledTemporaryFile`, but it says where it is
     (:attr:`on_disk`) and never holds the data twice.
+
+    Fragments are kept as handed in (a memoryview of what was read stays
+    valid, see :meth:`DataSink.write`), not copied; on disk they are written
+    :data:`SPOOL_WRITE_BLOCK` bytes at a time, one ``writev`` for many
+    fragments rather than a system call each.
     """
 
     def __init__(self, threshold: int = DEFAULT_SPOOL_THRESHOLD, dir: str | None = None) -> None:
         self.threshold = threshold
         self.dir = dir
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | memoryview] = []  # in memory; on disk: not written yet
+        self._pending = 0  # bytes in _chunks once on disk
         self._file: IO[bytes] | None = None
         self._size = 0
         self.closed = False
@@ -284,30 +327,46 @@ class SpooledSink:
         return self._file is not None
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append a fragment (copied only if it is not already ``bytes``)."""
+        """Append a fragment (kept as it is, not copied)."""
         if self.closed or self.aborted:
             raise LocalProtocolError("write to a closed sink")
         n = len(data)
-        if self._file is None and self._size + n > self.threshold:
-            self._file = tempfile.TemporaryFile(dir=self.dir)
-            self._file.writelines(self._chunks)
-            self._chunks = []
-        if self._file is not None:
-            self._file.write(data)
-        else:
-            self._chunks.append(data if type(data) is bytes else bytes(data))
+        self._chunks.append(data)
         self._size += n
+        if self._file is not None:
+            self._pending += n
+            if self._pending >= SPOOL_WRITE_BLOCK:
+                self._write_pending()
+        elif self._size > self.threshold:
+            self._file = tempfile.TemporaryFile(dir=self.dir)
+            # Written at its end whatever the position: open() hands the file out to be read.
+            fd = self._file.fileno()
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        chunks, self._chunks, self._pending = self._chunks, [], 0
+        write_chunks(self._file.fileno(), chunks)  # type: ignore[union-attr]
+
+    def _rewind(self) -> None:
+        """Write what is pending; the file at its start, with nothing read ahead before the
+        last write kept (a seek to the end always goes to the file; one inside what the
+        buffer holds may not)."""
+        self._write_pending()
+        self._file.seek(0, os.SEEK_END)  # type: ignore[union-attr]
+        self._file.seek(0)  # type: ignore[union-attr]
 
     def close(self) -> None:
         """The data set is complete (the data stays readable)."""
         self.closed = True
         if self._file is not None:
-            self._file.flush()
+            self._write_pending()
 
     def abort(self) -> None:
         """Drop the data and delete the temporary file, if any."""
         self.aborted = True
         self._chunks = []
+        self._pending = 0
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -315,10 +374,10 @@ class SpooledSink:
     def getvalue(self) -> bytes:
         """The whole data set as bytes (read from disk if it went there)."""
         if self._file is None:
-            if len(self._chunks) > 1:
+            if len(self._chunks) != 1 or type(self._chunks[0]) is not bytes:
                 self._chunks = [b"".join(self._chunks)]
-            return self._chunks[0] if self._chunks else b""
-        self._file.seek(0)
+            return self._chunks[0]  # type: ignore[return-value]
+        self._rewind()
         return self._file.read()
 
     def open(self) -> IO[bytes]:
@@ -328,7 +387,7 @@ class SpooledSink:
         """
         if self._file is None:
             return io.BytesIO(self.getvalue())
-        self._file.seek(0)
+        self._rewind()
         return self._file
 
 

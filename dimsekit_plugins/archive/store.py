@@ -86,6 +86,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 import dimsekit
+from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
 from dimsekit_plugins.archive import index
@@ -125,8 +126,6 @@ _FREE_MARGIN = 1 << 30
 #: how many directories known to exist are remembered (then forgotten all at once)
 _KNOWN_DIRS = 4096
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
-#: how many buffers one writev may take
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16, 1024)
 #: extended attribute giving a file's full length, set before it is renamed into place unsynced
 _LENGTH_XATTR = "user.dimsekit.length"
 _TAG_SOP_CLASS = 0x00080016
@@ -297,33 +296,6 @@ def _unlink(path: Path) -> None:
 def _create(path: Path) -> int:
     """Create ``path`` (it must not exist) for writing; its descriptor."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-
-
-def _write_chunks(fd: int, chunks: list[bytes | memoryview]) -> int:
-    """Write all of ``chunks`` to ``fd`` with as few system calls as possible; how many bytes."""
-    total = 0
-    while chunks:
-        batch = chunks[:_IOV_MAX]
-        size = sum(map(len, batch))
-        written = os.writev(fd, batch)
-        if written <= 0 < size:
-            raise OSError(errno.EIO, "a write made no progress")
-        total += written
-        if written == size:
-            chunks = chunks[_IOV_MAX:]
-            continue
-        # A short write: skip what went, go on with the rest of the chunk it stopped in.
-        rest = list(chunks)
-        while written:
-            first = memoryview(rest[0])
-            if len(first) <= written:
-                written -= len(first)
-                rest.pop(0)
-            else:
-                rest[0] = first[written:]
-                written = 0
-        chunks = rest
-    return total
 
 
 def _fsync_dir(path: Path) -> None:

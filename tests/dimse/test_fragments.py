@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dimsekit.dimse import fragments as fragments_module
 from dimsekit.dimse.codec import CommandError, encode_command
 from dimsekit.dimse.commands import NO_DATASET, CommandField
 from dimsekit.dimse.fragments import (
@@ -339,6 +340,85 @@ def test_spooled_sink_in_memory() -> None:
     sink.close()
     assert not sink.on_disk and sink.getvalue() == b"abcdef" and sink.open().read() == b"abcdef"
     assert SpooledSink().getvalue() == b""
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=40),
+    cuts=st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=60),
+    iov_max=st.integers(min_value=1, max_value=8),
+)
+def test_writing_chunks_survives_short_writes_and_the_iovec_limit(tmp_path_factory, sizes, cuts, iov_max):
+    """Every byte lands once, in order, whatever writev takes each time and however many buffers one may take."""
+    chunks = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    chunks = [memoryview(c) if i % 2 else c for i, c in enumerate(chunks)]
+    real_writev = os.writev
+    takes = iter(cuts)
+    calls = []
+
+    def short_writev(fd, buffers):
+        buffers = list(buffers)
+        assert len(buffers) <= iov_max
+        calls.append(len(buffers))
+        want = sum(map(len, buffers))
+        limit = min(next(takes, want), want) if want else 0
+        kept, left = [], limit
+        for b in buffers:
+            if left <= 0:
+                break
+            piece = memoryview(b)[:left]
+            kept.append(piece)
+            left -= len(piece)
+        return real_writev(fd, kept) if kept else 0
+
+    path = tmp_path_factory.mktemp("writev") / "f.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    original = (fragments_module.IOV_MAX, fragments_module.os.writev)
+    try:
+        fragments_module.IOV_MAX = iov_max
+        fragments_module.os.writev = short_writev
+        written = fragments_module.write_chunks(fd, list(chunks))
+    finally:
+        fragments_module.IOV_MAX, fragments_module.os.writev = original
+        os.close(fd)
+    expected = b"".join(bytes(c) for c in chunks)
+    assert written == len(expected)
+    assert path.read_bytes() == expected
+
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(min_value=0, max_value=5000), max_size=60),
+       threshold=st.integers(min_value=0, max_value=20000), block=st.integers(min_value=1, max_value=9000),
+       read_early=st.booleans())
+def test_spooled_sink_keeps_every_byte_in_order(tmp_path, monkeypatch, sizes, threshold, block, read_early) -> None:
+    monkeypatch.setattr(fragments_module, "SPOOL_WRITE_BLOCK", block)
+    data = os.urandom(sum(sizes))
+    sink = SpooledSink(threshold=threshold, dir=str(tmp_path))
+    view, at = memoryview(data), 0
+    for i, size in enumerate(sizes):
+        sink.write(view[at : at + size] if i % 2 else data[at : at + size])
+        at += size
+        if read_early and i == len(sizes) // 2:
+            assert sink.open().read() == data[:at]  # what is pending is written first
+            sink.open().read(at // 2)  # left half read: later writes still go to the end
+    sink.close()
+    assert sink.size == len(data) and sink.on_disk == (len(data) > threshold)
+    assert sink.getvalue() == data
+    assert sink.open().read() == data
+
+
+def test_spooled_sink_on_disk_writes_many_fragments_per_system_call(tmp_path, monkeypatch) -> None:
+    calls = []
+    real = fragments_module.write_chunks
+    monkeypatch.setattr(fragments_module, "write_chunks", lambda fd, chunks: (calls.append(len(chunks)), real(fd, chunks))[1])
+    sink = SpooledSink(threshold=1 << 20, dir=str(tmp_path))
+    fragment = bytes(16384)
+    for _ in range(256):  # 4 MiB in 16 KiB fragments
+        sink.write(memoryview(fragment))
+    sink.close()
+    assert sink.getvalue() == fragment * 256
+    assert sum(calls) == 256 and len(calls) <= 4 * 1024 * 1024 // fragments_module.SPOOL_WRITE_BLOCK + 1
 
 
 def test_max_dataset_length() -> None:

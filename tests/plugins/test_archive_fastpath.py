@@ -376,50 +376,6 @@ def test_uids_made_here_are_valid_for_the_property_test():
     assert len(generate_uid()) <= 64
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=40),
-    cuts=st.lists(st.integers(min_value=1, max_value=500), min_size=1, max_size=60),
-    iov_max=st.integers(min_value=1, max_value=8),
-)
-def test_writing_chunks_survives_short_writes_and_the_iovec_limit(tmp_path_factory, sizes, cuts, iov_max):
-    """Every byte lands once, in order, whatever writev takes each time and however many buffers one may take."""
-    chunks = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
-    chunks = [memoryview(c) if i % 2 else c for i, c in enumerate(chunks)]
-    real_writev = os.writev
-    takes = iter(cuts)
-    calls = []
-
-    def short_writev(fd, buffers):
-        buffers = list(buffers)
-        assert len(buffers) <= iov_max
-        calls.append(len(buffers))
-        want = sum(map(len, buffers))
-        limit = min(next(takes, want), want) if want else 0
-        kept, left = [], limit
-        for b in buffers:
-            if left <= 0:
-                break
-            piece = memoryview(b)[:left]
-            kept.append(piece)
-            left -= len(piece)
-        return real_writev(fd, kept) if kept else 0
-
-    path = tmp_path_factory.mktemp("writev") / "f.part"
-    fd = store_module._create(path)
-    original = (store_module._IOV_MAX, store_module.os.writev)
-    try:
-        store_module._IOV_MAX = iov_max
-        store_module.os.writev = short_writev
-        written = store_module._write_chunks(fd, list(chunks))
-    finally:
-        store_module._IOV_MAX, store_module.os.writev = original
-        os.close(fd)
-    expected = b"".join(bytes(c) for c in chunks)
-    assert written == len(expected)
-    assert path.read_bytes() == expected
-
-
 def test_a_data_set_reaches_its_file_without_being_copied_first(archive, clock, monkeypatch):
     """What the sink is handed (views of what was read) is what writev gets: no bytes() copy on the way."""
     ds = make_dataset(pixels=b"\x07" * (3 * _PREFIX))

@@ -525,29 +525,45 @@ class Association(ServiceUser):
             outgoing = self._outgoing
             while outgoing and not self._paused and self.protocol is not None:
                 message = outgoing[0]
+                # The PDUs of one message, up to _SEND_BATCH bytes of them, go to the
+                # transport in one write: one pass through the upper layer and
+                # Twisted per batch, not per 16 KiB PDU (a data set streaming out).
+                batch: list[bytes] = []
+                size = 0
+                done = False
+                limit = min(_SEND_BATCH, getattr(self.protocol, "send_batch", 0))
                 try:
-                    pdu = next(message.pdus, None)
+                    while size < limit or not batch:
+                        pdu = next(message.pdus, None)
+                        if pdu is None:
+                            done = True
+                            break
+                        batch.append(pdu)
+                        size += len(pdu)
                 except Exception as exc:  # reading the data set failed part-way
+                    if batch:  # what was made goes out first, as it would have unbatched
+                        self.protocol.send_pdata(b"".join(batch))
                     _log.failure("could not produce the rest of a message; aborting", Failure(exc))
                     self.abort(f"message could not be sent whole: {exc}")
                     return
-                if pdu is None:
+                if batch:
+                    message.started = True
+                    if self.protocol.send_pdata(batch[0] if len(batch) == 1 else b"".join(batch)) is False:
+                        # the association can no longer carry data (the peer's A-ABORT or
+                        # A-RELEASE-RQ was just read): read no more of any data set
+                        outgoing.clear()
+                        return
+                    if message.operation is not None:
+                        before = message.written
+                        message.written += len(batch)
+                        if before >> 6 != message.written >> 6:  # a slow peer is not a dead one
+                            self._arm_dimse_timer(message.operation)
+                if done:
                     outgoing.popleft()
                     if message.operation is not None and message.operation.message_id in self._operations:
                         self._arm_dimse_timer(message.operation)  # the response is due from now
                     if message.on_sent is not None:
                         message.on_sent()
-                    continue
-                message.started = True
-                if self.protocol.send_pdata(pdu) is False:
-                    # the association can no longer carry data (the peer's A-ABORT or
-                    # A-RELEASE-RQ was just read): read no more of any data set
-                    outgoing.clear()
-                    return
-                if message.operation is not None:
-                    message.written += 1
-                    if not message.written & 0x3F:  # a slow peer is not a dead one
-                        self._arm_dimse_timer(message.operation)
         finally:
             self._pumping = False
         self._wake_writable()
@@ -788,6 +804,8 @@ class Association(ServiceUser):
 _LAST_COMMAND = 0x03
 #: a PDV item's head: item length (4), context ID, control header (PS3.8 Table 9-23)
 _PDV_OVERHEAD = 6
+#: PDUs of one message written to the transport together, up to this many bytes
+_SEND_BATCH = 256 * 1024
 
 _CANCELLABLE = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 

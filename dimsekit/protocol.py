@@ -242,6 +242,14 @@ class DicomProtocol(protocol.Protocol):
         self.run(self.ul.send_pdata(pdus, self.reactor.seconds()))
         return True
 
+    @property
+    def send_batch(self) -> int:
+        """How many bytes of P-DATA-TF PDUs a sender may hand :meth:`send_pdata` at once:
+        the transport's block size (what it takes before it pauses its producer),
+        or, for a transport without one, no more than one bulk PDU."""
+        sized = self._sized
+        return sized.bufferSize if sized is not None else _BULK_PDU
+
     def abort(self, reason: str = "aborted by the local user") -> None:
         """A-ABORT request (Evt15); nothing happens where the table has no cell for it."""
         self.run(self.ul.abort(self.reactor.seconds(), reason))

@@ -13,11 +13,18 @@ it for that timestamp.  Unless the operator chose ``--logger`` or
 file twistd would write (stdout with ``-n``, else ``--logfile`` or
 ``twistd.log``, rotated by size and on SIGUSR1), the same lines, byte for
 byte, with the timestamp made once per second (:class:`NodeLogFormatter`).
+
+Signals: SIGTERM stops the node gracefully, exit status 0
+(:class:`StopOnSIGTERM`); SIGUSR1 rotates the log file; SIGUSR2 writes
+every thread's Python stack to stderr (:func:`dump_stacks_on`), for a node
+that seems stuck.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import functools
+import io
 import signal
 import sys
 import threading
@@ -212,3 +219,24 @@ class StopOnSIGTERM(service.Service):
             reactor.callFromThread(stop)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        dump_stacks_on(getattr(signal, "SIGUSR2", None))
+
+
+def dump_stacks_on(signum: int | None, file: Any = None) -> bool:
+    """On ``signum`` (SIGUSR2 for the node), write every thread's Python stack to
+    ``file`` (default: the process's stderr, file descriptor 2, whatever twistd
+    put in ``sys.stderr``) -- ``kill -USR2 PID`` for a node that seems stuck.
+
+    :mod:`faulthandler` does it from the signal handler itself, so it works
+    even when the reactor thread never gets back to Python.  Not when
+    something else already handles that signal; False then.
+    """
+    if signum is None or signal.getsignal(signum) not in (signal.SIG_DFL, None):
+        return False
+    # the process's own stderr: twistd puts a logging stand-in in sys.stderr
+    out = file if file is not None else sys.__stderr__
+    try:
+        faulthandler.register(signum, file=out, all_threads=True, chain=False)
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False  # no usable file descriptor (stderr replaced, closed)
+    return True

@@ -116,3 +116,22 @@ def test_where_lines_go(monkeypatch, tmp_path):
             tap.node_log_observer({"logfile": "-", "nodaemon": False})
         daemon = tap.node_log_observer({"logfile": None, "nodaemon": False})
         assert daemon._outFile.path == str(tmp_path / "twistd.log")
+
+
+def test_sigusr2_stack_dump_is_registered_only_where_nothing_else_handles_it(tmp_path):
+    import faulthandler
+
+    usr2 = signal.SIGUSR2
+    assert tap.dump_stacks_on(None) is False
+    previous = signal.signal(usr2, lambda signum, frame: None)
+    try:
+        assert tap.dump_stacks_on(usr2) is False  # someone else's handler is left alone
+    finally:
+        signal.signal(usr2, previous)
+    with (tmp_path / "dump.txt").open("w") as out:
+        assert tap.dump_stacks_on(usr2, out) is True
+        try:
+            signal.raise_signal(usr2)
+        finally:
+            faulthandler.unregister(usr2)
+    assert "Current thread" in (tmp_path / "dump.txt").read_text()

@@ -119,6 +119,9 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            # A node dumps its threads' stacks to its stderr on SIGUSR2: say where it hung.
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(2)
             proc.kill()
             proc.wait(timeout)
     return proc.returncode
@@ -198,7 +201,9 @@ def _finish_node(n: Node) -> None:
     code = stop(n.proc)
     text = n.log_text()
     assert "Traceback" not in text, text
-    assert code == 0, f"node exited with {code} on SIGTERM:\n{text}"
+    out = n.workdir / "twistd.out"
+    stderr = out.read_text(errors="replace") if out.exists() else ""
+    assert code == 0, f"node exited with {code} on SIGTERM:\n{text}\n-- its stdout/stderr:\n{stderr}"
 
 
 @pytest.fixture

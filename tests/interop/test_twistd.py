@@ -47,6 +47,23 @@ def test_node_starts_answers_and_stops_cleanly_on_sigterm(tmp_path):
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
 
 
+def test_sigusr2_dumps_every_threads_stack_and_the_node_goes_on(tmp_path):
+    node = start_node(tmp_path)
+    try:
+        assert echoscu(node.port).returncode == 0  # the archive's threads exist by now
+        node.proc.send_signal(signal.SIGUSR2)
+        out = tmp_path / "twistd.out"
+        deadline = time.monotonic() + 10
+        while "Current thread" not in out.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dump = out.read_text(errors="replace")
+        assert "Current thread" in dump and dump.count("Thread 0x") >= 1, dump
+        assert "epollreactor" in dump or "_doReadOrWrite" in dump or "doPoll" in dump, dump  # the reactor's stack
+        node.assert_healthy()
+    finally:
+        stop(node.proc)
+
+
 def test_bad_config_stops_start_up_with_a_message(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text("[limits]\nmax_associations = 0\n")

@@ -214,10 +214,11 @@ def _encode_part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_sy
 class _HeaderJob:
     """Reading an instance's header for the index, maybe in a pool thread while the rest arrives.
 
-    :meth:`run` may be queued in the pool; the commit's worker calls
+    :meth:`run` may be called by a pool job (a large data set's, see
+    :meth:`IncomingInstance._create_and_read`); the commit's worker calls
     :meth:`result`: it takes the result, waits for a run in progress, or --
-    when no thread has picked the job up yet (a busy pool) -- cancels the
-    queued run and does the work itself, so a commit never waits on a queued job.
+    when no thread has started it (a busy pool, or a small data set) -- claims
+    the job and does the work itself, so a commit never waits on a queued job.
     """
 
     __slots__ = ("_function", "_future")
@@ -238,7 +239,7 @@ class _HeaderJob:
         return self._future.done()
 
     def result(self) -> Any:
-        if self._future.cancel():  # still queued: do it here
+        if self._future.cancel():  # nobody started it: do it here
             return self._function()
         return self._future.result()
 
@@ -353,18 +354,16 @@ class IncomingInstance:
         self._prefix = bytearray()
         self._header: _HeaderJob | None = None
 
-    def _start_header(self, *, complete: bool, queue: bool) -> None:
-        """Read the header from the first bytes: queued in the pool now, or run by the commit itself."""
+    def _start_header(self, *, complete: bool) -> None:
+        """The job reading the header from the first bytes (run by the pool job or the commit)."""
         prefix = bytes(self._prefix)
         self._header = _HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
-        if queue:
-            self.archive._submit(self._header.run)
 
     def _drain(self) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
 
-        Queued by :meth:`write` once a data set proves large, so that the file
-        exists (creating one cost 0.04-0.2 ms of kernel time here, more when it
+        Run first by the pool job :meth:`write` queues once a data set proves
+        large (:meth:`_create_and_read`), so that the file exists (creating one cost 0.04-0.2 ms of kernel time here, more when it
         waits for the journal) while the rest arrives; :meth:`write` then calls it every
         256 KiB, so most of a large data set is written -- and being written
         out by the kernel -- by the time the last fragment comes; the commit's
@@ -405,7 +404,8 @@ class IncomingInstance:
     # -- DataSink -----------------------------------------------------------------------
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append data set bytes (reactor thread): queued for a pool thread to write.
+        """Append data set bytes (reactor thread), held until written (by the pool's job, by this
+        thread every 256 KiB once the file exists, or by the commit's worker).
 
         After :meth:`abort` (the archive closing under a transfer) the rest is dropped.
         """
@@ -417,15 +417,14 @@ class IncomingInstance:
         self.size += len(data)
         if self.error is not None:
             return  # a write failed: keep counting, drop the data
-        chunk = data
         prefix = self._prefix
         if len(prefix) < _PREFIX:
-            prefix += chunk[: _PREFIX - len(prefix)]
+            prefix += data[: _PREFIX - len(prefix)]
             if len(prefix) >= _PREFIX and self._header is None:
-                self._start_header(complete=False, queue=False)  # read by the pool job below
+                self._start_header(complete=False)  # read by the pool job below
         with self._lock:
-            self._pending.append(chunk)
-            self._pending_size += len(chunk)
+            self._pending.append(data)  # as handed in: a view stays valid (DataSink.write)
+            self._pending_size += len(data)
             pending = self._pending_size
         if not self._file_asked and self.size >= _PREFIX:
             # A large data set: have a pool thread create the file (and write
@@ -493,7 +492,7 @@ class IncomingInstance:
             return defer.fail(LocalProtocolError(f"commit() of an incoming instance that is {self.state}"))
         self.state = "committing"
         if self.error is None and self._header is None:
-            self._start_header(complete=True, queue=False)
+            self._start_header(complete=True)
         return self.archive._commit(self)
 
     def _close_file(self) -> None:

@@ -148,6 +148,8 @@ class Association(ServiceUser):
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
+        #: the presentation context IDs messages went over, either way (for the log line)
+        self._used_contexts: set[int] = set()
         #: Message ID -> the Request a sink factory was given for its data set
         #: (refused: with its sink_error), handed to the handler once the data set is in
         self._early_requests: dict[int, Request] = {}
@@ -405,7 +407,7 @@ class Association(ServiceUser):
         # the event as fields too, for observers that want them (JSON logs).
         text = (
             f"association {side} peer={_address(self.peer)} calling={calling or '-'} "
-            f"called={called or '-'} contexts=[{_context_names(self.negotiated)}] "
+            f"called={called or '-'} contexts=[{_context_text(self.negotiated, self._used_contexts)}] "
             f"handled=[{_handled_text(self.scp.handled)}] "
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
@@ -647,6 +649,7 @@ class Association(ServiceUser):
         dataset: Any, total_timeout: float | None,
     ) -> None:
         self._operations[operation.message_id] = operation
+        self._used_contexts.add(context.context_id)
         self._arm_dimse_timer(operation)
         if total_timeout:
             operation.total_timer = self.reactor.callLater(
@@ -744,6 +747,7 @@ class Association(ServiceUser):
         if context is None:
             self.abort(f"message on presentation context {context_id}, which was not accepted")
             return
+        self._used_contexts.add(context_id)
         if field & 0x8000:
             self._response(context, command, sink)
         elif field == CommandField.C_CANCEL_RQ:
@@ -846,9 +850,14 @@ def _address(peer: Any) -> str:
 #: the error a connection lost with work pending ends it with, made when needed
 _CONNECTION_LOST = ConnectionLost("the connection closed before the association ended")
 
-#: id(negotiated) -> (negotiated, its contexts' names for the log line); the
+#: id(negotiated) -> (negotiated, its contexts' names for the log line, how many); the
 #: acceptor's negotiation cache shares one Negotiated between associations
-_CONTEXT_NAMES: dict[int, tuple[Negotiated, str]] = {}
+_CONTEXT_NAMES: dict[int, tuple[Negotiated, str, int]] = {}
+
+#: up to this many accepted SOP classes are named in the log line; more (a
+#: storage SCU proposing every storage class it knows: DCMTK's storescu ~60,
+#: dcm4che's ~120) are counted, and only those messages went over are named
+_CONTEXTS_LISTED = 4
 
 
 def _handled_text(handled: dict[int, list[int]]) -> str:
@@ -865,18 +874,25 @@ def _handled_text(handled: dict[int, list[int]]) -> str:
     return ", ".join(parts)
 
 
-def _context_names(negotiated: Negotiated | None) -> str:
-    """The accepted contexts' SOP class names, sorted, for the association's log line."""
+def _context_text(negotiated: Negotiated | None, used: set[int]) -> str:
+    """The accepted contexts for the association's log line: their SOP class
+    names, sorted -- or, past :data:`_CONTEXTS_LISTED` of them, how many there
+    were and the names of those in ``used`` (context IDs messages went over):
+    ``62 SOP classes accepted; used: CT Image Storage``."""
     if negotiated is None:
         return ""
     entry = _CONTEXT_NAMES.get(id(negotiated))
-    if entry is not None and entry[0] is negotiated:
+    if entry is None or entry[0] is not negotiated:
+        unique = sorted({_uid_name(c.abstract_syntax) for c in negotiated.contexts.values()})
+        entry = (negotiated, ", ".join(unique), len(unique))
+        if len(_CONTEXT_NAMES) >= 256:
+            del _CONTEXT_NAMES[next(iter(_CONTEXT_NAMES))]
+        _CONTEXT_NAMES[id(negotiated)] = entry
+    if entry[2] <= _CONTEXTS_LISTED:
         return entry[1]
-    names = ", ".join(sorted({_uid_name(c.abstract_syntax) for c in negotiated.contexts.values()}))
-    if len(_CONTEXT_NAMES) >= 256:
-        del _CONTEXT_NAMES[next(iter(_CONTEXT_NAMES))]
-    _CONTEXT_NAMES[id(negotiated)] = (negotiated, names)
-    return names
+    contexts = negotiated.contexts
+    names = sorted({_uid_name(contexts[c].abstract_syntax) for c in used if c in contexts})
+    return f"{entry[2]} SOP classes accepted; used: {', '.join(names) or 'none'}"
 
 
 @functools.lru_cache(maxsize=512)

@@ -209,6 +209,44 @@ class EchoTests(AssociationTestCase):
                          "C-STORE 200 (1 warning, 2 failed), C-FIND 3 (1 cancelled)")
         self.assertEqual(_handled_text({CommandField.C_STORE_RQ: [5, 2, 0, 0]}), "C-STORE 5 (2 warnings)")
 
+    def test_the_log_line_of_an_association_with_many_contexts_names_those_used(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        private = [f"{PRIVATE_SOP_CLASS}.{n}" for n in range(5)]
+        many = ServiceClass(name="test-many", sop_classes=tuple(private), handlers={"C-ECHO": lambda request: 0})
+        pair = self.make_pair(Services(extra=[many]))
+        assoc = pair.associate(contexts=[VERIFICATION, *private])
+        self.assertEqual(pair.result(assoc.echo()), 0)
+        pair.result(assoc.release())
+        pair.disconnect()
+        lines = [e["text"] for e in events if e.get("log_namespace") == "dimsekit.association" and "text" in e]
+        self.assertEqual(len(lines), 2)
+        for line in lines:  # the acceptor answered on Verification, the requestor asked on it
+            self.assertIn(" contexts=[6 SOP classes accepted; used: Verification SOP Class] ", line)
+
+    def test_the_log_line_names_few_contexts_and_counts_many(self):
+        from types import SimpleNamespace
+
+        from dimsekit.association import _context_text
+
+        def negotiated(*uids):
+            return SimpleNamespace(contexts={
+                2 * i + 1: SimpleNamespace(abstract_syntax=uid) for i, uid in enumerate(uids)
+            })
+
+        ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+        few = negotiated(VERIFICATION, ct, ct, PRIVATE_SOP_CLASS)  # one SOP class on two contexts counts once
+        self.assertEqual(_context_text(few, set()), f"{PRIVATE_SOP_CLASS}, CT Image Storage, Verification SOP Class")
+        self.assertEqual(_context_text(None, {1}), "")
+        many = negotiated(VERIFICATION, ct, mr, "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.1",
+                          "1.2.840.10008.5.1.4.1.1.1.1")
+        self.assertEqual(_context_text(many, {3, 5, 99}),  # 99: not a context of this association
+                         "6 SOP classes accepted; used: CT Image Storage, MR Image Storage")
+        self.assertEqual(_context_text(many, set()), "6 SOP classes accepted; used: none")
+
     def test_log_line_with_braces_is_not_a_format(self):
         from twisted.logger import formatEvent, globalLogPublisher
 

@@ -432,6 +432,8 @@ def _to_integer(text: str) -> int | None:
 
 
 _CHARSET_TAG = 0x00080005
+#: (spec, its sequence's tag) of each of ITEM_TABLES
+_ITEM_TAGS = tuple((spec, int(tag_for_keyword(spec.sequence))) for spec in ITEM_TABLES)  # type: ignore[arg-type]
 
 
 def _items(dataset: Dataset, spec: ItemTable) -> Items:
@@ -540,7 +542,7 @@ def _raw_text(raw: Any, vr: str, codec: str | None) -> str | None:
     return "\\".join(items) or None
 
 
-def header_values(dataset: Dataset, *, fast: bool = True) -> dict[str, Any]:
+def header_values(dataset: Dataset, *, fast: bool = True, elements: Mapping[int, Any] | None = None) -> dict[str, Any]:
     """The index attributes of a data set, by :class:`InstanceRecord` field name.
 
     Missing or unreadable values are None (``patient_id`` and
@@ -553,8 +555,13 @@ def header_values(dataset: Dataset, *, fast: bool = True) -> dict[str, Any]:
     ``fast=False``, where pydicom converts every value) in a fraction of its
     time, which was most of the cost of reading a small instance's header;
     anything else is converted by pydicom.
+
+    ``elements``: the data set's elements by tag (int), when the caller has
+    them (the archive's header scan, which made the data set from them):
+    looked up there rather than through pydicom's ``Dataset.get_item``,
+    which converts every key to a pydicom tag first.
     """
-    get_item = dataset.get_item
+    get_item = dataset.get_item if elements is None else elements.get
     charset_raw = get_item(_CHARSET_TAG)  # pydicom's readers convert it as they read
     if fast and isinstance(charset_raw, RawDataElement):
         try:
@@ -581,8 +588,9 @@ def header_values(dataset: Dataset, *, fast: bool = True) -> dict[str, Any]:
         elif value is None and field_name in _KEYED_FIELDS:
             value = ""
         values[field_name] = value
-    for spec in ITEM_TABLES:
-        values[spec.field] = _items(dataset, spec) if spec.sequence in dataset else None
+    for spec, sequence_tag in _ITEM_TAGS:
+        present = spec.sequence in dataset if elements is None else sequence_tag in elements
+        values[spec.field] = _items(dataset, spec) if present else None
     values["specific_character_set"] = charset_text or None
     return values
 

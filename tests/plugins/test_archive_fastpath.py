@@ -9,15 +9,18 @@ import os
 import stat
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRBigEndian, generate_uid
 
-from dimsekit_plugins.archive import Archive, OutOfResources
+from dimsekit_plugins.archive import Archive, OutOfResources, index
 from dimsekit_plugins.archive import store as store_module
 from dimsekit_plugins.archive.store import (
     _LENGTH_XATTR,
@@ -121,6 +124,117 @@ def test_deflated_or_unknown_syntaxes_are_left_to_the_file(syntax):
 def test_garbage_is_left_to_the_file(garbage):
     values = header_from_prefix(garbage, True, EXPLICIT_VR_LE)
     assert values is None or values["sop_class_uid"] is None
+
+
+# -- the scan that finds the index's elements without pydicom's reader -------------------------
+
+_text_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"),
+                      max_size=20)
+
+
+@st.composite
+def _header_datasets(draw):
+    """Data sets for the scan: the index's elements or not, private elements of
+    either length form, sequences (pydicom writes them with undefined lengths)
+    before and among them, values that pydicom's fast and slow conversions see."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = make_dataset(
+        pixels=draw(st.sampled_from([b"", b"\x01\x02" * 16])),
+        patient_name=draw(st.sampled_from(["Doe^Jane", "", "Müller^Jürgen", "A^B=C^D"])),
+        charset=draw(st.sampled_from([None, "ISO_IR 100", "ISO_IR 192"])),
+    )
+    for keyword in draw(st.lists(st.sampled_from(["StudyDescription", "SeriesDescription", "AccessionNumber",
+                                                  "ReferringPhysicianName", "PatientSex", "StudyTime"]),
+                                 unique=True)):
+        delattr(ds, keyword)
+    if draw(st.booleans()):
+        ds.InstanceNumber = draw(st.sampled_from(["7", "12", "+3"]))
+    for group in draw(st.lists(st.sampled_from([0x0009, 0x0011, 0x0019, 0x0029, 0x0033]), unique=True, max_size=3)):
+        ds.add_new(group << 16 | 0x0010, "LO", "DIMSEKIT TEST")
+        ds.add_new(group << 16 | 0x1010, draw(st.sampled_from(["OB", "UN", "LO", "UT"])),
+                   draw(_text_value).encode("ascii") if False else None)
+        element = ds[group << 16 | 0x1010]
+        element.value = draw(_text_value) if element.VR in ("LO", "UT") else draw(st.binary(max_size=40))
+    for keyword in draw(st.lists(st.sampled_from(["ReferencedImageSequence", "DerivationCodeSequence",
+                                                  "ReferencedStudySequence", "RequestAttributesSequence",
+                                                  "ProcedureCodeSequence"]), unique=True, max_size=3)):
+        items = []
+        for _ in range(draw(st.integers(0, 2))):
+            item = Dataset()
+            item.CodeValue = draw(_text_value)
+            item.CodingSchemeDesignator = "DCM"
+            if draw(st.booleans()):  # a sequence inside an item
+                inner = Dataset()
+                inner.CodeMeaning = draw(_text_value)
+                item.ConceptNameCodeSequence = Sequence([inner])
+            item.is_undefined_length_sequence_item = draw(st.booleans())
+            items.append(item)
+        setattr(ds, keyword, Sequence(items))
+        ds[keyword].is_undefined_length = draw(st.booleans())
+    return ds
+
+
+@settings(max_examples=300, deadline=None)
+@given(ds=_header_datasets(), syntax=st.sampled_from([EXPLICIT_VR_LE, IMPLICIT_VR_LE]), cut=st.floats(0, 1))
+def test_the_scan_gives_what_pydicom_reads_from_the_whole_data_set_or_nothing(tmp_path_factory, ds, syntax, cut):
+    data = encode(ds, syntax)
+    expected = _file_values(tmp_path_factory.mktemp("scan"), data, syntax)
+    assert header_from_prefix(data, True, syntax) == expected
+    prefix = data[: int(len(data) * cut)]
+    assert header_from_prefix(prefix, False, syntax) in (None, expected)
+    wanted, sequences = store_module._scan_sets(index.HEADER_KEYWORDS)
+    _tags, last = store_module._header_tags(index.HEADER_KEYWORDS)
+    found = store_module.scan_header(data, True, syntax == IMPLICIT_VR_LE, wanted, last, sequences)
+    if found is not None:  # what the scan found is what pydicom's reader makes of those elements
+        reference = read_dataset(BytesIO(data), syntax == IMPLICIT_VR_LE, True, specific_tags=list(found))
+        assert set(found) <= set(reference.keys())
+        for tag, raw in found.items():
+            theirs = reference.get_item(tag)
+            if isinstance(theirs, RawDataElement):  # (the reader converts some elements as it reads)
+                assert (raw.tag, raw.VR, raw.length, bytes(raw.value)) == (
+                    theirs.tag, theirs.VR, theirs.length, bytes(theirs.value)
+                )
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+@pytest.mark.parametrize("private_vr", ["OB", "UN", "UT", "LO"])
+@pytest.mark.parametrize("undefined_sequence, undefined_item", [(True, True), (True, False), (False, False)])
+def test_a_plain_image_header_is_found_by_the_scan_and_pydicom_does_not_read_it(monkeypatch, syntax, private_vr,
+                                                                                 undefined_sequence, undefined_item):
+    from pydicom.sequence import Sequence
+
+    ds = make_dataset()
+    ds.add_new(0x00090010, "LO", "DIMSEKIT TEST")
+    ds.add_new(0x00091010, private_vr, "text" if private_vr in ("UT", "LO") else b"\x00\x01\xfe\xff" * 3)
+    item = make_dataset(pixels=b"")
+    item.is_undefined_length_sequence_item = undefined_item
+    ds.ReferencedImageSequence = Sequence([item, item])  # a sequence to step over, lengths of either form
+    ds["ReferencedImageSequence"].is_undefined_length = undefined_sequence
+    data = encode(ds, syntax)
+    expected = header_from_prefix(data, True, syntax)
+    monkeypatch.setattr(store_module, "read_dataset", None)  # the fallback would now fail
+    assert header_from_prefix(data, True, syntax) == expected
+    assert expected["series_instance_uid"] == ds.SeriesInstanceUID
+
+
+@pytest.mark.parametrize("case", ["sequence the index reads", "unknown VR", "length past the end"])
+def test_what_the_scan_cannot_frame_is_left_to_pydicom(case):
+    wanted, sequences = store_module._scan_sets(index.HEADER_KEYWORDS)
+    _tags, last = store_module._header_tags(index.HEADER_KEYWORDS)
+    ds = make_dataset(pixels=b"")
+    if case == "sequence the index reads":
+        ds.RequestAttributesSequence = [make_dataset(pixels=b"")]
+        data = encode(ds)
+    elif case == "unknown VR":
+        data = b"\x08\x00\x05\x00QQ\x00\x00" + encode(ds)
+    else:
+        data = encode(ds)[:-3]
+    assert store_module.scan_header(data, True, False, wanted, last, sequences) is None
+    values = header_from_prefix(data, True, EXPLICIT_VR_LE)  # pydicom's answer
+    if case == "sequence the index reads":
+        assert values["request_attributes"] is not None
 
 
 # -- the header job ----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -542,7 +543,9 @@ def _raw_text(raw: Any, vr: str, codec: str | None) -> str | None:
     return "\\".join(items) or None
 
 
-def header_values(dataset: Dataset, *, fast: bool = True, elements: Mapping[int, Any] | None = None) -> dict[str, Any]:
+def header_values(
+    dataset: Dataset | None, *, fast: bool = True, elements: Mapping[int, Any] | None = None
+) -> dict[str, Any]:
     """The index attributes of a data set, by :class:`InstanceRecord` field name.
 
     Missing or unreadable values are None (``patient_id`` and
@@ -556,20 +559,36 @@ def header_values(dataset: Dataset, *, fast: bool = True, elements: Mapping[int,
     time, which was most of the cost of reading a small instance's header;
     anything else is converted by pydicom.
 
-    ``elements``: the data set's elements by tag (int), when the caller has
-    them (the archive's header scan, which made the data set from them):
-    looked up there rather than through pydicom's ``Dataset.get_item``,
-    which converts every key to a pydicom tag first.
+    ``elements``: the data set's elements by tag (an int), when the caller
+    has them rather than a data set (the archive's header scan): looked up
+    there, not through pydicom's ``Dataset.get_item`` (which makes a pydicom
+    tag of every key first), and made a pydicom ``Dataset`` only for a value
+    pydicom has to convert.
     """
-    get_item = dataset.get_item if elements is None else elements.get
+    if dataset is not None:
+        whole = dataset
+        get_item = dataset.get_item
+
+        def full() -> Dataset:
+            return whole
+    elif elements is not None:
+        get_item = elements.get
+        made: list[Dataset] = []
+
+        def full() -> Dataset:
+            if not made:
+                made.append(Dataset({BaseTag(tag): element for tag, element in elements.items()}))
+            return made[0]
+    else:
+        raise TypeError("header_values() needs a data set or its elements")
     charset_raw = get_item(_CHARSET_TAG)  # pydicom's readers convert it as they read
     if fast and isinstance(charset_raw, RawDataElement):
         try:
             charset_text = _raw_text(charset_raw, "CS", None)
         except _Slow:
-            charset_text = _text(dataset, "SpecificCharacterSet")
+            charset_text = _text(full(), "SpecificCharacterSet")
     else:
-        charset_text = None if charset_raw is None else _text(dataset, "SpecificCharacterSet")
+        charset_text = None if charset_raw is None else _text(full(), "SpecificCharacterSet")
     codec = _FAST_CHARSETS.get(charset_text)
     values: dict[str, Any] = {}
     for field_name, keyword, tag, vr in _PLAIN_TAGS:
@@ -580,17 +599,17 @@ def header_values(dataset: Dataset, *, fast: bool = True, elements: Mapping[int,
             try:
                 value = _raw_text(raw, vr, codec)
             except _Slow:
-                value = _text(dataset, keyword)
+                value = _text(full(), keyword)
         else:
-            value = _text(dataset, keyword)
+            value = _text(full(), keyword)
         if value is not None and field_name in _INTEGER_FIELDS:
             value = _to_integer(value)
         elif value is None and field_name in _KEYED_FIELDS:
             value = ""
         values[field_name] = value
     for spec, sequence_tag in _ITEM_TAGS:
-        present = spec.sequence in dataset if elements is None else sequence_tag in elements
-        values[spec.field] = _items(dataset, spec) if present else None
+        present = spec.sequence in dataset if dataset is not None else sequence_tag in elements  # type: ignore[operator]
+        values[spec.field] = _items(full(), spec) if present else None
     values["specific_character_set"] = charset_text or None
     return values
 

@@ -76,7 +76,7 @@ from typing import IO, Any
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
@@ -335,14 +335,14 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
 
 def scan_header(
     buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int]
-) -> dict[BaseTag, RawDataElement] | None:
+) -> dict[int, RawDataElement] | None:
     """The raw elements ``wanted`` of the little endian data set in ``buf``, as pydicom's
     reader would make them, reading up to the first element past ``last``; None when
     pydicom must read it (see above), or when ``buf`` -- not ``complete`` -- ends first.
     """
     end = len(buf)
     pos = 0
-    found: dict[BaseTag, RawDataElement] = {}
+    found: dict[int, RawDataElement] = {}
     try:
         while pos < end:
             tag, vr, length, start = _element_head(buf, pos, implicit)
@@ -359,9 +359,9 @@ def scan_header(
             if tag in wanted:
                 if tag in sequences:
                     raise _Unframed
-                key = BaseTag(tag)
-                found[key] = RawDataElement(
-                    key, None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit, True, True
+                found[tag] = RawDataElement(
+                    BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,
+                    True, True,
                 )
     except (_Unframed, struct.error):
         return None
@@ -369,6 +369,16 @@ def scan_header(
 
 
 _int_gt = int.__gt__
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """(a transfer syntax whose data set pydicom reads from the bytes as they are -- not deflated,
+    little endian, implicit VR)."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_deflated:
+        return False, False, False
+    return True, syntax.is_little_endian, syntax.is_implicit_VR
 
 
 @functools.lru_cache(maxsize=8)
@@ -391,22 +401,22 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     syntax, or when pydicom cannot read them -- the caller then reads the file,
     which also gives the authoritative error.
     """
-    syntax = UID(transfer_syntax)
-    if not syntax.is_transfer_syntax or syntax.is_deflated:
+    readable, little_endian, implicit = _syntax(transfer_syntax)
+    if not readable:
         return None
     tags, last = _header_tags(index.HEADER_KEYWORDS)
-    if syntax.is_little_endian:
+    if little_endian:
         wanted, sequences = _scan_sets(index.HEADER_KEYWORDS)
-        found = scan_header(prefix, complete, syntax.is_implicit_VR, wanted, last, sequences)
+        found = scan_header(prefix, complete, implicit, wanted, last, sequences)
         if found is not None:
             try:
-                return index.header_values(Dataset(found), elements=found)
+                return index.header_values(None, elements=found)
             except Exception:
                 pass  # pydicom's reader below gives the answer
     stream = io.BytesIO(prefix)
     try:
         dataset = read_dataset(
-            stream, syntax.is_implicit_VR, syntax.is_little_endian,
+            stream, implicit, little_endian,
             stop_when=lambda tag, vr, length: _int_gt(tag, last),  # not BaseTag.__gt__, in Python
             specific_tags=tags,  # type: ignore[arg-type]
         )

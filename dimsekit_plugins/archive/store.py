@@ -8,26 +8,26 @@ goes through it like this:
 2. :meth:`IncomingInstance.write` (reactor thread): the data set bytes, as
    they arrive, unparsed, are held -- as handed in (views of what was read
    from the socket), not copied: ``writev`` writes them to the file as they
-   are, many at a time, without a user-space buffer.  Once 64 KiB are there (a large data
-   set), a pool thread is asked to create the temporary file
-   ``.incoming/<sop uid>.<random>.part`` (on the same file system as the final
-   place, so the rename below is atomic) with the preamble and File Meta
-   Information, while the rest arrives; a small one is written, file and
-   all, by the commit's worker (one thread hand-off rather than two, which
-   cost more CPU than the creation).  Once the pool thread has created the file,
-   every 256 KiB of them are written to it (from the reactor thread: into the
-   page cache, which does not block the way creating a file does, while a
-   pool thread would not get the GIL before the data set is all there), and
-   the kernel is asked to start writing them out (``posix_fadvise``), so the
-   fsync at the end waits for little.  Past 8 MiB held without a file (the
-   pool far behind) the reactor thread creates it, holding the sender back.
-   The header is read from the first 64 KiB, up to the last element the
-   index needs (the elements found by a scan of their framing, converted by
-   pydicom; pydicom's reader wherever the scan cannot frame them, see
-   :func:`scan_header`): by the commit's worker for a small instance; for a large
-   one by the same pool job that creates the file, once it has (one thread
-   hand-off, not two: two jobs cost ~5 % more CPU and took turns at the GIL),
-   while the rest is still arriving.
+   are, many at a time, without a user-space buffer.  Once 64 KiB are there
+   (a large data set), the reactor thread creates the temporary file
+   ``.incoming/<sop uid>.<random>.part`` (on the same file system as the
+   final place, so the rename below is atomic) with the preamble and File
+   Meta Information, and reads the header from those 64 KiB; a creation
+   that took over 2 ms (a slow or network file system) has the thread pool
+   create the files of the next minute's large instances instead (one job:
+   file, then header), so a slow disk does not stall every association.  A
+   small data set is written, file and all, by the commit's worker (one
+   thread hand-off rather than two, which cost more CPU than the creation).
+   Once the file exists, every 256 KiB received are written to it from the
+   reactor thread (into the page cache: a pool thread would not get the GIL
+   before the data set is all there), and the kernel is asked to start
+   writing them out (``posix_fadvise``), so the fsync at the end waits for
+   little.  Past 8 MiB held without a file (the pool far behind) the reactor
+   thread creates it, holding the sender back.  The header: up to the last
+   element the index needs, the elements found by a scan of their framing,
+   converted by pydicom (pydicom's reader wherever the scan cannot frame
+   them, see :func:`scan_header`); by the commit's worker for a small
+   instance.
 3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
    own thread pool, never in the reactor thread: take the header (or read it
    from the file when the first bytes were not enough); check it against the
@@ -126,6 +126,10 @@ _PREFIX = 64 * 1024
 _WRITEBACK = 256 * 1024
 #: received bytes not yet written past which the reactor thread writes them itself (back-pressure)
 _MAX_PENDING = 8 * _MB
+#: a file creation in the reactor thread slower than this (seconds: the file system is slow, a
+#: network one, or its journal busy) has files created in the thread pool for _POOL_CREATES_FOR s
+_SLOW_CREATE = 0.002
+_POOL_CREATES_FOR = 60.0
 #: free space this far above the floor is not checked again for a second
 _FREE_MARGIN = 1 << 30
 #: how many directories known to exist are remembered (then forgotten all at once)
@@ -508,9 +512,10 @@ class IncomingInstance:
     def _drain(self) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
 
-        Run first by the pool job :meth:`write` queues once a data set proves
-        large (:meth:`_create_and_read`), so that the file exists (creating one cost 0.04-0.2 ms of kernel time here, more when it
-        waits for the journal) while the rest arrives; :meth:`write` then calls it every
+        Run first once a data set proves large, by :meth:`_create_now` (the
+        reactor thread) or the pool job :meth:`_create_and_read` (after a slow
+        creation), so that the file exists while the rest arrives;
+        :meth:`write` then calls it every
         256 KiB, so most of a large data set is written -- and being written
         out by the kernel -- by the time the last fragment comes; the commit's
         worker calls it for the rest.  A write error drops the data (see
@@ -536,6 +541,18 @@ class IncomingInstance:
                         os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
                 except OSError as exc:
                     self._write_failed(exc)
+
+    def _create_now(self) -> None:
+        """Create the file in this thread, timed for :meth:`Archive.creation_took`, then write what is pending."""
+        with self._file_lock:
+            if self._fd is None and self.error is None and self.state != "aborted":
+                started = time.monotonic()
+                try:
+                    self._fd = _create(self.temp_path)
+                except OSError as exc:
+                    self._write_failed(exc)
+                self.archive.creation_took(time.monotonic() - started)
+        self._drain()
 
     def _create_and_read(self) -> None:
         """The pool's job for a large data set: create its file (writing what is there), then read its header."""
@@ -573,11 +590,22 @@ class IncomingInstance:
             self._pending_size += len(data)
             pending = self._pending_size
         if not self._file_asked and self.size >= _PREFIX:
-            # A large data set: have a pool thread create the file (and write
-            # what is here) while the rest arrives.  A small one is written,
-            # file and all, by the commit's worker: one thread hand-off, not two.
+            # A large data set: its file is created now, and its header read,
+            # so that the rest goes to the page cache as it arrives.  Here,
+            # while the file system creates files quickly: a pool thread asked
+            # to do it often did not get the GIL before the data set was all
+            # there (this thread was busy receiving), and the hand-off and the
+            # lock between them cost ~12 % of the CPU of a CT instance.  In the
+            # pool otherwise (see Archive.creation_took).  A small data set is
+            # written, file and all, by the commit's worker: one hand-off.
             self._file_asked = True
-            self.archive._submit(self._create_and_read)
+            if self.archive.create_here():
+                self._create_now()
+                header = self._header
+                if header is not None:
+                    header.run()  # the scan: ~30 us for an image header
+            else:
+                self.archive._submit(self._create_and_read)
         if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._fd is not None:
             # Into the page cache from here: a pool thread would not get the
             # GIL while this thread is busy receiving.  The file was created
@@ -707,6 +735,8 @@ class Archive:
         #: rename new files into place before syncing them (see _store_file); off without xattrs
         self._rename_first = hasattr(os, "setxattr")
         self._free_ok_until = 0.0
+        #: until when (time.monotonic()) large data sets' files are created in the pool
+        self._pool_creates_until = 0.0
         #: series directories known to exist (see _make_dirs); guarded by _write_lock
         self._known_dirs: set[Path] = set()
 
@@ -969,6 +999,22 @@ class Archive:
         if free < self.min_free_mb * _MB:
             raise OutOfResources(
                 f"{free // _MB} MB free, below the floor of {self.min_free_mb:g} MB (min_free_mb)"
+            )
+
+    def create_here(self) -> bool:
+        """Whether the reactor thread creates a large data set's file itself (see
+        :meth:`IncomingInstance.write`): unless a creation was slow a little while ago."""
+        return self._pool_creates_until == 0.0 or time.monotonic() >= self._pool_creates_until
+
+    def creation_took(self, seconds: float) -> None:
+        """A file creation in the reactor thread took ``seconds``: if that stalled every
+        association too long, files are created in the thread pool for a while."""
+        if seconds > _SLOW_CREATE:
+            self._pool_creates_until = time.monotonic() + _POOL_CREATES_FOR
+            _log.info(
+                "archive {root}: creating a file took {ms:.1f} ms; for the next {period:g} s large "
+                "instances' files are created in the thread pool",
+                root=str(self.root), ms=seconds * 1000, period=_POOL_CREATES_FOR,
             )
 
     def _forget(self, incoming: IncomingInstance) -> None:

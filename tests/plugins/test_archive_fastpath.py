@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.uid import ExplicitVRBigEndian, generate_uid
+from twisted.logger import formatEvent
 
 from dimsekit_plugins.archive import Archive, OutOfResources, index
 from dimsekit_plugins.archive import store as store_module
@@ -513,20 +514,59 @@ def test_a_data_set_reaches_its_file_without_being_copied_first(archive, clock, 
     assert all(t in (bytes, memoryview) for t in seen)
 
 
-def test_a_large_data_set_costs_one_pool_job_before_its_commit(archive, clock, monkeypatch):
-    """Its file is created and its header read by one job: one thread hand-off, not two."""
-    jobs = []
-    monkeypatch.setattr(archive, "_submit", jobs.append)
-    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))
+def _send_large(archive, ds):
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
     for offset in range(0, len(data), 16384):
         incoming.write(data[offset: offset + 16384])
-    assert len(jobs) == 1
-    assert not incoming.temp_path.exists() and not incoming._header.done()
-    jobs[0]()  # as a pool thread would
+    return incoming, data
+
+
+def test_a_large_data_sets_file_is_created_and_its_header_read_as_it_arrives(archive, clock, monkeypatch):
+    """By the thread receiving it, with no pool job before the commit: a pool thread did not get the GIL."""
+    jobs, creators = [], []
+    monkeypatch.setattr(archive, "_submit", jobs.append)
+    real_create = store_module._create
+    monkeypatch.setattr(store_module, "_create", lambda path: creators.append(threading.get_ident()) or real_create(path))
+    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))
+    incoming, data = _send_large(archive, ds)
+    assert jobs == [] and creators == [threading.get_ident()]
     assert incoming.temp_path.exists() and incoming._header.done()
+    monkeypatch.undo()
     incoming.close()
     stored = clock.wait(incoming.commit())
     assert stored.record.series_instance_uid == ds.SeriesInstanceUID
     assert Path(stored.path).read_bytes()[incoming.header_length:] == data
+
+
+def test_after_a_slow_creation_files_are_created_in_the_pool_for_a_while(archive, clock, monkeypatch):
+    """One pool job then creates the file and reads the header: one thread hand-off, not two."""
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    monkeypatch.setattr(store_module, "_SLOW_CREATE", -1.0)  # every creation is "slow"
+    jobs = []
+    monkeypatch.setattr(archive, "_submit", jobs.append)
+    try:
+        first, _ = _send_large(archive, make_dataset(pixels=b"\x09" * (3 * _PREFIX)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert jobs == [] and first.temp_path.exists()  # created here, and found slow
+    assert any("large instances' files are created in the thread pool" in formatEvent(e) for e in events)
+    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))
+    incoming, data = _send_large(archive, ds)
+    assert len(jobs) == 1
+    assert not incoming.temp_path.exists() and not incoming._header.done()
+    jobs[0]()  # as a pool thread would
+    assert incoming.temp_path.exists() and incoming._header.done()
+    archive._pool_creates_until = time.monotonic() - 1  # the while is over
+    third, _ = _send_large(archive, make_dataset(pixels=b"\x09" * (3 * _PREFIX)))
+    assert len(jobs) == 1 and third.temp_path.exists()
+    monkeypatch.undo()
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert stored.record.series_instance_uid == ds.SeriesInstanceUID
+    assert Path(stored.path).read_bytes()[incoming.header_length:] == data
+    for other in (first, third):
+        other.abort()

@@ -21,6 +21,11 @@ Receivers, each in its own process on a free 127.0.0.1 port, stopped by PID:
   1 MiB), the handler checks its size and answers 0x0000;
 * ``dcmtk``      -- ``/usr/bin/storescp +B`` (bit-preserving: the data set
   written straight to a file), ``TCP_NODELAY=1``;
+* ``dimsekit-node`` -- the node as shipped (``twistd -n dimsekit``), the
+  instance stored in its archive (``--data-dir`` under ``--spool-dir`` or
+  the work directory): Part 10 file, fsync, index row, as for every C-STORE
+  it takes (on tmpfs the fsync costs nothing; each run replaces the
+  previous run's copy, the duplicates policy being ``newest``);
 * ``dimsekit@DIR`` -- sender *and* receiver run from another source tree
   (``PYTHONPATH=DIR``), e.g. a copy of the code before a change: before/after
   in the same run;
@@ -76,6 +81,7 @@ from _harness import (  # noqa: E402
     settle,
     table,
     temp_dir,
+    twistd,
     vm_hwm_kib,
 )
 
@@ -149,6 +155,11 @@ def start_receiver(
         tree = source_tree(kind)
         env = {"PYTHONPATH": tree} if tree else {}
         return servers.start(f"store-{kind}".replace("/", "_"), argv, port, env={**env, **tmp})
+    if kind == "dimsekit-node":
+        data = node_data(workdir, spool)
+        argv = [twistd(), "-n", "--pidfile=", "--logfile", str(workdir / "node.log"), "dimsekit",
+                "--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(data)]
+        return servers.start("store-dimsekit-node", argv, port)
     if kind == "dcmtk":
         out = dcmtk_out(workdir, spool)
         out.mkdir(exist_ok=True)
@@ -176,6 +187,10 @@ def send(port: int, path: Path, max_pdu: int | None, tree: str | None = None) ->
     return json.loads(lines[-1])
 
 
+def node_data(workdir: Path, spool: Path | None) -> Path:
+    return (spool or workdir) / "dimsekit-bench-node-data"
+
+
 def dcmtk_out(workdir: Path, spool: Path | None) -> Path:
     return (spool or workdir) / "dimsekit-bench-dcmtk-out"
 
@@ -199,7 +214,8 @@ def _removed(path: Path | None) -> Iterator[None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="one large C-STORE: MiB/s and peak RSS")
     parser.add_argument("--size", default="1G", help="file size, e.g. 1G, 200M (default 1G)")
-    parser.add_argument("--receivers", default="dimsekit", help="comma list of dimsekit,dcmtk,pynetdicom,pynetdicom-chunked")
+    parser.add_argument("--receivers", default="dimsekit",
+                        help="comma list of dimsekit,dimsekit-node,dcmtk,pynetdicom,pynetdicom-chunked")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--max-pdu", type=int, default=None, help="Maximum Length Received of both sides (default: each one's own)")
     parser.add_argument("--spool-dir", default=None,
@@ -211,7 +227,11 @@ def main() -> None:
     spool = Path(args.spool_dir) if args.spool_dir else None
 
     results: dict[str, dict[str, Any]] = {}
-    with temp_dir("dimsekit-store-") as workdir, _removed(dcmtk_out(workdir, spool) if spool else None):
+    with (
+        temp_dir("dimsekit-store-") as workdir,
+        _removed(dcmtk_out(workdir, spool) if spool else None),
+        _removed(node_data(workdir, spool) if spool else None),
+    ):
         path = workdir / "large.dcm"
         started = time.perf_counter()
         pixel_length = make_instance(path, size)
@@ -262,11 +282,13 @@ def main() -> None:
         + table(["receiver", "MiB/s", "C-STORE s", "sender peak RSS MiB", "receiver peak RSS MiB",
                  "receiver max PDU", "both < 150 MB"], rows)
     )
-    if "dimsekit" in results:
-        base = results["dimsekit"]["mib_per_s"]
-        ratios = [f"dimsekit / {k}: {base / r['mib_per_s']:.2f}x" for k, r in results.items() if k != "dimsekit"]
-        if ratios:
-            markdown += "\nThroughput ratios (same run): " + "; ".join(ratios) + "\n"
+    ratios = [
+        f"{ours} / {k}: {results[ours]['mib_per_s'] / r['mib_per_s']:.2f}x"
+        for ours in results if ours.startswith("dimsekit")
+        for k, r in results.items() if k != ours and (ours == "dimsekit" or not k.startswith("dimsekit"))
+    ]
+    if ratios:
+        markdown += "\nThroughput ratios (same run): " + "; ".join(ratios) + "\n"
     data = {"environment": environment(), "settings": vars(args), "file_bytes": file_size,
             "pixel_data_bytes": pixel_length, "results": results}
     json_path, md_path = save(args.name, data, markdown)

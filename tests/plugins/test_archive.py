@@ -459,8 +459,8 @@ def test_a_write_error_drops_the_data_and_fails_the_commit_out_of_resources(arch
     assert dcm_files(root) == []
 
 
-def test_the_reactor_thread_never_writes_a_file_and_a_failed_creation_fails_the_commit(archive, clock, root,
-                                                                                       monkeypatch):
+def test_a_small_instances_file_is_made_by_a_pool_thread_and_a_failed_creation_fails_the_commit(archive, clock, root,
+                                                                                               monkeypatch):
     ds = make_dataset()
     threads = drain_threads(monkeypatch)
     stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,

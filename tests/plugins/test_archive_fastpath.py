@@ -539,6 +539,22 @@ def test_a_large_data_sets_file_is_created_and_its_header_read_as_it_arrives(arc
     assert Path(stored.path).read_bytes()[incoming.header_length:] == data
 
 
+def test_a_large_data_set_whose_file_cannot_be_created_fails_its_commit_and_leaves_nothing(archive, clock, monkeypatch):
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "_create", full)
+    monkeypatch.setattr(archive, "_submit", lambda job: pytest.fail("no pool job expected"))
+    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))
+    incoming, data = _send_large(archive, ds)  # the failure is not the sender's: no exception here
+    incoming.close()
+    assert incoming.size == len(data) and not incoming.temp_path.exists()
+    monkeypatch.undo()
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, OutOfResources) and "disk full" in str(error)
+    assert list(archive.root.rglob("*.dcm")) == [] and list(archive.incoming_dir.iterdir()) == []
+
+
 def test_after_a_slow_creation_files_are_created_in_the_pool_for_a_while(archive, clock, monkeypatch):
     """One pool job then creates the file and reads the header: one thread hand-off, not two."""
     from twisted.logger import globalLogPublisher

@@ -130,7 +130,7 @@ def test_garbage_is_left_to_the_file(garbage):
 # -- the scan that finds the index's elements without pydicom's reader -------------------------
 
 _text_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"),
-                      max_size=20)
+                      max_size=16)
 
 
 @st.composite

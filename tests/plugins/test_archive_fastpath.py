@@ -539,6 +539,41 @@ def test_a_large_data_sets_file_is_created_and_its_header_read_as_it_arrives(arc
     assert Path(stored.path).read_bytes()[incoming.header_length:] == data
 
 
+@pytest.mark.parametrize("others", [False, True], ids=["alone", "others streaming in"])
+def test_the_rest_of_a_large_data_set_goes_to_its_file_as_its_commit_is_queued_when_alone(archive, clock, monkeypatch,
+                                                                                          others):
+    """While the commit's worker wakes up, not after; unless other instances are arriving."""
+    from twisted.internet.defer import Deferred
+
+    queued = []
+    real_run = archive._run
+
+    def run(function, *args):
+        queued.append((function, args, Deferred()))
+        return queued[-1][2]
+
+    monkeypatch.setattr(archive, "_run", run)
+    other = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "SENDER") if others else None
+    ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))  # under 256 KiB: the rest waits for the commit
+    incoming, data = _send_large(archive, ds)
+    incoming.close()
+    assert incoming._pending and incoming.temp_path.exists()
+    committed = incoming.commit()
+    left, on_disk = list(incoming._pending), incoming.temp_path.stat().st_size
+    monkeypatch.undo()
+    assert len(queued) == 1  # the commit was queued first
+    function, args, pending = queued[0]
+    real_run(function, *args).chainDeferred(pending)  # now the worker's turn
+    stored = clock.wait(committed)
+    if others:
+        assert left  # left to the worker
+    else:
+        assert not left and on_disk == incoming.header_length + len(data)
+    assert Path(stored.path).read_bytes()[incoming.header_length:] == data
+    if other is not None:
+        other.abort()
+
+
 def test_a_large_data_set_whose_file_cannot_be_created_fails_its_commit_and_leaves_nothing(archive, clock, monkeypatch):
     def full(path):
         raise OSError(errno.ENOSPC, "No space left on device")

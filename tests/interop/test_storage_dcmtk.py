@@ -4,6 +4,7 @@ exactly what was sent, nothing partial, nothing outside the data directory."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import UID
 
 import dimsekit
 from dimsekit.datasets import part10_info
@@ -74,8 +76,13 @@ def test_storescu_directory_mode_every_file_arrives_as_sent(tmp_path, corpus):
             assert "Store Failed" not in result.stdout + result.stderr
             wire, pdu_lengths = stores_on_the_wire(bytes(proxy.recordings[0]))
         node.assert_healthy()
-        # the association's log line says how many it took in
-        node.wait_log(rf"calling=STORESCU .* handled=\[C-STORE {len(corpus)}\] duration=")
+        # the association's log line says how many it took in, and of which SOP classes
+        classes = sorted({UID(part10_info(path).sop_class_uid).name for path in corpus})
+        contexts = ", ".join(classes) if len(classes) <= 4 else (
+            f"{len(classes)} SOP classes accepted; used: {', '.join(classes)}"
+        )
+        node.wait_log(rf"calling=STORESCU .* contexts=\[{re.escape(contexts)}\] handled=\[C-STORE {len(corpus)}\] "
+                      "duration=")
     finally:
         _finish(node)
 

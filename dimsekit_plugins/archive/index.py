@@ -38,6 +38,7 @@ the files by moving ``index.sqlite`` away and restarting).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -565,22 +566,13 @@ def header_values(
     tag of every key first), and made a pydicom ``Dataset`` only for a value
     pydicom has to convert.
     """
-    if dataset is not None:
-        whole = dataset
-        get_item = dataset.get_item
-
-        def full() -> Dataset:
-            return whole
-    elif elements is not None:
-        get_item = elements.get
-        made: list[Dataset] = []
-
-        def full() -> Dataset:
-            if not made:
-                made.append(Dataset({BaseTag(tag): element for tag, element in elements.items()}))
-            return made[0]
-    else:
+    if dataset is None and elements is None:
         raise TypeError("header_values() needs a data set or its elements")
+    get_item = dataset.get_item if dataset is not None else elements.get  # type: ignore[union-attr]
+    # the data set pydicom converts a value in, made from the elements only if one needs it
+    full = functools.cache(lambda: dataset if dataset is not None else Dataset(
+        {BaseTag(tag): element for tag, element in elements.items()}  # type: ignore[union-attr]
+    ))
     charset_raw = get_item(_CHARSET_TAG)  # pydicom's readers convert it as they read
     if fast and isinstance(charset_raw, RawDataElement):
         try:

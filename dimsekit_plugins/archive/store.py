@@ -512,9 +512,9 @@ class IncomingInstance:
     def _drain(self) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
 
-        Run first once a data set proves large, by :meth:`_create_now` (the
-        reactor thread) or the pool job :meth:`_create_and_read` (after a slow
-        creation), so that the file exists while the rest arrives;
+        Run first once a data set proves large, by :meth:`_create_and_read` (the
+        reactor thread, or a pool job after a slow creation), so that the file
+        exists while the rest arrives;
         :meth:`write` then calls it every
         256 KiB, so most of a large data set is written -- and being written
         out by the kernel -- by the time the last fragment comes; the commit's
@@ -542,8 +542,9 @@ class IncomingInstance:
                 except OSError as exc:
                     self._write_failed(exc)
 
-    def _create_now(self) -> None:
-        """Create the file in this thread, timed for :meth:`Archive.creation_took`, then write what is pending."""
+    def _create_and_read(self) -> None:
+        """A large data set's file created (timed for :meth:`Archive.creation_took`) and what is
+        there written, then its header read -- by the reactor thread, or a pool job after a slow creation."""
         with self._file_lock:
             if self._fd is None and self.error is None and self.state != "aborted":
                 started = time.monotonic()
@@ -553,13 +554,9 @@ class IncomingInstance:
                     self._write_failed(exc)
                 self.archive.creation_took(time.monotonic() - started)
         self._drain()
-
-    def _create_and_read(self) -> None:
-        """The pool's job for a large data set: create its file (writing what is there), then read its header."""
-        self._drain()
         header = self._header
         if header is not None:
-            header.run()
+            header.run()  # the scan: ~30 us for an image header
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
@@ -600,10 +597,7 @@ class IncomingInstance:
             # written, file and all, by the commit's worker: one hand-off.
             self._file_asked = True
             if self.archive.create_here():
-                self._create_now()
-                header = self._header
-                if header is not None:
-                    header.run()  # the scan: ~30 us for an image header
+                self._create_and_read()
             else:
                 self.archive._submit(self._create_and_read)
         if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._fd is not None:
@@ -1012,13 +1006,17 @@ class Archive:
     def create_here(self) -> bool:
         """Whether the reactor thread creates a large data set's file itself (see
         :meth:`IncomingInstance.write`): unless a creation was slow a little while ago."""
-        return self._pool_creates_until == 0.0 or time.monotonic() >= self._pool_creates_until
+        return time.monotonic() >= self._pool_creates_until
 
     def creation_took(self, seconds: float) -> None:
-        """A file creation in the reactor thread took ``seconds``: if that stalled every
-        association too long, files are created in the thread pool for a while."""
+        """A file creation took ``seconds``: one slow enough to stall every association
+        had it been the reactor thread's has files created in the thread pool for a
+        while (a slow one there extends the while); said once as it begins."""
         if seconds > _SLOW_CREATE:
+            beginning = self.create_here()
             self._pool_creates_until = time.monotonic() + _POOL_CREATES_FOR
+            if not beginning:
+                return
             _log.info(
                 "archive {root}: creating a file took {ms:.1f} ms; for the next {period:g} s large "
                 "instances' files are created in the thread pool",

@@ -163,9 +163,11 @@ def makeService(options: Options) -> service.IService:
     """Build the node service from the options."""
     from dimsekit.ae import ApplicationEntity
     from dimsekit.config import ConfigError
+    from dimsekit.memory import tune_allocator
     from dimsekit.registry import RegistryError
     from dimsekit.service import DicomNodeService
 
+    _log.debug("C allocator: {outcome}", outcome=tune_allocator())
     config = options["config_obj"]
     node = config.node
     try:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from twisted.internet import task
 
 from dimsekit import __version__
+from dimsekit.memory import tune_allocator
 
 __all__ = ["main", "add_common_arguments", "SUBCOMMANDS"]
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dimsekit`` console script."""
     args = _parser().parse_args(argv)
+    tune_allocator()  # get/move receive data sets in bulk reads, as the node does
     if getattr(args, "verbose", False):
         from twisted.logger import globalLogBeginner, textFileLogObserver
 

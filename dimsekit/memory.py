@@ -13,8 +13,8 @@ Measured with the node under 8 DCMTK ``storescu`` senders (400 CT instances
 of 525 KB): 28,000 page faults (~70 per instance, ~14 % of the reactor
 thread's CPU) and ~400 each of mmap, mremap and munmap.  With the threshold
 above the largest read and a trim threshold that lets the heap keep what it
-has, ~1,500 page faults; one association of CT instances +12 % instances/s
-with -13 % node CPU (A/B, 6 rounds; ``benchmarks/README.md``).
+has, ~1,500 page faults; one association of CT instances +7 to +12 %
+instances/s with 10-13 % less node CPU (three A/Bs; ``benchmarks/README.md``).
 
 What it costs: the heap keeps up to :data:`TRIM_THRESHOLD` of freed memory
 instead of returning it at once.  Measured: the node receiving one 1 GiB

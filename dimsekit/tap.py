@@ -161,13 +161,20 @@ def node_log_observer(twistd_options: Any) -> FileLogObserver:
 
 def makeService(options: Options) -> service.IService:
     """Build the node service from the options."""
+    from dimsekit import memory
     from dimsekit.ae import ApplicationEntity
     from dimsekit.config import ConfigError
-    from dimsekit.memory import tune_allocator
     from dimsekit.registry import RegistryError
     from dimsekit.service import DicomNodeService
 
-    _log.debug("C allocator: {outcome}", outcome=tune_allocator())
+    outcome = memory.tune_allocator()
+    if outcome == "tuned":
+        _log.info(
+            "glibc malloc tuned for bulk reads: mmap threshold {mmap} MiB, trim threshold {trim} MiB",
+            mmap=memory.MMAP_THRESHOLD >> 20, trim=memory.TRIM_THRESHOLD >> 20,
+        )
+    else:
+        _log.info("malloc left as it is ({why})", why=outcome)
     config = options["config_obj"]
     node = config.node
     try:

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
 from dimsekit import memory
 
@@ -81,9 +82,16 @@ def test_the_node_and_the_command_tune_it(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(memory, "tune_allocator", lambda: calls.append("node") or "tuned")
     monkeypatch.setattr(cli, "tune_allocator", lambda: calls.append("command") or "tuned")
     monkeypatch.setattr(cli.task, "react", lambda main: calls.append("react"))
-    options = tap.Options()
-    options.parseOptions(["--port", "0", "--interface", "127.0.0.1"])
-    tap.makeService(options)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        options = tap.Options()
+        options.parseOptions(["--port", "0", "--interface", "127.0.0.1"])
+        tap.makeService(options)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     assert calls == ["node"]
+    said = [formatEvent(e) for e in events if e.get("log_namespace") == "dimsekit.tap"]
+    assert said == ["glibc malloc tuned for bulk reads: mmap threshold 4 MiB, trim threshold 16 MiB"]
     cli.main(["echo", "127.0.0.1", "104"])
     assert calls == ["node", "command", "react"]

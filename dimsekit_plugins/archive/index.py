@@ -426,11 +426,18 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
+#: what an SQLite INTEGER holds (a signed 64-bit integer)
+_SQLITE_INTEGER = range(-(1 << 63), 1 << 63)
+
+
 def _to_integer(text: str) -> int | None:
+    """The first value of an IS as an integer; None when it is not one or does not fit
+    an SQLite INTEGER (PS3.5 allows IS values of 32 bits: a larger one is not indexed)."""
     try:
-        return int(float(text.split("\\")[0]))
-    except ValueError:
+        value = int(float(text.split("\\")[0]))
+    except (ValueError, OverflowError):  # not a number; inf
         return None
+    return value if value in _SQLITE_INTEGER else None
 
 
 _CHARSET_TAG = 0x00080005

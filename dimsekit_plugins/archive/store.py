@@ -37,13 +37,17 @@ goes through it like this:
    parents) and fsync it and its directory -- a new file is renamed first and
    synced after, which makes one journal commit do for both (see
    :meth:`Archive._store_file`); index it in SQLite.  The Deferred fires only
-   then: success means durable and indexed.  Any failure removes the file.
+   then: success means durable and indexed.  Any failure removes the file,
+   also after its rename (a failed fsync or index write) -- except a copy
+   that replaced the stored one in place (synced before that rename), which
+   stays for reconcile to index.
 
 Concurrency: commits of different instances run in parallel up to the pool
 size; the rename and the index write each hold one lock (``_write_lock``),
-which :meth:`reconcile` also takes while it fixes anything (a file it finds
-renamed but not yet indexed it indexes itself; the commit's own index write
-then changes nothing).  Commits of the same SOP Instance UID are serialised in
+which :meth:`reconcile` also takes while it fixes anything; a file renamed
+into place whose commit has not yet made it durable and indexed it is in
+``_placing``, and reconcile leaves it alone (it would otherwise index a file
+not yet synced, or take a copy moved to another series for a stale one).  Commits of the same SOP Instance UID are serialised in
 arrival order.
 
 Crash consistency: a file reaches its place either synced, or (new files)
@@ -546,7 +550,9 @@ class IncomingInstance:
         """A large data set's file created (timed for :meth:`Archive.creation_took`) and what is
         there written, then its header read -- by the reactor thread, or a pool job after a slow creation."""
         with self._file_lock:
-            if self._fd is None and self.error is None and self.state != "aborted":
+            # Not once the commit is over (a pool job that got the lock late): the
+            # file would be made again, and left with its descriptor open.
+            if self._fd is None and self.error is None and self.state not in ("aborted", "committed", "failed"):
                 started = time.monotonic()
                 try:
                     self._fd = _create(self.temp_path)
@@ -723,6 +729,8 @@ class Archive:
         self.last_reconcile: dict[str, Any] | None = None
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name=f"dimsekit-archive {self.root}")
         self._conn: sqlite3.Connection | None = None
+        #: set once close() closed the index: nothing opens it again
+        self._db_closed = False
         self._db_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._live: dict[str, IncomingInstance] = {}  # temp file name -> instance; guarded by _live_lock
@@ -741,6 +749,9 @@ class Archive:
         self._pool_creates_until = 0.0
         #: series directories known to exist (see _make_dirs); guarded by _write_lock
         self._known_dirs: set[Path] = set()
+        #: relative paths of files renamed into place whose commit has not indexed them yet;
+        #: guarded by _write_lock
+        self._placing: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -865,6 +876,7 @@ class Archive:
 
     def _close_db(self) -> None:
         with self._db_lock:
+            self._db_closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -904,6 +916,8 @@ class Archive:
         """Run ``function(connection, *args)`` with the index (worker thread)."""
         with self._db_lock:
             if self._conn is None:
+                if self._db_closed:  # work that got in while close() ran: the index stays closed
+                    raise OutOfResources("the archive is closed")
                 self._conn = index.connect(str(self.root / INDEX_NAME))
             return function(self._conn, *args)
 
@@ -1139,19 +1153,33 @@ class Archive:
                 self._known_dirs.clear()
                 self._make_dirs(final.parent)
                 os.replace(temp, final)
+            # In place, not yet durable and indexed: reconcile() leaves it alone
+            # (it would index it unsynced, or take it for a stale copy and delete it).
+            self._placing.add(rel)
         try:
-            if rename_first:
-                os.fsync(fd)
-        except OSError:
-            with self._write_lock:  # not durable: it must not stay where reconcile would index it
-                _unlink(final)
+            try:
+                if rename_first:
+                    os.fsync(fd)
+            finally:
+                incoming._close_file()
+            if self.fsync:
+                _fsync_dir(final.parent)
+            with self._write_lock:
+                previous = self._sql(index.put, record)
+                self._placing.discard(rel)
+        except Exception:
+            with self._write_lock:
+                self._placing.discard(rel)
+                if not final_existed:
+                    # Not durable, or not indexed: it must not stay where reconcile
+                    # would index it after the sender was told it failed.
+                    _unlink(final)
+                else:
+                    # It replaced the stored copy in place (synced before its rename):
+                    # kept, the next reconcile refreshes its row.
+                    _log.warn("{uid}: stored in place over the previous copy, but not indexed; "
+                              "reconcile refreshes its row", uid=incoming.sop_instance_uid)
             raise
-        finally:
-            incoming._close_file()
-        if self.fsync:
-            _fsync_dir(final.parent)
-        with self._write_lock:
-            previous = self._sql(index.put, record)
         replaced = False
         if previous is not None and previous != rel:
             old_path = self.root.joinpath(*previous.split("/"))
@@ -1287,6 +1315,8 @@ class Archive:
 
     def _reconcile_file(self, rel: str, report: dict[str, Any]) -> None:
         """Index (or drop) one file that has no matching row.  Holds the write lock."""
+        if rel in self._placing:
+            return  # a commit is making it durable and will index it
         path = self.root.joinpath(*rel.split("/"))
         try:
             size = path.stat().st_size
@@ -1302,8 +1332,10 @@ class Archive:
             report["stale_removed"].append(rel)
             return
         try:
-            if record is None:
-                _check_length(path, size)
+            # With a row too: a copy sent again after its file vanished may have been
+            # cut by a crash.  Then only a short file counts: one edited in place by
+            # hand keeps its old length attribute.
+            _check_length(path, size, shorter_only=record is not None)
             dataset = dcmread(path, stop_before_pixels=True, specific_tags=list(index.HEADER_KEYWORDS))
             values = index.header_values(dataset)
             meta = dataset.file_meta
@@ -1318,12 +1350,22 @@ class Archive:
         except Exception as exc:
             self._quarantine(path, rel, exc)
             report["quarantined"].append(rel)
+            if record is not None and record.path == rel:  # its row names a file no longer there
+                self._sql(index.delete, [uid])
+                report["rows_dropped"].append(uid)
             return
         mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
         new = index.InstanceRecord(
             **values, transfer_syntax_uid=transfer_syntax, path=rel, size=size, received_at=mtime, source_ae=source_ae
         )
-        self._sql(index.put, new)
+        try:
+            self._sql(index.put, new)
+        except sqlite3.Error:
+            raise  # the index itself is in trouble: reconcile fails, said at start
+        except Exception as exc:  # a value the index cannot hold: this file, not the others
+            self._quarantine(path, rel, exc)
+            report["quarantined"].append(rel)
+            return
         report["rows_refreshed" if record is not None else "files_indexed"].append(rel)
 
     def _quarantine(self, path: Path, rel: str, why: Exception) -> None:
@@ -1357,8 +1399,9 @@ class IncompleteFile(Exception):
     """A file renamed into place whose data never all reached the disk (a crash before its fsync)."""
 
 
-def _check_length(path: Path, size: int) -> None:
-    """Raise :class:`IncompleteFile` when the file is shorter than the length recorded before its rename."""
+def _check_length(path: Path, size: int, *, shorter_only: bool = False) -> None:
+    """Raise :class:`IncompleteFile` when the file's size is not the length recorded before its
+    rename (``shorter_only``: when it is shorter)."""
     try:
         recorded = os.getxattr(path, _LENGTH_XATTR)
     except (OSError, AttributeError):
@@ -1367,7 +1410,7 @@ def _check_length(path: Path, size: int) -> None:
         expected = int(recorded)
     except ValueError:
         return
-    if size != expected:
+    if size < expected or (size != expected and not shorter_only):
         raise IncompleteFile(f"{size} of its {expected} bytes reached the disk before a crash")
 
 

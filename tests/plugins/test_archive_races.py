@@ -1,0 +1,209 @@
+"""The archive where commits meet reconcile(), failures after the rename, crashes and close().
+
+Each case here was a way to lose an instance, answer a failure while keeping a file
+reconcile would later index, or index one that never got all its data.  The races
+are forced at the exact point by hooking what the commit calls there.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import config as pydicom_config
+from pydicom.uid import generate_uid
+
+from dimsekit_plugins.archive import Archive, OutOfResources
+from dimsekit_plugins.archive import store as store_module
+from dimsekit_plugins.archive.store import part10_header
+from tests.plugins.test_archive_support import (
+    CT_IMAGE_STORAGE,
+    EXPLICIT_VR_LE,
+    ThreadedClock,
+    encode,
+    make_dataset,
+    receive,
+    store,
+)
+
+
+@pytest.fixture
+def clock():
+    return ThreadedClock()
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "data"
+
+
+def _open(root, clock, **kwargs):
+    archive = Archive(root, reactor=clock, min_free_mb=0, **kwargs)
+    archive.start()
+    return archive
+
+
+def _reconcile_now(archive):
+    """reconcile() as open_archive runs it beside commits: in another thread, to the end."""
+    reports: list[dict] = []
+    thread = threading.Thread(target=lambda: reports.append(archive._reconcile()))
+    thread.start()
+    thread.join(10)
+    assert reports, "reconcile did not finish"
+    return reports[0]
+
+
+def _final(root, ds) -> Path:
+    return root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+
+
+def test_an_instance_number_the_index_cannot_hold_is_stored_without_it(root, clock, monkeypatch):
+    monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)
+    archive = _open(root, clock)
+    ds = make_dataset()
+    ds.InstanceNumber = "99999999999999999999"  # IS holds 32 bits; SQLite 64
+    stored = store(archive, clock, ds)
+    assert Path(stored.path).exists()
+    assert stored.record.instance_number is None
+    planted = make_dataset()
+    planted.InstanceNumber = "99999999999999999999"
+    path = _final(root, planted)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(part10_header(CT_IMAGE_STORAGE, planted.SOPInstanceUID, EXPLICIT_VR_LE, "X") + encode(planted))
+    report = clock.wait(archive.reconcile())  # once, a file like that stopped reconcile at itself
+    assert report["files_indexed"] == [str(path.relative_to(root))]
+    clock.wait(archive.close())
+
+
+def test_reconcile_beside_a_commit_moving_an_instance_keeps_the_new_copy(root, clock, monkeypatch):
+    archive = _open(root, clock, duplicates="newest")
+    first = make_dataset(pixels=b"\x01\x00" * 16)
+    uid = first.SOPInstanceUID
+    old = Path(store(archive, clock, first).path)
+    neighbour = make_dataset()
+    store(archive, clock, neighbour)
+    second = make_dataset(sop_instance=uid, study=neighbour.StudyInstanceUID, series=neighbour.SeriesInstanceUID,
+                          pixels=b"\x02\x00" * 16)
+    new_dir = root / neighbour.StudyInstanceUID / neighbour.SeriesInstanceUID
+    reports: list[dict] = []
+    real = store_module._fsync_dir
+
+    def fsync_dir(path):
+        # after the rename and the file's fsync, before the index write: reconcile runs now
+        if Path(path) == new_dir and not reports:
+            reports.append(_reconcile_now(archive))
+        return real(path)
+
+    monkeypatch.setattr(store_module, "_fsync_dir", fsync_dir)
+    incoming = receive(archive, encode(second), sop_class=CT_IMAGE_STORAGE, sop_instance=uid)
+    stored = clock.wait(incoming.commit())
+    assert reports and reports[0]["stale_removed"] == []  # the new copy was not taken for a stale one
+    assert Path(stored.path).exists() and not old.exists()
+    assert clock.wait(archive.lookup(uid)).path == stored.path
+    clock.wait(archive.close())
+
+
+def test_reconcile_does_not_index_a_file_before_its_commit_made_it_durable(root, clock, monkeypatch):
+    archive = _open(root, clock)
+    assert archive._rename_first
+    ds = make_dataset()
+    reports: list[dict] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and not reports:
+            # rename-first: the file is in place, not yet synced; reconcile runs, then the fsync fails
+            reports.append(_reconcile_now(archive))
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                     sop_instance=ds.SOPInstanceUID).commit())
+    monkeypatch.undo()
+    assert isinstance(error, OutOfResources)
+    assert reports[0]["files_indexed"] == []
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None
+    assert not _final(root, ds).exists()
+    clock.wait(archive.close())
+
+
+def test_a_failed_directory_fsync_after_the_rename_leaves_no_file(root, clock, monkeypatch):
+    archive = _open(root, clock)
+    ds = make_dataset()
+    series_dir = _final(root, ds).parent
+    real = store_module._fsync_dir
+
+    def fsync_dir(path):
+        if Path(path) == series_dir:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(store_module, "_fsync_dir", fsync_dir)
+    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                     sop_instance=ds.SOPInstanceUID).commit())
+    monkeypatch.undo()
+    assert isinstance(error, OutOfResources)
+    assert not _final(root, ds).exists()  # the sender was told it failed: nothing for reconcile to index
+    report = clock.wait(archive.reconcile())
+    assert report["files_indexed"] == [] and report["instances"] == 0
+    clock.wait(archive.close())
+
+
+def test_a_failed_index_write_after_the_rename_leaves_no_file(root, clock, monkeypatch):
+    archive = _open(root, clock)
+    ds = make_dataset()
+
+    def put(conn, record):
+        raise store_module.sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store_module.index, "put", put)
+    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                     sop_instance=ds.SOPInstanceUID).commit())
+    monkeypatch.undo()
+    assert isinstance(error, OutOfResources)
+    assert not _final(root, ds).exists()
+    clock.wait(archive.close())
+
+
+def test_a_copy_sent_again_and_cut_by_a_crash_is_quarantined_though_its_row_exists(root, clock):
+    archive = _open(root, clock)
+    ds = make_dataset(pixels=b"\x05\x00" * 4096)
+    path = Path(store(archive, clock, ds).path)
+    path.unlink()  # its file vanished; the row stays
+    full = part10_header(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER") + encode(ds)
+    # sent again: renamed into place first (its length recorded), then a crash before its fsync
+    path.write_bytes(full[: len(full) - 4000])
+    os.setxattr(path, store_module._LENGTH_XATTR, str(len(full)).encode())
+    report = clock.wait(archive.reconcile())
+    assert report["quarantined"] == [str(path.relative_to(root))]
+    assert report["rows_refreshed"] == [] and report["rows_dropped"] == [ds.SOPInstanceUID]
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None
+    clock.wait(archive.close())
+
+
+def test_a_file_creation_job_that_comes_after_the_commit_creates_nothing(root, clock):
+    archive = _open(root, clock)
+    archive._pool_creates_until = float("inf")  # large files created in the pool
+    ds = make_dataset(pixels=b"\x01\x00" * 100_000)
+    jobs: list = []
+    archive._submit = jobs.append  # the job waits, as on a pool thread descheduled
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID, chunk=16384)
+    clock.wait(incoming.commit())
+    assert jobs
+    jobs[0]()  # it gets the lock now
+    assert os.listdir(root / ".incoming") == [] and incoming._fd is None
+    clock.wait(archive.close())
+
+
+def test_work_that_gets_in_while_closing_does_not_reopen_the_index(root, clock):
+    archive = _open(root, clock)
+    closed = archive.close()
+    looked_up = archive.lookup(generate_uid())
+    clock.wait(closed)
+    assert archive._conn is None
+    assert isinstance(clock.failure_of(looked_up), OutOfResources)

@@ -47,8 +47,8 @@ size; the rename and the index write each hold one lock (``_write_lock``),
 which :meth:`reconcile` also takes while it fixes anything; a file renamed
 into place whose commit has not yet made it durable and indexed it is in
 ``_placing``, and reconcile leaves it alone (it would otherwise index a file
-not yet synced, or take a copy moved to another series for a stale one).  Commits of the same SOP Instance UID are serialised in
-arrival order.
+not yet synced, or take a copy moved to another series for a stale one).
+Commits of the same SOP Instance UID are serialised in arrival order.
 
 Crash consistency: a file reaches its place either synced, or (new files)
 with its full length recorded in an extended attribute just before the
@@ -1347,24 +1347,19 @@ class Archive:
                 raise DatasetMismatch("its UIDs do not match its place")
             if not values["sop_class_uid"]:
                 raise DatasetMismatch("no SOP Class UID")
-        except Exception as exc:
+            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
+            self._sql(index.put, index.InstanceRecord(
+                **values, transfer_syntax_uid=transfer_syntax, path=rel, size=size, received_at=mtime,
+                source_ae=source_ae,
+            ))
+        except sqlite3.Error:
+            raise  # the index itself is in trouble: reconcile fails, said at start
+        except Exception as exc:  # this file (unreadable, cut short, a value the index cannot hold)
             self._quarantine(path, rel, exc)
             report["quarantined"].append(rel)
             if record is not None and record.path == rel:  # its row names a file no longer there
                 self._sql(index.delete, [uid])
                 report["rows_dropped"].append(uid)
-            return
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="milliseconds")
-        new = index.InstanceRecord(
-            **values, transfer_syntax_uid=transfer_syntax, path=rel, size=size, received_at=mtime, source_ae=source_ae
-        )
-        try:
-            self._sql(index.put, new)
-        except sqlite3.Error:
-            raise  # the index itself is in trouble: reconcile fails, said at start
-        except Exception as exc:  # a value the index cannot hold: this file, not the others
-            self._quarantine(path, rel, exc)
-            report["quarantined"].append(rel)
             return
         report["rows_refreshed" if record is not None else "files_indexed"].append(rel)
 

@@ -37,29 +37,15 @@ from tests.plugins.test_archive_support import (
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
     MR_IMAGE_STORAGE,
-    ThreadedClock,
     drain_threads,
     encode,
     make_dataset,
+    open_archive,
     receive,
     store,
 )
 
-
-@pytest.fixture
-def clock():
-    return ThreadedClock()
-
-
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "data"
-
-
-def _open(root, clock, **kwargs):
-    archive = Archive(root, reactor=clock, min_free_mb=kwargs.pop("min_free_mb", 0), **kwargs)
-    archive.start()
-    return archive
+_open = open_archive
 
 
 @pytest.fixture

@@ -271,11 +271,6 @@ def test_result_waits_for_a_run_in_progress_and_raises_its_error():
 
 
 @pytest.fixture
-def clock():
-    return ThreadedClock()
-
-
-@pytest.fixture
 def archive(tmp_path, clock):
     archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0)
     archive.start()

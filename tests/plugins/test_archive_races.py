@@ -13,38 +13,21 @@ import stat
 import threading
 from pathlib import Path
 
-import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import generate_uid
 
-from dimsekit_plugins.archive import Archive, OutOfResources
+from dimsekit_plugins.archive import OutOfResources
 from dimsekit_plugins.archive import store as store_module
 from dimsekit_plugins.archive.store import part10_header
 from tests.plugins.test_archive_support import (
     CT_IMAGE_STORAGE,
     EXPLICIT_VR_LE,
-    ThreadedClock,
     encode,
     make_dataset,
+    open_archive,
     receive,
     store,
 )
-
-
-@pytest.fixture
-def clock():
-    return ThreadedClock()
-
-
-@pytest.fixture
-def root(tmp_path):
-    return tmp_path / "data"
-
-
-def _open(root, clock, **kwargs):
-    archive = Archive(root, reactor=clock, min_free_mb=0, **kwargs)
-    archive.start()
-    return archive
 
 
 def _reconcile_now(archive):
@@ -63,7 +46,7 @@ def _final(root, ds) -> Path:
 
 def test_an_instance_number_the_index_cannot_hold_is_stored_without_it(root, clock, monkeypatch):
     monkeypatch.setattr(pydicom_config.settings, "writing_validation_mode", pydicom_config.IGNORE)
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     ds = make_dataset()
     ds.InstanceNumber = "99999999999999999999"  # IS holds 32 bits; SQLite 64
     stored = store(archive, clock, ds)
@@ -80,7 +63,7 @@ def test_an_instance_number_the_index_cannot_hold_is_stored_without_it(root, clo
 
 
 def test_reconcile_beside_a_commit_moving_an_instance_keeps_the_new_copy(root, clock, monkeypatch):
-    archive = _open(root, clock, duplicates="newest")
+    archive = open_archive(root, clock, duplicates="newest")
     first = make_dataset(pixels=b"\x01\x00" * 16)
     uid = first.SOPInstanceUID
     old = Path(store(archive, clock, first).path)
@@ -108,7 +91,7 @@ def test_reconcile_beside_a_commit_moving_an_instance_keeps_the_new_copy(root, c
 
 
 def test_reconcile_does_not_index_a_file_before_its_commit_made_it_durable(root, clock, monkeypatch):
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     assert archive._rename_first
     ds = make_dataset()
     reports: list[dict] = []
@@ -133,7 +116,7 @@ def test_reconcile_does_not_index_a_file_before_its_commit_made_it_durable(root,
 
 
 def test_a_failed_directory_fsync_after_the_rename_leaves_no_file(root, clock, monkeypatch):
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     ds = make_dataset()
     series_dir = _final(root, ds).parent
     real = store_module._fsync_dir
@@ -155,7 +138,7 @@ def test_a_failed_directory_fsync_after_the_rename_leaves_no_file(root, clock, m
 
 
 def test_a_failed_index_write_after_the_rename_leaves_no_file(root, clock, monkeypatch):
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     ds = make_dataset()
 
     def put(conn, record):
@@ -171,7 +154,7 @@ def test_a_failed_index_write_after_the_rename_leaves_no_file(root, clock, monke
 
 
 def test_a_copy_sent_again_and_cut_by_a_crash_is_quarantined_though_its_row_exists(root, clock):
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     ds = make_dataset(pixels=b"\x05\x00" * 4096)
     path = Path(store(archive, clock, ds).path)
     path.unlink()  # its file vanished; the row stays
@@ -187,7 +170,7 @@ def test_a_copy_sent_again_and_cut_by_a_crash_is_quarantined_though_its_row_exis
 
 
 def test_a_file_creation_job_that_comes_after_the_commit_creates_nothing(root, clock):
-    archive = _open(root, clock)
+    archive = open_archive(root, clock)
     archive._pool_creates_until = float("inf")  # large files created in the pool
     ds = make_dataset(pixels=b"\x01\x00" * 100_000)
     jobs: list = []
@@ -201,7 +184,8 @@ def test_a_file_creation_job_that_comes_after_the_commit_creates_nothing(root, c
 
 
 def test_work_that_gets_in_while_closing_does_not_reopen_the_index(root, clock):
-    archive = _open(root, clock)
+    # one thread: the lookup runs after close() closed the index, never beside it
+    archive = open_archive(root, clock, threads=1)
     closed = archive.close()
     looked_up = archive.lookup(generate_uid())
     clock.wait(closed)

@@ -4,7 +4,9 @@
   call, so the archive's real worker threads report back to the test thread,
   which runs the calls in :meth:`ThreadedClock.wait` (bounded in time);
 * :func:`make_dataset` / :func:`encode` -- small composite instances;
-* :func:`store` -- receive, write in fragments, close, commit, wait.
+* :func:`store` -- receive, write in fragments, close, commit, wait;
+* :func:`open_archive` -- an archive on the ``root`` and ``clock`` fixtures
+  (``tests/plugins/conftest.py``), started.
 """
 
 from __future__ import annotations
@@ -184,3 +186,12 @@ def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.002)
     return bool(predicate())
+
+
+def open_archive(root: Any, clock: ThreadedClock, **kwargs: Any) -> Any:
+    """An Archive on ``root`` and ``clock`` (no free-space floor unless given), started."""
+    from dimsekit_plugins.archive import Archive
+
+    archive = Archive(root, reactor=clock, min_free_mb=kwargs.pop("min_free_mb", 0), **kwargs)
+    archive.start()
+    return archive

@@ -470,6 +470,12 @@ class PynetdicomScuToDimsekitTests(LoopbackTestCase):
                 info.TransactionUID = "1.2.3.99"
                 status, _ = assoc.send_n_action(info, 1, STORAGE_COMMITMENT, "1.2.840.10008.1.20.1.1")
                 got_report.wait(5)
+                # pynetdicom answers the report after on_report returns, on its
+                # own thread: releasing before the answer is out makes it send
+                # P-DATA after A-RELEASE-RQ, which its state machine refuses.
+                deadline = time.monotonic() + 5
+                while not commitment.report_responses and time.monotonic() < deadline:
+                    time.sleep(0.01)
             finally:
                 assoc.release()
             return status.Status

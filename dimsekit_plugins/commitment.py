@@ -298,6 +298,13 @@ class Pending:
     #: the last report computed (Event Type ID, data set)
     report: tuple[int, Dataset] | None = field(default=None, repr=False)
 
+    @property
+    def slot(self) -> Any:
+        """Its key among the requests being worked on or waiting: the Transaction
+        UID, or for a duplicate's report (which has the Transaction UID of the
+        request it duplicates) the object itself, so that neither replaces the other."""
+        return self.transaction_uid if self.persisted else id(self)
+
     def stored(self) -> Dataset:
         ds = request_dataset(self.transaction_uid, self.references)
         ds.RequestingAE = self.requestor
@@ -323,8 +330,8 @@ class CommitmentService(NormalizedService):
         self._memory: weakref.WeakKeyDictionary[Any, InstanceRegistry] = weakref.WeakKeyDictionary()
         #: (store key, transaction UID) being worked on
         self._busy: set[Any] = set()
-        #: store key -> {transaction UID: Pending} waiting for their requestor to associate
-        self._waiting: dict[Any, dict[str, Pending]] = {}
+        #: store key -> {Pending.slot: Pending} waiting for their requestor to associate
+        self._waiting: dict[Any, dict[Any, Pending]] = {}
         self._recovery_scheduled: set[Any] = set()
         #: ``connect(ae, remote, **associate_kwargs) -> Deferred[Association]`` (tests replace it)
         self.connect = _connect
@@ -459,7 +466,7 @@ class CommitmentService(NormalizedService):
     async def _process(self, ae: Any, key: Any, pending: Pending, association: Any = None) -> bool:
         """Check and deliver one request; True when the report was delivered."""
         # one delivery per request at a time (a retry and a returning requestor may race)
-        busy: Any = (key, pending.transaction_uid) if pending.persisted else id(pending)
+        busy = (key, pending.slot)
         if busy in self._busy:
             return False
         self._busy.add(busy)
@@ -467,7 +474,7 @@ class CommitmentService(NormalizedService):
             pending.report = await self.check(ae, pending)
             delivered = await self._deliver(ae, pending, association)
             if delivered:
-                self._waiting.get(key, {}).pop(pending.transaction_uid, None)
+                self._waiting.get(key, {}).pop(pending.slot, None)
                 if pending.persisted:
                     try:
                         await self.registry_for(ae).delete(pending.transaction_uid)
@@ -564,7 +571,7 @@ class CommitmentService(NormalizedService):
                     "for it to associate again (or for a restart)",
                     txn=pending.transaction_uid, caller=pending.requestor, n=pending.attempts,
                 )
-            self._waiting.setdefault(key, {})[pending.transaction_uid] = pending
+            self._waiting.setdefault(key, {})[pending.slot] = pending
             return
         ae.reactor.callLater(settings.retry_interval, self._start, ae, key, pending)
 

@@ -385,6 +385,28 @@ def test_unknown_requestor_gets_the_report_when_it_associates_again():
     assert pending(s) == []
 
 
+def test_a_waiting_duplicates_report_does_not_take_the_place_of_the_original():
+    """The SCU re-sends a Transaction UID whose report waits for it, and leaves before
+    either report goes: both reports wait, and both reach it when it comes back."""
+    s = make_scp(settings={"report_delay": 1})
+    assoc, _ = open_scu(s)
+    assert action(s, assoc, ROOT + "114", refs("1")).status == 0x0000
+    s.call(assoc.release())
+    s.pair.advance(1)
+    assert pending(s) == [ROOT + "114"]
+    again, _ = open_scu(s)
+    assert action(s, again, ROOT + "114", refs("2")).status == 0x0000
+    s.call(again.release())
+    s.pair.advance(1)
+    third, reports = open_scu(s)
+    s.pair.advance(1)
+    assert sorted((r[0], read_report(r[1])) for r in reports) == [
+        (EVENT_ALL_COMMITTED, (ROOT + "114", refs("1"), [])),
+        (EVENT_SOME_FAILED, (ROOT + "114", [], [(CT, ROOT + "2", DUPLICATE_TRANSACTION_UID)])),
+    ]
+    assert pending(s) == []
+
+
 def test_a_failure_status_from_the_scu_on_the_same_association_tries_a_new_one():
     s = make_scp(remotes=[MODALITY])
     listener = Listener()

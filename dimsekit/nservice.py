@@ -15,7 +15,9 @@ what is particular to its SOP class:
 * Attribute helpers: :func:`select_attributes` (N-GET Attribute Identifier
   List), :func:`apply_modifications` (N-SET Modification List),
   :func:`check_required` (Type 1 / Type 2 checks of an N-CREATE or a final
-  state), :func:`creation_uid` (N-CREATE with or without the SCU's UID).
+  state), :func:`creation_uid` (N-CREATE with or without the SCU's UID),
+  :func:`received_dataset` (a request's data set read in full: a malformed
+  one is a failure status).
 * :class:`NServiceError` and its subclasses -- the PS3.7 Annex C failures
   (0x0105 ... 0x0123) as exceptions that carry what the response needs
   (Error Comment, Error ID, Attribute Identifier List, Attribute List).
@@ -50,6 +52,7 @@ import copy
 import inspect
 import re
 import sqlite3
+import struct
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 from twisted.internet import defer
@@ -69,6 +73,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from dimsekit.config import ConfigError
+from dimsekit.datasets import DatasetError
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, ServiceClass
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,6 +121,7 @@ __all__ = [
     "merge_character_sets",
     "check_required",
     "creation_uid",
+    "received_dataset",
     "is_valid_uid",
     "backend_from_config",
     "check_backend_config",
@@ -342,6 +348,31 @@ def creation_uid(request: Request) -> tuple[str, bool]:
     if not is_valid_uid(uid):
         raise InvalidObjectInstance(f"not a valid UID: {uid[:40]}")
     return uid, False
+
+
+#: what reading a malformed received data set raises (pydicom converts values lazily, on first access)
+_UNREADABLE = (ValueError, TypeError, OverflowError, EOFError, OSError, struct.error, BytesLengthException)
+
+
+def received_dataset(request: Request) -> Dataset:
+    """The request's data set with every value read (an empty one when it had
+    none), so that a malformed one is answered with a status, not a traceback.
+
+    :raises ProcessingFailure: it cannot be decoded (0x0110).
+    :raises InvalidAttributeValue: a value in it cannot be read (0x0106).
+    """
+    try:
+        dataset = request.dataset()
+        if dataset is None:
+            return Dataset()
+        for _ in dataset.iterall():  # converts each raw value, in sequence items too
+            pass
+    except DatasetError as exc:
+        _log.warn("{command}: undecodable data set: {error}", command=request.name, error=exc)
+        raise ProcessingFailure("cannot decode the data set") from None
+    except _UNREADABLE as exc:
+        raise InvalidAttributeValue(f"unusable attribute value: {exc}"[:64]) from None
+    return dataset
 
 
 def select_attributes(
@@ -1028,9 +1059,7 @@ class NormalizedService:
 
     async def _create(self, request: Request) -> Any:
         uid, assigned = creation_uid(request)
-        dataset = request.dataset()
-        if dataset is None:
-            dataset = Dataset()
+        dataset = received_dataset(request)
         stored = await _resolve(self.create(request, uid, dataset))
         registry = self.registry(request)
         instance = await registry.create(request.sop_class_uid, uid, stored)
@@ -1043,9 +1072,7 @@ class NormalizedService:
 
     async def _set(self, request: Request) -> Any:
         uid = request.sop_instance_uid
-        modifications = request.dataset()
-        if modifications is None:
-            modifications = Dataset()
+        modifications = received_dataset(request)
         registry = self.registry(request)
         before, after = await registry.modify(uid, lambda instance: self.modify(request, instance, modifications))
         await _resolve(self.modified(request, before, after))

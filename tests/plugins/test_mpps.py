@@ -299,6 +299,44 @@ def test_a_failing_hook_does_not_fail_the_n_set():
     assert get(s, STATUS).dataset.PerformedProcedureStepStatus == "COMPLETED"
 
 
+@pytest.fixture
+def logged_failures():
+    """Twisted log events that carry a traceback (a handler that raised)."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+
+    def observe(event):
+        if "log_failure" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        # Performed Series Sequence of undefined length whose item claims more than there is: cannot be decoded
+        (b"\x40\x00\x40\x03\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00", 0x0110),
+        # Performed Series Sequence that is no sequence: read (and failing) only when used
+        (b"\x40\x00\x40\x03\x04\x00\x00\x00\x01\x02\x03\x04", 0x0106),
+    ],
+)
+def test_an_unreadable_data_set_is_answered_without_a_traceback(scp, payload, status, logged_failures):
+    rsp = scp.call(scp.assoc.n_create(MPPS, "1.2.826.0.1.3680043.8.498.4243", payload))
+    assert rsp.status == status
+    create(scp)
+    rsp = scp.call(scp.assoc.n_set(MPPS, UID, payload))
+    assert rsp.status == status
+    assert get(scp, STATUS).dataset.PerformedProcedureStepStatus == "IN PROGRESS"
+    assert get(scp, uid="1.2.826.0.1.3680043.8.498.4243").status == 0x0112
+    still_there(scp)
+    assert logged_failures == []
+
+
 # -- N-GET and the rest -------------------------------------------------------------------------------
 
 

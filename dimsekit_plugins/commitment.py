@@ -655,7 +655,8 @@ def _count_pending(path: Path) -> int:
     if not os.path.exists(path):
         return 0
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        # as a URI: a '?', '#' or '%' in the directory's name is percent-encoded
+        connection = sqlite3.connect(f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, timeout=10.0)
     except sqlite3.Error:
         return 0
     try:

@@ -5,6 +5,7 @@ failure reasons; the settings."""
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ import dimsekit_plugins.verification as verification
 from dimsekit import hookimpl, make_plugin_manager
 from dimsekit.config import ConfigError, from_mapping
 from dimsekit.interfaces import StoredInstance
+from dimsekit.nservice import _SCHEMA
 from dimsekit.registry import ServiceClass
 from dimsekit.testing import AssociationPair
 from dimsekit_plugins.commitment import (
@@ -464,3 +466,17 @@ def test_undecodable_action_information_is_answered_without_a_traceback(payload,
     assert reports == [] and pending(s) == []
     assert s.call(assoc.echo()) == 0x0000 and not assoc.ended
     assert logged_failures == []
+
+
+@pytest.mark.parametrize("name", ["plain", "what?mode=rw", "a#b", "100%25"])
+def test_pending_requests_are_counted_wherever_the_database_is(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    path = folder / "nservice.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(_SCHEMA)
+        for uid in ("1.2.3", "1.2.4"):
+            db.execute("INSERT INTO nservice_instance VALUES ('commitment', ?, '1.2', '{}', '', '')", (uid,))
+        db.execute("INSERT INTO nservice_instance VALUES ('mpps', '1.2.5', '1.2', '{}', '', '')")
+    db.close()
+    assert commitment._count_pending(path) == 2

@@ -389,10 +389,12 @@ class CommitmentService(NormalizedService):
             bad = Dataset()
             bad.TransactionUID = dataset.TransactionUID
             raise InvalidAttributeValue("Transaction UID is not a UID", attributes=(_TRANSACTION_UID_TAG,), dataset=bad)
-        references = [
-            (str(item.ReferencedSOPClassUID).strip(), str(item.ReferencedSOPInstanceUID).strip())
-            for item in dataset.ReferencedSOPSequence
-        ]
+        references = []
+        for item in dataset.ReferencedSOPSequence:
+            for keyword in ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID"):
+                if item[keyword].VM > 1:  # echoed back as "['1.2', '1.3']", the SCU could not match it
+                    raise InvalidAttributeValue(f"{keyword} has several values", attributes=(0x00081199,))
+            references.append((str(item.ReferencedSOPClassUID).strip(), str(item.ReferencedSOPInstanceUID).strip()))
         return transaction_uid, references
 
     async def _request_commitment(self, request: Any) -> int:

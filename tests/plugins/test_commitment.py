@@ -270,6 +270,20 @@ def test_an_item_without_its_instance_uid_is_0120():
     assert "ReferencedSOPInstanceUID" in rsp.ErrorComment
 
 
+@pytest.mark.parametrize("keyword", ["ReferencedSOPClassUID", "ReferencedSOPInstanceUID"])
+def test_an_item_with_several_uids_is_0106(keyword):
+    s = make_scp()
+    assoc, _ = open_scu(s)
+    ds = request_dataset(ROOT + "106", refs("1"))
+    item = ds.ReferencedSOPSequence[0]
+    setattr(item, keyword, [str(getattr(item, keyword)), ROOT + "7"])
+    rsp = action(s, assoc, "", [], dataset=ds)
+    assert rsp.status == 0x0106
+    assert keyword in rsp.ErrorComment
+    s.pair.advance(1)
+    assert pending(s) == []
+
+
 @pytest.mark.parametrize("call", ["n_get", "n_set", "n_create", "n_delete"])
 def test_other_operations_are_0211(call):
     s = make_scp()

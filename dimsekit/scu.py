@@ -194,7 +194,10 @@ class ServiceUser:
                 )
             from pydicom import dcmread
 
-            dataset = dcmread(info.path)
+            try:
+                dataset = dcmread(info.path)
+            except Exception as exc:  # pydicom raises many kinds on a broken data set
+                raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
         if not isinstance(dataset, Dataset):
             raise LocalProtocolError(f"store() takes a pydicom Dataset or a file path, not {type(dataset).__name__}")
         sop_class = str(dataset.SOPClassUID)

@@ -4,11 +4,13 @@ with a clear DatasetError for compressed data the peer cannot take."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydicom
 from pydicom import dcmread
 
 import dimsekit.scu
-from dimsekit.datasets import DatasetError, decode_dataset
+from dimsekit.datasets import DatasetError, decode_dataset, part10_info
 from dimsekit.uids import VERIFICATION
 from tests.dimse_e2e.support import (
     BIG_ENDIAN,
@@ -107,3 +109,21 @@ class Part10SendingTests(LoopbackTestCase):
         self.assertIn("JPEG Baseline", str(caught.exception))
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
+
+    async def test_an_unreadable_file_to_reencode_fails_with_a_dataset_error_and_the_association_goes_on(self):
+        # File Meta fine, data set broken: pydicom cannot read it to re-encode it.
+        # A DatasetError names the file (dimsekit store then fails that file and
+        # goes on with the next); the association is untouched.
+        broken = Path(self.mktemp())
+        body = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00"  # a sequence cut short
+        broken.write_bytes(Path(CT_FILE).read_bytes()[: part10_info(CT_FILE).dataset_offset] + body)
+        services = Services(storage_ts=(IMPLICIT,))
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [CT, VERIFICATION])
+        with self.assertRaises(DatasetError) as caught:
+            await within(assoc.store(broken))
+        self.assertIn(str(broken), str(caught.exception))
+        self.assertEqual(services.stored, [])
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())
+

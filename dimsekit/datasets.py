@@ -132,7 +132,10 @@ def _dataset_offset(path: Path) -> int:
     """Where the data set starts: after the preamble, "DICM" and group 0002.
 
     Group 0002 is Explicit VR Little Endian (PS3.10 7.1); walk its elements by
-    their lengths rather than trusting the group length alone.
+    their lengths rather than trusting the group length alone.  Some writers
+    put it in Implicit VR Little Endian (pydicom and DCMTK read such files):
+    an element whose VR field is not two capital letters is taken as implicit
+    (tag, 4-byte length).
     """
     with path.open("rb") as f:
         head = f.read(132)
@@ -148,7 +151,10 @@ def _dataset_offset(path: Path) -> int:
             if group != 0x0002:
                 return offset
             vr = header[4:6]
-            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR"):
+            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):  # no VR: Implicit VR (PS3.5 7.1.3)
+                (length,) = struct.unpack("<I", header[4:8])
+                offset += 8 + length
+            elif vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR"):
                 extra = f.read(4)
                 if len(extra) < 4:
                     raise DatasetError(f"{path}: truncated File Meta Information")

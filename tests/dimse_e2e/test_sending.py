@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 import dimsekit.scu
 from dimsekit.datasets import DatasetError, decode_dataset, part10_info
@@ -127,3 +129,20 @@ class Part10SendingTests(LoopbackTestCase):
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
 
+    async def test_a_file_whose_file_meta_is_in_implicit_vr_sends_its_data_set_from_where_it_starts(self):
+        # PS3.10 7.1 has File Meta in Explicit VR, but files with it in Implicit
+        # VR are about (and pydicom and DCMTK read them): the data set starts
+        # after the meta's last element, wherever the meta's encoding puts it.
+        source = dcmread(CT_FILE)
+        meta = DicomBytesIO()
+        meta.is_implicit_VR, meta.is_little_endian = True, True
+        write_dataset(meta, source.file_meta)
+        body = file_dataset_bytes(CT_FILE)
+        path = Path(self.mktemp())
+        path.write_bytes(b"\x00" * 128 + b"DICM" + meta.getvalue() + body)
+        info = part10_info(path)
+        self.assertEqual((info.sop_class_uid, info.transfer_syntax), (CT, EXPLICIT))
+        self.assertEqual(info.dataset_offset, 132 + len(meta.getvalue()))
+        self.forbid_parsing()
+        stored = await self._store(path, (EXPLICIT,), [(CT, [EXPLICIT])])
+        self.assertEqual(stored.data, body)

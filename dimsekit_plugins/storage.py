@@ -25,6 +25,10 @@ A900H      Error: Data Set does not match SOP Class -- the data set's SOP Class 
 C000H      Error: Cannot understand -- the data set cannot be parsed
 0117H      Invalid SOP Instance -- the Affected SOP Instance UID is not a UID
            (refused before anything is written; nothing becomes a path)
+0122H      Refused: SOP Class Not Supported -- the Affected SOP Class UID is not the
+           abstract syntax of the presentation context the request came on (PS3.7
+           D.3.2: each SOP class is used on a context negotiated for it); refused
+           before anything is written
 0111H      Duplicate SOP Instance -- stored already and ``duplicates = "reject"``
 0110H      Processing failure -- anything unexpected (logged with its traceback)
 =========  =====================================================================
@@ -104,6 +108,12 @@ class NoArchive(Exception):
     """No plugin provides an archive (status A700H)."""
 
     status = 0xA700
+
+
+class _NotThisContext(Exception):
+    """A C-STORE-RQ for a SOP class on another SOP class's presentation context (status 0122H)."""
+
+    status = 0x0122
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,9 +232,12 @@ def open_sink(request: Any) -> Any:
     """Sink factory for C-STORE: the archive's incoming instance for this request.
 
     Raises (the data set is then discarded, the handler answers) when the
-    archive refuses before writing: bad UID, below the disk floor, no archive.
+    request is refused before writing: its SOP class is not its context's,
+    or the archive refuses (bad UID, below the disk floor, no archive).
     """
     association = request.association
+    if request.sop_class_uid != request.context.abstract_syntax:
+        raise _NotThisContext("Affected SOP Class UID is not its context's abstract syntax")
     archive = archive_for(association.ae)
     incoming = archive.receive(
         request.sop_class_uid,

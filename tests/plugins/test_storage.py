@@ -250,6 +250,27 @@ def test_a_data_set_of_another_instance_does_not_match(node):
     assert node.files() == [] and node.records.instances == []
 
 
+def test_an_instance_on_the_presentation_context_of_another_sop_class_is_refused(node):
+    # PS3.7 D.3.2: a SOP class is used on a presentation context negotiated for
+    # it.  An MR instance on the CT context is not stored (whatever its data set).
+    ds = make_dataset(sop_class=MR_IMAGE_STORAGE, modality="MR")
+    context = node.assoc.context_for(CT_IMAGE_STORAGE, EXPLICIT_VR_LE)
+    command = {
+        "CommandField": CommandField.C_STORE_RQ,
+        "AffectedSOPClassUID": MR_IMAGE_STORAGE,
+        "AffectedSOPInstanceUID": ds.SOPInstanceUID,
+        "Priority": 0,
+        "CommandDataSetType": 0x0001,
+    }
+    response = node.wait(node.assoc.start_operation(context, command, encode(ds)).result)
+    assert response.status == 0x0122
+    assert response.AffectedSOPClassUID == MR_IMAGE_STORAGE
+    assert response.AffectedSOPInstanceUID == ds.SOPInstanceUID
+    assert node.files() == [] and node.records.instances == []
+    assert list(node.archive.incoming_dir.glob("*")) == []
+    assert node.store(ds).status == 0x0000  # on its own context
+
+
 def test_an_unparseable_data_set_cannot_be_understood(node):
     response = node.raw_store(b"\x00not deflate\x00", sop_instance=generate_uid(), transfer_syntax=DEFLATED)
     assert response.status == 0xC000

@@ -725,6 +725,9 @@ class Association(ServiceUser):
         name = COMMAND_NAMES.get(field)
         if context is None or name is None:
             return
+        handlers = self.handlers
+        if handlers and ((name, context.abstract_syntax) in handlers or (name, None) in handlers):
+            return  # a handler of this association takes it (a C-GET's on_store), not the plugin's
         factory = self.ae.registry.sink_factory(name, context.abstract_syntax)
         if factory is None:
             return

@@ -6,10 +6,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from dimsekit.dimse.fragments import SpooledSink
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
-from tests.dimse_e2e.support import CT, CT_FILE, LoopbackTestCase, file_dataset_bytes, within
+from dimsekit.scu import STUDY_ROOT_GET
+from tests.dimse_e2e.support import (
+    CT,
+    CT_FILE,
+    MR,
+    LoopbackTestCase,
+    Services,
+    file_dataset_bytes,
+    within,
+)
 
 
 class Sinking:
@@ -68,4 +79,28 @@ class SinkFactoryTests(LoopbackTestCase):
         self.assertIs(handled, plugin.factory_requests[0])
         self.assertIsInstance(handled.sink_error, ValueError)
         self.assertEqual(handled.sink.size, len(file_dataset_bytes(CT_FILE)))  # discarded, counted
+        await within(assoc.release())
+
+    async def test_a_c_get_s_own_store_handler_gets_the_data_set_not_a_plugin_s_sink(self):
+        # The C-GET SCU's AE serves CT storage through a plugin whose sink
+        # factory refuses; the instances of a C-GET given on_store go to that
+        # handler (it is consulted before the plugins'), and so must their data sets.
+        services = Services()
+        _, port = await self.serve(services)
+        plugin = Sinking(refuse=True)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT, MR], ae=self.make_ae("SCU", plugin),
+                                   roles={CT: (True, True), MR: (True, True)})
+        received = []
+
+        def on_store(request):
+            received.append((request.sink_error, request.sink.open().read()))
+            return 0x0000
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        final = await within(assoc.get(query, on_store=on_store).result)
+        self.assertEqual(final.status, 0x0000)
+        self.assertEqual(plugin.factory_requests, [])
+        self.assertEqual(received[0], (None, file_dataset_bytes(CT_FILE)))
         await within(assoc.release())

@@ -99,6 +99,26 @@ def test_read_files_skips_non_dicom_and_dicomdir(tmp_path):
     assert "DICOMDIR" in skipped[2].reason
 
 
+def test_read_files_skips_a_file_whose_sop_class_or_transfer_syntax_is_not_a_uid(tmp_path):
+    # They would go into the A-ASSOCIATE-RQ, which then could not be sent: no file would go.
+    good = write_part10(tmp_path / "good.dcm")
+    no_class = tmp_path / "no-class.dcm"
+    ds = Dataset()
+    ds.preamble = b"\x00" * 128
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ""
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = ELE
+    ds.save_as(no_class, enforce_file_format=False)
+    zero = write_part10(tmp_path / "zero.dcm")
+    zero.write_bytes(zero.read_bytes().replace(ELE.encode() + b"\x00", b"1.2.840.10008.1.2.01", 1))
+    infos, skipped = cli_store.read_files([(good, False), (no_class, True), (zero, False)])
+    assert [i.path for i in infos] == [good]
+    assert [(s.path.name, s.counts) for s in skipped] == [("no-class.dcm", True), ("zero.dcm", False)]
+    assert skipped[0].reason == "File Meta Information: SOP class '' not a UID"
+    assert skipped[1].reason == "File Meta Information: transfer syntax '1.2.840.10008.1.2.01' not a UID"
+
+
 # -- presentation contexts ----------------------------------------------------------------
 
 

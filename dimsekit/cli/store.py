@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -69,6 +70,8 @@ FALLBACK_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE)
 MAX_CONTEXTS = 128
 #: Media Storage Directory Storage: a DICOMDIR, not an instance to store
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: a UID as PS3.5 9.1 has it (what an A-ASSOCIATE-RQ may propose, dimsekit.ul.negotiation)
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 Context = tuple[str, tuple[str, ...]]
 
@@ -148,7 +151,8 @@ def _walk(directory: Path, recurse: bool) -> Iterable[Path]:
 
 def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], list[Skipped]]:
     """The File Meta Information of each file; the files that are not Part 10
-    files (or are DICOMDIRs) are skipped, counting as failures when named."""
+    files (or are DICOMDIRs, or whose SOP class or transfer syntax is not a
+    UID) are skipped, counting as failures when named."""
     infos: list[Part10Info] = []
     skipped: list[Skipped] = []
     for path, named in files:
@@ -162,6 +166,14 @@ def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], li
             continue
         if info.sop_class_uid == DICOMDIR_SOP_CLASS:
             skipped.append(Skipped(path, "a DICOMDIR (media directory), not an instance", named))
+            continue
+        # They go into the A-ASSOCIATE-RQ: one that is not a UID would make
+        # the association (and so every other file) fail.
+        unusable = [f"{what} {uid!r}" for what, uid in (("SOP class", info.sop_class_uid),
+                                                       ("transfer syntax", info.transfer_syntax))
+                    if len(uid) > 64 or not _UID.match(uid)]
+        if unusable:
+            skipped.append(Skipped(path, f"File Meta Information: {' and '.join(unusable)} not a UID", named))
             continue
         infos.append(info)
     return infos, skipped

@@ -4,6 +4,8 @@ with a clear DatasetError for compressed data the peer cannot take."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pydicom
@@ -50,6 +52,11 @@ def _never(*args, **kwargs):
 
 
 class Part10SendingTests(LoopbackTestCase):
+    def scratch_file(self) -> Path:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        return Path(directory) / "file.dcm"
+
     def forbid_parsing(self):
         self.patch(pydicom, "dcmread", _never)
         self.patch(dimsekit.scu, "encode_dataset", _never)
@@ -116,7 +123,7 @@ class Part10SendingTests(LoopbackTestCase):
         # File Meta fine, data set broken: pydicom cannot read it to re-encode it.
         # A DatasetError names the file (dimsekit store then fails that file and
         # goes on with the next); the association is untouched.
-        broken = Path(self.mktemp())
+        broken = self.scratch_file()
         body = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00"  # a sequence cut short
         broken.write_bytes(Path(CT_FILE).read_bytes()[: part10_info(CT_FILE).dataset_offset] + body)
         services = Services(storage_ts=(IMPLICIT,))
@@ -138,7 +145,7 @@ class Part10SendingTests(LoopbackTestCase):
         meta.is_implicit_VR, meta.is_little_endian = True, True
         write_dataset(meta, source.file_meta)
         body = file_dataset_bytes(CT_FILE)
-        path = Path(self.mktemp())
+        path = self.scratch_file()
         path.write_bytes(b"\x00" * 128 + b"DICM" + meta.getvalue() + body)
         info = part10_info(path)
         self.assertEqual((info.sop_class_uid, info.transfer_syntax), (CT, EXPLICIT))

@@ -13,7 +13,9 @@ result into DIMSE responses:
   with a Pending status (0xFF00/0xFF01) sent as a pending response, ending
   either with a final (non-pending) item or, when it just ends, Success.
   Between two pending responses the reactor runs, so a C-CANCEL-RQ that
-  arrives mid-stream is seen before the next response goes out.
+  arrives mid-stream is seen before the next response goes out; an async
+  generator then gets the CancelledError at its ``yield`` and may give the
+  final response itself (else: Cancel with the last pending counts).
 
 A handler that raises gets a failure status (0x0110 Processing failure, or
 0xC000 Unable to process for C-FIND/C-GET/C-MOVE) and a log line with the
@@ -287,7 +289,7 @@ class ScpRunner:
         try:
             while True:
                 if request.cancelled:
-                    final = (dimse_status.CANCEL, None, dict(running.last_counts))
+                    final = await self._cancelled_between(running, iterator)
                     break
                 try:
                     item = await iterator.__anext__() if is_async else next(iterator)
@@ -302,8 +304,13 @@ class ScpRunner:
                     return
                 self._respond(request, status, dataset, fields)
                 # Let the reactor read (a C-CANCEL may be waiting) and the transport drain.
-                await association.writable()
-                await task.deferLater(reactor, 0, lambda: None)
+                try:
+                    await association.writable()
+                    await task.deferLater(reactor, 0, lambda: None)
+                except CancelledError:
+                    if not request.cancelled or request.message_id not in self.running:
+                        raise
+                    # a C-CANCEL-RQ read here: the loop's next turn hands it to the handler
         finally:
             closer = getattr(iterator, "aclose" if is_async else "close", None)
             if closer is not None:
@@ -313,6 +320,26 @@ class ScpRunner:
         if final is None:
             final = (dimse_status.SUCCESS, None, {})
         self._finish(running, *final)
+
+    async def _cancelled_between(self, running: _Running, iterator: Any) -> tuple[int, Any, dict[str, Any]]:
+        """The final response of a request cancelled while its handler waits at a pending response.
+
+        An async generator gets the CancelledError there, as it would have in
+        whatever it awaited, and may answer with its own final response (a
+        C-GET or C-MOVE's counts and Failed SOP Instance UID List, PS3.4
+        C.4.2.1.4.2); if it does not, Cancel with the last pending counts."""
+        fallback = (dimse_status.CANCEL, None, dict(running.last_counts))
+        athrow = getattr(iterator, "athrow", None)
+        if athrow is None:
+            return fallback
+        try:
+            item = await athrow(CancelledError())
+        except (CancelledError, StopAsyncIteration):
+            return fallback
+        status, dataset, fields = _normalise(item)
+        if dimse_status.category(status) is dimse_status.Category.PENDING:
+            return fallback
+        return status, dataset, fields
 
     def _failed(self, running: _Running, failure: Failure) -> None:
         request = running.request

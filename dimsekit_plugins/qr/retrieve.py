@@ -290,7 +290,11 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
                 tally.count(uid, None)
             else:
                 tally.count(uid, response)
-            yield 0xFF00, None, tally.fields(remaining=True)
+            try:
+                yield 0xFF00, None, tally.fields(remaining=True)
+            except CancelledError:  # a C-CANCEL-RQ read while this response went out
+                interrupted = True
+                break
         if request.cancelled or interrupted:
             yield 0xFE00, failed_identifier(tally), tally.fields(remaining=True)
             return

@@ -362,6 +362,34 @@ class GetTests(QrTestCase):
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
 
+    async def test_cancel_read_with_a_sub_operation_response_still_lists_the_failures(self):
+        """The C-CANCEL-RQ comes right behind the C-STORE-RSP of a failed sub-operation,
+        so the SCP reads it while it sends the pending response, not while a
+        sub-operation is in flight: the final FE00 still carries the Failed SOP
+        Instance UID List (PS3.4 C.4.3.1.3.1: a Cancel response's identifier holds it)."""
+        await self.start_node()
+        assoc = await self.qr_association(roles=True)
+        held: list[defer.Deferred] = []
+
+        def on_store(request: Any) -> Any:
+            if held:
+                return 0x0000
+            d: defer.Deferred = defer.Deferred()
+            held.append(d)
+            return d
+
+        operation = assoc.get(query("STUDY", StudyInstanceUID=study_uid("1")), STUDY_ROOT_GET, on_store=on_store)
+        await wait_until(lambda: held, 2, "the first sub-operation")
+        held[0].callback(0xA700)  # the C-STORE-RSP (a failure) goes out ...
+        operation.cancel()  # ... and the C-CANCEL-RQ right behind it, in the same write
+        final = await within(operation.result)
+        self.assertEqual(final.status, 0xFE00)
+        self.assertEqual((final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations,
+                          final.NumberOfRemainingSuboperations), (0, 1, 3))
+        self.assertEqual(uid_list(final.dataset.FailedSOPInstanceUIDList), [instance_uid("1.1", 1)])
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())
+
 
 class MoveTests(QrTestCase):
     async def start(self, destination: Destination | None = None, port: int | None = None) -> Any:

@@ -16,6 +16,9 @@ Hierarchy rules (baseline, no relational queries):
 
 * Query/Retrieve Level missing, empty, or not a level of the model: A900H.
 * A key of a level below the one queried: A900H (the comment names it).
+* An attribute that is no sequence sent as one (explicit VR lets a peer do
+  that): A900H -- in a C-MOVE/C-GET only for the unique keys, the others
+  being ignored there anyway.
 * Unique keys of the levels above: matched when present (single value or a
   list of UIDs); when absent the query is wider, not refused (UIDs are
   globally unique, so nothing is mismatched).
@@ -368,6 +371,14 @@ def _elements(identifier: Dataset) -> Iterable[DataElement]:
             yield element
 
 
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR the data dictionary gives ``tag`` (None for a tag it does not know)."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
+
+
 #: (DA key, TM key) pairs matched as one date-time range under combined date-time matching
 DATETIME_PAIRS = (("StudyDate", "StudyTime"),)
 
@@ -388,6 +399,7 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
         raise IdentifierError("the request has no identifier")
     level = _level(identifier, model)
     depth = model.depth(level)
+    unique = {UNIQUE_KEYS[upper] for upper in model.levels[: depth + 1]}
     keys: list[Key] = []
     below: list[str] = []
     below_tags: list[int] = []
@@ -416,6 +428,10 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
         vr = str(vr)
         if " or " in vr:  # an ambiguous dictionary VR ("US or SS"): any one encodes an empty value
             vr = vr.split(" or ")[0]
+        if vr == "SQ" and (match or keyword in unique):
+            standard = _dictionary_vr(tag)
+            if standard not in (None, "SQ"):  # Patient ID sent as a sequence: nothing to match or return
+                raise IdentifierError(f"{keyword}: a sequence, but its VR is {standard}", (tag,))
         try:
             value = _plain(element.value, vr)
         except Exception as exc:  # a value pydicom cannot convert (IS "two", ...)

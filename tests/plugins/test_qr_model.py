@@ -125,6 +125,34 @@ def test_unknown_attributes_and_sequences_are_optional_keys_of_the_level():
     assert identifier.RadiopharmaceuticalInformationSequence == Sequence()
 
 
+def as_sequence(ds: Dataset, tag: int) -> Dataset:
+    """``ds`` with the attribute ``tag`` sent as a sequence of one item (explicit VR lets a peer do that)."""
+    item = Dataset()
+    item.CodeValue = "X"
+    ds.add_new(tag, "SQ", Sequence([item]))
+    return ds
+
+
+@pytest.mark.parametrize("tag", [0x00100020, 0x00100010, 0x0020000D, 0x00080061, 0x00201206])
+def test_a_key_that_is_no_sequence_sent_as_one_does_not_fit_the_model(tag):
+    # Patient ID, Patient's Name, Study Instance UID, Modalities in Study, Number of Study Related Series:
+    # there is nothing to match such a value against, nor a way to return one (it was a traceback and C000)
+    with pytest.raises(IdentifierError) as caught:
+        parse_identifier(as_sequence(ident("STUDY"), tag), STUDY_ROOT)
+    assert "a sequence, but its VR is" in str(caught.value)
+    assert caught.value.offending == (tag,)
+
+
+def test_a_retrieve_refuses_a_unique_key_sent_as_a_sequence_and_ignores_the_others():
+    with pytest.raises(IdentifierError) as caught:
+        parse_retrieve(as_sequence(ident("STUDY"), 0x0020000D), STUDY_ROOT)
+    assert "StudyInstanceUID: a sequence" in str(caught.value)
+    with pytest.raises(IdentifierError):
+        parse_retrieve(as_sequence(ident("PATIENT"), 0x00100020), PATIENT_ROOT)
+    level, conditions = parse_retrieve(as_sequence(ident("STUDY", StudyInstanceUID="1.2"), 0x00100010), STUDY_ROOT)
+    assert level == STUDY and len(conditions) == 1
+
+
 def test_specific_character_set_is_never_a_key():
     q = parse_identifier(ident("STUDY", SpecificCharacterSet="ISO_IR 100", PatientName="M*"), STUDY_ROOT)
     assert q.charset == ["ISO_IR 100"]

@@ -48,6 +48,18 @@ async def collect(operation: Any) -> tuple[list[Any], Any]:
     return pending, await within(operation.result)
 
 
+def sequence_for(level: str, tag: int) -> Dataset:
+    """An identifier with the (non-sequence) attribute ``tag`` encoded as a sequence of one item."""
+    from pydicom.dataelem import DataElement
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.CodeValue = "X"
+    ds = query(level, StudyInstanceUID=None)
+    ds.add(DataElement(tag, "SQ", Sequence([item])))
+    return ds
+
+
 class Destination:
     """A C-STORE SCP recording every sub-operation (command and data set); statuses scripted."""
 
@@ -188,6 +200,7 @@ class FindTests(QrTestCase):
             (query("STUDY", SeriesInstanceUID=None), STUDY_ROOT_FIND, "below the STUDY level"),
             (query("PATIENT", StudyDate=None), PATIENT_ROOT_FIND, "below the PATIENT level"),
             (query("STUDY", StudyDate="20240230-20240101"), STUDY_ROOT_FIND, "StudyDate"),
+            (sequence_for("STUDY", 0x00100020), STUDY_ROOT_FIND, "PatientID: a sequence, but its VR is LO"),
         ]
         for identifier, model, comment in cases:
             pending, final = await collect(assoc.find(identifier, model))

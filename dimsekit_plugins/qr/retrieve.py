@@ -233,7 +233,7 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         instances = await shield.wait(index.all(sql, params))
     except CancelledError:
         await shield.settle()
-        yield 0xFE00, None, {}
+        yield 0xFE00, None, Tally(total=0).fields(remaining=False)  # nothing started: zero counts
         return
     root = index.path.parent
     tally = Tally(total=len(instances))

@@ -403,6 +403,26 @@ class GetTests(QrTestCase):
         self.assertEqual(await within(assoc.echo()), 0x0000)
         await within(assoc.release())
 
+    async def test_cancel_before_any_sub_operation_still_gives_the_counts(self):
+        """The C-CANCEL-RQ comes with the C-GET-RQ, while the instances are being looked up: the
+        Cancel response carries the (zero) counts all the same (PS3.4 C.4.3.3.1: a response with a
+        status of Canceled contains the number of Completed, Failed and Warning sub-operations)."""
+        await self.start_node()
+        assoc = await self.qr_association(roles=True)
+        stored: list[str] = []
+        on_store = lambda request: stored.append(request.sop_instance_uid) or 0x0000  # noqa: E731
+        operation = assoc.get(query("STUDY", StudyInstanceUID=study_uid("1")), STUDY_ROOT_GET, on_store=on_store)
+        operation.cancel()  # in the same write as the C-GET-RQ
+        final = await within(operation.result)
+        self.assertEqual(final.status, 0xFE00)
+        for keyword in ("NumberOfCompletedSuboperations", "NumberOfFailedSuboperations",
+                        "NumberOfWarningSuboperations"):
+            self.assertIn(keyword, final.command)
+        self.assertEqual((final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations,
+                          final.NumberOfWarningSuboperations), (len(stored), 0, 0))
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())
+
 
 class MoveTests(QrTestCase):
     async def start(self, destination: Destination | None = None, port: int | None = None) -> Any:

@@ -301,6 +301,9 @@ class Association(ServiceUser):
         except RemoteProtocolError as exc:
             _log.warn("protocol error from {peer}: {error}; aborting", peer=_address(self.peer), error=exc)
             self.abort(str(exc))
+        except Exception as exc:  # a sink could not take the data set (disk full): a local failure
+            _log.failure("could not take a message from {peer}; aborting", Failure(exc), peer=_address(self.peer))
+            self.abort(f"could not take a message: {exc}")
 
     def release_indication(self, output: out.ReleaseIndication) -> None:
         """The peer asks to release.  We answer at once, except as acceptor in a

@@ -7,6 +7,7 @@ ways an association ends -- without a socket and without sleeping.
 
 from __future__ import annotations
 
+import errno
 import gc
 
 from twisted.internet.defer import Deferred
@@ -573,6 +574,47 @@ class EndingTests(AssociationTestCase):
         self.assertTrue(pair.connections[-1].closed)
         self.failureResultOf(d, AssociationAborted)
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_sink_that_fails_to_write_aborts_the_association(self):
+        # A sink that cannot take the data set (disk full) is a local failure:
+        # the acceptor answers with an A-ABORT and drops the partial data set;
+        # the error must not escape the protocol (a traceback, the connection
+        # dropped without an A-ABORT).
+        aborted = []
+
+        class FullDisk:
+            size = 0
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self):
+                pass
+
+            def abort(self):
+                aborted.append(True)
+
+        storage = ServiceClass(
+            name="private-storage", sop_classes=(PRIVATE_SOP_CLASS,),
+            handlers={"C-STORE": lambda request: 0x0000}, sink_factories={"C-STORE": lambda request: FullDisk()},
+        )
+        pair = self.make_pair(Services(extra=[storage]))
+        assoc = pair.associate(contexts=[PRIVATE_SOP_CLASS])
+        command = {
+            "CommandField": CommandField.C_STORE_RQ,
+            "AffectedSOPClassUID": PRIVATE_SOP_CLASS,
+            "AffectedSOPInstanceUID": "1.2.3.4",
+            "Priority": 0,
+            "CommandDataSetType": 0x0001,
+        }
+        d = assoc.send_request(assoc.negotiated.context_for(PRIVATE_SOP_CLASS), command, b"\0" * 1024)
+        pair.pump()
+        failure = self.failureResultOf(d, AssociationAborted)
+        self.assertEqual((failure.value.source, failure.value.reason), (0, 0))  # an A-ABORT came
+        self.assertIn("No space left", pair.acceptor_association.ended)
+        self.assertEqual(aborted, [True])
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 # -- rejection --------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ class Association(ServiceUser):
             self.negotiated = negotiate_as_requestor(self.rq, output.ac)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
             _log.warn("invalid A-ASSOCIATE-AC from {peer}: {error}", peer=_address(self.peer), error=exc)
-            self.abort(str(exc))
+            self._abort_invalid(exc)
             return
         self._on_established()
         waiter, self._established_waiter = self._established_waiter, None
@@ -300,7 +300,7 @@ class Association(ServiceUser):
                         self._command_received(event)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
             _log.warn("protocol error from {peer}: {error}; aborting", peer=_address(self.peer), error=exc)
-            self.abort(str(exc))
+            self._abort_invalid(exc)
         except Exception as exc:  # a sink could not take the data set (disk full): a local failure
             _log.failure("could not take a message from {peer}; aborting", Failure(exc), peer=_address(self.peer))
             self.abort(f"could not take a message: {exc}")
@@ -460,6 +460,20 @@ class Association(ServiceUser):
         self._outgoing.clear()
         self.protocol.call("abort", reason)
         self._finish(f"aborted: {reason}", AssociationAborted(reason))
+
+    def _abort_invalid(self, error: RemoteProtocolError) -> None:
+        """A-ABORT for a PDU found invalid here, above the upper layer: with the
+        service-provider source and ``error``'s reason (PS3.8 Table 9-10, Evt19:
+        AA-8; Table 9-26) -- unless ``error`` says the abort is our choice
+        (source 0, e.g. a data set above our limit): then as :meth:`abort`."""
+        if self.protocol is None:
+            return
+        if error.abort_source != 2:
+            self.abort(str(error))
+            return
+        self._outgoing.clear()
+        self.protocol.call("invalid_pdu", error)
+        self._finish(f"aborted: {error}", AssociationAborted(str(error)))
 
     # -- sending -------------------------------------------------------------------------
 

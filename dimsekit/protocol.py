@@ -256,7 +256,7 @@ class DicomProtocol(protocol.Protocol):
 
     def call(self, method: str, *args: Any) -> bool:
         """Issue a primitive on the core (``accept``, ``reject``, ``release``,
-        ``release_response``, ``abort``) and carry out its outputs.
+        ``release_response``, ``abort``, ``invalid_pdu``) and carry out its outputs.
 
         Returns False, doing nothing, when the association is already over
         (Sta1, Sta13): the core handles every PDU of a read before the user

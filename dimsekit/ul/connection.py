@@ -168,6 +168,15 @@ class UpperLayer:
         """A-RELEASE response (Evt14)."""
         return self._handle(Event.EVT14, None, now)
 
+    def invalid_pdu(self, error: RemoteProtocolError, now: float) -> list[out.Output]:
+        """The local user found a PDU this core handed on invalid: an
+        A-ASSOCIATE-AC that does not answer our request (PS3.8 7.1.1.14),
+        PDVs that break the message sequence (PS3.8 Annex E).  That is Evt19,
+        as for a PDU the decoder refused: in Sta6, AA-8 -- an A-ABORT with the
+        service-provider source and ``error``'s reason, not the service-user's
+        A-ABORT of :meth:`abort`."""
+        return self._handle(Event.EVT19, error, now)
+
     def abort(self, now: float, reason: str = "aborted by the local user") -> list[out.Output]:
         """A-ABORT request (Evt15).  Allowed in any state: where the table has no
         cell for it (no association yet, or already ending) nothing happens."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gc
+from dataclasses import replace
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,7 +27,7 @@ from dimsekit.plugin import make_plugin_manager
 from dimsekit.registry import ServiceClass
 from dimsekit.testing import AssociationPair
 from dimsekit.ul.items import UserIdentityRQ
-from dimsekit.ul.pdu import AssociateRJ, PDataTF, PresentationDataValue
+from dimsekit.ul.pdu import AssociateRJ, PDataTF, PresentationDataValue, decode
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: A private SOP class a test plugin declares without a C-ECHO handler.
@@ -574,6 +575,40 @@ class EndingTests(AssociationTestCase):
         self.assertTrue(pair.connections[-1].closed)
         self.failureResultOf(d, AssociationAborted)
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+
+    def test_malformed_pdata_is_aborted_by_the_service_provider(self):
+        # PDVs that break the message sequence make the P-DATA-TF an invalid
+        # PDU (PS3.8 Table 9-10, Evt19 in Sta6: AA-8): the A-ABORT carries the
+        # service-provider source, not the service-user's 0/0.
+        pair = self.make_slow_pair()
+        assoc = pair.associate()
+        stray = PDataTF(pdvs=(PresentationDataValue(context_id=1, control=0x02, data=b"\0\0\0\0"),))
+        assoc.protocol.send_pdata(stray.encode())
+        pair.pump()
+        self.assertEqual(assoc.ended, "aborted: aborted by the service-provider: reason-not-specified")
+        self.assertIn("data set fragment without a command set", pair.acceptor_association.ended)
+        self.assertTrue(pair.connections[-1].closed)
+
+    def test_invalid_associate_ac_is_aborted_by_the_service_provider(self):
+        # An A-ASSOCIATE-AC accepting a transfer syntax we did not propose is an
+        # invalid PDU (Evt19 -> AA-8): A-ABORT source 2, reason 6
+        # (invalid-PDU-parameter value, PS3.8 Table 9-26).
+        pair = self.make_pair()
+        negotiate = pair.acceptor.negotiate
+
+        def bad_negotiate(rq):
+            encoded, negotiated = negotiate(rq)
+            ac, _ = decode(encoded)
+            contexts = tuple(replace(pc, transfer_syntax="1.2.3.4.5") for pc in ac.presentation_contexts)
+            return replace(ac, presentation_contexts=contexts).encode(), negotiated
+
+        pair.acceptor.negotiate = bad_negotiate
+        failure = self.failureResultOf(pair.connect(), AssociationAborted)
+        self.assertIn("not one proposed", str(failure.value))
+        self.assertEqual(
+            pair.acceptor_association.ended, "aborted: aborted by the service-provider: invalid-PDU-parameter value"
+        )
+        self.assertTrue(pair.connections[-1].closed)
 
     def test_sink_that_fails_to_write_aborts_the_association(self):
         # A sink that cannot take the data set (disk full) is a local failure:

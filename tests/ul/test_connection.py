@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dimsekit.errors import RemoteProtocolError
 from dimsekit.testing import accept_all, verification_rq
 from dimsekit.ul import outputs as out
 from dimsekit.ul.connection import Timeouts, UpperLayer
@@ -471,6 +472,20 @@ def test_malformed_pdv_is_an_invalid_pdu() -> None:
     outputs = ul.receive_data(bad, 1.0)
     assert pdus_of(outputs) == [Abort(source=2, reason=6)]
     assert ul.state == State.STA13
+
+
+def test_pdu_the_user_finds_invalid_is_aborted_by_the_provider() -> None:
+    # An A-ASSOCIATE-AC that does not answer our request, found out by the
+    # user above the core: Evt19 (AA-8), an A-ABORT with the service-provider
+    # source and the error's reason -- not the user's A-ABORT (source 0).
+    ul = established_requestor(now=0.0)
+    error = RemoteProtocolError("context 3 never proposed", abort_source=2, abort_reason=6)
+    outputs = ul.invalid_pdu(error, 1.0)
+    assert pdus_of(outputs) == [Abort(source=2, reason=6)]
+    assert kinds(outputs) == [out.Transmit, out.ProviderAbortIndication]
+    assert "context 3 never proposed" in provider_abort_reason(outputs)
+    assert ul.state == State.STA13
+    assert ul.next_deadline() == 1.0 + ARTIM
 
 
 def test_pdata_above_our_maximum_length() -> None:

@@ -311,6 +311,10 @@ _U8_U8 = struct.Struct(">BB")
 #: context-ID, reserved, reserved (RQ) or result/reason (AC), reserved.
 _PC_FIXED = struct.Struct(">BBBB")
 
+#: Every item and sub-item type the standard defines: any other is "ignored
+#: and skipped" (PS3.8 9.3).
+_KNOWN_ITEM_TYPES = frozenset(ItemType)
+
 #: PS3.7 Table D.3-12, byte 2: the only Sub-Item-version defined so far.
 COMMON_EXTENDED_SUB_ITEM_VERSION = 0
 
@@ -468,9 +472,12 @@ def decode_presentation_context_rq(value: bytes) -> PresentationContextRQ:
     an empty transfer-syntax list is accepted (negotiation then refuses the
     context with reason 4).
 
+    Sub-items of a type the standard does not define are skipped (PS3.8 9.3:
+    "Items of unrecognized types shall be ignored and skipped").
+
     :raises RemoteProtocolError: reason 6 for a short item or a missing
-        abstract syntax, 5 for a second abstract syntax, 4 for a sub-item type
-        that does not belong in a presentation context.
+        abstract syntax, 5 for a second abstract syntax, 4 for a known item
+        type that does not belong in a presentation context.
     """
     if len(value) < _PC_FIXED.size:
         raise _invalid(f"presentation context item (20H): {len(value)} bytes, need at least 4")
@@ -485,8 +492,9 @@ def decode_presentation_context_rq(value: bytes) -> PresentationContextRQ:
             if abstract is not None:
                 raise _unexpected(f"{where}: more than one abstract syntax sub-item")
             abstract = decode_uid(sub)
-        else:
+        elif sub_type in _KNOWN_ITEM_TYPES:
             raise _unrecognized(f"{where}: unexpected sub-item {sub_type:02X}H")
+        # else: a type the standard does not define, "ignored and skipped" (PS3.8 9.3)
     if abstract is None:
         raise _invalid(f"{where}: no abstract syntax sub-item")
     return PresentationContextRQ(
@@ -514,10 +522,11 @@ def encode_presentation_context_ac(pc: PresentationContextAC) -> bytes:
 def decode_presentation_context_ac(value: bytes) -> PresentationContextAC:
     """A :class:`PresentationContextAC` from the value of a 21H item (PS3.8 Table 9-18).
 
-    A missing transfer syntax sub-item gives ``transfer_syntax=None``.
+    A missing transfer syntax sub-item gives ``transfer_syntax=None``; sub-items
+    of a type the standard does not define are skipped (PS3.8 9.3).
 
     :raises RemoteProtocolError: reason 6 for a short item, 5 for a second
-        transfer syntax, 4 for any other sub-item type.
+        transfer syntax, 4 for any other known item type.
     """
     if len(value) < _PC_FIXED.size:
         raise _invalid(f"presentation context item (21H): {len(value)} bytes, need at least 4")
@@ -527,7 +536,9 @@ def decode_presentation_context_ac(value: bytes) -> PresentationContextAC:
     where = f"presentation context {context_id} (21H)"
     for sub_type, sub in iter_items(value, _PC_FIXED.size, where=where):
         if sub_type != ItemType.TRANSFER_SYNTAX:
-            raise _unrecognized(f"{where}: unexpected sub-item {sub_type:02X}H")
+            if sub_type in _KNOWN_ITEM_TYPES:
+                raise _unrecognized(f"{where}: unexpected sub-item {sub_type:02X}H")
+            continue  # a type the standard does not define: ignored and skipped (PS3.8 9.3)
         if seen:
             raise _unexpected(f"{where}: more than one transfer syntax sub-item")
         seen = True

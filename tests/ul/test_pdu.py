@@ -427,6 +427,21 @@ def test_presentation_context_ac_sub_item_rules() -> None:
     )
 
 
+def test_presentation_context_sub_items_of_unknown_type_are_skipped() -> None:
+    # PS3.8 9.3: "Items of unrecognized types shall be ignored and skipped" --
+    # inside a presentation context too; a known type out of place still raises.
+    rq_item = _item(0x20, b"\x01\x00\x00\x00" + _item(0x30, b"1.2") + _item(0xC3, b"x") + _item(0x40, b"1.2.3"))
+    pdu, _ = decode(_associate(APP_CONTEXT + rq_item + USER_INFO))  # type: ignore[misc]
+    assert pdu.presentation_contexts == (
+        PresentationContextRQ(context_id=1, abstract_syntax="1.2", transfer_syntaxes=("1.2.3",)),
+    )
+    ac_item = _item(0x21, b"\x01\x00\x00\x00" + _item(0x99, b"") + _item(0x40, b"1.2.3"))
+    pdu, _ = decode(_associate(APP_CONTEXT + ac_item + USER_INFO, 0x02))  # type: ignore[misc]
+    assert pdu.presentation_contexts == (
+        PresentationContextAC(context_id=1, result=0, transfer_syntax="1.2.3"),
+    )
+
+
 @pytest.mark.parametrize(
     "sub_item",
     [

@@ -343,6 +343,13 @@ class Association(ServiceUser):
         self._finish("connection closed", _CONNECTION_LOST)
         self.protocol = None
 
+    def busy(self) -> bool:
+        """Whether work is in progress: a request of ours awaiting its response
+        (the DIMSE timeout watches it) or one of the peer's being performed.
+        The upper layer's idle timeout does not end a busy association (a
+        C-MOVE whose sub-operation takes minutes, a slow query)."""
+        return bool(self._operations or self._waiting_ops or self.scp.running or self.scp.queue)
+
     def _pending(self) -> bool:
         """Whether anything waits on this association: operations, waiters, handlers, a message."""
         return bool(

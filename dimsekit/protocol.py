@@ -86,6 +86,7 @@ class UpperLayerUser(TypingProtocol):
     def release_confirmation(self, output: out.ReleaseConfirmation) -> None: ...
     def abort_indication(self, output: out.AbortIndication | out.ProviderAbortIndication) -> None: ...
     def connection_lost(self, reason: Failure) -> None: ...
+    # Optional: ``busy() -> bool``, work in progress (the idle timeout then waits).
 
 
 def set_low_latency(transport: Any, quickack: bool = True) -> socket.socket | None:
@@ -348,4 +349,5 @@ class DicomProtocol(protocol.Protocol):
         self._timer_at = None
         if self.ul.state == State.STA1:
             return
-        self.run(self.ul.handle_timer(self.reactor.seconds()))
+        busy = getattr(self.user, "busy", None)
+        self.run(self.ul.handle_timer(self.reactor.seconds(), busy=busy is not None and busy()))

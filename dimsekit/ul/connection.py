@@ -17,7 +17,8 @@ Timers (each a deadline, ``None`` when not running):
   Sta10, Sta11).  Expiry aborts the association (Evt15 and an A-P-ABORT
   indication naming the timeout).
 * Idle timeout: an established association (Sta6) on which nothing was sent
-  or received for that long is aborted the same way.
+  or received for that long, and no work is in progress (``handle_timer``'s
+  ``busy``), is aborted the same way.
 """
 
 from __future__ import annotations
@@ -295,8 +296,13 @@ class UpperLayer:
                     deadline = idle
         return deadline
 
-    def handle_timer(self, now: float) -> list[out.Output]:
-        """Run whatever timer has expired by ``now`` (nothing if none has)."""
+    def handle_timer(self, now: float, *, busy: bool = False) -> list[out.Output]:
+        """Run whatever timer has expired by ``now`` (nothing if none has).
+
+        ``busy``: the user has work in progress on the association (a request
+        whose answer it awaits, one it is performing), so the association is
+        not idle however quiet the wire: the idle deadline moves on from ``now``.
+        """
         if self._artim is not None and now >= self._artim:
             self._artim = None
             return self._handle(Event.EVT18, "ARTIM timer expired", now)
@@ -305,6 +311,9 @@ class UpperLayer:
             return self._timeout_abort(now, f"no {waiting} from the peer within {self.timeouts.acse:g} s")
         idle = self._idle_deadline()
         if idle is not None and now >= idle:
+            if busy:
+                self._last_activity = now
+                return []
             return self._timeout_abort(now, f"association idle for {self.timeouts.idle:g} s")
         return []
 

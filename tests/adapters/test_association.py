@@ -548,6 +548,23 @@ class EndingTests(AssociationTestCase):
         self.assertTrue(pair.connections[-1].closed)
         self.assertNoTimersLeft()
 
+    def test_idle_timeout_spares_an_association_with_a_request_in_progress(self):
+        # The acceptor performs a request for longer than its idle timeout
+        # (a slow query, a C-MOVE sub-operation): the quiet wire is not an
+        # idle association, on either side; once answered, idle counts again.
+        pair = self.make_slow_pair(acceptor_config=Config(limits=Limits(idle_timeout=60)),
+                                   requestor_config=Config(limits=Limits(idle_timeout=60, dimse_timeout=0)))
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.advance(150)
+        self.assertIsNone(assoc.ended)
+        self.assertIsNone(pair.acceptor_association.ended)
+        self.never[0].callback(0x0000)
+        pair.pump()
+        self.assertEqual(self.successResultOf(d), 0x0000)
+        pair.advance(61)
+        self.assertIn("idle", assoc.ended)
+
     def test_release_hooks_called_once(self):
         pair = self.make_pair()
         assoc = pair.associate()

@@ -241,6 +241,16 @@ def test_idle_timeout_on_the_acceptor() -> None:
     assert "idle" in provider_abort_reason(ul.handle_timer(5.0 + IDLE))
 
 
+def test_idle_timeout_waits_while_the_user_is_busy() -> None:
+    # A quiet wire with work in progress (a request being performed, a
+    # response awaited) is not an idle association: the deadline moves on.
+    ul = established_acceptor(now=0.0)
+    assert ul.handle_timer(IDLE, busy=True) == []
+    assert ul.state == State.STA6
+    assert ul.next_deadline() == 2 * IDLE
+    assert "idle" in provider_abort_reason(ul.handle_timer(2 * IDLE))
+
+
 def test_idle_timeout_disabled() -> None:
     ul = established_requestor(now=0.0, timeouts=Timeouts(artim=ARTIM, acse=ACSE, idle=None))
     assert ul.next_deadline() is None

@@ -31,6 +31,7 @@ __all__ = [
     "decode_dataset",
     "Part10Info",
     "part10_info",
+    "dataset_file_info",
     "iter_file",
     "DatasetError",
 ]
@@ -105,6 +106,9 @@ class Part10Info:
     sop_instance_uid: str
     dataset_offset: int  #: byte offset where the data set starts
     dataset_length: int  #: bytes of data set to the end of the file
+    #: False for a bare data set (no preamble, no File Meta): what it says of
+    #: itself was read from its first elements, its transfer syntax guessed
+    has_meta: bool = True
 
 
 def part10_info(path: str | Path) -> Part10Info:
@@ -196,3 +200,43 @@ def dataset_from_any(value: Any) -> Dataset:
     if isinstance(value, bytes | bytearray):
         return dcmread(io.BytesIO(value))
     raise DatasetError(f"cannot make a data set of {type(value).__name__}")
+
+
+#: (implicit VR, little endian) of a bare data set -> the transfer syntax it is in
+_GUESSED = {(True, True): IMPLICIT_LE, (False, True): "1.2.840.10008.1.2.1", (False, False): EXPLICIT_BE}
+
+
+def dataset_file_info(path: str | Path) -> Part10Info:
+    """:func:`part10_info`, or for a file holding a bare data set (no preamble,
+    no File Meta Information -- what DCMTK's ``storescu`` also sends) what its
+    elements say: SOP Class and Instance UIDs, and the uncompressed transfer
+    syntax pydicom finds it in (Implicit or Explicit VR, byte order).
+
+    :raises DatasetError: neither, or a bare data set whose pixel data is
+        encapsulated (compressed: which codec, only a File Meta would say).
+    """
+    path = Path(path)
+    try:
+        return part10_info(path)
+    except DatasetError as exc:
+        with path.open("rb") as f:
+            head = f.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            raise  # a Part 10 file, broken: not to be read as something else
+        error = exc
+    from pydicom import dcmread
+
+    try:
+        dataset = dcmread(path, force=True, defer_size=1024, specific_tags=["SOPClassUID", "SOPInstanceUID", "PixelData"])
+        sop_class = str(dataset.SOPClassUID)
+        sop_instance = str(dataset.SOPInstanceUID)
+        encoding = dataset.original_encoding
+    except Exception:  # pydicom raises many kinds on what is no data set
+        raise error from None
+    pixels = dataset.get_item(0x7FE00010)
+    if pixels is not None and (getattr(pixels, "is_undefined_length", False) or getattr(pixels, "length", 0) == 0xFFFFFFFF):
+        raise DatasetError(f"{path}: a data set without File Meta Information whose pixel data is compressed (in which syntax is unknown)")
+    transfer_syntax = _GUESSED.get((bool(encoding[0]), bool(encoding[1])))
+    if transfer_syntax is None:
+        raise error
+    return Part10Info(path, transfer_syntax, sop_class, sop_instance, 0, path.stat().st_size, has_meta=False)

@@ -30,9 +30,9 @@ from dimsekit.datasets import (
     DEFLATED,
     DatasetError,
     Part10Info,
+    dataset_file_info,
     encode_dataset,
     iter_file,
-    part10_info,
 )
 from dimsekit.dimse.commands import NO_DATASET, CommandField, Priority
 from dimsekit.errors import LocalProtocolError
@@ -155,7 +155,8 @@ class ServiceUser:
     ) -> Deferred:
         """C-STORE (PS3.7 9.1.1) one instance; fires with the :class:`Response`.
 
-        :param dataset: a pydicom Dataset, or the path of a Part 10 file.  A
+        :param dataset: a pydicom Dataset, or the path of a Part 10 file (or
+            of a bare data set in an uncompressed syntax, no File Meta).  A
             file whose transfer syntax the peer accepted is sent as raw bytes,
             unparsed, read from disk as the peer takes it; otherwise pydicom
             re-encodes it among the uncompressed syntaxes.  A compressed file
@@ -182,7 +183,7 @@ class ServiceUser:
 
     def _store_plan(self, dataset: Any) -> tuple[NegotiatedContext, Any, str, str]:
         if isinstance(dataset, str | Path):
-            info = part10_info(dataset)
+            info = dataset_file_info(dataset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
             exact = self.negotiated.context_for(sop_class, info.transfer_syntax, as_scu=True)
             if exact is not None:
@@ -195,7 +196,7 @@ class ServiceUser:
             from pydicom import dcmread
 
             try:
-                dataset = dcmread(info.path)
+                dataset = dcmread(info.path, force=not info.has_meta)
             except Exception as exc:  # pydicom raises many kinds on a broken data set
                 raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
         if not isinstance(dataset, Dataset):

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from twisted.internet import defer, error
 
 from dimsekit.cli import _parser
 from dimsekit.cli import store as cli_store
-from dimsekit.datasets import Part10Info
+from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, encode_dataset
 from dimsekit.errors import AssociationAborted, AssociationRejected
 from dimsekit.operations import Response
 from dimsekit.ul.items import PresentationContextRQ
@@ -95,8 +96,40 @@ def test_read_files_skips_non_dicom_and_dicomdir(tmp_path):
     infos, skipped = cli_store.read_files([(good, False), (text, False), (named_text, True), (dicomdir, False)])
     assert [i.path for i in infos] == [good]
     assert [(s.path.name, s.counts) for s in skipped] == [("notes.txt", False), ("named.txt", True), ("DICOMDIR", False)]
-    assert "not a DICOM Part 10 file" in skipped[0].reason
+    assert "not a DICOM file" in skipped[0].reason
     assert "DICOMDIR" in skipped[2].reason
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", ELE, "1.2.840.10008.1.2.2"])
+def test_a_bare_data_set_is_read_in_the_syntax_it_is_in(tmp_path, ts):
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientName = CT, "1.2.3.9", "Bare^Set"
+    path = tmp_path / "bare"
+    path.write_bytes(encode_dataset(ds, ts))
+    info = dataset_file_info(path)
+    assert (info.transfer_syntax, info.sop_class_uid, info.sop_instance_uid) == (ts, CT, "1.2.3.9")
+    assert (info.dataset_offset, info.dataset_length, info.has_meta) == (0, path.stat().st_size, False)
+    part10 = dataset_file_info(write_part10(tmp_path / "p10.dcm"))
+    assert part10.has_meta and part10.dataset_offset > 128
+
+
+def test_what_is_no_sendable_bare_data_set_is_refused(tmp_path):
+    no_instance = Dataset()
+    no_instance.SOPClassUID = CT
+    (tmp_path / "no-instance").write_bytes(encode_dataset(no_instance, ELE))
+    (tmp_path / "junk").write_bytes(bytes(range(256)) * 8)
+    broken = write_part10(tmp_path / "broken.dcm").read_bytes()
+    (tmp_path / "broken.dcm").write_bytes(broken[:140])  # DICM, then its File Meta cut short
+    for name in ("no-instance", "junk", "broken.dcm"):
+        with pytest.raises(DatasetError):
+            dataset_file_info(tmp_path / name)
+    compressed = dcmread(get_testdata_file("JPEG2000.dcm"))
+    (tmp_path / "j2k").write_bytes(encode_dataset(compressed, ELE))
+    with pytest.raises(DatasetError, match="compressed"):
+        dataset_file_info(tmp_path / "j2k")
+    infos, skipped = cli_store.read_files([(tmp_path / n, True) for n in ("junk", "j2k")])
+    assert infos == [] and [s.reason for s in skipped][0] == "not a DICOM file"
+    assert "compressed" in skipped[1].reason and str(tmp_path) not in skipped[1].reason
 
 
 def test_read_files_skips_a_file_whose_sop_class_or_transfer_syntax_is_not_a_uid(tmp_path):
@@ -407,7 +440,7 @@ def test_non_dicom_in_a_directory_is_skipped_and_does_not_fail(files, tmp_path):
     code, out, _ = run_store(FakePeer(), [tmp_path])
     assert code == 0, out
     assert "Stored 3 of 3" in out
-    assert "skipped  " in out and "README.txt: not a DICOM Part 10 file" in out
+    assert "skipped  " in out and "README.txt: not a DICOM file" in out
 
 
 def test_a_named_non_dicom_file_fails(files, tmp_path):
@@ -415,7 +448,7 @@ def test_a_named_non_dicom_file_fails(files, tmp_path):
     text.write_text("hello")
     code, out, _ = run_store(FakePeer(), [*files, text])
     assert code == 1
-    assert "README.txt: not a DICOM Part 10 file" in out
+    assert "README.txt: not a DICOM file" in out
 
 
 def test_nothing_to_send_is_one_line_and_exit_1(tmp_path):

@@ -2,7 +2,9 @@
 
 FILE arguments may be files or directories; a directory's files are sent
 (its subdirectories' too with --recurse, like storescu +sd +r).  Only the File
-Meta Information of each file is read before sending.  One presentation
+Meta Information of each file is read before sending; a file holding a bare
+data set (no File Meta, which storescu sends too) is sent in the uncompressed
+transfer syntax it is found in, after a read of its first elements.  One presentation
 context is proposed per (SOP class, transfer syntax) found, plus, per SOP class
 with uncompressed files, a fallback context (Explicit and Implicit VR Little
 Endian) so they can be re-encoded if the peer refuses their own syntax.
@@ -43,7 +45,7 @@ from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import describe_failure, make_ae
-from dimsekit.datasets import DatasetError, Part10Info, part10_info
+from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import LocalProtocolError
 
@@ -157,9 +159,10 @@ def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], li
     skipped: list[Skipped] = []
     for path, named in files:
         try:
-            info = part10_info(path)
-        except DatasetError:
-            skipped.append(Skipped(path, "not a DICOM Part 10 file", named))
+            info = dataset_file_info(path)
+        except DatasetError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            skipped.append(Skipped(path, "not a DICOM file" if why.startswith("not a DICOM") else why, named))
             continue
         except OSError as exc:
             skipped.append(Skipped(path, f"cannot read: {exc.strerror or exc}", named))

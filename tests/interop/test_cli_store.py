@@ -27,7 +27,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from dimsekit.datasets import decode_dataset, part10_info
+from dimsekit.datasets import decode_dataset, encode_dataset, part10_info
 from tests.interop.conftest import (
     A_ASSOCIATE_RQ,
     DIMSEKIT_CLI,
@@ -44,7 +44,7 @@ from tests.interop.conftest import (
 
 pytestmark = pytest.mark.interop
 
-ILE, ELE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
+ILE, ELE, EBE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
 
@@ -201,7 +201,7 @@ def test_directory_recursion_and_a_non_dicom_file_to_storescp_with_small_pdus(tm
         flat = store(scp.port, "-aec", "STORESCP", str(src))
         assert flat.returncode == 0, flat.stdout + flat.stderr
         assert summary_counts(flat.stdout) == (3, 3)
-        assert re.search(r"^skipped  .*README\.txt: not a DICOM Part 10 file$", flat.stdout, re.M), flat.stdout
+        assert re.search(r"^skipped  .*README\.txt: not a DICOM file$", flat.stdout, re.M), flat.stdout
         assert_identical(top, scp.received())
         assert len(scp.received()) == 3
 
@@ -403,3 +403,32 @@ def test_abort_by_the_peer_mid_run_is_one_line_and_the_rest_not_sent(tmp_path):
     assert re.search(r"^failure  .*rtdose\.dcm: .*abort", result.stdout, re.M), result.stdout
     assert re.search(r"^not sent .*rtplan\.dcm$", result.stdout, re.M), result.stdout
     assert summary_counts(result.stdout) == (0, 2)
+
+
+def bare(source: Path, target: Path, transfer_syntax: str) -> Path:
+    """``source``'s data set written without preamble and File Meta, in ``transfer_syntax``."""
+    ds = dcmread(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(encode_dataset(ds, transfer_syntax))
+    return target
+
+
+def test_bare_data_sets_are_sent_in_the_syntax_they_are_in(storescp, tmp_path):
+    # storescu sends files without File Meta too (+f, its default): so do we
+    sources = {
+        "ct.ile": (sample("CT_small.dcm"), ILE),
+        "ct.ele": (sample("rtdose.dcm"), ELE),
+        "us.ebe": (sample("ExplVR_BigEnd.dcm"), EBE),
+    }
+    files = [bare(src, tmp_path / "bare" / name, ts) for name, (src, ts) in sources.items()]
+    compressed = tmp_path / "bare" / "j2k.raw"
+    compressed.write_bytes(encode_dataset(dcmread(sample("JPEG2000.dcm")), ELE))  # encapsulated: syntax unknown
+    result = store(storescp.port, "-aec", "STORESCP", str(tmp_path / "bare"))
+    assert result.returncode == 0, result.stdout + result.stderr + storescp.log_text()
+    assert summary_counts(result.stdout) == (3, 3), result.stdout
+    assert re.search(r"^skipped  .*j2k\.raw: .*compressed", result.stdout, re.M), result.stdout
+    received = storescp.received()
+    for path, (src, ts) in zip(files, sources.values(), strict=True):
+        uid = str(dcmread(src).SOPInstanceUID)
+        assert received[uid] == (ts, path.read_bytes()), path.name
+    assert storescp.associations() == 1

@@ -10,9 +10,12 @@ a Part 10 file starts so it can be sent as raw bytes, unparsed.
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -202,6 +205,19 @@ def dataset_from_any(value: Any) -> Dataset:
     raise DatasetError(f"cannot make a data set of {type(value).__name__}")
 
 
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom's warnings (and its logger's, which print without a handler) silenced."""
+    logger = logging.getLogger("pydicom")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
 #: (implicit VR, little endian) of a bare data set -> the transfer syntax it is in
 _GUESSED = {(True, True): IMPLICIT_LE, (False, True): "1.2.840.10008.1.2.1", (False, False): EXPLICIT_BE}
 
@@ -227,10 +243,11 @@ def dataset_file_info(path: str | Path) -> Part10Info:
     from pydicom import dcmread
 
     try:
-        dataset = dcmread(path, force=True, defer_size=1024, specific_tags=["SOPClassUID", "SOPInstanceUID", "PixelData"])
-        sop_class = str(dataset.SOPClassUID)
-        sop_instance = str(dataset.SOPInstanceUID)
-        encoding = dataset.original_encoding
+        with _quiet_pydicom():  # what it warns of while guessing at a text file is noise
+            dataset = dcmread(path, force=True, defer_size=1024, specific_tags=["SOPClassUID", "SOPInstanceUID", "PixelData"])
+            sop_class = str(dataset.SOPClassUID)
+            sop_instance = str(dataset.SOPInstanceUID)
+            encoding = dataset.original_encoding
     except Exception:  # pydicom raises many kinds on what is no data set
         raise error from None
     pixels = dataset.get_item(0x7FE00010)

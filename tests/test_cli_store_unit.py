@@ -113,7 +113,7 @@ def test_a_bare_data_set_is_read_in_the_syntax_it_is_in(tmp_path, ts):
     assert part10.has_meta and part10.dataset_offset > 128
 
 
-def test_what_is_no_sendable_bare_data_set_is_refused(tmp_path):
+def test_what_is_no_sendable_bare_data_set_is_refused(tmp_path, recwarn, caplog):
     no_instance = Dataset()
     no_instance.SOPClassUID = CT
     (tmp_path / "no-instance").write_bytes(encode_dataset(no_instance, ELE))
@@ -130,6 +130,10 @@ def test_what_is_no_sendable_bare_data_set_is_refused(tmp_path):
     infos, skipped = cli_store.read_files([(tmp_path / n, True) for n in ("junk", "j2k")])
     assert infos == [] and [s.reason for s in skipped][0] == "not a DICOM file"
     assert "compressed" in skipped[1].reason and str(tmp_path) not in skipped[1].reason
+    (tmp_path / "README.txt").write_text("not DICOM\n")  # pydicom warns of a VR it guessed
+    with pytest.raises(DatasetError):
+        dataset_file_info(tmp_path / "README.txt")
+    assert [str(w.message) for w in recwarn] == [] and caplog.records == []
 
 
 def test_read_files_skips_a_file_whose_sop_class_or_transfer_syntax_is_not_a_uid(tmp_path):

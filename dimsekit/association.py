@@ -145,6 +145,9 @@ class Association(ServiceUser):
         self._writable_waiters: list[Deferred] = []
         self._assembler = MessageAssembler()
         self._release_waiters: list[Deferred] = []
+        #: the peer's A-RELEASE-RQ held until our answers to its requests are out
+        #: (the timer that bounds the wait), None when not held
+        self._release_held: Any = None
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
@@ -307,16 +310,54 @@ class Association(ServiceUser):
 
     def release_indication(self, output: out.ReleaseIndication) -> None:
         """The peer asks to release.  We answer at once, except as acceptor in a
-        collision, where the table has us wait for the A-RELEASE-RP first (Sta10)."""
+        collision, where the table has us wait for the A-RELEASE-RP first (Sta10),
+        and when requests of the peer's are still being performed: their
+        responses go out first (PS3.8 7.2.2: the acceptor may still send P-DATA,
+        the requestor may still receive it), for at most :attr:`RELEASE_HOLD` s."""
         if output.collision and not self.is_requestor:
             return
-        if not output.collision and (self._operations or self.scp.running):
-            _log.warn(
-                "{peer} released the association with {n} operation(s) outstanding",
-                peer=_address(self.peer), n=len(self._operations) + len(self.scp.running),
+        if not output.collision and (self.scp.running or self.scp.queue):
+            n = len(self.scp.running) + len(self.scp.queue)
+            _log.info(
+                "{peer} asked to release with {n} of its request(s) still being performed: "
+                "answering them first (for at most {hold:g} s)",
+                peer=_address(self.peer), n=n, hold=self.RELEASE_HOLD,
             )
-        self.protocol.call("release_response")  # type: ignore[union-attr]
-        if not output.collision:
+            self._release_held = self.reactor.callLater(self.RELEASE_HOLD, self._release_hold_expired)
+            return
+        self._answer_release(collision=output.collision)
+
+    #: how long the peer's A-RELEASE-RQ waits for our answers to its requests:
+    #: under the 30 s the peers (DCMTK, pynetdicom, dimsekit) wait for an A-RELEASE-RP
+    RELEASE_HOLD = 20.0
+
+    def requests_done(self) -> None:
+        """The SCP runner has answered every request of the peer's: a held
+        A-RELEASE-RQ is answered once those answers are out."""
+        if self._release_held is not None:
+            self._when_sent(self._answer_release)
+
+    def _release_hold_expired(self) -> None:
+        self._release_held = None
+        _log.warn(
+            "{peer}: {n} request(s) still not answered {hold:g} s after it asked to release; releasing",
+            peer=_address(self.peer), n=len(self.scp.running) + len(self.scp.queue), hold=self.RELEASE_HOLD,
+        )
+        self._answer_release()
+
+    def _answer_release(self, collision: bool = False) -> None:
+        held, self._release_held = self._release_held, None
+        if held is not None and held.active():
+            held.cancel()
+        if self.protocol is None or self.ended:
+            return
+        if self._operations and not collision:
+            _log.warn(
+                "{peer} released the association with {n} operation(s) of ours outstanding",
+                peer=_address(self.peer), n=len(self._operations),
+            )
+        self.protocol.call("release_response")
+        if not collision:
             self._finish("released by the peer")
 
     def release_confirmation(self, output: out.ReleaseConfirmation) -> None:
@@ -367,6 +408,9 @@ class Association(ServiceUser):
         first = self.ended is None
         if first:
             self.ended = how
+        held, self._release_held = self._release_held, None
+        if held is not None and held.active():
+            held.cancel()
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)

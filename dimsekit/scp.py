@@ -250,6 +250,8 @@ class ScpRunner:
             self._respond(request, result)
             if self.queue:
                 self._next()
+            elif not self.running:
+                self.association.requests_done()
             return
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
@@ -367,6 +369,8 @@ class ScpRunner:
         limit = negotiated.max_outstanding_remote if negotiated is not None else 1
         while self.queue and (not limit or len(self.running) < limit):
             self._start(self.queue.popleft())
+        if not self.running and not self.queue:
+            self.association.requests_done()
 
     def _respond(self, request: Request, status: int, dataset: Any = None, fields: dict[str, Any] | None = None) -> None:
         association = self.association

@@ -461,6 +461,57 @@ class EndingTests(AssociationTestCase):
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
         self.assertNoTimersLeft()
 
+    def test_a_release_asked_while_a_request_runs_waits_for_its_answer(self):
+        # PS3.8 7.2.2: the acceptor may still send P-DATA after the A-RELEASE
+        # indication, the requestor may still receive it.
+        slow = Deferred()
+        pair = self.make_pair(Services(lambda request: slow))
+        assoc = pair.associate()
+        echo = assoc.echo()
+        released = assoc.release()  # sent right behind the request
+        pair.pump()
+        acceptor = pair.acceptor_association
+        self.assertIsNone(acceptor.ended)
+        self.assertNoResult(released)
+        pair.advance(acceptor.RELEASE_HOLD / 2)
+        slow.callback(0xB000)
+        pair.pump()
+        self.assertEqual(self.successResultOf(echo), 0xB000)
+        self.assertIsNone(self.successResultOf(released))
+        self.assertEqual((assoc.ended, acceptor.ended), ("released", "released by the peer"))
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
+        self.assertNoTimersLeft()
+
+    def test_a_held_release_is_answered_after_a_bounded_wait(self):
+        never = Deferred()
+        pair = self.make_pair(Services(lambda request: never))
+        assoc = pair.associate()
+        echo = assoc.echo()
+        released = assoc.release()
+        pair.pump()
+        acceptor = pair.acceptor_association
+        pair.advance(acceptor.RELEASE_HOLD - 1)
+        self.assertNoResult(released)
+        pair.advance(1)
+        self.assertIsNone(self.successResultOf(released))
+        self.failureResultOf(echo, AssociationAborted)
+        self.assertEqual(acceptor.ended, "released by the peer")
+        self.assertNoTimersLeft()
+
+    def test_an_abort_while_a_release_is_held_cancels_the_wait(self):
+        never = Deferred()
+        pair = self.make_pair(Services(lambda request: never))
+        assoc = pair.associate()
+        echo = assoc.echo()
+        released = assoc.release()
+        pair.pump()
+        assoc.abort()
+        pair.pump()
+        self.failureResultOf(released, AssociationAborted)
+        self.failureResultOf(echo, AssociationAborted)
+        self.assertTrue(pair.acceptor_association.ended.startswith("aborted"))
+        self.assertNoTimersLeft()
+
     def test_acceptor_asks_to_release(self):
         pair = self.make_pair()
         assoc = pair.associate()

@@ -148,6 +148,8 @@ class Association(ServiceUser):
         #: the peer's A-RELEASE-RQ held until our answers to its requests are out
         #: (the timer that bounds the wait), None when not held
         self._release_held: Any = None
+        #: what waits for our operations to end (a release asked behind them)
+        self._idle_actions: list[Callable[[], None]] = []
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
         self._counted = False
@@ -439,6 +441,7 @@ class Association(ServiceUser):
         writable, self._writable_waiters = self._writable_waiters, []
         for d in writable:
             d.callback(None)
+        self._idle_actions.clear()
         self.scp.stop_all()
         self._assembler.abort()
         waiter, self._established_waiter = self._established_waiter, None
@@ -486,13 +489,33 @@ class Association(ServiceUser):
         })
 
     def release(self) -> Deferred:
-        """A-RELEASE: fires with None once released (or fails if aborted)."""
+        """A-RELEASE: fires with None once released (or fails if aborted).
+
+        Operations requested before it are let finish first (each bounded by
+        the DIMSE timeout): the A-RELEASE-RQ goes out once none is outstanding
+        or waiting for the asynchronous operations window."""
         if self.protocol is None or not self.established or self.ended:
             return defer.fail(LocalProtocolError(f"association is not established ({self.ended or 'not yet'})"))
         d: Deferred = Deferred()
         self._release_waiters.append(d)
-        self._when_sent(lambda: self._release_now(d))
+        self._after_operations(lambda: self._when_sent(lambda: self._release_now(d)))
         return d
+
+    def _after_operations(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once no operation of ours is outstanding or waiting to
+        be sent: a release asked right behind requests lets them finish (each
+        bounded by the DIMSE timeout) instead of failing the ones the
+        asynchronous operations window had not let out yet."""
+        if not self._operations and not self._waiting_ops:
+            action()
+        else:
+            self._idle_actions.append(action)
+
+    def _operations_idle(self) -> None:
+        if self._idle_actions and not self._operations and not self._waiting_ops and not self.ended:
+            actions, self._idle_actions = self._idle_actions, []
+            for action in actions:
+                action()
 
     def _release_now(self, d: Deferred) -> None:
         if self.protocol is None or self.ended:
@@ -729,6 +752,7 @@ class Association(ServiceUser):
             self._operations.pop(operation.message_id, None)
             _cancel_timers(operation)
             operation.fail(exc)
+            self._operations_idle()
 
     def _arm_dimse_timer(self, operation: DimseOperation) -> None:
         timeout = self.ae.dimse_timeout
@@ -758,6 +782,7 @@ class Association(ServiceUser):
         while self._waiting_ops and (not limit or len(self._operations) < limit):
             waiting, command, (context, dataset, total_timeout) = self._waiting_ops.popleft()
             self._launch(waiting, command, context, dataset, total_timeout)
+        self._operations_idle()
 
     def send_cancel(self, operation: DimseOperation) -> None:
         """C-CANCEL-RQ for a C-FIND, C-GET or C-MOVE in progress (PS3.7 9.3.2.3)."""
@@ -767,6 +792,7 @@ class Association(ServiceUser):
             if waiting is operation:  # never sent: no need to ask the peer
                 del self._waiting_ops[index]
                 operation.finish(Response({"Status": dimse_status.CANCEL, "MessageIDBeingRespondedTo": operation.message_id}))
+                self._operations_idle()
                 return
         if operation.message_id not in self._operations or self.negotiated is None:
             return

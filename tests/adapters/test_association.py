@@ -468,18 +468,46 @@ class EndingTests(AssociationTestCase):
         pair = self.make_pair(Services(lambda request: slow))
         assoc = pair.associate()
         echo = assoc.echo()
-        released = assoc.release()  # sent right behind the request
+        pair.pump()
+        assoc.protocol.call("release")  # a peer that releases with a request outstanding
         pair.pump()
         acceptor = pair.acceptor_association
         self.assertIsNone(acceptor.ended)
-        self.assertNoResult(released)
         pair.advance(acceptor.RELEASE_HOLD / 2)
+        self.assertIsNone(assoc.ended)
         slow.callback(0xB000)
         pair.pump()
         self.assertEqual(self.successResultOf(echo), 0xB000)
-        self.assertIsNone(self.successResultOf(released))
         self.assertEqual((assoc.ended, acceptor.ended), ("released", "released by the peer"))
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
+        self.assertNoTimersLeft()
+
+    def test_a_release_asked_behind_requests_lets_them_all_out_first(self):
+        # With a window of one outstanding operation, the second echo waits
+        # for the first's response: the A-RELEASE-RQ goes after both, instead
+        # of failing the one that had not been sent.
+        slow = []
+
+        def echo(request):
+            slow.append(Deferred())
+            return slow[-1]
+
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        first, second = assoc.echo(), assoc.echo()
+        released = assoc.release()
+        pair.pump()
+        self.assertEqual(len(slow), 1)
+        self.assertEqual(pair.acceptor_association.protocol.ul.state, 6)  # no release asked yet
+        slow[0].callback(0x0000)
+        pair.pump()
+        self.assertEqual(len(slow), 2)
+        self.assertNoResult(released)
+        slow[1].callback(0x0000)
+        pair.pump()
+        self.assertEqual([self.successResultOf(d) for d in (first, second)], [0x0000, 0x0000])
+        self.assertIsNone(self.successResultOf(released))
+        self.assertEqual(pair.acceptor_association.ended, "released by the peer")
         self.assertNoTimersLeft()
 
     def test_a_held_release_is_answered_after_a_bounded_wait(self):
@@ -487,13 +515,14 @@ class EndingTests(AssociationTestCase):
         pair = self.make_pair(Services(lambda request: never))
         assoc = pair.associate()
         echo = assoc.echo()
-        released = assoc.release()
+        pair.pump()
+        assoc.protocol.call("release")  # a peer that releases with a request outstanding
         pair.pump()
         acceptor = pair.acceptor_association
         pair.advance(acceptor.RELEASE_HOLD - 1)
-        self.assertNoResult(released)
+        self.assertIsNone(assoc.ended)
         pair.advance(1)
-        self.assertIsNone(self.successResultOf(released))
+        self.assertEqual(assoc.ended, "released")
         self.failureResultOf(echo, AssociationAborted)
         self.assertEqual(acceptor.ended, "released by the peer")
         self.assertNoTimersLeft()
@@ -503,11 +532,11 @@ class EndingTests(AssociationTestCase):
         pair = self.make_pair(Services(lambda request: never))
         assoc = pair.associate()
         echo = assoc.echo()
-        released = assoc.release()
+        pair.pump()
+        assoc.protocol.call("release")
         pair.pump()
         assoc.abort()
         pair.pump()
-        self.failureResultOf(released, AssociationAborted)
         self.failureResultOf(echo, AssociationAborted)
         self.assertTrue(pair.acceptor_association.ended.startswith("aborted"))
         self.assertNoTimersLeft()

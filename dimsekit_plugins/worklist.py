@@ -41,8 +41,11 @@ Modality, Scheduled Station AE Title, Start Date, Start Time (date and time
 matched independently: combined date-time matching is not offered),
 Scheduled Performing Physician's Name, Scheduled Procedure Step ID, Status,
 Scheduled Station Name and Location.  Any other key with a value, at the top
-level or in the step item, is matched on the stored DICOM JSON (its first
-value); keys inside other sequences are return keys only.
+level or in the step item, is matched on the stored DICOM JSON; keys inside
+other sequences are return keys only.  An attribute PS3.6 allows several
+values (Scheduled Station AE Title and Name, Other Patient IDs, ...) matches
+when any one of its values does (PS3.4 C.2.2.3), each value read from the
+DICOM JSON.
 
 Responses hold exactly the requested keys (zero-length when the item lacks
 one; a sequence key with an empty item gets the item's whole sequence, one
@@ -71,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VM, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -317,14 +320,40 @@ def _wrap(column: str, vr: str) -> str:
     return column
 
 
+def _multi_valued(tag: int) -> bool:
+    """True for an attribute PS3.6 allows several values (VM other than 1)."""
+    try:
+        return dictionary_VM(tag) != "1"
+    except KeyError:
+        return False
+
+
+def _any_value(tag: int, vr: str, inside_step: bool, value: Any) -> Condition:
+    """The condition for a multi-valued attribute: any one of its stored values
+    matches (PS3.4 C.2.2.3), each value taken from the stored DICOM JSON."""
+    t = Tag(tag)
+    path = f'$."{t.group:04X}{t.element:04X}".Value'
+    if inside_step:
+        path = f'$."00400100".Value[0]."{t.group:04X}{t.element:04X}".Value'
+    each = "json_extract(v.value, '$.Alphabetic')" if vr == "PN" else "v.value"
+    condition = condition_for(_wrap(each, vr), vr, value)
+    if not condition.sql:
+        return condition
+    return Condition(f"EXISTS (SELECT 1 FROM json_each(dataset, '{path}') AS v WHERE {condition.sql})",
+                     condition.params)
+
+
 def _condition(element: DataElement, columns: Mapping[str, tuple[str, str]], inside_step: bool) -> Condition:
     keyword = element.keyword
-    if keyword in columns:
-        column, vr = columns[keyword]
-    else:
-        vr = element.VR
-        column = _json_path(int(element.tag), vr, inside_step)
     try:
+        if _multi_valued(int(element.tag)):
+            vr = columns[keyword][1] if keyword in columns else element.VR
+            return _any_value(int(element.tag), vr, inside_step, _plain(element))
+        if keyword in columns:
+            column, vr = columns[keyword]
+        else:
+            vr = element.VR
+            column = _json_path(int(element.tag), vr, inside_step)
         return condition_for(_wrap(column, vr), vr, _plain(element))
     except MatchingError as exc:
         raise IdentifierError(f"{keyword or element.tag}: {exc}", (int(element.tag),)) from None

@@ -198,6 +198,34 @@ def test_uid_list_matching(store):
     assert ids(find(store, query(("StudyInstanceUID", uids)))) == ["P1/S1", "P2/S2"]
 
 
+def test_a_multi_valued_attribute_matches_on_any_of_its_values(tmp_path):
+    """PS3.4 C.2.2.3: an attribute with several values matches when any one of them
+    does.  Scheduled Station AE Title and Scheduled Station Name are VM 1-n (a step
+    scheduled on two stations), Other Patient IDs too: a query for the second
+    station found nothing, the values were compared as one string "CT1\\CT9"."""
+    s = WorklistStore(tmp_path / "db.sqlite", None, reactor, create=True)
+    try:
+        two = step("CT", "CT1", step_id="S1")
+        two.ScheduledStationAETitle = ["CT1", "CT9"]
+        two.ScheduledStationName = ["ROOM1", "ROOM9"]
+        shared = item("TWO^STATIONS", "P1", "A1", two)
+        shared.OtherPatientIDs = ["OLD1", "OLD9"]
+        s._locked(s._add, [shared, item("ONE^STATION", "P2", "A2", step("CT", "CT2", step_id="S2"))])
+        for identifier, expected in [
+            (query(steps=[("ScheduledStationAETitle", "CT9")]), ["P1/S1"]),
+            (query(steps=[("ScheduledStationAETitle", "CT1")]), ["P1/S1"]),
+            (query(steps=[("ScheduledStationAETitle", "CT?")]), ["P1/S1", "P2/S2"]),
+            (query(steps=[("ScheduledStationAETitle", "*9")]), ["P1/S1"]),
+            (query(steps=[("ScheduledStationAETitle", "CT1\\CT9")]), []),  # no value is "CT1\CT9"
+            (query(steps=[("ScheduledStationName", "ROOM9")]), ["P1/S1"]),
+            (query(("OtherPatientIDs", "OLD9")), ["P1/S1"]),  # a JSON key, beyond its first value
+            (query(steps=[("ScheduledStationAETitle", "")]), ["P1/S1", "P2/S2"]),
+        ]:
+            assert ids(find(s, identifier)) == expected, identifier
+    finally:
+        s._locked(s._close)
+
+
 def test_identifiers_that_cannot_be_matched():
     with pytest.raises(IdentifierError, match="one item"):
         ident = query()

@@ -749,8 +749,15 @@ class PrintService:
         need = rows * columns * (allocated // 8)
         if len(data) < need:
             raise InvalidAttributeValue(f"Pixel Data has {len(data)} bytes, {need} needed"[:64], attributes=sequence_tag)
+        data = data[:need]
+        if allocated == 16 and item.original_encoding[1] is False:
+            # Explicit VR Big Endian: each OW word arrived most significant byte first (PS3.5 7.3);
+            # pydicom keeps Pixel Data as received, Picture reads little endian words
+            swapped = bytearray(data)
+            swapped[0::2], swapped[1::2] = data[1::2], data[0::2]
+            data = bytes(swapped)
         # converted to 8 bits when rendered, in the worker thread
-        return Picture(rows, columns, stored, photometric == "MONOCHROME1", data[:need])
+        return Picture(rows, columns, stored, photometric == "MONOCHROME1", data)
 
     @staticmethod
     def _only(modifications: Dataset, allowed: set[str] | frozenset[str], fixed: set[str] = frozenset()) -> None:

@@ -159,6 +159,30 @@ def test_print_a_film_with_layout_and_pixels(scp):
     still_there(scp)
 
 
+def test_12_bit_pixels_in_explicit_vr_big_endian(tmp_path):
+    """Explicit VR Big Endian is accepted on the print context; its OW Pixel Data
+    holds each 16-bit word most significant byte first (PS3.5 7.3).  The words
+    were read as little endian: 2048 (0x0800, mid gray) printed as 8 (black)."""
+    config = from_mapping({"plugins": {"printing": {"directory": str(tmp_path / "prints"), "dpi": 25}}})
+    pm = make_plugin_manager(load_entrypoints=False, plugins=[printing, verification])
+    pair = AssociationPair(pm, acceptor_config=config)
+    assoc = pair.associate(contexts=[(META_GRAYSCALE, ["1.2.840.10008.1.2.2"]), VERIFICATION])
+    assert {c.abstract_syntax: c.transfer_syntax for c in assoc.negotiated.contexts.values()}[META_GRAYSCALE] == \
+        "1.2.840.10008.1.2.2"
+    s = SimpleNamespace(pair=pair, assoc=assoc, scu=PrintSCU(assoc), call=pair.result, dir=tmp_path / "prints")
+    session_uid = session(s)
+    box_uid, boxes, _ = create_box(s, session_uid, "STANDARD\\2,1")
+    big = image(0, bits=12)
+    big.PixelData = (2048).to_bytes(2, "big") * 64  # as a big endian SCU encodes it
+    assert s.call(s.scu.n_set(GRAYSCALE_IMAGE_BOX, boxes[0], image_box_set(1, big))).status == 0x0000
+    eight = image(99)
+    assert s.call(s.scu.n_set(GRAYSCALE_IMAGE_BOX, boxes[1], image_box_set(2, eight))).status == 0x0000
+    assert s.call(s.scu.n_action(FILM_BOX, box_uid)).status == 0x0000
+    png = s.dir / f"{box_uid}.png"
+    assert gray_at(png, 0.25, 0.5) == 128  # 2048 of 4096
+    assert gray_at(png, 0.75, 0.5) == 99   # 8-bit pixels have no byte order
+
+
 def test_row_and_col_layouts_polarity_and_white_densities(scp):
     session_uid = session(scp)
     box_uid, boxes, _ = create_box(scp, session_uid, "ROW\\1,2", BorderDensity="WHITE", EmptyImageDensity="WHITE")

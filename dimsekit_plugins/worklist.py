@@ -45,7 +45,9 @@ level or in the step item, is matched on the stored DICOM JSON; keys inside
 other sequences are return keys only.  An attribute PS3.6 allows several
 values (Scheduled Station AE Title and Name, Other Patient IDs, ...) matches
 when any one of its values does (PS3.4 C.2.2.3), each value read from the
-DICOM JSON.
+DICOM JSON.  Specific Character Set and Timezone Offset From UTC qualify the
+identifier's values and are never matched (PS3.4 C.2.2.2, C.2.2.2.5; no
+timezone query adjustment is offered: times are compared as given).
 
 Responses hold exactly the requested keys (zero-length when the item lacks
 one; a sequence key with an empty item gets the item's whole sequence, one
@@ -359,6 +361,11 @@ def _condition(element: DataElement, columns: Mapping[str, tuple[str, str]], ins
         raise IdentifierError(f"{keyword or element.tag}: {exc}", (int(element.tag),)) from None
 
 
+#: keys of an identifier that are never matched: Specific Character Set and Timezone Offset
+#: From UTC say how the other values are to be read (PS3.4 C.2.2.2, C.2.2.2.5); Query/Retrieve Level
+_NOT_MATCHED = frozenset({0x00080005, 0x00080201, 0x00080052})
+
+
 def query_conditions(identifier: Dataset) -> list[Condition]:
     """The SQL conditions of a Modality Worklist identifier.
 
@@ -368,7 +375,7 @@ def query_conditions(identifier: Dataset) -> list[Condition]:
     conditions: list[Condition] = []
     for element in identifier:
         tag = int(element.tag)
-        if element.tag.element == 0 or tag in (0x00080005, 0x00080052) or element.tag.is_private:
+        if element.tag.element == 0 or tag in _NOT_MATCHED or element.tag.is_private:
             continue
         if element.VR == "SQ":
             if tag != _SPS_TAG or not element.value:

@@ -192,6 +192,15 @@ def test_matching(store, identifier, expected):
     assert ids(find(store, identifier)) == expected
 
 
+def test_timezone_offset_from_utc_qualifies_the_query_and_is_not_matched(store):
+    """PS3.4 C.2.2.2.5: Timezone Offset From UTC in a query identifier says in which
+    timezone its dates and times are (as Specific Character Set says how its text is
+    encoded); it is no matching key.  It was matched against the items, which do not
+    have it: a modality that sends it got an empty worklist."""
+    identifier = query(("TimezoneOffsetFromUTC", "+0100"), steps=[("Modality", "CT")])
+    assert ids(find(store, identifier)) == ["P1/S1", "P3/S3"]
+
+
 def test_uid_list_matching(store):
     every = find(store, query())
     uids = [every[0].StudyInstanceUID, every[1].StudyInstanceUID]

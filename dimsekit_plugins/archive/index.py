@@ -387,7 +387,8 @@ def connect(path: str) -> sqlite3.Connection:
         elif int(row[0]) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"index schema version {row[0]} is not {SCHEMA_VERSION}; "
-                "move index.sqlite away and restart to rebuild it from the files"
+                "move index.sqlite away and restart to rebuild it from the files (worklist items "
+                "kept in it are not in the files: save them first with dimsekit worklist list --json)"
             )
     return conn
 

@@ -278,8 +278,21 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
 def _row(dataset: Dataset) -> tuple[list[str | None], str]:
     """(column values in :data:`_COLUMNS` order, DICOM JSON) of a one-step item."""
     step = dataset[SPS].value[0] if SPS in dataset and len(dataset[SPS].value) else Dataset()
-    values = [_text(dataset, k) for k in TOP_COLUMNS] + [_text(step, k) for k in STEP_COLUMNS]
+    values = [_column_text(dataset, k, vr) for k, (_, vr) in TOP_COLUMNS.items()]
+    values += [_column_text(step, k, vr) for k, (_, vr) in STEP_COLUMNS.items()]
     return values, json.dumps(dataset.to_json_dict(), ensure_ascii=False)
+
+
+def _column_text(dataset: Dataset, keyword: str, vr: str) -> str | None:
+    """A column's value; a date in the old ``YYYY.MM.DD`` form (accepted by
+    :func:`check_item`) as ``YYYYMMDD``, the form queries match against."""
+    text = _text(dataset, keyword)
+    if vr == "DA" and text is not None:
+        try:
+            return normalise_date(text)
+        except MatchingError:
+            return text
+    return text
 
 
 # -- queries ------------------------------------------------------------------------------

@@ -201,6 +201,19 @@ def test_timezone_offset_from_utc_qualifies_the_query_and_is_not_matched(store):
     assert ids(find(store, identifier)) == ["P1/S1", "P3/S3"]
 
 
+def test_a_date_in_the_old_dotted_form_is_found_by_date(tmp_path):
+    # check_item accepts YYYY.MM.DD (ACR-NEMA); stored as given, no date query found it
+    s = WorklistStore(tmp_path / "db.sqlite", None, reactor, create=True)
+    try:
+        s._locked(s._add, [item("OLD^FORM", "P1", "A1", step("CT", "CT1", "2024.01.05", "0900", "S1"))])
+        for dates in ("20240105", "20240101-20240131", "20240105-"):
+            assert ids(find(s, query(steps=[("ScheduledProcedureStepStartDate", dates)]))) == ["P1/S1"], dates
+        found = find(s, query())[0].ScheduledProcedureStepSequence[0]
+        assert found.ScheduledProcedureStepStartDate == "2024.01.05"  # the item itself as it was given
+    finally:
+        s._locked(s._close)
+
+
 def test_uid_list_matching(store):
     every = find(store, query())
     uids = [every[0].StudyInstanceUID, every[1].StudyInstanceUID]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 
 from dimsekit.datasets import (
@@ -64,6 +64,13 @@ MODALITY_WORKLIST_FIND = by_keyword("ModalityWorklistInformationModelFind")
 
 #: transfer syntaxes pydicom can re-encode a data set between
 _REENCODABLE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", DEFLATED}
+
+
+class _Reencode:
+    """A file whose data set must be read and re-encoded for the peer."""
+
+    def __init__(self, info: Part10Info) -> None:
+        self.info = info
 
 
 class _FileData:
@@ -165,7 +172,28 @@ class ServiceUser:
             store is a sub-operation of.
         """
         try:
-            context, payload, sop_class, sop_instance = self._store_plan(dataset)
+            plan = self._store_plan(dataset)
+        except Exception as exc:
+            return defer.fail(exc)
+        if isinstance(plan, _Reencode):
+            # pydicom reads and re-encodes the file: in a thread, not the reactor's
+            # (a C-MOVE to a peer that takes only Implicit VR does it per instance)
+            pool = getattr(getattr(self, "reactor", None), "getThreadPool", None)
+            if pool is None:  # a test's fake reactor
+                try:
+                    planned = self._reencoded(plan.info)
+                except Exception as exc:
+                    return defer.fail(exc)
+                return self._send_store(planned, priority, move_originator)
+            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info)  # type: ignore[attr-defined]
+            return d.addCallback(self._send_store, priority, move_originator)
+        return self._send_store(plan, priority, move_originator)
+
+    def _send_store(
+        self, plan: tuple[NegotiatedContext, Any, str, str], priority: int, move_originator: tuple[str, int] | None,
+    ) -> Deferred:
+        try:
+            context, payload, sop_class, sop_instance = plan
             command: dict[str, Any] = {
                 "CommandField": CommandField.C_STORE_RQ,
                 "AffectedSOPClassUID": sop_class,
@@ -181,7 +209,18 @@ class ServiceUser:
             return defer.fail(exc)
         return operation.result
 
-    def _store_plan(self, dataset: Any) -> tuple[NegotiatedContext, Any, str, str]:
+    def _reencoded(self, info: Part10Info) -> tuple[NegotiatedContext, bytes, str, str]:
+        """A file's data set read and encoded for a context the peer accepted (run in a thread)."""
+        from pydicom import dcmread
+
+        try:
+            dataset = dcmread(info.path, force=not info.has_meta)
+        except Exception as exc:  # pydicom raises many kinds on a broken data set
+            raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
+        context, dataset, sop_class, sop_instance = self._store_plan(dataset)  # type: ignore[misc]
+        return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
+
+    def _store_plan(self, dataset: Any) -> tuple[NegotiatedContext, Any, str, str] | _Reencode:
         if isinstance(dataset, str | Path):
             info = dataset_file_info(dataset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
@@ -193,12 +232,7 @@ class ServiceUser:
                     f"{info.path}: stored in {UID(info.transfer_syntax).name}, which the peer did not "
                     f"accept for {UID(sop_class).name}, and dimsekit does not transcode compressed data"
                 )
-            from pydicom import dcmread
-
-            try:
-                dataset = dcmread(info.path, force=not info.has_meta)
-            except Exception as exc:  # pydicom raises many kinds on a broken data set
-                raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
+            return _Reencode(info)
         if not isinstance(dataset, Dataset):
             raise LocalProtocolError(f"store() takes a pydicom Dataset or a file path, not {type(dataset).__name__}")
         sop_class = str(dataset.SOPClassUID)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import pydicom
@@ -94,6 +95,21 @@ class Part10SendingTests(LoopbackTestCase):
             self.assertEqual(stored.transfer_syntax, target)
             self.assertNotEqual(stored.data, file_dataset_bytes(path))
             same_elements(self, decode_dataset(stored.data, target), path)
+
+    async def test_reencoding_runs_in_a_thread_not_the_reactors(self):
+        # a C-MOVE to a peer taking only Implicit VR re-encodes every instance:
+        # pydicom's read and write must not hold up the reactor's other associations
+        threads_seen = []
+        encode = dimsekit.scu.encode_dataset
+
+        def spy(*args, **kwargs):
+            threads_seen.append(threading.current_thread() is threading.main_thread())
+            return encode(*args, **kwargs)
+
+        self.patch(dimsekit.scu, "encode_dataset", spy)
+        stored = await self._store(CT_FILE, (IMPLICIT,), [CT])
+        self.assertEqual(threads_seen, [False])
+        same_elements(self, decode_dataset(stored.data, IMPLICIT), CT_FILE)
 
     async def test_compressed_file_the_peer_cannot_take_fails_clearly(self):
         services = Services()  # uncompressed only

@@ -168,7 +168,23 @@ class ScpRunner:
     # -- entry points ---------------------------------------------------------------
 
     def receive(self, request: Request) -> None:
-        """A request arrived: run it now, or queue it if the window is full."""
+        """A request arrived: run it now, or queue it if the window is full.
+
+        A request whose Message ID is that of one still running or queued is
+        refused with Duplicate invocation (0210H, PS3.7 9.1.x / 10.1.x
+        "Status": "the Message ID specified is allocated to another
+        notification or operation"); the one in progress is left alone."""
+        message_id = request.message_id
+        if message_id in self.running or any(q.message_id == message_id for q in self.queue):
+            _log.warn(
+                "{command} message {id} from {peer}: Message ID already in use; answering 0x0210",
+                command=request.name, id=message_id, peer=self.association.remote_ae_title,
+            )
+            sink = request.sink
+            if sink is not None and callable(getattr(sink, "abort", None)):
+                sink.abort()  # its data set is not going to be used
+            self._respond(request, dimse_status.DUPLICATE_INVOCATION, None, {"ErrorComment": "Message ID in use"})
+            return
         negotiated = self.association.negotiated
         limit = negotiated.max_outstanding_remote if negotiated is not None else 1
         if limit and len(self.running) >= limit:

@@ -352,6 +352,41 @@ class DispatchFailureTests(AssociationTestCase):
         self.assertEqual(self.successResultOf(d), 0x0110)
         self.flushLoggedErrors()
 
+    def test_a_request_reusing_a_message_id_in_use_gets_duplicate_invocation(self):
+        # PS3.7 9.1.x / 10.1.x "Status": duplicate invocation (0210H) -- "the
+        # Message ID (0000,0110) specified is allocated to another notification
+        # or operation".  The request in progress keeps its Message ID and gets
+        # its own answer; the second one is refused, its handler never run.
+        later: list[Deferred] = []
+
+        def echo(request):
+            later.append(Deferred())
+            return later[-1]
+
+        window = Config(limits=Limits(max_operations_invoked=4, max_operations_performed=4))
+        pair = self.make_pair(Services(echo), acceptor_config=window, requestor_config=window)
+        assoc = pair.associate(async_window=(4, 4))
+        answers = []
+        assoc._response = lambda context, command, sink: answers.append(
+            (command["MessageIDBeingRespondedTo"], command["Status"])
+        )
+        context = assoc.negotiated.context_for(VERIFICATION)
+        command = {
+            "CommandField": CommandField.C_ECHO_RQ,
+            "MessageID": 7,
+            "AffectedSOPClassUID": VERIFICATION,
+            "CommandDataSetType": 0x0101,
+        }
+        assoc.send_message(context, command)
+        assoc.send_message(context, command)
+        pair.pump()
+        self.assertEqual(len(later), 1)
+        self.assertEqual(answers, [(7, 0x0210)])
+        later[0].callback(0x0000)
+        pair.pump()
+        self.assertEqual(answers, [(7, 0x0210), (7, 0x0000)])
+        self.assertIsNone(assoc.ended)
+
     def test_sop_class_without_handler_gets_0122(self):
         private = ServiceClass(name="private", sop_classes=(PRIVATE_SOP_CLASS,))
         pair = self.make_pair(Services(extra=[private]))

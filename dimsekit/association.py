@@ -881,7 +881,7 @@ class Association(ServiceUser):
     def _command_rejected(self, event: CommandRejected) -> None:
         error: CommandError = event.error
         if event.message_id is None:
-            _log.warn("undecodable response from {peer} ignored: {error}", peer=_address(self.peer), error=error)
+            self._response_rejected(error)
             return
         field = error.command_field
         if field is None or field not in CommandField.__members__.values() or field & 0x8000 or field == CommandField.C_CANCEL_RQ:
@@ -899,6 +899,24 @@ class Association(ServiceUser):
             "CommandDataSetType": NO_DATASET,
         }
         self.send_message(context, response)
+
+    def _response_rejected(self, error: CommandError) -> None:
+        """A response (or C-CANCEL-RQ) whose command set cannot be accepted.  If
+        it answers an operation of ours, that operation fails now: its final
+        response cannot be read and no other is coming, so waiting would last
+        until the DIMSE timeout (forever with none)."""
+        message_id = error.message_id_being_responded_to
+        operation = self._operations.get(message_id) if message_id is not None else None
+        field = error.command_field
+        if operation is None or (field is not None and not field & 0x8000):  # a C-CANCEL-RQ: the peer's ids
+            _log.warn("undecodable response from {peer} ignored: {error}", peer=_address(self.peer), error=error)
+            return
+        _log.warn(
+            "undecodable response to message {id} from {peer}: {error}; the operation fails",
+            id=message_id, peer=_address(self.peer), error=error,
+        )
+        self._operation_done(operation)
+        operation.fail(RemoteProtocolError(f"invalid response to message {message_id}: {error.comment}"))
 
 
 #: message control header of a whole command set in one PDV (PS3.8 E.2: command, last)

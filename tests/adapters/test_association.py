@@ -387,6 +387,36 @@ class DispatchFailureTests(AssociationTestCase):
         self.assertEqual(answers, [(7, 0x0210), (7, 0x0000)])
         self.assertIsNone(assoc.ended)
 
+    def test_a_malformed_response_fails_its_operation_at_once(self):
+        # A C-ECHO-RSP whose Status (0000,0900) is 3 bytes: the response cannot
+        # be read, but its Message ID Being Responded To names the operation,
+        # which fails now (the peer will send no other final response) instead
+        # of waiting for a DIMSE timeout that may never come (0 = forever).
+        from dimsekit.dimse.codec import encode_command
+        from dimsekit.errors import RemoteProtocolError
+
+        def echo(request):
+            raw = encode_command({
+                "CommandField": CommandField.C_ECHO_RSP,
+                "MessageIDBeingRespondedTo": request.message_id,
+                "AffectedSOPClassUID": VERIFICATION,
+                "CommandDataSetType": 0x0101,
+            })
+            bad_status = b"\x00\x00\x00\x09\x03\x00\x00\x00abc"
+            body = raw[12:] + bad_status
+            raw = raw[:8] + len(body).to_bytes(4, "little") + body
+            request.association.send_encoded(request.context, raw)
+            return Deferred()  # never answers otherwise
+
+        pair = self.make_pair(Services(echo), requestor_config=Config(limits=Limits(dimse_timeout=0)))
+        assoc = pair.associate()
+        d = assoc.echo()
+        pair.pump()
+        failure = self.failureResultOf(d, RemoteProtocolError)
+        self.assertIn("Status", str(failure.value))
+        self.assertEqual(assoc._operations, {})
+        self.assertIsNone(assoc.ended)
+
     def test_sop_class_without_handler_gets_0122(self):
         private = ServiceClass(name="private", sop_classes=(PRIVATE_SOP_CLASS,))
         pair = self.make_pair(Services(extra=[private]))

@@ -809,15 +809,25 @@ class Association(ServiceUser):
     def _command_received(self, event: CommandReceived) -> None:
         """A command set is complete.  If a plugin streams this request's data set
         somewhere (C-STORE into the archive), point the assembler at its sink
-        now, before the first data set fragment."""
-        if not event.has_dataset or self.negotiated is None:
+        now, before the first data set fragment.
+
+        A message on a presentation context that was not accepted ends the
+        association here, before its data set is read (and spooled) in vain:
+        an A-ABORT, invalid-PDU-parameter value (PS3.8 Table 9-26)."""
+        if self.negotiated is None:
+            return
+        context = self.negotiated.contexts.get(event.context_id)
+        if context is None:
+            raise RemoteProtocolError(
+                f"message on presentation context {event.context_id}, which was not accepted", abort_reason=6
+            )
+        if not event.has_dataset:
             return
         field = int(event.command.get("CommandField", 0))
         if field & 0x8000:
             return
-        context = self.negotiated.contexts.get(event.context_id)
         name = COMMAND_NAMES.get(field)
-        if context is None or name is None:
+        if name is None:
             return
         handlers = self.handlers
         if handlers and ((name, context.abstract_syntax) in handlers or (name, None) in handlers):

@@ -751,6 +751,33 @@ class EndingTests(AssociationTestCase):
         self.assertIn("data set fragment without a command set", pair.acceptor_association.ended)
         self.assertTrue(pair.connections[-1].closed)
 
+    def test_a_message_on_a_context_not_accepted_is_aborted_before_its_data_set(self):
+        # A C-STORE-RQ on presentation context 3, which was never accepted (only
+        # 1, Verification, was proposed): nothing can be done with its data set,
+        # so the association ends once the command set is read -- not after the
+        # peer has sent (and we have spooled to disk) the whole data set.
+        from dimsekit.dimse.codec import encode_command
+
+        pair = self.make_pair()
+        assoc = pair.associate()
+        command = encode_command({
+            "CommandField": CommandField.C_STORE_RQ,
+            "MessageID": 1,
+            "AffectedSOPClassUID": PRIVATE_SOP_CLASS,
+            "AffectedSOPInstanceUID": "1.2.3.4",
+            "Priority": 0,
+            "CommandDataSetType": 0x0001,
+        })
+        start = PDataTF(pdvs=(
+            PresentationDataValue(context_id=3, control=0x03, data=command),
+            PresentationDataValue(context_id=3, control=0x00, data=b"\0" * 1024),
+        ))
+        assoc.protocol.send_pdata(start.encode())
+        pair.pump()
+        self.assertIn("presentation context 3", pair.acceptor_association.ended or "")
+        self.assertTrue(pair.connections[-1].closed)
+        self.assertEqual(assoc.ended, "aborted: aborted by the service-provider: invalid-PDU-parameter value")
+
     def test_invalid_associate_ac_is_aborted_by_the_service_provider(self):
         # An A-ASSOCIATE-AC accepting a transfer syntax we did not propose is an
         # invalid PDU (Evt19 -> AA-8): A-ABORT source 2, reason 6

@@ -292,9 +292,15 @@ class Association(ServiceUser):
         broadcast(pm, pm.hook.dimsekit_on_association_established, association=self)
 
     def pdata_indication(self, output: out.PDataIndication) -> None:
-        """P-DATA-TF arrived: reassemble messages, handle each complete one."""
+        """P-DATA-TF arrived: reassemble messages, handle each complete one.
+
+        Once a PDV has ended the association (an abort), the PDVs after it in
+        the same PDU are not looked at: no request is performed for an
+        association already gone."""
         try:
             for pdv in output.pdu.pdvs:
+                if self.ended is not None:
+                    return
                 for event in self._assembler.receive_pdv(pdv):
                     kind = type(event)
                     if kind is MessageReceived:

@@ -778,6 +778,31 @@ class EndingTests(AssociationTestCase):
         self.assertTrue(pair.connections[-1].closed)
         self.assertEqual(assoc.ended, "aborted: aborted by the service-provider: invalid-PDU-parameter value")
 
+    def test_requests_behind_an_abort_in_the_same_pdu_are_not_performed(self):
+        # One P-DATA-TF: a request with an unknown Command Field (the acceptor
+        # aborts: it has no response type to answer with), then a C-ECHO-RQ.
+        # Once aborted, what follows is not performed: a handler run for an
+        # association already gone (a C-MOVE would start its sub-operations).
+        from dimsekit.dimse.codec import encode_command
+
+        seen = []
+        pair = self.make_pair(Services(lambda request: seen.append(request) or 0x0000))
+        assoc = pair.associate()
+        unknown = encode_command({"CommandField": 0x0FF0, "MessageID": 3, "CommandDataSetType": 0x0101})
+        echo = encode_command({
+            "CommandField": CommandField.C_ECHO_RQ, "MessageID": 4,
+            "AffectedSOPClassUID": VERIFICATION, "CommandDataSetType": 0x0101,
+        })
+        pdu = PDataTF(pdvs=(
+            PresentationDataValue(context_id=1, control=0x03, data=unknown),
+            PresentationDataValue(context_id=1, control=0x03, data=echo),
+        ))
+        assoc.protocol.send_pdata(pdu.encode())
+        pair.pump()
+        self.assertIn("unknown Command Field", pair.acceptor_association.ended)
+        self.assertEqual(seen, [])
+        self.assertTrue(pair.connections[-1].closed)
+
     def test_invalid_associate_ac_is_aborted_by_the_service_provider(self):
         # An A-ASSOCIATE-AC accepting a transfer syntax we did not propose is an
         # invalid PDU (Evt19 -> AA-8): A-ABORT source 2, reason 6

@@ -373,7 +373,10 @@ class ScpRunner:
             failure, command=request.name, sop=request.sop_class_uid, status=status,
         )
         comment = str(failure.value) or type(failure.value).__name__
-        self._finish(running, status, None, {"ErrorComment": comment, **running.last_counts})
+        # the counts so far, but no Number of Remaining Sub-operations: a Failure
+        # response shall not contain it (PS3.4 C.4.2.1.6, C.4.3.1.6)
+        counts = {k: v for k, v in running.last_counts.items() if k != "NumberOfRemainingSuboperations"}
+        self._finish(running, status, None, {"ErrorComment": comment, **counts})
 
     def _finish(self, running: _Running, status: int, dataset: Any, fields: dict[str, Any]) -> None:
         self.running.pop(running.request.message_id, None)

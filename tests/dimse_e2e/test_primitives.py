@@ -400,6 +400,28 @@ class FailureTests(LoopbackTestCase):
         await within(assoc.release())
         self.assertEqual(assoc.ended, "released")
 
+    async def test_a_retrieve_failing_half_way_reports_its_counts_but_no_remaining(self):
+        # PS3.4 C.4.2.1.6 / C.4.3.1.6: a Failure response shall not contain the
+        # Number of Remaining Sub-operations; the counts so far it may
+        class HalfWay:
+            def get(self, request):
+                yield 0xFF00, None, {"NumberOfRemainingSuboperations": 2, "NumberOfCompletedSuboperations": 1,
+                                     "NumberOfFailedSuboperations": 0, "NumberOfWarningSuboperations": 0}
+                raise RuntimeError("the archive went away")
+
+            @hookimpl
+            def dimsekit_service_classes(self):
+                return [ServiceClass(name="half", sop_classes=(STUDY_ROOT_GET,), handlers={"C-GET": self.get})]
+
+        _, port = await self.serve(HalfWay())
+        assoc = await self.connect(port, [STUDY_ROOT_GET])
+        final = await within(assoc.get(study_query()).result)
+        self.assertEqual(final.status, 0xC000)
+        self.assertEqual(final.NumberOfCompletedSuboperations, 1)
+        self.assertNotIn("NumberOfRemainingSuboperations", final.command)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        await within(assoc.release())
+
     async def test_unregistered_sop_class_gets_0122(self):
         services = Services()
         _, port = await self.serve(services)

@@ -143,7 +143,7 @@ class Association(ServiceUser):
         self._paused = False
         self._pumping = False
         self._writable_waiters: list[Deferred] = []
-        self._assembler = MessageAssembler()
+        self._assembler = MessageAssembler(max_dataset_length=ae.config.limits.max_dataset_size or None)
         self._release_waiters: list[Deferred] = []
         #: the peer's A-RELEASE-RQ held until our answers to its requests are out
         #: (the timer that bounds the wait), None when not held

@@ -24,6 +24,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     dimse_timeout = 60           # seconds to wait for a DIMSE response; 0 = forever
     max_operations_invoked = 1   # asynchronous operations window (PS3.7 D.3.3.3): our requests
     max_operations_performed = 1 #   outstanding at once / the peer's performed at once; 0 = no limit
+    max_dataset_size = 0         # bytes: a longer incoming data set aborts the association; 0 = no limit
 
     [[remote]]                   # known AEs: C-MOVE destinations, access list
     ae_title = "STORESCP"
@@ -90,6 +91,9 @@ class Limits:
     #: default) means the item is neither proposed nor answered
     max_operations_invoked: int = 1
     max_operations_performed: int = 1
+    #: largest incoming data set in bytes (0 = no limit): a longer one is an A-ABORT
+    #: as soon as it passes the limit (what arrives is spooled to disk, not memory)
+    max_dataset_size: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,6 +191,8 @@ def _validate(obj: Any, prefix: str) -> None:
         for name in ("max_operations_invoked", "max_operations_performed"):
             if not 0 <= getattr(obj, name) <= 0xFFFF:
                 raise ConfigError(f"limits.{name}: use 0 (no limit) to 65535 operations")
+        if obj.max_dataset_size < 0:
+            raise ConfigError("limits.max_dataset_size: use 0 (no limit) or a number of bytes")
 
 
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:

@@ -137,6 +137,7 @@ def _toml(text: str):
         ("[limits]\nacse_timeout = 2.5", lambda c: c.limits.acse_timeout == 2.5),
         ("[limits]\nidle_timeout = 0", lambda c: c.limits.idle_timeout == 0.0),
         ("[limits]\ndimse_timeout = 0", lambda c: c.limits.dimse_timeout == 0.0),
+        ("[limits]\nmax_dataset_size = 2147483648", lambda c: c.limits.max_dataset_size == 2**31),
         (
             '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true',
             lambda c: c.remotes[0].tls is True,
@@ -204,6 +205,8 @@ BAD = [
     ('[[remote]]\nae_title = "A"\nhost = ""\nport = 1', "remote[0].host"),
     # limits
     ("[limits]\nmax_pdu = 4095", "limits.max_pdu"),
+    ("[limits]\nmax_dataset_size = -1", "limits.max_dataset_size"),
+    ('[limits]\nmax_dataset_size = "2G"', "limits.max_dataset_size"),
     ("[limits]\nmax_pdu = 1", "limits.max_pdu"),
     ("[limits]\nmax_pdu = -1", "limits.max_pdu"),
     ("[limits]\nmax_pdu = 4294967296", "limits.max_pdu"),

@@ -11,6 +11,7 @@ import errno
 import gc
 from dataclasses import replace
 
+from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -525,6 +526,27 @@ class EndingTests(AssociationTestCase):
         self.assertEqual(self.requestor_hooks.kinds(), ["established", "released"])
         self.assertEqual(self.acceptor_hooks.kinds(), ["established", "released"])
         self.assertNoTimersLeft()
+
+    def test_a_data_set_over_max_dataset_size_aborts_the_association(self):
+        ct = "1.2.840.10008.5.1.4.1.1.2"
+        stored = []
+        storage = ServiceClass(name="t-store", sop_classes=(ct,), handlers={"C-STORE": lambda r: stored.append(r) or 0})
+        config = Config(limits=Limits(max_dataset_size=64 * 1024))
+        pair = self.make_pair(Services(extra=[storage]), acceptor_config=config)
+        assoc = pair.associate(contexts=[ct, VERIFICATION])
+
+        def instance(size):
+            ds = Dataset()
+            ds.SOPClassUID, ds.SOPInstanceUID = ct, f"1.2.3.{size}"
+            ds.add_new(0x00091010, "OB", b"\0" * size)
+            return ds
+
+        self.assertEqual(pair.result(assoc.store(instance(60 * 1024))).status, 0x0000)
+        big = assoc.store(instance(70 * 1024))
+        pair.pump()
+        self.failureResultOf(big, AssociationAborted)
+        self.assertEqual(len(stored), 1)
+        self.assertIn("data set longer than 65536 bytes", pair.acceptor_association.ended)
 
     def test_a_release_asked_while_a_request_runs_waits_for_its_answer(self):
         # PS3.8 7.2.2: the acceptor may still send P-DATA after the A-RELEASE

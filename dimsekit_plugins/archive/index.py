@@ -39,6 +39,7 @@ the files by moving ``index.sqlite`` away and restarting).
 from __future__ import annotations
 
 import functools
+import re
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -491,6 +492,19 @@ _PLAIN_FIELDS = (
 )
 _INTEGER_FIELDS = frozenset(("instance_number", "series_number"))
 _KEYED_FIELDS = frozenset(("patient_id", "issuer_of_patient_id"))  # "" rather than None
+_DATE_FIELDS = frozenset(("study_date", "patient_birth_date"))
+_TIME_FIELDS = frozenset(("study_time",))
+# The forms of ACR-NEMA 300, which PS3.5 (Table 6.2-1, DA and TM) long recommended
+# supporting and devices still send: YYYY.MM.DD and HH:MM:SS.frac (or HH:MM).
+_OLD_DATE = re.compile(r"[0-9]{4}\.[0-9]{2}\.[0-9]{2}\Z")
+_OLD_TIME = re.compile(r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?\Z")
+
+
+def _current_form(value: str, old_form: re.Pattern[str], separator: str) -> str:
+    """A DA or TM value in the old ACR-NEMA form made ``YYYYMMDD`` / ``HHMMSS.frac``
+    (Q/R compares dates as ``YYYYMMDD`` strings); any other value as it is."""
+    return value.replace(separator, "") if old_form.match(value) else value
+
 
 # Specific Character Sets whose text the fast path decodes with a Python codec,
 # as pydicom does for them; any other (code extensions, multi-byte, ...) goes
@@ -604,6 +618,10 @@ def header_values(
             value = _text(full(), keyword)
         if value is not None and field_name in _INTEGER_FIELDS:
             value = _to_integer(value)
+        elif value is not None and field_name in _DATE_FIELDS:
+            value = _current_form(value, _OLD_DATE, ".")
+        elif value is not None and field_name in _TIME_FIELDS:
+            value = _current_form(value, _OLD_TIME, ":")
         elif value is None and field_name in _KEYED_FIELDS:
             value = ""
         values[field_name] = value

@@ -174,6 +174,25 @@ def test_names_are_decoded_with_the_specific_character_set_which_is_kept(archive
     assert "Müller".encode("latin-1") in path.read_bytes()
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_dates_and_times_in_the_acr_nema_form_are_indexed_in_the_current_one(archive, clock):
+    # PS3.5 Table 6.2-1 (DA, TM): YYYY.MM.DD and HH:MM:SS.frac, still sent by old devices.
+    # Q/R compares dates as YYYYMMDD strings: "2006.07.05" matched neither 20060705 nor a range.
+    from dimsekit_plugins.qr.matching import condition_for
+
+    store(archive, clock, make_dataset(StudyDate="2006.07.05", StudyTime="10:15:30.25",
+                                       PatientBirthDate="1970.01.31"))
+    (row,) = rows(archive, clock, "SELECT st.study_date, st.study_time, p.patient_birth_date"
+                                  " FROM study st JOIN patient p ON p.pk = st.patient_pk")
+    assert (row["study_date"], row["study_time"], row["patient_birth_date"]) == ("20060705", "101530.25", "19700131")
+    for value in ("20060705", "20060101-20061231", "2006.07.05"):
+        condition = condition_for("study_date", "DA", value)
+        assert len(rows(archive, clock, f"SELECT 1 FROM study WHERE {condition.sql}", *condition.params)) == 1, value
+    # values in neither form are kept as they are
+    store(archive, clock, make_dataset(StudyDate="2006-07-05", StudyTime="10:15:3"))
+    assert {r["study_date"] for r in rows(archive, clock, "SELECT study_date FROM study")} == {"20060705", "2006-07-05"}
+
+
 def test_a_later_instance_lacking_an_attribute_keeps_the_known_value(archive, clock):
     study, series = generate_uid(), generate_uid()
     store(archive, clock, make_dataset(study=study, series=series))

@@ -14,8 +14,10 @@ series/instances and Modalities in Study are derived (the ``study_summary``
 and ``series_summary`` views), never stored, so they cannot go stale.
 
 Upserts keep an attribute already known when a later instance lacks it
-(``COALESCE``); rows left without children are deleted, so the tables never
-hold an empty series, study or patient.
+(``COALESCE``) -- the patient's key too: an instance without Issuer of Patient
+ID (or without Patient ID) of a study indexed already stays with the study's
+patient, while a Patient ID that differs moves the study; rows left without
+children are deleted, so the tables never hold an empty series, study or patient.
 
 A few sequence attributes are kept too, one row per item in a table of their
 own (:data:`ITEM_TABLES`), so that Q/R can match and return them in SQL
@@ -652,8 +654,6 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
     if isinstance(conn, _Connection):
         last, conn.put_memo = conn.put_memo, None
         remember = memo
-    patient_values = (r.patient_id, r.issuer_of_patient_id, r.patient_name, r.patient_birth_date, r.patient_sex,
-                      r.specific_character_set)
     series_values = (r.series_instance_uid, r.study_instance_uid, r.modality, r.series_number, r.series_description,
                      r.specific_character_set)
     with _transaction(conn):
@@ -666,6 +666,30 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
         previous = conn.execute(
             "SELECT path, series_instance_uid FROM instance WHERE sop_instance_uid = ?", (r.sop_instance_uid,)
         ).fetchone()
+        # The study's patient as indexed, (pk, Patient ID, Issuer) or None, once looked up.
+        owner: tuple[Any, ...] | None = None
+        looked_up = False
+        patient_id, issuer = r.patient_id, r.issuer_of_patient_id
+        if not issuer:
+            # An instance lacking Issuer of Patient ID (or Patient ID and Issuer) in a study
+            # indexed already stays with the study's patient when that has the same Patient
+            # ID (or the instance has none): an attribute it lacks is unknown, not different
+            # -- as for the other attributes (COALESCE).  It would otherwise move the whole
+            # study to another patient, the one of all instances without a Patient ID.
+            if last is not None and last.study[0] == r.study_instance_uid:
+                known = (last.patient_pk, last.patient[0], last.patient[1])
+            else:
+                owner = known = conn.execute(
+                    """SELECT st.patient_pk, p.patient_id, p.issuer_of_patient_id
+                         FROM study st JOIN patient p ON p.pk = st.patient_pk
+                        WHERE st.study_instance_uid = ?""",
+                    (r.study_instance_uid,),
+                ).fetchone()
+                looked_up = True
+            if known is not None and (not patient_id or patient_id == known[1]):
+                patient_id, issuer = known[1], known[2]
+        patient_values = (patient_id, issuer, r.patient_name, r.patient_birth_date, r.patient_sex,
+                          r.specific_character_set)
         if last is not None and _same(last.patient, patient_values):
             patient_pk = last.patient_pk
         else:
@@ -685,7 +709,7 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
                         r.referring_physician_name, r.study_description, r.specific_character_set)
         old_patient = None
         if last is None or not _same(last.study, study_values):
-            old_patient = conn.execute(
+            old_patient = owner if looked_up else conn.execute(
                 "SELECT patient_pk FROM study WHERE study_instance_uid = ?", (r.study_instance_uid,)
             ).fetchone()
             conn.execute(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 import dimsekit
@@ -201,6 +203,35 @@ def test_a_later_instance_lacking_an_attribute_keeps_the_known_value(archive, cl
     store(archive, clock, bare)
     (row,) = rows(archive, clock, "SELECT study_description FROM study")
     assert row["study_description"] == "Head"
+
+
+def test_a_later_instance_lacking_the_patient_id_or_its_issuer_leaves_the_study_with_its_patient(archive, clock):
+    # One instance of a study without Issuer of Patient ID (a presentation state, a key object
+    # made elsewhere), or without Patient ID at all, moved the whole study to another patient:
+    # (P1, "") -- the issuer and the Other Patient IDs known were lost -- or ("", ""), the one
+    # patient of every instance without a Patient ID.  Unknown is not different.
+    study = generate_uid()
+    other = Dataset()
+    other.PatientID = "X-77"
+    other.IssuerOfPatientID = "OTHER"
+    store(archive, clock, make_dataset(study=study, patient_id="P1", IssuerOfPatientID="HOSP",
+                                       OtherPatientIDsSequence=Sequence([other])))
+    store(archive, clock, make_dataset(study=study, series=generate_uid(), patient_id="P1", modality="PR"))
+    lacking_id = make_dataset(study=study, series=generate_uid(), patient_id="", modality="KO")
+    store(archive, clock, lacking_id)
+    store(archive, clock, make_dataset(patient_id="", patient_name="Nobody^Known"))  # another study, no ID
+    (row,) = rows(archive, clock, "SELECT p.patient_id, p.issuer_of_patient_id, p.patient_name,"
+                                  " (SELECT COUNT(*) FROM patient_other_id o WHERE o.patient_pk = p.pk) AS others"
+                                  " FROM study st JOIN patient p ON p.pk = st.patient_pk"
+                                  " WHERE st.study_instance_uid = ?", study)
+    assert (row["patient_id"], row["issuer_of_patient_id"], row["patient_name"], row["others"]) == (
+        "P1", "HOSP", "Doe^Jane", 1)
+    record = clock.wait(archive.lookup(lacking_id.SOPInstanceUID)).record
+    assert (record.patient_id, record.issuer_of_patient_id) == ("P1", "HOSP")
+    # a Patient ID that differs is a correction: the study goes to that patient
+    store(archive, clock, make_dataset(study=study, patient_id="P2"))
+    assert [r["patient_id"] for r in rows(archive, clock, "SELECT p.patient_id FROM study st JOIN patient p"
+                                          " ON p.pk = st.patient_pk WHERE st.study_instance_uid = ?", study)] == ["P2"]
 
 
 def test_blocking_work_runs_in_worker_threads_never_the_reactor_thread(archive, clock, monkeypatch):

@@ -122,7 +122,7 @@ def parent_statements(statements: list[str]) -> list[str]:
     """The statements of the patient, study and series upserts and of the SELECTs that go with them."""
     return [s for s in statements if s.startswith((
         "INSERT INTO patient ", "INSERT INTO study ", "INSERT INTO series ",
-        "SELECT patient_pk FROM study", "SELECT study_instance_uid FROM series"))]
+        "SELECT patient_pk FROM study", "SELECT st.patient_pk", "SELECT study_instance_uid FROM series"))]
 
 
 def item_statements(statements: list[str]) -> list[str]:
@@ -298,7 +298,7 @@ def test_reconnecting_starts_without_a_memo(pair):
 
 # -- a property: any sequence of puts and other writes --------------------------------------------
 
-_PATIENTS = [("P1", ""), ("P1", "ISS"), ("P2", "")]
+_PATIENTS = [("P1", ""), ("P1", "ISS"), ("P2", ""), ("", "")]
 _STUDIES = ["1.2.1", "1.2.2", "1.2.3"]
 _SERIES = ["1.3.1", "1.3.2", "1.3.3", "1.3.4"]
 _SOPS = [f"1.4.{n}" for n in range(8)]

@@ -1327,10 +1327,22 @@ class Archive:
         record = self._sql(index.get, uid)
         if record is not None and record.path == rel and record.size == size:
             return  # a commit indexed it meanwhile
-        if record is not None and record.path != rel and self.root.joinpath(*record.path.split("/")).exists():
-            _unlink(path)  # an older copy: the index names the current one
-            report["stale_removed"].append(rel)
-            return
+        older = None  # the indexed copy, when this one was received after it
+        if record is not None and record.path != rel:
+            # Two copies: the one received last is the instance.  Usually the index names it
+            # (a crash between indexing a copy moved to another series and removing the old
+            # file), but an index transaction lost in a power cut (synchronous=NORMAL) leaves
+            # the row naming the old copy while the new one, synced, was acknowledged.
+            try:
+                indexed_mtime = self.root.joinpath(*record.path.split("/")).stat().st_mtime_ns
+            except FileNotFoundError:
+                indexed_mtime = None
+            if indexed_mtime is not None and indexed_mtime >= path.stat().st_mtime_ns:
+                _unlink(path)  # an older copy: the index names the current one
+                report["stale_removed"].append(rel)
+                return
+            if indexed_mtime is not None:
+                older = record.path
         try:
             # With a row too: a copy sent again after its file vanished may have been
             # cut by a crash.  Then only a short file counts: one edited in place by
@@ -1361,6 +1373,9 @@ class Archive:
                 self._sql(index.delete, [uid])
                 report["rows_dropped"].append(uid)
             return
+        if older is not None:
+            _unlink(self.root.joinpath(*older.split("/")))
+            report["stale_removed"].append(older)
         report["rows_refreshed" if record is not None else "files_indexed"].append(rel)
 
     def _quarantine(self, path: Path, rel: str, why: Exception) -> None:

@@ -646,6 +646,7 @@ def test_reconcile_fixes_every_kind_of_disagreement(root, clock):
     changed_path.write_bytes(part10_header_for(changed) + encode(changed))
     stale = make_dataset(sop_instance=moved.SOPInstanceUID)  # an older copy elsewhere
     stale_path = _plant_file(root, stale)
+    os.utime(stale_path, ns=(0, 0))  # older than the indexed copy (see the lost-transaction test below)
     junk = root / "1.2.3" / "4.5.6" / "7.8.9.dcm"
     junk.parent.mkdir(parents=True)
     junk.write_bytes(b"not dicom at all")
@@ -699,6 +700,40 @@ def test_reconcile_reindexes_a_file_whose_index_transaction_was_lost(archive, cl
     report = clock.wait(archive.reconcile())
     assert len(report["files_indexed"]) == 1
     assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is not None
+
+
+def test_reconcile_keeps_the_copy_received_last_when_the_index_lost_its_move(root, clock):
+    # A re-send moved an instance to another series: the new copy synced, indexed, the old file
+    # removed, success sent.  A power cut then lost the index transaction (synchronous=NORMAL)
+    # and the unlink (its directory not synced): the row names the old copy again.  The copy
+    # received last is the instance: reconcile took the acknowledged one for a stale copy.
+    archive = _open(root, clock)
+    ds = make_dataset(patient_name="Before^Move")
+    old = store(archive, clock, ds)
+    old_bytes, old_record = Path(old.path).read_bytes(), old.record
+    moved = make_dataset(sop_instance=ds.SOPInstanceUID, study=ds.StudyInstanceUID, patient_name="After^Move")
+    new_path = Path(store(archive, clock, moved).path)
+    clock.wait(archive.close())
+    Path(old.path).write_bytes(old_bytes)  # as the power cut left it
+    os.utime(old.path, ns=(new_path.stat().st_mtime_ns - 10**9,) * 2)
+    with sqlite3.connect(root / "index.sqlite") as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("DELETE FROM instance")
+    conn.close()
+    conn = index.connect(str(root / "index.sqlite"))
+    index.put(conn, old_record)
+    conn.close()
+
+    archive = _open(root, clock)
+    try:
+        report = clock.wait(archive.reconcile())
+        assert report["stale_removed"] == [str(Path(old.path).relative_to(root))]
+        assert new_path.exists() and not Path(old.path).exists()
+        found = clock.wait(archive.lookup(ds.SOPInstanceUID))
+        assert (Path(found.path), found.record.series_instance_uid) == (new_path, moved.SeriesInstanceUID)
+        assert [r["patient_name"] for r in rows(archive, clock, "SELECT patient_name FROM patient")] == ["After^Move"]
+    finally:
+        clock.wait(archive.close())
 
 
 def test_reconcile_leaves_instances_being_received_alone(archive, clock, root):

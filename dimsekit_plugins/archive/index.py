@@ -68,7 +68,7 @@ __all__ = [
     "ITEM_TABLES",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The data elements the index needs, read from each instance (before its pixel data).
 HEADER_KEYWORDS = (
@@ -162,12 +162,9 @@ def _item_schema(spec: ItemTable) -> str:
         f"    PRIMARY KEY ({spec.owner}, item)\n);\n"
     )
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS patient (
+#: the patient table's columns; a patient without Patient ID (nor Issuer) is
+#: one per study, ``study_of_unidentified`` holding that study's UID ("" otherwise)
+_PATIENT_COLUMNS = """(
     pk INTEGER PRIMARY KEY,
     patient_id TEXT NOT NULL,
     issuer_of_patient_id TEXT NOT NULL DEFAULT '',
@@ -175,8 +172,16 @@ CREATE TABLE IF NOT EXISTS patient (
     patient_birth_date TEXT,
     patient_sex TEXT,
     specific_character_set TEXT,
-    UNIQUE (patient_id, issuer_of_patient_id)
+    study_of_unidentified TEXT NOT NULL DEFAULT '',
+    UNIQUE (patient_id, issuer_of_patient_id, study_of_unidentified)
+)"""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS patient """ + _PATIENT_COLUMNS + """;
 CREATE TABLE IF NOT EXISTS study (
     study_instance_uid TEXT PRIMARY KEY,
     patient_pk INTEGER NOT NULL REFERENCES patient (pk),
@@ -380,20 +385,80 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits on its own
+    upgrade = False
     with _transaction(conn):
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) == 1:
-            # version 1 -> 2: only the item tables were added (created above by the script)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        elif int(row[0]) in (1, 2):
+            # 1 -> 2: only the item tables were added (created above by the script);
+            # 2 -> 3: patients without a Patient ID are kept apart, one per study
+            upgrade = True
         elif int(row[0]) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"index schema version {row[0]} is not {SCHEMA_VERSION}; "
                 "move index.sqlite away and restart to rebuild it from the files (worklist items "
                 "kept in it are not in the files: save them first with dimsekit worklist list --json)"
             )
+    if upgrade:
+        _patients_apart(conn)
     return conn
+
+
+def _patients_apart(conn: sqlite3.Connection) -> None:
+    """Schema 3: the patient table gets ``study_of_unidentified`` and its key
+    becomes (Patient ID, Issuer, that).  SQLite changes a table's UNIQUE only by
+    copying the table; the rows keep their pk, so studies and items still point
+    at them.  A patient without ID with one study becomes that study's; one
+    with several (merged under the empty Patient ID before: their studies' own
+    names are not in the index) stays so until its studies are stored again
+    or the index is rebuilt from the files."""
+    # Foreign keys off (outside a transaction, or the pragma does nothing): with
+    # them on, dropping the old table would delete its rows first, and with them
+    # the patient-level items (ON DELETE CASCADE).
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with _transaction(conn):
+            _copy_patients(conn)
+        problems = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if problems:  # pragma: no cover - the copy keeps every pk
+            raise sqlite3.DatabaseError(f"index upgrade left {len(problems)} dangling reference(s)")
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _copy_patients(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if int(version) == SCHEMA_VERSION:
+        return  # another process upgraded it meanwhile
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(patient)")]
+    if "study_of_unidentified" not in columns:
+        _rebuild_patient_table(conn)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+
+def _rebuild_patient_table(conn: sqlite3.Connection) -> None:
+    views = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall()
+    for name, _sql in views:  # a view on the table would stop its rename
+        conn.execute(f'DROP VIEW "{name}"')
+    conn.execute(f"CREATE TABLE patient_v3 {_PATIENT_COLUMNS}")
+    conn.execute(
+        """INSERT INTO patient_v3 (pk, patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
+                                   patient_sex, specific_character_set)
+           SELECT pk, patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
+                  patient_sex, specific_character_set FROM patient"""
+    )
+    conn.execute("DROP TABLE patient")
+    conn.execute("ALTER TABLE patient_v3 RENAME TO patient")
+    # a patient without ID that has one study is that study's
+    conn.execute(
+        """UPDATE patient SET study_of_unidentified =
+               (SELECT study_instance_uid FROM study WHERE patient_pk = patient.pk)
+            WHERE patient_id = '' AND issuer_of_patient_id = ''
+              AND (SELECT COUNT(*) FROM study WHERE patient_pk = patient.pk) = 1"""
+    )
+    for _name, sql in views:
+        conn.execute(sql)
 
 
 class _transaction:
@@ -669,7 +734,7 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
         # The study's patient as indexed, (pk, Patient ID, Issuer) or None, once looked up.
         owner: tuple[Any, ...] | None = None
         looked_up = False
-        patient_id, issuer = r.patient_id, r.issuer_of_patient_id
+        patient_id, issuer, unidentified = r.patient_id, r.issuer_of_patient_id, ""
         if not issuer:
             # An instance lacking Issuer of Patient ID (or Patient ID and Issuer) in a study
             # indexed already stays with the study's patient when that has the same Patient
@@ -677,27 +742,33 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
             # -- as for the other attributes (COALESCE).  It would otherwise move the whole
             # study to another patient, the one of all instances without a Patient ID.
             if last is not None and last.study[0] == r.study_instance_uid:
-                known = (last.patient_pk, last.patient[0], last.patient[1])
+                known = (last.patient_pk, *last.patient[:3])
             else:
                 owner = known = conn.execute(
-                    """SELECT st.patient_pk, p.patient_id, p.issuer_of_patient_id
+                    """SELECT st.patient_pk, p.patient_id, p.issuer_of_patient_id, p.study_of_unidentified
                          FROM study st JOIN patient p ON p.pk = st.patient_pk
                         WHERE st.study_instance_uid = ?""",
                     (r.study_instance_uid,),
                 ).fetchone()
                 looked_up = True
             if known is not None and (not patient_id or patient_id == known[1]):
-                patient_id, issuer = known[1], known[2]
-        patient_values = (patient_id, issuer, r.patient_name, r.patient_birth_date, r.patient_sex,
+                patient_id, issuer, unidentified = known[1], known[2], known[3]
+        if not patient_id and not issuer:
+            # No Patient ID: nothing says two studies are one patient's.  Kept
+            # together under the empty ID, every such study would answer with
+            # the name of the last one stored (a C-FIND giving a study another
+            # patient's name): such a patient is one per study.
+            unidentified = r.study_instance_uid
+        patient_values = (patient_id, issuer, unidentified, r.patient_name, r.patient_birth_date, r.patient_sex,
                           r.specific_character_set)
         if last is not None and _same(last.patient, patient_values):
             patient_pk = last.patient_pk
         else:
             (patient_pk,) = conn.execute(
-                """INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_birth_date,
-                                        patient_sex, specific_character_set)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (patient_id, issuer_of_patient_id) DO UPDATE SET
+                """INSERT INTO patient (patient_id, issuer_of_patient_id, study_of_unidentified, patient_name,
+                                        patient_birth_date, patient_sex, specific_character_set)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (patient_id, issuer_of_patient_id, study_of_unidentified) DO UPDATE SET
                        patient_name = COALESCE(excluded.patient_name, patient_name),
                        patient_birth_date = COALESCE(excluded.patient_birth_date, patient_birth_date),
                        patient_sex = COALESCE(excluded.patient_sex, patient_sex),

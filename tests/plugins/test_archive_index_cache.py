@@ -379,3 +379,89 @@ def test_any_puts_and_writes_leave_the_same_tables_as_without_the_memo(tmp_path_
             pair.check()
     finally:
         pair.close()
+
+
+# -- patients without a Patient ID -----------------------------------------------------------------
+
+
+def study_patient(conn: sqlite3.Connection, study: str) -> tuple:
+    return tuple(conn.execute(
+        """SELECT p.patient_id, p.patient_name FROM study st JOIN patient p ON p.pk = st.patient_pk
+            WHERE st.study_instance_uid = ?""", (study,)).fetchone())
+
+
+def test_studies_without_a_patient_id_keep_their_own_patient(tmp_path):
+    # Kept together under the empty Patient ID, both studies answered with the
+    # name of the last one stored: a C-FIND gave a study another patient's name.
+    conn = index.connect(str(tmp_path / "index.sqlite"))
+    index.put(conn, record("1.4.1", study_instance_uid="1.2.1", series_instance_uid="1.3.1",
+                           patient_id="", patient_name="Smith^A"))
+    index.put(conn, record("1.4.2", study_instance_uid="1.2.2", series_instance_uid="1.3.2",
+                           patient_id="", patient_name="Doe^B"))
+    index.put(conn, record("1.4.3", study_instance_uid="1.2.1", series_instance_uid="1.3.1",
+                           patient_id="", patient_name="Smith^A"))  # the first study again
+    assert study_patient(conn, "1.2.1") == ("", "Smith^A")
+    assert study_patient(conn, "1.2.2") == ("", "Doe^B")
+    assert conn.execute("SELECT COUNT(*) FROM patient").fetchone()[0] == 2
+    # one instance of the first study with an ID: the study goes to that patient
+    index.put(conn, record("1.4.4", study_instance_uid="1.2.1", series_instance_uid="1.3.1",
+                           patient_id="P9", patient_name="Smith^A"))
+    assert study_patient(conn, "1.2.1") == ("P9", "Smith^A")
+    assert conn.execute("SELECT COUNT(*) FROM patient").fetchone()[0] == 2  # the empty one pruned
+    conn.close()
+
+
+_V2_PATIENT = """CREATE TABLE patient (
+    pk INTEGER PRIMARY KEY, patient_id TEXT NOT NULL, issuer_of_patient_id TEXT NOT NULL DEFAULT '',
+    patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT, specific_character_set TEXT,
+    UNIQUE (patient_id, issuer_of_patient_id))"""
+
+
+def test_a_version_2_index_is_upgraded_keeping_every_row_and_item(tmp_path):
+    path = str(tmp_path / "index.sqlite")
+    conn = index.connect(path)
+    index.put(conn, record("1.4.1", patient_id="P1"))
+    index.put(conn, record("1.4.2", study_instance_uid="1.2.2", series_instance_uid="1.3.2", patient_id=""))
+    before = dump(conn)
+    # what a version 2 index looks like: the patient table without study_of_unidentified
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.executescript(
+        "BEGIN; CREATE TABLE old_patient AS SELECT pk, patient_id, issuer_of_patient_id, patient_name, "
+        "patient_birth_date, patient_sex, specific_character_set FROM patient;"
+        + "".join(f"DROP VIEW {name};" for name in ("patient_summary", "study_summary", "series_summary"))
+        + "DROP TABLE patient;" + _V2_PATIENT + "; INSERT INTO patient SELECT * FROM old_patient;"
+        "DROP TABLE old_patient; UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
+    )
+    conn.close()
+    conn = index.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert dump(conn) == before  # same rows, same pks, items kept, views back
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    index.put(conn, record("1.4.3", study_instance_uid="1.2.3", series_instance_uid="1.3.3",
+                           patient_id="", patient_name="Other^C"))
+    assert study_patient(conn, "1.2.3") == ("", "Other^C")
+    assert study_patient(conn, "1.2.2") == ("", "Doe^J")
+    conn.close()
+    index.connect(path).close()  # opened again: nothing left to upgrade
+
+
+def test_studies_merged_under_no_patient_id_by_version_2_come_apart_when_stored_again(tmp_path):
+    path = str(tmp_path / "index.sqlite")
+    conn = index.connect(path)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.executescript(
+        "BEGIN;" + "".join(f"DROP VIEW {name};" for name in ("patient_summary", "study_summary", "series_summary"))
+        + "DROP TABLE patient;" + _V2_PATIENT + ";"
+        "INSERT INTO patient VALUES (1, '', '', 'Doe^B', NULL, NULL, NULL);"
+        "INSERT INTO study (study_instance_uid, patient_pk) VALUES ('1.2.1', 1), ('1.2.2', 1);"
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version'; COMMIT;"
+    )
+    conn.close()
+    conn = index.connect(path)
+    assert [tuple(r) for r in conn.execute("SELECT pk, study_of_unidentified FROM patient")] == [(1, "")]  # no split
+    index.put(conn, record("1.4.1", study_instance_uid="1.2.1", series_instance_uid="1.3.1",
+                           patient_id="", patient_name="Smith^A"))
+    assert study_patient(conn, "1.2.1") == ("", "Smith^A")
+    assert study_patient(conn, "1.2.2") == ("", "Doe^B")
+    conn.close()

@@ -194,7 +194,7 @@ def test_a_version_1_index_is_upgraded_in_place(tmp_path):
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     conn = archive_index.connect(path)
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
     assert conn.execute("SELECT COUNT(*) FROM instance").fetchone()[0] == 1
     assert conn.execute("SELECT COUNT(*) FROM study_procedure_code").fetchone()[0] == 0
     archive_index.put(conn, record(corpus()[2]))  # stored again: its items are indexed

@@ -297,6 +297,12 @@ class Association(ServiceUser):
         Once a PDV has ended the association (an abort), the PDVs after it in
         the same PDU are not looked at: no request is performed for an
         association already gone."""
+        if self._operations:
+            # A C-GET's SCP may send no pending response at all (PS3.4
+            # C.4.3.3.1): the C-STORE sub-operations arriving are its progress.
+            for operation in self._operations.values():
+                if operation.command_field == CommandField.C_GET_RQ:
+                    self._arm_dimse_timer(operation)
         try:
             for pdv in output.pdu.pdvs:
                 if self.ended is not None:

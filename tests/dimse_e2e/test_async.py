@@ -22,6 +22,7 @@ from tests.dimse_e2e.support import (
     N_CLASS,
     LoopbackTestCase,
     Services,
+    counts,
     match,
     wait_until,
     within,
@@ -364,6 +365,52 @@ class TimeoutTests(LoopbackTestCase):
         self.assertTrue(assoc.ended.startswith("aborted"))
         with self.assertRaises(DIMSETimeout):
             await within(operation.result)
+
+
+class QuietGet(Services):
+    """A C-GET SCP that sends no pending response (they are optional, PS3.4
+    C.4.3.3.1) and takes ``delay`` seconds before each C-STORE sub-operation."""
+
+    delay = 0.15
+
+    async def _retrieve(self, request, association, originator):
+        completed = 0
+        for path in self.retrieve_files:
+            await task.deferLater(reactor, self.delay, lambda: None)
+            response = await association.store(path)
+            completed += response.status == 0x0000
+        yield 0x0000, None, counts(None, completed, 0)
+
+
+class GetTimerTests(LoopbackTestCase):
+    async def test_sub_operations_keep_a_get_alive_without_pending_responses(self):
+        """The C-STORE sub-operations arriving are the C-GET's progress: a
+        retrieve longer than the DIMSE timeout is not a dead peer."""
+        services = QuietGet()
+        services.retrieve_files = [CT_FILE] * 4  # 0.6 s in all, twice the DIMSE timeout
+        _, port = await self.serve(services)
+        scu = self.make_ae("SCU", dimse_timeout=0.3)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT], ae=scu, roles={CT: (False, True)})
+        stored = []
+        operation = assoc.get(query(), on_store=lambda request: stored.append(request) or 0x0000)
+        final = await within(operation.result)
+        self.assertEqual(final.status, 0x0000)
+        self.assertEqual(final.NumberOfCompletedSuboperations, 4)
+        self.assertEqual(len(stored), 4)
+        self.assertIsNone(assoc.ended)
+        await within(assoc.release())
+
+    async def test_a_get_whose_peer_goes_quiet_still_times_out(self):
+        services = QuietGet()
+        services.delay = 0.6
+        services.retrieve_files = [CT_FILE]
+        _, port = await self.serve(services)
+        scu = self.make_ae("SCU", dimse_timeout=0.3)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT], ae=scu, roles={CT: (False, True)})
+        with self.assertRaises(DIMSETimeout):
+            await within(assoc.get(query(), on_store=lambda request: 0x0000).result)
+        self.assertTrue(assoc.ended.startswith("aborted"))
+        self.flushLoggedErrors(defer.CancelledError)
 
 
 class FailingSourceTests(LoopbackTestCase):

@@ -355,6 +355,40 @@ def test_find_context_refused_and_bad_arguments():
     assert code == 2 and "Nope" in err
 
 
+@pytest.mark.parametrize("command", ["echo", "find", "get", "move", "store", "mpps create", "commit", "print"])
+@pytest.mark.parametrize(("option", "words"), [
+    (["-aet", "A" * 17], "argument -aet/--aet: AE title 'AAAAAAAAAAAAAAAAA' must be 1 to 16 characters"),
+    (["-aec", "BAD\\TITLE"], "argument -aec/--called: AE title 'BAD\\\\TITLE' may hold only printable ASCII"),
+    (["-to", "-1"], "argument -to/--timeout: '-1' is not a number of seconds more than 0"),
+    (["-to", "nan"], "argument -to/--timeout: 'nan' is not a number of seconds more than 0"),
+    (["--max-pdu", "5"], "argument --max-pdu: '5': use 0 (no limit) or 4096 to 4294967295 bytes"),
+    (["PORT=99999"], "argument port: '99999' is not a TCP port (1-65535)"),
+    (["PORT=-5"], "argument port: '-5' is not a TCP port (1-65535)"),
+])
+def test_common_options_are_checked_before_anything_runs(capsys, command, option, words):
+    """A bad -aet, -aec, -to, --max-pdu or port is a usage error (exit 2, one
+    line naming the option): no traceback from deep in the tool (-aet, -to), no
+    'connection refused' or 'cannot resolve host' for a port that cannot be."""
+    port = option[0].removeprefix("PORT=") if option[0].startswith("PORT=") else "104"
+    extra = [] if option[0].startswith("PORT=") else option
+    argv = [*command.split(), "127.0.0.1", port, *extra]
+    if command in ("store", "commit"):
+        argv.append("file.dcm")
+    if command == "print":
+        argv.append("image.png")
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Traceback" not in err
+
+
+def test_common_options_accept_what_is_valid():
+    args = args_for("echo", "127.0.0.1", "65535", "-aet", " ME ", "-aec", "PACS", "-to", "0.5", "--max-pdu", "0")
+    assert (args.port, args.aet, args.called, args.timeout, args.max_pdu) == (65535, "ME", "PACS", 0.5, 0)
+
+
 # -- get: contexts, files, summaries -------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ DCMTK where it has one (``-aet``, ``-aec``, ``-to``) and have long forms too.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -32,17 +33,58 @@ SUBCOMMANDS = {
 }
 
 
+def _ae_title(text: str) -> str:
+    from dimsekit.config import ConfigError, check_ae_title
+
+    try:
+        return check_ae_title(text, "AE title")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("AE title: ")) from None
+
+
+def _tcp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds more than 0")
+    return value
+
+
+def _max_pdu(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value != 0 and not 4096 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 0 (no limit) or 4096 to 4294967295 bytes")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """HOST PORT and the association options every SCU tool takes."""
     parser.add_argument("host", help="peer host name or address")
-    parser.add_argument("port", type=int, help="peer TCP port")
-    parser.add_argument("-aet", "--aet", default="DIMSEKIT", help="our AE title (default DIMSEKIT)")
-    parser.add_argument("-aec", "--called", default="ANY-SCP", help="the peer's AE title (default ANY-SCP)")
+    parser.add_argument("port", type=_tcp_port, help="peer TCP port")
+    parser.add_argument("-aet", "--aet", type=_ae_title, default="DIMSEKIT", help="our AE title (default DIMSEKIT)")
+    parser.add_argument("-aec", "--called", type=_ae_title, default="ANY-SCP",
+                        help="the peer's AE title (default ANY-SCP)")
     parser.add_argument(
-        "-to", "--timeout", type=float, default=30.0,
+        "-to", "--timeout", type=_seconds, default=30.0,
         help="seconds to wait for the connection, the association and each response (default 30)",
     )
-    parser.add_argument("--max-pdu", type=int, default=None, help="our Maximum Length Received (default 16384)")
+    parser.add_argument("--max-pdu", type=_max_pdu, default=None,
+                        help="our Maximum Length Received (default 16384; 0 = no limit)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events to stderr")
 
 

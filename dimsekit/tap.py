@@ -181,8 +181,10 @@ def makeService(options: Options) -> service.IService:
         ae = ApplicationEntity(config=config)
     except (ConfigError, RegistryError) as exc:
         # A plugin refused its section, or two plugins claim one SOP class:
-        # one line naming the problem, not a traceback.
-        raise usage.UsageError(str(exc)) from None
+        # one line naming the problem, not a traceback.  twistd reports a
+        # UsageError only while it parses the options; raised from here it
+        # came out as a traceback, so exit with the line (status 1).
+        raise SystemExit(f"dimsekit: {exc}") from None
     endpoint: Any = options["endpoint"]
     if endpoint is None:
         endpoint = f"tcp:{node.port}"

@@ -368,3 +368,18 @@ def test_bad_option_is_a_usage_error_naming_the_key(argv, key):
 def test_port_must_be_a_number():
     with pytest.raises(usage.UsageError):
         parse("--port", "eleven")
+
+
+def test_a_plugin_refusing_its_section_stops_the_node_with_one_line(tmp_path):
+    """Checked when the node is made (twistd has parsed the options by then):
+    a SystemExit with the line, which twistd lets out as it is -- a UsageError
+    from makeService came out as a traceback."""
+    from dimsekit.tap import makeService
+
+    path = write(tmp_path, "[plugins.storage]\nno_such_key = 1\n")
+    options = parse("--config", str(path), "--port", "0", "--data-dir", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exited:
+        makeService(options)
+    assert isinstance(exited.value.code, str)
+    assert "plugins.storage.no_such_key: unknown key" in exited.value.code
+

@@ -73,6 +73,20 @@ def test_bad_config_stops_start_up_with_a_message(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_bad_plugin_section_stops_start_up_with_one_line(tmp_path):
+    """A plugin refusing its [plugins.NAME] section (checked as the node is
+    made, after the options) is one line naming the key too, not a traceback."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[plugins.storage]\nno_such_key = 1\n")
+    result = run([TWISTD, "-n", "--pidfile", "", "dimsekit", "--port", "0", "--data-dir", str(tmp_path / "data"),
+                  "--config", str(config)], timeout=30)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "plugins.storage.no_such_key: unknown key" in output, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "data").exists()  # nothing started
+
+
 def test_sigterm_lets_a_running_association_finish(tmp_path):
     node = start_node(tmp_path)
     try:

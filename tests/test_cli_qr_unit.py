@@ -95,6 +95,30 @@ def test_apply_keys_values_and_nesting():
         apply_keys(Dataset(), ["ReferencedStudySequence=1"])
 
 
+@pytest.mark.parametrize(("key", "words"), [
+    ("NumberOfFrames=abc", "NumberOfFrames (0028,0008) (IS): 'abc' is not a valid value"),
+    ("ImagePositionPatient=1\\2\\x", "ImagePositionPatient (0020,0032) (DS): '1\\\\2\\\\x' is not a valid value"),
+    ("Rows=70000", "Rows (0028,0010) (US) takes whole numbers from 0 to 65535, not '70000'"),
+    ("Rows=-1", "Rows (0028,0010) (US) takes whole numbers from 0 to 65535, not '-1'"),
+    ("(0018,9219)=40000", "(SS) takes whole numbers from -32768 to 32767"),
+])
+def test_values_that_cannot_be_sent_are_bad_keys(key, words):
+    """A value its VR cannot hold is refused as the -k key (exit 2, one line),
+    not a traceback from pydicom as the identifier is made or encoded."""
+    with pytest.raises(BadKey) as refused:
+        apply_keys(Dataset(), [key])
+    assert words in str(refused.value)
+    code, out, err = run_find(FakeAssociation([], Response({"Status": 0})), "-k", key)
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_values_within_their_vr_are_kept():
+    ds = apply_keys(Dataset(), ["Rows=65535", "(0018,9219)=-32768", "NumberOfFrames=12", "SliceThickness=2.5",
+                                "ImagePositionPatient=1\\-2.5\\3e1"])
+    assert (ds.Rows, ds[0x00189219].value, ds.NumberOfFrames, ds.SliceThickness) == (65535, -32768, 12, 2.5)
+    assert list(ds.ImagePositionPatient) == [1, -2.5, 30]
+
+
 def test_has_return_keys():
     assert not has_return_keys(apply_keys(Dataset(), ["PatientName=DOE*", "QueryRetrieveLevel=STUDY"]))
     assert has_return_keys(apply_keys(Dataset(), ["PatientName=DOE*", "StudyDate"]))

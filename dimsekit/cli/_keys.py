@@ -53,6 +53,11 @@ class BadKey(ValueError):
 _TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?\Z|([0-9A-Fa-f]{8})\Z")
 _SEGMENT = re.compile(r"(?P<name>[^\[\]]+?)\s*(?:\[(?P<index>\d+)\])?\Z")
 _INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
+#: the values each binary integer VR holds (PS3.5 Table 6.2-1)
+_INTEGER_RANGES = {
+    "US": (0, 0xFFFF), "SS": (-0x8000, 0x7FFF), "UL": (0, 0xFFFFFFFF), "SL": (-0x80000000, 0x7FFFFFFF),
+    "UV": (0, 0xFFFFFFFFFFFFFFFF), "SV": (-0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+}
 _FLOAT_VRS = frozenset({"FL", "FD"})
 
 Path_ = list[tuple[int, int | None]]
@@ -158,6 +163,10 @@ def _convert(tag: int, value: str | None) -> Any:
             return value
     except ValueError:
         raise BadKey(f"{tag_text(tag)} ({vr}) needs numbers, not {value!r}") from None
+    if vr in _INTEGER_RANGES:
+        low, high = _INTEGER_RANGES[vr]
+        if any(not low <= n <= high for n in numbers):
+            raise BadKey(f"{tag_text(tag)} ({vr}) takes whole numbers from {low} to {high}, not {value!r}")
     return numbers[0] if len(numbers) == 1 else numbers
 
 
@@ -203,7 +212,12 @@ def set_path(dataset: Dataset, path: Path_, value: str | None, *, replace: bool 
         return
     if not replace and tag in target:
         return
-    target.add_new(tag, vr_of(tag), _convert(tag, value))
+    vr = vr_of(tag)
+    converted = _convert(tag, value)
+    try:
+        target.add_new(tag, vr, converted)
+    except (ValueError, TypeError, OverflowError) as exc:  # pydicom refuses it (IS, DS)
+        raise BadKey(f"{tag_text(tag)} ({vr}): {value!r} is not a valid value ({exc})") from None
 
 
 def apply_keys(dataset: Dataset, keys: Iterable[str]) -> Dataset:

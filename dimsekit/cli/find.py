@@ -455,6 +455,7 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
         return 1
     except Exception:
         reason = describe_failure(Failure())
+        operation.result.addErrback(lambda failure: None)  # told here; not "Unhandled error" when collected
         for writer in writers:
             writer.finish()
         print(f"dimsekit find: {reason} (after {count} match{'es' if count != 1 else ''})", file=err)

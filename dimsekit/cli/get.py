@@ -381,6 +381,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
                 progress.response(response)
             final = await operation
         except Exception:
+            operation.result.addErrback(lambda failure: None)  # told below; not "Unhandled error" when collected
             progress.clear()
             print(f"dimsekit get: {describe_failure(Failure())} "
                   f"({receiver.files} file{'s' if receiver.files != 1 else ''} written)", file=err)

@@ -86,6 +86,32 @@ def test_abort_by_the_peer():
     assert "abort" in line, line
 
 
+def _abort_after_the_request(peer):
+    rq = peer.recv_pdu()
+    assert rq[0] == A_ASSOCIATE_RQ
+    peer.send(associate_ac_for(rq))
+    assert peer.recv_pdu()[0] == P_DATA_TF  # the command set
+    assert peer.recv_pdu()[0] == P_DATA_TF  # the identifier
+    peer.send(abort_pdu(source=0, reason=0))
+    peer.expect_eof()
+
+
+@pytest.mark.parametrize("tool", ["find", "get", "move"])
+def test_query_retrieve_tools_aborted_mid_operation_say_one_line(tool):
+    """The operation fails under the tool's feet (A-ABORT; a timeout is the
+    same): the reason on one line, and no 'Unhandled error in Deferred' with
+    a traceback after it when the failed operation is collected."""
+    server = RawServer(_abort_after_the_request)
+    keys = [] if tool == "find" else ["-k", "StudyInstanceUID=1.2.3"]
+    with server:
+        result = run([*DIMSEKIT_CLI, tool, "127.0.0.1", str(server.port), *keys], timeout=20)
+        server.join()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Unhandled" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dimsekit {tool}: aborted by the peer"), result.stderr
+
+
 # -- the CLI ends associations protocol-correctly, whatever went wrong ---------------------------
 
 

@@ -165,7 +165,6 @@ def makeService(options: Options) -> service.IService:
     from dimsekit.ae import ApplicationEntity
     from dimsekit.config import ConfigError
     from dimsekit.registry import RegistryError
-    from dimsekit.service import DicomNodeService
 
     outcome = memory.tune_allocator()
     if outcome == "tuned":
@@ -191,9 +190,38 @@ def makeService(options: Options) -> service.IService:
         if node.interface:
             endpoint += f":interface={node.interface}"
     node_service = service.MultiService()
-    DicomNodeService(ae, endpoint).setServiceParent(node_service)
+    _twistd_node_service()(ae, endpoint).setServiceParent(node_service)
     StopOnSIGTERM().setServiceParent(node_service)
     return node_service
+
+
+def _twistd_node_service() -> type:
+    """The DicomNodeService subclass twistd runs (made on use: tap imports little at start)."""
+    from dimsekit.service import DicomNodeService
+
+    class TwistdNodeService(DicomNodeService):
+        """The node's listener under twistd: a port it cannot open (in use, not
+        allowed) stops twistd with one line, exit status 1.  twistd starts the
+        services before its reactor runs and drops what ``startService``
+        returns, so the failed listen went unnoticed: the node ran on,
+        listening nowhere."""
+
+        def startService(self) -> Any:
+            d = super().startService()
+            failed: list[Any] = []
+
+            def seen(failure: Any) -> Any:
+                failed.append(failure)
+                return failure
+
+            d.addErrback(seen)
+            if failed:  # TCP and TLS endpoints listen at once (the line reaches twistd's log too)
+                d.addErrback(lambda failure: None)
+                raise SystemExit(f"dimsekit: cannot listen on {self.endpoint_description}: "
+                                 f"{failed[0].getErrorMessage()}")
+            return d
+
+    return TwistdNodeService
 
 
 class StopOnSIGTERM(service.Service):

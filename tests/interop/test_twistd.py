@@ -87,6 +87,22 @@ def test_bad_plugin_section_stops_start_up_with_one_line(tmp_path):
     assert not (tmp_path / "data").exists()  # nothing started
 
 
+def test_a_port_in_use_stops_start_up_with_one_line(tmp_path):
+    """The node's port is taken: twistd exits at once, non-zero, saying why --
+    it went on running, listening nowhere and saying nothing."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run([TWISTD, "-n", "--pidfile", "", "dimsekit", "--port", str(port), "--interface", "127.0.0.1",
+                      "--data-dir", str(tmp_path / "data")], timeout=20)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert output.count(f"dimsekit: cannot listen on tcp:{port}:interface=127.0.0.1:") == 1, output
+    assert "Address already in use" in output, output
+    assert "Traceback" not in output, output
+
+
 def test_sigterm_lets_a_running_association_finish(tmp_path):
     node = start_node(tmp_path)
     try:

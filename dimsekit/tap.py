@@ -189,6 +189,13 @@ def makeService(options: Options) -> service.IService:
         endpoint = f"tcp:{node.port}"
         if node.interface:
             endpoint += f":interface={node.interface}"
+    else:
+        from twisted.internet import endpoints, reactor
+
+        try:
+            endpoints.serverFromString(reactor, endpoint)  # parsed only; nothing listens yet
+        except Exception as exc:
+            raise SystemExit(f"dimsekit: --endpoint {endpoint!r}: {exc}") from None
     node_service = service.MultiService()
     _twistd_node_service()(ae, endpoint).setServiceParent(node_service)
     StopOnSIGTERM().setServiceParent(node_service)

@@ -103,6 +103,15 @@ def test_a_port_in_use_stops_start_up_with_one_line(tmp_path):
     assert "Traceback" not in output, output
 
 
+def test_a_bad_endpoint_stops_start_up_with_one_line(tmp_path):
+    result = run([TWISTD, "-n", "--pidfile", "", "dimsekit", "--endpoint", "nosuchkind:1",
+                  "--data-dir", str(tmp_path / "data")], timeout=20)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "dimsekit: --endpoint 'nosuchkind:1':" in output, output
+    assert "Traceback" not in output, output
+
+
 def test_sigterm_lets_a_running_association_finish(tmp_path):
     node = start_node(tmp_path)
     try:

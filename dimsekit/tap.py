@@ -27,7 +27,9 @@ import functools
 import io
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service
@@ -196,10 +198,24 @@ def makeService(options: Options) -> service.IService:
             endpoints.serverFromString(reactor, endpoint)  # parsed only; nothing listens yet
         except Exception as exc:
             raise SystemExit(f"dimsekit: --endpoint {endpoint!r}: {exc}") from None
+    _check_data_dir(Path(node.data_dir).expanduser())
     node_service = service.MultiService()
     _twistd_node_service()(ae, endpoint).setServiceParent(node_service)
     StopOnSIGTERM().setServiceParent(node_service)
     return node_service
+
+
+def _check_data_dir(path: Path) -> None:
+    """A data directory the node cannot write in stops start-up with one line:
+    the archive, the worklist and the commitment requests all live there, and a
+    node started without it would refuse every C-STORE and answer every query
+    with nothing."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"dimsekit: data directory {path}: {exc.strerror or exc}") from None
 
 
 def _twistd_node_service() -> type:

@@ -8,7 +8,16 @@ import time
 
 import pytest
 
-from tests.interop.conftest import TWISTD, RawPeer, abort_pdu, echoscu, run, start_node, stop
+from tests.interop.conftest import (
+    TWISTD,
+    RawPeer,
+    abort_pdu,
+    echoscu,
+    free_port,
+    run,
+    start_node,
+    stop,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -109,6 +118,18 @@ def test_a_bad_endpoint_stops_start_up_with_one_line(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "dimsekit: --endpoint 'nosuchkind:1':" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_an_unusable_data_directory_stops_start_up_with_one_line(tmp_path):
+    # it ran on, refusing every C-STORE (A700) and finding nothing, after a traceback in its log
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run([TWISTD, "-n", "--pidfile", "", "dimsekit", "--port", str(free_port()), "--interface", "127.0.0.1",
+                  "--data-dir", str(blocker / "data")], timeout=20)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"dimsekit: data directory {blocker / 'data'}: Not a directory" in output, output
     assert "Traceback" not in output, output
 
 

@@ -69,6 +69,7 @@ def test_parse_key_forms(text, path, value):
         ("ScheduledProcedureStepSequence.Modality=CT", "say which item"),
         ("=X", "no attribute named"),
         ("0010,00ZZ=1", "neither a DICOM keyword"),
+        ("ScheduledProcedureStepSequence[99999999].Modality=CT", "at most 1000 items"),  # built them all
     ],
 )
 def test_parse_key_refusals_say_why(text, words):
@@ -516,6 +517,10 @@ def test_progress_only_on_a_terminal(tmp_path):
     quiet.response(Response({"Status": 0xFF00, "NumberOfCompletedSuboperations": 1}))
     quiet.clear()
     assert plain.getvalue() == ""
+    # a malformed count from the peer (two values) is not shown, and does not stop the retrieve
+    progress.response(Response({"Status": 0xFF00, "NumberOfCompletedSuboperations": [4, 5],
+                                "NumberOfRemainingSuboperations": 6}))
+    assert (progress.counts["NumberOfCompletedSuboperations"], progress.counts["NumberOfRemainingSuboperations"]) == (3, 6)
 
 
 @pytest.mark.parametrize(

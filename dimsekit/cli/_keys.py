@@ -51,6 +51,9 @@ class BadKey(ValueError):
 
 
 _TAG = re.compile(r"\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?\Z|([0-9A-Fa-f]{8})\Z")
+#: items of one sequence a key may reach (Seq[n], n below it): each is made, empty
+#: or not, so Seq[99999999] would build a hundred million data sets
+MAX_ITEMS = 1000
 _SEGMENT = re.compile(r"(?P<name>[^\[\]]+?)\s*(?:\[(?P<index>\d+)\])?\Z")
 _INTEGER_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV"})
 #: the values each binary integer VR holds (PS3.5 Table 6.2-1)
@@ -131,6 +134,8 @@ def parse_key(text: str) -> tuple[Path_, str | None]:
         except BadKey as exc:
             raise BadKey(f"{text!r}: {exc}") from None
         index = match.group("index")
+        if index is not None and int(index) >= MAX_ITEMS:
+            raise BadKey(f"{text!r}: item [{int(index)}]: a query holds at most {MAX_ITEMS} items of a sequence")
         path.append((tag, int(index) if index is not None else None))
     for tag, index in path[:-1]:
         if vr_of(tag) != "SQ":

@@ -236,8 +236,8 @@ class Progress:
     def response(self, response: Any) -> None:
         for name in self.COUNTS:
             value = response.command.get(name)
-            if value is not None and value != "":
-                self.counts[name] = int(value)
+            if isinstance(value, int):  # a malformed count (several values, text) is not shown
+                self.counts[name] = value
         self.show()
 
     def show(self, force: bool = False) -> None:

@@ -148,6 +148,8 @@ class Association(ServiceUser):
         #: the peer's A-RELEASE-RQ held until our answers to its requests are out
         #: (the timer that bounds the wait), None when not held
         self._release_held: Any = None
+        #: bounds the authenticator's decision (Sta3), None when not running
+        self._decision_timer: Any = None
         #: what waits for our operations to end (a release asked behind them)
         self._idle_actions: list[Callable[[], None]] = []
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
@@ -214,9 +216,26 @@ class Association(ServiceUser):
         if request is None:
             request = AssociationRequest(rq=rq, peer=self.peer, association=self)
         d = defer.maybeDeferred(ae.pm.hook.dimsekit_authenticate, identity=identity, request=request)
+        if not d.called:
+            # an authenticator that never decides would hold the association (and its
+            # slot) in Sta3 for as long as the peer waits, with no timer of ours
+            limit = 2 * (ae.timeouts.acse or 30.0)
+            self._decision_timer = self.reactor.callLater(limit, self._undecided, d, limit)
         d.addCallbacks(self._authenticated, self._authentication_failed)
 
+    def _undecided(self, d: Deferred, limit: float) -> None:
+        self._decision_timer = None
+        if self.protocol is None or self.ended:
+            return
+        _log.warn(
+            "the authenticator gave no verdict on {peer} calling={calling} within {limit:g} s; rejecting",
+            peer=_address(self.peer), calling=self.calling_ae_title, limit=limit,
+        )
+        self._reject(AssociateRJ(result=2, source=1, reason=1))  # rejected-transient, no reason given
+        d.cancel()
+
     def _authenticated(self, verdict: object) -> None:
+        self._cancel_decision_timer()
         if self.protocol is None or self.ended:
             return
         if verdict is False:
@@ -225,9 +244,16 @@ class Association(ServiceUser):
             self._accept(verdict if isinstance(verdict, bytes) else None)
 
     def _authentication_failed(self, failure: Failure) -> None:
+        self._cancel_decision_timer()
+        if self.protocol is None or self.ended:
+            return  # ended meanwhile, or rejected for want of a verdict (_undecided)
         _log.failure("authenticator failed; rejecting the association", failure)
-        if self.protocol is not None and not self.ended:
-            self._reject(AssociateRJ(result=1, source=1, reason=1))
+        self._reject(AssociateRJ(result=1, source=1, reason=1))
+
+    def _cancel_decision_timer(self) -> None:
+        timer, self._decision_timer = self._decision_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _reject(self, rj: AssociateRJ) -> None:
         if self._counted:
@@ -425,6 +451,7 @@ class Association(ServiceUser):
         held, self._release_held = self._release_held, None
         if held is not None and held.active():
             held.cancel()
+        self._cancel_decision_timer()
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)

@@ -653,6 +653,27 @@ class EndingTests(AssociationTestCase):
         self.assertTrue(pair.connections[-1].closed)
         self.assertNoTimersLeft()
 
+    def test_an_authenticator_that_never_decides_is_bounded(self):
+        # a requestor that waits for ever (no ACSE timeout) would hold the
+        # association and its slot in Sta3 for as long as it stays connected
+        class Undecided:
+            @hookimpl
+            def dimsekit_authenticate(self, identity, request):
+                return Deferred()
+
+        patient = Config(limits=Limits(acse_timeout=0))
+        pair = self.make_pair(Undecided(), requestor_config=patient)
+        d = pair.connect(user_identity=identity())
+        pair.advance(59)
+        self.assertNoResult(d)
+        self.assertEqual(len(pair.acceptor.active), 1)
+        pair.advance(1)  # twice the acceptor's ACSE timeout
+        rejected = self.failureResultOf(d, AssociationRejected).value
+        self.assertEqual((rejected.result, rejected.source, rejected.reason), (2, 1, 1))
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_connection_loss_fails_outstanding_requests(self):
         pair = self.make_slow_pair()
         assoc = pair.associate()

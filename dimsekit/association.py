@@ -65,7 +65,7 @@ from dimsekit.errors import (
 )
 from dimsekit.operations import DimseOperation, Response
 from dimsekit.plugin import broadcast
-from dimsekit.scp import COMMAND_NAMES, Request, ScpRunner
+from dimsekit.scp import _PENDING_CAPABLE, COMMAND_NAMES, Request, ScpRunner
 from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import State
@@ -920,7 +920,20 @@ class Association(ServiceUser):
             except Exception as exc:
                 _log.warn("undecodable data set in a response from {peer}: {error}", peer=_address(self.peer), error=exc)
         response = Response(command, dataset)
-        if response.category is dimse_status.Category.PENDING:
+        field = int(command.get("CommandField", 0))
+        pending = response.category is dimse_status.Category.PENDING
+        wrong = None
+        if operation.command_field and field != operation.command_field | 0x8000:
+            asked = COMMAND_NAMES.get(operation.command_field, hex(operation.command_field))
+            wrong = f"a {_response_name(field)} answers message {message_id}, a {asked}"
+        elif pending and operation.command_field not in _PENDING_CAPABLE:
+            wrong = f"a pending status (0x{response.status:04X}) in a {_response_name(field)}"
+        if wrong is not None:  # the operation cannot end well: it fails now, not at the DIMSE timeout
+            _log.warn("invalid response from {peer}: {wrong}; the operation fails", peer=_address(self.peer), wrong=wrong)
+            self._operation_done(operation)
+            operation.fail(RemoteProtocolError(f"invalid response: {wrong}"))
+            return
+        if pending:
             self._arm_dimse_timer(operation)
             operation.pending(response)
             return
@@ -966,6 +979,12 @@ class Association(ServiceUser):
         )
         self._operation_done(operation)
         operation.fail(RemoteProtocolError(f"invalid response to message {message_id}: {error.comment}"))
+
+
+def _response_name(field: int) -> str:
+    """"C-ECHO-RSP" for 0x8030 (a response's Command Field), the number otherwise."""
+    name = COMMAND_NAMES.get(field & 0x7FFF)
+    return f"{name}-RSP" if name is not None and field & 0x8000 else f"message of Command Field 0x{field:04X}"
 
 
 #: message control header of a whole command set in one PDV (PS3.8 E.2: command, last)

@@ -418,6 +418,31 @@ class DispatchFailureTests(AssociationTestCase):
         self.assertEqual(assoc._operations, {})
         self.assertIsNone(assoc.ended)
 
+    def test_a_response_of_another_kind_or_a_pending_echo_fails_its_operation_at_once(self):
+        # a C-FIND-RSP answering a C-ECHO, or a C-ECHO-RSP with a pending status:
+        # the operation cannot end well, and waited for the DIMSE timeout (for ever with 0)
+        from dimsekit.dimse.codec import encode_command
+        from dimsekit.errors import RemoteProtocolError
+
+        answers = iter([(CommandField.C_FIND_RSP, 0x0000), (CommandField.C_ECHO_RSP, 0xFF00)])
+
+        def echo(request):
+            field, status = next(answers)
+            request.association.send_encoded(request.context, encode_command({
+                "CommandField": field, "MessageIDBeingRespondedTo": request.message_id,
+                "AffectedSOPClassUID": VERIFICATION, "CommandDataSetType": 0x0101, "Status": status,
+            }))
+            return 0x0000  # the real answer comes after, to an operation already failed: ignored
+
+        pair = self.make_pair(Services(echo), requestor_config=Config(limits=Limits(dimse_timeout=0)))
+        assoc = pair.associate()
+        for words in ("C-FIND-RSP answers message 1, a C-ECHO", "pending status (0xFF00) in a C-ECHO-RSP"):
+            d = assoc.echo()
+            pair.pump()
+            self.assertIn(words, str(self.failureResultOf(d, RemoteProtocolError).value))
+            self.assertEqual(assoc._operations, {})
+        self.assertIsNone(assoc.ended)
+
     def test_sop_class_without_handler_gets_0122(self):
         private = ServiceClass(name="private", sop_classes=(PRIVATE_SOP_CLASS,))
         pair = self.make_pair(Services(extra=[private]))

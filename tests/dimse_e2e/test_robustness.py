@@ -116,6 +116,7 @@ class RobustnessTests(LoopbackTestCase):
         (operation,) = assoc._operations.values()
         operation.command_field = CommandField.C_FIND_RQ  # make the SCU send it anyway
         operation.cancel()
+        operation.command_field = CommandField.C_STORE_RQ  # what the C-STORE-RSP answers
         await task.deferLater(reactor, 0.1, lambda: None)  # the C-CANCEL-RQ arrives meanwhile
         self.assertFalse(handlers.store_deferreds[0].called)  # the SCP did not cancel the store
         handlers.store_deferreds[0].callback(0x0000)

@@ -116,6 +116,14 @@ class DimseOperation:
         if self._iterating:
             self._push(response)
 
+    def progressing(self) -> None:
+        """Work for this operation was seen arriving by another way than its
+        responses (a C-MOVE's instances on our own storage SCP, which pending
+        responses need not report, PS3.4 C.4.2.3.1): its DIMSE timer starts again."""
+        association = self.association
+        if not self._done and association._operations.get(self.message_id) is self:
+            association._arm_dimse_timer(self)
+
     def finish(self, response: Response) -> None:
         """The final response arrived."""
         self._done = True

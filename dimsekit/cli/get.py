@@ -177,6 +177,8 @@ class Receiver:
         return self.directory / f"instance-{self._unnamed:05d}.dcm"
 
     def __call__(self, request: Any) -> Any:
+        if self.on_change is not None:
+            self.on_change()  # an instance is here (written below): progress
         if request.sink is None:
             self.failures.append(f"{request.sop_instance_uid or '?'}: no data set in the C-STORE request")
             return 0xC000

@@ -116,6 +116,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
     move_sop = MODELS[model][2]
     assert move_sop is not None
     receiver: Receiver | None = None
+    current: list[Any] = []  # the C-MOVE operation, once started
     listening = None
     store_ae = None
     progress: Progress
@@ -126,7 +127,12 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
         except OSError as exc:
             print(f"dimsekit move: cannot use {directory}: {exc.strerror or exc}", file=err)
             return 2
-        receiver = Receiver(reactor, directory, on_change=lambda: progress.show())
+        def on_change() -> None:
+            progress.show()
+            for moving in current:  # an instance arrived: the C-MOVE is progressing
+                moving.progressing()
+
+        receiver = Receiver(reactor, directory, on_change=on_change)
         store_ae = destination_ae(reactor, args, receiver)
         try:
             listening = await store_ae.listen(args.store_port, interface=args.store_interface)
@@ -150,6 +156,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             return 1
         started = time.monotonic()
         operation = association.move(identifier, destination, move_sop)
+        current.append(operation)
         try:
             async for response in operation:
                 progress.response(response)

@@ -413,6 +413,41 @@ class GetTimerTests(LoopbackTestCase):
         self.flushLoggedErrors(defer.CancelledError)
 
 
+class MoveTimerTests(LoopbackTestCase):
+    async def test_instances_seen_arriving_keep_a_quiet_move_alive(self):
+        """A C-MOVE SCP need send no pending response either (PS3.4 C.4.2.3.1):
+        the SCU that receives the instances itself (dimsekit move --store-port)
+        says so with DimseOperation.progressing(); a move longer than the DIMSE
+        timeout is then not a dead peer."""
+        moving = []
+
+        class Destination(Services):
+            def store(self, request):
+                for operation in moving:
+                    operation.progressing()
+                return super().store(request)
+
+        destination = Destination()
+        _, dest_port = await self.serve(destination, ae_title="DEST")
+        services = QuietGet()
+        services.retrieve_files = [CT_FILE] * 4  # 0.6 s in all, twice the DIMSE timeout
+        services.destinations = {"DEST": ("127.0.0.1", dest_port)}
+        _, port = await self.serve(services)
+        scu = self.make_ae("SCU", dimse_timeout=0.3)
+        assoc = await self.connect(port, [STUDY_ROOT_MOVE], ae=scu)
+        operation = assoc.move(query(), "DEST")
+        moving.append(operation)
+        final = await within(operation.result)
+        self.assertEqual((final.status, final.NumberOfCompletedSuboperations), (0x0000, 4))
+        self.assertEqual(len(destination.stored), 4)
+        await within(assoc.release())
+        moving.clear()
+        assoc = await self.connect(port, [STUDY_ROOT_MOVE], ae=scu)  # without the word: timed out
+        with self.assertRaises(DIMSETimeout):
+            await within(assoc.move(query(), "DEST").result)
+        self.flushLoggedErrors(defer.CancelledError)
+
+
 class FailingSourceTests(LoopbackTestCase):
     async def test_a_source_failing_half_way_aborts_and_nothing_follows(self):
         services = Services()

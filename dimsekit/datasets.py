@@ -14,16 +14,18 @@ import logging
 import struct
 import warnings
 import zlib
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_file_meta_info
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
 from pydicom.uid import UID
 
 from dimsekit.errors import DimsekitError
@@ -67,6 +69,9 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     the data set is written as it is (encapsulated pixel data stays so).
     """
     implicit, little = _flags(transfer_syntax)
+    read_little = dataset.original_encoding[1]
+    if read_little is not None and read_little != little:
+        dataset = _byte_swapped(dataset)
     fp = DicomBytesIO()
     fp.is_implicit_VR = implicit
     fp.is_little_endian = little
@@ -81,6 +86,37 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
         if len(data) & 1:
             data += b"\x00"  # PS3.5 A.5: the deflated stream is padded to even length
     return data
+
+
+#: bytes per word of the VRs whose values pydicom keeps, and writes, as the raw bytes
+#: it read -- in the byte order of the transfer syntax they came in (PS3.5 7.3)
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+_ARRAY_CODES = {array(code).itemsize: code for code in "QLIH"}
+
+
+def _byte_swapped(dataset: Dataset) -> Dataset:
+    """A copy of ``dataset`` whose OW, OL, OF, OD and OV values have each word's
+    bytes reversed, items of sequences included: what it takes to write in one
+    byte order a data set read in the other (Explicit VR Big Endian <-> Little
+    Endian), since pydicom converts the numbers it decoded but writes those
+    values as they are.  ``dataset`` itself is left alone."""
+    copy = Dataset()
+    copy.set_original_encoding(*dataset.original_encoding, dataset.original_character_set)
+    little = bool(dataset.original_encoding[1])
+    for element in dataset:  # RawDataElements come out decoded
+        if " or " in element.VR:  # read as Implicit VR: OB or OW, US or OW ... (PS3.5 Annex A.1)
+            element = correct_ambiguous_vr_element(element, dataset, little)
+        size = _WORD_SIZES.get(element.VR)
+        if element.VR == "SQ" and element.value:
+            element = DataElement(element.tag, "SQ", [_byte_swapped(item) for item in element.value])
+        elif size is not None and isinstance(element.value, bytes | bytearray) and len(element.value) >= size:
+            words = array(_ARRAY_CODES[size])
+            whole = len(element.value) - len(element.value) % size
+            words.frombytes(element.value[:whole])
+            words.byteswap()
+            element = DataElement(element.tag, element.VR, words.tobytes() + bytes(element.value[whole:]))
+        copy.add(element)
+    return copy
 
 
 def decode_dataset(data: bytes | IO[bytes], transfer_syntax: str) -> Dataset:

@@ -40,11 +40,20 @@ from tests.dimse_e2e.support import (
     within,
 )
 
+#: VRs whose values are words in the byte order of the transfer syntax (PS3.5 7.3)
+WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
 
 def same_elements(test, received, path):
+    """The file's elements, the words of OW/OL/OF/OD/OV values in ``received``'s byte order."""
     original = dcmread(path)
+    swap = original.original_encoding[1] != received.original_encoding[1]
     for elem in original:
-        test.assertEqual(received[elem.tag].value, elem.value, f"{elem.keyword} differs")
+        expected = elem.value
+        size = WORD_SIZES.get(elem.VR)
+        if swap and size and isinstance(expected, bytes):
+            expected = b"".join(expected[i : i + size][::-1] for i in range(0, len(expected), size))
+        test.assertEqual(received[elem.tag].value, expected, f"{elem.keyword} differs")
     test.assertEqual(len(received), len(original))
 
 

@@ -290,3 +290,40 @@ def test_findscu_sequence_keys_against_a_node_storing_them(node, tmp_path):
     assert "DataSetDoesNotMatchSOPClass" in result.stdout + result.stderr
     node.wait_log(r"refused \(A900\): RequestAttributesSequence: a sequence key holds one item")
     node.assert_healthy()
+
+
+def test_getscu_of_an_instance_stored_big_endian_gets_its_pixels_byte_swapped(node, tmp_path):
+    # storescu -R -xb sends a file in Explicit VR Big Endian as it is: the node
+    # stores it so.  getscu's storage contexts get Explicit VR Little Endian
+    # (the node's first choice), so the node re-encodes the data set: each OW
+    # word of Pixel Data must change byte order with it (PS3.5 7.3), not only
+    # the numbers pydicom decoded.
+    ds = next(iter(corpus_datasets()))
+    ds.Rows, ds.Columns = 4, 4
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    pixels = bytes(range(32))  # words 0x0100, 0x0302, ...: a missed swap shows
+    ds.PixelData = pixels
+    ds["PixelData"].VR = "OW"
+    little = tmp_path / "le.dcm"
+    ds.save_as(little, enforce_file_format=True)
+    big = tmp_path / "be.dcm"
+    result = run([dcmtk("dcmconv"), "+tb", str(little), str(big)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run([dcmtk("storescu"), "-R", "-xb", "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), str(big)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    (stored,) = (node.workdir / "dimsekit-data").rglob(f"{ds.SOPInstanceUID}.dcm")
+    assert dcmread(stored).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+
+    out = tmp_path / "got"
+    out.mkdir()
+    result = run([dcmtk("getscu"), "-v", "-S", "-aec", "DIMSEKIT", "-od", str(out),
+                  *keys("QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ds.StudyInstanceUID}"),
+                  "127.0.0.1", str(node.port)])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Received C-GET Response (Success)" in output, output
+    (received,) = (dcmread(path) for path in out.iterdir())
+    assert received.file_meta.TransferSyntaxUID == EXPLICIT
+    assert received.SOPInstanceUID == ds.SOPInstanceUID and received.Rows == 4
+    assert received.PixelData == pixels
+    node.assert_healthy()

@@ -64,7 +64,7 @@ from dimsekit.errors import (
     RemoteProtocolError,
 )
 from dimsekit.operations import DimseOperation, Response
-from dimsekit.plugin import broadcast
+from dimsekit.plugin import notify
 from dimsekit.scp import _PENDING_CAPABLE, COMMAND_NAMES, Request, ScpRunner
 from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
@@ -315,7 +315,7 @@ class Association(ServiceUser):
     def _on_established(self) -> None:
         self.established = True
         pm = self.ae.pm
-        broadcast(pm, pm.hook.dimsekit_on_association_established, association=self)
+        notify(pm, pm.hook.dimsekit_on_association_established, association=self)
 
     def pdata_indication(self, output: out.PDataIndication) -> None:
         """P-DATA-TF arrived: reassemble messages, handle each complete one.
@@ -460,9 +460,9 @@ class Association(ServiceUser):
         if first and self.established:
             pm = self.ae.pm
             if how.startswith("released"):
-                broadcast(pm, pm.hook.dimsekit_on_association_released, association=self)
+                notify(pm, pm.hook.dimsekit_on_association_released, association=self)
             else:
-                broadcast(pm, pm.hook.dimsekit_on_association_aborted, association=self, reason=how)
+                notify(pm, pm.hook.dimsekit_on_association_aborted, association=self, reason=how)
         if how == "connection closed":
             self._log_end()
 

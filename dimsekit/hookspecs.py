@@ -127,7 +127,8 @@ def dimsekit_authenticate(identity: Any, request: Any) -> Any | None:
 def dimsekit_on_association_established(association: Any) -> None:
     """An association was established (either side).
 
-    Return value: ignored.
+    Return value: ignored.  An exception is logged, naming the plugin; the
+    association goes on and the other plugins are still called.
 
     :param association: the :class:`~dimsekit.association.Association`, with
         its negotiated contexts, peer and AE titles.
@@ -141,7 +142,8 @@ def dimsekit_on_association_released(association: Any) -> None:
     """An association ended by A-RELEASE (either side asked).
 
     Return value: ignored.  Called once per association, only if it had been
-    established.
+    established.  An exception is logged, naming the plugin; the other
+    plugins are still called.
 
     :param association: the :class:`~dimsekit.association.Association`.
 
@@ -154,7 +156,8 @@ def dimsekit_on_association_aborted(association: Any, reason: str) -> None:
     """An association ended by A-ABORT, A-P-ABORT, a timeout or connection loss.
 
     Return value: ignored.  Called once per association, only if it had been
-    established.
+    established.  An exception is logged, naming the plugin; the other
+    plugins are still called.
 
     :param association: the :class:`~dimsekit.association.Association`.
     :param reason: what happened, in words.

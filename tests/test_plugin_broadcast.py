@@ -151,3 +151,44 @@ def test_a_plugin_registered_by_an_implementation_is_not_called_this_time():
     assert log == ["registers"]
     broadcast(pm, pm.hook.dimsekit_on_association_aborted, association="A", reason="why")
     assert log == ["registers", ("late", "A", "why"), "registers"]
+
+
+# -- notify(): one plugin's exception stops neither the others nor the caller --------------------
+
+
+def test_notify_calls_every_implementation_despite_one_that_raises():
+    from twisted.logger import globalLogPublisher
+
+    from dimsekit.plugin import notify
+
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        log: list = []
+        raises = Named("raises", log, fail=True)
+        pm = pm_with(Named("after", log), raises, Named("before", log))
+        notify(pm, pm.hook.dimsekit_on_association_aborted, association="A", reason="why")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [entry[0] for entry in log] == ["before", "raises", "after"]
+    (failure,) = [e for e in events if e.get("log_failure") is not None]
+    assert str(failure["log_failure"].value) == "raises"
+    assert failure["hook"] == "dimsekit_on_association_aborted"
+    assert failure["plugin"] == pm.get_name(raises)
+
+
+def test_notify_through_pluggy_logs_instead_of_raising():
+    from twisted.logger import globalLogPublisher
+
+    from dimsekit.plugin import notify
+
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        log: list = []
+        pm = pm_with(Named("raises", log, fail=True), Wrapper(log))
+        notify(pm, pm.hook.dimsekit_on_association_aborted, association="A", reason="why")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert log[:2] == ["wrapper before", ("raises", "A", "why")]
+    assert [str(e["log_failure"].value) for e in events if e.get("log_failure") is not None] == ["raises"]

@@ -1006,6 +1006,85 @@ class RejectionTests(AssociationTestCase):
         self.assertEqual(pair.acceptor.active, set())
 
 
+class Faulty:
+    """A plugin whose association boundary hooks all raise (a bug of its own)."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def dimsekit_on_association_established(self, association):
+        self.calls.append("established")
+        raise RuntimeError("faulty plugin: established")
+
+    @hookimpl
+    def dimsekit_on_association_released(self, association):
+        self.calls.append("released")
+        raise RuntimeError("faulty plugin: released")
+
+    @hookimpl
+    def dimsekit_on_association_aborted(self, association, reason):
+        self.calls.append("aborted")
+        raise RuntimeError("faulty plugin: aborted")
+
+
+class HookFailureTests(AssociationTestCase):
+    """A plugin that raises in a boundary hook costs neither the association
+    nor the other plugins their call: it is logged, naming the plugin."""
+
+    def make_faulty_pair(self):
+        pair = self.make_pair()
+        # registered last: pluggy calls it first, before the Recorders
+        self.acceptor_faulty, self.requestor_faulty = Faulty(), Faulty()
+        pair.acceptor.pm.register(self.acceptor_faulty, name="faulty")
+        pair.requestor.pm.register(self.requestor_faulty, name="faulty")
+        return pair
+
+    def logged(self):
+        errors = self.flushLoggedErrors(RuntimeError)
+        return sorted(str(error.value) for error in errors)
+
+    def test_established_and_released_hooks_that_raise(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pair = self.make_faulty_pair()
+        assoc = pair.associate()
+        self.assertTrue(pair.acceptor_association.established)
+        self.assertEqual(pair.result(assoc.echo()), 0)
+        pair.result(assoc.release())
+        self.assertEqual(assoc.ended, "released")
+        self.assertEqual(pair.acceptor_association.ended, "released by the peer")
+        for recorder, faulty in ((self.acceptor_hooks, self.acceptor_faulty),
+                                 (self.requestor_hooks, self.requestor_faulty)):
+            self.assertEqual(faulty.calls, ["established", "released"])
+            self.assertEqual(recorder.kinds(), ["established", "released"])
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertEqual(self.logged(), ["faulty plugin: established"] * 2 + ["faulty plugin: released"] * 2)
+        lines = [e for e in events if e.get("log_namespace") == "dimsekit.plugin"]
+        self.assertEqual({(e["plugin"], e["hook"]) for e in lines}, {
+            ("faulty", "dimsekit_on_association_established"),
+            ("faulty", "dimsekit_on_association_released"),
+        })
+
+    def test_aborted_hook_that_raises(self):
+        pair = self.make_faulty_pair()
+        assoc = pair.associate()
+        assoc.abort()
+        pair.pump()
+        self.assertTrue(pair.connections[-1].closed)
+        for recorder, faulty in ((self.acceptor_hooks, self.acceptor_faulty),
+                                 (self.requestor_hooks, self.requestor_faulty)):
+            self.assertEqual(faulty.calls, ["established", "aborted"])
+            self.assertEqual(recorder.kinds(), ["established", "aborted"])
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertEqual(self.logged(), ["faulty plugin: aborted"] * 2 + ["faulty plugin: established"] * 2)
+        self.assertEqual(pair.result(pair.associate().echo()), 0)  # the node goes on
+        self.assertEqual(self.logged(), ["faulty plugin: established"] * 2)
+
+
 # -- user identity -----------------------------------------------------------------------------
 
 

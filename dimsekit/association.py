@@ -200,7 +200,12 @@ class Association(ServiceUser):
             accept_hook = ae.pm.hook.dimsekit_accept_association
             if accept_hook.get_hookimpls():  # no plugin decides: no call
                 request = AssociationRequest(rq=rq, peer=self.peer, association=self)
-                rj = accept_hook(request=request)
+                try:
+                    rj = accept_hook(request=request)
+                except Exception:
+                    # as for an authenticator that fails: no verdict, no association
+                    _log.failure("a dimsekit_accept_association hook failed; rejecting the association")
+                    rj = AssociateRJ(result=1, source=1, reason=1)
         if rj is None:
             if ae.take_slot(self):
                 self._counted = True

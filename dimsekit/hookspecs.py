@@ -96,7 +96,9 @@ def dimsekit_accept_association(request: Any) -> Any | None:
 
     Return value: ``None`` to let it proceed, or an
     :class:`~dimsekit.ul.pdu.AssociateRJ` to reject it with.  Stops at the
-    first non-None result.
+    first non-None result.  An exception is logged and rejects the
+    association (rejected-permanent, service-user, no reason given), as a
+    failing ``dimsekit_authenticate`` does.
 
     :param request: an :class:`~dimsekit.association.AssociationRequest`
         (the A-ASSOCIATE-RQ, the peer address).

@@ -1005,6 +1005,19 @@ class RejectionTests(AssociationTestCase):
         self.assertEqual(request.peer.host, "127.0.0.1")
         self.assertEqual(pair.acceptor.active, set())
 
+    def test_accept_hook_that_raises_rejects(self):
+        class Broken:
+            @hookimpl
+            def dimsekit_accept_association(self, request):
+                raise RuntimeError("access list unreachable")
+
+        pair = self.make_pair(Broken())
+        self.assertRejected(pair, 1, 1, 1)  # rejected-permanent, service-user, no reason given
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.acceptor_hooks.kinds(), [])
+        self.assertEqual(pair.acceptor.active, set())
+        self.assertNoTimersLeft()
+
 
 class Faulty:
     """A plugin whose association boundary hooks all raise (a bug of its own)."""

@@ -79,8 +79,10 @@ def dimsekit_archive(config: Config) -> IArchive | None:
     """Provide the archive (an :class:`~dimsekit.interfaces.IArchive`) the node stores into.
 
     Return value: the archive, or ``None`` to leave the choice to another
-    plugin.  Stops at the first non-None result.  With no archive at all the
-    node still answers verification but refuses storage.
+    plugin.  Stops at the first non-None result.  The built-in archive
+    plugin is asked last (``trylast``), so a backend of another plugin
+    replaces it.  With no archive at all the node still answers
+    verification but refuses storage.
 
     :param config: the node's :class:`~dimsekit.config.Config` (the archive's
         own settings are in ``config.plugins[name]``, its place in

@@ -73,8 +73,12 @@ def dimsekit_configure(config: Config) -> None:
     ArchiveSettings.from_config(config)
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def dimsekit_archive(config: Config) -> Archive:
-    """The built-in archive for ``config.node.data_dir``."""
+    """The built-in archive for ``config.node.data_dir``.
+
+    Asked last (``trylast``): an archive backend of another plugin replaces
+    it, whatever order the entry points are found in (pluggy calls the
+    plugins registered last first, and stops at the first archive)."""
     return open_archive(config)
 

@@ -127,6 +127,45 @@ def test_core_does_not_import_builtin_plugins():
     assert "dimsekit_plugins.verification" in after
 
 
+def install_plugin_distribution(monkeypatch, tmp_path, name, module, source):
+    """A distribution ``name`` whose ``dimsekit`` entry point ``name`` is the
+    module ``module`` (with ``source``), found first on sys.path (so before
+    dimsekit itself: the entry-point loader registers it first)."""
+    site = tmp_path / "site"
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[dimsekit]\n{name} = {module}\n")
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, module, raising=False)  # removed again after the test
+    assert [ep.name for ep in entry_points(group=PROJECT_NAME)][0] == name
+
+
+def test_a_third_party_archive_replaces_the_builtin_one_found_in_any_order(monkeypatch, tmp_path):
+    # dimsekit_archive stops at the first non-None result, and pluggy calls
+    # the plugins registered last first: the built-in archive must come last
+    # however the distributions happen to be listed on sys.path.
+    install_plugin_distribution(monkeypatch, tmp_path, "acmearchive", "acme_archive_plugin", """
+        from dimsekit.hookspecs import hookimpl
+
+        ARCHIVE = object()
+
+        @hookimpl
+        def dimsekit_archive(config):
+            return ARCHIVE
+        """)
+    import dimsekit_plugins.archive
+    from dimsekit.config import Config
+
+    opened = []
+    monkeypatch.setattr(dimsekit_plugins.archive, "open_archive", lambda config: opened.append(config) or "built-in")
+    pm = make_plugin_manager()
+    assert pm.get_plugin("archive") is not None and pm.get_plugin("acmearchive") is not None
+    assert pm.hook.dimsekit_archive(config=Config()) is sys.modules["acme_archive_plugin"].ARCHIVE
+    assert opened == []  # the built-in archive was not even opened
+
+
 # -- DIMSEKIT_DISABLE_PLUGINS ----------------------------------------------------------------
 
 

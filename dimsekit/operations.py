@@ -72,7 +72,9 @@ class DimseOperation:
     * ``op.cancel()`` sends C-CANCEL-RQ for it (C-FIND, C-GET, C-MOVE);
       ``op.result`` then fires with the peer's final status;
     * ``op.result.cancel()`` does the same and, per Twisted's rules, fails
-      ``op.result`` with CancelledError.
+      ``op.result`` with CancelledError; so does cancelling a coroutine
+      (``Deferred.fromCoroutine``) where it awaits the operation or its next
+      pending response.
 
     Memory stays bounded on huge result sets: pending responses are kept in
     ``responses`` only while nobody consumes them otherwise -- once an
@@ -171,6 +173,11 @@ class DimseOperation:
                 self._queue.append(self._error)
         return self
 
+    def _stop_waiting(self, waiter: Deferred) -> None:
+        if self._waiter is waiter:
+            self._waiter = None
+        self.cancel()
+
     async def __anext__(self) -> Response:
         if not self._iterating:
             self.__aiter__()  # called directly (e.g. anext(op)) rather than by ``async for``
@@ -179,7 +186,9 @@ class DimseOperation:
         elif self._done:
             raise StopAsyncIteration
         else:
-            self._waiter = Deferred()
+            # Cancelling what awaits the next response (Deferred.fromCoroutine's
+            # cancel) cancels the operation, as cancelling ``await op`` does.
+            self._waiter = Deferred(self._stop_waiting)
             item = await self._waiter
         if item is None:
             raise StopAsyncIteration

@@ -1098,6 +1098,65 @@ class HookFailureTests(AssociationTestCase):
         self.assertEqual(self.logged(), ["faulty plugin: established"] * 2)
 
 
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+class GatedFind:
+    """A C-FIND SCP whose each match waits for the test to open its gate."""
+
+    def __init__(self, count=3):
+        self.count = count
+        self.gates = []
+        self.requests = []
+
+    async def _matches(self):
+        for i in range(self.count):
+            gate = Deferred()
+            self.gates.append(gate)
+            await gate
+            match = Dataset()
+            match.PatientID = str(i)
+            yield 0xFF00, match
+
+    def find(self, request):
+        self.requests.append(request)
+        return self._matches()
+
+    def service(self):
+        return ServiceClass(name="gated-find", sop_classes=(STUDY_ROOT_FIND,), handlers={"C-FIND": self.find})
+
+
+class AsyncIterationTests(AssociationTestCase):
+    def test_cancelling_a_coroutine_iterating_a_find_sends_c_cancel(self):
+        from twisted.internet.defer import CancelledError
+
+        scp = GatedFind()
+        pair = self.make_pair(Services(extra=[scp.service()]))
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        operation = assoc.find(query, STUDY_ROOT_FIND)
+        seen = []
+
+        async def collect():
+            async for response in operation:
+                seen.append(response.dataset.PatientID)
+
+        d = Deferred.fromCoroutine(collect())
+        pair.pump()
+        scp.gates[0].callback(None)
+        pair.pump()
+        self.assertEqual(seen, ["0"])
+        d.cancel()  # as Deferred.cancel() of an `await operation` does: C-CANCEL-RQ
+        pair.pump()
+        self.failureResultOf(d, CancelledError)
+        self.assertTrue(scp.requests[0].cancelled)
+        self.assertEqual(pair.result(operation.result).status, 0xFE00)  # Cancel
+        self.assertEqual(seen, ["0"])
+        self.assertEqual(pair.result(assoc.echo()), 0)  # the association goes on
+        pair.result(assoc.release())
+
+
 # -- user identity -----------------------------------------------------------------------------
 
 

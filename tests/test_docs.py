@@ -5,13 +5,21 @@ Each hook's docstring has a summary line; says what the return value means
 ("Return value: ..."); for a ``firstresult`` hook, "Stops at the first
 non-None result"; a ``:param name:`` line per parameter; and "Added in API
 version N".  This test fails as soon as a hook is added without that.
+
+And the examples of README.md and docs/*.md run (see the section at the end).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import socket
+import subprocess
+import sys
+import textwrap
 import types
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +144,170 @@ def test_checker_accepts_a_complete_docstring():
         """
 
     assert template_problems(dimsekit_pick) == []
+
+
+# -- the examples of README.md and docs/*.md run ----------------------------------------------
+#
+# Every ```python and ```toml block is run (a toml block is loaded as a node
+# configuration, its plugin sections checked by the plugins), with what its
+# surrounding prose gives it (an ``application``, a ``step``); an abridged
+# one gets the names it leaves out.  A new example without a runner here
+# fails test_every_example_has_a_runner.
+
+_ROOT = Path(__file__).resolve().parents[1]
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def examples() -> dict[str, str]:
+    """``"<file>#<language><n>"`` -> the code of the n-th block of that language (from 1)."""
+    found = {}
+    for path in [_ROOT / "README.md", *sorted((_ROOT / "docs").glob("*.md"))]:
+        counts: dict[str, int] = {}
+        for match in _FENCE.finditer(path.read_text()):
+            language = match.group(1)
+            if language in ("python", "toml"):
+                counts[language] = counts.get(language, 0) + 1
+                found[f"{path.relative_to(_ROOT)}#{language}{counts[language]}"] = match.group(2)
+    return found
+
+
+EXAMPLES = examples()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(script: str) -> str:
+    """Run ``script`` in a fresh interpreter (a real reactor, task.react's exit); its stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=_ROOT, env=env, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def run_readme_client(code: str) -> None:
+    # the SCU of the README against a node on a free port (the example's 11112)
+    port = _free_port()
+    out = _run(textwrap.dedent(f"""
+        import dimsekit_plugins.verification as verification
+        from dimsekit import ApplicationEntity, make_plugin_manager
+        from dimsekit.service import DicomNodeService
+
+        pm = make_plugin_manager(load_entrypoints=False, plugins=[verification])
+        node = ApplicationEntity("DIMSEKIT", plugin_manager=pm)
+        DicomNodeService(node, "tcp:{port}:interface=127.0.0.1").startService()
+        """) + code.replace("11112", str(port)))
+    assert out.strip() == "C-ECHO status 0x0000"
+
+
+def run_readme_service(code: str) -> None:
+    # the node of the README in an application, echoed by an SCU
+    port = _free_port()
+    out = _run("from twisted.application.service import Application, IService\n"
+               "application = Application('readme')\n" + code.replace("11112", str(port)) + textwrap.dedent(f"""
+        from twisted.internet import defer, task
+
+        async def main(reactor):
+            IService(application).startService()
+            scu = ApplicationEntity("SCU", reactor=reactor)
+            assoc = await scu.associate("127.0.0.1", {port}, called="MYNODE", contexts=["1.2.840.10008.1.1"])
+            print(await assoc.echo())
+            await assoc.release()
+            await IService(application).stopService()
+
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(main(reactor)))
+        """))
+    assert out.strip() == "0"
+
+
+def run_ping_plugin(code: str) -> None:
+    from dimsekit.plugin import make_plugin_manager
+    from dimsekit.testing import AssociationPair
+
+    module = types.ModuleType("myplugin.plugin")
+    exec(compile(code, "plugin-guide: myplugin/plugin.py", "exec"), module.__dict__)
+    pair = AssociationPair(make_plugin_manager(load_entrypoints=False, plugins=[module]))
+    assoc = pair.associate(contexts=[module.PING])
+    response = pair.result(assoc._request(module.PING, {"CommandField": 0x0030, "AffectedSOPClassUID": module.PING}))
+    assert response.status == 0x0000
+
+
+def run_status_register(code: str) -> None:
+    out = _run(code + "\nprint(status.describe(0xA701, 'ping'))")
+    assert out.strip() == "0xA701 Refused: the ping is too loud"
+
+
+def run_mpps_service(code: str) -> None:
+    # abridged: the tables it names are the built-in plugin's
+    from dimsekit_plugins.mpps import CREATE_REQUIREMENTS, MAINTAINED
+
+    namespace = {"MAINTAINED": MAINTAINED, "CREATE_REQUIREMENTS": CREATE_REQUIREMENTS}
+    exec(compile(code, "plugin-guide: mpps", "exec"), namespace)
+    declared = {sop for service in namespace["dimsekit_service_classes"]() for sop in service.sop_classes}
+    assert declared == {namespace["MPPS"], namespace["MPPS_RETRIEVE"]}
+
+
+def run_mpps_completed(code: str) -> None:
+    from pydicom.dataset import Dataset
+
+    marked = []
+    namespace = {"mark_worklist_item": lambda *args: marked.append(args)}
+    exec(compile(code, "plugin-guide: on_mpps_completed", "exec"), namespace)
+    item = Dataset()
+    item.ScheduledProcedureStepID = "SPS1"
+    step = Dataset()
+    step.PerformedProcedureStepStatus = "COMPLETED"
+    step.ScheduledStepAttributesSequence = [item]
+    namespace["dimsekit_on_mpps_completed"](instance=types.SimpleNamespace(dataset=step))
+    assert marked == [("SPS1", "COMPLETED")]
+
+
+def run_plugin_test(code: str) -> None:
+    from pydicom.dataset import Dataset
+
+    from dimsekit.cli.mpps import create_defaults
+
+    step = Dataset()  # the N-CREATE Attribute List the example sends
+    step.Modality = "CT"
+    step.PatientName = "Doe^Jane"
+    step.PatientID = "P1"
+    create_defaults(step, "MODALITY1")
+    exec(compile(code, "plugin-guide: testing", "exec"), {"step": step})
+
+
+def run_configuration(code: str) -> None:
+    import tomllib
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dimsekit.ae import ApplicationEntity
+    from dimsekit.config import from_mapping
+
+    ApplicationEntity(config=from_mapping(tomllib.loads(code)), reactor=MemoryReactorClock())
+
+
+RUNNERS = {
+    "README.md#python1": run_readme_client,
+    "README.md#python2": run_readme_service,
+    "README.md#toml1": run_configuration,
+    "docs/plugin-guide.md#python1": run_ping_plugin,
+    "docs/plugin-guide.md#python2": run_status_register,
+    "docs/plugin-guide.md#python3": run_mpps_service,
+    "docs/plugin-guide.md#python4": run_mpps_completed,
+    "docs/plugin-guide.md#python5": run_plugin_test,
+    "docs/plugin-guide.md#toml1": run_configuration,
+}
+
+
+def test_every_example_has_a_runner():
+    assert sorted(EXAMPLES) == sorted(RUNNERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_runs(name):
+    RUNNERS[name](EXAMPLES[name])

@@ -178,7 +178,8 @@ def dimsekit_on_node_started(ae: Any) -> None:
     open.  The archive reconciles its files and index here; a plugin may
     resume pending work (storage commitment reports).
 
-    Return value: ignored; a Deferred is not waited for.
+    Return value: ignored; a Deferred is not waited for.  An exception is
+    logged, naming the plugin; the other plugins are still called.
 
     :param ae: the node's :class:`~dimsekit.ae.ApplicationEntity`.
 
@@ -191,7 +192,8 @@ def dimsekit_on_instance_stored(instance: Any) -> None:
     """An instance was received and is durable in the archive (forwarders, routers).
 
     Return value: ignored (a Deferred is not waited for; do slow work yourself
-    without blocking the reactor).
+    without blocking the reactor).  An exception is logged, naming the
+    plugin; the other plugins are still called and the C-STORE still succeeds.
 
     :param instance: the archive's record of the stored instance.
 
@@ -212,8 +214,8 @@ def dimsekit_on_mpps_completed(instance: Any) -> None:
     failed, PS3.4 Annex F) before marking, for example, a worklist item done.
 
     Return value: ignored (a Deferred is not waited for; do slow work yourself
-    without blocking the reactor).  An exception is logged; the N-SET still
-    succeeds.
+    without blocking the reactor).  An exception is logged, naming the
+    plugin; the other plugins are still called and the N-SET still succeeds.
 
     :param instance: the step as stored, a :class:`~dimsekit.nservice.Instance`
         (``sop_instance_uid``, ``sop_class_uid``, ``dataset`` with every

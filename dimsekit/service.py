@@ -15,6 +15,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
 from dimsekit.ae import ApplicationEntity
+from dimsekit.plugin import notify
 
 __all__ = ["DicomNodeService"]
 
@@ -53,10 +54,8 @@ class DicomNodeService(service.Service):
                 count=len(self.ae.registry.supported),
                 names=", ".join(sorted({s.name for s in self.ae.registry.service_classes})),
             )
-            try:
-                self.ae.pm.hook.dimsekit_on_node_started(ae=self.ae)
-            except Exception:
-                _log.failure("a plugin failed as the node started")
+            # one plugin failing here (logged) must not keep the archive from reconciling
+            notify(self.ae.pm, self.ae.pm.hook.dimsekit_on_node_started, ae=self.ae)
 
         return d.addCallback(listening)
 

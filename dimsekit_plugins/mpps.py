@@ -86,6 +86,7 @@ from dimsekit.nservice import (
     check_required,
     is_empty,
 )
+from dimsekit.plugin import notify
 from dimsekit.registry import ServiceClass
 from dimsekit.uids import by_keyword
 
@@ -326,10 +327,7 @@ class MppsService(NormalizedService):
         )
         if new in FINAL_STATES and old not in FINAL_STATES:
             pm = request.association.ae.pm
-            try:
-                pm.hook.dimsekit_on_mpps_completed(instance=after)
-            except Exception:
-                _log.failure("a dimsekit_on_mpps_completed hook failed for MPPS {uid}", uid=after.sop_instance_uid)
+            notify(pm, pm.hook.dimsekit_on_mpps_completed, instance=after)  # each failure logged, none stops the rest
 
     def created(self, request: Any, instance: Instance) -> None:
         _log.info("MPPS {uid} created by {caller}", uid=instance.sop_instance_uid, caller=_caller(request))

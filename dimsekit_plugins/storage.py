@@ -64,6 +64,7 @@ from twisted.python.failure import Failure
 
 from dimsekit.config import Config, ConfigError
 from dimsekit.hookspecs import hookimpl
+from dimsekit.plugin import notify
 from dimsekit.registry import ServiceClass
 from dimsekit.uids import by_keyword, storage_sop_classes
 from dimsekit_plugins.archive.settings import check_storage_keys
@@ -267,10 +268,9 @@ def handle_store(request: Any) -> Any:
         tally.stored += 1
         tally.bytes += int(getattr(incoming, "size", 0) or 0)
         if not getattr(instance, "duplicate_discarded", False):
-            try:
-                association.ae.pm.hook.dimsekit_on_instance_stored(instance=instance)
-            except Exception:
-                _log.failure("a dimsekit_on_instance_stored hook failed for {uid}", uid=request.sop_instance_uid)
+            # each forwarder gets it, whichever of them fails (each failure is logged)
+            pm = association.ae.pm
+            notify(pm, pm.hook.dimsekit_on_instance_stored, instance=instance)
         return 0x0000
 
     def failed(failure: Failure) -> tuple[int, None, dict[str, Any]]:

@@ -299,6 +299,16 @@ def test_a_failing_hook_does_not_fail_the_n_set():
     assert get(s, STATUS).dataset.PerformedProcedureStepStatus == "COMPLETED"
 
 
+def test_a_failing_hook_does_not_keep_the_step_from_the_others():
+    s = make_pair()
+    broken = Completions(fail=True)
+    s.pair.acceptor.pm.register(broken)  # registered last: pluggy calls it first
+    create(s)
+    assert n_set(s, completion()).status == 0x0000
+    assert len(broken.steps) == 1
+    assert [step.sop_instance_uid for step in s.hook.steps] == [broken.steps[0].sop_instance_uid]
+
+
 @pytest.fixture
 def logged_failures():
     """Twisted log events that carry a traceback (a handler that raised)."""

@@ -330,6 +330,18 @@ def test_a_failing_stored_hook_does_not_change_the_status(tmp_path):
         node.close()
 
 
+def test_a_failing_forwarder_does_not_keep_the_instance_from_the_others(tmp_path):
+    node = Node(tmp_path / "data")
+    broken = Records(fail=True)
+    node.pair.acceptor.pm.register(broken)  # registered last: pluggy calls it first
+    try:
+        assert node.store(make_dataset()).status == 0x0000
+        assert len(broken.instances) == 1
+        assert [i.sop_instance_uid for i in node.records.instances] == [broken.instances[0].sop_instance_uid]
+    finally:
+        node.close()
+
+
 # -- associations that end early -----------------------------------------------------------------------
 
 

@@ -52,7 +52,9 @@ def make_plugin_manager(
     :param load_entrypoints: load the ``dimsekit`` entry-point group
         (built-in plugins included).
     :param blocked: plugin names not to load (added to ``DIMSEKIT_DISABLE_PLUGINS``).
-    :param plugins: extra plugin objects to register (tests, embedding apps).
+    :param plugins: extra plugin objects to register (tests, embedding apps);
+        one that an entry point already loaded is registered once, under its
+        entry-point name.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -61,7 +63,8 @@ def make_plugin_manager(
     if load_entrypoints:
         pm.load_setuptools_entrypoints(hookspecs.PROJECT_NAME)
     for plugin in plugins:
-        pm.register(plugin)
+        if not pm.is_registered(plugin):  # an entry point loaded it already (or it is listed twice)
+            pm.register(plugin)
     pm.check_pending()
     if os.environ.get("DIMSEKIT_TRACE_HOOKS"):
         pm.trace.root.setwriter(lambda text: _log.debug("{text}", text=text.rstrip()))

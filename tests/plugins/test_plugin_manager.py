@@ -88,6 +88,16 @@ def test_extra_plugins_are_registered_and_hooks_checked():
     assert Registry.from_plugins(pm).handler("C-ECHO", VERIFICATION) is echo
 
 
+def test_a_plugin_given_that_an_entry_point_also_loads_is_registered_once():
+    import dimsekit_plugins.verification as verification
+
+    pm = make_plugin_manager(plugins=[verification])
+    assert pm.get_plugin("verification") is verification  # under its entry-point name
+    assert [plugin for plugin in pm.get_plugins() if plugin is verification] == [verification]
+    assert Registry.from_plugins(pm).handler("C-ECHO", VERIFICATION) is not None  # no conflict with itself
+    assert make_plugin_manager(load_entrypoints=False, plugins=[verification, verification]).is_registered(verification)
+
+
 def test_a_misspelt_hook_is_refused():
     class Typo:
         @hookimpl

@@ -234,7 +234,9 @@ def test_report_on_a_separate_association_with_role_selection(tmp_path: Path):
 def test_pending_request_is_resent_after_a_restart(tmp_path: Path):
     data = tmp_path / "data"
     port = free_port()  # where the SCU will listen -- nobody yet
-    config = node_config(port, retry_interval=60, max_attempts=1, connect_timeout=2)
+    # report_delay: the SCU has surely released by then (else the report would rightly
+    # go on its association, still there, and nothing would be pending)
+    config = node_config(port, retry_interval=60, max_attempts=1, connect_timeout=2, report_delay=1)
     node = start_node(_fresh(tmp_path / "run1"), "--data-dir", str(data), config=config)
     txn = str(generate_uid())
     try:

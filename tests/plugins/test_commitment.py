@@ -94,22 +94,6 @@ def fresh_service(monkeypatch):
     commitment.service._busy.clear()
 
 
-@pytest.fixture
-def logged_failures():
-    """Twisted log events that carry a traceback (a handler that raised)."""
-    from twisted.logger import globalLogPublisher
-
-    events: list = []
-
-    def observe(event):
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
-
-
 def make_scp(*, archive: FakeArchive | None = None, remotes: list[dict] | None = None, settings: dict | None = None,
              no_archive: bool = False) -> SimpleNamespace:
     archive = None if no_archive else (archive or FakeArchive(dict(STORED)))

@@ -309,22 +309,6 @@ def test_a_failing_hook_does_not_keep_the_step_from_the_others():
     assert [step.sop_instance_uid for step in s.hook.steps] == [broken.steps[0].sop_instance_uid]
 
 
-@pytest.fixture
-def logged_failures():
-    """Twisted log events that carry a traceback (a handler that raised)."""
-    from twisted.logger import globalLogPublisher
-
-    events: list = []
-
-    def observe(event):
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
-
-
 @pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 @pytest.mark.parametrize(
     ("payload", "status"),

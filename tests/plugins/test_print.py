@@ -379,22 +379,6 @@ def test_default_directory_is_under_the_data_dir(tmp_path):
     assert printing.Settings.from_config(config).directory == tmp_path.resolve() / "prints"
 
 
-@pytest.fixture
-def logged_failures():
-    """Twisted log events that carry a traceback (a handler that raised)."""
-    from twisted.logger import globalLogPublisher
-
-    events: list = []
-
-    def observe(event):
-        if "log_failure" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
-
-
 @pytest.mark.filterwarnings("ignore:Expected explicit VR:UserWarning")
 @pytest.mark.parametrize(
     "payload",

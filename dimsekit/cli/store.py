@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from dimsekit.cli._scu import describe_failure, make_ae
 from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import LocalProtocolError
+from dimsekit.nservice import is_valid_uid
 
 __all__ = [
     "add_arguments",
@@ -72,8 +72,6 @@ FALLBACK_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE)
 MAX_CONTEXTS = 128
 #: Media Storage Directory Storage: a DICOMDIR, not an instance to store
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-#: a UID as PS3.5 9.1 has it (what an A-ASSOCIATE-RQ may propose, dimsekit.ul.negotiation)
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\Z")
 
 Context = tuple[str, tuple[str, ...]]
 
@@ -174,7 +172,7 @@ def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], li
         # the association (and so every other file) fail.
         unusable = [f"{what} {uid!r}" for what, uid in (("SOP class", info.sop_class_uid),
                                                        ("transfer syntax", info.transfer_syntax))
-                    if len(uid) > 64 or not _UID.match(uid)]
+                    if not is_valid_uid(uid)]
         if unusable:
             skipped.append(Skipped(path, f"File Meta Information: {' and '.join(unusable)} not a UID", named))
             continue

@@ -45,11 +45,21 @@ from typing import Any
 
 from dimsekit.errors import DimsekitError
 
-__all__ = ["Config", "NodeConfig", "Limits", "RemoteAE", "ConfigError", "load", "from_mapping", "check_ae_title"]
+__all__ = ["Config", "NodeConfig", "Limits", "RemoteAE", "ConfigError", "load", "from_mapping", "check_ae_title",
+           "valid_max_pdu", "MAX_PDU_RULE"]
 
 
 class ConfigError(DimsekitError):
     """The configuration is wrong; the message names the key and the fix."""
+
+
+#: what a Maximum Length Received may be (PS3.8 D.1: 0 is no limit), in words
+MAX_PDU_RULE = "use 0 (no limit) or 4096 to 4294967295 bytes"
+
+
+def valid_max_pdu(value: int) -> bool:
+    """Whether ``value`` may be our Maximum Length Received (see :data:`MAX_PDU_RULE`)."""
+    return value == 0 or 4096 <= value <= 0xFFFFFFFF
 
 
 def check_ae_title(value: object, key: str) -> str:
@@ -180,8 +190,8 @@ def _validate(obj: Any, prefix: str) -> None:
     if isinstance(obj, Limits):
         if obj.max_associations < 1:
             raise ConfigError("limits.max_associations: must be at least 1")
-        if obj.max_pdu != 0 and not 4096 <= obj.max_pdu <= 0xFFFFFFFF:
-            raise ConfigError("limits.max_pdu: use 0 (no limit) or 4096 to 4294967295 bytes")
+        if not valid_max_pdu(obj.max_pdu):
+            raise ConfigError(f"limits.max_pdu: {MAX_PDU_RULE}")
         for name in ("artim_timeout", "acse_timeout", "idle_timeout", "dimse_timeout"):
             value = getattr(obj, name)
             if not math.isfinite(value) or value < 0:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twisted.internet import task
 
 from dimsekit import __version__
+from dimsekit.config import MAX_PDU_RULE, ConfigError, check_ae_title, valid_max_pdu
 from dimsekit.memory import tune_allocator
 
 __all__ = ["main", "add_common_arguments", "SUBCOMMANDS"]
@@ -34,42 +36,30 @@ SUBCOMMANDS = {
 
 
 def _ae_title(text: str) -> str:
-    from dimsekit.config import ConfigError, check_ae_title
-
     try:
         return check_ae_title(text, "AE title")
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("AE title: ")) from None
 
 
-def _tcp_port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return port
+def _checked(parse: Callable[[str], Any], valid: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse ``type``: ``parse(text)``, refused with ``rule`` unless ``valid``."""
+
+    def check(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise argparse.ArgumentTypeError(rule.format(text=text))
+        return value
+
+    return check
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds more than 0")
-    return value
-
-
-def _max_pdu(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value != 0 and not 4096 <= value <= 0xFFFFFFFF:
-        raise argparse.ArgumentTypeError(f"{text!r}: use 0 (no limit) or 4096 to 4294967295 bytes")
-    return value
+_tcp_port = _checked(int, lambda port: 1 <= port <= 65535, "{text!r} is not a TCP port (1-65535)")
+_seconds = _checked(float, lambda s: math.isfinite(s) and s > 0, "{text!r} is not a number of seconds more than 0")
+_max_pdu = _checked(int, valid_max_pdu, "{text!r}: " + MAX_PDU_RULE)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

@@ -110,6 +110,7 @@ class ServiceUser:
 
     negotiated: Any
     handlers: dict
+    reactor: Any
 
     # provided by Association
     def start_operation(self, context: NegotiatedContext, command: dict[str, Any], dataset: Any = None, **kw: Any) -> DimseOperation:  # pragma: no cover
@@ -175,19 +176,16 @@ class ServiceUser:
             plan = self._store_plan(dataset)
         except Exception as exc:
             return defer.fail(exc)
-        if isinstance(plan, _Reencode):
-            # pydicom reads and re-encodes the file: in a thread, not the reactor's
-            # (a C-MOVE to a peer that takes only Implicit VR does it per instance)
-            pool = getattr(getattr(self, "reactor", None), "getThreadPool", None)
-            if pool is None:  # a test's fake reactor
-                try:
-                    planned = self._reencoded(plan.info)
-                except Exception as exc:
-                    return defer.fail(exc)
-                return self._send_store(planned, priority, move_originator)
-            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info)  # type: ignore[attr-defined]
-            return d.addCallback(self._send_store, priority, move_originator)
-        return self._send_store(plan, priority, move_originator)
+        if not isinstance(plan, _Reencode):
+            return self._send_store(plan, priority, move_originator)
+        # pydicom reads and re-encodes the file: in a thread, not the reactor's
+        # (a C-MOVE to a peer that takes only Implicit VR does it per instance)
+        pool = getattr(self.reactor, "getThreadPool", None)
+        if pool is None:  # a test's fake reactor: here and now
+            d = defer.maybeDeferred(self._reencoded, plan.info)
+        else:
+            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info)
+        return d.addCallback(self._send_store, priority, move_originator)
 
     def _send_store(
         self, plan: tuple[NegotiatedContext, Any, str, str], priority: int, move_originator: tuple[str, int] | None,

@@ -240,7 +240,7 @@ class Association(ServiceUser):
         d.cancel()
 
     def _authenticated(self, verdict: object) -> None:
-        self._cancel_decision_timer()
+        self._decision_timer = _stop(self._decision_timer)
         if self.protocol is None or self.ended:
             return
         if verdict is False:
@@ -249,16 +249,11 @@ class Association(ServiceUser):
             self._accept(verdict if isinstance(verdict, bytes) else None)
 
     def _authentication_failed(self, failure: Failure) -> None:
-        self._cancel_decision_timer()
+        self._decision_timer = _stop(self._decision_timer)
         if self.protocol is None or self.ended:
             return  # ended meanwhile, or rejected for want of a verdict (_undecided)
         _log.failure("authenticator failed; rejecting the association", failure)
         self._reject(AssociateRJ(result=1, source=1, reason=1))
-
-    def _cancel_decision_timer(self) -> None:
-        timer, self._decision_timer = self._decision_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _reject(self, rj: AssociateRJ) -> None:
         if self._counted:
@@ -391,9 +386,7 @@ class Association(ServiceUser):
         self._answer_release()
 
     def _answer_release(self, collision: bool = False) -> None:
-        held, self._release_held = self._release_held, None
-        if held is not None and held.active():
-            held.cancel()
+        self._release_held = _stop(self._release_held)
         if self.protocol is None or self.ended:
             return
         if self._operations and not collision:
@@ -453,10 +446,8 @@ class Association(ServiceUser):
         first = self.ended is None
         if first:
             self.ended = how
-        held, self._release_held = self._release_held, None
-        if held is not None and held.active():
-            held.cancel()
-        self._cancel_decision_timer()
+        self._release_held = _stop(self._release_held)
+        self._decision_timer = _stop(self._decision_timer)
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
@@ -918,6 +909,20 @@ class Association(ServiceUser):
         if operation is None:
             _log.warn("response to unknown message {id} from {peer}; ignored", id=message_id, peer=_address(self.peer))
             return
+        field = int(command.get("CommandField", 0))
+        status = int(command.get("Status", 0xFFFF))
+        pending = dimse_status.category(status) is dimse_status.Category.PENDING
+        wrong = None
+        if operation.command_field and field != operation.command_field | 0x8000:
+            asked = COMMAND_NAMES.get(operation.command_field, hex(operation.command_field))
+            wrong = f"a {_response_name(field)} answers message {message_id}, a {asked}"
+        elif pending and operation.command_field not in _PENDING_CAPABLE:
+            wrong = f"a pending status (0x{status:04X}) in a {_response_name(field)}"
+        if wrong is not None:  # the operation cannot end well: it fails now, not at the DIMSE timeout
+            _log.warn("invalid response from {peer}: {wrong}; the operation fails", peer=_address(self.peer), wrong=wrong)
+            self._operation_done(operation)
+            operation.fail(RemoteProtocolError(f"invalid response: {wrong}"))
+            return
         dataset = None
         if sink is not None:
             try:
@@ -925,19 +930,6 @@ class Association(ServiceUser):
             except Exception as exc:
                 _log.warn("undecodable data set in a response from {peer}: {error}", peer=_address(self.peer), error=exc)
         response = Response(command, dataset)
-        field = int(command.get("CommandField", 0))
-        pending = response.category is dimse_status.Category.PENDING
-        wrong = None
-        if operation.command_field and field != operation.command_field | 0x8000:
-            asked = COMMAND_NAMES.get(operation.command_field, hex(operation.command_field))
-            wrong = f"a {_response_name(field)} answers message {message_id}, a {asked}"
-        elif pending and operation.command_field not in _PENDING_CAPABLE:
-            wrong = f"a pending status (0x{response.status:04X}) in a {_response_name(field)}"
-        if wrong is not None:  # the operation cannot end well: it fails now, not at the DIMSE timeout
-            _log.warn("invalid response from {peer}: {wrong}; the operation fails", peer=_address(self.peer), wrong=wrong)
-            self._operation_done(operation)
-            operation.fail(RemoteProtocolError(f"invalid response: {wrong}"))
-            return
         if pending:
             self._arm_dimse_timer(operation)
             operation.pending(response)
@@ -1022,11 +1014,15 @@ class _DiscardSink:
         return io.BytesIO()
 
 
+def _stop(timer: Any) -> None:
+    """Cancel ``timer`` (a DelayedCall, or None) if it has not run; None, to store in its place."""
+    if timer is not None and timer.active():
+        timer.cancel()
+
+
 def _cancel_timers(operation: DimseOperation) -> None:
-    for timer in (operation.timer, operation.total_timer):
-        if timer is not None and timer.active():
-            timer.cancel()
-    operation.timer = operation.total_timer = None
+    operation.timer = _stop(operation.timer)
+    operation.total_timer = _stop(operation.total_timer)
 
 
 def _address(peer: Any) -> str:

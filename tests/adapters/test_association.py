@@ -573,16 +573,22 @@ class EndingTests(AssociationTestCase):
         self.assertEqual(len(stored), 1)
         self.assertIn("data set longer than 65536 bytes", pair.acceptor_association.ended)
 
+    def release_behind_an_echo(self, echo):
+        """A pair whose requestor asks to release while its C-ECHO is being performed by
+        ``echo`` -- through the UL primitive, as a peer may (our release() would wait)."""
+        pair = self.make_pair(Services(echo))
+        assoc = pair.associate()
+        answered = assoc.echo()
+        pair.pump()
+        assoc.protocol.call("release")
+        pair.pump()
+        return pair, assoc, answered
+
     def test_a_release_asked_while_a_request_runs_waits_for_its_answer(self):
         # PS3.8 7.2.2: the acceptor may still send P-DATA after the A-RELEASE
         # indication, the requestor may still receive it.
         slow = Deferred()
-        pair = self.make_pair(Services(lambda request: slow))
-        assoc = pair.associate()
-        echo = assoc.echo()
-        pair.pump()
-        assoc.protocol.call("release")  # a peer that releases with a request outstanding
-        pair.pump()
+        pair, assoc, echo = self.release_behind_an_echo(lambda request: slow)
         acceptor = pair.acceptor_association
         self.assertIsNone(acceptor.ended)
         pair.advance(acceptor.RELEASE_HOLD / 2)
@@ -624,12 +630,7 @@ class EndingTests(AssociationTestCase):
 
     def test_a_held_release_is_answered_after_a_bounded_wait(self):
         never = Deferred()
-        pair = self.make_pair(Services(lambda request: never))
-        assoc = pair.associate()
-        echo = assoc.echo()
-        pair.pump()
-        assoc.protocol.call("release")  # a peer that releases with a request outstanding
-        pair.pump()
+        pair, assoc, echo = self.release_behind_an_echo(lambda request: never)
         acceptor = pair.acceptor_association
         pair.advance(acceptor.RELEASE_HOLD - 1)
         self.assertIsNone(assoc.ended)
@@ -641,12 +642,7 @@ class EndingTests(AssociationTestCase):
 
     def test_an_abort_while_a_release_is_held_cancels_the_wait(self):
         never = Deferred()
-        pair = self.make_pair(Services(lambda request: never))
-        assoc = pair.associate()
-        echo = assoc.echo()
-        pair.pump()
-        assoc.protocol.call("release")
-        pair.pump()
+        pair, assoc, echo = self.release_behind_an_echo(lambda request: never)
         assoc.abort()
         pair.pump()
         self.failureResultOf(echo, AssociationAborted)

@@ -37,6 +37,7 @@ __all__ = [
     "Part10Info",
     "part10_info",
     "dataset_file_info",
+    "swap_words",
     "iter_file",
     "DatasetError",
 ]
@@ -110,13 +111,19 @@ def _byte_swapped(dataset: Dataset) -> Dataset:
         if element.VR == "SQ" and element.value:
             element = DataElement(element.tag, "SQ", [_byte_swapped(item) for item in element.value])
         elif size is not None and isinstance(element.value, bytes | bytearray) and len(element.value) >= size:
-            words = array(_ARRAY_CODES[size])
-            whole = len(element.value) - len(element.value) % size
-            words.frombytes(element.value[:whole])
-            words.byteswap()
-            element = DataElement(element.tag, element.VR, words.tobytes() + bytes(element.value[whole:]))
+            element = DataElement(element.tag, element.VR, swap_words(element.value, size))
         copy.add(element)
     return copy
+
+
+def swap_words(data: bytes | bytearray, size: int) -> bytes:
+    """``data`` with the bytes of each ``size``-byte word reversed (2, 4 or 8): an
+    OW/OL/OF/OD/OV value into the other byte order; a trailing part word stays."""
+    words = array(_ARRAY_CODES[size])
+    whole = len(data) - len(data) % size
+    words.frombytes(data[:whole])
+    words.byteswap()
+    return words.tobytes() + bytes(data[whole:])
 
 
 def decode_dataset(data: bytes | IO[bytes], transfer_syntax: str) -> Dataset:

@@ -96,7 +96,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
-from dimsekit.datasets import DatasetError
+from dimsekit.datasets import DatasetError, swap_words
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
@@ -753,9 +753,7 @@ class PrintService:
         if allocated == 16 and item.original_encoding[1] is False:
             # Explicit VR Big Endian: each OW word arrived most significant byte first (PS3.5 7.3);
             # pydicom keeps Pixel Data as received, Picture reads little endian words
-            swapped = bytearray(data)
-            swapped[0::2], swapped[1::2] = data[1::2], data[0::2]
-            data = bytes(swapped)
+            data = swap_words(data, 2)
         # converted to 8 bits when rendered, in the worker thread
         return Picture(rows, columns, stored, photometric == "MONOCHROME1", data)
 

@@ -82,20 +82,17 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
-from dimsekit.datasets import DatasetError
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
@@ -108,11 +105,11 @@ from dimsekit.nservice import (
     MissingAttribute,
     NormalizedService,
     NoSuchInstance,
-    ProcessingFailure,
     SQLiteBackend,
     check_backend_config,
     check_required,
     is_valid_uid,
+    received_dataset,
 )
 from dimsekit.registry import ServiceClass
 from dimsekit.uids import by_keyword
@@ -132,10 +129,6 @@ __all__ = [
     "report_dataset",
     "read_report",
 ]
-
-#: what reading a malformed received data set raises (pydicom parses values lazily,
-#: on first access): answered with a status, never a traceback
-_UNREADABLE = (ValueError, TypeError, OverflowError, EOFError, OSError, struct.error, BytesLengthException)
 
 _log = Logger(namespace="dimsekit.commitment")
 
@@ -380,8 +373,8 @@ class CommitmentService(NormalizedService):
     @staticmethod
     def _read_request(request: Any) -> tuple[str, list[tuple[str, str]]]:
         """Transaction UID and (SOP Class, SOP Instance) pairs of an N-ACTION's Action Information."""
-        dataset = request.dataset()
-        if dataset is None:
+        dataset = received_dataset(request)  # 0x0110 / 0x0106 when it cannot be read
+        if not dataset:
             raise MissingAttribute("no Action Information", attributes=(_TRANSACTION_UID_TAG, 0x00081199))
         check_required(dataset, REQUEST_REQUIREMENTS)
         transaction_uid = str(dataset.TransactionUID).strip()
@@ -402,14 +395,7 @@ class CommitmentService(NormalizedService):
         ae = association.ae
         if request.sop_instance_uid != STORAGE_COMMITMENT_INSTANCE:
             raise NoSuchInstance(request.sop_instance_uid)
-        try:
-            transaction_uid, references = self._read_request(request)
-        except DatasetError as exc:
-            _log.warn("storage commitment: undecodable N-ACTION from {caller}: {error}",
-                      caller=association.remote_ae_title, error=exc)
-            raise ProcessingFailure("cannot decode the Action Information") from None
-        except _UNREADABLE as exc:  # a value pydicom cannot read or convert
-            raise InvalidAttributeValue(f"unusable attribute value: {exc}"[:64]) from None
+        transaction_uid, references = self._read_request(request)
         pending = Pending(transaction_uid, association.remote_ae_title, references)
         key = self._store_key(ae)
         try:

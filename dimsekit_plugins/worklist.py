@@ -317,11 +317,15 @@ def _plain(element: DataElement) -> Any:
     return str(value)
 
 
-def _json_path(tag: int, vr: str, inside_step: bool) -> str:
+def _values_path(tag: int, inside_step: bool) -> str:
+    """The JSON path of an attribute's values in an item's DICOM JSON."""
     t = Tag(tag)
-    path = f'$."{t.group:04X}{t.element:04X}".Value[0]'
-    if inside_step:
-        path = f'$."00400100".Value[0]."{t.group:04X}{t.element:04X}".Value[0]'
+    path = f'$."{t.group:04X}{t.element:04X}".Value'
+    return f'$."00400100".Value[0].{path[2:]}' if inside_step else path
+
+
+def _json_path(tag: int, vr: str, inside_step: bool) -> str:
+    path = _values_path(tag, inside_step) + "[0]"
     if vr == "PN":
         path += ".Alphabetic"
     return f"json_extract(dataset, '{path}')"
@@ -346,10 +350,7 @@ def _multi_valued(tag: int) -> bool:
 def _any_value(tag: int, vr: str, inside_step: bool, value: Any) -> Condition:
     """The condition for a multi-valued attribute: any one of its stored values
     matches (PS3.4 C.2.2.3), each value taken from the stored DICOM JSON."""
-    t = Tag(tag)
-    path = f'$."{t.group:04X}{t.element:04X}".Value'
-    if inside_step:
-        path = f'$."00400100".Value[0]."{t.group:04X}{t.element:04X}".Value'
+    path = _values_path(tag, inside_step)
     each = "json_extract(v.value, '$.Alphabetic')" if vr == "PN" else "v.value"
     condition = condition_for(_wrap(each, vr), vr, value)
     if not condition.sql:

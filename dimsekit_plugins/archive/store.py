@@ -1327,14 +1327,15 @@ class Archive:
         record = self._sql(index.get, uid)
         if record is not None and record.path == rel and record.size == size:
             return  # a commit indexed it meanwhile
-        older = None  # the indexed copy, when this one was received after it
+        older: tuple[Path, str] | None = None  # the indexed copy, when this one was received after it
         if record is not None and record.path != rel:
             # Two copies: the one received last is the instance.  Usually the index names it
             # (a crash between indexing a copy moved to another series and removing the old
             # file), but an index transaction lost in a power cut (synchronous=NORMAL) leaves
             # the row naming the old copy while the new one, synced, was acknowledged.
+            indexed = self.root.joinpath(*record.path.split("/"))
             try:
-                indexed_mtime = self.root.joinpath(*record.path.split("/")).stat().st_mtime_ns
+                indexed_mtime = indexed.stat().st_mtime_ns
             except FileNotFoundError:
                 indexed_mtime = None
             if indexed_mtime is not None and indexed_mtime >= path.stat().st_mtime_ns:
@@ -1342,7 +1343,7 @@ class Archive:
                 report["stale_removed"].append(rel)
                 return
             if indexed_mtime is not None:
-                older = record.path
+                older = (indexed, record.path)
         try:
             # With a row too: a copy sent again after its file vanished may have been
             # cut by a crash.  Then only a short file counts: one edited in place by
@@ -1374,8 +1375,8 @@ class Archive:
                 report["rows_dropped"].append(uid)
             return
         if older is not None:
-            _unlink(self.root.joinpath(*older.split("/")))
-            report["stale_removed"].append(older)
+            _unlink(older[0])
+            report["stale_removed"].append(older[1])
         report["rows_refreshed" if record is not None else "files_indexed"].append(rel)
 
     def _quarantine(self, path: Path, rel: str, why: Exception) -> None:

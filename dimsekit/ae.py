@@ -9,8 +9,9 @@ accepts), its limits and timeouts.  It makes connections in both directions:
 * :meth:`ApplicationEntity.associate` opens one and fires with an
   :class:`~dimsekit.association.Association` once the peer accepted.
 
-Both take any Twisted endpoint (TCP, TLS, UNIX), so TLS is the endpoint's
-business, not ours.
+Both take any Twisted endpoint (TCP, TLS, UNIX).  With a ``[tls]``
+configuration (:mod:`dimsekit.tls`) the AE also makes TLS endpoints itself:
+``listen(port, tls=True)``, ``associate(host, port, tls=True)``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dimsekit.errors import LocalProtocolError
 from dimsekit.plugin import make_plugin_manager
 from dimsekit.protocol import DicomProtocol
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, Registry
+from dimsekit.tls import TLSContext
 from dimsekit.ul.connection import Timeouts, UpperLayer
 from dimsekit.ul.items import SOPClassCommonExtendedNegotiation
 from dimsekit.ul.negotiation import AcceptorPolicy, Negotiated, NegotiationCache, build_associate_rq
@@ -124,6 +126,9 @@ class ApplicationEntity:
         self.async_window: tuple[int, int] | None = None if window == (1, 1) else window
         self.active: set[Association] = set()
         self._negotiation_cache = NegotiationCache(self.policy)
+        #: the ``[tls]`` settings with their files read (None: no [tls]); a file that
+        #: cannot be used raises :class:`~dimsekit.tls.TLSError` here, before anything runs
+        self.tls: TLSContext | None = TLSContext(self.config.tls) if self.config.tls is not None else None
 
     # -- negotiation (acceptor side) -------------------------------------------------
 
@@ -161,9 +166,24 @@ class ApplicationEntity:
         """A ServerFactory to listen with on any endpoint."""
         return DicomServerFactory(self)
 
-    def listen(self, port: int = 0, interface: str = "127.0.0.1", *, endpoint: IStreamServerEndpoint | None = None) -> Deferred:
-        """Listen for associations; fires with the ``IListeningPort``."""
-        if endpoint is None:
+    def listen(
+        self, port: int = 0, interface: str = "127.0.0.1", *, endpoint: IStreamServerEndpoint | None = None,
+        tls: bool = False,
+    ) -> Deferred:
+        """Listen for associations; fires with the ``IListeningPort``.
+
+        :param tls: listen for TLS connections with the AE's ``[tls]`` settings.
+        """
+        if tls:
+            if endpoint is not None:
+                return defer.fail(LocalProtocolError("give tls or an endpoint, not both (the endpoint decides)"))
+            if self.tls is None:
+                return defer.fail(LocalProtocolError("TLS asked for, but there are no [tls] settings"))
+            try:
+                endpoint = self.tls.server_endpoint(self.reactor, port, interface)
+            except Exception as exc:
+                return defer.fail(exc)
+        elif endpoint is None:
             endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=interface)
         return endpoint.listen(self.server_factory())
 
@@ -184,6 +204,7 @@ class ApplicationEntity:
         extended: Mapping[str, bytes] | None = None,
         common_extended: Sequence[SOPClassCommonExtendedNegotiation] = (),
         connect_timeout: float = 30.0,
+        tls: bool | TLSContext = False,
     ) -> Deferred:
         """Open an association; fires with the :class:`~dimsekit.association.Association`.
 
@@ -198,6 +219,8 @@ class ApplicationEntity:
             ``association.negotiated.extended`` (nothing for a SOP class it did not answer).
         :param common_extended: SOP Class Common Extended Negotiation sub-items
             (PS3.7 D.3.3.6) to send.
+        :param tls: connect to ``host`` with TLS: True for the AE's ``[tls]``
+            settings, or a :class:`~dimsekit.tls.TLSContext` of its own.
         :raises (in the Deferred): :class:`~dimsekit.errors.AssociationRejected`,
             :class:`~dimsekit.errors.AssociationAborted`, or the connection error.
         """
@@ -225,7 +248,15 @@ class ApplicationEntity:
         if endpoint is None:
             if host is None or port is None:
                 return defer.fail(LocalProtocolError("give host and port, or an endpoint"))
-            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=connect_timeout)
+            if tls is False:
+                endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=connect_timeout)
+            else:
+                context = self.tls if tls is True else tls
+                if context is None:
+                    return defer.fail(LocalProtocolError("TLS asked for, but there are no [tls] settings"))
+                endpoint = context.client_endpoint(self.reactor, host, port, timeout=connect_timeout)
+        elif tls is not False:
+            return defer.fail(LocalProtocolError("give tls or an endpoint, not both (the endpoint decides)"))
         association = Association(self, self.reactor, is_requestor=True)
         association.rq = rq
         ul = UpperLayer(maximum_length=rq.user_information.maximum_length or 0, timeouts=self.timeouts)

@@ -188,7 +188,7 @@ class Association(ServiceUser):
         transport = protocol.transport
         self.peer = transport.getPeer() if transport is not None else None
         if transport is not None:
-            transport.registerProducer(self, True)
+            protocol.register_producer(self)
 
     def association_indication(self, output: out.AssociateIndication) -> None:
         """We are the acceptor and an A-ASSOCIATE-RQ arrived: decide and answer."""
@@ -419,7 +419,13 @@ class Association(ServiceUser):
         # The error is made only when something is left to fail with it
         # (normally the association was released before: nothing is), by
         # _fail_pending, which _finish calls only then.
-        self._finish("connection closed", _CONNECTION_LOST)
+        value = reason.value if isinstance(reason, Failure) else None
+        if isinstance(value, ConnectionLost):  # the transport said why (a TLS handshake that failed)
+            if self.ended is None:
+                self.ended = f"connection closed: {value}"
+            self._finish("connection closed", value)
+        else:
+            self._finish("connection closed", _CONNECTION_LOST)
         self.protocol = None
 
     def busy(self) -> bool:

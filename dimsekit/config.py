@@ -31,6 +31,13 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     host = "127.0.0.1"
     port = 11113
 
+    tls = false                  # associations to it use TLS ([tls])
+
+    [tls]                        # TLS (PS3.15 B.1): see dimsekit.tls for every key
+    certificate = "node.crt"     # with private_key: the node also listens for TLS on port 2762
+    private_key = "node.key"
+    ca_certificates = ["ca.crt"] # the CAs peers' certificates are checked against
+
     [plugins.storage]            # each plugin reads its own section
 """
 
@@ -41,9 +48,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dimsekit.errors import DimsekitError
+
+if TYPE_CHECKING:
+    from dimsekit.tls import TLSConfig
 
 __all__ = ["Config", "NodeConfig", "Limits", "RemoteAE", "ConfigError", "load", "from_mapping", "check_ae_title",
            "valid_max_pdu", "MAX_PDU_RULE"]
@@ -125,6 +135,8 @@ class Config:
     remotes: tuple[RemoteAE, ...] = ()
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
+    #: ``[tls]``, None when the file has no such section
+    tls: TLSConfig | None = None
 
     def remote(self, ae_title: str) -> RemoteAE | None:
         """The known AE with this title, or None."""
@@ -205,9 +217,13 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError("limits.max_dataset_size: use 0 (no limit) or a number of bytes")
 
 
-def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
-    """Build a :class:`Config` from parsed TOML (a dict)."""
-    allowed = {"node", "limits", "remote", "plugins"}
+def from_mapping(data: Mapping[str, Any], source: str = "<mapping>", *, base: str = "") -> Config:
+    """Build a :class:`Config` from parsed TOML (a dict).
+
+    :param base: the directory relative file names (``[tls]``'s) are found in;
+        "" for the working directory.
+    """
+    allowed = {"node", "limits", "remote", "plugins", "tls"}
     for key in data:
         if key not in allowed:
             raise ConfigError(f"{key}: unknown section; the sections are: {', '.join(sorted(allowed))}")
@@ -230,12 +246,22 @@ def from_mapping(data: Mapping[str, Any], source: str = "<mapping>") -> Config:
     plugins = data.get("plugins", {})
     if not isinstance(plugins, Mapping) or any(not isinstance(v, Mapping) for v in plugins.values()):
         raise ConfigError("plugins: write each plugin's settings as a [plugins.NAME] table")
+    tls = None
+    if "tls" in data:
+        from dimsekit.tls import from_section
+
+        tls = from_section(data["tls"], base=base)
+    for index, remote in enumerate(remotes):
+        if remote.tls and tls is None:
+            raise ConfigError(f"remote[{index}].tls: associations to {remote.ae_title!r} need a [tls] section "
+                              "(ca_certificates to check its certificate, and ours if it asks for one)")
     return Config(
         node=node,
         limits=limits,
         remotes=tuple(remotes),
         plugins={k: dict(v) for k, v in plugins.items()},
         source=source,
+        tls=tls,
     )
 
 
@@ -255,4 +281,4 @@ def load(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror or exc}); check --config") from None
-    return from_mapping(data, source=str(path))
+    return from_mapping(data, source=str(path), base=str(path.resolve().parent))

@@ -29,10 +29,12 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import protocol, tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dimsekit.errors import ConnectionLost
+from dimsekit.tls import describe_tls_failure
 from dimsekit.ul import outputs as out
 from dimsekit.ul.connection import UpperLayer
 from dimsekit.ul.fsm import State
@@ -129,6 +131,15 @@ _WRITE_QUEUE_BY_CLASS: dict[type, bool] = {}
 _QUEUE_ATTRIBUTES = ("_tempDataLen", "dataBuffer", "offset", "connected", "disconnecting", "_writeDisconnected")
 
 
+def _peer_of(transport: Any) -> str:
+    """``host:port`` of the peer, for log lines."""
+    try:
+        address = transport.getPeer()
+        return f"{address.host}:{address.port}"
+    except Exception:
+        return "peer"
+
+
 def _socket_of(transport: Any) -> socket.socket | None:
     get_handle = getattr(transport, "getHandle", None)
     if get_handle is None:
@@ -164,6 +175,10 @@ class DicomProtocol(protocol.Protocol):
         self._direct = False
         #: something was written since the current read began (dataReceived)
         self._wrote = False
+        #: the transport is TLS (a handshake failure is then worth a line of its own)
+        self._tls = False
+        #: register_producer() registered one, unregistered when we close
+        self._producer_registered = False
 
     # -- twisted.internet.interfaces.IProtocol --------------------------------
 
@@ -171,6 +186,7 @@ class DicomProtocol(protocol.Protocol):
         transport = self.transport
         # No TCP_QUICKACK yet: a new connection starts in quick-ACK mode, and
         # dataReceived re-arms it after any read it does not answer at once.
+        self._tls = ISSLTransport.providedBy(transport)
         sock = set_low_latency(transport, quickack=False)
         self._socket = sock if _TCP_QUICKACK is not None else None
         if type(getattr(transport, "bufferSize", None)) is int:
@@ -216,7 +232,13 @@ class DicomProtocol(protocol.Protocol):
                 self._socket = None
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.run(self.ul.transport_closed(self.reactor.seconds()))
+        # A failed TLS handshake says why (the association's log line and error carry it).
+        tls = describe_tls_failure(reason.value) if self._tls else None
+        if tls is not None:
+            reason = Failure(ConnectionLost(tls))
+            self.run(self.ul.transport_closed(self.reactor.seconds(), tls))
+        else:
+            self.run(self.ul.transport_closed(self.reactor.seconds()))
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -290,12 +312,30 @@ class DicomProtocol(protocol.Protocol):
                 else:
                     self.transport.write(item.data)  # type: ignore[union-attr]
             elif kind is out.CloseTransport:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.close_transport()
             elif kind is out.OpenTransport:
                 pass  # the requestor's endpoint opened the connection before we existed
             else:
                 getattr(self.user, _INDICATIONS[kind])(item)
         self._arm_timer()
+
+    def close_transport(self) -> None:
+        """Close the connection once what is queued is written.  The association
+        (registered as the transport's producer) is unregistered first: a TLS
+        transport does not send its close_notify, nor close, while a producer is
+        registered, so the connection stayed open until the peer gave up."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._producer_registered:
+            self._producer_registered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
+
+    def register_producer(self, producer: Any) -> None:
+        """Register the (streaming) producer the transport pauses when its buffer fills."""
+        self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+        self._producer_registered = True
 
     def _write_now(self, data: bytes) -> None:
         """``transport.write``, but a small write finding nothing queued goes

@@ -32,39 +32,74 @@ class DicomNodeService(service.Service):
 
     name = "dimsekit"
 
-    def __init__(self, ae: ApplicationEntity, endpoint: str, *, grace: float = 5.0) -> None:
+    def __init__(
+        self, ae: ApplicationEntity, endpoint: str, *, grace: float = 5.0, tls_port: int | None = None,
+        tls_interface: str = "",
+    ) -> None:
         self.ae = ae
         self.endpoint_description = endpoint
         self.grace = grace
+        #: also listen for TLS (the AE's ``[tls]`` settings) on this port; None: not
+        self.tls_port = tls_port
+        self.tls_interface = tls_interface
         self.port: Any = None
+        #: the TLS listener's port, when there is one
+        self.tls_listening_port: Any = None
+
+    @property
+    def listening_on(self) -> str:
+        """The listeners, described (for messages)."""
+        if self.tls_port is None:
+            return self.endpoint_description
+        interface = f":interface={self.tls_interface}" if self.tls_interface else ""
+        return f"{self.endpoint_description} and TLS port {self.tls_port}{interface}"
 
     def startService(self) -> defer.Deferred:  # type: ignore[override]
         super().startService()
         endpoint = endpoints.serverFromString(self.ae.reactor, self.endpoint_description)
-        d = endpoint.listen(self.ae.server_factory())
+        factory = self.ae.server_factory()
+        waits = [endpoint.listen(factory)]
+        if self.tls_port is not None:
+            waits.append(self.ae.listen(self.tls_port, self.tls_interface, tls=True))
+        d = defer.gatherResults(waits, consumeErrors=True)
 
-        def listening(port: Any) -> None:
-            self.port = port
-            address = port.getHost()
+        def listening(ports: list[Any]) -> None:
+            self.port = ports[0]
+            if len(ports) > 1:
+                self.tls_listening_port = ports[1]
+            address = self.port.getHost()
+            tls = ""
+            if self.tls_listening_port is not None:
+                tls_address = self.tls_listening_port.getHost()
+                tls = f" and for TLS on {tls_address.host}:{tls_address.port}"
             _log.info(
-                "dimsekit node {aet} listening on {host}:{port} ({count} SOP classes: {names})",
+                "dimsekit node {aet} listening on {host}:{port}{tls} ({count} SOP classes: {names})",
                 aet=self.ae.ae_title,
                 host=address.host,
                 port=address.port,
+                tls=tls,
                 count=len(self.ae.registry.supported),
                 names=", ".join(sorted({s.name for s in self.ae.registry.service_classes})),
             )
             # one plugin failing here (logged) must not keep the archive from reconciling
             notify(self.ae.pm, self.ae.pm.hook.dimsekit_on_node_started, ae=self.ae)
 
-        return d.addCallback(listening)
+        def not_listening(failure: Any) -> Any:
+            # One listener failed: close the other(s), and fail with the first error itself.
+            for result in waits:
+                result.addCallback(lambda port: port and port.stopListening()).addErrback(lambda _: None)
+            return failure.value.subFailure if isinstance(failure.value, defer.FirstError) else failure
+
+        return d.addCallbacks(listening, not_listening)
 
     @defer.inlineCallbacks
     def stopService(self):  # type: ignore[override]
         super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
-            self.port = None
+        for name in ("port", "tls_listening_port"):
+            port = getattr(self, name)
+            if port is not None:
+                yield port.stopListening()
+                setattr(self, name, None)
         running = list(self.ae.active)
         if running:
             _log.info("waiting up to {grace:g} s for {n} association(s) to end", grace=self.grace, n=len(running))
@@ -80,9 +115,8 @@ class DicomNodeService(service.Service):
             # writes what is queued first) and wait, bounded, until they are gone.
             for association in aborted:
                 protocol = association.protocol
-                transport = getattr(protocol, "transport", None)
-                if transport is not None:
-                    transport.loseConnection()
+                if protocol is not None:
+                    protocol.close_transport()
             deadline = self.ae.reactor.seconds() + 2.0
             while any(a.protocol is not None for a in aborted) and self.ae.reactor.seconds() < deadline:
                 yield _sleep(self.ae.reactor, 0.02)

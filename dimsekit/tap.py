@@ -200,7 +200,9 @@ def makeService(options: Options) -> service.IService:
             raise SystemExit(f"dimsekit: --endpoint {endpoint!r}: {exc}") from None
     _check_data_dir(Path(node.data_dir).expanduser())
     node_service = service.MultiService()
-    _twistd_node_service()(ae, endpoint).setServiceParent(node_service)
+    tls = config.tls
+    tls_port = tls.port if tls is not None and tls.has_identity and tls.port else None
+    _twistd_node_service()(ae, endpoint, tls_port=tls_port, tls_interface=node.interface).setServiceParent(node_service)
     StopOnSIGTERM().setServiceParent(node_service)
     return node_service
 
@@ -240,7 +242,7 @@ def _twistd_node_service() -> type:
             d.addErrback(seen)
             if failed:  # TCP and TLS endpoints listen at once (the line reaches twistd's log too)
                 d.addErrback(lambda failure: None)
-                raise SystemExit(f"dimsekit: cannot listen on {self.endpoint_description}: "
+                raise SystemExit(f"dimsekit: cannot listen on {self.listening_on}: "
                                  f"{failed[0].getErrorMessage()}")
             return d
 

@@ -139,7 +139,7 @@ def _toml(text: str):
         ("[limits]\ndimse_timeout = 0", lambda c: c.limits.dimse_timeout == 0.0),
         ("[limits]\nmax_dataset_size = 2147483648", lambda c: c.limits.max_dataset_size == 2**31),
         (
-            '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true',
+            '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true\n[tls]\nverify_peer = false',
             lambda c: c.remotes[0].tls is True,
         ),
         (

@@ -275,10 +275,11 @@ class UpperLayer:
             return
         results += self._handle(_EVENT_FOR_PDU[type(pdu)], pdu, now)
 
-    def transport_closed(self, now: float) -> list[out.Output]:
-        """Transport connection closed indication (Evt17)."""
+    def transport_closed(self, now: float, why: str = "transport connection closed by the peer") -> list[out.Output]:
+        """Transport connection closed indication (Evt17); ``why`` says how, when the transport knows
+        (a failed TLS handshake)."""
         self._buffer.clear()
-        return self._handle(Event.EVT17, "transport connection closed by the peer", now)
+        return self._handle(Event.EVT17, why, now)
 
     # -- timers --------------------------------------------------------------
 

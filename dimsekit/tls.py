@@ -1,0 +1,249 @@
+"""TLS for DICOM associations (PS3.15 B.1, B.9): settings, and the Twisted endpoints that use them.
+
+Nothing here speaks TLS itself: Twisted's ``twisted.internet.ssl`` (pyOpenSSL)
+does, through endpoints.  This module reads what an operator configures --
+certificates, the CAs to trust, whether the peer must prove who it is -- and
+turns it into a server endpoint for the node's TLS listener and client
+endpoints for associations the node or a tool opens.
+
+.. code-block:: toml
+
+    [tls]
+    certificate = "node.crt"       # PEM: our certificate (the CA certificates of its chain may follow)
+    private_key = "node.key"       # PEM, not encrypted
+    ca_certificates = ["ca.crt"]   # PEM files: the CAs (or peers' own certificates) we trust
+    port = 2762                    # the node's TLS listener (0: none); the TCP one stays on [node] port
+    verify_peer = true             # the peer must present a certificate we trust (both directions)
+    verify_hostname = false        # also check that a server's certificate names the host we dial
+    minimum_version = "1.2"        # "1.2" or "1.3" (BCP 195: nothing older)
+
+Certificates are checked against ``ca_certificates`` in both directions
+(mutual authentication, what PS3.15 B.1 asks for).  Host names are not
+checked by default: DICOM peers are usually configured by IP address, and
+DCMTK does not check them either; ``verify_hostname = true`` turns the check
+on for the associations we open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dimsekit.config import ConfigError
+
+__all__ = ["TLSConfig", "TLSContext", "TLSError", "from_section", "DEFAULT_TLS_PORT", "describe_tls_failure"]
+
+#: the port registered for DICOM over TLS (PS3.15 B.1, IANA "dicom-tls")
+DEFAULT_TLS_PORT = 2762
+
+_VERSIONS = ("1.2", "1.3")
+_KEYS = ("certificate", "private_key", "ca_certificates", "port", "verify_peer", "verify_hostname",
+         "minimum_version")
+
+
+class TLSError(ConfigError):
+    """The TLS settings cannot be used (a file missing or unreadable, a key that does not match)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """``[tls]``: what TLS associations use.  See the module's documentation for each key."""
+
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: tuple[str, ...] = ()
+    port: int = DEFAULT_TLS_PORT
+    verify_peer: bool = True
+    verify_hostname: bool = False
+    minimum_version: str = "1.2"
+    #: where relative file names are found (the configuration file's directory)
+    base: str = field(default="", compare=False)
+
+    @property
+    def has_identity(self) -> bool:
+        """A certificate and its key are configured (needed to listen)."""
+        return bool(self.certificate and self.private_key)
+
+    def path(self, name: str) -> Path:
+        path = Path(name).expanduser()
+        return path if path.is_absolute() or not self.base else Path(self.base) / path
+
+
+def from_section(values: Mapping[str, Any], *, base: str = "", prefix: str = "tls") -> TLSConfig:
+    """Read and check a ``[tls]`` table; :class:`~dimsekit.config.ConfigError` names the key."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"[{prefix}] must be a table, got {values!r}")
+    for key in values:
+        if key not in _KEYS:
+            raise ConfigError(f"{prefix}.{key}: unknown key; the keys of [{prefix}] are: {', '.join(sorted(_KEYS))}")
+    kwargs: dict[str, Any] = {"base": base}
+    for key in ("certificate", "private_key"):
+        if key in values:
+            value = values[key]
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{prefix}.{key}: give the path of a PEM file, got {value!r}")
+            kwargs[key] = value.strip()
+    if "ca_certificates" in values:
+        value = values["ca_certificates"]
+        files = [value] if isinstance(value, str) else value
+        if not isinstance(files, list) or not files or any(not isinstance(f, str) or not f.strip() for f in files):
+            raise ConfigError(f"{prefix}.ca_certificates: give a PEM file or a list of them, got {value!r}")
+        kwargs["ca_certificates"] = tuple(f.strip() for f in files)
+    if "port" in values:
+        port = values["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"{prefix}.port: {port!r} is not a TCP port (0-65535; 0 = no TLS listener)")
+        kwargs["port"] = port
+    for key in ("verify_peer", "verify_hostname"):
+        if key in values:
+            if not isinstance(values[key], bool):
+                raise ConfigError(f"{prefix}.{key}: true or false, got {values[key]!r}")
+            kwargs[key] = values[key]
+    if "minimum_version" in values:
+        version = values["minimum_version"]
+        if version not in _VERSIONS:
+            raise ConfigError(f"{prefix}.minimum_version: use \"1.2\" or \"1.3\", got {version!r}")
+        kwargs["minimum_version"] = version
+    config = TLSConfig(**kwargs)
+    if bool(config.certificate) != bool(config.private_key):
+        missing = "private_key" if config.certificate else "certificate"
+        raise ConfigError(f"{prefix}.{missing}: give both certificate and private_key, or neither")
+    if config.verify_peer and not config.ca_certificates:
+        raise ConfigError(f"{prefix}.ca_certificates: give the CA certificates that peers' certificates are checked "
+                          "against, or set verify_peer = false (not recommended: anyone could connect)")
+    if config.verify_hostname and not config.verify_peer:
+        raise ConfigError(f"{prefix}.verify_hostname: needs verify_peer = true")
+    return config
+
+
+class TLSContext:
+    """A :class:`TLSConfig` with its files read: makes server and client endpoints.
+
+    Every file is read once, here; a problem raises :class:`TLSError` naming
+    the key and the file, before anything listens or connects.
+    """
+
+    def __init__(self, config: TLSConfig, *, prefix: str = "tls") -> None:
+        from OpenSSL import crypto
+        from twisted.internet import ssl
+
+        self.config = config
+        self._prefix = prefix
+        self._ssl = ssl
+        self._identity: Any = None
+        self._chain: list[Any] = []
+        if config.has_identity:
+            certs = self._certificates("certificate", config.certificate)
+            key_pem = self._read("private_key", config.private_key)
+            try:
+                key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
+            except Exception as exc:
+                raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not an unencrypted "
+                               f"PEM private key ({_reason(exc)})") from None
+            try:
+                self._identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0][0]), key)
+            except Exception:
+                # Caught here: every handshake would fail later, with a vaguer message.
+                raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not the key of the "
+                               f"certificate in {self._where(config.certificate)}") from None
+            self._chain = [c for c, _ in certs[1:]]
+        trusted = [cert for name in config.ca_certificates for cert, _ in self._certificates("ca_certificates", name)]
+        self._trust = ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trusted]) if trusted else None
+        self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
+
+    # -- reading the files ------------------------------------------------------------
+
+    def _where(self, name: str) -> str:
+        return str(self.config.path(name))
+
+    def _read(self, key: str, name: str) -> bytes:
+        path = self.config.path(name)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise TLSError(f"{self._prefix}.{key}: cannot read {path} ({exc.strerror or exc})") from None
+
+    def _certificates(self, key: str, name: str) -> list[tuple[Any, bytes]]:
+        """The certificates of a PEM file, in order, each as (OpenSSL X509, its PEM)."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+        from OpenSSL import crypto
+
+        data = self._read(key, name)
+        try:
+            found = x509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            raise TLSError(f"{self._prefix}.{key}: {self._where(name)} holds no PEM certificate ({exc})") from None
+        return [(crypto.X509.from_cryptography(c), c.public_bytes(Encoding.PEM)) for c in found]
+
+    # -- options ----------------------------------------------------------------------
+
+    def _options(self, *, server: bool) -> Any:
+        ssl = self._ssl
+        kwargs: dict[str, Any] = {"raiseMinimumTo": self._minimum}
+        if self._identity is not None:
+            kwargs.update(privateKey=self._identity.privateKey.original, certificate=self._identity.original,
+                          extraCertChain=self._chain)
+        if self.config.verify_peer:
+            kwargs.update(trustRoot=self._trust)  # a certificate is then required, and checked
+        elif server:
+            kwargs.update(requireCertificate=False)
+        return ssl.CertificateOptions(**kwargs)
+
+    def server_options(self) -> Any:
+        """What the node's TLS listener uses (our certificate; the client's checked if verify_peer)."""
+        if self._identity is None:
+            raise TLSError(f"{self._prefix}.certificate: a TLS listener needs certificate and private_key")
+        return self._options(server=True)
+
+    def client_options(self, host: str) -> Any:
+        """What an association we open to ``host`` uses."""
+        if self.config.verify_hostname:
+            client = self._identity
+            return self._ssl.optionsForClientTLS(
+                host, trustRoot=self._trust, clientCertificate=client,
+                extraCertificateOptions={"raiseMinimumTo": self._minimum, "extraCertChain": self._chain},
+            )
+        return self._options(server=False)
+
+    # -- endpoints --------------------------------------------------------------------
+
+    def server_endpoint(self, reactor: Any, port: int | None = None, interface: str = "") -> Any:
+        from twisted.internet import endpoints
+
+        return endpoints.SSL4ServerEndpoint(
+            reactor, self.config.port if port is None else port, self.server_options(), interface=interface,
+        )
+
+    def client_endpoint(self, reactor: Any, host: str, port: int, timeout: float = 30.0) -> Any:
+        from twisted.internet import endpoints
+
+        return endpoints.wrapClientTLS(
+            self.client_options(host), endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout),
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."
+
+
+def describe_tls_failure(value: BaseException) -> str | None:
+    """One line for a failed TLS handshake (an ``OpenSSL.SSL.Error``), None for anything else."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - pyOpenSSL is a dependency (twisted[tls])
+        return None
+    if not isinstance(value, SSL.Error):
+        return None
+    reasons = []
+    for entry in value.args[0] if value.args and isinstance(value.args[0], list) else ():
+        if isinstance(entry, tuple) and entry:
+            reasons.append(str(entry[-1]))
+    text = "; ".join(reasons) or str(value) or "the peer closed the connection"
+    if "wrong version number" in text or "http request" in text:
+        text += " (the peer does not speak TLS on this connection)"
+    return "TLS handshake failed: " + text
+

@@ -1,0 +1,159 @@
+"""TLS associations between dimsekit AEs (PS3.15 B.1): mutual authentication with the
+``[tls]`` settings, and the handshakes that must fail -- an untrusted certificate either
+way, no client certificate when one is required."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from twisted.internet import reactor
+
+from dimsekit.config import ConfigError, from_mapping
+from dimsekit.tls import TLSContext, TLSError, describe_tls_failure
+from dimsekit.uids import VERIFICATION
+from tests.dimse_e2e.support import LoopbackTestCase, Services, within
+from tests.tlscerts import make_tls_files
+
+
+def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, trust: list[Path], **extra):
+    section: dict = {"ca_certificates": [str(p) for p in trust], **extra}
+    if cert is not None:
+        section.update(certificate=str(cert), private_key=str(key))
+    return from_mapping({"node": {"ae_title": ae_title}, "limits": {"acse_timeout": 5.0, "dimse_timeout": 5.0},
+                         "tls": section})
+
+
+class TLSAssociationTests(LoopbackTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.files = make_tls_files(Path(self.mktemp()))
+
+    async def serve_tls(self, **extra):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.ca], **extra)
+        ae = self.make_ae("SCP", Services(), config=config)
+        port = await ae.listen(0, tls=True)
+        self.addCleanup(port.stopListening)
+        return ae, port.getHost().port
+
+    def client(self, *, cert="client", trust=None, **extra):
+        f = self.files
+        paths = {"client": (f.client_cert, f.client_key), "rogue": (f.rogue_cert, f.rogue_key), None: (None, None)}
+        c, k = paths[cert]
+        return self.make_ae("SCU", config=tls_config("SCU", f, cert=c, key=k, trust=trust or [f.ca], **extra))
+
+    async def test_echo_over_tls_with_both_certificates_checked(self):
+        server, port = await self.serve_tls()
+        association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
+        status = await within(association.echo())
+        self.assertEqual(status, 0x0000)
+        transport = association.protocol.transport
+        # the peer's certificate as the TLS layer saw it: our CA's client certificate
+        self.assertIn(b"dimsekit test CA", repr(transport.getPeerCertificate().get_issuer()).encode())
+        await within(association.release())
+
+    async def test_hostname_checked_when_asked(self):
+        server, port = await self.serve_tls()
+        association = await self.connect(port, [VERIFICATION], ae=self.client(verify_hostname=True), tls=True)
+        await within(association.release())
+
+    async def test_a_server_certificate_we_do_not_trust_fails_the_association(self):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.rogue_cert, key=f.rogue_key, trust=[f.ca])
+        ae = self.make_ae("SCP", config=config)
+        listening = await ae.listen(0, tls=True)
+        self.addCleanup(listening.stopListening)
+        with self.assertRaises(Exception) as caught:
+            await self.connect(listening.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
+        self.assertIn("TLS handshake failed", describe_tls_failure(caught.exception) or repr(caught.exception))
+        self.assertEqual(ae.active, set())
+
+    async def test_a_client_without_a_certificate_is_refused_when_one_is_required(self):
+        server, port = await self.serve_tls()
+        with self.assertRaises(Exception):
+            await self.connect(port, [VERIFICATION], ae=self.client(cert=None), tls=True)
+        self.assertEqual(server.active, set())
+
+    async def test_a_client_certificate_we_do_not_trust_is_refused(self):
+        server, port = await self.serve_tls()
+        with self.assertRaises(Exception):
+            await self.connect(port, [VERIFICATION], ae=self.client(cert="rogue"), tls=True)
+        self.assertEqual(server.active, set())
+
+    async def test_anonymous_client_accepted_when_the_server_does_not_verify(self):
+        server, port = await self.serve_tls(verify_peer=False)
+        association = await self.connect(port, [VERIFICATION], ae=self.client(cert=None), tls=True)
+        self.assertEqual(await within(association.echo()), 0)
+        await within(association.release())
+
+    async def test_tls_without_settings_is_a_clear_error(self):
+        ae = self.make_ae("SCU")
+        with self.assertRaises(Exception) as caught:
+            await ae.associate("127.0.0.1", 1, contexts=[VERIFICATION], tls=True)
+        self.assertIn("no [tls] settings", str(caught.exception))
+
+
+class TLSSettingsTests(LoopbackTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.files = make_tls_files(Path(self.mktemp()))
+
+    def test_a_missing_file_names_the_key_and_the_path(self):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.server_cert, key=f.directory / "nope.key", trust=[f.ca])
+        with self.assertRaises(TLSError) as caught:
+            TLSContext(config.tls)
+        self.assertIn("tls.private_key: cannot read", str(caught.exception))
+        self.assertIn("nope.key", str(caught.exception))
+
+    def test_a_key_of_another_certificate_is_refused_before_anything_listens(self):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.server_cert, key=f.client_key, trust=[f.ca])
+        with self.assertRaises(TLSError) as caught:
+            TLSContext(config.tls)
+        self.assertIn("is not the key of the certificate", str(caught.exception))
+
+    def test_a_file_without_certificates(self):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.server_key])
+        with self.assertRaises(TLSError) as caught:
+            TLSContext(config.tls)
+        self.assertIn("tls.ca_certificates", str(caught.exception))
+
+    def test_relative_paths_are_found_next_to_the_configuration_file(self):
+        f = self.files
+        toml = f.directory / "node.toml"
+        toml.write_text('[tls]\ncertificate = "server.crt"\nprivate_key = "server.key"\nca_certificates = "ca.crt"\n')
+        from dimsekit.config import load
+
+        config = load(toml)
+        context = TLSContext(config.tls)
+        self.assertIsNotNone(context.server_options())
+
+    def test_section_checks(self):
+        cases = [
+            ({"certificate": "a.crt", "ca_certificates": ["c"]}, "tls.private_key: give both"),
+            ({"port": 70000, "ca_certificates": ["c"]}, "tls.port"),
+            ({}, "tls.ca_certificates"),
+            ({"verify_peer": False, "verify_hostname": True}, "tls.verify_hostname"),
+            ({"minimum_version": "1.0", "ca_certificates": ["c"]}, "tls.minimum_version"),
+            ({"ca_certificates": []}, "tls.ca_certificates"),
+            ({"bogus": 1, "ca_certificates": ["c"]}, "tls.bogus: unknown key"),
+        ]
+        for section, message in cases:
+            with self.assertRaises(ConfigError) as caught:
+                from_mapping({"tls": section})
+            self.assertIn(message, str(caught.exception), section)
+
+    def test_a_tls_remote_needs_a_tls_section(self):
+        with self.assertRaises(ConfigError) as caught:
+            from_mapping({"remote": [{"ae_title": "X", "host": "h", "port": 1, "tls": True}]})
+        self.assertIn("remote[0].tls", str(caught.exception))
+        config = from_mapping({"remote": [{"ae_title": "X", "host": "h", "port": 1, "tls": True}],
+                               "tls": {"verify_peer": False}})
+        self.assertTrue(config.remotes[0].tls)
+        self.assertEqual(replace(config.tls, port=1).port, 1)
+
+
+del reactor  # imported for the trial reactor's sake only

@@ -10,7 +10,8 @@ from pathlib import Path
 from twisted.internet import reactor
 
 from dimsekit.config import ConfigError, from_mapping
-from dimsekit.tls import TLSContext, TLSError, describe_tls_failure
+from dimsekit.errors import AssociationAborted, ConnectionLost, LocalProtocolError
+from dimsekit.tls import TLSContext, TLSError
 from dimsekit.uids import VERIFICATION
 from tests.dimse_e2e.support import LoopbackTestCase, Services, within
 from tests.tlscerts import make_tls_files
@@ -64,21 +65,23 @@ class TLSAssociationTests(LoopbackTestCase):
         ae = self.make_ae("SCP", config=config)
         listening = await ae.listen(0, tls=True)
         self.addCleanup(listening.stopListening)
-        with self.assertRaises(Exception) as caught:
+        with self.assertRaises(ConnectionLost) as caught:
             await self.connect(listening.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
-        self.assertIn("TLS handshake failed", describe_tls_failure(caught.exception) or repr(caught.exception))
+        self.assertIn("TLS handshake failed: certificate verify failed", str(caught.exception))
         self.assertEqual(ae.active, set())
 
     async def test_a_client_without_a_certificate_is_refused_when_one_is_required(self):
         server, port = await self.serve_tls()
-        with self.assertRaises(Exception):
+        with self.assertRaises(AssociationAborted) as caught:
             await self.connect(port, [VERIFICATION], ae=self.client(cert=None), tls=True)
+        self.assertIn("TLS handshake failed: tlsv13 alert certificate required", str(caught.exception))
         self.assertEqual(server.active, set())
 
     async def test_a_client_certificate_we_do_not_trust_is_refused(self):
         server, port = await self.serve_tls()
-        with self.assertRaises(Exception):
+        with self.assertRaises(AssociationAborted) as caught:
             await self.connect(port, [VERIFICATION], ae=self.client(cert="rogue"), tls=True)
+        self.assertIn("TLS handshake failed: tlsv1 alert unknown ca", str(caught.exception))
         self.assertEqual(server.active, set())
 
     async def test_anonymous_client_accepted_when_the_server_does_not_verify(self):
@@ -89,7 +92,7 @@ class TLSAssociationTests(LoopbackTestCase):
 
     async def test_tls_without_settings_is_a_clear_error(self):
         ae = self.make_ae("SCU")
-        with self.assertRaises(Exception) as caught:
+        with self.assertRaises(LocalProtocolError) as caught:
             await ae.associate("127.0.0.1", 1, contexts=[VERIFICATION], tls=True)
         self.assertIn("no [tls] settings", str(caught.exception))
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import types
 from pathlib import Path
@@ -288,7 +290,17 @@ def run_configuration(code: str) -> None:
     from dimsekit.ae import ApplicationEntity
     from dimsekit.config import from_mapping
 
-    ApplicationEntity(config=from_mapping(tomllib.loads(code)), reactor=MemoryReactorClock())
+    data = tomllib.loads(code)
+    with tempfile.TemporaryDirectory() as base:
+        if "tls" in data:
+            # the files the example names, made for it: the AE reads them all
+            from tests.tlscerts import make_tls_files
+
+            files = make_tls_files(Path(base))
+            shutil.copy(files.server_cert, Path(base) / data["tls"]["certificate"])
+            shutil.copy(files.server_key, Path(base) / data["tls"]["private_key"])
+        ae = ApplicationEntity(config=from_mapping(data, base=base), reactor=MemoryReactorClock())
+        assert (ae.tls is not None) == ("tls" in data)
 
 
 RUNNERS = {

@@ -125,6 +125,9 @@ class ApplicationEntity:
         window = (limits.max_operations_invoked, limits.max_operations_performed)
         self.async_window: tuple[int, int] | None = None if window == (1, 1) else window
         self.active: set[Association] = set()
+        #: the associations this AE opened (``associate``) that have not ended:
+        #: a node's C-MOVE sub-operations and commitment reports among them
+        self.requested: set[Association] = set()
         self._negotiation_cache = NegotiationCache(self.policy)
         #: the ``[tls]`` settings with their files read (None: no [tls]); a file that
         #: cannot be used raises :class:`~dimsekit.tls.TLSError` here, before anything runs
@@ -265,7 +268,10 @@ class ApplicationEntity:
         waiter = association._established_waiter
         assert waiter is not None
 
+        self.requested.add(association)
+
         def connect_failed(failure: Any) -> None:
+            self.requested.discard(association)
             pending, association._established_waiter = association._established_waiter, None
             if pending is not None:
                 pending.errback(failure)

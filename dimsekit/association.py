@@ -457,6 +457,8 @@ class Association(ServiceUser):
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
+        if self.is_requestor and how == "connection closed":
+            self.ae.requested.discard(self)
         if self._pending():
             self._fail_pending(error)
         if first and self.established:

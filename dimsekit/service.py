@@ -100,13 +100,19 @@ class DicomNodeService(service.Service):
             if port is not None:
                 yield port.stopListening()
                 setattr(self, name, None)
-        running = list(self.ae.active)
+        ae = self.ae
+        # The node's own associations (C-MOVE sub-operations, commitment
+        # reports) end with it too: waited for, then aborted, like the peers'.
+        def live() -> set[Any]:
+            return ae.active | {a for a in ae.requested if a.protocol is not None and a.protocol.transport is not None}
+
+        running = live()
         if running:
             _log.info("waiting up to {grace:g} s for {n} association(s) to end", grace=self.grace, n=len(running))
-            deadline = self.ae.reactor.seconds() + self.grace
-            while self.ae.active and self.ae.reactor.seconds() < deadline:
-                yield _sleep(self.ae.reactor, 0.1)
-            aborted = list(self.ae.active)
+            deadline = ae.reactor.seconds() + self.grace
+            while live() and ae.reactor.seconds() < deadline:
+                yield _sleep(ae.reactor, 0.1)
+            aborted = list(live())
             for association in aborted:
                 association.abort("node shutting down")
             # The A-ABORTs are only queued on the transports: the reactor's
@@ -117,10 +123,9 @@ class DicomNodeService(service.Service):
                 protocol = association.protocol
                 if protocol is not None:
                     protocol.close_transport()
-            deadline = self.ae.reactor.seconds() + 2.0
-            while any(a.protocol is not None for a in aborted) and self.ae.reactor.seconds() < deadline:
-                yield _sleep(self.ae.reactor, 0.02)
-
+            deadline = ae.reactor.seconds() + 2.0
+            while any(a.protocol is not None for a in aborted) and ae.reactor.seconds() < deadline:
+                yield _sleep(ae.reactor, 0.02)
 
 def _sleep(reactor: Any, seconds: float) -> defer.Deferred:
     d: defer.Deferred = defer.Deferred()

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
+from pydicom import dcmread
 
 from tests.interop.conftest import (
+    A_ABORT,
+    EXPLICIT_VR_LE,
+    P_DATA_TF,
     TWISTD,
     RawPeer,
+    RawServer,
     abort_pdu,
+    associate_ac_for,
+    dcmtk,
     echoscu,
     free_port,
     run,
@@ -171,3 +179,52 @@ def test_sigterm_aborts_associations_that_outlast_the_grace_period(tmp_path):
     assert code == 0, node.log_text()
     assert "Traceback" not in node.log_text()
     assert "shutting down" in node.wait_log(r"calling=STUBBORN2")
+
+
+def test_sigterm_aborts_the_associations_the_node_opened(tmp_path):
+    """A C-MOVE whose destination never answers its C-STORE: on SIGTERM the node
+    waits its grace period, then aborts both the mover's association and the one
+    it opened itself to the destination -- an A-ABORT, not a bare close."""
+    from pydicom.data import get_testdata_file
+
+    seen: dict[str, object] = {}
+
+    def stuck_destination(peer: RawPeer) -> None:
+        rq = peer.recv_pdu(timeout=20)
+        peer.send(associate_ac_for(rq, EXPLICIT_VR_LE))
+        first = peer.recv_pdu(timeout=10)  # the C-STORE-RQ, never answered
+        seen["store"] = first[0]
+        while True:
+            pdu = peer.recv_pdu(timeout=20)
+            if pdu[0] == A_ABORT:
+                seen["abort"] = pdu
+                seen["eof"] = peer.expect_eof(timeout=5)
+                return
+
+    with RawServer(stuck_destination, accept_timeout=30) as destination:
+        node = start_node(tmp_path, config=(
+            f'[[remote]]\nae_title = "STUCK"\nhost = "127.0.0.1"\nport = {destination.port}\n'))
+        mover = None
+        try:
+            ct = get_testdata_file("CT_small.dcm")
+            stored = run([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), ct])
+            assert stored.returncode == 0, stored.stdout + stored.stderr
+            mover = subprocess.Popen(
+                [dcmtk("movescu"), "-S", "-aec", "DIMSEKIT", "-aem", "STUCK", "-k", "QueryRetrieveLevel=STUDY",
+                 "-k", f"StudyInstanceUID={dcmread(ct).StudyInstanceUID}", "127.0.0.1", str(node.port)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 10
+            while "store" not in seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "store" in seen, "the C-STORE sub-operation never reached the destination"
+            node.proc.send_signal(signal.SIGTERM)
+            destination.join(timeout=25)
+            code = node.proc.wait(10)
+        finally:
+            stop(node.proc)
+            if mover is not None:
+                stop(mover)
+    assert seen["store"] == P_DATA_TF
+    assert seen.get("abort") == abort_pdu(source=0, reason=0), seen
+    assert code == 0, node.log_text()
+    assert "Traceback" not in node.log_text()

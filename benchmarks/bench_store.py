@@ -166,27 +166,38 @@ def make_set(directory: Path, count: int, rows: int, tag: str) -> int:
 
 # ---------------------------------------------------------------- receivers
 
-def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: bool = False):
+def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: bool = False, tls: Any = None):
     out.mkdir(parents=True, exist_ok=True)
-    name = f"store-{kind}{'-nagle' if nagle else ''}"
+    name = f"store-{kind}{'-nagle' if nagle else ''}{'-tls' if tls else ''}"
     if kind in ("dimsekit", "dimsekit-nofsync") or kind.startswith("dimsekit@"):
         log = out.parent / f"{out.name}.twistd.log"
         argv = [twistd(), "-n", "--pidfile=", "--logfile", str(log), "dimsekit"]
+        config = ""
         if kind == "dimsekit-nofsync":  # not a shipping setting: what durability costs
-            config = out.parent / f"{out.name}.toml"
-            config.write_text("[plugins.archive]\nfsync = false\n")
-            argv += ["--config", str(config)]
-        argv += ["--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(out)]
+            config += "[plugins.archive]\nfsync = false\n"
+        tcp_port = port
+        if tls is not None:  # the TLS listener on the port the sender uses, the plain one elsewhere
+            config += (f'[tls]\ncertificate = "{tls.server_cert}"\nprivate_key = "{tls.server_key}"\n'
+                       f'ca_certificates = ["{tls.ca}"]\nport = {port}\n')
+            tcp_port = free_port()
+        if config:
+            path = out.parent / f"{out.name}.toml"
+            path.write_text(config)
+            argv += ["--config", str(path)]
+        argv += ["--port", str(tcp_port), "--interface", "127.0.0.1", "--data-dir", str(out)]
         # "dimsekit@DIR": the node from another source tree (before/after in one run)
         env = {"PYTHONPATH": kind.partition("@")[2]} if "@" in kind else None
         return servers.start(name.replace("/", "_"), argv, port, env=env)
     if kind == "pynetdicom":
+        if tls is not None:
+            raise SystemExit("pynetdicom's storescp app has no TLS options: leave it out of --tls runs")
         argv = [sys.executable, "-c", PYNETDICOM_STORESCP.format(here=str(HERE)),
                 "-ba", "127.0.0.1", "-od", str(out), str(port)]
         return servers.start(name, argv, port)
     if kind == "dcmtk":
         env = {} if nagle else {"TCP_NODELAY": "1"}
-        return servers.start(name, [dcmtk("storescp"), "-od", str(out), str(port)], port, env=env)
+        tls_args = [] if tls is None else ["+tls", str(tls.server_key), str(tls.server_cert), "+cf", str(tls.ca)]
+        return servers.start(name, [dcmtk("storescp"), *tls_args, "-od", str(out), str(port)], port, env=env)
     raise SystemExit(f"unknown receiver {kind!r}")
 
 
@@ -208,8 +219,10 @@ def _is_part10(path: Path) -> bool:
 
 # ---------------------------------------------------------------- senders
 
-def storescu_argv(port: int, dirs: list[Path]) -> list[str]:
+def storescu_argv(port: int, dirs: list[Path], tls: Any = None) -> list[str]:
     argv = [dcmtk("storescu"), "-aet", "STORESCU", "-aec", "ANY-SCP", "+sd"]
+    if tls is not None:
+        argv += ["+tls", str(tls.client_key), str(tls.client_cert), "+cf", str(tls.ca)]
     return argv + ["127.0.0.1", str(port)] + [str(d) for d in dirs]
 
 
@@ -241,7 +254,7 @@ def first_connect(trace: Path, port: int) -> float | None:
     return min(stamps) if stamps else None
 
 
-def send(port: int, groups: list[list[Path]], nagle: bool, logdir: Path) -> tuple[float, float | None]:
+def send(port: int, groups: list[list[Path]], nagle: bool, logdir: Path, tls: Any = None) -> tuple[float, float | None]:
     """One storescu per group, all at once.
 
     Returns the wall seconds until the last one exits, and the seconds from
@@ -255,7 +268,7 @@ def send(port: int, groups: list[list[Path]], nagle: bool, logdir: Path) -> tupl
     try:
         for i, dirs in enumerate(groups):
             log = (logdir / f"storescu{i}.log").open("wb")
-            procs.append((subprocess.Popen(traced_argv(storescu_argv(port, dirs), traces[i]), stdout=log,
+            procs.append((subprocess.Popen(traced_argv(storescu_argv(port, dirs, tls), traces[i]), stdout=log,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=sender_env(nagle)), log))
         # A plain wait(): Popen.wait(timeout) polls with sleeps of up to 50 ms,
@@ -299,7 +312,10 @@ def main() -> None:
     parser.add_argument("--nagle-small", type=int, default=None, help="small instances in the Nagle-on run (default 100)")
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
     parser.add_argument("--skip", default="", help="comma list of scenarios to skip: ct,small,concurrent,nagle")
-    parser.add_argument("--name", default="store")
+    parser.add_argument("--tls", action="store_true",
+                        help="every association over TLS (storescu +tls, certificates made for the run); "
+                             "receivers dimsekit and dcmtk only")
+    parser.add_argument("--name", default=None, help="result file name (default store, store-tls with --tls)")
     args = parser.parse_args()
     q = args.quick
     runs = args.runs or (1 if q else 3)
@@ -309,9 +325,16 @@ def main() -> None:
     nagle_small = min(args.nagle_small or (30 if q else 100), n_small)
     kinds = [k.strip() for k in args.receivers.split(",") if k.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    name = args.name or ("store-tls" if args.tls else "store")
 
     results: dict[str, Any] = {}
     with temp_dir("dimsekit-bench-store-") as work:
+        tls = None
+        if args.tls:
+            sys.path.insert(0, str(HERE.parent))
+            from tests.tlscerts import make_tls_files
+
+            tls = make_tls_files(work / "tls")
         t0 = time.perf_counter()
         ct_groups = [work / "ct" / f"g{g}" for g in range(8)]
         group_bytes = [make_set(d, per_group, 512, f"CT{g}") for g, d in enumerate(ct_groups)]
@@ -348,9 +371,9 @@ def main() -> None:
                     for kind in receivers:  # each run visits every receiver in turn
                         out = work / "out" / f"{scenario}-{kind}-{i}"
                         prefault(2 * nbytes)
-                        receiver = start_receiver(servers, kind, free_port(), out, nagle=nagle)
+                        receiver = start_receiver(servers, kind, free_port(), out, nagle=nagle, tls=tls)
                         try:
-                            seconds, assoc = send(receiver.port, groups, nagle, work)
+                            seconds, assoc = send(receiver.port, groups, nagle, work, tls)
                             time.sleep(0.2)  # the receiver's last write after the last response
                             got = stored_files(kind, out)
                         finally:
@@ -400,9 +423,11 @@ def main() -> None:
                          fmt(r["association_instances_per_s"], 1) if "association_instances_per_s" in r else "",
                          assoc_ratio])
     markdown = (
-        f"# C-STORE from DCMTK storescu, median of {runs} run(s)\n\n"
+        f"# C-STORE from DCMTK storescu{' over TLS' if tls else ''}, median of {runs} run(s)\n\n"
         "Sender /usr/bin/storescu, TCP_NODELAY=1 except the Nagle-on rows; dimsekit stores durably (fsync).\n"
-        "Wall: storescu start to exit (it reads all its files before it connects).  "
+        + ("TLS: storescu +tls with a client certificate, both ends verify (certificates of the run's own CA).\n"
+           if tls else "")
+        + "Wall: storescu start to exit (it reads all its files before it connects).  "
         "Association: its connect() to its exit (needs strace).\n\n"
         + table(["scenario", "instances", "receiver", "instances/s (wall)", "MB/s (wall)", "dimsekit / this",
                  "instances/s (association)", "dimsekit / this (association)"], rows)
@@ -411,7 +436,7 @@ def main() -> None:
                                                        "small": n_small, "nagle_ct": nagle_ct,
                                                        "nagle_small": nagle_small},
             "results": results}
-    json_path, md_path = save(args.name, data, markdown)
+    json_path, md_path = save(name, data, markdown)
     print()
     print(markdown)
     print(f"results: {json_path} {md_path}")

@@ -1,5 +1,5 @@
-"""Certificates for the TLS tests, made fresh (cryptography): a CA, a server and a client
-certificate it signed, and a stranger's self-signed one.  Test code, not a product."""
+"""Certificates for the TLS tests, made fresh (cryptography): a CA, a server, a client and a
+node certificate it signed, and a stranger's self-signed one.  Test code, not a product."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 @dataclass(frozen=True)
 class TLSFiles:
     """Paths of PEM files: ``ca``; ``server_cert``/``server_key`` (names localhost and 127.0.0.1);
-    ``client_cert``/``client_key``; ``rogue_cert``/``rogue_key`` (self-signed, trusted by no one)."""
+    ``client_cert``/``client_key``; ``rogue_cert``/``rogue_key`` (self-signed, trusted by no one);
+    ``node_cert``/``node_key``: like the server's, but for client authentication too -- a node
+    listens with its certificate and presents the same one when it associates (C-MOVE
+    sub-operations), and a server checking client certificates (DCMTK, OpenSSL) refuses one
+    whose Extended Key Usage lacks clientAuth ("unsupported certificate")."""
 
     directory: Path
     ca: Path
@@ -27,6 +31,8 @@ class TLSFiles:
     client_key: Path
     rogue_cert: Path
     rogue_key: Path
+    node_cert: Path
+    node_key: Path
 
 
 def _name(common: str) -> x509.Name:
@@ -67,12 +73,15 @@ def make_tls_files(directory: Path) -> TLSFiles:
     ca_key = _key()
     ca_cert = _certificate("dimsekit test CA", ca_key, "dimsekit test CA", ca_key, ca=True)
     files = TLSFiles(directory, *(directory / n for n in (
-        "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "rogue.crt", "rogue.key")))
+        "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "rogue.crt", "rogue.key", "node.crt",
+        "node.key")))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     for cert_path, key_path, subject, usage in (
         (files.server_cert, files.server_key, "localhost", [ExtendedKeyUsageOID.SERVER_AUTH]),
         (files.client_cert, files.client_key, "dimsekit test client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+        (files.node_cert, files.node_key, "localhost",
+         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
     ):
         key = _key()
         cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local)

@@ -22,7 +22,8 @@ The exchange (J.3.2, J.3.3):
 
    * on the association of the N-ACTION, if that association is still there;
    * otherwise on a new association to the requestor, found by the calling
-     AE title of the N-ACTION in the known AEs (``[[remote]]``), on which
+     AE title of the N-ACTION in the known AEs (``[[remote]]``; over TLS,
+     with the node's ``[tls]`` settings, when that entry has ``tls = true``), on which
      dimsekit proposes SCP/SCU Role Selection with itself as SCP only of the
      Storage Commitment Push Model SOP Class (PS3.7 D.3.3.4; J.3.3: the
      association-requestor is then the SCP);
@@ -657,7 +658,8 @@ def _count_pending(path: Path) -> int:
 
 
 def _connect(ae: Any, remote: Any, **kwargs: Any) -> Deferred:
-    return ae.associate(remote.host, remote.port, called=remote.ae_title, **kwargs)
+    """Associate with a known AE (TLS when its ``[[remote]]`` says ``tls = true``)."""
+    return ae.associate(remote.host, remote.port, called=remote.ae_title, tls=remote.tls, **kwargs)
 
 
 def _can_report_on(association: Any) -> bool:

@@ -247,10 +247,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         assert remote is not None
         originator = (association.remote_ae_title, request.message_id)
         try:
-            if remote.tls:
-                raise RuntimeError("TLS to move destinations is not supported yet")
             sub = await shield.wait(ae.associate(
-                remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(instances)))
+                remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(instances), tls=remote.tls))
         except CancelledError:
             await shield.settle()
             late = shield.outcome

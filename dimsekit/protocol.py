@@ -29,9 +29,15 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import protocol, tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dimsekit.errors import ConnectionLost
 from dimsekit.tls import describe_tls_failure
@@ -151,6 +157,13 @@ def _socket_of(transport: Any) -> socket.socket | None:
     return handle
 
 
+#: why a TLS connection ended when it closed before its handshake was done (no TLS error
+#: to name: the peer, or something between, just closed it)
+TLS_CLOSED_EARLY = ("TLS handshake failed: the connection closed before the handshake was done "
+                    "(does the peer speak TLS on this connection?)")
+
+
+@implementer(IHandshakeListener)
 class DicomProtocol(protocol.Protocol):
     """Bytes <-> the sans-I/O upper layer, for one connection (acceptor or requestor).
 
@@ -177,6 +190,8 @@ class DicomProtocol(protocol.Protocol):
         self._wrote = False
         #: the transport is TLS (a handshake failure is then worth a line of its own)
         self._tls = False
+        #: its TLS handshake is done (IHandshakeListener)
+        self._handshake_done = False
         #: register_producer() registered one, unregistered when we close
         self._producer_registered = False
 
@@ -231,9 +246,19 @@ class DicomProtocol(protocol.Protocol):
             except OSError:
                 self._socket = None
 
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: the TLS handshake is done (the TLS transport calls this)."""
+        self._handshake_done = True
+
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         # A failed TLS handshake says why (the association's log line and error carry it).
-        tls = describe_tls_failure(reason.value) if self._tls else None
+        # A connection closed with no TLS error before the handshake was done is one too:
+        # a peer that does not speak TLS (DCMTK closes on a ClientHello), a port scan.
+        tls = None
+        if self._tls:
+            tls = describe_tls_failure(reason.value)
+            if tls is None and not self._handshake_done:
+                tls = TLS_CLOSED_EARLY
         if tls is not None:
             reason = Failure(ConnectionLost(tls))
             self.run(self.ul.transport_closed(self.reactor.seconds(), tls))

@@ -7,14 +7,17 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
+from twisted.logger import globalLogPublisher
 
 from dimsekit.config import ConfigError, from_mapping
 from dimsekit.errors import AssociationAborted, ConnectionLost, LocalProtocolError
 from dimsekit.tls import TLSContext, TLSError
 from dimsekit.uids import VERIFICATION
-from tests.dimse_e2e.support import LoopbackTestCase, Services, within
+from tests.dimse_e2e.support import LoopbackTestCase, Services, wait_until, within
 from tests.tlscerts import make_tls_files
+
+_CLOSED_EARLY = "TLS handshake failed: the connection closed before the handshake was done"
 
 
 def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, trust: list[Path], **extra):
@@ -90,6 +93,56 @@ class TLSAssociationTests(LoopbackTestCase):
         self.assertEqual(await within(association.echo()), 0)
         await within(association.release())
 
+    def association_ends(self) -> list[tuple[str, str]]:
+        """(side, how it ended) of every association line logged from now on."""
+        ends: list[tuple[str, str]] = []
+
+        def observe(event: dict) -> None:
+            if "ended" in event and str(event.get("text", "")).startswith("association "):
+                ends.append((event["text"].split()[1], event["ended"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return ends
+
+    async def test_a_server_that_closes_before_the_handshake_is_a_tls_failure(self):
+        # A [[remote]] with tls = true that speaks no TLS (DCMTK storescp closes on the
+        # ClientHello): the association's error and log line say the handshake failed,
+        # not just "transport connection closed by the peer".
+        class Closer(protocol.Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                self.transport.loseConnection()
+
+        listening = reactor.listenTCP(0, protocol.Factory.forProtocol(Closer), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        ends = self.association_ends()
+        with self.assertRaises(ConnectionLost) as caught:
+            await self.connect(listening.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
+        self.assertIn(_CLOSED_EARLY, str(caught.exception))
+        await wait_until(lambda: bool(ends), what="the association's line")
+        [(side, ended)] = ends
+        self.assertEqual(side, "requestor")
+        self.assertIn(_CLOSED_EARLY, ended)
+
+    async def test_a_client_that_closes_before_the_handshake_is_a_tls_failure(self):
+        server, port = await self.serve_tls()
+        ends = self.association_ends()
+        connected = await protocol.ClientCreator(reactor, protocol.Protocol).connectTCP("127.0.0.1", port)
+        connected.transport.loseConnection()
+        await wait_until(lambda: bool(ends), what="the association's line")
+        [(side, ended)] = ends
+        self.assertEqual(side, "acceptor")
+        self.assertIn(_CLOSED_EARLY, ended)
+
+    async def test_a_close_after_the_handshake_is_not_a_tls_failure(self):
+        server, port = await self.serve_tls()
+        ends = self.association_ends()
+        association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
+        association.protocol.transport.abortConnection()  # no A-RELEASE, no A-ABORT: just gone
+        await wait_until(lambda: len(ends) == 2, what="both associations' lines")
+        for side, ended in ends:
+            self.assertNotIn("TLS", ended, side)
+
     async def test_tls_without_settings_is_a_clear_error(self):
         ae = self.make_ae("SCU")
         with self.assertRaises(LocalProtocolError) as caught:
@@ -158,5 +211,3 @@ class TLSSettingsTests(LoopbackTestCase):
         self.assertTrue(config.remotes[0].tls)
         self.assertEqual(replace(config.tls, port=1).port, 1)
 
-
-del reactor  # imported for the trial reactor's sake only

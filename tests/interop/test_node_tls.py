@@ -366,14 +366,18 @@ def test_c_move_to_a_tls_destination(tls_node, certs, tmp_path):
     healthy(tls_node, certs)
 
 
-@pytest.mark.parametrize("destination, reason", [
+@pytest.mark.parametrize("destination, scp_tls, reason", [
     # its certificate is self-signed: the node does not trust it
-    ("ROGUESCP", "TLS handshake failed: certificate verify failed"),
+    ("ROGUESCP", "rogue", "TLS handshake failed: certificate verify failed"),
+    # it speaks no TLS (storescp closes the connection on the ClientHello)
+    ("PLAINSCP", None, "TLS handshake failed: the connection closed before the handshake was done "
+                       "(does the peer speak TLS on this connection?)"),
 ])
-def test_c_move_to_a_tls_destination_the_node_cannot_trust_fails(tls_node, certs, tmp_path, destination, reason):
+def test_c_move_to_a_tls_destination_the_node_cannot_reach_with_tls_fails(tls_node, certs, tmp_path, destination,
+                                                                          scp_tls, reason):
     study, _ = store_plain(tls_node, tmp_path / "images", 1)
     scp = tls_storescp(tls_node.remotes[destination], destination, tmp_path / "received",
-                       tls_args(certs, "rogue"))
+                       tls_args(certs, scp_tls) if scp_tls else [])
     try:
         output = movescu(tls_node, destination, study)
     finally:
@@ -383,7 +387,8 @@ def test_c_move_to_a_tls_destination_the_node_cannot_trust_fails(tls_node, certs
     assert list((tmp_path / "received").iterdir()) == []
     line = tls_node.node.wait_log(rf"C-MOVE to {destination}: cannot associate")
     assert line.endswith(f"cannot associate ({reason}); 1 sub-operation(s) failed"), line
-    tls_node.node.wait_log(r"calling=MOVESCU called=DIMSEKIT .*handled=\[C-MOVE 1 \(1 failed\)\]")
+    line = tls_node.node.wait_log(rf"association requestor peer=127\.0\.0\.1:{tls_node.remotes[destination]} ")
+    assert line.endswith(f"ended: aborted: {reason}"), line
     healthy(tls_node, certs)
 
 

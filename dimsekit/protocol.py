@@ -348,13 +348,20 @@ class DicomProtocol(protocol.Protocol):
         """Close the connection once what is queued is written.  The association
         (registered as the transport's producer) is unregistered first: a TLS
         transport does not send its close_notify, nor close, while a producer is
-        registered, so the connection stayed open until the peer gave up."""
+        registered, so the connection stayed open until the peer gave up.  A TLS
+        connection whose handshake is not done is aborted."""
         transport = self.transport
         if transport is None:
             return
         if self._producer_registered:
             self._producer_registered = False
             transport.unregisterProducer()
+        if self._tls and not self._handshake_done:
+            # Before its handshake is done a TLS transport keeps what we wrote (our
+            # A-ASSOCIATE-RQ) for after it, and its loseConnection waits for that: with a
+            # peer that never answers, for ever.  Nothing can reach the peer yet: abort.
+            transport.abortConnection()
+            return
         transport.loseConnection()
 
     def register_producer(self, producer: Any) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.logger import globalLogPublisher
 
 from dimsekit.config import ConfigError, from_mapping
@@ -20,12 +20,13 @@ from tests.tlscerts import make_tls_files
 _CLOSED_EARLY = "TLS handshake failed: the connection closed before the handshake was done"
 
 
-def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, trust: list[Path], **extra):
+def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, trust: list[Path],
+               limits: dict | None = None, **extra):
     section: dict = {"ca_certificates": [str(p) for p in trust], **extra}
     if cert is not None:
         section.update(certificate=str(cert), private_key=str(key))
-    return from_mapping({"node": {"ae_title": ae_title}, "limits": {"acse_timeout": 5.0, "dimse_timeout": 5.0},
-                         "tls": section})
+    return from_mapping({"node": {"ae_title": ae_title},
+                         "limits": {"acse_timeout": 5.0, "dimse_timeout": 5.0, **(limits or {})}, "tls": section})
 
 
 class TLSAssociationTests(LoopbackTestCase):
@@ -41,11 +42,12 @@ class TLSAssociationTests(LoopbackTestCase):
         self.addCleanup(port.stopListening)
         return ae, port.getHost().port
 
-    def client(self, *, cert="client", trust=None, **extra):
+    def client(self, *, cert="client", trust=None, limits=None, **extra):
         f = self.files
         paths = {"client": (f.client_cert, f.client_key), "rogue": (f.rogue_cert, f.rogue_key), None: (None, None)}
         c, k = paths[cert]
-        return self.make_ae("SCU", config=tls_config("SCU", f, cert=c, key=k, trust=trust or [f.ca], **extra))
+        config = tls_config("SCU", f, cert=c, key=k, trust=trust or [f.ca], limits=limits, **extra)
+        return self.make_ae("SCU", config=config)
 
     async def test_echo_over_tls_with_both_certificates_checked(self):
         server, port = await self.serve_tls()
@@ -133,6 +135,30 @@ class TLSAssociationTests(LoopbackTestCase):
         [(side, ended)] = ends
         self.assertEqual(side, "acceptor")
         self.assertIn(_CLOSED_EARLY, ended)
+
+    async def test_a_server_that_never_answers_the_handshake_is_let_go_after_the_acse_timeout(self):
+        # The A-ASSOCIATE-RQ waits in the TLS transport for the handshake; a close then
+        # waited for it too -- for ever, with a peer that never answers: the association
+        # was given up (ACSE timeout, then the ARTIM timeout for the peer to close), but
+        # its connection stayed open.
+        closed = defer.Deferred()
+
+        class Silent(protocol.Protocol):
+            def connectionLost(self, reason=None) -> None:
+                closed.callback(None)
+
+        listening = reactor.listenTCP(0, protocol.Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        ends = self.association_ends()
+        client = self.client(limits={"acse_timeout": 0.3, "artim_timeout": 0.3})
+        with self.assertRaises(AssociationAborted) as caught:
+            await self.connect(listening.getHost().port, [VERIFICATION], ae=client, tls=True)
+        self.assertIn("no A-ASSOCIATE-AC/RJ from the peer", str(caught.exception))
+        await within(closed, 3.0)  # the connection closed
+        await wait_until(lambda: bool(ends), what="the association's line")
+        [(side, ended)] = ends
+        self.assertEqual(side, "requestor")
+        self.assertIn("no A-ASSOCIATE-AC/RJ from the peer", ended)
 
     async def test_a_close_after_the_handshake_is_not_a_tls_failure(self):
         server, port = await self.serve_tls()

@@ -18,7 +18,11 @@ endpoints for associations the node or a tool opens.
     minimum_version = "1.2"        # "1.2" or "1.3" (BCP 195: nothing older)
 
 Certificates are checked against ``ca_certificates`` in both directions
-(mutual authentication, what PS3.15 B.1 asks for).  Host names are not
+(mutual authentication, what PS3.15 B.1 asks for).  ``certificate`` is also
+the client certificate of the associations the node opens (C-MOVE
+sub-operations, storage commitment reports to a ``[[remote]]`` with
+``tls = true``): if it has an Extended Key Usage, it needs clientAuth as well
+as serverAuth, or peers refuse it ("unsupported certificate").  Host names are not
 checked by default: DICOM peers are usually configured by IP address, and
 DCMTK does not check them either; ``verify_hostname = true`` turns the check
 on for the associations we open.

@@ -4,6 +4,8 @@ way, no client certificate when one is required."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,14 @@ from tests.tlscerts import make_tls_files
 _CLOSED_EARLY = "TLS handshake failed: the connection closed before the handshake was done"
 
 
+def temporary_directory(test) -> Path:
+    """A directory removed after the test (trial's mktemp() is relative to the working
+    directory: it left a tests.dimse_e2e.test_tls/ tree in the checkout)."""
+    path = Path(tempfile.mkdtemp(prefix="dimsekit-tls-"))
+    test.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
 def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, trust: list[Path],
                limits: dict | None = None, **extra):
     section: dict = {"ca_certificates": [str(p) for p in trust], **extra}
@@ -32,7 +42,7 @@ def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, tru
 class TLSAssociationTests(LoopbackTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.files = make_tls_files(Path(self.mktemp()))
+        self.files = make_tls_files(temporary_directory(self))
 
     async def serve_tls(self, **extra):
         f = self.files
@@ -179,7 +189,7 @@ class TLSAssociationTests(LoopbackTestCase):
 class TLSSettingsTests(LoopbackTestCase):
     def setUp(self) -> None:
         super().setUp()
-        self.files = make_tls_files(Path(self.mktemp()))
+        self.files = make_tls_files(temporary_directory(self))
 
     def test_a_missing_file_names_the_key_and_the_path(self):
         f = self.files

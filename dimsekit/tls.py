@@ -205,10 +205,11 @@ class TLSContext:
     def client_options(self, host: str) -> Any:
         """What an association we open to ``host`` uses."""
         if self.config.verify_hostname:
-            client = self._identity
+            extra: dict[str, Any] = {"raiseMinimumTo": self._minimum}
+            if self._identity is not None:  # a chain without a certificate is refused (ValueError)
+                extra["extraCertChain"] = self._chain
             return self._ssl.optionsForClientTLS(
-                host, trustRoot=self._trust, clientCertificate=client,
-                extraCertificateOptions={"raiseMinimumTo": self._minimum, "extraCertChain": self._chain},
+                host, trustRoot=self._trust, clientCertificate=self._identity, extraCertificateOptions=extra,
             )
         return self._options(server=False)
 

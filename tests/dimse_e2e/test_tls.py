@@ -74,6 +74,12 @@ class TLSAssociationTests(LoopbackTestCase):
         association = await self.connect(port, [VERIFICATION], ae=self.client(verify_hostname=True), tls=True)
         await within(association.release())
 
+    async def test_hostname_checked_without_a_client_certificate(self):
+        server, port = await self.serve_tls(verify_peer=False)
+        association = await self.connect(port, [VERIFICATION], ae=self.client(cert=None, verify_hostname=True),
+                                         tls=True)
+        await within(association.release())
+
     async def test_a_server_certificate_we_do_not_trust_fails_the_association(self):
         f = self.files
         config = tls_config("SCP", f, cert=f.rogue_cert, key=f.rogue_key, trust=[f.ca])

@@ -236,11 +236,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def describe_tls_failure(value: BaseException) -> str | None:
-    """One line for a failed TLS handshake (an ``OpenSSL.SSL.Error``), None for anything else."""
+    """One line for a failed TLS handshake (an ``OpenSSL.SSL.Error``, or the host name
+    check's ``service_identity`` error with ``verify_hostname``), None for anything else."""
     try:
         from OpenSSL import SSL
     except ImportError:  # pragma: no cover - pyOpenSSL is a dependency (twisted[tls])
         return None
+    mismatch = _host_name_mismatch(value)
+    if mismatch is not None:
+        return "TLS handshake failed: " + mismatch
     if not isinstance(value, SSL.Error):
         return None
     reasons = []
@@ -252,3 +256,23 @@ def describe_tls_failure(value: BaseException) -> str | None:
         text += " (the peer does not speak TLS on this connection)"
     return "TLS handshake failed: " + text
 
+
+
+def _host_name_mismatch(value: BaseException) -> str | None:
+    """What a failed host name check says (Twisted reports it as the ``service_identity``
+    error, not as an ``SSL.Error``); None for any other error."""
+    try:
+        from service_identity import CertificateError, VerificationError
+    except ImportError:  # pragma: no cover - service_identity is a dependency (twisted[tls])
+        return None
+    if isinstance(value, VerificationError):
+        hosts = []
+        for error in getattr(value, "errors", ()):
+            wanted = getattr(error, "mismatched_id", None)
+            name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None)
+            if name is not None:
+                hosts.append(name.decode() if isinstance(name, bytes) else str(name))
+        return f"the peer's certificate is not for {', '.join(hosts) or 'the host dialled'} (host name check)"
+    if isinstance(value, CertificateError):
+        return f"the peer's certificate names no host ({value}) (host name check)"
+    return None

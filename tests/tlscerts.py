@@ -21,7 +21,8 @@ class TLSFiles:
     ``node_cert``/``node_key``: like the server's, but for client authentication too -- a node
     listens with its certificate and presents the same one when it associates (C-MOVE
     sub-operations), and a server checking client certificates (DCMTK, OpenSSL) refuses one
-    whose Extended Key Usage lacks clientAuth ("unsupported certificate")."""
+    whose Extended Key Usage lacks clientAuth ("unsupported certificate");
+    ``elsewhere_cert``/``elsewhere_key`` (a server certificate of the CA for elsewhere.example only)."""
 
     directory: Path
     ca: Path
@@ -33,6 +34,8 @@ class TLSFiles:
     rogue_key: Path
     node_cert: Path
     node_key: Path
+    elsewhere_cert: Path
+    elsewhere_key: Path
 
 
 def _name(common: str) -> x509.Name:
@@ -74,17 +77,20 @@ def make_tls_files(directory: Path) -> TLSFiles:
     ca_cert = _certificate("dimsekit test CA", ca_key, "dimsekit test CA", ca_key, ca=True)
     files = TLSFiles(directory, *(directory / n for n in (
         "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "rogue.crt", "rogue.key", "node.crt",
-        "node.key")))
+        "node.key", "elsewhere.crt", "elsewhere.key")))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    for cert_path, key_path, subject, usage in (
-        (files.server_cert, files.server_key, "localhost", [ExtendedKeyUsageOID.SERVER_AUTH]),
-        (files.client_cert, files.client_key, "dimsekit test client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+    elsewhere = (x509.DNSName("elsewhere.example"),)
+    for cert_path, key_path, subject, usage, names in (
+        (files.server_cert, files.server_key, "localhost", [ExtendedKeyUsageOID.SERVER_AUTH], local),
+        (files.client_cert, files.client_key, "dimsekit test client", [ExtendedKeyUsageOID.CLIENT_AUTH], local),
         (files.node_cert, files.node_key, "localhost",
-         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], local),
+        (files.elsewhere_cert, files.elsewhere_key, "elsewhere.example", [ExtendedKeyUsageOID.SERVER_AUTH],
+         elsewhere),
     ):
         key = _key()
-        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local)
+        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=names)
         cert_path.write_bytes(cert.public_bytes(pem))
         _write_key(key_path, key)
     rogue_key = _key()

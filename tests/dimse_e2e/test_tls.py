@@ -80,6 +80,20 @@ class TLSAssociationTests(LoopbackTestCase):
                                          tls=True)
         await within(association.release())
 
+    async def test_a_server_certificate_for_another_host_is_refused_when_hostnames_are_checked(self):
+        f = self.files
+        config = tls_config("SCP", f, cert=f.elsewhere_cert, key=f.elsewhere_key, trust=[f.ca])
+        ae = self.make_ae("SCP", config=config)
+        listening = await ae.listen(0, tls=True)
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+        with self.assertRaises(ConnectionLost) as caught:
+            await self.connect(port, [VERIFICATION], ae=self.client(verify_hostname=True), tls=True)
+        self.assertEqual(str(caught.exception),
+                         "TLS handshake failed: the peer's certificate is not for 127.0.0.1 (host name check)")
+        association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)  # CA-signed: enough
+        await within(association.release())
+
     async def test_a_server_certificate_we_do_not_trust_fails_the_association(self):
         f = self.files
         config = tls_config("SCP", f, cert=f.rogue_cert, key=f.rogue_key, trust=[f.ca])

@@ -2,7 +2,8 @@
 
 Each subcommand is a module of this package with ``add_arguments(parser)``
 and ``run(reactor, args) -> Deferred[int]`` (the exit code).  Options follow
-DCMTK where it has one (``-aet``, ``-aec``, ``-to``) and have long forms too.
+DCMTK where it has one (``-aet``, ``-aec``, ``-to``) and have long forms too;
+the TLS options are DCMTK's too, ``+`` included (``+tls``, ``+tla``, ``+cf``).
 """
 
 from __future__ import annotations
@@ -62,8 +63,27 @@ _seconds = _checked(float, lambda s: math.isfinite(s) and s > 0, "{text!r} is no
 _max_pdu = _checked(int, valid_max_pdu, "{text!r}: " + MAX_PDU_RULE)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that also takes DCMTK's ``+`` options (``+tls``, ``+cf``).
+
+    A word starting with ``+`` is an option only when it is exactly one this
+    parser has: anything else (a file named ``+1.dcm``, ``--label +A``) stays
+    an argument, as it was before ``+`` was an option prefix.  argparse would
+    otherwise take it for an unknown option, or abbreviate (``+t``: ``+tls``?).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prefix_chars", "-+")
+        super().__init__(*args, **kwargs)
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        if arg_string.startswith("+") and arg_string not in self._option_string_actions:
+            return None  # a positional, or the value of the option before it
+        return super()._parse_optional(arg_string)
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """HOST PORT and the association options every SCU tool takes."""
+    """HOST PORT and the association options every SCU tool takes (TLS's among them)."""
     parser.add_argument("host", help="peer host name or address")
     parser.add_argument("port", type=_tcp_port, help="peer TCP port")
     parser.add_argument("-aet", "--aet", type=_ae_title, default="DIMSEKIT", help="our AE title (default DIMSEKIT)")
@@ -76,12 +96,42 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pdu", type=_max_pdu, default=None,
                         help="our Maximum Length Received (default 16384; 0 = no limit)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log protocol events to stderr")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """DCMTK's TLS options (PS3.15 B.1); :func:`dimsekit.cli._scu.tls_config` reads them.
+
+    The ``+`` spellings need a parser with ``prefix_chars="-+"`` (the ``dimsekit``
+    command's are): another parser gets the long forms only.
+    """
+    plus = "+" in parser.prefix_chars
+
+    def names(dcmtk: str, *long: str) -> tuple[str, ...]:
+        return (dcmtk, *long) if plus else long
+
+    group = parser.add_argument_group(
+        "TLS (PS3.15 B.1)",
+        "Associations over TLS: +tls or +tla.  The peer's certificate is checked against\n"
+        "the +cf files unless -ic is given.  Keys and certificates are PEM files (keys not encrypted).",
+    )
+    identity = group.add_mutually_exclusive_group()
+    identity.add_argument(*names("+tls", "--tls", "--enable-tls"), dest="tls_identity", nargs=2,
+                          metavar=("KEY", "CERT"), help="use TLS, with our private key and certificate")
+    identity.add_argument(*names("+tla", "--anonymous-tls"), dest="anonymous_tls", action="store_true",
+                          help="use TLS without a certificate of ours")
+    group.add_argument(*names("+cf", "--add-cert-file"), dest="tls_trust", action="append", default=[],
+                       metavar="FILE", help="trust the certificates in FILE (a CA's, or the peer's own); repeatable")
+    group.add_argument("-ic", "--ignore-peer-cert", dest="tls_ignore_peer", action="store_true",
+                       help="do not verify the peer's certificate (then no +cf is needed; not recommended)")
+    group.add_argument("--verify-hostname", dest="tls_verify_hostname", action="store_true",
+                       help="also check that the peer's certificate names HOST (DCMTK does not)")
 
 
 def _parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="dimsekit", description="DICOM network tools (dimsekit).")
+    parser = _Parser(prog="dimsekit", description="DICOM network tools (dimsekit).")
     parser.add_argument("--version", action="version", version=f"dimsekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
@@ -97,9 +147,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_tls(args: argparse.Namespace) -> str | None:
+    """Why the TLS options cannot be used (one line), or None: before anything runs."""
+    from dimsekit.cli._scu import tls_config
+    from dimsekit.tls import TLSContext
+
+    try:
+        config = tls_config(args)
+        if config is not None:
+            TLSContext(config)  # reads every file: one missing is said here, not as a traceback later
+    except ConfigError as exc:  # TLSError too
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dimsekit`` console script."""
     args = _parser().parse_args(argv)
+    problem = _check_tls(args)
+    if problem is not None:
+        # (not print(): importing the subcommands bound this module's ``print`` to dimsekit.cli.print)
+        tool = f"{args.command} {args.action}" if args.command == "mpps" else args.command  # as the tool says it
+        sys.stderr.write(f"dimsekit {tool}: {problem}\n")
+        return 2
     tune_allocator()  # get/move receive data sets in bulk reads, as the node does
     if getattr(args, "verbose", False):
         from twisted.logger import globalLogBeginner, textFileLogObserver

@@ -13,12 +13,53 @@ from dimsekit.ae import ApplicationEntity
 from dimsekit.config import Config, ConfigError, Limits, NodeConfig
 from dimsekit.errors import DimsekitError
 from dimsekit.plugin import make_plugin_manager
+from dimsekit.tls import TLSConfig
 
-__all__ = ["make_ae", "describe_failure", "fail", "end_cleanly"]
+__all__ = ["make_ae", "tls_config", "ToolAE", "describe_failure", "fail", "end_cleanly"]
+
+
+def tls_config(args: Any) -> TLSConfig | None:
+    """The TLS settings the options ask for (+tls, +tla, +cf, -ic, --verify-hostname), None without TLS.
+
+    :raises ConfigError: the options do not go together (one line, naming them).
+    Files are not read here: :class:`~dimsekit.tls.TLSContext` reads them.
+    """
+    identity = getattr(args, "tls_identity", None)
+    anonymous = getattr(args, "anonymous_tls", False)
+    trust = tuple(getattr(args, "tls_trust", None) or ())
+    ignore_peer = getattr(args, "tls_ignore_peer", False)
+    verify_hostname = getattr(args, "tls_verify_hostname", False)
+    if identity is None and not anonymous:
+        given = [name for name, value in (("+cf", trust), ("-ic", ignore_peer),
+                                          ("--verify-hostname", verify_hostname)) if value]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for TLS: "
+                              "give +tls KEY CERT or +tla too")
+        return None
+    if ignore_peer and verify_hostname:
+        raise ConfigError("--verify-hostname checks the peer's certificate, -ic does not check it: give one of them")
+    if not ignore_peer and not trust:
+        raise ConfigError("TLS checks the peer's certificate: give +cf FILE (the CA or the peer's certificate "
+                          "to trust), or -ic not to check it")
+    key, certificate = identity if identity is not None else ("", "")
+    return TLSConfig(certificate=certificate, private_key=key, ca_certificates=trust,
+                     verify_peer=not ignore_peer, verify_hostname=verify_hostname)
+
+
+class ToolAE(ApplicationEntity):
+    """The AE of an SCU tool: with TLS options (``self.tls``), every association
+    it opens uses TLS -- one place, so that no tool can forget it.  What it
+    listens on (move's --store-port, commit's --port) stays TCP."""
+
+    def associate(self, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
+        if self.tls is not None and kwargs.get("endpoint") is None:
+            kwargs.setdefault("tls", True)
+        return super().associate(host, port, **kwargs)
 
 
 def make_ae(reactor: Any, args: Any, *, plugins: Iterable[object] = (), idle_timeout: float = 0) -> ApplicationEntity:
-    """An SCU application entity from the common options (-aet, --max-pdu, --timeout).
+    """An SCU application entity from the common options (-aet, --max-pdu, --timeout,
+    and the TLS ones: see :func:`tls_config` and :class:`ToolAE`).
 
     Only the ``plugins`` given are loaded, never the installed entry points:
     a tool serves nothing of its own accord (an installed storage plugin would
@@ -31,9 +72,9 @@ def make_ae(reactor: Any, args: Any, *, plugins: Iterable[object] = (), idle_tim
         dimse_timeout=args.timeout,
         idle_timeout=idle_timeout,
     )
-    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits)
+    config = Config(node=NodeConfig(ae_title=args.aet), limits=limits, tls=tls_config(args))
     pm = make_plugin_manager(load_entrypoints=False, plugins=plugins)
-    return ApplicationEntity(config=config, plugin_manager=pm, reactor=reactor)
+    return ToolAE(config=config, plugin_manager=pm, reactor=reactor)
 
 
 def describe_failure(failure: Any) -> str:

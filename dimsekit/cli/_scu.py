@@ -49,12 +49,19 @@ def tls_config(args: Any) -> TLSConfig | None:
 class ToolAE(ApplicationEntity):
     """The AE of an SCU tool: with TLS options (``self.tls``), every association
     it opens uses TLS -- one place, so that no tool can forget it.  What it
-    listens on (move's --store-port, commit's --port) stays TCP."""
+    listens on (move's --store-port, commit's --port) uses TLS too when it has a
+    certificate (``+tls KEY CERT``), as DCMTK's movescu does; with ``+tla`` (no
+    certificate, so no TLS server) it stays TCP."""
 
     def associate(self, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
         if self.tls is not None and kwargs.get("endpoint") is None:
             kwargs.setdefault("tls", True)
         return super().associate(host, port, **kwargs)
+
+    def listen(self, port: int = 0, interface: str = "127.0.0.1", **kwargs: Any) -> Any:
+        if self.tls is not None and self.tls.config.has_identity and kwargs.get("endpoint") is None:
+            kwargs.setdefault("tls", True)
+        return super().listen(port, interface, **kwargs)
 
 
 def make_ae(reactor: Any, args: Any, *, plugins: Iterable[object] = (), idle_timeout: float = 0) -> ApplicationEntity:

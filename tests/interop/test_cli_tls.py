@@ -245,3 +245,36 @@ def test_every_tool_checks_the_servers_certificate(certs, tls_node, tool, extra)
     result = cli(tool, tls_node.tls_port, "+tls", certs.client_key, certs.client_cert, "+cf", certs.rogue_cert,
                  "-aec", "DIMSEKIT", *extra)
     assert one_line(result, tool) == UNTRUSTED_SERVER.format(tool=tool)
+
+
+def test_move_receives_its_instances_over_tls_on_its_store_port(certs, tmp_path):
+    """With +tls, move --store-port listens for TLS: the node, whose [[remote]] for us says
+    tls = true, sends the sub-operations over TLS (its certificate as client, ours as server:
+    both have serverAuth and clientAuth, the node certificate of the test CA)."""
+    store_port, tls_port = free_port(), free_port()
+    (tmp_path / "node").mkdir()
+    node = start_node(tmp_path / "node", env=SAME_CODE, config=(
+        "[tls]\n"
+        f"port = {tls_port}\n"
+        f'certificate = "{certs.node_cert}"\n'
+        f'private_key = "{certs.node_key}"\n'
+        f'ca_certificates = ["{certs.ca}"]\n'
+        "[[remote]]\n"
+        'ae_title = "MOVESCU"\n'
+        'host = "127.0.0.1"\n'
+        f"port = {store_port}\n"
+        "tls = true\n"
+    ))
+    try:
+        ours = ["+tls", certs.node_key, certs.node_cert, "+cf", certs.ca]
+        stored = cli("store", tls_port, *ours, "-aec", "DIMSEKIT", CT_SMALL)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        out = tmp_path / "moved"
+        moved = cli("move", tls_port, *ours, "-aec", "DIMSEKIT", "-aet", "MOVESCU", "--store-port", store_port,
+                    "--out-dir", out, "-k", f"StudyInstanceUID={dcmread(CT_SMALL).StudyInstanceUID}")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        [received] = list(out.glob("*.dcm"))
+        same_data_set(received, CT_SMALL)
+        assert "ended: released" in node.wait_log(r"association requestor .*calling=DIMSEKIT called=MOVESCU")
+    finally:
+        _finish_node(node)

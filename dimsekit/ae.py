@@ -132,6 +132,10 @@ class ApplicationEntity:
         #: the ``[tls]`` settings with their files read (None: no [tls]); a file that
         #: cannot be used raises :class:`~dimsekit.tls.TLSError` here, before anything runs
         self.tls: TLSContext | None = TLSContext(self.config.tls) if self.config.tls is not None else None
+        if self.tls is not None and any(remote.tls for remote in self.config.remotes):
+            problem = self.tls.client_auth_problem()
+            if problem is not None:
+                _log.warn("{problem}", problem=problem)
 
     # -- negotiation (acceptor side) -------------------------------------------------
 

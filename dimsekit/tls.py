@@ -182,6 +182,26 @@ class TLSContext:
             raise TLSError(f"{self._prefix}.{key}: {self._where(name)} holds no PEM certificate ({exc})") from None
         return [(crypto.X509.from_cryptography(c), c.public_bytes(Encoding.PEM)) for c in found]
 
+    def client_auth_problem(self) -> str | None:
+        """Why peers that check client certificates would refuse ours (its Extended Key
+        Usage lacks clientAuth), or None.  A node presents its certificate when it
+        associates too (C-MOVE sub-operations, commitment reports)."""
+        if self._identity is None:
+            return None
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        try:
+            usage = self._identity.original.to_cryptography().extensions.get_extension_for_class(
+                x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            return None  # no restriction
+        if ExtendedKeyUsageOID.CLIENT_AUTH in usage or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usage:
+            return None
+        return (f"{self._prefix}.certificate: {self._where(self.config.certificate)} is not for client "
+                "authentication (its Extended Key Usage lacks clientAuth): peers that check client "
+                "certificates refuse the associations the node opens with it")
+
     # -- options ----------------------------------------------------------------------
 
     def _options(self, *, server: bool) -> Any:
@@ -255,7 +275,6 @@ def describe_tls_failure(value: BaseException) -> str | None:
     if "wrong version number" in text or "http request" in text:
         text += " (the peer does not speak TLS on this connection)"
     return "TLS handshake failed: " + text
-
 
 
 def _host_name_mismatch(value: BaseException) -> str | None:

@@ -267,3 +267,37 @@ class TLSSettingsTests(LoopbackTestCase):
         self.assertTrue(config.remotes[0].tls)
         self.assertEqual(replace(config.tls, port=1).port, 1)
 
+
+
+class ClientAuthenticationUsageTests(LoopbackTestCase):
+    """The node presents its [tls] certificate when it associates with a tls = true remote:
+    one whose Extended Key Usage lacks clientAuth is refused by peers that check (DCMTK),
+    so start-up says so."""
+
+    def test_a_server_only_certificate_is_reported_when_a_remote_uses_tls(self):
+        import tempfile
+
+        from twisted.logger import globalLogPublisher
+
+        base = Path(tempfile.mkdtemp())
+        self.addCleanup(__import__("shutil").rmtree, base)
+        f = make_tls_files(base)
+        seen: list[str] = []
+
+        def observer(event):
+            if event.get("log_namespace") == "dimsekit.ae":
+                seen.append(str(event.get("problem", "")))
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        remote = [{"ae_title": "DEST", "host": "127.0.0.1", "port": 1, "tls": True}]
+        for cert, key, remotes, expected in (
+            (f.server_cert, f.server_key, remote, 1),   # serverAuth only, a TLS remote: warned
+            (f.node_cert, f.node_key, remote, 0),       # serverAuth and clientAuth: fine
+            (f.server_cert, f.server_key, [], 0),       # no TLS remote: it never acts as a client
+        ):
+            seen.clear()
+            config = from_mapping({"tls": {"certificate": str(cert), "private_key": str(key),
+                                           "ca_certificates": [str(f.ca)]}, "remote": remotes})
+            self.make_ae("SCP", config=config)
+            self.assertEqual(len([s for s in seen if "lacks clientAuth" in s]), expected, (cert, remotes, seen))

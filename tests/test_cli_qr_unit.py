@@ -546,3 +546,302 @@ def test_options_not_agreed_are_named():
                                                 "timezone query adjustment"]
     assert cli_find.not_agreed(asked, b"\x00\x01") == ["relational queries", "timezone query adjustment"]
     assert cli_find.not_agreed(asked, b"\x01\x01\x01\x01") == []
+
+
+# -- get: the retry of failed (compressed) instances -----------------------------------------------
+
+SC = "1.2.840.10008.5.1.4.1.1.7"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+JPEG, J2K = "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"
+UNCOMPRESSED = cli_get.UNCOMPRESSED_TRANSFER_SYNTAXES
+
+
+def failed(uid: str, sop_class: str = SC, *syntaxes: str, series: str = "9.1") -> cli_get.FailedInstance:
+    return cli_get.FailedInstance(uid, sop_class, tuple(syntaxes), "9", series, "P")
+
+
+def test_contexts_needed_per_pair_or_per_compressed_syntax():
+    assert cli_get.contexts_needed(failed("9.1.1", SC, JPEG)) == [(SC, UNCOMPRESSED), (SC, (JPEG,))]
+    # available in several: one context each; an uncompressed one is the uncompressed context
+    assert cli_get.contexts_needed(failed("9.1.1", SC, J2K, "1.2.840.10008.1.2.1", J2K)) == [
+        (SC, UNCOMPRESSED), (SC, (J2K,))]
+    # the peer did not say the syntax: each usual compressed one
+    contexts = cli_get.contexts_needed(failed("9.1.1", CT))
+    assert contexts == [(CT, UNCOMPRESSED)] + [(CT, (ts,)) for ts in cli_get.COMPRESSED_TRANSFER_SYNTAXES]
+    assert len(contexts) == 10
+    # nor the class: each class guessed in each compressed syntax
+    guessed = cli_get.guess_classes([SC])
+    contexts = cli_get.contexts_needed(cli_get.FailedInstance("9.1.1"), guessed)
+    assert contexts[:9] == [(SC, (ts,)) for ts in cli_get.COMPRESSED_TRANSFER_SYNTAXES]
+    assert len(contexts) == 9 * len(guessed) <= 127
+
+
+def test_guess_classes_received_first_then_common_image_classes():
+    guessed = cli_get.guess_classes(["1.2.840.10008.5.1.4.1.1.481.1", CT])
+    assert guessed[:3] == ["1.2.840.10008.5.1.4.1.1.481.1", CT, "1.2.840.10008.5.1.4.1.1.4"]  # RT Image, CT, MR
+    assert SC in guessed and len(guessed) == len(set(guessed)) == 127 // 9
+
+
+def test_plan_retry_one_context_per_pair_within_127():
+    instances = [failed("9.1.1", SC, JPEG), failed("9.1.2", SC, JPEG), failed("9.1.3", SC, J2K)]
+    (batch,) = cli_get.plan_retry(instances)
+    assert batch.contexts == [(SC, UNCOMPRESSED), (SC, (JPEG,)), (SC, (J2K,))]
+    assert batch.instances == instances
+    # 13 classes whose syntax the peer did not say, 10 contexts each: two associations
+    classes = cli_get.storage_contexts()[:13]
+    many = [failed(f"9.1.{n}", sop_class) for n, sop_class in enumerate(classes)] + [failed("9.2.1", classes[0])]
+    batches = cli_get.plan_retry(many)
+    assert [len(b.contexts) for b in batches] == [120, 10]
+    assert [len(b.instances) for b in batches] == [13, 1]
+    assert "9.2.1" in [i.sop_instance_uid for i in batches[0].instances]  # with the other one of its class
+    for b in batches:
+        for instance in b.instances:
+            assert set(cli_get.contexts_needed(instance)) <= set(b.contexts)
+    # a smaller limit packs as many as fit
+    assert [len(b.contexts) for b in cli_get.plan_retry(many, limit=25)] == [20] * 6 + [10]
+    # an unknown class: the classes guessed, packed like the rest (contexts shared once)
+    (mixed,) = cli_get.plan_retry([cli_get.FailedInstance("9.3.1"), failed("9.1.1", SC, JPEG)], [SC, CT])
+    assert len(mixed.contexts) == 18 + 1 and (SC, UNCOMPRESSED) in mixed.contexts
+
+
+def test_identifiers_of_the_retry():
+    original = Dataset()
+    original.QueryRetrieveLevel = "STUDY"
+    original.StudyInstanceUID = "9"
+    uids = [f"9.1.{n}" for n in range(450)]
+    requests = cli_get.describe_identifiers(original, uids)
+    assert [len(listed) for _, listed in requests] == [200, 200, 50]
+    first = requests[0][0]
+    assert first.QueryRetrieveLevel == "IMAGE" and list(first.SOPInstanceUID) == uids[:200]
+    assert first.StudyInstanceUID == "" and first.SeriesInstanceUID == ""  # universal: the UIDs are unique
+    assert first.SOPClassUID == "" and first.AvailableTransferSyntaxUID == ""
+    single = cli_get.describe_identifiers(original, uids[:2], per_request=1)
+    assert [ds.SOPInstanceUID for ds, _ in single] == uids[:2]
+    # none listed: every instance of the request
+    ((everything, listed),) = cli_get.describe_identifiers(original, [])
+    assert listed == [] and everything.StudyInstanceUID == "9" and everything.SOPInstanceUID == ""
+
+    instances = [failed("9.1.1"), failed("9.2.1", series="9.2"), failed("9.1.2")]
+    gets = cli_get.retry_identifiers(instances, "study")
+    assert [(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds, _ in gets] == [("9.1", ["9.1.1", "9.1.2"]),
+                                                                             ("9.2", "9.2.1")]
+    assert all(ds.QueryRetrieveLevel == "IMAGE" and ds.StudyInstanceUID == "9" and "PatientID" not in ds
+               for ds, _ in gets)
+    gets = cli_get.retry_identifiers(instances, "patient", per_request=1)
+    assert [ds.SOPInstanceUID for ds, _ in gets] == ["9.1.1", "9.1.2", "9.2.1"]
+    assert all(ds.PatientID == "P" for ds, _ in gets)
+
+
+def test_a_match_as_a_failed_instance():
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.SOPClassUID = "9.1.1", SC
+    ds.AvailableTransferSyntaxUID = [JPEG, "1.2.840.10008.1.2.1"]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "9", "9.1"
+    assert cli_get.failed_instance(ds) == cli_get.FailedInstance("9.1.1", SC, (JPEG, "1.2.840.10008.1.2.1"),
+                                                                 "9", "9.1", "")
+    bare = Dataset()
+    bare.SOPInstanceUID = "9.1.2"
+    assert cli_get.failed_instance(bare) == cli_get.FailedInstance("9.1.2")
+    bare.SOPInstanceUID = ["9.1.2", "9.1.3"]
+    assert cli_get.failed_instance(bare) is None and cli_get.failed_instance(None) is None
+
+
+def test_merged_final_status_counts_and_list():
+    first = Response({"Status": 0xB000, "NumberOfRemainingSuboperations": 0}, None)
+    merged = cli_get.merged_final(first, (1, 2, 0), ["9.1.1", "9.1.2"], {"9.1.1", "9.1.2"})
+    assert merged.status == 0x0000 and merged.dataset is None
+    assert (merged.NumberOfCompletedSuboperations, merged.NumberOfFailedSuboperations,
+            merged.NumberOfRemainingSuboperations) == (3, 0, 0)
+    merged = cli_get.merged_final(first, (1, 2, 0), ["9.1.1", "9.1.2"], {"9.1.1"})
+    assert merged.status == 0xB000 and merged.dataset.FailedSOPInstanceUIDList == "9.1.2"
+    assert (merged.NumberOfCompletedSuboperations, merged.NumberOfFailedSuboperations) == (2, 1)
+    merged = cli_get.merged_final(Response({"Status": 0xA702}), (0, 3, 0), [], {"9.1.1"})
+    assert merged.status == 0xB000 and merged.NumberOfFailedSuboperations == 2
+    assert cli_get.merged_final(Response({"Status": 0xA702}), (0, 2, 1), [], {"9.1.1", "9.1.2"}).status == 0xB000
+
+
+def test_should_retry_only_when_sub_operations_failed():
+    progress = cli_get.Progress(io.StringIO(), False, None)
+    listing = Dataset()
+    listing.FailedSOPInstanceUIDList = ["9.1.1"]
+    assert cli_get.should_retry(Response({"Status": 0xB000}, listing), progress)
+    assert cli_get.should_retry(Response({"Status": 0xA702, "NumberOfFailedSuboperations": 2}), progress)
+    assert not cli_get.should_retry(Response({"Status": 0x0000}), progress)
+    assert not cli_get.should_retry(Response({"Status": 0xB000, "NumberOfWarningSuboperations": 1,
+                                              "NumberOfFailedSuboperations": 0}), progress)
+    assert not cli_get.should_retry(Response({"Status": 0xFE00, "NumberOfFailedSuboperations": 1}, listing), progress)
+    assert not cli_get.should_retry(Response({"Status": 0xA900}), progress)
+
+
+class StoreRequest:
+    """What the Receiver reads of a C-STORE sub-operation."""
+
+    def __init__(self, uid: str, sop_class: str, syntax: str, association: Any) -> None:
+        self.sop_instance_uid, self.sop_class_uid, self.transfer_syntax = uid, sop_class, syntax
+        self.association = association
+        self.sink = FakeSink(b"")
+
+
+class ScriptedPeer:
+    """One association of a scripted peer: ``answer(kind, identifier)`` gives the
+    C-FIND matches or the (UID, SOP class, syntax) to deliver, and the final response."""
+
+    def __init__(self, answer: Any, accepted: tuple[str, ...] = ()) -> None:
+        self.answer = answer
+        self.accepted = accepted
+        self.protocol = None
+        self.ended: str | None = None
+        self.remote_ae_title = "PEER"
+        self.requests: list[tuple[str, Dataset]] = []
+        outer = self
+
+        class Negotiated:
+            def context_for(self, sop_class: str, ts: str | None = None, *, as_scu: bool = True) -> Any:
+                return object() if not outer.accepted or sop_class in outer.accepted else None
+
+        self.negotiated = Negotiated()
+
+    def _operation(self, kind: str, identifier: Dataset, on_store: Any = None) -> DimseOperation:
+        self.requests.append((kind, identifier))
+        items, final = self.answer(kind, identifier)
+        op = DimseOperation(self, 1, 1)  # type: ignore[arg-type]
+        for item in items:
+            if kind == "find":
+                op.pending(Response({"Status": 0xFF00}, item))
+            else:
+                on_store(StoreRequest(*item, association=self))
+        op.finish(final)
+        return op
+
+    def find(self, identifier: Dataset, sop_class: str) -> DimseOperation:
+        return self._operation("find", identifier)
+
+    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None) -> DimseOperation:
+        return self._operation("get", identifier, on_store)
+
+    def release(self) -> defer.Deferred:
+        self.ended = "released"
+        return defer.succeed(None)
+
+
+class ScriptedAE:
+    def __init__(self, *peers: ScriptedPeer) -> None:
+        self.peers = list(peers)
+        self.proposed: list[tuple[list[Any], dict[str, Any]]] = []
+
+    def associate(self, host: str, port: int, *, called: str, contexts: list[Any], roles: Any = None,
+                  connect_timeout: float = 30) -> defer.Deferred:
+        self.proposed.append((list(contexts), dict(roles or {})))
+        return defer.succeed(self.peers.pop(0))
+
+
+class Pool:
+    def getThreadPool(self) -> None:
+        return None
+
+
+def run_get(ae: ScriptedAE, tmp_path: Path, *argv: str, monkeypatch: Any) -> tuple[int, str, str]:
+    monkeypatch.setattr(cli_get.threads, "deferToThreadPool", lambda reactor, pool, f, *a: defer.maybeDeferred(f, *a))
+    out, err = io.StringIO(), io.StringIO()
+    args = args_for("get", "127.0.0.1", "104", "--out-dir", str(tmp_path), *argv)
+    d = defer.Deferred.fromCoroutine(cli_get._run(Pool(), args, out, err, make=lambda r, a: ae))
+    codes: list[int] = []
+    d.addCallback(codes.append)
+    assert codes, "the command did not finish"
+    return codes[0], out.getvalue(), err.getvalue()
+
+
+def image(uid: str, sop_class: str = SC, syntax: str | None = None, series: str = "9.2") -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, sop_class, "9", series
+    if syntax:
+        ds.AvailableTransferSyntaxUID = syntax
+    return ds
+
+
+def first_get(failed_uids: list[str], **counts: int) -> ScriptedPeer:
+    listing = None
+    if failed_uids:
+        listing = Dataset()
+        listing.FailedSOPInstanceUIDList = failed_uids
+    final = Response({"Status": 0xB000, "NumberOfCompletedSuboperations": 1,
+                      "NumberOfFailedSuboperations": 2, "NumberOfWarningSuboperations": 0, **counts}, listing)
+    return ScriptedPeer(lambda kind, identifier: ([("9.1.1", CT, "1.2.840.10008.1.2.1")], final))
+
+
+def test_get_retries_the_failed_instances_with_their_syntaxes(tmp_path, monkeypatch):
+    find = ScriptedPeer(lambda kind, identifier: ([image("9.2.1", syntax=JPEG), image("9.2.2", syntax=J2K)],
+                                                  Response({"Status": 0})),
+                        accepted=(cli_get.STUDY_ROOT_FIND,))
+    again = ScriptedPeer(lambda kind, identifier: ([("9.2.1", SC, JPEG), ("9.2.2", SC, J2K)],
+                                                   Response({"Status": 0, "NumberOfCompletedSuboperations": 2})))
+    ae = ScriptedAE(first_get(["9.2.1", "9.2.2"]), find, again)
+    code, out, err = run_get(ae, tmp_path, "-k", "StudyInstanceUID=9", monkeypatch=monkeypatch)
+    assert code == 0 and err == "", err
+    assert out.startswith("C-GET: 0x0000 ")
+    assert "3 completed (2 of them on a retry in their own transfer syntaxes), 0 failed, 0 warning" in out
+    assert sorted(p.name for p in tmp_path.glob("*.dcm")) == ["9.1.1.dcm", "9.2.1.dcm", "9.2.2.dcm"]
+    assert ae.proposed[1][0] == [cli_get.STUDY_ROOT_FIND, cli_get.PATIENT_ROOT_FIND]
+    ((kind, asked),) = find.requests
+    assert kind == "find" and list(asked.SOPInstanceUID) == ["9.2.1", "9.2.2"] and asked.QueryRetrieveLevel == "IMAGE"
+    contexts, roles = ae.proposed[2]
+    assert contexts == ["1.2.840.10008.5.1.4.1.2.2.3", (SC, UNCOMPRESSED), (SC, (JPEG,)), (SC, (J2K,))]
+    assert roles == {SC: (False, True)}
+    ((kind, request),) = again.requests
+    assert (request.QueryRetrieveLevel, request.StudyInstanceUID, request.SeriesInstanceUID,
+            list(request.SOPInstanceUID)) == ("IMAGE", "9", "9.2", ["9.2.1", "9.2.2"])
+    assert find.ended == again.ended == "released"
+
+
+def test_a_peer_refusing_lists_is_asked_one_uid_at_a_time_and_what_does_not_come_stays_failed(tmp_path, monkeypatch):
+    def find_answer(kind: str, identifier: Dataset) -> Any:
+        if not isinstance(identifier.SOPInstanceUID, str):
+            return [], Response({"Status": 0xC320})
+        return [image(identifier.SOPInstanceUID)], Response({"Status": 0})  # no syntax said
+
+    def get_answer(kind: str, identifier: Dataset) -> Any:
+        if not isinstance(identifier.SOPInstanceUID, str):
+            return [], Response({"Status": 0xC420})
+        if identifier.SOPInstanceUID == "9.2.1":
+            return [("9.2.1", SC, JPEG)], Response({"Status": 0, "NumberOfCompletedSuboperations": 1})
+        listing = Dataset()
+        listing.FailedSOPInstanceUIDList = identifier.SOPInstanceUID
+        return [], Response({"Status": 0xA702, "NumberOfFailedSuboperations": 1}, listing)
+
+    find, again = ScriptedPeer(find_answer), ScriptedPeer(get_answer)
+    ae = ScriptedAE(first_get(["9.2.1", "9.2.2"]), find, again)
+    code, out, err = run_get(ae, tmp_path, "-k", "StudyInstanceUID=9", monkeypatch=monkeypatch)
+    assert code == 1
+    assert "0xB000" in out and "2 completed (1 of them on a retry in their own transfer syntaxes), 1 failed" in out
+    assert "failed   9.2.2" in out and "failed   9.2.1" not in out
+    assert "1 sub-operation(s) failed" in err and "cannot retry" not in err, err
+    assert [ds.SOPInstanceUID for _, ds in find.requests][1:] == ["9.2.1", "9.2.2"]
+    assert [ds.SOPInstanceUID for _, ds in again.requests][1:] == ["9.2.1", "9.2.2"]
+    assert len(ae.proposed[2][0]) == 1 + 10  # SC uncompressed + each compressed syntax
+
+
+def test_failures_counted_but_not_listed_are_found_by_the_request_keys(tmp_path, monkeypatch):
+    find = ScriptedPeer(lambda kind, identifier: ([image("9.1.1", CT, series="9.1"), image("9.2.1", syntax=JPEG)],
+                                                  Response({"Status": 0})))
+    again = ScriptedPeer(lambda kind, identifier: ([("9.2.1", SC, JPEG)], Response({"Status": 0})))
+    ae = ScriptedAE(first_get([], NumberOfFailedSuboperations=1), find, again)
+    code, out, err = run_get(ae, tmp_path, "-k", "StudyInstanceUID=9", monkeypatch=monkeypatch)
+    assert code == 0, out + err
+    ((_, asked),) = find.requests
+    assert (asked.StudyInstanceUID, asked.SOPInstanceUID) == ("9", "")
+    ((_, request),) = again.requests
+    assert request.SOPInstanceUID == "9.2.1"  # not the CT received already
+    assert "2 completed (1 of them on a retry" in out
+
+
+def test_no_retry_when_turned_off_or_when_the_peer_cannot_say(tmp_path, monkeypatch):
+    ae = ScriptedAE(first_get(["9.2.1", "9.2.2"]))
+    code, out, err = run_get(ae, tmp_path, "--no-retry-compressed", "-k", "StudyInstanceUID=9",
+                             monkeypatch=monkeypatch)
+    assert code == 1 and len(ae.proposed) == 1 and "failed   9.2.2" in out
+    find = ScriptedPeer(lambda kind, identifier: ([], Response({"Status": 0})), accepted=("1.2.3",))
+    ae = ScriptedAE(first_get(["9.2.1", "9.2.2"]), find)
+    code, out, err = run_get(ae, tmp_path / "b", "-k", "StudyInstanceUID=9", monkeypatch=monkeypatch)
+    assert code == 1 and "cannot retry the failed instances: the peer accepts no C-FIND" in err
+    assert "failed   9.2.1" in out and "1 completed, 2 failed" in out

@@ -37,6 +37,7 @@ __all__ = [
     "Part10Info",
     "part10_info",
     "dataset_file_info",
+    "dataset_uids",
     "swap_words",
     "iter_file",
     "DatasetError",
@@ -300,3 +301,81 @@ def dataset_file_info(path: str | Path) -> Part10Info:
     if transfer_syntax is None:
         raise error
     return Part10Info(path, transfer_syntax, sop_class, sop_instance, 0, path.stat().st_size, has_meta=False)
+
+
+#: (0008,0018) SOP Instance UID: the last element :func:`dataset_uids` needs
+_SOP_INSTANCE_TAG = 0x00080018
+
+
+def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
+    """The SOP Class UID and SOP Instance UID that the data set of a file holds
+    (None for one it does not have), as against what its File Meta Information
+    says (``info``'s).
+
+    Only the first elements are read: the data set is parsed, in the file's
+    transfer syntax, from its start to the SOP Instance UID (0008,0018) -- a few
+    hundred bytes; a deflated one is inflated only that far.
+
+    :raises DatasetError: the data set cannot be read that far (an unknown
+        transfer syntax, broken elements).
+    """
+    try:
+        implicit, little = _flags(info.transfer_syntax)
+    except DatasetError as exc:
+        raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs: {exc}") from None
+    with Path(info.path).open("rb") as raw:
+        raw.seek(info.dataset_offset)
+        fp: IO[bytes] = _Inflating(raw) if info.transfer_syntax == DEFLATED else raw
+        try:
+            with _quiet_pydicom():
+                dataset = read_dataset(fp, implicit, little, stop_when=lambda tag, vr, length: tag > _SOP_INSTANCE_TAG,
+                                       defer_size=4096)
+                found = [dataset.get(tag) for tag in (0x00080016, _SOP_INSTANCE_TAG)]
+                uids = [str(element.value).strip("\x00 ") if element is not None and element.value else None
+                        for element in found]
+        except Exception as exc:  # pydicom raises many kinds on broken elements
+            raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs ({exc})") from exc
+    return uids[0] or None, uids[1] or None
+
+
+class _Inflating(io.RawIOBase):
+    """A deflated data set (PS3.5 A.5), inflated as far as it is read: what
+    :func:`dataset_uids` needs of it (read, tell, and seek back a little)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._out = bytearray()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _more(self) -> bool:
+        data = self._inflater.unconsumed_tail or self._raw.read(16384)
+        if not data:
+            return False
+        self._out += self._inflater.decompress(data, 65536)
+        return True
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        while (size < 0 or len(self._out) < self._pos + size) and self._more():
+            pass
+        end = len(self._out) if size < 0 else min(len(self._out), self._pos + size)
+        data = bytes(self._out[self._pos:end])
+        self._pos = end
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos}.get(whence)
+        if base is None:
+            raise io.UnsupportedOperation("seek from the end of a deflated stream")
+        self._pos = max(0, base + offset)
+        return self._pos

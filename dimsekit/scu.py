@@ -67,10 +67,13 @@ _REENCODABLE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 
 
 class _Reencode:
-    """A file whose data set must be read and re-encoded for the peer."""
+    """A file whose data set must be read and re-encoded for the peer;
+    ``given``: its UIDs are the caller's (a :class:`Part10Info` was passed),
+    not to be taken from the data set read."""
 
-    def __init__(self, info: Part10Info) -> None:
+    def __init__(self, info: Part10Info, given: bool = False) -> None:
         self.info = info
+        self.given = given
 
 
 class _FileData:
@@ -156,7 +159,7 @@ class ServiceUser:
 
     def store(
         self,
-        dataset: Dataset | str | Path,
+        dataset: Dataset | str | Path | Part10Info,
         *,
         priority: int = Priority.MEDIUM,
         move_originator: tuple[str, int] | None = None,
@@ -169,6 +172,12 @@ class ServiceUser:
             unparsed, read from disk as the peer takes it; otherwise pydicom
             re-encodes it among the uncompressed syntaxes.  A compressed file
             whose syntax the peer did not accept fails with a clear error.
+            For a path the C-STORE-RQ names the SOP Class and Instance UIDs
+            of the file's File Meta Information (of its data set when it is
+            re-encoded); given a :class:`Part10Info` instead (a file as
+            :func:`~dimsekit.datasets.dataset_file_info` read it, its UIDs
+            possibly replaced), that one's, either way: ``dimsekit store``
+            passes the data set's own UIDs so.
         :param move_originator: (AE title, Message ID) of the C-MOVE this
             store is a sub-operation of.
         """
@@ -182,9 +191,9 @@ class ServiceUser:
         # (a C-MOVE to a peer that takes only Implicit VR does it per instance)
         pool = getattr(self.reactor, "getThreadPool", None)
         if pool is None:  # a test's fake reactor: here and now
-            d = defer.maybeDeferred(self._reencoded, plan.info)
+            d = defer.maybeDeferred(self._reencoded, plan.info, plan.given)
         else:
-            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info)
+            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info, plan.given)
         return d.addCallback(self._send_store, priority, move_originator)
 
     def _send_store(
@@ -207,7 +216,7 @@ class ServiceUser:
             return defer.fail(exc)
         return operation.result
 
-    def _reencoded(self, info: Part10Info) -> tuple[NegotiatedContext, bytes, str, str]:
+    def _reencoded(self, info: Part10Info, given: bool = False) -> tuple[NegotiatedContext, bytes, str, str]:
         """A file's data set read and encoded for a context the peer accepted (run in a thread)."""
         from pydicom import dcmread
 
@@ -215,12 +224,24 @@ class ServiceUser:
             dataset = dcmread(info.path, force=not info.has_meta)
         except Exception as exc:  # pydicom raises many kinds on a broken data set
             raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
+        if given:
+            context = self._uncompressed_context(info.sop_class_uid)
+            return context, encode_dataset(dataset, context.transfer_syntax), info.sop_class_uid, info.sop_instance_uid
         context, dataset, sop_class, sop_instance = self._store_plan(dataset)  # type: ignore[misc]
         return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
 
+    def _uncompressed_context(self, sop_class: str) -> NegotiatedContext:
+        """The accepted context to send an uncompressed data set of ``sop_class`` on."""
+        for ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", DEFLATED, "1.2.840.10008.1.2.2"):
+            context = self.negotiated.context_for(sop_class, ts, as_scu=True)
+            if context is not None:
+                return context
+        return self.context_for(sop_class)
+
     def _store_plan(self, dataset: Any) -> tuple[NegotiatedContext, Any, str, str] | _Reencode:
-        if isinstance(dataset, str | Path):
-            info = dataset_file_info(dataset)
+        if isinstance(dataset, str | Path | Part10Info):
+            given = isinstance(dataset, Part10Info)
+            info = dataset if isinstance(dataset, Part10Info) else dataset_file_info(dataset)
             sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
             exact = self.negotiated.context_for(sop_class, info.transfer_syntax, as_scu=True)
             if exact is not None:
@@ -230,7 +251,7 @@ class ServiceUser:
                     f"{info.path}: stored in {UID(info.transfer_syntax).name}, which the peer did not "
                     f"accept for {UID(sop_class).name}, and dimsekit does not transcode compressed data"
                 )
-            return _Reencode(info)
+            return _Reencode(info, given)
         if not isinstance(dataset, Dataset):
             raise LocalProtocolError(f"store() takes a pydicom Dataset or a file path, not {type(dataset).__name__}")
         sop_class = str(dataset.SOPClassUID)
@@ -243,11 +264,7 @@ class ServiceUser:
                     f"{sop_instance}: encoded in {UID(source_ts).name}, which the peer did not accept"
                 )
             return context, dataset, sop_class, sop_instance
-        for ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", DEFLATED, "1.2.840.10008.1.2.2"):
-            context = self.negotiated.context_for(sop_class, ts, as_scu=True)
-            if context is not None:
-                return context, dataset, sop_class, sop_instance
-        return self.context_for(sop_class), dataset, sop_class, sop_instance
+        return self._uncompressed_context(sop_class), dataset, sop_class, sop_instance
 
     # -- C-FIND / C-GET / C-MOVE -------------------------------------------------------------
 

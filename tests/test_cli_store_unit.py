@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from twisted.internet import defer, error
 
 from dimsekit.cli import _parser
 from dimsekit.cli import store as cli_store
-from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, encode_dataset
+from dimsekit.datasets import (
+    DatasetError,
+    Part10Info,
+    dataset_file_info,
+    dataset_uids,
+    encode_dataset,
+    part10_info,
+)
 from dimsekit.errors import AssociationAborted, AssociationRejected
 from dimsekit.operations import Response
 from dimsekit.ul.items import PresentationContextRQ
@@ -156,6 +164,113 @@ def test_read_files_skips_a_file_whose_sop_class_or_transfer_syntax_is_not_a_uid
     assert skipped[1].reason == "File Meta Information: transfer syntax '1.2.840.10008.1.2.01' not a UID"
 
 
+# -- the UIDs the C-STORE-RQ names ------------------------------------------------------------
+
+
+def write_edited(path: Path, *, meta: tuple[str, str], dataset: tuple[str | None, str | None], ts: str = ELE,
+                 tail: bytes = b"") -> Path:
+    """A Part 10 file whose File Meta says ``meta`` (SOP class, instance) and whose
+    data set holds ``dataset`` (None: the element is missing), as a hand edit or
+    a bad converter leaves it; ``tail`` is appended to the file."""
+    ds = Dataset()
+    ds.PatientName = "Edited^File"
+    if dataset[0] is not None:
+        ds.SOPClassUID = dataset[0]
+    if dataset[1] is not None:
+        ds.SOPInstanceUID = dataset[1]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.100", "1.2.3.101"
+    ds.preamble = b"\x00" * 128
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = meta
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.file_meta.ImplementationClassUID = "1.2.3.999"
+    ds.save_as(path, enforce_file_format=False)  # as it is: pydicom would copy the data set's UIDs into the meta
+    if tail:
+        with path.open("ab") as f:
+            f.write(tail)
+    return path
+
+
+@pytest.mark.parametrize("ts", [ILE, ELE, EBE, "1.2.840.10008.1.2.1.99", J2K])
+def test_dataset_uids_reads_the_data_set_not_the_file_meta(tmp_path, ts):
+    path = write_edited(tmp_path / "edited.dcm", meta=(CT, "1.2.3.9"), dataset=(MR, "1.2.3.4"), ts=ts)
+    info = part10_info(path)
+    assert (info.sop_class_uid, info.sop_instance_uid) == (CT, "1.2.3.9")  # what the File Meta says
+    assert dataset_uids(info) == (MR, "1.2.3.4")
+
+
+def test_dataset_uids_reads_only_the_head_of_the_data_set(tmp_path):
+    # what follows (0008,0018) is never parsed: garbage there does not matter
+    path = write_edited(tmp_path / "edited.dcm", meta=(CT, "1.2.3.9"), dataset=(CT, "1.2.3.4"),
+                        tail=b"\xff\xff\xff\xff garbage, not elements" * 1000)
+    assert dataset_uids(part10_info(path)) == (CT, "1.2.3.4")
+    missing = write_edited(tmp_path / "no-uids.dcm", meta=(CT, "1.2.3.9"), dataset=(None, None))
+    assert dataset_uids(part10_info(missing)) == (None, None)
+    private = replace(part10_info(path), transfer_syntax="1.2.826.0.1.3680043.9.7433.99")  # unknown: how to parse?
+    with pytest.raises(DatasetError, match="cannot read the data set's SOP Class and Instance UIDs: .* not a known"):
+        dataset_uids(private)
+
+
+def meta_info(sop_class: str = CT, sop_instance: str = "1.2.3.9") -> Part10Info:
+    return Part10Info(Path("f.dcm"), ELE, sop_class, sop_instance, 200, 1000)
+
+
+def test_command_uids_are_the_data_sets():
+    same = meta_info()
+    assert cli_store.command_uids(same, (CT, "1.2.3.9")) == (same, None)
+    chosen, warning = cli_store.command_uids(meta_info(), (CT, "1.2.3.4"))
+    assert (chosen.sop_class_uid, chosen.sop_instance_uid) == (CT, "1.2.3.4")
+    assert (chosen.path, chosen.dataset_offset, chosen.transfer_syntax) == (same.path, 200, ELE)
+    assert warning == ("File Meta Information's Media Storage SOP Instance UID 1.2.3.9 is not the data set's "
+                       "SOP Instance UID 1.2.3.4: the data set's is sent")
+    chosen, warning = cli_store.command_uids(meta_info(), (MR, "1.2.3.4"))
+    assert (chosen.sop_class_uid, chosen.sop_instance_uid) == (MR, "1.2.3.4")
+    assert "SOP Class UID" in warning and "SOP Instance UID" in warning and warning.count(": the data set's") == 2
+
+
+def test_command_uids_fall_back_to_the_file_metas_and_say_so():
+    chosen, warning = cli_store.command_uids(meta_info(), (CT, None))
+    assert (chosen.sop_class_uid, chosen.sop_instance_uid) == (CT, "1.2.3.9")
+    assert warning == "the data set has no SOP Instance UID: the File Meta Information's (1.2.3.9) is sent"
+    chosen, warning = cli_store.command_uids(meta_info(), (None, "1.2.3.4"))
+    assert (chosen.sop_class_uid, chosen.sop_instance_uid) == (CT, "1.2.3.4")
+    assert warning.startswith("the data set has no SOP Class UID: the File Meta Information's")
+    chosen, warning = cli_store.command_uids(meta_info(), ("CT IMAGE", "1.2.3.9"))  # would break the A-ASSOCIATE-RQ
+    assert chosen.sop_class_uid == CT and "'CT IMAGE' is not a UID" in warning
+    chosen, warning = cli_store.command_uids(meta_info(), "cannot read the data set's UIDs (truncated)")
+    assert chosen == meta_info()
+    assert warning == "cannot read the data set's UIDs (truncated); the File Meta Information's UIDs are sent"
+
+
+def test_read_files_takes_the_data_sets_uids_and_warns_once_per_file(tmp_path):
+    edited = write_edited(tmp_path / "edited.dcm", meta=(CT, "1.2.3.9"), dataset=(CT, "1.2.3.4"))
+    no_instance = write_edited(tmp_path / "no-instance.dcm", meta=(CT, "1.2.3.7"), dataset=(CT, None))
+    good = write_part10(tmp_path / "good.dcm")
+    warnings: list[str] = []
+    infos, skipped = cli_store.read_files([(edited, False), (no_instance, True), (good, False)], warnings.append)
+    assert skipped == []
+    assert [(i.path.name, i.sop_class_uid, i.sop_instance_uid) for i in infos] == [
+        ("edited.dcm", CT, "1.2.3.4"), ("no-instance.dcm", CT, "1.2.3.7"), ("good.dcm", CT, "1.2.3.4")]
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"{edited}: File Meta Information's Media Storage SOP Instance UID 1.2.3.9")
+    assert warnings[1] == (f"{no_instance}: the data set has no SOP Instance UID: the File Meta Information's "
+                           "(1.2.3.7) is sent")
+
+
+def test_the_store_command_names_the_data_sets_uids(tmp_path):
+    edited = write_edited(tmp_path / "edited.dcm", meta=(CT, "1.2.3.9"), dataset=(MR, "1.2.3.4"))
+    good = write_part10(tmp_path / "good.dcm", sop_class=RTDOSE)
+    peer = FakePeer()
+    code, out, err = run_store(peer, [edited, good], quiet=True)
+    assert code == 0, out + err
+    assert peer.commands == [("edited.dcm", MR, "1.2.3.4"), ("good.dcm", RTDOSE, "1.2.3.4")]
+    # the context proposed is for the data set's SOP class
+    assert {pc.abstract_syntax for pc in peer.associations[0].rq.presentation_contexts} == {MR, RTDOSE}
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dimsekit store: warning: {edited}: "), err
+    assert "1.2.3.9" in lines[0] and "1.2.3.4" in lines[0]
+
+
 # -- presentation contexts ----------------------------------------------------------------
 
 
@@ -267,11 +382,13 @@ class FakeAssociation:
         self.ended: str | None = None
         self.released = False
 
-    def store(self, path: Any) -> defer.Deferred:
+    def store(self, dataset: Any) -> defer.Deferred:
         if self.ended:
             return defer.fail(AssociationAborted(self.ended))
-        name = Path(path).name
+        name = Path(getattr(dataset, "path", dataset)).name
         self.peer.stored.append(name)
+        self.peer.commands.append((name, getattr(dataset, "sop_class_uid", None),
+                                   getattr(dataset, "sop_instance_uid", None)))
         if name in self.peer.abort_on:
             self.ended = "aborted by the peer (A-ABORT)"
             return defer.fail(AssociationAborted("aborted by the peer (A-ABORT)"))
@@ -295,6 +412,8 @@ class FakePeer:
         self.rejection_result = rejection_result
         self.associations: list[FakeAssociation] = []
         self.stored: list[str] = []
+        #: (file name, Affected SOP Class UID, Affected SOP Instance UID) of each C-STORE-RQ
+        self.commands: list[tuple[str, str | None, str | None]] = []
         self.statuses: dict[str, int] = {}
         self.abort_on: set[str] = set()
         self.connect_error: Exception | None = None
@@ -414,12 +533,28 @@ def files(tmp_path) -> list[Path]:
     return out
 
 
+#: pydicom's rtdose.dcm is a file as found in the wild: its File Meta's Media Storage
+#: SOP Instance UID (1.2.999...) is not its data set's SOP Instance UID (1.9.999...)
+RTDOSE_WARNING = ("rtdose.dcm: File Meta Information's Media Storage SOP Instance UID "
+                  "1.2.999.999.99.9.9999.9999.20030818153516 is not the data set's SOP Instance UID "
+                  "1.9.999.999.99.9.9999.9999.20030818153516: the data set's is sent")
+
+
+def without_rtdose_warning(err: str) -> list[str]:
+    """The lines on stderr but the warning about rtdose.dcm's UIDs (there once)."""
+    warnings = [line for line in err.splitlines() if line.endswith(RTDOSE_WARNING)]
+    assert len(warnings) == 1 and warnings[0].startswith("dimsekit store: warning: "), err
+    return [line for line in err.splitlines() if line not in warnings]
+
+
 def test_all_success_exit_0_and_a_summary(files):
-    code, out, err = run_store(FakePeer(), files)
+    peer = FakePeer()
+    code, out, err = run_store(peer, files)
     assert code == 0, out + err
     assert out.startswith("Stored 3 of 3 instances on ANY-SCP@127.0.0.1:11112 (3 Success, 0 Warning, 0 Failure")
     assert "1 association" in out
-    assert err == ""  # not a terminal: no progress line
+    assert without_rtdose_warning(err) == []  # not a terminal: no progress line
+    assert peer.commands[2] == ("rtdose.dcm", RTDOSE, "1.9.999.999.99.9.9999.9999.20030818153516")
 
 
 def test_warnings_are_listed_and_exit_0(files):
@@ -472,7 +607,8 @@ def test_no_association_is_one_line_on_stderr_and_exit_1(files, exc, words):
     code, out, err = run_store(peer, files)
     assert code == 1
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("dimsekit store: ") and words in err.lower()
+    (line,) = without_rtdose_warning(err)
+    assert line.startswith("dimsekit store: ") and words in line.lower()
 
 
 def test_abort_midway_fails_that_file_and_leaves_the_rest_not_sent(files):
@@ -483,12 +619,13 @@ def test_abort_midway_fails_that_file_and_leaves_the_rest_not_sent(files):
     assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm"]
     assert "MR_small_RLE.dcm: aborted by the peer" in out
     assert "not sent " in out and "rtdose.dcm" in out
-    assert err.strip().splitlines() == ["dimsekit store: aborted by the peer (A-ABORT)"]
+    assert without_rtdose_warning(err) == ["dimsekit store: aborted by the peer (A-ABORT)"]
 
 
 def test_quiet_prints_nothing_when_all_is_well(files):
     code, out, err = run_store(FakePeer(), files, quiet=True)
-    assert (code, out, err) == (0, "", "")
+    assert (code, out) == (0, "")
+    assert without_rtdose_warning(err) == []  # a warning is printed, quiet or not
 
 
 def test_options_a_storescu_user_expects():

@@ -10,6 +10,14 @@ with uncompressed files, a fallback context (Explicit and Implicit VR Little
 Endian) so they can be re-encoded if the peer refuses their own syntax.
 A file whose syntax the peer accepted goes out as its raw bytes, unparsed.
 
+The C-STORE-RQ names (and the contexts are proposed for) the SOP Class and
+Instance UIDs of each file's data set, read from its first elements, as
+storescu does: an SCP checks the command against the data set it receives,
+not against a File Meta it never sees.  When the File Meta Information's
+Media Storage SOP Class / Instance UID differ (a file edited by hand, a bad
+converter), a warning on stderr says so, once per file; a UID the data set
+lacks is taken from the File Meta, with a warning too.
+
 Everything goes over one association unless more than 128 contexts are needed
 (the files are then sent in groups, one association each) or the peer refuses
 contexts (files left without one are retried on a new association proposing
@@ -33,8 +41,8 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,7 +52,7 @@ from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import describe_failure, make_ae
-from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info
+from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, dataset_uids
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import LocalProtocolError
 from dimsekit.nservice import is_valid_uid
@@ -54,6 +62,7 @@ __all__ = [
     "run",
     "collect_files",
     "read_files",
+    "command_uids",
     "contexts_for",
     "plan_groups",
     "can_send",
@@ -149,10 +158,15 @@ def _walk(directory: Path, recurse: bool) -> Iterable[Path]:
         yield from _walk(sub, recurse)
 
 
-def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], list[Skipped]]:
-    """The File Meta Information of each file; the files that are not Part 10
-    files (or are DICOMDIRs, or whose SOP class or transfer syntax is not a
-    UID) are skipped, counting as failures when named."""
+def read_files(
+    files: Iterable[tuple[Path, bool]], warn: Callable[[str], object] | None = None,
+) -> tuple[list[Part10Info], list[Skipped]]:
+    """What to send of each file: its File Meta Information, with the SOP
+    Class and Instance UIDs of its data set (see :func:`command_uids`;
+    ``warn(text)`` is told, once per file, when they are not the File Meta's).
+    The files that are not Part 10 files (or are DICOMDIRs, or whose SOP class
+    or transfer syntax is not a UID) are skipped, counting as failures when
+    named."""
     infos: list[Part10Info] = []
     skipped: list[Skipped] = []
     for path, named in files:
@@ -165,6 +179,16 @@ def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], li
         except OSError as exc:
             skipped.append(Skipped(path, f"cannot read: {exc.strerror or exc}", named))
             continue
+        if info.has_meta and info.sop_class_uid != DICOMDIR_SOP_CLASS:
+            try:
+                found: tuple[str | None, str | None] | str = dataset_uids(info)
+            except DatasetError as exc:
+                found = str(exc).removeprefix(f"{path}: ")
+            except OSError as exc:
+                found = f"cannot read the data set: {exc.strerror or exc}"
+            info, warning = command_uids(info, found)
+        else:
+            warning = None
         if info.sop_class_uid == DICOMDIR_SOP_CLASS:
             skipped.append(Skipped(path, "a DICOMDIR (media directory), not an instance", named))
             continue
@@ -176,8 +200,53 @@ def read_files(files: Iterable[tuple[Path, bool]]) -> tuple[list[Part10Info], li
         if unusable:
             skipped.append(Skipped(path, f"File Meta Information: {' and '.join(unusable)} not a UID", named))
             continue
+        if warning is not None and warn is not None:
+            warn(f"{path}: {warning}")
         infos.append(info)
     return infos, skipped
+
+
+def command_uids(
+    info: Part10Info, found: tuple[str | None, str | None] | str,
+) -> tuple[Part10Info, str | None]:
+    """The file with the SOP Class and Instance UIDs its C-STORE-RQ is to
+    name, and a warning to give (None when there is nothing to say).
+
+    ``info`` holds what the File Meta Information says (Media Storage SOP
+    Class / Instance UID); ``found`` what the data set holds (SOP Class UID,
+    SOP Instance UID; None for one it lacks: see
+    :func:`~dimsekit.datasets.dataset_uids`), or why it could not be read.
+    The data set's are taken, as DCMTK storescu does: an SCP checks the
+    command against the data set it receives (a dimsekit node refuses a
+    mismatch with A900), never against a File Meta it does not receive.  The
+    File Meta's stand in for a UID the data set lacks, for a SOP class that
+    is no UID (it goes into the A-ASSOCIATE-RQ), and when the data set
+    cannot be read.
+    """
+    if isinstance(found, str):
+        return info, f"{found}; the File Meta Information's UIDs are sent"
+    sop_class, sop_instance = found
+    said: list[str] = []
+    if sop_class is None:
+        said.append(f"the data set has no SOP Class UID: the File Meta Information's ({info.sop_class_uid}) is sent")
+        sop_class = info.sop_class_uid
+    elif sop_class != info.sop_class_uid and not is_valid_uid(sop_class):
+        said.append(f"the data set's SOP Class UID {sop_class!r} is not a UID: the File Meta Information's "
+                    f"({info.sop_class_uid}) is sent")
+        sop_class = info.sop_class_uid
+    elif sop_class != info.sop_class_uid:
+        said.append(f"File Meta Information's Media Storage SOP Class UID {info.sop_class_uid} is not the data "
+                    f"set's SOP Class UID {sop_class}: the data set's is sent")
+    if sop_instance is None:
+        said.append(f"the data set has no SOP Instance UID: the File Meta Information's ({info.sop_instance_uid}) "
+                    "is sent")
+        sop_instance = info.sop_instance_uid
+    elif sop_instance != info.sop_instance_uid:
+        said.append(f"File Meta Information's Media Storage SOP Instance UID {info.sop_instance_uid} is not the "
+                    f"data set's SOP Instance UID {sop_instance}: the data set's is sent")
+    if not said:
+        return info, None
+    return replace(info, sop_class_uid=sop_class, sop_instance_uid=sop_instance), "; ".join(said)
 
 
 # -- presentation contexts -----------------------------------------------------------------
@@ -388,7 +457,7 @@ async def _run(
 ) -> int:
     """The command; ``make(reactor, args)`` gives the ApplicationEntity (tests pass a fake)."""
     files, missing = collect_files(args.paths, args.recurse)
-    infos, skipped = read_files(files)
+    infos, skipped = read_files(files, lambda text: print(f"dimsekit store: warning: {text}", file=err))
     skipped = missing + skipped
     if not infos:
         for s in skipped:
@@ -461,7 +530,7 @@ async def _send(
             if association.ended:  # the peer ended it after the last response
                 raise _stop(tally, None, files[n:] + left, queue, f"association {association.ended}")
             try:
-                response = await association.store(info.path)
+                response = await association.store(info)  # the UIDs chosen by command_uids
             except (DatasetError, LocalProtocolError) as exc:
                 if association.ended:
                     raise _stop(tally, info, files[n + 1:] + left, queue, str(exc)) from None

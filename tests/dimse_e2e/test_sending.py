@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -15,7 +16,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 import dimsekit.scu
-from dimsekit.datasets import DatasetError, decode_dataset, part10_info
+from dimsekit.datasets import DatasetError, dataset_file_info, decode_dataset, part10_info
 from dimsekit.uids import VERIFICATION
 from tests.dimse_e2e.support import (
     BIG_ENDIAN,
@@ -178,3 +179,16 @@ class Part10SendingTests(LoopbackTestCase):
         self.forbid_parsing()
         stored = await self._store(path, (EXPLICIT,), [(CT, [EXPLICIT])])
         self.assertEqual(stored.data, body)
+
+    async def test_a_part10info_names_the_uids_of_the_c_store_rq_raw_or_reencoded(self):
+        # dimsekit store passes the file as read, with its data set's UIDs where
+        # its File Meta's differ: the command names those, however the data goes
+        info = replace(dataset_file_info(CT_FILE), sop_instance_uid="1.2.826.0.1.3680043.9.7433.77")
+        for storage_ts in (EXPLICIT, IMPLICIT):  # its own syntax (unparsed), another (re-encoded)
+            stored = await self._store(info, (storage_ts,), [(CT, [storage_ts])])
+            self.assertEqual(stored.command["AffectedSOPInstanceUID"], "1.2.826.0.1.3680043.9.7433.77")
+            self.assertEqual(stored.command["AffectedSOPClassUID"], CT)
+            self.assertEqual(stored.transfer_syntax, storage_ts)
+        # a path: the File Meta's, as before
+        stored = await self._store(CT_FILE, (EXPLICIT,), [(CT, [EXPLICIT])])
+        self.assertEqual(stored.command["AffectedSOPInstanceUID"], part10_info(CT_FILE).sop_instance_uid)

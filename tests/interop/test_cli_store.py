@@ -27,22 +27,30 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-from dimsekit.datasets import decode_dataset, encode_dataset, part10_info
+import dimsekit
+from dimsekit.datasets import dataset_uids, decode_dataset, encode_dataset, part10_info
 from tests.interop.conftest import (
     A_ASSOCIATE_RQ,
     DIMSEKIT_CLI,
     P_DATA_TF,
     RawServer,
+    _finish_node,
     abort_pdu,
     associate_ac_for,
     dcmtk,
     free_port,
     run,
+    start_node,
     stop,
     wait_for_port,
 )
+from tests.interop.test_storage_support import index_rows
 
 pytestmark = pytest.mark.interop
+
+#: the tool and the node run the dimsekit these tests import (a worktree's, not an installed one)
+SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__file__).parent.parent),
+                                                          os.environ.get("PYTHONPATH")]))}
 
 ILE, ELE, EBE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -99,15 +107,23 @@ def make_instance(path: Path, *, frames: int, seed: int, rows: int = 512, column
 
 
 def dataset_part(path: Path) -> tuple[str, str, bytes]:
-    """(SOP Instance UID, transfer syntax, data set bytes) of a Part 10 file."""
+    """(SOP Instance UID, transfer syntax, data set bytes) of a Part 10 file; the
+    UID is the data set's (what the C-STORE-RQ names), not its File Meta's:
+    some samples' disagree (pydicom's rtdose.dcm)."""
     info = part10_info(path)
     with path.open("rb") as f:
         f.seek(info.dataset_offset)
-        return info.sop_instance_uid, info.transfer_syntax, f.read()
+        return dataset_uids(info)[1] or info.sop_instance_uid, info.transfer_syntax, f.read()
 
 
 def store(port: int, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return run([*DIMSEKIT_CLI, "store", "127.0.0.1", str(port), *args], timeout=timeout)
+    return run([*DIMSEKIT_CLI, "store", "127.0.0.1", str(port), *args], timeout=timeout,
+               env={**os.environ, **SAME_CODE})
+
+
+def errors(stderr: str) -> list[str]:
+    """The lines on stderr but the warnings (about a file's UIDs)."""
+    return [line for line in stderr.splitlines() if not line.startswith("dimsekit store: warning: ")]
 
 
 def summary_counts(stdout: str) -> tuple[int, int]:
@@ -398,7 +414,7 @@ def test_abort_by_the_peer_mid_run_is_one_line_and_the_rest_not_sent(tmp_path):
         result = store(server.port, *map(str, files), timeout=30)
         server.join()
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.splitlines()
+    lines = errors(result.stderr)  # rtdose.dcm and rtplan.dcm each have a warning: their File Meta UIDs
     assert len(lines) == 1 and lines[0].startswith("dimsekit store: ") and "abort" in lines[0], result.stderr
     assert re.search(r"^failure  .*rtdose\.dcm: .*abort", result.stdout, re.M), result.stdout
     assert re.search(r"^not sent .*rtplan\.dcm$", result.stdout, re.M), result.stdout
@@ -432,3 +448,52 @@ def test_bare_data_sets_are_sent_in_the_syntax_they_are_in(storescp, tmp_path):
         uid = str(dcmread(src).SOPInstanceUID)
         assert received[uid] == (ts, path.read_bytes()), path.name
     assert storescp.associations() == 1
+
+
+# -- File Meta UIDs that are not the data set's -------------------------------------------------
+
+
+def edited(source: Path, target: Path, *, meta_instance: str) -> Path:
+    """``source`` with its File Meta's Media Storage SOP Instance UID changed (as a
+    hand edit or a bad converter leaves a file): the data set is untouched."""
+    ds = dcmread(source)
+    ds.file_meta.MediaStorageSOPInstanceUID = meta_instance
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=False)  # as it is: pydicom would copy the data set's UIDs into the meta
+    return target
+
+
+def test_files_whose_file_meta_uids_are_not_the_data_sets_are_stored_by_a_dimsekit_node(tmp_path):
+    # A node checks the C-STORE-RQ against the data set (A900 "does not match"
+    # otherwise): the tool must name the data set's UIDs, as storescu does.
+    ct = edited(sample("CT_small.dcm"), tmp_path / "src" / "ct-edited.dcm", meta_instance="1.2.826.0.1.3680043.9.7433.5")
+    rtdose = tmp_path / "src" / "rtdose.dcm"  # pydicom's: its File Meta says 1.2.999..., its data set 1.9.999...
+    shutil.copyfile(sample("rtdose.dcm"), rtdose)
+    good = copy_samples(tmp_path / "src", ["MR_small_RLE.dcm"])[0]
+    files = [ct, rtdose, good]
+    meta_uids = {part10_info(p).sop_instance_uid for p in files}
+    dataset_uids_ = {str(dcmread(p).SOPInstanceUID) for p in files}
+    assert len(meta_uids - dataset_uids_) == 2
+    (tmp_path / "node").mkdir()
+    node = start_node(tmp_path / "node", env=SAME_CODE)
+    try:
+        result = store(node.port, "-aec", "DIMSEKIT", *map(str, files))
+        assert result.returncode == 0, result.stdout + result.stderr + node.log_text()
+        assert summary_counts(result.stdout) == (3, 3)
+        warnings = result.stderr.splitlines()
+        assert len(warnings) == 2, result.stderr  # once per file that disagrees, none for the other
+        for path, line in zip((ct, rtdose), warnings, strict=True):
+            assert line.startswith(f"dimsekit store: warning: {path}: File Meta Information's Media Storage SOP "
+                                   f"Instance UID {part10_info(path).sop_instance_uid} is not the data set's SOP "
+                                   f"Instance UID {dcmread(path).SOPInstanceUID}"), line
+        node.assert_healthy()
+    finally:
+        _finish_node(node)
+    rows = {r["sop_instance_uid"]: r for r in index_rows(tmp_path / "node" / "dimsekit-data")}
+    assert set(rows) == dataset_uids_, "the node indexes each instance under its data set's SOP Instance UID"
+    for path in files:
+        original = dcmread(path)
+        row = rows[str(original.SOPInstanceUID)]
+        assert row["sop_class_uid"] == original.SOPClassUID
+        kept = tmp_path / "node" / "dimsekit-data" / row["path"]
+        assert kept.read_bytes()[part10_info(kept).dataset_offset:] == dataset_part(path)[2], path.name

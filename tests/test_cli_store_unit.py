@@ -381,6 +381,7 @@ class FakeAssociation:
         self.negotiated = negotiated(accepted, rejected)
         self.ended: str | None = None
         self.released = False
+        self.stores = 0
 
     def store(self, dataset: Any) -> defer.Deferred:
         if self.ended:
@@ -389,9 +390,12 @@ class FakeAssociation:
         self.peer.stored.append(name)
         self.peer.commands.append((name, getattr(dataset, "sop_class_uid", None),
                                    getattr(dataset, "sop_instance_uid", None)))
-        if name in self.peer.abort_on:
+        if name in self.peer.abort_on or (self.peer.abort_every and self.stores == 0):
             self.ended = "aborted by the peer (A-ABORT)"
             return defer.fail(AssociationAborted("aborted by the peer (A-ABORT)"))
+        self.stores += 1
+        if name in self.peer.end_after:
+            self.ended = "aborted by the peer (A-ABORT)"  # just after its response
         return defer.succeed(Response({"Status": self.peer.statuses.get(name, 0x0000)}))
 
     def release(self) -> defer.Deferred:
@@ -415,8 +419,13 @@ class FakePeer:
         #: (file name, Affected SOP Class UID, Affected SOP Instance UID) of each C-STORE-RQ
         self.commands: list[tuple[str, str | None, str | None]] = []
         self.statuses: dict[str, int] = {}
-        self.abort_on: set[str] = set()
-        self.connect_error: Exception | None = None
+        self.abort_on: set[str] = set()  #: files whose C-STORE the peer aborts the association on
+        self.abort_every = False  #: abort every association on its first C-STORE
+        self.end_after: set[str] = set()  #: files after whose response the peer aborts
+        self.connect_error: Exception | None = None  #: every association attempt fails so
+        #: what the next association attempts do, in turn: fail with the error, or (None) go ahead
+        self.connect_script: list[Exception | None] = []
+        self.attempts = 0
 
     def decide(self, pc: PresentationContextRQ, accepted: int) -> str | int:
         if self.limit is not None and accepted >= self.limit:
@@ -435,8 +444,13 @@ class FakeAE:
 
     def associate(self, host, port, *, called, contexts, connect_timeout):
         assert len(contexts) <= 128
+        self.peer.attempts += 1
         if self.peer.connect_error is not None:
             return defer.fail(self.peer.connect_error)
+        if self.peer.connect_script:
+            scripted = self.peer.connect_script.pop(0)
+            if scripted is not None:
+                return defer.fail(scripted)
         association = FakeAssociation(self.peer, contexts)
         self.peer.associations.append(association)
         return defer.succeed(association)
@@ -458,14 +472,27 @@ def run_store(peer: FakePeer, paths: list[Any], **kw: Any) -> tuple[int, str, st
     return codes[0], out.getvalue(), err.getvalue()
 
 
-def send_infos(peer: FakePeer, infos: list[Part10Info]) -> cli_store.Tally:
+def send_infos(peer: FakePeer, infos: list[Part10Info], *, fatal: str | None = None,
+               sleeps: list[float] | None = None, **kw: Any) -> cli_store.Tally:
+    """``_send`` against the peer; it must end with ``_Fatal(fatal)`` when that is given.
+    ``sleeps`` collects the pauses asked for before reconnecting."""
     tally = cli_store.Tally()
     progress = cli_store.Progress(io.StringIO(), len(infos), 0, enabled=False)
-    args = args_for(["x"])
-    d = defer.Deferred.fromCoroutine(cli_store._send(FakeAE(peer), args, infos, tally, progress, io.StringIO()))
+    args = args_for(["x"], **kw)
+    def sleep(seconds: float) -> defer.Deferred:
+        sleeps.append(seconds)
+        return defer.succeed(None)
+
+    d = defer.Deferred.fromCoroutine(
+        cli_store._send(FakeAE(peer), args, infos, tally, progress, io.StringIO(), sleep if sleeps is not None else None)
+    )
     failures: list[Any] = []
     d.addErrback(failures.append)
-    assert not failures, failures
+    if fatal is None:
+        assert not failures, failures
+    else:
+        assert len(failures) == 1 and failures[0].check(cli_store._Fatal), failures
+        assert str(failures[0].value) == fatal
     return tally
 
 
@@ -611,15 +638,119 @@ def test_no_association_is_one_line_on_stderr_and_exit_1(files, exc, words):
     assert line.startswith("dimsekit store: ") and words in line.lower()
 
 
-def test_abort_midway_fails_that_file_and_leaves_the_rest_not_sent(files):
+def test_abort_midway_fails_that_file_and_the_rest_go_on_a_new_association(files):
     peer = FakePeer()
     peer.abort_on.add("MR_small_RLE.dcm")
     code, out, err = run_store(peer, files)
+    assert code == 1  # one file failed
+    assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm", "rtdose.dcm"]
+    assert len(peer.associations) == 2
+    assert [pc.abstract_syntax for pc in peer.associations[1].rq.presentation_contexts] == [RTDOSE, RTDOSE]
+    assert out.startswith("Stored 2 of 3 instances on ANY-SCP@127.0.0.1:11112 (2 Success, 0 Warning, 1 Failure, "
+                          "0 not sent)")
+    assert "2 associations (1 reconnect after an abort or a lost connection)" in out.splitlines()[0]
+    assert "MR_small_RLE.dcm: aborted by the peer (A-ABORT)" in out
+    assert "not sent" not in out.split("\n", 1)[1]
+    assert without_rtdose_warning(err) == [
+        "dimsekit store: aborted by the peer (A-ABORT); a new association for the 1 file(s) left"]
+
+
+def test_max_aborts_1_stops_at_the_first_abort_as_storescu_does(files):
+    peer = FakePeer()
+    peer.abort_on.add("MR_small_RLE.dcm")
+    code, out, err = run_store(peer, files, **{"max-aborts": 1})
     assert code == 1
     assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm"]
     assert "MR_small_RLE.dcm: aborted by the peer" in out
     assert "not sent " in out and "rtdose.dcm" in out
     assert without_rtdose_warning(err) == ["dimsekit store: aborted by the peer (A-ABORT)"]
+
+
+def test_a_peer_aborting_every_association_is_given_up_on_after_three_in_a_row():
+    peer = FakePeer()
+    peer.abort_every = True
+    infos = [info(CT, ELE, f"f{n}") for n in range(6)]
+    sleeps: list[float] = []
+    gave_up = "gave up after 3 associations in a row aborted or not made (aborted by the peer (A-ABORT))"
+    tally = send_infos(peer, infos, fatal=gave_up, sleeps=sleeps)
+    assert peer.stored == ["f0", "f1", "f2"] and len(peer.associations) == 3
+    assert [(o.path.name, o.kind, o.detail) for o in tally.outcomes] == [
+        (f"f{n}", "failure", "aborted by the peer (A-ABORT)") for n in range(3)]
+    assert [p.name for p in tally.not_sent] == ["f3", "f4", "f5"]
+    assert (tally.associations, tally.reconnects) == (3, 2)
+    assert sleeps == [1.0, 2.0]  # a longer pause after each loss in a row
+
+
+def test_the_count_of_aborts_in_a_row_restarts_when_the_peer_answers():
+    peer = FakePeer()
+    peer.abort_on.update({"f1", "f3", "f5"})  # one instance stored between aborts: the peer works
+    infos = [info(CT, ELE, f"f{n}") for n in range(7)]
+    sleeps: list[float] = []
+    tally = send_infos(peer, infos, sleeps=sleeps)
+    assert peer.stored == [f"f{n}" for n in range(7)]
+    assert [o.path.name for o in tally.outcomes if o.kind == "failure"] == ["f1", "f3", "f5"]
+    assert tally.count("success") == 4 and tally.not_sent == []
+    assert (tally.associations, tally.reconnects) == (4, 3)
+    assert sleeps == [1.0, 1.0, 1.0]
+
+
+def test_failed_connections_after_an_abort_count_towards_the_limit():
+    peer = FakePeer()
+    peer.abort_on.add("f1")
+    peer.connect_script = [None, error.ConnectionRefusedError(), None]  # the peer restarting, say
+    infos = [info(CT, ELE, f"f{n}") for n in range(4)]
+    sleeps: list[float] = []
+    tally = send_infos(peer, infos, sleeps=sleeps)
+    assert peer.stored == ["f0", "f1", "f2", "f3"] and peer.attempts == 3
+    assert (tally.associations, tally.reconnects) == (2, 1)
+    assert sleeps == [1.0, 2.0]
+    # refused twice more after the abort: three in a row, given up
+    peer = FakePeer()
+    peer.abort_on.add("f1")
+    peer.connect_script = [None, error.ConnectionRefusedError(), error.ConnectionRefusedError(), None]
+    gave_up = "gave up after 3 associations in a row aborted or not made (connection refused)"
+    tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)], fatal=gave_up)
+    assert peer.attempts == 3 and [p.name for p in tally.not_sent] == ["f2", "f3"]
+
+
+def test_a_permanent_rejection_after_an_abort_gives_up_at_once_a_transient_one_is_retried():
+    peer = FakePeer()
+    peer.abort_on.add("f1")
+    peer.connect_script = [None, AssociationRejected(1, 1, 3)]
+    why = "association rejected (rejected-permanent): DICOM UL service-user: calling-AE-title-not-recognized"
+    tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)], fatal=why)
+    assert peer.attempts == 2 and [p.name for p in tally.not_sent] == ["f2", "f3"]
+    peer = FakePeer()
+    peer.abort_on.add("f1")
+    peer.connect_script = [None, AssociationRejected(2, 3, 1), None]  # temporary congestion
+    tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)])
+    assert peer.stored == ["f0", "f1", "f2", "f3"] and peer.attempts == 3 and tally.not_sent == []
+
+
+def test_an_association_the_peer_ends_after_a_response_fails_no_file():
+    peer = FakePeer()
+    peer.end_after.update({"f1", "f2"})  # e.g. a peer taking so many instances per association
+    infos = [info(CT, ELE, f"f{n}") for n in range(4)]
+    tally = send_infos(peer, infos)
+    assert peer.stored == ["f0", "f1", "f2", "f3"]
+    assert tally.count("success") == 4 and tally.not_sent == []
+    assert (tally.associations, tally.reconnects) == (3, 2)
+
+
+def test_the_first_association_failing_is_not_retried(files):
+    peer = FakePeer()
+    peer.connect_script = [error.ConnectionRefusedError(), None]
+    code, out, err = run_store(peer, files)
+    assert (code, out, peer.attempts) == (1, "", 1)  # the peer was never reached: no point trying again
+    assert without_rtdose_warning(err) == ["dimsekit store: connection refused"]
+
+
+def test_max_aborts_must_be_a_positive_number(capsys):
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["store", "h", "104", "f", "--max-aborts", bad])
+    assert "--max-aborts" in capsys.readouterr().err
+    assert _parser().parse_args(["store", "h", "104", "f"]).max_aborts == cli_store.MAX_ABORTS == 3
 
 
 def test_quiet_prints_nothing_when_all_is_well(files):

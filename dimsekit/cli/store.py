@@ -2,9 +2,10 @@
 
 FILE arguments may be files or directories; a directory's files are sent
 (its subdirectories' too with --recurse, like storescu +sd +r).  Only the File
-Meta Information of each file is read before sending; a file holding a bare
-data set (no File Meta, which storescu sends too) is sent in the uncompressed
-transfer syntax it is found in, after a read of its first elements.  One presentation
+Meta Information of each file and the first elements of its data set (up to
+the SOP Instance UID) are read before sending; a file holding a bare data set
+(no File Meta, which storescu sends too) is sent in the uncompressed transfer
+syntax it is found in.  One presentation
 context is proposed per (SOP class, transfer syntax) found, plus, per SOP class
 with uncompressed files, a fallback context (Explicit and Implicit VR Little
 Endian) so they can be re-encoded if the peer refuses their own syntax.
@@ -23,15 +24,25 @@ Everything goes over one association unless more than 128 contexts are needed
 contexts (files left without one are retried on a new association proposing
 only what they need; a file the peer takes in no way is a failure).
 
+An abort does not end the run: when the peer aborts the association (A-ABORT,
+a dropped connection, or no response within --timeout), the file in flight
+fails, with the reason, and the files left go on a new association, after a
+pause (1 s, then 2 s, ...).  The run gives up -- the files left are "not
+sent" -- after --max-aborts (3) associations in a row are aborted or cannot be
+made with no response from the peer in between, or at once when the peer
+refuses the association for good (A-ASSOCIATE-RJ permanent) or the first
+connection fails.  --max-aborts 1 stops at the first abort, as storescu does.
+
 Output: a progress line on stderr when it is a terminal; then a summary on
 stdout -- instances sent, warnings and failures with their status names and
-files, files skipped.  Exit status 0 when every file was stored with Success
-or Warning (a warning status means the SCP stored the instance, possibly
-coerced: it is listed, and does not make the exit status non-zero); 1 when
-any file failed, was not sent, or was named but is not a DICOM file, and on
-rejection, abort, timeout or a refused connection, with a one-line reason on
-stderr.  Files found in a directory that are not DICOM Part 10 files are
-skipped and listed but do not change the exit status.
+files, files not sent, files skipped, associations used (and how many of them
+reconnects after an abort).  Exit status 0 when every file was stored with
+Success or Warning (a warning status means the SCP stored the instance,
+possibly coerced: it is listed, and does not make the exit status non-zero);
+1 when any file failed, was not sent, or was named but is not a DICOM file,
+and when the run gave up (rejection, aborts, timeouts, a refused connection),
+with a one-line reason on stderr.  Files found in a directory that are not
+DICOM Part 10 files are skipped and listed but do not change the exit status.
 """
 
 from __future__ import annotations
@@ -47,14 +58,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydicom.uid import UID
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import describe_failure, make_ae
 from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, dataset_uids
 from dimsekit.dimse.status import STORAGE, Category, describe
-from dimsekit.errors import LocalProtocolError
+from dimsekit.errors import AssociationRejected, LocalProtocolError
 from dimsekit.nservice import is_valid_uid
 
 __all__ = [
@@ -67,6 +78,7 @@ __all__ = [
     "plan_groups",
     "can_send",
     "MAX_CONTEXTS",
+    "MAX_ABORTS",
 ]
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -81,6 +93,10 @@ FALLBACK_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE)
 MAX_CONTEXTS = 128
 #: Media Storage Directory Storage: a DICOMDIR, not an instance to store
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: associations aborted (or connections failed) in a row, with no response in between, before giving up
+MAX_ABORTS = 3
+#: seconds to wait before a new association after one was lost, times the losses in a row
+RETRY_DELAY = 1.0
 
 Context = tuple[str, tuple[str, ...]]
 
@@ -93,6 +109,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress and no summary; print only warnings, failures and errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
+    parser.add_argument("--max-aborts", type=_positive, default=MAX_ABORTS, metavar="N",
+                        help="when the peer aborts an association (or the connection drops), the file in flight "
+                             "fails and the rest go on a new one; give up after N associations in a row aborted "
+                             f"or not made, with no response in between (default {MAX_ABORTS}; 1: stop at the "
+                             "first abort, as storescu does)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 # -- collecting files ----------------------------------------------------------------------
@@ -430,6 +461,8 @@ class Tally:
     outcomes: list[Outcome] = field(default_factory=list)
     not_sent: list[Path] = field(default_factory=list)
     associations: int = 0
+    #: associations opened to carry on after one was aborted or lost
+    reconnects: int = 0
     sent_bytes: int = 0
 
     def add(self, outcome: Outcome) -> None:
@@ -472,7 +505,7 @@ async def _run(
     started = time.monotonic()
     fatal: str | None = None
     try:
-        await _send(make(reactor, args), args, infos, tally, progress, err)
+        await _send(make(reactor, args), args, infos, tally, progress, err, _sleeper(reactor))
     except _Fatal as exc:
         fatal = str(exc)
     elapsed = time.monotonic() - started
@@ -487,6 +520,13 @@ async def _run(
     return 1 if failed else 0
 
 
+def _sleeper(reactor: Any) -> Callable[[float], defer.Deferred] | None:
+    """A pause on ``reactor`` (None for a test's: no pauses)."""
+    if reactor is None:
+        return None
+    return lambda seconds: task.deferLater(reactor, seconds, lambda: None)
+
+
 def _isatty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -496,52 +536,101 @@ def _isatty(stream: Any) -> bool:
 
 async def _send(
     ae: Any, args: argparse.Namespace, infos: list[Part10Info], tally: Tally, progress: Progress, err: IO[str],
+    sleep: Callable[[float], Any] | None = None,
 ) -> None:
     """Send every file, recording each outcome in ``tally``.
 
-    :raises _Fatal: connecting or an association failed; the files not
-        attempted are recorded as not sent.
+    An association the peer aborts (or whose connection drops) fails the
+    file in flight; the files left go on a new association, after
+    ``sleep(seconds)`` (none without it): :data:`RETRY_DELAY` times the number
+    of associations lost in a row.
+
+    :raises _Fatal: the first connection or association failed, an
+        association was refused for good (A-ASSOCIATE-RJ permanent), or
+        ``args.max_aborts`` associations in a row were lost or could not be
+        made with no response in between; the files not attempted are
+        recorded as not sent.
     """
     # (files, splittable): files to send on one association; whether, if the
     # peer accepts none of them, they may be retried split by SOP class
     queue: deque[tuple[list[Part10Info], bool]] = deque((group, True) for group in plan_groups(infos))
     done = 0
+    lost = 0  # associations lost or not made in a row, with no response from the peer in between
+    limit = max(1, getattr(args, "max_aborts", MAX_ABORTS))
 
     def note(text: str) -> None:
         if not args.quiet:
             progress.clear()
             print(f"dimsekit store: {text}", file=err)
 
+    def give_up(reason: str) -> str:
+        return reason if limit == 1 else f"gave up after {lost} associations in a row aborted or not made ({reason})"
+
     while queue:
         files, splittable = queue.popleft()
+        if lost and sleep is not None:
+            await sleep(RETRY_DELAY * lost)
         contexts = contexts_for(files)
         try:
             association = await ae.associate(
                 args.host, args.port, called=args.called, contexts=contexts, connect_timeout=args.timeout,
             )
         except Exception:
-            raise _stop(tally, None, files, queue, describe_failure(Failure())) from None
+            failure = Failure()
+            reason = describe_failure(failure)
+            refused = isinstance(failure.value, AssociationRejected) and failure.value.result == 1
+            if tally.associations == 0 or refused:
+                # the peer was never reached, or says no for good: trying again changes nothing
+                raise _stop(tally, None, files, queue, reason) from None
+            lost += 1
+            if lost >= limit:
+                raise _stop(tally, None, files, queue, give_up(reason)) from None
+            note(f"no new association ({reason}); trying again for {len(files)} file(s)")
+            queue.appendleft((files, splittable))
+            continue
         tally.associations += 1
+        if lost:
+            tally.reconnects += 1
+        attempted: set[int] = set()  # ids of the files sent (or failed) on this association
         left: list[Part10Info] = []
-        for n, info in enumerate(files):
+        ended: str | None = None  # why the association was lost, if it was
+        for info in files:
             if not can_send(association.negotiated, info):
                 left.append(info)
                 continue
             if association.ended:  # the peer ended it after the last response
-                raise _stop(tally, None, files[n:] + left, queue, f"association {association.ended}")
+                ended = f"association {association.ended}"
+                break
+            attempted.add(id(info))
             try:
                 response = await association.store(info)  # the UIDs chosen by command_uids
             except (DatasetError, LocalProtocolError) as exc:
-                if association.ended:
-                    raise _stop(tally, info, files[n + 1:] + left, queue, str(exc)) from None
-                tally.add(Outcome(info.path, "failure", str(exc)))  # this file only (e.g. unreadable)
+                tally.add(Outcome(info.path, "failure", str(exc)))  # this file only (e.g. unreadable)...
+                if association.ended:  # ...unless the association went with it
+                    ended = str(exc)
             except Exception:
                 reason = describe_failure(Failure())
-                raise _stop(tally, info, files[n + 1:] + left, queue, reason) from None
+                tally.add(Outcome(info.path, "failure", reason))
+                if not association.ended:
+                    raise _stop(tally, None, [i for i in files if id(i) not in attempted], queue, reason) from None
+                ended = reason
             else:
                 tally.add(_outcome(info, response))
+                lost = 0  # the peer answers: the next loss starts a new count
             done += 1
             progress.update(done, tally.sent_bytes)
+            if ended is not None:
+                break
+        if ended is not None:
+            lost += 1
+            rest = [i for i in files if id(i) not in attempted]
+            if lost >= limit and rest:
+                raise _stop(tally, None, rest, queue, give_up(ended)) from None
+            if rest:
+                note(f"{ended}; a new association for the {len(rest)} file(s) left")
+                queue.appendleft((rest, splittable))
+            progress.update(done, tally.sent_bytes, force=True)
+            continue
         if not association.ended:
             try:
                 await association.release()
@@ -584,7 +673,7 @@ def _stop(
     tally: Tally, current: Part10Info | None, rest: list[Part10Info],
     queue: Iterable[tuple[list[Part10Info], bool]], reason: str,
 ) -> _Fatal:
-    """Record the file in flight as failed and everything after it as not sent."""
+    """Record the file in flight (if any) as failed and everything after it as not sent."""
     if current is not None:
         tally.add(Outcome(current.path, "failure", reason))
     tally.not_sent.extend(i.path for i in rest)
@@ -611,11 +700,16 @@ def _summary(
     if not args.quiet:
         rate = tally.sent_bytes / elapsed / 1e6 if elapsed > 0 else 0.0
         plural = "s" if tally.associations != 1 else ""
+        reconnects = ""
+        if tally.reconnects:
+            reconnects = (f" ({tally.reconnects} reconnect{'s' if tally.reconnects != 1 else ''} "
+                          "after an abort or a lost connection)")
         print(
             f"Stored {stored} of {total} instances on {args.called}@{args.host}:{args.port} "
             f"({tally.count('success')} Success, {tally.count('warning')} Warning, "
             f"{tally.count('failure')} Failure, {len(tally.not_sent)} not sent) in {elapsed:.2f} s, "
-            f"{tally.sent_bytes / 1e6:.1f} MB, {rate:.1f} MB/s, {tally.associations} association{plural}",
+            f"{tally.sent_bytes / 1e6:.1f} MB, {rate:.1f} MB/s, {tally.associations} association{plural}"
+            f"{reconnects}",
             file=out,
         )
     for outcome in tally.outcomes:

@@ -14,6 +14,7 @@ import random
 import re
 import select
 import shutil
+import socket
 import struct
 import subprocess
 import threading
@@ -31,14 +32,18 @@ import dimsekit
 from dimsekit.datasets import dataset_uids, decode_dataset, encode_dataset, part10_info
 from tests.interop.conftest import (
     A_ASSOCIATE_RQ,
+    A_RELEASE_RQ,
     DIMSEKIT_CLI,
-    P_DATA_TF,
-    RawServer,
+    RELEASE_RP,
+    RawPeer,
     _finish_node,
     abort_pdu,
     associate_ac_for,
     dcmtk,
     free_port,
+    parse_command,
+    pdata_pdu,
+    pdvs_of,
     run,
     start_node,
     stop,
@@ -388,37 +393,239 @@ def test_a_sop_class_the_peer_does_not_support_fails_and_exits_non_zero(tmp_path
     assert scp.associations == ["DIMSEKIT"]
 
 
-def test_abort_by_the_peer_mid_run_is_one_line_and_the_rest_not_sent(tmp_path):
-    files = copy_samples(tmp_path / "src", ["rtdose.dcm", "rtplan.dcm"])  # both Implicit VR LE
+# -- aborts: the file in flight fails, the rest go on a new association ------------------------------
 
-    def accept_then_abort_after_first_data_set(peer):
-        rq = peer.recv_pdu()
-        assert rq[0] == A_ASSOCIATE_RQ
-        peer.send(associate_ac_for(rq, transfer_syntax=ILE))
-        for _ in range(1000):  # P-DATA-TF until the last fragment of a data set
-            pdu = peer.recv_pdu()
-            assert pdu[0] == P_DATA_TF, pdu[:1].hex()
-            offset, last_data = 6, False
-            while offset < len(pdu):
-                (length,) = struct.unpack_from(">I", pdu, offset)
-                control = pdu[offset + 5]
-                last_data = last_data or control == 0x02  # data, last fragment
-                offset += 4 + length
-            if last_data:
-                break
-        peer.send(abort_pdu(source=0, reason=0))
-        peer.expect_eof()
 
-    server = RawServer(accept_then_abort_after_first_data_set)
-    with server:
-        result = store(server.port, *map(str, files), timeout=30)
-        server.join()
+class RawServers:
+    """Accept connections on a free port one after the other and run
+    ``scripts[n](peer)`` on the n-th, in a thread: :class:`RawServer` for a
+    peer that is connected to again.  With the scripts used up, the listener
+    closes (a new connection is refused).  ``connections`` counts those
+    accepted; :meth:`close` stops waiting for more and re-raises what a script
+    raised."""
+
+    def __init__(self, scripts: list, accept_timeout: float = 20.0) -> None:
+        self.scripts = scripts
+        self.accept_timeout = accept_timeout
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> socket.socket | None:
+        deadline = time.monotonic() + self.accept_timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.listener], [], [], 0.05)
+            if readable:
+                conn, _ = self.listener.accept()
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return conn
+        return None
+
+    def _run(self) -> None:
+        try:
+            for script in self.scripts:
+                conn = self._accept()
+                if conn is None:
+                    return
+                self.connections += 1
+                with RawPeer(conn) as peer:
+                    script(peer)
+        except BaseException as exc:  # handed to the test thread by close()
+            self.error = exc
+        finally:
+            self.listener.close()
+
+    def __enter__(self) -> RawServers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"raw server script still running after {timeout} s"
+        self.listener.close()
+        if self.error is not None:
+            raise self.error
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode()
+    return value + b"\x00" if len(value) % 2 else value  # UI padded to even length with NUL
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def store_rsp_pdu(context_id: int, message_id: int, sop_class: str, sop_instance: str, status: int = 0) -> bytes:
+    """A C-STORE-RSP (PS3.7 Table 9.3-2) in one P-DATA-TF, written by hand."""
+    body = (
+        _command_element(0x0002, _uid_value(sop_class))  # Affected SOP Class UID
+        + _command_element(0x0100, struct.pack("<H", 0x8001))  # Command Field: C-STORE-RSP
+        + _command_element(0x0120, struct.pack("<H", message_id))  # Message ID Being Responded To
+        + _command_element(0x0800, struct.pack("<H", 0x0101))  # Command Data Set Type: none
+        + _command_element(0x0900, struct.pack("<H", status))  # Status
+        + _command_element(0x1000, _uid_value(sop_instance))  # Affected SOP Instance UID
+    )
+    return pdata_pdu((context_id, 0x03, _command_element(0x0000, struct.pack("<I", len(body))) + body))
+
+
+def receive_store(peer: RawPeer) -> tuple[int, int, str, str] | None:
+    """Read one whole C-STORE-RQ, command and data set: (context ID, Message ID,
+    SOP Class UID, SOP Instance UID) of its command; None for an A-RELEASE-RQ."""
+    command = b""
+    for _ in range(100_000):
+        pdu = peer.recv_pdu(timeout=10)
+        if pdu[0] == A_RELEASE_RQ:
+            assert command == b"", "A-RELEASE-RQ in the middle of a message"
+            return None
+        for context_id, control, fragment in pdvs_of(pdu):
+            if control & 0x01:
+                command += fragment
+            elif control & 0x02:  # the last fragment of the data set: the message is whole
+                fields = parse_command(command)
+                assert struct.unpack("<H", fields[(0x0000, 0x0100)])[0] == 0x0001, "not a C-STORE-RQ"
+                return (context_id, struct.unpack("<H", fields[(0x0000, 0x0110)])[0],
+                        fields[(0x0000, 0x0002)].rstrip(b"\x00").decode(),
+                        fields[(0x0000, 0x1000)].rstrip(b"\x00").decode())
+    raise AssertionError("receive_store: too many PDUs")
+
+
+def accept(peer: RawPeer) -> None:
+    rq = peer.recv_pdu()
+    assert rq[0] == A_ASSOCIATE_RQ, rq[:1].hex()
+    peer.send(associate_ac_for(rq, transfer_syntax=ILE))
+
+
+def storing(received: list[str], *, then: str = "release", after: int | None = None):
+    """A script: accept the association, store (answer Success to) every C-STORE-RQ,
+    recording its SOP Instance UID in ``received``; with ``after``, only that many,
+    and then, on the next one (read whole): ``then`` -- "abort" (A-ABORT) or "drop"
+    (close the connection, no A-ABORT).  Otherwise answer the A-RELEASE-RQ."""
+    def script(peer: RawPeer) -> None:
+        accept(peer)
+        for n in range(10_000):
+            message = receive_store(peer)
+            if message is None:
+                peer.send(RELEASE_RP)
+                peer.expect_eof()
+                return
+            context_id, message_id, sop_class, sop_instance = message
+            if after is not None and n == after:
+                received.append(f"aborted on {sop_instance}")
+                if then == "abort":
+                    peer.send(abort_pdu(source=0, reason=0))
+                    peer.expect_eof()
+                return  # "drop": the connection closes as the script ends
+            received.append(sop_instance)
+            peer.send(store_rsp_pdu(context_id, message_id, sop_class, sop_instance))
+    return script
+
+
+def small_instances(directory: Path, count: int) -> list[Path]:
+    """``count`` small CT instances, Implicit VR Little Endian, distinct SOP Instance UIDs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(count):
+        ds = Dataset()
+        ds.SOPClassUID = CT_IMAGE
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7433.4.{n}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.9.7433.4", "1.2.826.0.1.3680043.9.7433.4.99"
+        ds.PatientName, ds.PatientID, ds.Modality = "Abort^Test", "ABORT1", "CT"
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ILE
+        path = directory / f"f{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def uid_of(path: Path) -> str:
+    return part10_info(path).sop_instance_uid
+
+
+def test_an_abort_mid_run_fails_that_file_and_the_rest_go_on_a_new_association(tmp_path):
+    files = small_instances(tmp_path / "src", 6)
+    first: list[str] = []
+    second: list[str] = []
+    with RawServers([storing(first, after=2, then="abort"), storing(second)]) as server:
+        result = store(server.port, *map(str, files), timeout=60)
+    assert server.connections == 2
+    assert first == [uid_of(files[0]), uid_of(files[1]), f"aborted on {uid_of(files[2])}"]
+    assert second == [uid_of(f) for f in files[3:]], "every other file arrives, on the new association"
+    assert result.returncode == 1, result.stdout + result.stderr  # one file failed
+    assert summary_counts(result.stdout) == (5, 6)
+    summary = result.stdout.splitlines()[0]
+    assert "(5 Success, 0 Warning, 1 Failure, 0 not sent)" in summary, summary
+    assert summary.endswith("2 associations (1 reconnect after an abort or a lost connection)"), summary
+    assert re.search(r"^failure  .*f2\.dcm: aborted by the peer \(A-ABORT\)$", result.stdout, re.M), result.stdout
+    assert "not sent" not in result.stdout.split("\n", 1)[1]
+    assert result.stderr.splitlines() == [
+        "dimsekit store: aborted by the peer (A-ABORT); a new association for the 3 file(s) left"], result.stderr
+
+
+def test_a_peer_aborting_every_association_is_given_up_on_after_three(tmp_path):
+    files = small_instances(tmp_path / "src", 6)
+    received: list[str] = []
+    # an A-ABORT, a dropped connection, an A-ABORT -- and more of them on offer
+    scripts = [storing(received, after=0, then=how) for how in ["abort", "drop", "abort"] * 3]
+    started = time.monotonic()
+    with RawServers(scripts) as server:
+        result = store(server.port, *map(str, files), timeout=60)
+        took = time.monotonic() - started
+    assert server.connections == 3, "no fourth try"
+    assert received == [f"aborted on {uid_of(f)}" for f in files[:3]]
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = errors(result.stderr)  # rtdose.dcm and rtplan.dcm each have a warning: their File Meta UIDs
-    assert len(lines) == 1 and lines[0].startswith("dimsekit store: ") and "abort" in lines[0], result.stderr
+    assert summary_counts(result.stdout) == (0, 6)
+    assert "(0 Success, 0 Warning, 3 Failure, 3 not sent)" in result.stdout.splitlines()[0], result.stdout
+    for n, why in enumerate(["aborted by the peer (A-ABORT)", "transport connection closed by the peer",
+                             "aborted by the peer (A-ABORT)"]):
+        assert re.search(rf"^failure  .*f{n}\.dcm: {re.escape(why)}$", result.stdout, re.M), result.stdout
+    for n in range(3, 6):
+        assert re.search(rf"^not sent .*f{n}\.dcm$", result.stdout, re.M), result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("dimsekit store: gave up after 3 associations in a row aborted or not made ("), lines
+    assert took < 20, f"took {took:.1f} s"  # 1 s + 2 s of pauses, no hang
+
+
+def test_an_abort_and_then_no_peer_to_reconnect_to_gives_up_the_rest_not_sent(tmp_path):
+    files = copy_samples(tmp_path / "src", ["rtdose.dcm", "rtplan.dcm"])  # both Implicit VR LE
+    received: list[str] = []
+    with RawServers([storing(received, after=0, then="abort")]) as server:  # then the port is closed
+        result = store(server.port, *map(str, files), timeout=60)
+    assert server.connections == 1
+    assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^failure  .*rtdose\.dcm: .*abort", result.stdout, re.M), result.stdout
     assert re.search(r"^not sent .*rtplan\.dcm$", result.stdout, re.M), result.stdout
     assert summary_counts(result.stdout) == (0, 2)
+    lines = errors(result.stderr)  # rtdose.dcm and rtplan.dcm each have a warning: their File Meta UIDs
+    assert lines == [
+        "dimsekit store: aborted by the peer (A-ABORT); a new association for the 1 file(s) left",
+        "dimsekit store: no new association (connection refused); trying again for 1 file(s)",
+        "dimsekit store: gave up after 3 associations in a row aborted or not made (connection refused)",
+    ], result.stderr
+
+
+def test_max_aborts_1_stops_at_the_first_abort_in_one_line(tmp_path):
+    files = small_instances(tmp_path / "src", 2)
+    received: list[str] = []
+    with RawServers([storing(received, after=0, then="abort"), storing(received)]) as server:
+        result = store(server.port, "--max-aborts", "1", *map(str, files), timeout=60)
+    assert server.connections == 1
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines() == ["dimsekit store: aborted by the peer (A-ABORT)"], result.stderr
+    assert re.search(r"^not sent .*f1\.dcm$", result.stdout, re.M), result.stdout
 
 
 def bare(source: Path, target: Path, transfer_syntax: str) -> Path:

@@ -130,7 +130,6 @@ class TLSContext:
     """
 
     def __init__(self, config: TLSConfig, *, prefix: str = "tls") -> None:
-        from OpenSSL import crypto
         from twisted.internet import ssl
 
         self.config = config
@@ -140,12 +139,7 @@ class TLSContext:
         self._chain: list[Any] = []
         if config.has_identity:
             certs = self._certificates("certificate", config.certificate)
-            key_pem = self._read("private_key", config.private_key)
-            try:
-                key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
-            except Exception as exc:
-                raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not an unencrypted "
-                               f"PEM private key ({_reason(exc)})") from None
+            key = ssl.KeyPair(self._private_key(config.private_key))
             try:
                 self._identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0][0]), key)
             except Exception:
@@ -168,6 +162,33 @@ class TLSContext:
             return path.read_bytes()
         except OSError as exc:
             raise TLSError(f"{self._prefix}.{key}: cannot read {path} ({exc.strerror or exc})") from None
+
+    def _private_key(self, name: str) -> Any:
+        """The private key of a PEM file (an ``OpenSSL.crypto.PKey``).
+
+        Read with ``cryptography``, not with ``OpenSSL.crypto.load_privatekey``:
+        given an encrypted key and no pass phrase, OpenSSL asks for one on the
+        terminal (``Enter PEM pass phrase:``) and waits -- twistd or a tool
+        started from a shell would hang there.  No message quotes the file's
+        content.
+        """
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from OpenSSL import crypto
+
+        data = self._read("private_key", name)
+        where = f"{self._prefix}.private_key: {self._where(name)}"
+        try:
+            key = load_pem_private_key(data, password=None)
+        except TypeError:  # "Password was not given but private key is encrypted"
+            raise TLSError(f"{where} is encrypted (protected by a pass phrase): give an unencrypted PEM key "
+                           "(dimsekit does not ask for pass phrases)") from None
+        except (ValueError, UnsupportedAlgorithm):
+            raise TLSError(f"{where} is not an unencrypted PEM private key") from None
+        try:
+            return crypto.PKey.from_cryptography_key(key)
+        except (TypeError, ValueError):
+            raise TLSError(f"{where} holds a kind of key TLS does not use ({type(key).__name__})") from None
 
     def _certificates(self, key: str, name: str) -> list[tuple[Any, bytes]]:
         """The certificates of a PEM file, in order, each as (OpenSSL X509, its PEM)."""
@@ -248,11 +269,6 @@ class TLSContext:
         return endpoints.wrapClientTLS(
             self.client_options(host), endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout),
         )
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "..."
 
 
 def describe_tls_failure(value: BaseException) -> str | None:

@@ -1,5 +1,7 @@
 """Certificates for the TLS tests, made fresh (cryptography): a CA, a server, a client and a
-node certificate it signed, and a stranger's self-signed one.  Test code, not a product."""
+node certificate it signed, and a stranger's self-signed one; certificates issued through an
+intermediate CA, by a CA no one trusts, expired ones, and an encrypted key.  Test code, not a
+product."""
 
 from __future__ import annotations
 
@@ -22,7 +24,15 @@ class TLSFiles:
     listens with its certificate and presents the same one when it associates (C-MOVE
     sub-operations), and a server checking client certificates (DCMTK, OpenSSL) refuses one
     whose Extended Key Usage lacks clientAuth ("unsupported certificate");
-    ``elsewhere_cert``/``elsewhere_key`` (a server certificate of the CA for elsewhere.example only)."""
+    ``elsewhere_cert``/``elsewhere_key`` (a server certificate of the CA for elsewhere.example only);
+    ``intermediate``: an intermediate CA the CA signed; ``chained_server_cert``/``chained_server_key``
+    and ``chained_client_cert``/``chained_client_key``: certificates the intermediate signed, each
+    file holding the leaf then the intermediate (``chained_*_leaf``: the leaf alone);
+    ``other_ca``: a CA no test trusts, ``other_server_cert``/``other_client_cert`` (keys
+    ``other_*_key``) its server and client certificates, for localhost and 127.0.0.1 like ours;
+    ``expired_server_cert``/``expired_client_cert`` (keys ``expired_*_key``): of the CA, but no
+    longer valid; ``encrypted_key``/``encrypted_pkcs8_key``: ``node_key``'s key encrypted with
+    ``KEY_PASSWORD`` (traditional OpenSSL and PKCS#8 PEM)."""
 
     directory: Path
     ca: Path
@@ -36,6 +46,28 @@ class TLSFiles:
     node_key: Path
     elsewhere_cert: Path
     elsewhere_key: Path
+    intermediate: Path
+    chained_server_cert: Path
+    chained_server_key: Path
+    chained_server_leaf: Path
+    chained_client_cert: Path
+    chained_client_key: Path
+    chained_client_leaf: Path
+    other_ca: Path
+    other_server_cert: Path
+    other_server_key: Path
+    other_client_cert: Path
+    other_client_key: Path
+    expired_server_cert: Path
+    expired_server_key: Path
+    expired_client_cert: Path
+    expired_client_key: Path
+    encrypted_key: Path
+    encrypted_pkcs8_key: Path
+
+
+#: the pass phrase of ``encrypted_key`` and ``encrypted_pkcs8_key``
+KEY_PASSWORD = b"dimsekit-test-pass-phrase"
 
 
 def _name(common: str) -> x509.Name:
@@ -51,8 +83,11 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
                                        serialization.NoEncryption()))
 
 
-def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=None, names=()) -> x509.Certificate:
+def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=None, names=(),
+                 expired: bool = False) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
+    if expired:  # valid for a while, until yesterday
+        now -= datetime.timedelta(days=31)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -77,7 +112,11 @@ def make_tls_files(directory: Path) -> TLSFiles:
     ca_cert = _certificate("dimsekit test CA", ca_key, "dimsekit test CA", ca_key, ca=True)
     files = TLSFiles(directory, *(directory / n for n in (
         "ca.crt", "server.crt", "server.key", "client.crt", "client.key", "rogue.crt", "rogue.key", "node.crt",
-        "node.key", "elsewhere.crt", "elsewhere.key")))
+        "node.key", "elsewhere.crt", "elsewhere.key", "intermediate.crt", "chained-server.crt", "chained-server.key",
+        "chained-server-leaf.crt", "chained-client.crt", "chained-client.key", "chained-client-leaf.crt",
+        "other-ca.crt", "other-server.crt", "other-server.key", "other-client.crt", "other-client.key",
+        "expired-server.crt", "expired-server.key", "expired-client.crt", "expired-client.key",
+        "encrypted.key", "encrypted-pkcs8.key")))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     elsewhere = (x509.DNSName("elsewhere.example"),)
@@ -97,4 +136,51 @@ def make_tls_files(directory: Path) -> TLSFiles:
     rogue = _certificate("localhost", rogue_key, "localhost", rogue_key, ca=False, names=local)
     files.rogue_cert.write_bytes(rogue.public_bytes(pem))
     _write_key(files.rogue_key, rogue_key)
+    server_usage, client_usage = [ExtendedKeyUsageOID.SERVER_AUTH], [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+    # an intermediate CA, and certificates it signed: their files carry it after the leaf
+    middle_key = _key()
+    middle = _certificate("dimsekit test intermediate CA", middle_key, "dimsekit test CA", ca_key, ca=True)
+    files.intermediate.write_bytes(middle.public_bytes(pem))
+    for cert_path, leaf_path, key_path, subject, usage in (
+        (files.chained_server_cert, files.chained_server_leaf, files.chained_server_key, "localhost", server_usage),
+        (files.chained_client_cert, files.chained_client_leaf, files.chained_client_key, "dimsekit chained client",
+         client_usage),
+    ):
+        key = _key()
+        cert = _certificate(subject, key, "dimsekit test intermediate CA", middle_key, ca=False, usage=usage,
+                            names=local)
+        leaf_path.write_bytes(cert.public_bytes(pem))
+        cert_path.write_bytes(cert.public_bytes(pem) + middle.public_bytes(pem))
+        _write_key(key_path, key)
+
+    # another CA, trusted by no test, with a server and a client certificate
+    other_key = _key()
+    other = _certificate("another CA", other_key, "another CA", other_key, ca=True)
+    files.other_ca.write_bytes(other.public_bytes(pem))
+    for cert_path, key_path, subject, usage in (
+        (files.other_server_cert, files.other_server_key, "localhost", server_usage),
+        (files.other_client_cert, files.other_client_key, "dimsekit test client", client_usage),
+    ):
+        key = _key()
+        cert = _certificate(subject, key, "another CA", other_key, ca=False, usage=usage, names=local)
+        cert_path.write_bytes(cert.public_bytes(pem))
+        _write_key(key_path, key)
+
+    # certificates of our CA that are no longer valid
+    for cert_path, key_path, subject, usage in (
+        (files.expired_server_cert, files.expired_server_key, "localhost", server_usage),
+        (files.expired_client_cert, files.expired_client_key, "dimsekit test client", client_usage),
+    ):
+        key = _key()
+        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local,
+                            expired=True)
+        cert_path.write_bytes(cert.public_bytes(pem))
+        _write_key(key_path, key)
+
+    # the node's key, encrypted
+    node_key = serialization.load_pem_private_key(files.node_key.read_bytes(), password=None)
+    for path, form in ((files.encrypted_key, serialization.PrivateFormat.TraditionalOpenSSL),
+                       (files.encrypted_pkcs8_key, serialization.PrivateFormat.PKCS8)):
+        path.write_bytes(node_key.private_bytes(pem, form, serialization.BestAvailableEncryption(KEY_PASSWORD)))
     return files

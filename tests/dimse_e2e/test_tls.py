@@ -4,7 +4,9 @@ way, no client certificate when one is required."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +19,8 @@ from dimsekit.errors import AssociationAborted, ConnectionLost, LocalProtocolErr
 from dimsekit.tls import TLSContext, TLSError
 from dimsekit.uids import VERIFICATION
 from tests.dimse_e2e.support import LoopbackTestCase, Services, wait_until, within
-from tests.tlscerts import make_tls_files
+from tests.terminal import run_on_a_terminal
+from tests.tlscerts import KEY_PASSWORD, make_tls_files
 
 _CLOSED_EARLY = "TLS handshake failed: the connection closed before the handshake was done"
 
@@ -257,6 +260,63 @@ class TLSSettingsTests(LoopbackTestCase):
             with self.assertRaises(ConfigError) as caught:
                 from_mapping({"tls": section})
             self.assertIn(message, str(caught.exception), section)
+
+    def test_an_encrypted_key_is_one_clear_line(self):
+        f = self.files
+        for key in (f.encrypted_key, f.encrypted_pkcs8_key):
+            config = tls_config("SCP", f, cert=f.node_cert, key=key, trust=[f.ca])
+            with self.assertRaises(TLSError) as caught:
+                TLSContext(config.tls)
+            self.assertEqual(str(caught.exception),
+                             f"tls.private_key: {key} is encrypted (protected by a pass phrase): give an unencrypted "
+                             "PEM key (dimsekit does not ask for pass phrases)")
+
+    def test_an_encrypted_key_asks_for_no_pass_phrase_on_the_terminal(self):
+        # OpenSSL's PEM reader, given no pass phrase, asks for one on the controlling
+        # terminal and waits: twistd -n or a tool started from a shell hung there.
+        f = self.files
+        program = (
+            "import sys\n"
+            "from dimsekit.tls import TLSConfig, TLSContext, TLSError\n"
+            "try:\n"
+            "    TLSContext(TLSConfig(certificate=sys.argv[1], private_key=sys.argv[2], ca_certificates=(sys.argv[3],)))\n"
+            "except TLSError as exc:\n"
+            "    print(exc)\n"
+            "    sys.exit(3)\n"
+        )
+        here = str(Path(__file__).resolve().parent.parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+        for key in (f.encrypted_key, f.encrypted_pkcs8_key):
+            code, output = run_on_a_terminal([sys.executable, "-c", program, str(f.node_cert), str(key), str(f.ca)],
+                                             env=env, timeout=20)
+            self.assertNotIn("pass phrase:", output)
+            self.assertEqual(code, 3, output)
+            self.assertEqual(output.splitlines(), [f"tls.private_key: {key} is encrypted (protected by a pass phrase): "
+                                                   "give an unencrypted PEM key (dimsekit does not ask for pass phrases)"])
+
+    def test_no_message_quotes_a_key(self):
+        """A key given where a certificate goes (and the like) is named, never quoted."""
+        f = self.files
+        secrets = [line for key in (f.server_key, f.node_key, f.encrypted_key, f.encrypted_pkcs8_key)
+                   for line in key.read_text().splitlines() if line and not line.startswith(("-----", "Proc-", "DEK-"))]
+        secrets.append(KEY_PASSWORD.decode())
+        cases = [
+            dict(cert=f.server_key, key=f.server_key, trust=[f.ca]),       # a key as the certificate
+            dict(cert=f.server_cert, key=f.server_cert, trust=[f.ca]),     # a certificate as the key
+            dict(cert=f.server_cert, key=f.server_key, trust=[f.node_key]),  # a key as a CA
+            dict(cert=f.server_cert, key=f.node_key, trust=[f.ca]),        # another certificate's key
+            dict(cert=f.node_cert, key=f.encrypted_key, trust=[f.ca]),
+            dict(cert=f.node_cert, key=f.encrypted_pkcs8_key, trust=[f.ca]),
+        ]
+        for case in cases:
+            config = tls_config("SCP", f, **case)
+            with self.assertRaises(TLSError) as caught:
+                TLSContext(config.tls)
+            message = str(caught.exception)
+            self.assertEqual(len(message.splitlines()), 1, message)
+            for secret in secrets:
+                self.assertNotIn(secret, message)
+            self.assertNotIn("BEGIN", message)
 
     def test_a_tls_remote_needs_a_tls_section(self):
         with self.assertRaises(ConfigError) as caught:

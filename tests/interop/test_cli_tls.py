@@ -32,7 +32,8 @@ from tests.interop.conftest import (
     stop,
     wait_for_port,
 )
-from tests.tlscerts import TLSFiles, make_tls_files
+from tests.terminal import run_on_a_terminal
+from tests.tlscerts import KEY_PASSWORD, TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.interop
 
@@ -144,6 +145,22 @@ def test_anonymous_tls_to_a_storescp_that_does_not_ask_for_a_certificate(certs, 
         assert echoed.returncode == 0, echoed.stderr
     [received] = list(out.iterdir())
     same_data_set(received, CT_SMALL)
+
+
+def test_an_encrypted_key_is_one_line_not_a_pass_phrase_prompt(certs):
+    """Started from a shell (a terminal), a tool given an encrypted key says so and exits:
+    OpenSSL's PEM reader would ask for the pass phrase on the terminal and wait."""
+    port = free_port()  # nothing listens: the tool must stop before it connects
+    for key in (certs.encrypted_key, certs.encrypted_pkcs8_key):
+        code, output = run_on_a_terminal([*DIMSEKIT_CLI, "echo", "127.0.0.1", str(port), "-to", "5",
+                                          "+tls", str(key), str(certs.node_cert), "+cf", str(certs.ca)],
+                                         env={**os.environ, **SAME_CODE}, timeout=30)
+        assert "pass phrase:" not in output, output
+        assert code == 2, output
+        assert output.splitlines() == [
+            f"dimsekit echo: tls.private_key: {key} is encrypted (protected by a pass phrase): give an "
+            "unencrypted PEM key (dimsekit does not ask for pass phrases)"], output
+        assert KEY_PASSWORD.decode() not in output
 
 
 # -- pynetdicom --------------------------------------------------------------------------------

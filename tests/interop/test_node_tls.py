@@ -60,6 +60,7 @@ from tests.interop.test_storage_support import (
     temp_files,
     wait_until,
 )
+from tests.terminal import run_on_a_terminal
 from tests.tlscerts import TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.interop
@@ -483,6 +484,23 @@ def test_an_unusable_tls_key_stops_start_up_with_one_line(tmp_path, certs, key, 
     config = tls_section(certs, free_port()).replace(str(certs.node_key), str(certs.directory / key))
     code, output = twistd_with(tmp_path, config)
     assert code == 1, output
+    assert len(re.findall(message, output)) == 1, output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "data").exists()  # nothing started
+
+
+def test_an_encrypted_tls_key_stops_start_up_with_one_line_not_a_prompt(tmp_path, certs):
+    """twistd -n started from a shell (a terminal): OpenSSL's PEM reader would ask for the
+    key's pass phrase there and wait for ever; the node says the key is encrypted and stops."""
+    config = tls_section(certs, free_port()).replace(str(certs.node_key), str(certs.encrypted_key))
+    (tmp_path / "node.toml").write_text(config)
+    code, output = run_on_a_terminal([TWISTD, "-n", "--pidfile", "", "dimsekit", "--port", str(free_port()),
+                                      "--interface", "127.0.0.1", "--data-dir", str(tmp_path / "data"),
+                                      "--config", str(tmp_path / "node.toml")], timeout=30)
+    assert "pass phrase:" not in output, output
+    assert code == 1, output
+    message = rf"dimsekit: tls\.private_key: {re.escape(str(certs.encrypted_key))} is encrypted \(protected by a " \
+              r"pass phrase\): give an unencrypted PEM key"
     assert len(re.findall(message, output)) == 1, output
     assert "Traceback" not in output, output
     assert not (tmp_path / "data").exists()  # nothing started

@@ -148,6 +148,12 @@ class TLSContext:
                                f"certificate in {self._where(config.certificate)}") from None
             self._chain = [c for c, _ in certs[1:]]
         trusted = [cert for name in config.ca_certificates for cert, _ in self._certificates("ca_certificates", name)]
+        if config.verify_peer and not trusted:
+            # from_section refuses this; a TLSConfig made in code must not get past either:
+            # with no trust root Twisted's server options check no client certificate at
+            # all, and its host name checking client options trust the system's CAs.
+            raise TLSError(f"{prefix}.ca_certificates: verify_peer needs the CA certificates that peers' "
+                           "certificates are checked against")
         self._trust = ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trusted]) if trusted else None
         self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
 

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 
 from dimsekit.config import ConfigError, from_mapping
 from dimsekit.errors import AssociationAborted, ConnectionLost, LocalProtocolError
-from dimsekit.tls import TLSContext, TLSError
+from dimsekit.tls import TLSConfig, TLSContext, TLSError
 from dimsekit.uids import VERIFICATION
 from tests.dimse_e2e.support import LoopbackTestCase, Services, wait_until, within
 from tests.terminal import run_on_a_terminal
@@ -317,6 +317,19 @@ class TLSSettingsTests(LoopbackTestCase):
             for secret in secrets:
                 self.assertNotIn(secret, message)
             self.assertNotIn("BEGIN", message)
+
+    def test_verify_peer_without_ca_certificates_is_refused_in_code_too(self):
+        # from_section refuses it (test_section_checks); a TLSConfig made in code (as the
+        # tools do) must not fall through to Twisted's options, which then check nothing
+        # (server) or trust the system's CAs (client with verify_hostname).
+        f = self.files
+        for config in (TLSConfig(certificate=str(f.server_cert), private_key=str(f.server_key)),
+                       TLSConfig(verify_hostname=True),
+                       TLSConfig()):
+            with self.assertRaises(TLSError) as caught:
+                TLSContext(config)
+            self.assertIn("tls.ca_certificates: verify_peer needs the CA certificates", str(caught.exception))
+        TLSContext(TLSConfig(verify_peer=False))  # nothing to check against: fine
 
     def test_a_tls_remote_needs_a_tls_section(self):
         with self.assertRaises(ConfigError) as caught:

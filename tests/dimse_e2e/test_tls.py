@@ -6,18 +6,29 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import sys
 import tempfile
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from twisted.internet import defer, protocol, reactor
+from OpenSSL import SSL
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.logger import globalLogPublisher
 
 from dimsekit.config import ConfigError, from_mapping
-from dimsekit.errors import AssociationAborted, ConnectionLost, LocalProtocolError
+from dimsekit.errors import (
+    AssociationAborted,
+    AssociationRejected,
+    ConnectionLost,
+    LocalProtocolError,
+)
+from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
 from dimsekit.tls import TLSConfig, TLSContext, TLSError
 from dimsekit.uids import VERIFICATION
+from dimsekit.ul.negotiation import build_associate_rq
 from tests.dimse_e2e.support import LoopbackTestCase, Services, wait_until, within
 from tests.terminal import run_on_a_terminal
 from tests.tlscerts import KEY_PASSWORD, make_tls_files
@@ -42,14 +53,16 @@ def tls_config(ae_title: str, files, *, cert: Path | None, key: Path | None, tru
                          "limits": {"acse_timeout": 5.0, "dimse_timeout": 5.0, **(limits or {})}, "tls": section})
 
 
-class TLSAssociationTests(LoopbackTestCase):
+class TLSTestCase(LoopbackTestCase):
+    """Fresh certificates; an AE serving TLS, clients with one certificate or another."""
+
     def setUp(self) -> None:
         super().setUp()
         self.files = make_tls_files(temporary_directory(self))
 
-    async def serve_tls(self, **extra):
+    async def serve_tls(self, *, cert: Path | None = None, key: Path | None = None, **extra):
         f = self.files
-        config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.ca], **extra)
+        config = tls_config("SCP", f, cert=cert or f.server_cert, key=key or f.server_key, trust=[f.ca], **extra)
         ae = self.make_ae("SCP", Services(), config=config)
         port = await ae.listen(0, tls=True)
         self.addCleanup(port.stopListening)
@@ -57,11 +70,29 @@ class TLSAssociationTests(LoopbackTestCase):
 
     def client(self, *, cert="client", trust=None, limits=None, **extra):
         f = self.files
-        paths = {"client": (f.client_cert, f.client_key), "rogue": (f.rogue_cert, f.rogue_key), None: (None, None)}
+        paths = {"client": (f.client_cert, f.client_key), "rogue": (f.rogue_cert, f.rogue_key), None: (None, None),
+                 "chained": (f.chained_client_cert, f.chained_client_key),
+                 "chained-leaf": (f.chained_client_leaf, f.chained_client_key),
+                 "other": (f.other_client_cert, f.other_client_key),
+                 "expired": (f.expired_client_cert, f.expired_client_key)}
         c, k = paths[cert]
         config = tls_config("SCU", f, cert=c, key=k, trust=trust or [f.ca], limits=limits, **extra)
         return self.make_ae("SCU", config=config)
 
+    def association_ends(self) -> list[tuple[str, str]]:
+        """(side, how it ended) of every association line logged from now on."""
+        ends: list[tuple[str, str]] = []
+
+        def observe(event: dict) -> None:
+            if "ended" in event and str(event.get("text", "")).startswith("association "):
+                ends.append((event["text"].split()[1], event["ended"]))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return ends
+
+
+class TLSAssociationTests(TLSTestCase):
     async def test_echo_over_tls_with_both_certificates_checked(self):
         server, port = await self.serve_tls()
         association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
@@ -127,18 +158,6 @@ class TLSAssociationTests(LoopbackTestCase):
         association = await self.connect(port, [VERIFICATION], ae=self.client(cert=None), tls=True)
         self.assertEqual(await within(association.echo()), 0)
         await within(association.release())
-
-    def association_ends(self) -> list[tuple[str, str]]:
-        """(side, how it ended) of every association line logged from now on."""
-        ends: list[tuple[str, str]] = []
-
-        def observe(event: dict) -> None:
-            if "ended" in event and str(event.get("text", "")).startswith("association "):
-                ends.append((event["text"].split()[1], event["ended"]))
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        return ends
 
     async def test_a_server_that_closes_before_the_handshake_is_a_tls_failure(self):
         # A [[remote]] with tls = true that speaks no TLS (DCMTK storescp closes on the
@@ -207,6 +226,241 @@ class TLSAssociationTests(LoopbackTestCase):
         with self.assertRaises(LocalProtocolError) as caught:
             await ae.associate("127.0.0.1", 1, contexts=[VERIFICATION], tls=True)
         self.assertIn("no [tls] settings", str(caught.exception))
+
+
+# -- peers that are not dimsekit: Python's ssl module, in a thread ------------------------------------------
+
+#: what Python's ssl calls the TLS versions (TLSv1 and TLSv1_1 are deprecated names: warnings silenced where used)
+_PY_VERSIONS = {"1.0": "TLSv1", "1.1": "TLSv1_1", "1.2": "TLSv1_2", "1.3": "TLSv1_3"}
+
+#: an A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected-permanent, by the service user, no reason given
+_ASSOCIATE_RJ = bytes([0x03, 0, 0, 0, 0, 4, 0, 1, 1, 1])
+
+
+def _limit(context: ssl.SSLContext, version: str) -> None:
+    """Only ``version`` (a key of _PY_VERSIONS); TLS 1.0/1.1 need OpenSSL's security level 0,
+    or OpenSSL 3 does not even offer them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        value = getattr(ssl.TLSVersion, _PY_VERSIONS[version])
+        context.minimum_version = context.maximum_version = value
+    if version in ("1.0", "1.1"):
+        context.set_ciphers("ALL:@SECLEVEL=0")
+
+
+def python_client(port: int, version: str, files, *, cert: Path | None = None, key: Path | None = None,
+                  trust: Path | None = None) -> tuple[str, str]:
+    """A TLS client limited to ``version`` with our client certificate (or ``cert``), checking
+    the server's against ``trust`` (the test CA): after the handshake it sends an
+    A-ASSOCIATE-RQ and reads the answer's PDU type.  (TLS version, "AC"/"RJ"/...), or
+    ("refused", OpenSSL's reason).  Blocking, bounded (5 s per socket call): run it in a thread."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(str(trust or files.ca))
+    context.load_cert_chain(str(cert or files.client_cert), str(key or files.client_key))
+    _limit(context, version)
+    rq = build_associate_rq(called_ae_title="SCP", calling_ae_title="PYSSL",
+                            contexts=[(VERIFICATION, UNCOMPRESSED_TRANSFER_SYNTAXES)]).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(rq)
+                answer = tls.recv(1)
+                return tls.version() or "", {b"\x02": "AC", b"\x03": "RJ", b"\x07": "ABORT"}.get(answer, repr(answer))
+        except (ssl.SSLError, ConnectionError) as exc:
+            return "refused", str(getattr(exc, "reason", None) or exc)
+
+
+class PythonServer:
+    """A TLS server in a thread for one connection, limited to ``version``, with the test
+    server certificate (or ``cert``): it wants a client certificate of ``trust`` (the test
+    CA) unless ``trust`` is False, reads the A-ASSOCIATE-RQ and answers an A-ASSOCIATE-RJ.
+    ``result`` fires with (TLS version, PDU type received) or ("refused", reason)."""
+
+    def __init__(self, files, version: str, *, cert: Path | None = None, key: Path | None = None,
+                 trust: Path | bool | None = None) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert or files.server_cert), str(key or files.server_key))
+        if trust is not False:
+            context.load_verify_locations(str(trust or files.ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        _limit(context, version)
+        self._listening = socket.create_server(("127.0.0.1", 0))
+        self._listening.settimeout(5)
+        self.port = self._listening.getsockname()[1]
+        self.result = threads.deferToThread(self._serve, context)
+
+    def _serve(self, context: ssl.SSLContext) -> tuple[str, str]:
+        try:
+            raw, _ = self._listening.accept()
+        finally:
+            self._listening.close()
+        raw.settimeout(5)
+        with raw:
+            try:
+                with context.wrap_socket(raw, server_side=True) as tls:
+                    pdu = tls.recv(1)
+                    tls.sendall(_ASSOCIATE_RJ)
+                    return tls.version() or "", {b"\x01": "RQ"}.get(pdu, repr(pdu))
+            except (ssl.SSLError, ConnectionError) as exc:
+                return "refused", str(getattr(exc, "reason", None) or exc)
+
+
+def excluded_versions(transport) -> set[str]:
+    """The versions an established TLS connection's context would refuse (Twisted turns
+    minimum_version into OpenSSL's OP_NO_* options)."""
+    options = transport.getHandle().set_options(0)  # adds nothing, returns what is set
+    names = {"SSLv3": SSL.OP_NO_SSLv3, "1.0": SSL.OP_NO_TLSv1, "1.1": SSL.OP_NO_TLSv1_1, "1.2": SSL.OP_NO_TLSv1_2,
+             "1.3": SSL.OP_NO_TLSv1_3}
+    return {name for name, flag in names.items() if options & flag}
+
+
+class TLSPolicyTests(TLSTestCase):
+    """minimum_version, certificate chains, what is checked and what verify_peer = false skips."""
+
+    async def refused(self, port: int, **kwargs) -> str:
+        """The one line a client's association failed with (it must fail)."""
+        with self.assertRaises((ConnectionLost, AssociationAborted)) as caught:
+            await self.connect(port, [VERIFICATION], tls=True, **kwargs)
+        return str(caught.exception)
+
+    # -- minimum_version ------------------------------------------------------------------
+
+    async def test_minimum_version_on_the_tls_listener(self):
+        for minimum, accepted in (("1.2", ("1.2", "1.3")), ("1.3", ("1.3",))):
+            server, port = await self.serve_tls(minimum_version=minimum)
+            for version in ("1.0", "1.1", "1.2", "1.3"):
+                got = await threads.deferToThread(python_client, port, version, self.files)
+                if version in accepted:
+                    self.assertEqual(got, (f"TLSv{version}", "AC"), (minimum, version))
+                else:
+                    self.assertEqual(got[0], "refused", (minimum, version, got))
+                    self.assertIn("PROTOCOL_VERSION", got[1].upper(), (minimum, version, got))
+        # At OpenSSL 3's default security level, OpenSSL itself refuses TLS 1.0/1.1 whatever
+        # Twisted is told: that they are refused says little about minimum_version.  So
+        # (below) also what the connection's own options exclude.
+
+    async def test_minimum_version_excludes_the_older_versions_on_both_ends(self):
+        for minimum, excluded in (("1.2", {"SSLv3", "1.0", "1.1"}), ("1.3", {"SSLv3", "1.0", "1.1", "1.2"})):
+            for verify_hostname in (False, True):  # two ways of making the client's options
+                server, port = await self.serve_tls(minimum_version=minimum)
+                client = self.client(minimum_version=minimum, verify_hostname=verify_hostname)
+                association = await self.connect(port, [VERIFICATION], ae=client, tls=True)
+                [accepted] = server.active
+                for side, transport in (("client", association.protocol.transport),
+                                        ("server", accepted.protocol.transport)):
+                    self.assertEqual(excluded_versions(transport), excluded, (minimum, verify_hostname, side))
+                await within(association.release())
+
+    async def test_minimum_version_when_we_associate(self):
+        for minimum, accepted in (("1.2", ("1.2", "1.3")), ("1.3", ("1.3",))):
+            for verify_hostname in (False, True):
+                for version in ("1.0", "1.1", "1.2", "1.3"):
+                    where = (minimum, verify_hostname, version)
+                    server = PythonServer(self.files, version)
+                    client = self.client(minimum_version=minimum, verify_hostname=verify_hostname)
+                    if version in accepted:
+                        with self.assertRaises(AssociationRejected, msg=where):  # the RJ it answers
+                            await self.connect(server.port, [VERIFICATION], ae=client, tls=True)
+                        self.assertEqual(await within(server.result), (f"TLSv{version}", "RQ"), where)
+                    else:
+                        line = await self.refused(server.port, ae=client)
+                        self.assertIn("TLS handshake failed", line, where)
+                        self.assertIn("protocol version", line, where)
+                        self.assertEqual((await within(server.result))[0], "refused", where)
+
+    # -- certificate chains -----------------------------------------------------------------
+
+    async def test_the_server_sends_the_intermediate_of_its_certificate_file(self):
+        f = self.files
+        server, port = await self.serve_tls(cert=f.chained_server_cert, key=f.chained_server_key)
+        for verify_hostname in (False, True):  # the peer trusts the root CA only
+            association = await self.connect(port, [VERIFICATION], ae=self.client(verify_hostname=verify_hostname),
+                                             tls=True)
+            await within(association.release())
+        got = await threads.deferToThread(python_client, port, "1.3", f)
+        self.assertEqual(got, ("TLSv1.3", "AC"))
+        # without the intermediate in the file the same leaf does not chain to the root
+        server, port = await self.serve_tls(cert=f.chained_server_leaf, key=f.chained_server_key)
+        line = await self.refused(port, ae=self.client())
+        self.assertIn("TLS handshake failed: certificate verify failed", line)
+
+    async def test_the_client_sends_the_intermediate_of_its_certificate_file(self):
+        f = self.files
+        server, port = await self.serve_tls()  # trusts the root CA only
+        for verify_hostname in (False, True):
+            association = await self.connect(port, [VERIFICATION], tls=True,
+                                             ae=self.client(cert="chained", verify_hostname=verify_hostname))
+            await within(association.release())
+        for version in ("1.2", "1.3"):  # a server that is not dimsekit, trusting the root only
+            python = PythonServer(f, version)
+            with self.assertRaises(AssociationRejected):
+                await self.connect(python.port, [VERIFICATION], ae=self.client(cert="chained"), tls=True)
+            self.assertEqual(await within(python.result), (f"TLSv{version}", "RQ"))
+        line = await self.refused(port, ae=self.client(cert="chained-leaf"))
+        self.assertIn("TLS handshake failed", line)
+        self.assertIn("unknown ca", line)
+        self.assertEqual(server.active, set())
+
+    # -- what is checked ----------------------------------------------------------------------
+
+    async def test_verify_peer_false_on_the_client_checks_nothing(self):
+        f = self.files
+        unchecked = from_mapping({"node": {"ae_title": "SCU"}, "limits": {"acse_timeout": 5.0},
+                                  "tls": {"certificate": str(f.client_cert), "private_key": str(f.client_key),
+                                          "verify_peer": False}})  # and no ca_certificates at all
+        for cert, key, checked, refusal in (
+            (f.rogue_cert, f.rogue_key, {}, "certificate verify failed"),            # self-signed
+            (f.other_server_cert, f.other_server_key, {}, "certificate verify failed"),  # a CA we do not trust
+            (f.expired_server_cert, f.expired_server_key, {}, "certificate verify failed"),
+            (f.elsewhere_cert, f.elsewhere_key, {"verify_hostname": True}, "the peer's certificate is not for"),
+        ):
+            server, port = await self.serve_tls(cert=cert, key=key)
+            association = await self.connect(port, [VERIFICATION], ae=self.make_ae("SCU", config=unchecked), tls=True)
+            self.assertEqual(await within(association.echo()), 0)
+            await within(association.release())
+            # ... which verify_peer = true (the default) refuses
+            line = await self.refused(port, ae=self.client(**checked))
+            self.assertIn(f"TLS handshake failed: {refusal}", line, cert.name)
+
+    async def test_a_client_certificate_of_a_ca_we_do_not_trust_is_refused(self):
+        server, port = await self.serve_tls()
+        line = await self.refused(port, ae=self.client(cert="other"))
+        self.assertIn("TLS handshake failed: tlsv1 alert unknown ca", line)
+        self.assertEqual(server.active, set())
+        # trusted once its CA is
+        server, port = await self.serve_tls(ca_certificates=[str(self.files.ca), str(self.files.other_ca)])
+        association = await self.connect(port, [VERIFICATION], ae=self.client(cert="other"), tls=True)
+        await within(association.release())
+
+    async def test_an_expired_client_certificate_is_refused(self):
+        server, port = await self.serve_tls()
+        ends = self.association_ends()
+        line = await self.refused(port, ae=self.client(cert="expired"))
+        self.assertIn("TLS handshake failed: tls alert certificate expired", line)
+        self.assertEqual(server.active, set())
+        await wait_until(lambda: any(side == "acceptor" for side, _ in ends), what="the acceptor's line")
+        [ended] = [ended for side, ended in ends if side == "acceptor"]
+        self.assertIn("TLS handshake failed: certificate verify failed", ended)
+
+    async def test_an_expired_server_certificate_is_refused(self):
+        f = self.files
+        server, port = await self.serve_tls(cert=f.expired_server_cert, key=f.expired_server_key)
+        for verify_hostname in (False, True):
+            line = await self.refused(port, ae=self.client(verify_hostname=verify_hostname))
+            self.assertIn("TLS handshake failed: certificate verify failed", line)
+        self.assertEqual(server.active, set())
+
+    async def test_the_test_certificates_are_what_they_say(self):
+        # the controls of the tests above: the expired ones are otherwise good (our CA,
+        # for 127.0.0.1), and Python's ssl refuses them too, saying why
+        f = self.files
+        server, port = await self.serve_tls(cert=f.expired_server_cert, key=f.expired_server_key)
+        got = await threads.deferToThread(python_client, port, "1.3", f)
+        self.assertEqual(got, ("refused", "CERTIFICATE_VERIFY_FAILED"))
+        server, port = await self.serve_tls(cert=f.other_server_cert, key=f.other_server_key)
+        got = await threads.deferToThread(python_client, port, "1.3", f, trust=f.other_ca)
+        self.assertEqual(got, ("TLSv1.3", "AC"))
 
 
 class TLSSettingsTests(LoopbackTestCase):

@@ -136,6 +136,21 @@ def test_a_server_certificate_we_do_not_trust_is_refused(certs, tmp_path):
         assert echoed.returncode == 0, echoed.stderr
 
 
+def test_certificate_files_with_their_intermediate(certs, tmp_path):
+    """+tls KEY CERT where CERT holds our certificate then the intermediate CA that signed
+    it: sent with it, so storescp, trusting the root CA only, accepts it; and storescp's own,
+    also of the intermediate, chains to the root we trust.  Without the intermediate, refused."""
+    with storescp(tmp_path / "out", "+tls", certs.chained_server_key, certs.chained_server_cert,
+                  "+cf", certs.ca) as port:
+        echoed = cli("echo", port, "+tls", certs.chained_client_key, certs.chained_client_cert, "+cf", certs.ca)
+        assert echoed.returncode == 0, echoed.stderr
+        assert "1/1 Success" in echoed.stdout
+        line = one_line(cli("echo", port, "+tls", certs.chained_client_key, certs.chained_client_leaf,
+                            "+cf", certs.ca), "echo")
+        assert line.startswith("dimsekit echo: TLS handshake failed: "), line
+        assert "unknown ca" in line, line
+
+
 def test_anonymous_tls_to_a_storescp_that_does_not_ask_for_a_certificate(certs, tmp_path):
     out = tmp_path / "out"
     with storescp(out, "+tls", certs.server_key, certs.server_cert, "-ic") as port:

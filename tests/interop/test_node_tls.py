@@ -76,12 +76,13 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     return make_tls_files(tmp_path_factory.mktemp("certs"))
 
 
-def tls_section(certs: TLSFiles, port: int, **extra: Any) -> str:
-    """``[tls]`` with the node certificate, trusting the test CA."""
+def tls_section(certs: TLSFiles, port: int, *, cert: Path | None = None, key: Path | None = None,
+                **extra: Any) -> str:
+    """``[tls]`` with the node certificate (or ``cert`` and ``key``), trusting the test CA."""
     lines = [
         "[tls]",
-        f'certificate = "{certs.node_cert}"',
-        f'private_key = "{certs.node_key}"',
+        f'certificate = "{cert or certs.node_cert}"',
+        f'private_key = "{key or certs.node_key}"',
         f'ca_certificates = ["{certs.ca}"]',
         f"port = {port}",
     ]
@@ -267,6 +268,26 @@ def test_an_anonymous_client_is_accepted_when_verify_peer_is_false(tmp_path, cer
         assert result.returncode == 0, result.stdout + result.stderr + node.node.log_text()
         node.node.wait_log(r"calling=ANONYMOUS called=DIMSEKIT .*handled=\[C-ECHO 1\] .*released")
         healthy(node, certs)  # a client with a certificate still gets in
+    finally:
+        _finish_node(node.node)
+
+
+def test_certificate_files_with_their_intermediate(tmp_path, certs):
+    """The node's certificate file holds its certificate then the intermediate CA that
+    signed it: DCMTK, trusting the root CA only, accepts it; and DCMTK's client
+    certificate, also of the intermediate, sent with it, is accepted by the node
+    (which trusts the root only).  Without the intermediate, refused."""
+    node = start_tls_node(tmp_path, certs, cert=certs.chained_server_cert, key=certs.chained_server_key)
+    try:
+        chained = ["+tls", str(certs.chained_client_key), str(certs.chained_client_cert), "+cf", str(certs.ca)]
+        result = echoscu(node.tls_port, "-aet", "CHAINED", *chained)
+        assert result.returncode == 0, result.stdout + result.stderr + node.node.log_text()
+        node.node.wait_log(r"calling=CHAINED called=DIMSEKIT .*handled=\[C-ECHO 1\] .*released")
+        leaf_only = ["+tls", str(certs.chained_client_key), str(certs.chained_client_leaf), "+cf", str(certs.ca)]
+        refused = echoscu(node.tls_port, "-aet", "LEAFONLY", *leaf_only)
+        assert refused.returncode != 0, refused.stdout + refused.stderr
+        wait_until(lambda: node.tls_failures("certificate verify failed") == 1, what="the refused handshake's line")
+        node.node.assert_healthy()
     finally:
         _finish_node(node.node)
 

@@ -249,7 +249,7 @@ def _limit(context: ssl.SSLContext, version: str) -> None:
 
 
 def python_client(port: int, version: str, files, *, cert: Path | None = None, key: Path | None = None,
-                  trust: Path | None = None) -> tuple[str, str]:
+                  trust: Path | None = None, called: str = "SCP") -> tuple[str, str]:
     """A TLS client limited to ``version`` with our client certificate (or ``cert``), checking
     the server's against ``trust`` (the test CA): after the handshake it sends an
     A-ASSOCIATE-RQ and reads the answer's PDU type.  (TLS version, "AC"/"RJ"/...), or
@@ -259,7 +259,7 @@ def python_client(port: int, version: str, files, *, cert: Path | None = None, k
     context.load_verify_locations(str(trust or files.ca))
     context.load_cert_chain(str(cert or files.client_cert), str(key or files.client_key))
     _limit(context, version)
-    rq = build_associate_rq(called_ae_title="SCP", calling_ae_title="PYSSL",
+    rq = build_associate_rq(called_ae_title=called, calling_ae_title="PYSSL",
                             contexts=[(VERIFICATION, UNCOMPRESSED_TRANSFER_SYNTAXES)]).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         try:

@@ -38,6 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
 from dimsekit.datasets import part10_info
+from tests.dimse_e2e.test_tls import python_client
 from tests.interop.conftest import (
     TWISTD,
     VERIFICATION,
@@ -268,6 +269,26 @@ def test_an_anonymous_client_is_accepted_when_verify_peer_is_false(tmp_path, cer
         assert result.returncode == 0, result.stdout + result.stderr + node.node.log_text()
         node.node.wait_log(r"calling=ANONYMOUS called=DIMSEKIT .*handled=\[C-ECHO 1\] .*released")
         healthy(node, certs)  # a client with a certificate still gets in
+    finally:
+        _finish_node(node.node)
+
+
+@pytest.mark.parametrize("minimum, accepted", [("1.2", ("1.2", "1.3")), ("1.3", ("1.3",))])
+def test_minimum_version(tmp_path, certs, minimum, accepted):
+    """[tls] minimum_version reaches the node's listener: a client limited to one version
+    (Python's ssl; 1.0 and 1.1 offered at OpenSSL security level 0) is refused below it."""
+    node = start_tls_node(tmp_path, certs, minimum_version=f'"{minimum}"')
+    try:
+        refused = 0
+        for version in ("1.0", "1.1", "1.2", "1.3"):
+            got = python_client(node.tls_port, version, certs, called="DIMSEKIT")
+            if version in accepted:
+                assert got == (f"TLSv{version}", "AC"), (version, got, node.node.log_text())
+            else:
+                refused += 1
+                assert got[0] == "refused" and "PROTOCOL_VERSION" in got[1].upper(), (version, got)
+        wait_until(lambda: node.tls_failures("unsupported protocol") == refused, what="the refused handshakes' lines")
+        node.node.assert_healthy()
     finally:
         _finish_node(node.node)
 

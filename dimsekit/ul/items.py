@@ -189,6 +189,20 @@ class UserIdentityRQ:
     primary_field: bytes
     secondary_field: bytes = b""
 
+    def __repr__(self) -> str:
+        # The fields are credentials (a passcode, a Kerberos ticket, a SAML assertion, a
+        # JWT): a repr ends up in log lines and error messages ("cannot encode ..."), so
+        # it gives their lengths only.
+        def size(value: object) -> str:
+            try:
+                return f"<{len(value)} bytes>"  # type: ignore[arg-type]
+            except TypeError:
+                return f"<{type(value).__name__}>"
+
+        return (f"UserIdentityRQ(identity_type={self.identity_type!r}, "
+                f"positive_response_requested={self.positive_response_requested!r}, "
+                f"primary_field={size(self.primary_field)}, secondary_field={size(self.secondary_field)})")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UserIdentityAC:

@@ -18,6 +18,7 @@ from dimsekit.ul.items import (
     UserInformation,
     decode_user_information,
     encode_user_information,
+    encode_user_item,
 )
 from dimsekit.ul.pdu import (
     MAX_CONTROL_PDU_LENGTH,
@@ -633,3 +634,21 @@ def test_decode_from_bytes_and_decode_of_a_bytearray_copy() -> None:
     buffer.clear()  # no export left on it
     buffer += b"\0" * len(raw)
     assert pdu.pdvs[0].data == b"xyz" * 10
+
+
+def test_a_user_identity_shows_no_credential() -> None:
+    """A passcode (or a ticket, an assertion, a JWT) never reaches a log line or an error
+    message through a repr: the lengths only."""
+    identity = UserIdentityRQ(identity_type=2, positive_response_requested=True, primary_field=b"alice",
+                              secondary_field=b"s3cret-passcode")
+    assert repr(identity) == ("UserIdentityRQ(identity_type=2, positive_response_requested=True, "
+                              "primary_field=<5 bytes>, secondary_field=<15 bytes>)")
+    assert "s3cret" not in repr(UserInformation(items=(identity,)))
+    for bad in (UserIdentityRQ(identity_type=300, positive_response_requested=False, primary_field=b"alice",
+                               secondary_field=b"s3cret-passcode"),
+                UserIdentityRQ(identity_type=2, positive_response_requested=False, primary_field="alice",  # type: ignore[arg-type]
+                               secondary_field=b"s3cret-passcode")):
+        with pytest.raises(LocalProtocolError) as caught:
+            encode_user_item(bad)
+        assert "cannot encode UserIdentityRQ(" in str(caught.value)
+        assert "s3cret" not in str(caught.value)

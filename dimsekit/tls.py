@@ -11,14 +11,18 @@ endpoints for associations the node or a tool opens.
     [tls]
     certificate = "node.crt"       # PEM: our certificate (the CA certificates of its chain may follow)
     private_key = "node.key"       # PEM, not encrypted
-    ca_certificates = ["ca.crt"]   # PEM files: the CAs (or peers' own certificates) we trust
+    ca_certificates = ["ca.crt"]   # PEM files: the root CAs (or peers' self-signed certificates) we trust
     port = 2762                    # the node's TLS listener (0: none); the TCP one stays on [node] port
     verify_peer = true             # the peer must present a certificate we trust (both directions)
     verify_hostname = false        # also check that a server's certificate names the host we dial
     minimum_version = "1.2"        # "1.2" or "1.3" (BCP 195: nothing older)
 
 Certificates are checked against ``ca_certificates`` in both directions
-(mutual authentication, what PS3.15 B.1 asks for).  ``certificate`` is also
+(mutual authentication, what PS3.15 B.1 asks for).  A peer's chain must end at
+one of them: a root CA, or a peer's own self-signed certificate.  An
+intermediate CA alone, or a peer's certificate that a CA issued, is not
+enough (OpenSSL accepts no partial chain); a peer sends its intermediates
+(dimsekit sends those that follow its certificate in ``certificate``).  ``certificate`` is also
 the client certificate of the associations the node opens (C-MOVE
 sub-operations, storage commitment reports to a ``[[remote]]`` with
 ``tls = true``): if it has an Extended Key Usage, it needs clientAuth as well

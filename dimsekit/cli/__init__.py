@@ -121,7 +121,7 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     identity.add_argument(*names("+tla", "--anonymous-tls"), dest="anonymous_tls", action="store_true",
                           help="use TLS without a certificate of ours")
     group.add_argument(*names("+cf", "--add-cert-file"), dest="tls_trust", action="append", default=[],
-                       metavar="FILE", help="trust the certificates in FILE (a CA's, or the peer's own); repeatable")
+                       metavar="FILE", help="trust the certificates in FILE (a root CA's, or the peer's own self-signed one); repeatable")
     group.add_argument("-ic", "--ignore-peer-cert", dest="tls_ignore_peer", action="store_true",
                        help="do not verify the peer's certificate (then no +cf is needed; not recommended)")
     group.add_argument("--verify-hostname", dest="tls_verify_hostname", action="store_true",

@@ -451,6 +451,27 @@ class TLSPolicyTests(TLSTestCase):
             self.assertIn("TLS handshake failed: certificate verify failed", line)
         self.assertEqual(server.active, set())
 
+    async def test_what_ca_certificates_must_hold(self):
+        """A chain ends at a root CA or a self-signed certificate of ca_certificates (the
+        docs' "root CAs, or peers' self-signed certificates"): a CA-issued certificate of
+        the peer, or an intermediate, alone is not trusted (OpenSSL takes no partial chain)."""
+        f = self.files
+        for cert, key, trust, trusted in (
+            (f.rogue_cert, f.rogue_key, f.rogue_cert, True),  # the peer's own, self-signed
+            (f.server_cert, f.server_key, f.ca, True),
+            (f.server_cert, f.server_key, f.server_cert, False),  # the peer's own, of a CA
+            (f.chained_server_cert, f.chained_server_key, f.ca, True),
+            (f.chained_server_cert, f.chained_server_key, f.intermediate, False),
+        ):
+            server, port = await self.serve_tls(cert=cert, key=key)
+            client = self.client(trust=[trust])
+            if trusted:
+                association = await self.connect(port, [VERIFICATION], ae=client, tls=True)
+                await within(association.release())
+            else:
+                line = await self.refused(port, ae=client)
+                self.assertIn("TLS handshake failed: certificate verify failed", line, (cert.name, trust.name))
+
     async def test_the_test_certificates_are_what_they_say(self):
         # the controls of the tests above: the expired ones are otherwise good (our CA,
         # for 127.0.0.1), and Python's ssl refuses them too, saying why

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import sys
 import tempfile
 import warnings
@@ -285,10 +286,16 @@ class PythonServer:
             context.load_verify_locations(str(trust or files.ca))
             context.verify_mode = ssl.CERT_REQUIRED
         _limit(context, version)
+        #: the server name the client sent (SNI), None if none
+        self.server_name: str | None = None
+        context.sni_callback = self._server_name
         self._listening = socket.create_server(("127.0.0.1", 0))
         self._listening.settimeout(5)
         self.port = self._listening.getsockname()[1]
         self.result = threads.deferToThread(self._serve, context)
+
+    def _server_name(self, tls: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        self.server_name = name
 
     def _serve(self, context: ssl.SSLContext) -> tuple[str, str]:
         try:
@@ -304,6 +311,32 @@ class PythonServer:
                     return tls.version() or "", {b"\x01": "RQ"}.get(pdu, repr(pdu))
             except (ssl.SSLError, ConnectionError) as exc:
                 return "refused", str(getattr(exc, "reason", None) or exc)
+
+
+def renegotiating_client(port: int, files) -> tuple[str, str]:
+    """A TLS 1.2 client (pyOpenSSL) that asks to renegotiate once connected: (version, what
+    became of it).  Blocking, bounded (5 s socket timeouts): run it in a thread."""
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.use_certificate_file(str(files.client_cert))
+    context.use_privatekey_file(str(files.client_key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.settimeout(None)  # pyOpenSSL wants a blocking socket: bounded by the kernel's timeouts instead
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            raw.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", 5, 0))
+        connection = SSL.Connection(context, raw)
+        connection.set_connect_state()
+        connection.do_handshake()
+        version = connection.get_protocol_version_name()
+        try:
+            connection.renegotiate()
+            connection.do_handshake()
+            connection.send(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # an A-RELEASE-RQ
+            connection.recv(1)
+        except SSL.Error as exc:
+            reasons = [entry[-1] for entry in exc.args[0]] if exc.args and isinstance(exc.args[0], list) else [exc]
+            return version, "refused: " + "; ".join(map(str, reasons))
+        return version, f"renegotiated ({connection.total_renegotiations()})"
 
 
 def excluded_versions(transport) -> set[str]:
@@ -368,6 +401,32 @@ class TLSPolicyTests(TLSTestCase):
                         self.assertIn("TLS handshake failed", line, where)
                         self.assertIn("protocol version", line, where)
                         self.assertEqual((await within(server.result))[0], "refused", where)
+
+    async def test_no_compression_no_tickets_no_client_renegotiation(self):
+        # Twisted's defaults and OpenSSL 3's, relied upon: TLS compression (CRIME) and
+        # session tickets off on both ends; a client asking to renegotiate (TLS 1.2) refused.
+        server, port = await self.serve_tls()
+        association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
+        [accepted] = server.active
+        for transport in (association.protocol.transport, accepted.protocol.transport):
+            options = transport.getHandle().set_options(0)
+            self.assertTrue(options & SSL.OP_NO_COMPRESSION)
+            self.assertTrue(options & SSL.OP_NO_TICKET)
+        await within(association.release())
+        self.assertEqual(await threads.deferToThread(renegotiating_client, port, self.files),
+                         ("TLSv1.2", "refused: no renegotiation"))
+
+    async def test_no_server_name_indication_with_an_address(self):
+        # RFC 6066 3: a literal address is no host name to send; with verify_hostname a host
+        # name is sent (without it, none: the options then know no host).
+        for host, verify_hostname, sent in (("127.0.0.1", True, None), ("127.0.0.1", False, None),
+                                            ("localhost", True, "localhost")):
+            server = PythonServer(self.files, "1.3")
+            client = self.client(verify_hostname=verify_hostname)
+            with self.assertRaises(AssociationRejected):
+                await within(client.associate(host, server.port, called="SCP", contexts=[VERIFICATION], tls=True))
+            self.assertEqual(await within(server.result), ("TLSv1.3", "RQ"))
+            self.assertEqual(server.server_name, sent, (host, verify_hostname))
 
     # -- certificate chains -----------------------------------------------------------------
 

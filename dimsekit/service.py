@@ -1,8 +1,8 @@
 """twisted.application services: a DICOM node as a Service.
 
 :class:`DicomNodeService` listens on the node's port (any Twisted server
-endpoint string: ``tcp:11112``, ``ssl:2762:privateKey=...``) with an
-:class:`~dimsekit.ae.ApplicationEntity`, and on stop closes the listener and
+endpoint string: ``tcp:11112``, ``unix:/run/dicom.sock``; TLS is the
+``[tls]`` listener's, ``tls_port``) with an :class:`~dimsekit.ae.ApplicationEntity`, and on stop closes the listener and
 then releases (or, after a grace period, aborts) the associations in progress.
 """
 

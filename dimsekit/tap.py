@@ -55,7 +55,8 @@ class Options(usage.Options):
         ["aet", "a", None, "Our AE title (default DIMSEKIT)."],
         ["interface", "i", None, "Address to listen on (default: all)."],
         ["data-dir", "d", None, "Where the archive keeps its files (default ./dimsekit-data)."],
-        ["endpoint", "e", None, "A Twisted server endpoint string, overriding port/interface (e.g. ssl:2762:privateKey=key.pem)."],
+        ["endpoint", "e", None, "A Twisted server endpoint string, overriding port/interface (e.g. tcp6:11112). "
+         "For TLS use [tls]: an ssl: endpoint checks no client certificate."],
     ]
 
     def postOptions(self) -> None:

@@ -428,6 +428,18 @@ class TLSPolicyTests(TLSTestCase):
             self.assertEqual(await within(server.result), ("TLSv1.3", "RQ"))
             self.assertEqual(server.server_name, sent, (host, verify_hostname))
 
+    async def test_a_client_that_never_starts_the_handshake_is_let_go_after_the_artim_timeout(self):
+        # Connections that never say a word (nor a ClientHello) must not pile up on the TLS port.
+        server, port = await self.serve_tls(limits={"artim_timeout": 0.3})
+        closed = defer.Deferred()
+
+        class Mute(protocol.Protocol):
+            def connectionLost(self, reason=None) -> None:
+                closed.callback(None)
+
+        await protocol.ClientCreator(reactor, Mute).connectTCP("127.0.0.1", port)
+        await within(closed, 3.0)
+
     # -- certificate chains -----------------------------------------------------------------
 
     async def test_the_server_sends_the_intermediate_of_its_certificate_file(self):

@@ -1,6 +1,8 @@
 """TLS associations between dimsekit AEs (PS3.15 B.1): mutual authentication with the
 ``[tls]`` settings, and the handshakes that must fail -- an untrusted certificate either
-way, no client certificate when one is required."""
+way, no client certificate when one is required.  With Python's ssl as the other peer:
+minimum_version both ways, certificate chains, expired certificates, what verify_peer =
+false skips.  The settings: files that cannot be used, encrypted keys (no prompt)."""
 
 from __future__ import annotations
 

@@ -55,15 +55,19 @@ def _faults(mode: str) -> dict:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_bulk_reads_stop_faulting_in_fresh_pages() -> None:
-    untouched = _faults("untouched")
-    tuned = _faults("tune")
-    assert tuned["outcome"] == "tuned"
-    assert untouched["bytes"] == tuned["bytes"] == 1000 * (64 << 10)
+    # Medians of three runs each: how much one read returns depends on the
+    # sender thread's pace, and with it the untouched count (1,300-7,000 faults
+    # seen on this VM); the tuned one stays near 0.
+    runs = {mode: [_faults(mode) for _ in range(3)] for mode in ("untouched", "tune")}
+    assert all(r["outcome"] == "tuned" for r in runs["tune"])
+    assert {r["bytes"] for rs in runs.values() for r in rs} == {1000 * (64 << 10)}
+    untouched = sorted(r["faults"] for r in runs["untouched"])[1]
+    tuned = sorted(r["faults"] for r in runs["tune"])[1]
     # Untouched, every read's 1 MiB block is a fresh mapping whose pages the
     # kernel's copy faults in (32 MiB read in the half measured: thousands
     # of faults); tuned, the heap's pages are reused.
-    assert untouched["faults"] > 2000
-    assert tuned["faults"] < untouched["faults"] / 20
+    assert untouched > 1000
+    assert tuned < untouched / 10
 
 
 def test_the_operator_s_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:

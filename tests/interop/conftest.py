@@ -37,6 +37,8 @@ from typing import Any
 
 import pytest
 
+import dimsekit
+
 DCMTK_BIN = Path("/usr/bin")
 HERE = Path(__file__).resolve().parent
 
@@ -88,6 +90,25 @@ def _dimsekit_cli() -> list[str]:
 
 
 DIMSEKIT_CLI = _dimsekit_cli()
+
+#: an environment for the ``dimsekit`` tools and twistd nodes the tests start, so that they run
+#: the dimsekit these tests import (a worktree's, not an installed one)
+SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__file__).parent.parent),
+                                                          os.environ.get("PYTHONPATH")]))}
+
+
+def same_data_set(received: Path, sent: Path) -> None:
+    """The two Part 10 files hold the same data set (Data Set Trailing Padding aside:
+    DCMTK's storescp does not keep it)."""
+    from pydicom import dcmread
+
+    got, original = dcmread(received), dcmread(sent)
+    for ds in (got, original):
+        if 0xFFFCFFFC in ds:
+            del ds[0xFFFCFFFC]
+    assert got.SOPInstanceUID == original.SOPInstanceUID
+    assert got.PixelData == original.PixelData
+    assert got == original
 
 
 def free_port() -> int:

@@ -31,16 +31,17 @@ from pydicom.data import get_testdata_file
 
 from tests.interop.conftest import (
     DIMSEKIT_CLI,
+    SAME_CODE,
     Node,
     _finish_node,
     dcmtk,
     free_port,
     run,
+    same_data_set,
     start_node,
     stop,
     wait_for_port,
 )
-from tests.interop.test_cli_tls import SAME_CODE, same_data_set
 
 pytestmark = pytest.mark.interop
 

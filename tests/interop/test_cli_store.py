@@ -28,13 +28,13 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
-import dimsekit
 from dimsekit.datasets import dataset_uids, decode_dataset, encode_dataset, part10_info
 from tests.interop.conftest import (
     A_ASSOCIATE_RQ,
     A_RELEASE_RQ,
     DIMSEKIT_CLI,
     RELEASE_RP,
+    SAME_CODE,
     RawPeer,
     _finish_node,
     abort_pdu,
@@ -53,9 +53,6 @@ from tests.interop.test_storage_support import index_rows
 
 pytestmark = pytest.mark.interop
 
-#: the tool and the node run the dimsekit these tests import (a worktree's, not an installed one)
-SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__file__).parent.parent),
-                                                          os.environ.get("PYTHONPATH")]))}
 
 ILE, ELE, EBE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -20,14 +20,15 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
-import dimsekit
 from tests.interop.conftest import (
     DIMSEKIT_CLI,
+    SAME_CODE,
     VERIFICATION,
     _finish_node,
     dcmtk,
     free_port,
     run,
+    same_data_set,
     start_node,
     stop,
     wait_for_port,
@@ -38,9 +39,6 @@ from tests.tlscerts import KEY_PASSWORD, TLSFiles, make_tls_files
 pytestmark = pytest.mark.interop
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm", download=False))
-#: the tools and the node run the dimsekit these tests import (a worktree's, not an installed one)
-SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__file__).parent.parent),
-                                                          os.environ.get("PYTHONPATH")]))}
 UNTRUSTED_SERVER = "dimsekit {tool}: TLS handshake failed: certificate verify failed"
 
 
@@ -68,16 +66,6 @@ def one_line(result: subprocess.CompletedProcess, tool: str) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
     assert lines[0].startswith(f"dimsekit {tool}: "), lines[0]
     return lines[0]
-
-
-def same_data_set(received: Path, sent: Path) -> None:
-    got, original = dcmread(received), dcmread(sent)
-    for ds in (got, original):
-        if 0xFFFCFFFC in ds:  # Data Set Trailing Padding: storescp does not keep it
-            del ds[0xFFFCFFFC]
-    assert got.SOPInstanceUID == original.SOPInstanceUID
-    assert got.PixelData == original.PixelData
-    assert got == original
 
 
 # -- DCMTK storescp --------------------------------------------------------------------------

@@ -145,13 +145,13 @@ class TLSContext:
             certs = self._certificates("certificate", config.certificate)
             key = ssl.KeyPair(self._private_key(config.private_key))
             try:
-                self._identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0][0]), key)
+                self._identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0]), key)
             except Exception:
                 # Caught here: every handshake would fail later, with a vaguer message.
                 raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not the key of the "
                                f"certificate in {self._where(config.certificate)}") from None
-            self._chain = [c for c, _ in certs[1:]]
-        trusted = [cert for name in config.ca_certificates for cert, _ in self._certificates("ca_certificates", name)]
+            self._chain = certs[1:]
+        trusted = [cert for name in config.ca_certificates for cert in self._certificates("ca_certificates", name)]
         if config.verify_peer and not trusted:
             # from_section refuses this; a TLSConfig made in code must not get past either:
             # with no trust root Twisted's server options check no client certificate at
@@ -160,6 +160,8 @@ class TLSContext:
                            "certificates are checked against")
         self._trust = ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trusted]) if trusted else None
         self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        #: the client options without a host name check: one for every association (its SSL context made once)
+        self._client_options: Any = None
 
     # -- reading the files ------------------------------------------------------------
 
@@ -200,10 +202,9 @@ class TLSContext:
         except (TypeError, ValueError):
             raise TLSError(f"{where} holds a kind of key TLS does not use ({type(key).__name__})") from None
 
-    def _certificates(self, key: str, name: str) -> list[tuple[Any, bytes]]:
-        """The certificates of a PEM file, in order, each as (OpenSSL X509, its PEM)."""
+    def _certificates(self, key: str, name: str) -> list[Any]:
+        """The certificates of a PEM file, in order (OpenSSL X509)."""
         from cryptography import x509
-        from cryptography.hazmat.primitives.serialization import Encoding
         from OpenSSL import crypto
 
         data = self._read(key, name)
@@ -211,7 +212,7 @@ class TLSContext:
             found = x509.load_pem_x509_certificates(data)
         except ValueError as exc:
             raise TLSError(f"{self._prefix}.{key}: {self._where(name)} holds no PEM certificate ({exc})") from None
-        return [(crypto.X509.from_cryptography(c), c.public_bytes(Encoding.PEM)) for c in found]
+        return [crypto.X509.from_cryptography(c) for c in found]
 
     def client_auth_problem(self) -> str | None:
         """Why peers that check client certificates would refuse ours (its Extended Key
@@ -262,7 +263,9 @@ class TLSContext:
             return self._ssl.optionsForClientTLS(
                 host, trustRoot=self._trust, clientCertificate=self._identity, extraCertificateOptions=extra,
             )
-        return self._options(server=False)
+        if self._client_options is None:
+            self._client_options = self._options(server=False)
+        return self._client_options
 
     # -- endpoints --------------------------------------------------------------------
 

@@ -421,9 +421,7 @@ class Association(ServiceUser):
         # _fail_pending, which _finish calls only then.
         value = reason.value if isinstance(reason, Failure) else None
         if isinstance(value, ConnectionLost):  # the transport said why (a TLS handshake that failed)
-            if self.ended is None:
-                self.ended = f"connection closed: {value}"
-            self._finish("connection closed", value)
+            self._finish(f"connection closed: {value}", value)
         else:
             self._finish("connection closed", _CONNECTION_LOST)
         self.protocol = None
@@ -457,7 +455,8 @@ class Association(ServiceUser):
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
-        if self.is_requestor and how == "connection closed":
+        gone = how.startswith("connection closed")  # the transport is gone: the end of the story
+        if self.is_requestor and gone:
             self.ae.requested.discard(self)
         if self._pending():
             self._fail_pending(error)
@@ -467,7 +466,7 @@ class Association(ServiceUser):
                 notify(pm, pm.hook.dimsekit_on_association_released, association=self)
             else:
                 notify(pm, pm.hook.dimsekit_on_association_aborted, association=self, reason=how)
-        if how == "connection closed":
+        if gone:
             self._log_end()
 
     def _fail_pending(self, error: Exception | None) -> None:

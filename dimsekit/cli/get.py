@@ -347,6 +347,19 @@ def failed_uid_list(final: Any) -> list[str]:
     return _values(final.dataset.FailedSOPInstanceUIDList)
 
 
+async def _get(association: Any, identifier: Any, get_sop: str, receiver: Receiver, progress: Progress) -> Any:
+    """One C-GET, its pending responses shown as they come; its final response.  Its
+    failure is raised here (and marked handled on ``op.result``: the caller tells it)."""
+    operation = association.get(identifier, get_sop, on_store=receiver)
+    try:
+        async for response in operation:
+            progress.response(response)
+        return await operation
+    except Exception:
+        operation.result.addErrback(lambda failure: None)  # not "Unhandled error" when collected
+        raise
+
+
 def retrieve_outcome(tool: str, service: str, final: Any, progress: Progress, receiver: Receiver | None,
                      elapsed: float, args: argparse.Namespace, out: IO[str], err: IO[str],
                      cancelled: bool = False, retried: int = 0) -> int:
@@ -668,13 +681,9 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             await _release(association)
             return 1
         started = time.monotonic()
-        operation = association.get(identifier, get_sop, on_store=receiver)
         try:
-            async for response in operation:
-                progress.response(response)
-            final = await operation
+            final = await _get(association, identifier, get_sop, receiver, progress)
         except Exception:
-            operation.result.addErrback(lambda failure: None)  # told below; not "Unhandled error" when collected
             progress.clear()
             print(f"dimsekit get: {describe_failure(Failure())} "
                   f"({receiver.files} file{'s' if receiver.files != 1 else ''} written)", file=err)
@@ -808,14 +817,7 @@ async def _fetch_again(reactor: Any, ae: Any, args: argparse.Namespace, model: s
                     "NumberOfWarningSuboperations": warning,
                     "NumberOfRemainingSuboperations": total - done - len(members),
                 })
-                operation = association.get(request, get_sop, on_store=receiver)
-                try:
-                    async for response in operation:
-                        progress.response(response)
-                    final = await operation
-                except Exception:
-                    operation.result.addErrback(lambda failure: None)  # told below
-                    raise
+                final = await _get(association, request, get_sop, receiver, progress)
                 if category(final.status) is not Category.FAILURE or final.status == 0xA702:
                     done += len(members)  # sub-operations ran (those that failed stay failed)
                     continue

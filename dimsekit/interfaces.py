@@ -71,7 +71,14 @@ class IArchive(Interface):
 
 
 class StoredInstance:
-    """The archive's record of one stored instance (what hooks and Q/R see)."""
+    """The archive's record of one stored instance (what hooks and Q/R see).
+
+    ``replaced``: this copy overwrote a stored copy of the same SOP Instance
+    in its place.  (A copy that comes with other Study/Series UIDs than the
+    stored one replaces it too, by the ``newest`` policy; the built-in
+    archive removes the old file as it indexes the new one, just after the
+    answer, and reports ``replaced`` False.)
+    """
 
     __slots__ = (
         "sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid",

@@ -26,7 +26,7 @@ goes through it like this:
    thread creates it, holding the sender back.  The header: up to the last
    element the index needs, the elements found by a scan of their framing,
    converted by pydicom (pydicom's reader wherever the scan cannot frame
-   them, see :func:`scan_header`); by the commit's worker for a small
+   them, see :func:`~dimsekit_plugins.archive.header.scan_header`); by the commit's worker for a small
    instance.
 3. :meth:`IncomingInstance.commit` -- everything else runs in the archive's
    own thread pool, never in the reactor thread: take the header (or read it
@@ -36,14 +36,20 @@ goes through it like this:
    ``<study>/<series>/<sop>.dcm`` (new directories fsynced into their
    parents) and fsync it and its directory -- a new file is renamed first and
    synced after, which makes one journal commit do for both (see
-   :meth:`Archive._store_file`); index it in SQLite.  The Deferred fires only
-   then: success means durable and indexed.  Any failure removes the file,
-   also after its rename (a failed fsync or index write) -- except a copy
-   that replaced the stored one in place (synced before that rename), which
-   stays for reconcile to index.
+   :meth:`Archive._store_file`).  The Deferred fires then: success means
+   durable.  The index row is written right after, in the same thread,
+   holding the lock that every read of the index takes, so anything that
+   learns of the instance (a hook, a C-FIND, a storage commitment) finds it
+   indexed; the sender meanwhile sends its next instance (see
+   :meth:`Archive._index_new`).  Any failure before the answer removes the
+   file, also after its rename (a failed fsync) -- except a copy that
+   replaced the stored one in place (synced before that rename), which stays
+   for reconcile to index.  An index write that fails after the answer is
+   retried with the next use of the index (and reconcile indexes the file).
 
 Concurrency: commits of different instances run in parallel up to the pool
-size; the rename and the index write each hold one lock (``_write_lock``),
+size; the rename and the index write each hold one lock (``_write_lock``;
+the index write ``_db_lock`` too, from before the answer to its end),
 which :meth:`reconcile` also takes while it fixes anything; a file renamed
 into place whose commit has not yet made it durable and indexed it is in
 ``_placing``, and reconcile leaves it alone (it would otherwise index a file
@@ -60,7 +66,6 @@ recorded length: quarantined), or a row whose file vanished.
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import fcntl
 import functools
@@ -69,7 +74,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -78,14 +82,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
@@ -107,6 +106,7 @@ from dimsekit_plugins.archive.errors import (
     DuplicateRejected,
     OutOfResources,
 )
+from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix
 from dimsekit_plugins.archive.layout import (
     INCOMING,
     INDEX_NAME,
@@ -224,217 +224,6 @@ def _encode_part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_sy
     return b"\x00" * 128 + b"DICM" + buffer.getvalue()
 
 
-class _HeaderJob:
-    """Reading an instance's header for the index, maybe in a pool thread while the rest arrives.
-
-    :meth:`run` may be called by a pool job (a large data set's, see
-    :meth:`IncomingInstance._create_and_read`); the commit's worker calls
-    :meth:`result`: it takes the result, waits for a run in progress, or --
-    when no thread has started it (a busy pool, or a small data set) -- claims
-    the job and does the work itself, so a commit never waits on a queued job.
-    """
-
-    __slots__ = ("_function", "_future")
-
-    def __init__(self, function: Callable[[], Any]) -> None:
-        self._function = function
-        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def run(self) -> None:
-        if not self._future.set_running_or_notify_cancel():
-            return  # result() took it over
-        try:
-            self._future.set_result(self._function())
-        except BaseException as exc:  # handed to result()
-            self._future.set_exception(exc)
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self) -> Any:
-        if self._future.cancel():  # nobody started it: do it here
-            return self._function()
-        return self._future.result()
-
-
-@functools.lru_cache(maxsize=8)
-def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
-    """The tags of the index's keywords, and the last of them."""
-    tags = [int(tag_for_keyword(keyword)) for keyword in keywords]  # type: ignore[arg-type]
-    return tags, max(tags)
-
-
-# -- finding the index's elements in a little endian data set ---------------------------------
-#
-# pydicom's reader costs ~3 us per element in Python, for every element up to
-# the last one the index needs (~25 in a typical image): most of a small
-# instance's header time.  The scan below only frames elements -- tag, VR,
-# length -- and hands those the index needs to pydicom as the raw elements
-# its own reader would have made (values still converted by pydicom or the
-# index's checked fast path).  Anything it does not frame exactly as pydicom
-# would -- big endian, an unknown VR, a sequence the index reads, an
-# undefined length it cannot skip, a length past the end -- gives None, and
-# pydicom reads the data set as before.  A property test holds its result
-# to pydicom's reading of the whole data set.
-
-_EXPLICIT_HEAD = struct.Struct("<HH2sH")
-_IMPLICIT_HEAD = struct.Struct("<HHL")
-_ULONG = struct.Struct("<L")
-#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-#: explicit VRs with a 2-byte length
-_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
-#: nesting of undefined-length sequences followed before giving up (pydicom reads it)
-_MAX_DEPTH = 16
-
-
-class _Unframed(Exception):
-    """The scan cannot frame the data set as pydicom would: pydicom reads it."""
-
-
-def _element_head(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
-    """(tag, VR bytes or None, value length, value offset) of the element at ``pos``."""
-    if implicit:
-        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
-        return group << 16 | element, None, length, pos + 8
-    group, element, vr, length = _EXPLICIT_HEAD.unpack_from(buf, pos)
-    tag = group << 16 | element
-    if vr in _SHORT_VRS:
-        return tag, vr, length, pos + 8
-    if vr in _LONG_VRS:
-        (length,) = _ULONG.unpack_from(buf, pos + 8)
-        return tag, vr, length, pos + 12
-    raise _Unframed
-
-
-def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
-    """The offset just past the undefined-length sequence whose items start at ``pos``."""
-    if depth > _MAX_DEPTH:
-        raise _Unframed
-    while True:
-        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise _Unframed
-        if length != _UNDEFINED:
-            pos += length
-            continue
-        while True:  # the elements of an undefined-length item, up to its delimiter
-            group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
-            if group << 16 | element == _ITEM_END:
-                pos += 8
-                break
-            tag, vr, length, pos = _element_head(buf, pos, implicit)
-            if length == _UNDEFINED:
-                if vr is not None and vr != b"SQ":
-                    raise _Unframed  # an undefined-length UN: implicit VR inside
-                pos = _skip_sequence(buf, pos, implicit, depth + 1)
-            else:
-                pos += length
-
-
-def scan_header(
-    buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int]
-) -> dict[int, RawDataElement] | None:
-    """The raw elements ``wanted`` of the little endian data set in ``buf``, as pydicom's
-    reader would make them, reading up to the first element past ``last``; None when
-    pydicom must read it (see above), or when ``buf`` -- not ``complete`` -- ends first.
-    """
-    end = len(buf)
-    pos = 0
-    found: dict[int, RawDataElement] = {}
-    try:
-        while pos < end:
-            tag, vr, length, start = _element_head(buf, pos, implicit)
-            if tag > last:
-                return found
-            if length == _UNDEFINED:
-                if tag in wanted or vr is not None and vr != b"SQ":
-                    raise _Unframed
-                pos = _skip_sequence(buf, start, implicit, 0)
-                continue
-            pos = start + length
-            if pos > end:
-                raise _Unframed
-            if tag in wanted:
-                if tag in sequences:
-                    raise _Unframed
-                found[tag] = RawDataElement(
-                    BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,
-                    True, True,
-                )
-    except (_Unframed, struct.error):
-        return None
-    return found if complete else None
-
-
-_int_gt = int.__gt__
-
-
-@functools.lru_cache(maxsize=64)
-def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(a transfer syntax whose data set pydicom reads from the bytes as they are -- not deflated,
-    little endian, implicit VR)."""
-    syntax = UID(transfer_syntax)
-    if not syntax.is_transfer_syntax or syntax.is_deflated:
-        return False, False, False
-    return True, syntax.is_little_endian, syntax.is_implicit_VR
-
-
-@functools.lru_cache(maxsize=8)
-def _scan_sets(keywords: tuple[str, ...]) -> tuple[frozenset[int], frozenset[int]]:
-    """The tags of the index's keywords, and those of them that are sequences."""
-    tags, _last = _header_tags(keywords)
-    sequences = frozenset(int(tag_for_keyword(spec.sequence)) for spec in index.ITEM_TABLES)  # type: ignore[arg-type]
-    return frozenset(tags), sequences
-
-
-def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> dict[str, Any] | None:
-    """The index values of a data set read from its first bytes, or None to read the file.
-
-    A little endian data set is scanned (:func:`scan_header`); pydicom's reader
-    reads the rest, and whatever the scan leaves to it.
-
-    ``prefix`` holds the first bytes of a data set in ``transfer_syntax``
-    (all of it when ``complete``).  None when they may not hold every element the index
-    needs (the header goes on past them), for a deflated or unknown transfer
-    syntax, or when pydicom cannot read them -- the caller then reads the file,
-    which also gives the authoritative error.
-    """
-    readable, little_endian, implicit = _syntax(transfer_syntax)
-    if not readable:
-        return None
-    tags, last = _header_tags(index.HEADER_KEYWORDS)
-    if little_endian:
-        wanted, sequences = _scan_sets(index.HEADER_KEYWORDS)
-        found = scan_header(prefix, complete, implicit, wanted, last, sequences)
-        if found is not None:
-            try:
-                return index.header_values(None, elements=found)
-            except Exception:
-                pass  # pydicom's reader below gives the answer
-    stream = io.BytesIO(prefix)
-    try:
-        dataset = read_dataset(
-            stream, implicit, little_endian,
-            stop_when=lambda tag, vr, length: _int_gt(tag, last),  # not BaseTag.__gt__, in Python
-            specific_tags=tags,  # type: ignore[arg-type]
-        )
-        if not complete and stream.tell() >= len(prefix):
-            return None  # stopped by the end of the prefix, not past the last element needed
-        return index.header_values(dataset)
-    except Exception:
-        return None
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -506,12 +295,12 @@ class IncomingInstance:
         self._file_asked = False  # a pool thread was asked to create the file
         #: the first _PREFIX bytes of the data set, to read its header from
         self._prefix = bytearray()
-        self._header: _HeaderJob | None = None
+        self._header: HeaderJob | None = None
 
     def _start_header(self, *, complete: bool) -> None:
         """The job reading the header from the first bytes (run by the pool job or the commit)."""
         prefix = bytes(self._prefix)
-        self._header = _HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
+        self._header = HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
 
     def _drain(self) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
@@ -752,6 +541,8 @@ class Archive:
         #: relative paths of files renamed into place whose commit has not indexed them yet;
         #: guarded by _write_lock
         self._placing: set[str] = set()
+        #: records of durable instances whose index write failed after their answer; guarded by _db_lock
+        self._unindexed: list[index.InstanceRecord] = []
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -900,6 +691,46 @@ class Archive:
         d = deferToThreadPool(self.reactor, self._pool, function, *args)
         return d.addBoth(lambda result: (self._busy(-1), result)[1])
 
+    def _run_answering(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        """:meth:`_run` for work that answers before it ends: ``function(answer, *args)``.
+
+        Calling ``answer(result)`` in the worker fires the Deferred (through
+        the reactor) while the work goes on; its end then only matters to the
+        pool (close() joins the threads, and takes the index's lock the rest
+        holds).  Without a call to ``answer``, the return value or exception
+        is the answer, as with :meth:`_run`.
+        """
+        if self._stopped:
+            return defer.fail(OutOfResources("the archive is closed"))
+        try:
+            self.start()
+        except ArchiveError:
+            return defer.fail()
+        self._busy(+1)
+        d: Deferred = Deferred()
+        answered: list[bool] = []
+
+        def answer(result: object) -> None:
+            if not answered:
+                answered.append(True)
+                self.reactor.callFromThread(d.callback, result)
+
+        def work() -> None:
+            try:
+                result = function(answer, *args)
+            except BaseException:
+                failure = Failure()
+                if answered:  # pragma: no cover - the work after the answer handles its own failures
+                    _log.failure("archive work failed after its answer", failure)
+                    return
+                answered.append(True)
+                self.reactor.callFromThread(d.errback, failure)
+            else:
+                answer(result)
+
+        self._pool.callInThread(work)
+        return d.addBoth(lambda result: (self._busy(-1), result)[1])
+
     def _submit(self, work: Callable[[], None]) -> None:
         """Queue side work in the pool (no Deferred; whoever waits for it can run it instead)."""
         if self.started and not self._stopped:
@@ -915,11 +746,21 @@ class Archive:
     def _sql(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(connection, *args)`` with the index (worker thread)."""
         with self._db_lock:
-            if self._conn is None:
-                if self._db_closed:  # work that got in while close() ran: the index stays closed
-                    raise OutOfResources("the archive is closed")
-                self._conn = index.connect(str(self.root / INDEX_NAME))
-            return function(self._conn, *args)
+            if self._unindexed:
+                try:
+                    self._put_unindexed()
+                except (sqlite3.Error, OSError, ArchiveError) as exc:
+                    _log.warn("{n} instance(s) stored but not yet indexed: {error}", n=len(self._unindexed),
+                              error=exc)
+            return self._sql_locked(function, *args)
+
+    def _sql_locked(self, function: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`_sql`, holding ``_db_lock``."""
+        if self._conn is None:
+            if self._db_closed:  # work that got in while close() ran: the index stays closed
+                raise OutOfResources("the archive is closed")
+            self._conn = index.connect(str(self.root / INDEX_NAME))
+        return function(self._conn, *args)
 
     # -- IArchive -------------------------------------------------------------------------
 
@@ -1061,15 +902,15 @@ class Archive:
             return result
 
         try:
-            d = lock.run(self._run, self._store, incoming)
+            d = lock.run(self._run_answering, self._store, incoming)
         except Exception:
             d = defer.fail()
         return d.addBoth(finished)
 
-    def _store(self, incoming: IncomingInstance) -> ArchivedInstance:
+    def _store(self, answer: Callable[[object], None], incoming: IncomingInstance) -> ArchivedInstance:
         temp = incoming.temp_path
         try:
-            return self._store_file(incoming)
+            return self._store_file(incoming, answer)
         except ArchiveError:
             _unlink(temp)
             raise
@@ -1083,8 +924,12 @@ class Archive:
         finally:
             incoming._close_file()
 
-    def _store_file(self, incoming: IncomingInstance) -> ArchivedInstance:
+    def _store_file(self, incoming: IncomingInstance, answer: Callable[[object], None]) -> ArchivedInstance:
         """Sync, check, rename and index one instance (worker thread).
+
+        ``answer`` is called with the result once the file and its name are
+        durable, and the index row written right after it (see
+        :meth:`_index_new`); a failure before that is raised as before.
 
         Two orders, the same guarantee once it returns (file, name and
         directory synced): a new file is renamed into place *before* its fsync,
@@ -1164,9 +1009,6 @@ class Archive:
                 incoming._close_file()
             if self.fsync:
                 _fsync_dir(final.parent)
-            with self._write_lock:
-                previous = self._sql(index.put, record)
-                self._placing.discard(rel)
         except Exception:
             with self._write_lock:
                 self._placing.discard(rel)
@@ -1180,14 +1022,49 @@ class Archive:
                     _log.warn("{uid}: stored in place over the previous copy, but not indexed; "
                               "reconcile refreshes its row", uid=incoming.sop_instance_uid)
             raise
-        replaced = False
-        if previous is not None and previous != rel:
-            old_path = self.root.joinpath(*previous.split("/"))
-            replaced = old_path.exists()
-            _unlink(old_path)
-        elif previous is not None:
-            replaced = final_existed  # overwritten in place (or its file had vanished: stored as new)
-        return ArchivedInstance.of(self.root, record, replaced=replaced, duplicate_discarded=False, path=final)
+        stored = ArchivedInstance.of(self.root, record, replaced=final_existed, duplicate_discarded=False, path=final)
+        self._index_new(record, answer, stored)
+        return stored
+
+    def _index_new(self, record: index.InstanceRecord, answer: Callable[[object], None],
+                   stored: ArchivedInstance) -> None:
+        """Answer (the instance is durable), then index it, holding the index's lock across both.
+
+        The answer goes out before the index write (~0.1 ms, +13-17 % instances/s
+        on one association): the sender's next instance is on its way while the
+        row is written.  Every read of the index takes the same lock
+        (:meth:`_sql`), so whatever learns of this instance -- a hook, a C-FIND,
+        a storage commitment -- finds its row.  The stored copy of the same SOP
+        Instance under other Study/Series UIDs is removed here too, still
+        holding the lock.  An index write that fails now cannot fail the
+        C-STORE any more (the file is durable, the sender was told so): the row
+        is written again before the next use of the index
+        (:attr:`_unindexed`), and reconcile() indexes the file in any case.
+        """
+        with self._write_lock, self._db_lock:
+            answer(stored)
+            try:
+                self._put_unindexed()
+                self._put(record)
+            except (sqlite3.Error, OSError, ArchiveError) as exc:
+                self._unindexed.append(record)
+                _log.error("{uid}: stored durably, but the index write failed ({error}); it is retried with "
+                           "the next use of the index, and reconcile() indexes the file in any case",
+                           uid=record.sop_instance_uid, error=exc)
+            finally:
+                self._placing.discard(record.path)
+
+    def _put(self, record: index.InstanceRecord) -> None:
+        """Index a durable instance; remove the stored copy it replaced elsewhere (holding ``_db_lock``)."""
+        previous = self._sql_locked(index.put, record)
+        if previous is not None and previous != record.path:
+            _unlink(self.root.joinpath(*previous.split("/")))
+
+    def _put_unindexed(self) -> None:
+        """Index the instances whose index write failed after their answer (holding ``_db_lock``)."""
+        while self._unindexed:
+            self._put(self._unindexed[0])
+            del self._unindexed[0]
 
     def _mark_length(self, fd: int, size: int) -> bool:
         """Record the file's full length in an extended attribute; False where they are not supported."""

@@ -22,13 +22,14 @@ from pydicom.uid import ExplicitVRBigEndian, generate_uid
 from twisted.logger import formatEvent
 
 from dimsekit_plugins.archive import Archive, OutOfResources, index
+from dimsekit_plugins.archive import header as header_module
 from dimsekit_plugins.archive import store as store_module
+from dimsekit_plugins.archive.header import HeaderJob as _HeaderJob
+from dimsekit_plugins.archive.header import header_from_prefix
 from dimsekit_plugins.archive.store import (
     _LENGTH_XATTR,
     _PREFIX,
     _encode_part10_header,
-    _HeaderJob,
-    header_from_prefix,
     part10_header,
 )
 from tests.plugins.test_archive_support import (
@@ -185,9 +186,9 @@ def test_the_scan_gives_what_pydicom_reads_from_the_whole_data_set_or_nothing(tm
     assert header_from_prefix(data, True, syntax) == expected
     prefix = data[: int(len(data) * cut)]
     assert header_from_prefix(prefix, False, syntax) in (None, expected)
-    wanted, sequences = store_module._scan_sets(index.HEADER_KEYWORDS)
-    _tags, last = store_module._header_tags(index.HEADER_KEYWORDS)
-    found = store_module.scan_header(data, True, syntax == IMPLICIT_VR_LE, wanted, last, sequences)
+    wanted, sequences = header_module._scan_sets(index.HEADER_KEYWORDS)
+    _tags, last = header_module._header_tags(index.HEADER_KEYWORDS)
+    found = header_module.scan_header(data, True, syntax == IMPLICIT_VR_LE, wanted, last, sequences)
     if found is not None:  # what the scan found is what pydicom's reader makes of those elements
         reference = read_dataset(BytesIO(data), syntax == IMPLICIT_VR_LE, True, specific_tags=list(found))
         assert set(found) <= set(reference.keys())
@@ -215,15 +216,15 @@ def test_a_plain_image_header_is_found_by_the_scan_and_pydicom_does_not_read_it(
     ds["ReferencedImageSequence"].is_undefined_length = undefined_sequence
     data = encode(ds, syntax)
     expected = header_from_prefix(data, True, syntax)
-    monkeypatch.setattr(store_module, "read_dataset", None)  # the fallback would now fail
+    monkeypatch.setattr(header_module, "read_dataset", None)  # the fallback would now fail
     assert header_from_prefix(data, True, syntax) == expected
     assert expected["series_instance_uid"] == ds.SeriesInstanceUID
 
 
 @pytest.mark.parametrize("case", ["sequence the index reads", "unknown VR", "length past the end"])
 def test_what_the_scan_cannot_frame_is_left_to_pydicom(case):
-    wanted, sequences = store_module._scan_sets(index.HEADER_KEYWORDS)
-    _tags, last = store_module._header_tags(index.HEADER_KEYWORDS)
+    wanted, sequences = header_module._scan_sets(index.HEADER_KEYWORDS)
+    _tags, last = header_module._header_tags(index.HEADER_KEYWORDS)
     ds = make_dataset(pixels=b"")
     if case == "sequence the index reads":
         ds.RequestAttributesSequence = [make_dataset(pixels=b"")]
@@ -232,7 +233,7 @@ def test_what_the_scan_cannot_frame_is_left_to_pydicom(case):
         data = b"\x08\x00\x05\x00QQ\x00\x00" + encode(ds)
     else:
         data = encode(ds)[:-3]
-    assert store_module.scan_header(data, True, False, wanted, last, sequences) is None
+    assert header_module.scan_header(data, True, False, wanted, last, sequences) is None
     values = header_from_prefix(data, True, EXPLICIT_VR_LE)  # pydicom's answer
     if case == "sequence the index reads":
         assert values["request_attributes"] is not None
@@ -541,13 +542,13 @@ def test_the_rest_of_a_large_data_set_goes_to_its_file_as_its_commit_is_queued_w
     from twisted.internet.defer import Deferred
 
     queued = []
-    real_run = archive._run
+    real_run = archive._run_answering
 
     def run(function, *args):
         queued.append((function, args, Deferred()))
         return queued[-1][2]
 
-    monkeypatch.setattr(archive, "_run", run)
+    monkeypatch.setattr(archive, "_run_answering", run)
     other = archive.receive(CT_IMAGE_STORAGE, generate_uid(), EXPLICIT_VR_LE, "SENDER") if others else None
     ds = make_dataset(pixels=b"\x09" * (3 * _PREFIX))  # under 256 KiB: the rest waits for the commit
     incoming, data = _send_large(archive, ds)

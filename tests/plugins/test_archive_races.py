@@ -11,6 +11,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 from pydicom import config as pydicom_config
@@ -27,6 +28,7 @@ from tests.plugins.test_archive_support import (
     open_archive,
     receive,
     store,
+    wait_for,
 )
 
 
@@ -85,8 +87,8 @@ def test_reconcile_beside_a_commit_moving_an_instance_keeps_the_new_copy(root, c
     incoming = receive(archive, encode(second), sop_class=CT_IMAGE_STORAGE, sop_instance=uid)
     stored = clock.wait(incoming.commit())
     assert reports and reports[0]["stale_removed"] == []  # the new copy was not taken for a stale one
-    assert Path(stored.path).exists() and not old.exists()
-    assert clock.wait(archive.lookup(uid)).path == stored.path
+    assert clock.wait(archive.lookup(uid)).path == stored.path  # (a read waits for the index write)
+    assert Path(stored.path).exists() and not old.exists()  # the old copy went with it
     clock.wait(archive.close())
 
 
@@ -137,20 +139,87 @@ def test_a_failed_directory_fsync_after_the_rename_leaves_no_file(root, clock, m
     clock.wait(archive.close())
 
 
-def test_a_failed_index_write_after_the_rename_leaves_no_file(root, clock, monkeypatch):
-    archive = open_archive(root, clock)
-    ds = make_dataset()
+def _held_put(monkeypatch):
+    """index.put made to wait for the test: (released Event, list of what happened, in order)."""
+    release = threading.Event()
+    events: list[str] = []
+    real_put = store_module.index.put
 
-    def put(conn, record):
-        raise store_module.sqlite3.OperationalError("disk I/O error")
+    def put(conn, record, **kwargs):
+        events.append("put waits")
+        assert release.wait(10), "the test never released the index write"
+        result = real_put(conn, record, **kwargs)
+        events.append("put done")
+        return result
 
     monkeypatch.setattr(store_module.index, "put", put)
-    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
-                                     sop_instance=ds.SOPInstanceUID).commit())
-    monkeypatch.undo()
-    assert isinstance(error, OutOfResources)
-    assert not _final(root, ds).exists()
+    return release, events
+
+
+def test_the_answer_comes_before_the_index_write_and_a_read_waits_for_the_row(root, clock, monkeypatch):
+    archive = open_archive(root, clock)
+    ds = make_dataset()
+    release, events = _held_put(monkeypatch)
+    stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                sop_instance=ds.SOPInstanceUID).commit())
+    # Answered while the index write is still held: the file is durable and in place.
+    assert Path(stored.path).exists() and "put done" not in events
+    assert wait_for(lambda: events == ["put waits"])
+    looked_up = archive.lookup(ds.SOPInstanceUID)
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        clock.run_pending()
+        time.sleep(0.01)
+    assert not looked_up.called  # a read that follows the answer waits for the row ...
+    release.set()
+    found = clock.wait(looked_up)
+    assert found is not None and found.path == stored.path  # ... and finds it
+    assert events == ["put waits", "put done"]
     clock.wait(archive.close())
+
+
+def test_close_right_after_an_answer_waits_for_its_index_write(root, clock, monkeypatch):
+    archive = open_archive(root, clock)
+    ds = make_dataset()
+    release, events = _held_put(monkeypatch)
+    clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit())
+    closed = archive.close()
+    threading.Timer(0.2, release.set).start()
+    clock.wait(closed)
+    assert events == ["put waits", "put done"]
+    monkeypatch.undo()
+    again = open_archive(root, clock)
+    assert clock.wait(again.lookup(ds.SOPInstanceUID)) is not None
+    clock.wait(again.close())
+
+
+def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(root, clock, monkeypatch):
+    # Answered: the file is durable and the sender told so; the row is written with the next use of the index.
+    archive = open_archive(root, clock)
+    ds = make_dataset()
+    real_put = store_module.index.put
+    calls: list[str] = []
+
+    def put(conn, record, **kwargs):
+        calls.append(record.sop_instance_uid)
+        if len(calls) == 1:
+            raise store_module.sqlite3.OperationalError("disk I/O error")
+        return real_put(conn, record, **kwargs)
+
+    monkeypatch.setattr(store_module.index, "put", put)
+    stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                sop_instance=ds.SOPInstanceUID).commit())
+    assert Path(stored.path).exists()
+    assert wait_for(lambda: len(archive._unindexed) == 1)
+    assert rel_path(root, stored) not in archive._placing  # reconcile would index it too
+    found = clock.wait(archive.lookup(ds.SOPInstanceUID))  # the next use of the index writes it first
+    assert found is not None and found.path == stored.path
+    assert calls == [ds.SOPInstanceUID, ds.SOPInstanceUID] and archive._unindexed == []
+    clock.wait(archive.close())
+
+
+def rel_path(root, stored) -> str:
+    return str(Path(stored.path).relative_to(root))
 
 
 def test_a_copy_sent_again_and_cut_by_a_crash_is_quarantined_though_its_row_exists(root, clock):

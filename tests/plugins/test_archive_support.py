@@ -155,14 +155,21 @@ def receive(archive: Any, data: bytes, *, sop_class: str, sop_instance: str,
 
 def store(archive: Any, clock: ThreadedClock, ds: Dataset, *, transfer_syntax: str = EXPLICIT_VR_LE,
           source_ae: str | None = "SENDER", sop_instance: str | None = None, sop_class: str | None = None) -> Any:
-    """Store ``ds`` through receive/write/close/commit; the StoredInstance."""
+    """Store ``ds`` through receive/write/close/commit; the StoredInstance.
+
+    Returns once its index row is written too: the commit answers first (see
+    ``Archive._index_new``); reads through the archive wait for the row, the
+    tests that open the database file themselves must not.
+    """
     incoming = receive(
         archive, encode(ds, transfer_syntax),
         sop_class=sop_class or str(ds.SOPClassUID),
         sop_instance=sop_instance or str(ds.SOPInstanceUID),
         transfer_syntax=transfer_syntax, source_ae=source_ae,
     )
-    return clock.wait(incoming.commit())
+    stored = clock.wait(incoming.commit())
+    clock.wait(archive.query("SELECT 1"))
+    return stored
 
 
 def drain_threads(monkeypatch: Any) -> list[threading.Thread]:

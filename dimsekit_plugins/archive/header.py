@@ -1,0 +1,235 @@
+"""Reading a data set's header for the archive's index from its first bytes.
+
+The elements the index needs are found by a scan of the elements' framing
+(tag, VR, length) in little endian data sets, values converted by pydicom
+(:func:`~dimsekit_plugins.archive.index.header_values`); pydicom's reader
+reads whatever the scan cannot frame.  See :func:`header_from_prefix`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import io
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from dimsekit_plugins.archive import index
+
+
+class HeaderJob:
+    """Reading an instance's header for the index, maybe in a pool thread while the rest arrives.
+
+    :meth:`run` may be called by a pool job (a large data set's, see
+    :meth:`IncomingInstance._create_and_read`); the commit's worker calls
+    :meth:`result`: it takes the result, waits for a run in progress, or --
+    when no thread has started it (a busy pool, or a small data set) -- claims
+    the job and does the work itself, so a commit never waits on a queued job.
+    """
+
+    __slots__ = ("_function", "_future")
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self._function = function
+        self._future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run(self) -> None:
+        if not self._future.set_running_or_notify_cancel():
+            return  # result() took it over
+        try:
+            self._future.set_result(self._function())
+        except BaseException as exc:  # handed to result()
+            self._future.set_exception(exc)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self) -> Any:
+        if self._future.cancel():  # nobody started it: do it here
+            return self._function()
+        return self._future.result()
+
+
+@functools.lru_cache(maxsize=8)
+def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
+    """The tags of the index's keywords, and the last of them."""
+    tags = [int(tag_for_keyword(keyword)) for keyword in keywords]  # type: ignore[arg-type]
+    return tags, max(tags)
+
+
+# -- finding the index's elements in a little endian data set ---------------------------------
+#
+# pydicom's reader costs ~3 us per element in Python, for every element up to
+# the last one the index needs (~25 in a typical image): most of a small
+# instance's header time.  The scan below only frames elements -- tag, VR,
+# length -- and hands those the index needs to pydicom as the raw elements
+# its own reader would have made (values still converted by pydicom or the
+# index's checked fast path).  Anything it does not frame exactly as pydicom
+# would -- big endian, an unknown VR, a sequence the index reads, an
+# undefined length it cannot skip, a length past the end -- gives None, and
+# pydicom reads the data set as before.  A property test holds its result
+# to pydicom's reading of the whole data set.
+
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")
+_IMPLICIT_HEAD = struct.Struct("<HHL")
+_ULONG = struct.Struct("<L")
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+#: explicit VRs with a 2-byte length
+_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+#: nesting of undefined-length sequences followed before giving up (pydicom reads it)
+_MAX_DEPTH = 16
+
+
+class _Unframed(Exception):
+    """The scan cannot frame the data set as pydicom would: pydicom reads it."""
+
+
+def _element_head(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR bytes or None, value length, value offset) of the element at ``pos``."""
+    if implicit:
+        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
+        return group << 16 | element, None, length, pos + 8
+    group, element, vr, length = _EXPLICIT_HEAD.unpack_from(buf, pos)
+    tag = group << 16 | element
+    if vr in _SHORT_VRS:
+        return tag, vr, length, pos + 8
+    if vr in _LONG_VRS:
+        (length,) = _ULONG.unpack_from(buf, pos + 8)
+        return tag, vr, length, pos + 12
+    raise _Unframed
+
+
+def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
+    """The offset just past the undefined-length sequence whose items start at ``pos``."""
+    if depth > _MAX_DEPTH:
+        raise _Unframed
+    while True:
+        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
+        tag = group << 16 | element
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM:
+            raise _Unframed
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while True:  # the elements of an undefined-length item, up to its delimiter
+            group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
+            if group << 16 | element == _ITEM_END:
+                pos += 8
+                break
+            tag, vr, length, pos = _element_head(buf, pos, implicit)
+            if length == _UNDEFINED:
+                if vr is not None and vr != b"SQ":
+                    raise _Unframed  # an undefined-length UN: implicit VR inside
+                pos = _skip_sequence(buf, pos, implicit, depth + 1)
+            else:
+                pos += length
+
+
+def scan_header(
+    buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int]
+) -> dict[int, RawDataElement] | None:
+    """The raw elements ``wanted`` of the little endian data set in ``buf``, as pydicom's
+    reader would make them, reading up to the first element past ``last``; None when
+    pydicom must read it (see above), or when ``buf`` -- not ``complete`` -- ends first.
+    """
+    end = len(buf)
+    pos = 0
+    found: dict[int, RawDataElement] = {}
+    try:
+        while pos < end:
+            tag, vr, length, start = _element_head(buf, pos, implicit)
+            if tag > last:
+                return found
+            if length == _UNDEFINED:
+                if tag in wanted or vr is not None and vr != b"SQ":
+                    raise _Unframed
+                pos = _skip_sequence(buf, start, implicit, 0)
+                continue
+            pos = start + length
+            if pos > end:
+                raise _Unframed
+            if tag in wanted:
+                if tag in sequences:
+                    raise _Unframed
+                found[tag] = RawDataElement(
+                    BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,
+                    True, True,
+                )
+    except (_Unframed, struct.error):
+        return None
+    return found if complete else None
+
+
+_int_gt = int.__gt__
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """(a transfer syntax whose data set pydicom reads from the bytes as they are -- not deflated,
+    little endian, implicit VR)."""
+    syntax = UID(transfer_syntax)
+    if not syntax.is_transfer_syntax or syntax.is_deflated:
+        return False, False, False
+    return True, syntax.is_little_endian, syntax.is_implicit_VR
+
+
+@functools.lru_cache(maxsize=8)
+def _scan_sets(keywords: tuple[str, ...]) -> tuple[frozenset[int], frozenset[int]]:
+    """The tags of the index's keywords, and those of them that are sequences."""
+    tags, _last = _header_tags(keywords)
+    sequences = frozenset(int(tag_for_keyword(spec.sequence)) for spec in index.ITEM_TABLES)  # type: ignore[arg-type]
+    return frozenset(tags), sequences
+
+
+def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> dict[str, Any] | None:
+    """The index values of a data set read from its first bytes, or None to read the file.
+
+    A little endian data set is scanned (:func:`scan_header`); pydicom's reader
+    reads the rest, and whatever the scan leaves to it.
+
+    ``prefix`` holds the first bytes of a data set in ``transfer_syntax``
+    (all of it when ``complete``).  None when they may not hold every element the index
+    needs (the header goes on past them), for a deflated or unknown transfer
+    syntax, or when pydicom cannot read them -- the caller then reads the file,
+    which also gives the authoritative error.
+    """
+    readable, little_endian, implicit = _syntax(transfer_syntax)
+    if not readable:
+        return None
+    tags, last = _header_tags(index.HEADER_KEYWORDS)
+    if little_endian:
+        wanted, sequences = _scan_sets(index.HEADER_KEYWORDS)
+        found = scan_header(prefix, complete, implicit, wanted, last, sequences)
+        if found is not None:
+            try:
+                return index.header_values(None, elements=found)
+            except Exception:
+                pass  # pydicom's reader below gives the answer
+    stream = io.BytesIO(prefix)
+    try:
+        dataset = read_dataset(
+            stream, implicit, little_endian,
+            stop_when=lambda tag, vr, length: _int_gt(tag, last),  # not BaseTag.__gt__, in Python
+            specific_tags=tags,  # type: ignore[arg-type]
+        )
+        if not complete and stream.tell() >= len(prefix):
+            return None  # stopped by the end of the prefix, not past the last element needed
+        return index.header_values(dataset)
+    except Exception:
+        return None

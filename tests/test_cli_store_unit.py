@@ -390,7 +390,9 @@ class FakeAssociation:
         self.peer.stored.append(name)
         self.peer.commands.append((name, getattr(dataset, "sop_class_uid", None),
                                    getattr(dataset, "sop_instance_uid", None)))
-        if name in self.peer.abort_on or (self.peer.abort_every and self.stores == 0):
+        if name in self.peer.abort_on or name in self.peer.abort_always or (
+                self.peer.abort_every and self.stores == 0):
+            self.peer.abort_on.discard(name)
             self.ended = "aborted by the peer (A-ABORT)"
             return defer.fail(AssociationAborted("aborted by the peer (A-ABORT)"))
         self.stores += 1
@@ -419,7 +421,8 @@ class FakePeer:
         #: (file name, Affected SOP Class UID, Affected SOP Instance UID) of each C-STORE-RQ
         self.commands: list[tuple[str, str | None, str | None]] = []
         self.statuses: dict[str, int] = {}
-        self.abort_on: set[str] = set()  #: files whose C-STORE the peer aborts the association on
+        self.abort_on: set[str] = set()  #: files whose first C-STORE the peer aborts the association on
+        self.abort_always: set[str] = set()  #: files whose every C-STORE the peer aborts the association on
         self.abort_every = False  #: abort every association on its first C-STORE
         self.end_after: set[str] = set()  #: files after whose response the peer aborts
         self.connect_error: Exception | None = None  #: every association attempt fails so
@@ -638,20 +641,35 @@ def test_no_association_is_one_line_on_stderr_and_exit_1(files, exc, words):
     assert line.startswith("dimsekit store: ") and words in line.lower()
 
 
-def test_abort_midway_fails_that_file_and_the_rest_go_on_a_new_association(files):
+def test_abort_midway_sends_that_file_again_first_and_the_rest_on_a_new_association(files):
     peer = FakePeer()
     peer.abort_on.add("MR_small_RLE.dcm")
     code, out, err = run_store(peer, files)
-    assert code == 1  # one file failed
-    assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm", "rtdose.dcm"]
+    assert code == 0, out + err  # every file stored in the end
+    assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_RLE.dcm", "rtdose.dcm"]
     assert len(peer.associations) == 2
-    assert [pc.abstract_syntax for pc in peer.associations[1].rq.presentation_contexts] == [RTDOSE, RTDOSE]
-    assert out.startswith("Stored 2 of 3 instances on ANY-SCP@127.0.0.1:11112 (2 Success, 0 Warning, 1 Failure, "
+    assert RTDOSE in {pc.abstract_syntax for pc in peer.associations[1].rq.presentation_contexts}
+    assert out.startswith("Stored 3 of 3 instances on ANY-SCP@127.0.0.1:11112 (3 Success, 0 Warning, 0 Failure, "
                           "0 not sent)")
     assert "2 associations (1 reconnect after an abort or a lost connection)" in out.splitlines()[0]
-    assert "MR_small_RLE.dcm: aborted by the peer (A-ABORT)" in out
-    assert "not sent" not in out.split("\n", 1)[1]
     assert without_rtdose_warning(err) == [
+        "dimsekit store: aborted by the peer (A-ABORT); a new association for the 2 file(s) left, "
+        "MR_small_RLE.dcm again first"]
+
+
+def test_a_file_whose_association_is_lost_twice_fails_and_the_rest_go_on(files):
+    peer = FakePeer()
+    peer.abort_always.add("MR_small_RLE.dcm")  # a peer that cannot take this one
+    code, out, err = run_store(peer, files)
+    assert code == 1  # one file failed
+    assert peer.stored == ["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_RLE.dcm", "rtdose.dcm"]
+    assert len(peer.associations) == 3
+    assert out.startswith("Stored 2 of 3 instances on ANY-SCP@127.0.0.1:11112 (2 Success, 0 Warning, 1 Failure, "
+                          "0 not sent)")
+    assert "MR_small_RLE.dcm: aborted by the peer (A-ABORT)" in out
+    assert without_rtdose_warning(err) == [
+        "dimsekit store: aborted by the peer (A-ABORT); a new association for the 2 file(s) left, "
+        "MR_small_RLE.dcm again first",
         "dimsekit store: aborted by the peer (A-ABORT); a new association for the 1 file(s) left"]
 
 
@@ -673,10 +691,11 @@ def test_a_peer_aborting_every_association_is_given_up_on_after_three_in_a_row()
     sleeps: list[float] = []
     gave_up = "gave up after 3 associations in a row aborted or not made (aborted by the peer (A-ABORT))"
     tally = send_infos(peer, infos, fatal=gave_up, sleeps=sleeps)
-    assert peer.stored == ["f0", "f1", "f2"] and len(peer.associations) == 3
+    # f0 aborted, sent again and aborted again: failed; f1 aborted as the run gives up: failed
+    assert peer.stored == ["f0", "f0", "f1"] and len(peer.associations) == 3
     assert [(o.path.name, o.kind, o.detail) for o in tally.outcomes] == [
-        (f"f{n}", "failure", "aborted by the peer (A-ABORT)") for n in range(3)]
-    assert [p.name for p in tally.not_sent] == ["f3", "f4", "f5"]
+        (f"f{n}", "failure", "aborted by the peer (A-ABORT)") for n in range(2)]
+    assert [p.name for p in tally.not_sent] == ["f2", "f3", "f4", "f5"]
     assert (tally.associations, tally.reconnects) == (3, 2)
     assert sleeps == [1.0, 2.0]  # a longer pause after each loss in a row
 
@@ -687,9 +706,9 @@ def test_the_count_of_aborts_in_a_row_restarts_when_the_peer_answers():
     infos = [info(CT, ELE, f"f{n}") for n in range(7)]
     sleeps: list[float] = []
     tally = send_infos(peer, infos, sleeps=sleeps)
-    assert peer.stored == [f"f{n}" for n in range(7)]
-    assert [o.path.name for o in tally.outcomes if o.kind == "failure"] == ["f1", "f3", "f5"]
-    assert tally.count("success") == 4 and tally.not_sent == []
+    assert peer.stored == ["f0", "f1", "f1", "f2", "f3", "f3", "f4", "f5", "f5", "f6"]  # each sent again
+    assert [o.path.name for o in tally.outcomes if o.kind == "failure"] == []
+    assert tally.count("success") == 7 and tally.not_sent == []
     assert (tally.associations, tally.reconnects) == (4, 3)
     assert sleeps == [1.0, 1.0, 1.0]
 
@@ -701,7 +720,7 @@ def test_failed_connections_after_an_abort_count_towards_the_limit():
     infos = [info(CT, ELE, f"f{n}") for n in range(4)]
     sleeps: list[float] = []
     tally = send_infos(peer, infos, sleeps=sleeps)
-    assert peer.stored == ["f0", "f1", "f2", "f3"] and peer.attempts == 3
+    assert peer.stored == ["f0", "f1", "f1", "f2", "f3"] and peer.attempts == 3
     assert (tally.associations, tally.reconnects) == (2, 1)
     assert sleeps == [1.0, 2.0]
     # refused twice more after the abort: three in a row, given up
@@ -711,6 +730,8 @@ def test_failed_connections_after_an_abort_count_towards_the_limit():
     gave_up = "gave up after 3 associations in a row aborted or not made (connection refused)"
     tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)], fatal=gave_up)
     assert peer.attempts == 3 and [p.name for p in tally.not_sent] == ["f2", "f3"]
+    assert [(o.path.name, o.kind, o.detail) for o in tally.outcomes if o.kind == "failure"] == [
+        ("f1", "failure", "aborted by the peer (A-ABORT)")]  # never sent again: failed, with why
 
 
 def test_a_permanent_rejection_after_an_abort_gives_up_at_once_a_transient_one_is_retried():
@@ -720,11 +741,12 @@ def test_a_permanent_rejection_after_an_abort_gives_up_at_once_a_transient_one_i
     why = "association rejected (rejected-permanent): DICOM UL service-user: calling-AE-title-not-recognized"
     tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)], fatal=why)
     assert peer.attempts == 2 and [p.name for p in tally.not_sent] == ["f2", "f3"]
+    assert [o.path.name for o in tally.outcomes if o.kind == "failure"] == ["f1"]
     peer = FakePeer()
     peer.abort_on.add("f1")
     peer.connect_script = [None, AssociationRejected(2, 3, 1), None]  # temporary congestion
     tally = send_infos(peer, [info(CT, ELE, f"f{n}") for n in range(4)])
-    assert peer.stored == ["f0", "f1", "f2", "f3"] and peer.attempts == 3 and tally.not_sent == []
+    assert peer.stored == ["f0", "f1", "f1", "f2", "f3"] and peer.attempts == 3 and tally.not_sent == []
 
 
 def test_an_association_the_peer_ends_after_a_response_fails_no_file():

@@ -25,9 +25,10 @@ contexts (files left without one are retried on a new association proposing
 only what they need; a file the peer takes in no way is a failure).
 
 An abort does not end the run: when the peer aborts the association (A-ABORT,
-a dropped connection, or no response within --timeout), the file in flight
-fails, with the reason, and the files left go on a new association, after a
-pause (1 s, then 2 s, ...).  The run gives up -- the files left are "not
+a dropped connection, or no response within --timeout), the files left go on
+a new association, after a pause (1 s, then 2 s, ...), the file in flight
+first: it is sent once more (lost with that association too, it fails, with
+the reason).  The run gives up -- the files left are "not
 sent" -- after --max-aborts (3) associations in a row are aborted or cannot be
 made with no response from the peer in between, or at once when the peer
 refuses the association for good (A-ASSOCIATE-RJ permanent) or the first
@@ -97,6 +98,8 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 MAX_ABORTS = 3
 #: seconds to wait before a new association after one was lost, times the losses in a row
 RETRY_DELAY = 1.0
+#: times the file in flight when an association was lost is sent again (then it fails)
+RESENDS = 1
 
 Context = tuple[str, tuple[str, ...]]
 
@@ -110,8 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress and no summary; print only warnings, failures and errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
     parser.add_argument("--max-aborts", type=_positive, default=MAX_ABORTS, metavar="N",
-                        help="when the peer aborts an association (or the connection drops), the file in flight "
-                             "fails and the rest go on a new one; give up after N associations in a row aborted "
+                        help="when the peer aborts an association (or the connection drops), the rest go on a "
+                             "new one, the file in flight first (once); give up after N associations in a row aborted "
                              f"or not made, with no response in between (default {MAX_ABORTS}; 1: stop at the "
                              "first abort, as storescu does)")
 
@@ -540,10 +543,10 @@ async def _send(
 ) -> None:
     """Send every file, recording each outcome in ``tally``.
 
-    An association the peer aborts (or whose connection drops) fails the
-    file in flight; the files left go on a new association, after
-    ``sleep(seconds)`` (none without it): :data:`RETRY_DELAY` times the number
-    of associations lost in a row.
+    An association the peer aborts (or whose connection drops): the files
+    left go on a new association, after ``sleep(seconds)`` (none without it):
+    :data:`RETRY_DELAY` times the number of associations lost in a row --
+    the file in flight first, :data:`RESENDS` times; then it fails.
 
     :raises _Fatal: the first connection or association failed, an
         association was refused for good (A-ASSOCIATE-RJ permanent), or
@@ -557,6 +560,8 @@ async def _send(
     done = 0
     lost = 0  # associations lost or not made in a row, with no response from the peer in between
     limit = max(1, getattr(args, "max_aborts", MAX_ABORTS))
+    resent: dict[int, int] = {}  # id of a file -> times sent again after an association was lost with it
+    lost_with: dict[int, str] = {}  # id of a file -> why the association was lost while it was in flight
 
     def note(text: str) -> None:
         if not args.quiet:
@@ -581,10 +586,10 @@ async def _send(
             refused = isinstance(failure.value, AssociationRejected) and failure.value.result == 1
             if tally.associations == 0 or refused:
                 # the peer was never reached, or says no for good: trying again changes nothing
-                raise _stop(tally, None, files, queue, reason) from None
+                raise _stop(tally, None, files, queue, reason, lost_with) from None
             lost += 1
             if lost >= limit:
-                raise _stop(tally, None, files, queue, give_up(reason)) from None
+                raise _stop(tally, None, files, queue, give_up(reason), lost_with) from None
             note(f"no new association ({reason}); trying again for {len(files)} file(s)")
             queue.appendleft((files, splittable))
             continue
@@ -594,6 +599,7 @@ async def _send(
         attempted: set[int] = set()  # ids of the files sent (or failed) on this association
         left: list[Part10Info] = []
         ended: str | None = None  # why the association was lost, if it was
+        in_flight: Part10Info | None = None  # the file it was lost with, to send again
         for info in files:
             if not can_send(association.negotiated, info):
                 left.append(info)
@@ -610,10 +616,12 @@ async def _send(
                     ended = str(exc)
             except Exception:
                 reason = describe_failure(Failure())
-                tally.add(Outcome(info.path, "failure", reason))
                 if not association.ended:
+                    tally.add(Outcome(info.path, "failure", reason))
                     raise _stop(tally, None, [i for i in files if id(i) not in attempted], queue, reason) from None
                 ended = reason
+                in_flight = info
+                break
             else:
                 tally.add(_outcome(info, response))
                 lost = 0  # the peer answers: the next loss starts a new count
@@ -624,10 +632,19 @@ async def _send(
         if ended is not None:
             lost += 1
             rest = [i for i in files if id(i) not in attempted]
+            if in_flight is not None:
+                if lost < limit and resent.get(id(in_flight), 0) < RESENDS:
+                    resent[id(in_flight)] = resent.get(id(in_flight), 0) + 1
+                    lost_with[id(in_flight)] = ended  # its outcome, should the run give up before
+                    rest.insert(0, in_flight)  # (the peer may have stored it: a copy of the same instance)
+                else:
+                    tally.add(Outcome(in_flight.path, "failure", ended))
+                    done += 1
             if lost >= limit and rest:
-                raise _stop(tally, None, rest, queue, give_up(ended)) from None
+                raise _stop(tally, None, rest, queue, give_up(ended), lost_with) from None
             if rest:
-                note(f"{ended}; a new association for the {len(rest)} file(s) left")
+                again = f", {in_flight.path.name} again first" if in_flight is not None and rest[0] is in_flight else ""
+                note(f"{ended}; a new association for the {len(rest)} file(s) left{again}")
                 queue.appendleft((rest, splittable))
             progress.update(done, tally.sent_bytes, force=True)
             continue
@@ -671,14 +688,17 @@ async def _send(
 
 def _stop(
     tally: Tally, current: Part10Info | None, rest: list[Part10Info],
-    queue: Iterable[tuple[list[Part10Info], bool]], reason: str,
+    queue: Iterable[tuple[list[Part10Info], bool]], reason: str, lost_with: dict[int, str] | None = None,
 ) -> _Fatal:
-    """Record the file in flight (if any) as failed and everything after it as not sent."""
+    """Record the file in flight (if any) as failed and everything after it as not sent -- but
+    for a file waiting to be sent again (``lost_with``): failed, with why its association was lost."""
     if current is not None:
         tally.add(Outcome(current.path, "failure", reason))
-    tally.not_sent.extend(i.path for i in rest)
-    for pending, _ in queue:
-        tally.not_sent.extend(i.path for i in pending)
+    for info in [*rest, *(i for pending, _ in queue for i in pending)]:
+        if lost_with and id(info) in lost_with:
+            tally.add(Outcome(info.path, "failure", lost_with[id(info)]))
+        else:
+            tally.not_sent.append(info.path)
     return _Fatal(reason)
 
 

@@ -43,8 +43,11 @@ class IIncomingInstance(Interface):
     def commit():  # noqa: N805
         """Make the instance durable (fsync, rename) and indexed.
 
-        :returns: a Deferred firing with a :class:`StoredInstance`; a success
-            status may be sent only after it fires.  Fails with
+        :returns: a Deferred firing with a :class:`StoredInstance` once the
+            instance is durable; a success status may be sent only after it
+            fires.  The index may be written just after, as long as no read
+            of it that follows can miss the instance (the built-in archive
+            holds its index's lock across the answer and the write).  Fails with
             :class:`~dimsekit.errors.DimsekitError` subclasses the storage
             plugin maps to statuses (out of resources, duplicate rejected, ...).
         """

@@ -10,13 +10,14 @@ How a C-STORE flows: when its command set is complete, the sink factory asks
 the archive (the ``dimsekit_archive`` hook, so any backend) for an incoming
 instance, and the data set streams into it as it arrives.  When the whole
 message is in, the handler commits it and answers once the archive says the
-instance is durable and indexed; then ``dimsekit_on_instance_stored`` tells
+instance is durable (the built-in archive indexes it right after, before any
+read of its index gets through); then ``dimsekit_on_instance_stored`` tells
 the other plugins (forwarders, routers).
 
 Statuses (PS3.4 B.2.3 Table B.2-1 and the general codes of PS3.7 Annex C):
 
 =========  =====================================================================
-0000H      Success: durable and indexed (also a duplicate kept by ``duplicates = "first"``)
+0000H      Success: durable (also a duplicate kept by ``duplicates = "first"``)
 A700H      Refused: Out of Resources -- free space below ``min_free_mb`` (refused
            before anything is written), disk full, an I/O error, no archive, shutting down
 A900H      Error: Data Set does not match SOP Class -- the data set's SOP Class or

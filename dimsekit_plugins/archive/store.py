@@ -448,7 +448,8 @@ class IncomingInstance:
         return f
 
     def commit(self) -> Deferred:
-        """Make it durable and indexed; a Deferred firing with an :class:`ArchivedInstance`."""
+        """Make it durable, then indexed; a Deferred firing with an :class:`ArchivedInstance` once durable
+        (the index row follows at once, before any read of the index gets through)."""
         if self.state == "aborted":
             return defer.fail(OutOfResources("the archive closed before the instance was complete"))
         if self.state != "closed":

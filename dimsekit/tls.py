@@ -16,6 +16,7 @@ endpoints for associations the node or a tool opens.
     verify_peer = true             # the peer must present a certificate we trust (both directions)
     verify_hostname = false        # also check that a server's certificate names the host we dial
     minimum_version = "1.2"        # "1.2" or "1.3" (BCP 195: nothing older)
+    ciphers = "forward-secret"     # TLS 1.2 cipher suites: "forward-secret" or "compatible"
 
 Certificates are checked against ``ca_certificates`` in both directions
 (mutual authentication, what PS3.15 B.1 asks for).  A peer's chain must end at
@@ -30,6 +31,15 @@ as serverAuth, or peers refuse it ("unsupported certificate").  Host names are n
 checked by default: DICOM peers are usually configured by IP address, and
 DCMTK does not check them either; ``verify_hostname = true`` turns the check
 on for the associations we open.
+
+``ciphers`` chooses TLS 1.2's cipher suites (TLS 1.3's are all forward secret
+and authenticated-encryption): ``"forward-secret"`` (the default) allows only
+ECDHE/DHE key exchange with AES-GCM or ChaCha20-Poly1305, what BCP 195 (RFC
+9325) recommends and the BCP 195 profiles of PS3.15 build on;
+``"compatible"`` also allows RSA key transport and CBC suites (OpenSSL's and
+Twisted's defaults) -- for older devices that know only PS3.15's AES profile
+(TLS_RSA_WITH_AES_128_CBC_SHA).  A handshake that fails for want of a common
+cipher suite says "no shared cipher" (or "handshake failure") in the log.
 """
 
 from __future__ import annotations
@@ -48,7 +58,13 @@ DEFAULT_TLS_PORT = 2762
 
 _VERSIONS = ("1.2", "1.3")
 _KEYS = ("certificate", "private_key", "ca_certificates", "port", "verify_peer", "verify_hostname",
-         "minimum_version")
+         "minimum_version", "ciphers")
+#: ``ciphers``: OpenSSL cipher strings for TLS 1.2 (None: Twisted's own list)
+CIPHER_CHOICES: dict[str, str | None] = {
+    # ECDHE/DHE key exchange, AEAD only (BCP 195 / RFC 9325 section 4.2); no anonymous suites
+    "forward-secret": "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS",
+    "compatible": None,
+}
 
 
 class TLSError(ConfigError):
@@ -66,6 +82,7 @@ class TLSConfig:
     verify_peer: bool = True
     verify_hostname: bool = False
     minimum_version: str = "1.2"
+    ciphers: str = "forward-secret"
     #: where relative file names are found (the configuration file's directory)
     base: str = field(default="", compare=False)
 
@@ -114,6 +131,11 @@ def from_section(values: Mapping[str, Any], *, base: str = "", prefix: str = "tl
         if version not in _VERSIONS:
             raise ConfigError(f"{prefix}.minimum_version: use \"1.2\" or \"1.3\", got {version!r}")
         kwargs["minimum_version"] = version
+    if "ciphers" in values:
+        choice = values["ciphers"]
+        if choice not in CIPHER_CHOICES:
+            raise ConfigError(f"{prefix}.ciphers: use {' or '.join(map(repr, CIPHER_CHOICES))}, got {choice!r}")
+        kwargs["ciphers"] = choice
     config = TLSConfig(**kwargs)
     if bool(config.certificate) != bool(config.private_key):
         missing = "private_key" if config.certificate else "certificate"
@@ -160,6 +182,13 @@ class TLSContext:
                            "certificates are checked against")
         self._trust = ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trusted]) if trusted else None
         self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        if config.ciphers not in CIPHER_CHOICES:
+            raise TLSError(f"{prefix}.ciphers: use {' or '.join(map(repr, CIPHER_CHOICES))}, got {config.ciphers!r}")
+        cipher_string = CIPHER_CHOICES[config.ciphers]
+        #: extra CertificateOptions arguments: the minimum version, the cipher suites
+        self._policy: dict[str, Any] = {"raiseMinimumTo": self._minimum}
+        if cipher_string is not None:
+            self._policy["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
         #: the client options without a host name check: one for every association (its SSL context made once)
         self._client_options: Any = None
 
@@ -238,7 +267,7 @@ class TLSContext:
 
     def _options(self, *, server: bool) -> Any:
         ssl = self._ssl
-        kwargs: dict[str, Any] = {"raiseMinimumTo": self._minimum}
+        kwargs: dict[str, Any] = dict(self._policy)
         if self._identity is not None:
             kwargs.update(privateKey=self._identity.privateKey.original, certificate=self._identity.original,
                           extraCertChain=self._chain)
@@ -257,7 +286,7 @@ class TLSContext:
     def client_options(self, host: str) -> Any:
         """What an association we open to ``host`` uses."""
         if self.config.verify_hostname:
-            extra: dict[str, Any] = {"raiseMinimumTo": self._minimum}
+            extra: dict[str, Any] = dict(self._policy)
             if self._identity is not None:  # a chain without a certificate is refused (ValueError)
                 extra["extraCertChain"] = self._chain
             return self._ssl.optionsForClientTLS(

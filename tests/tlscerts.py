@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -64,6 +64,8 @@ class TLSFiles:
     expired_client_key: Path
     encrypted_key: Path
     encrypted_pkcs8_key: Path
+    rsa_server_cert: Path  # an RSA key (the others are EC): what RSA key transport suites need
+    rsa_server_key: Path
 
 
 #: the pass phrase of ``encrypted_key`` and ``encrypted_pkcs8_key``
@@ -116,7 +118,7 @@ def make_tls_files(directory: Path) -> TLSFiles:
         "chained-server-leaf.crt", "chained-client.crt", "chained-client.key", "chained-client-leaf.crt",
         "other-ca.crt", "other-server.crt", "other-server.key", "other-client.crt", "other-client.key",
         "expired-server.crt", "expired-server.key", "expired-client.crt", "expired-client.key",
-        "encrypted.key", "encrypted-pkcs8.key")))
+        "encrypted.key", "encrypted-pkcs8.key", "rsa-server.crt", "rsa-server.key")))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     elsewhere = (x509.DNSName("elsewhere.example"),)
@@ -177,6 +179,13 @@ def make_tls_files(directory: Path) -> TLSFiles:
                             expired=True)
         cert_path.write_bytes(cert.public_bytes(pem))
         _write_key(key_path, key)
+
+    # a server certificate with an RSA key
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_cert = _certificate("localhost", rsa_key, "dimsekit test CA", ca_key, ca=False, usage=server_usage,
+                            names=local)
+    files.rsa_server_cert.write_bytes(rsa_cert.public_bytes(pem))
+    _write_key(files.rsa_server_key, rsa_key)
 
     # the node's key, encrypted
     node_key = serialization.load_pem_private_key(files.node_key.read_bytes(), password=None)

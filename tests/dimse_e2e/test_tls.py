@@ -252,7 +252,7 @@ def _limit(context: ssl.SSLContext, version: str) -> None:
 
 
 def python_client(port: int, version: str, files, *, cert: Path | None = None, key: Path | None = None,
-                  trust: Path | None = None, called: str = "SCP") -> tuple[str, str]:
+                  trust: Path | None = None, called: str = "SCP", ciphers: str | None = None) -> tuple[str, str]:
     """A TLS client limited to ``version`` with our client certificate (or ``cert``), checking
     the server's against ``trust`` (the test CA): after the handshake it sends an
     A-ASSOCIATE-RQ and reads the answer's PDU type.  (TLS version, "AC"/"RJ"/...), or
@@ -262,6 +262,8 @@ def python_client(port: int, version: str, files, *, cert: Path | None = None, k
     context.load_verify_locations(str(trust or files.ca))
     context.load_cert_chain(str(cert or files.client_cert), str(key or files.client_key))
     _limit(context, version)
+    if ciphers is not None:
+        context.set_ciphers(ciphers)
     rq = build_associate_rq(called_ae_title=called, calling_ae_title="PYSSL",
                             contexts=[(VERIFICATION, UNCOMPRESSED_TRANSFER_SYNTAXES)]).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
@@ -281,13 +283,15 @@ class PythonServer:
     ``result`` fires with (TLS version, PDU type received) or ("refused", reason)."""
 
     def __init__(self, files, version: str, *, cert: Path | None = None, key: Path | None = None,
-                 trust: Path | bool | None = None) -> None:
+                 trust: Path | bool | None = None, ciphers: str | None = None) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert or files.server_cert), str(key or files.server_key))
         if trust is not False:
             context.load_verify_locations(str(trust or files.ca))
             context.verify_mode = ssl.CERT_REQUIRED
         _limit(context, version)
+        if ciphers is not None:
+            context.set_ciphers(ciphers)
         #: the server name the client sent (SNI), None if none
         self.server_name: str | None = None
         context.sni_callback = self._server_name
@@ -403,6 +407,36 @@ class TLSPolicyTests(TLSTestCase):
                         self.assertIn("TLS handshake failed", line, where)
                         self.assertIn("protocol version", line, where)
                         self.assertEqual((await within(server.result))[0], "refused", where)
+
+    # -- ciphers ------------------------------------------------------------------------
+
+    async def test_rsa_key_transport_is_refused_on_the_listener_unless_compatible(self):
+        static_rsa = "AES128-SHA:AES256-GCM-SHA384"  # TLS_RSA_WITH_...: no forward secrecy
+        rsa = {"cert": self.files.rsa_server_cert, "key": self.files.rsa_server_key}  # (RSA key transport needs one)
+        _, port = await self.serve_tls(**rsa)
+        refused = await threads.deferToThread(python_client, port, "1.2", self.files, ciphers=static_rsa)
+        self.assertEqual(refused[0], "refused", refused)
+        self.assertIn("HANDSHAKE_FAILURE", refused[1].upper().replace(" ", "_"), refused)
+        for suite in ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"):
+            got = await threads.deferToThread(python_client, port, "1.2", self.files, ciphers=suite)
+            self.assertEqual(got, ("TLSv1.2", "AC"), suite)
+        self.assertEqual(await threads.deferToThread(python_client, port, "1.3", self.files), ("TLSv1.3", "AC"))
+        _, port = await self.serve_tls(ciphers="compatible", **rsa)  # an older device's AES profile
+        got = await threads.deferToThread(python_client, port, "1.2", self.files, ciphers=static_rsa)
+        self.assertEqual(got, ("TLSv1.2", "AC"))
+
+    async def test_rsa_key_transport_is_refused_when_we_associate_unless_compatible(self):
+        for verify_hostname in (False, True):  # two ways of making the client's options
+            rsa = {"cert": self.files.rsa_server_cert, "key": self.files.rsa_server_key}
+            server = PythonServer(self.files, "1.2", ciphers="AES128-SHA", **rsa)
+            line = await self.refused(server.port, ae=self.client(verify_hostname=verify_hostname))
+            self.assertIn("TLS handshake failed", line, verify_hostname)
+            self.assertEqual((await within(server.result))[0], "refused", verify_hostname)
+            server = PythonServer(self.files, "1.2", ciphers="AES128-SHA", **rsa)
+            client = self.client(verify_hostname=verify_hostname, ciphers="compatible")
+            with self.assertRaises(AssociationRejected):  # the RJ it answers: the handshake went through
+                await self.connect(server.port, [VERIFICATION], ae=client, tls=True)
+            self.assertEqual(await within(server.result), ("TLSv1.2", "RQ"), verify_hostname)
 
     async def test_no_compression_no_tickets_no_client_renegotiation(self):
         # Twisted's defaults and OpenSSL 3's, relied upon: TLS compression (CRIME) and
@@ -604,6 +638,7 @@ class TLSSettingsTests(LoopbackTestCase):
              "tls.ca_certificates: give the CA certificates"),
             ({"verify_peer": False, "verify_hostname": True}, "tls.verify_hostname"),
             ({"minimum_version": "1.0", "ca_certificates": ["c"]}, "tls.minimum_version"),
+            ({"ciphers": "ALL", "ca_certificates": ["c"]}, "tls.ciphers: use 'forward-secret' or 'compatible'"),
             ({"ca_certificates": []}, "tls.ca_certificates"),
             ({"bogus": 1, "ca_certificates": ["c"]}, "tls.bogus: unknown key"),
         ]

@@ -680,14 +680,21 @@ class Archive:
         self._idle_waiters.append(d)
         return d
 
-    def _run(self, function: Callable[..., Any], *args: Any) -> Deferred:
-        """Run blocking work in the pool; close() waits for all of it."""
+    def _refusal(self) -> Deferred | None:
+        """Before work goes to the pool: a failed Deferred if the archive cannot take it."""
         if self._stopped:
             return defer.fail(OutOfResources("the archive is closed"))
         try:
             self.start()
         except ArchiveError:
             return defer.fail()
+        return None
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Deferred:
+        """Run blocking work in the pool; close() waits for all of it."""
+        refused = self._refusal()
+        if refused is not None:
+            return refused
         self._busy(+1)
         d = deferToThreadPool(self.reactor, self._pool, function, *args)
         return d.addBoth(lambda result: (self._busy(-1), result)[1])
@@ -701,12 +708,9 @@ class Archive:
         holds).  Without a call to ``answer``, the return value or exception
         is the answer, as with :meth:`_run`.
         """
-        if self._stopped:
-            return defer.fail(OutOfResources("the archive is closed"))
-        try:
-            self.start()
-        except ArchiveError:
-            return defer.fail()
+        refused = self._refusal()
+        if refused is not None:
+            return refused
         self._busy(+1)
         d: Deferred = Deferred()
         answered: list[bool] = []
@@ -754,6 +758,15 @@ class Archive:
                     _log.warn("{n} instance(s) stored but not yet indexed: {error}", n=len(self._unindexed),
                               error=exc)
             return self._sql_locked(function, *args)
+
+    def wait_for_index(self) -> None:
+        """Return once the index writes under way are done (blocking: not in the reactor thread).
+
+        A reader with a connection of its own (the Q/R plugin's) calls it before
+        each query: every instance answered before then is in the index.
+        """
+        with self._db_lock:
+            pass
 
     def _sql_locked(self, function: Callable[..., Any], *args: Any) -> Any:
         """:meth:`_sql`, holding ``_db_lock``."""

@@ -98,6 +98,9 @@ def index_for(ae: Any) -> QueryIndex:
     index = _by_path.get(path)
     if index is None or index.closed:
         index = _by_path[path] = QueryIndex(path, ae.reactor)
+    # The built-in archive answers a C-STORE once durable and writes its row just after:
+    # each query first waits for the writes under way.
+    index.barrier = getattr(archive, "wait_for_index", None)
     _indexes[ae] = index
     return index
 

@@ -69,7 +69,7 @@ class QueryIndex:
     :param reactor: whose thread pool runs the SQL (the global reactor by default).
     """
 
-    def __init__(self, path: str | Path, reactor: Any = None) -> None:
+    def __init__(self, path: str | Path, reactor: Any = None, barrier: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -79,6 +79,9 @@ class QueryIndex:
         self._free: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.closed = False
+        #: called (in the worker) before each statement: the archive's wait for the index writes under
+        #: way -- it answers a C-STORE before writing its row, and a query that follows must find it
+        self.barrier = barrier
 
     def __repr__(self) -> str:
         return f"<QueryIndex {self.path}>"
@@ -112,6 +115,9 @@ class QueryIndex:
         conn.close()
 
     def _execute(self, sql: str, params: tuple[Any, ...]) -> tuple[sqlite3.Connection | None, sqlite3.Cursor | None]:
+        barrier = self.barrier
+        if barrier is not None:
+            barrier()
         conn = self._connection()
         if conn is None:
             return None, None

@@ -29,6 +29,7 @@ from tests.plugins.test_qr_support import (
     MR,
     SC,
     QrTestCase,
+    corpus_datasets,
     instance_uid,
     query,
     series_uid,
@@ -222,6 +223,37 @@ class FindTests(QrTestCase):
         self.assertEqual(match.status, 0xFF01)
         self.assertTrue(match.dataset["PatientAge"].is_empty)
         self.assertEqual(len(match.dataset.ProcedureCodeSequence), 0)
+        await within(assoc.release())
+
+    async def test_a_find_right_after_a_store_finds_the_instance(self):
+        # The archive answers a C-STORE once the instance is durable and writes its index row
+        # just after: a C-FIND that follows waits for that write rather than miss the instance.
+        import threading
+
+        from dimsekit_plugins.archive import store as store_module
+
+        await self.start_node(store=False)
+        release = threading.Event()
+        real_put = store_module.index.put
+
+        def put(conn, record, **kwargs):
+            assert release.wait(10), "never released"
+            return real_put(conn, record, **kwargs)
+
+        self.patch(store_module.index, "put", put)
+        self.addCleanup(release.set)
+        ds = corpus_datasets()[0]
+        assoc = await self.connect(self.node_port, [CT, MR, SC], called="QRSCP")
+        response = await within(assoc.store(ds))
+        self.assertEqual(response.status, 0x0000)  # answered while its row is held back
+        qr = await self.qr_association()
+        reactor.callLater(0.3, release.set)
+        pending, final = await collect(qr.find(query("IMAGE", StudyInstanceUID=ds.StudyInstanceUID,
+                                                     SeriesInstanceUID=ds.SeriesInstanceUID, SOPInstanceUID=None),
+                                               STUDY_ROOT_FIND))
+        self.assertTrue(release.is_set())
+        self.assertEqual(([r.dataset.SOPInstanceUID for r in pending], final.status), ([ds.SOPInstanceUID], 0x0000))
+        await within(qr.release())
         await within(assoc.release())
 
     async def test_an_empty_archive_matches_nothing(self):

@@ -99,7 +99,7 @@ def test_the_options_are_in_every_tools_help(capsys):
             _parser().parse_args([*command.split(), "--help"])
         text = capsys.readouterr().out
         for option in ("+tls KEY CERT", "--tls KEY CERT", "+tla, --anonymous-tls", "+cf FILE, --add-cert-file FILE",
-                       "-ic, --ignore-peer-cert", "--verify-hostname"):
+                       "-ic, --ignore-peer-cert", "--verify-hostname", "--tls-ciphers"):
             assert option in text, (command, option)
 
 
@@ -115,6 +115,8 @@ def test_tls_config_from_the_options():
     assert (config.has_identity, config.verify_peer, config.ca_certificates) == (False, False, ())
     config = tls_config(parse("echo", "+tla", "+cf", "a.pem", "--verify-hostname"))
     assert (config.verify_peer, config.verify_hostname) == (True, True)
+    assert config.ciphers == "forward-secret"
+    assert tls_config(parse("echo", "+tla", "-ic", "--tls-ciphers", "compatible")).ciphers == "compatible"
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -123,6 +125,7 @@ def test_tls_config_from_the_options():
     (["+cf", "ca.pem"], "+cf is for TLS: give +tls KEY CERT or +tla too"),
     (["-ic", "--verify-hostname"], "-ic and --verify-hostname are for TLS"),
     (["+tla", "-ic", "--verify-hostname"], "--verify-hostname checks the peer's certificate, -ic does not"),
+    (["--tls-ciphers", "compatible"], "--tls-ciphers is for TLS: give +tls KEY CERT or +tla too"),
 ])
 def test_options_that_do_not_go_together(options, words):
     with pytest.raises(ConfigError) as caught:

@@ -126,6 +126,9 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
                        help="do not verify the peer's certificate (then no +cf is needed; not recommended)")
     group.add_argument("--verify-hostname", dest="tls_verify_hostname", action="store_true",
                        help="also check that the peer's certificate names HOST (DCMTK does not)")
+    group.add_argument("--tls-ciphers", dest="tls_ciphers", choices=("forward-secret", "compatible"), default=None,
+                       help="TLS 1.2 cipher suites: forward-secret (default: ECDHE/DHE with AES-GCM or ChaCha20, "
+                            "BCP 195) or compatible (also RSA key transport and AES-CBC, for older peers)")
 
 
 def _parser() -> argparse.ArgumentParser:

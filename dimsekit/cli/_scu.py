@@ -19,7 +19,8 @@ __all__ = ["make_ae", "tls_config", "ToolAE", "describe_failure", "fail", "end_c
 
 
 def tls_config(args: Any) -> TLSConfig | None:
-    """The TLS settings the options ask for (+tls, +tla, +cf, -ic, --verify-hostname), None without TLS.
+    """The TLS settings the options ask for (+tls, +tla, +cf, -ic, --verify-hostname, --tls-ciphers), None
+    without TLS.
 
     :raises ConfigError: the options do not go together (one line, naming them).
     Files are not read here: :class:`~dimsekit.tls.TLSContext` reads them.
@@ -29,9 +30,11 @@ def tls_config(args: Any) -> TLSConfig | None:
     trust = tuple(getattr(args, "tls_trust", None) or ())
     ignore_peer = getattr(args, "tls_ignore_peer", False)
     verify_hostname = getattr(args, "tls_verify_hostname", False)
+    ciphers = getattr(args, "tls_ciphers", None)
     if identity is None and not anonymous:
         given = [name for name, value in (("+cf", trust), ("-ic", ignore_peer),
-                                          ("--verify-hostname", verify_hostname)) if value]
+                                          ("--verify-hostname", verify_hostname), ("--tls-ciphers", ciphers))
+                 if value]
         if given:
             raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for TLS: "
                               "give +tls KEY CERT or +tla too")
@@ -42,8 +45,9 @@ def tls_config(args: Any) -> TLSConfig | None:
         raise ConfigError("TLS checks the peer's certificate: give +cf FILE (the CA or the peer's certificate "
                           "to trust), or -ic not to check it")
     key, certificate = identity if identity is not None else ("", "")
+    chosen = {"ciphers": ciphers} if ciphers else {}
     return TLSConfig(certificate=certificate, private_key=key, ca_certificates=trust,
-                     verify_peer=not ignore_peer, verify_hostname=verify_hostname)
+                     verify_peer=not ignore_peer, verify_hostname=verify_hostname, **chosen)
 
 
 class ToolAE(ApplicationEntity):

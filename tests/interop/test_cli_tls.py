@@ -170,10 +170,14 @@ def test_an_encrypted_key_is_one_line_not_a_pass_phrase_prompt(certs):
 
 
 @contextmanager
-def pynetdicom_tls(cert: Path, key: Path, trust: Path | None) -> Iterator[int]:
-    """A pynetdicom Verification SCP on TLS (an ``ssl.SSLContext``), in threads of this process."""
+def pynetdicom_tls(cert: Path, key: Path, trust: Path | None, ciphers: str | None = None) -> Iterator[int]:
+    """A pynetdicom Verification SCP on TLS (an ``ssl.SSLContext``), in threads of this process;
+    ``ciphers`` limits its TLS 1.2 cipher suites (and TLS to 1.2)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
+    if ciphers is not None:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
     if trust is not None:
         context.load_verify_locations(str(trust))
         context.verify_mode = ssl.CERT_REQUIRED
@@ -210,6 +214,16 @@ def test_verify_hostname(certs):
     with pynetdicom_tls(certs.server_cert, certs.server_key, certs.ca) as port:
         checked = cli("echo", port, *mutual(certs), "--verify-hostname")
         assert checked.returncode == 0, checked.stderr
+
+
+def test_a_peer_offering_only_rsa_key_transport_needs_tls_ciphers_compatible(certs):
+    """By default the tools offer forward-secret TLS 1.2 suites only (BCP 195); an older peer
+    knowing only TLS_RSA_WITH_AES_128_CBC_SHA (PS3.15's AES profile) needs --tls-ciphers compatible."""
+    with pynetdicom_tls(certs.rsa_server_cert, certs.rsa_server_key, None, ciphers="AES128-SHA") as port:
+        line = one_line(cli("echo", port, "+tla", "+cf", certs.ca), "echo")
+        assert line.startswith("dimsekit echo: TLS handshake failed: "), line
+        echoed = cli("echo", port, "+tla", "+cf", certs.ca, "--tls-ciphers", "compatible")
+        assert echoed.returncode == 0, echoed.stderr
 
 
 # -- a dimsekit node with a [tls] section --------------------------------------------------------

@@ -118,12 +118,7 @@ class TLSAssociationTests(TLSTestCase):
         await within(association.release())
 
     async def test_a_server_certificate_for_another_host_is_refused_when_hostnames_are_checked(self):
-        f = self.files
-        config = tls_config("SCP", f, cert=f.elsewhere_cert, key=f.elsewhere_key, trust=[f.ca])
-        ae = self.make_ae("SCP", config=config)
-        listening = await ae.listen(0, tls=True)
-        self.addCleanup(listening.stopListening)
-        port = listening.getHost().port
+        _, port = await self.serve_tls(cert=self.files.elsewhere_cert, key=self.files.elsewhere_key)
         with self.assertRaises(ConnectionLost) as caught:
             await self.connect(port, [VERIFICATION], ae=self.client(verify_hostname=True), tls=True)
         self.assertEqual(str(caught.exception),
@@ -132,15 +127,11 @@ class TLSAssociationTests(TLSTestCase):
         await within(association.release())
 
     async def test_a_server_certificate_we_do_not_trust_fails_the_association(self):
-        f = self.files
-        config = tls_config("SCP", f, cert=f.rogue_cert, key=f.rogue_key, trust=[f.ca])
-        ae = self.make_ae("SCP", config=config)
-        listening = await ae.listen(0, tls=True)
-        self.addCleanup(listening.stopListening)
+        server, port = await self.serve_tls(cert=self.files.rogue_cert, key=self.files.rogue_key)
         with self.assertRaises(ConnectionLost) as caught:
-            await self.connect(listening.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
+            await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
         self.assertIn("TLS handshake failed: certificate verify failed", str(caught.exception))
-        self.assertEqual(ae.active, set())
+        self.assertEqual(server.active, set())
 
     async def test_a_client_without_a_certificate_is_refused_when_one_is_required(self):
         server, port = await self.serve_tls()

@@ -97,6 +97,67 @@ SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__fil
                                                           os.environ.get("PYTHONPATH")]))}
 
 
+def start_pynetdicom_qrscp(base: Path, port: int, extra: str = "") -> tuple[subprocess.Popen, Path]:
+    """pynetdicom's qrscp app as QRSCP on 127.0.0.1:``port``, its instances and database under
+    ``base`` (``extra``: more INI lines, after [DEFAULT]'s); (process, its log), listening.
+    ``stop(process)`` ends it."""
+    config = base / "qrscp.ini"
+    config.write_text(
+        "[DEFAULT]\n"
+        "ae_title: QRSCP\n"
+        f"port: {port}\n"
+        "max_pdu: 16382\n"
+        "acse_timeout: 10\n"
+        "dimse_timeout: 10\n"
+        "network_timeout: 10\n"
+        "bind_address: 127.0.0.1\n"
+        f"instance_location: {base / 'instances'}\n"
+        f"database_location: {base / 'instances.sqlite'}\n"
+        + extra
+    )
+    log = base / "qrscp.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "qrscp", "-c", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=base)
+    try:
+        wait_for_port(port, 20.0, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, log
+
+
+#: CT Image Storage
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def tiny_ct(*, study: str | None = None, patient_id: str = "TINY-1", patient_name: str = "Tiny^Test") -> Any:
+    """A tiny CT image (4x4 16-bit pixels) with File Meta Information; new UIDs (``study`` if given)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = str(generate_uid())
+    ds.StudyInstanceUID = study or str(generate_uid())
+    ds.SeriesInstanceUID = str(generate_uid())
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.Modality = "CT"
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(range(32))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
 def same_data_set(received: Path, sent: Path) -> None:
     """The two Part 10 files hold the same data set (Data Set Trailing Padding aside:
     DCMTK's storescp does not keep it)."""

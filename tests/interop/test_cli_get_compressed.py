@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.interop.conftest import (
     run,
     same_data_set,
     start_node,
+    start_pynetdicom_qrscp,
     stop,
     wait_for_port,
 )
@@ -159,25 +159,8 @@ def test_get_fetches_them_from_pynetdicom_qrscp(tmp_path):
     (those received, the common image ones) and asks one UID per request."""
     files = make_study(tmp_path / "study")
     port = free_port()
-    config = tmp_path / "qrscp.ini"
-    config.write_text(
-        "[DEFAULT]\n"
-        "ae_title: QRSCP\n"
-        f"port: {port}\n"
-        "max_pdu: 16382\n"
-        "acse_timeout: 10\n"
-        "dimse_timeout: 10\n"
-        "network_timeout: 10\n"
-        "bind_address: 127.0.0.1\n"
-        f"instance_location: {tmp_path / 'instances'}\n"
-        f"database_location: {tmp_path / 'instances.sqlite'}\n"
-    )
-    log = tmp_path / "qrscp.log"
-    with log.open("wb") as output:
-        proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "qrscp", "-c", str(config)],
-                                stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path)
+    proc, log = start_pynetdicom_qrscp(tmp_path, port)
     try:
-        wait_for_port(port, 20.0, proc)
         stored = cli("store", "127.0.0.1", port, "-aec", "QRSCP", "-to", "10", *files.values())
         assert stored.returncode == 0, stored.stdout + stored.stderr + log.read_text(errors="replace")
         out = tmp_path / "got"

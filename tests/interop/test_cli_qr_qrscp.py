@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from tests.interop.conftest import DIMSEKIT_CLI, free_port, run, stop, wait_for_port
+from tests.interop.conftest import DIMSEKIT_CLI, free_port, run, start_pynetdicom_qrscp, stop
 from tests.interop.test_cli_qr import make_corpus, received, study_uid
 
 pytestmark = pytest.mark.interop
@@ -68,30 +67,14 @@ def qrscp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QrScpApp]:
     extra = _utf8_instance(corpus_dir)
     corpus[extra.SOPInstanceUID] = extra
     port, store_port = free_port(), free_port()
-    config = base / "qrscp.ini"
-    config.write_text(
-        "[DEFAULT]\n"
-        "ae_title: QRSCP\n"
-        f"port: {port}\n"
-        "max_pdu: 16382\n"
-        "acse_timeout: 10\n"
-        "dimse_timeout: 10\n"
-        "network_timeout: 10\n"
-        "bind_address: 127.0.0.1\n"
-        f"instance_location: {base / 'instances'}\n"
-        f"database_location: {base / 'instances.sqlite'}\n"
+    proc, log = start_pynetdicom_qrscp(base, port, extra=(
         "log_identifier: True\n"
         "\n"
         "[CLIQR]\n"
         "address: 127.0.0.1\n"
         f"port: {store_port}\n"
-    )
-    log = base / "qrscp.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "qrscp", "-c", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, cwd=base)
+    ))
     try:
-        wait_for_port(port, 20.0, proc)
         done = run([*DIMSEKIT_CLI, "store", "127.0.0.1", str(port), "-aec", "QRSCP", "-aet", "CLIQR",
                     "-to", "10", str(corpus_dir)], timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr + log.read_text(errors="replace")

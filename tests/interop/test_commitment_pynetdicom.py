@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
-from tests.interop.conftest import DIMSEKIT_CLI, _finish_node, free_port, run, start_node
+from tests.interop.conftest import DIMSEKIT_CLI, _finish_node, free_port, run, start_node, tiny_ct
 
 pytestmark = pytest.mark.interop
 
@@ -34,28 +34,9 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-def ct_image(uid: str | None = None) -> Dataset:
+def ct_image() -> Dataset:
     """A tiny CT image (4x4 pixels), with File Meta Information."""
-    ds = Dataset()
-    ds.SOPClassUID = CT
-    ds.SOPInstanceUID = uid or str(generate_uid())
-    ds.StudyInstanceUID = str(generate_uid())
-    ds.SeriesInstanceUID = str(generate_uid())
-    ds.PatientID = "COMMIT-1"
-    ds.PatientName = "Commit^Test"
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes(range(32))
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CT
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return tiny_ct(patient_id="COMMIT-1", patient_name="Commit^Test")
 
 
 def action_information(transaction_uid: str, references: list[tuple[str, str]]) -> Dataset:

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
@@ -50,6 +50,7 @@ from tests.interop.conftest import (
     run,
     start_node,
     stop,
+    tiny_ct,
     wait_for_port,
 )
 from tests.interop.test_storage_support import (
@@ -163,26 +164,7 @@ def _dataset_bytes(path: Path) -> bytes:
 
 def ct_image(study: str | None = None, patient: str = "TLS-1") -> Dataset:
     """A tiny CT image (4x4 pixels) with File Meta Information."""
-    ds = Dataset()
-    ds.SOPClassUID = CT
-    ds.SOPInstanceUID = str(generate_uid())
-    ds.StudyInstanceUID = study or str(generate_uid())
-    ds.SeriesInstanceUID = str(generate_uid())
-    ds.PatientID = patient
-    ds.PatientName = "Tls^Test"
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes(range(32))
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CT
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return tiny_ct(study=study, patient_id=patient, patient_name="Tls^Test")
 
 
 # -- DCMTK clients of the TLS port -----------------------------------------------------------------------

@@ -68,7 +68,8 @@ class DimseOperation:
     * ``await op`` (or ``op.result``, a Deferred) gives the final :class:`Response`;
     * ``async for response in op`` gives each pending response (status
       0xFF00/0xFF01) as it arrives, then stops after the final one (which
-      ``op.result`` holds);
+      ``op.result`` holds), or raises the operation's failure -- which then
+      needs no other handling: ``op.result`` is made only when asked for;
     * ``op.cancel()`` sends C-CANCEL-RQ for it (C-FIND, C-GET, C-MOVE);
       ``op.result`` then fires with the peer's final status;
     * ``op.result.cancel()`` does the same and, per Twisted's rules, fails
@@ -88,7 +89,6 @@ class DimseOperation:
     on_pending: Callable[[Response], object] | None = None
     #: the request's Command Field (C-CANCEL applies to C-FIND, C-GET and C-MOVE only)
     command_field: int = 0
-    result: Deferred = field(default_factory=Deferred)
     responses: list[Response] = field(default_factory=list)
     pending_count: int = 0
     cancel_sent: bool = False
@@ -99,9 +99,36 @@ class DimseOperation:
     _done: bool = False
     _iterating: bool = False
     _error: Exception | None = None
+    #: the final response once it came (finish())
+    _final: Response | None = None
+    #: ``result``, made on first use (see there)
+    _result: Deferred | None = None
+    #: called with no argument once the operation ends, however (the association's own clean-up)
+    _on_end: list[Callable[[], object]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.result = Deferred(lambda _d: self.cancel())
+    @property
+    def result(self) -> Deferred:
+        """A Deferred firing with the final :class:`Response`, or failing as the operation does.
+
+        Made when first asked for (by ``await op`` too), already fired if the
+        operation is over: an operation whose failure reached its caller
+        another way -- raised by ``async for`` -- leaves no failed Deferred
+        behind for Twisted to report as "Unhandled error in Deferred" when it
+        is collected.  Once asked for, it is the caller's, as any Deferred.
+        """
+        d = self._result
+        if d is None:
+            d = self._result = Deferred(lambda _d: self.cancel())
+            if self._final is not None:
+                d.callback(self._final)
+            elif self._error is not None:
+                d.errback(self._error)
+        return d
+
+    def _ended(self) -> None:
+        callbacks, self._on_end = self._on_end, []
+        for callback in callbacks:
+            callback()
 
     # -- the association feeds these ------------------------------------------
 
@@ -128,20 +155,27 @@ class DimseOperation:
 
     def finish(self, response: Response) -> None:
         """The final response arrived."""
+        first = not self._done
         self._done = True
+        if first and self._error is None:
+            self._final = response
+        self._ended()
         if self._iterating:
             self._push(None)
-        if not self.result.called:
-            self.result.callback(response)
+        if self._result is not None and not self._result.called:
+            self._result.callback(response)
 
     def fail(self, error: Exception) -> None:
         """The operation cannot end normally (abort, timeout)."""
+        first = not self._done
         self._done = True
-        self._error = error
+        if first:
+            self._error = error
+        self._ended()
         if self._iterating:
             self._push(error)
-        if not self.result.called:
-            self.result.errback(error)
+        if self._result is not None and not self._result.called:
+            self._result.errback(error)
 
     def _push(self, item: object) -> None:
         if self._waiter is not None:

@@ -104,7 +104,6 @@ def dataset_bytes(dataset: Any, transfer_syntax: str) -> Any:
 def _failed_operation(association: Any, error: Exception) -> DimseOperation:
     operation = DimseOperation(association, 0, 0)
     operation.fail(error)
-    operation.result.addErrback(lambda f: f)  # the caller awaits it; keep Twisted quiet otherwise
     return operation
 
 
@@ -330,13 +329,14 @@ class ServiceUser:
             CommandField.C_GET_RQ, identifier, model, {}, on_pending, total_timeout, priority
         )
         if on_store is not None:
-            operation.result.addBoth(self._forget_store_handler, on_store)
+            # Once the C-GET is over (its final response, or its failure): not when
+            # its Deferred is cancelled, as instances may come until the peer answers.
+            operation._on_end.append(lambda: self._forget_store_handler(on_store))
         return operation
 
-    def _forget_store_handler(self, result: Any, handler: Any) -> Any:
+    def _forget_store_handler(self, handler: Any) -> None:
         if self.handlers.get(("C-STORE", None)) is handler:
             del self.handlers[("C-STORE", None)]
-        return result
 
     def move(
         self,

@@ -451,11 +451,9 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
     except BrokenPipeError:  # stdout closed (| head): stop quietly, like other tools
         _forget_stdout(writers)
         operation.cancel()
-        operation.result.addErrback(lambda failure: None)  # ended by the abort that follows
         return 1
     except Exception:
         reason = describe_failure(Failure())
-        operation.result.addErrback(lambda failure: None)  # told here; not "Unhandled error" when collected
         for writer in writers:
             writer.finish()
         print(f"dimsekit find: {reason} (after {count} match{'es' if count != 1 else ''})", file=err)

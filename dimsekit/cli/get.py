@@ -348,16 +348,11 @@ def failed_uid_list(final: Any) -> list[str]:
 
 
 async def _get(association: Any, identifier: Any, get_sop: str, receiver: Receiver, progress: Progress) -> Any:
-    """One C-GET, its pending responses shown as they come; its final response.  Its
-    failure is raised here (and marked handled on ``op.result``: the caller tells it)."""
+    """One C-GET, its pending responses shown as they come; its final response (its failure raised)."""
     operation = association.get(identifier, get_sop, on_store=receiver)
-    try:
-        async for response in operation:
-            progress.response(response)
-        return await operation
-    except Exception:
-        operation.result.addErrback(lambda failure: None)  # not "Unhandled error" when collected
-        raise
+    async for response in operation:
+        progress.response(response)
+    return await operation
 
 
 def retrieve_outcome(tool: str, service: str, final: Any, progress: Progress, receiver: Receiver | None,
@@ -760,7 +755,6 @@ async def _failed_instances(reactor: Any, ae: Any, args: argparse.Namespace, ide
                         found.setdefault(instance.sop_instance_uid, instance)
                 done = await operation
             except Exception:
-                operation.result.addErrback(lambda failure: None)  # told here
                 _retry_problem(err, f"C-FIND: {describe_failure(Failure())}")
                 return []
             if category(done.status) is not Category.SUCCESS:

@@ -162,7 +162,6 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
                 progress.response(response)
             final = await operation
         except Exception:
-            operation.result.addErrback(lambda failure: None)  # told below; not "Unhandled error" when collected
             progress.clear()
             written = f" ({receiver.files} file{'s' if receiver.files != 1 else ''} written)" if receiver else ""
             print(f"dimsekit move: {describe_failure(Failure())}{written}", file=err)

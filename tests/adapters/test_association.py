@@ -1153,6 +1153,67 @@ class AsyncIterationTests(AssociationTestCase):
         pair.result(assoc.release())
 
 
+    def _iterate_until_aborted(self):
+        """A C-FIND iterated by a coroutine, the association aborted under it: (operation, the coroutine's Deferred)."""
+        scp = GatedFind()
+        pair = self.make_pair(Services(extra=[scp.service()]))
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        operation = assoc.find(query, STUDY_ROOT_FIND)
+
+        async def collect():
+            async for _response in operation:
+                pass
+
+        d = Deferred.fromCoroutine(collect())
+        pair.pump()
+        assoc.abort()
+        pair.pump()
+        return operation, d
+
+    def test_a_failure_raised_by_async_for_is_not_reported_unhandled_when_collected(self):
+        import gc
+
+        from twisted.logger import globalLogPublisher
+
+        from dimsekit.errors import AssociationAborted
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        operation, d = self._iterate_until_aborted()
+        self.failureResultOf(d, AssociationAborted)  # the caller is told, by the iteration
+        del operation, d
+        gc.collect()
+        unhandled = [e for e in events if "Unhandled error in Deferred" in str(e.get("log_format", ""))]
+        self.assertEqual(unhandled, [])
+
+    def test_await_after_async_for_raised_raises_again(self):
+        from dimsekit.errors import AssociationAborted
+
+        operation, d = self._iterate_until_aborted()
+        self.failureResultOf(d, AssociationAborted)
+        self.failureResultOf(operation.result, AssociationAborted)  # made now, already failed
+        self.assertIs(operation.result, operation.result)  # one Deferred once made
+
+    def test_result_asked_for_before_the_end_fires_as_the_operation_ends(self):
+        from dimsekit.errors import AssociationAborted
+
+        scp = GatedFind()
+        pair = self.make_pair(Services(extra=[scp.service()]))
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        operation = assoc.find(query, STUDY_ROOT_FIND)
+        result = operation.result
+        pair.pump()
+        self.assertNoResult(result)
+        assoc.abort()
+        pair.pump()
+        self.failureResultOf(result, AssociationAborted)
+
+
 # -- user identity -----------------------------------------------------------------------------
 
 

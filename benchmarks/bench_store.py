@@ -26,7 +26,12 @@ and stopped by its PID afterwards, whatever happens:
   its accepted sockets as ``pynetdicom_scp.py`` does;
 * ``dcmtk``      -- ``/usr/bin/storescp -od DIR``, ``TCP_NODELAY=1``;
 * ``dimsekit@DIR`` -- (only when asked for) the node from another source
-  tree, ``PYTHONPATH=DIR``: before/after of a change in one run.
+  tree, ``PYTHONPATH=DIR``: before/after of a change in one run;
+* ``dcmtk-fsync`` -- (only when asked for) DCMTK's storescp as ``dcmtk``, with
+  ``fsync_preload.c`` (built here with ``cc``) preloaded: each file it
+  writes is fsynced as it is closed, then its directory, before storescp
+  answers -- a C receiver at the durability dimsekit's archive gives (not
+  its atomicity: storescp writes under the final name).
 
 Scenarios (each run visits every receiver in turn, so that a noisy
 neighbour slows them alike; figures are medians over runs, ratios are
@@ -194,11 +199,25 @@ def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: 
         argv = [sys.executable, "-c", PYNETDICOM_STORESCP.format(here=str(HERE)),
                 "-ba", "127.0.0.1", "-od", str(out), str(port)]
         return servers.start(name, argv, port)
-    if kind == "dcmtk":
+    if kind in ("dcmtk", "dcmtk-fsync"):
         env = {} if nagle else {"TCP_NODELAY": "1"}
+        if kind == "dcmtk-fsync":
+            env["LD_PRELOAD"] = str(fsync_preload(out.parent))
         tls_args = [] if tls is None else ["+tls", str(tls.server_key), str(tls.server_cert), "+cf", str(tls.ca)]
         return servers.start(name, [dcmtk("storescp"), *tls_args, "-od", str(out), str(port)], port, env=env)
     raise SystemExit(f"unknown receiver {kind!r}")
+
+
+def fsync_preload(directory: Path) -> Path:
+    """``fsync_preload.c`` built into ``directory`` (once), for the ``dcmtk-fsync`` receiver."""
+    library = directory / "fsync_preload.so"
+    if not library.exists():
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            raise SystemExit("receiver dcmtk-fsync needs a C compiler (cc) to build fsync_preload.c")
+        subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(HERE / "fsync_preload.c"),
+                        "-ldl"], check=True)
+    return library
 
 
 def stored_files(kind: str, out: Path) -> int:

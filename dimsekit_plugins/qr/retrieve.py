@@ -92,6 +92,7 @@ def parse_retrieve(identifier: Dataset | None, model: InformationModel) -> tuple
             if "\\" in text:
                 raise IdentifierError(f"{keyword}: one value only", (key.tag,))
             conditions.append(Condition("p.patient_id = ?", (text.strip(),)))
+            conditions.extend(_issuer_condition(query))
             continue
         spec = KEYS[keyword]
         assert spec.column is not None
@@ -99,6 +100,24 @@ def parse_retrieve(identifier: Dataset | None, model: InformationModel) -> tuple
             raise IdentifierError(f"{keyword}: one value only above the {level} level", (key.tag,))
         conditions.append(condition_for(spec.column, "UI", value))
     return level, conditions
+
+
+def _issuer_condition(query: Any) -> list[Condition]:
+    """Issuer of Patient ID beside a Patient ID: the patient of that issuer only.
+
+    A Patient ID is unique only within its issuer (PS3.3 C.7.1.1): two
+    hospitals' patients may share one, and a retrieve naming the issuer must
+    not send the other patient's images.  Without it (or empty), the
+    Patient ID alone selects, as the baseline behaviour has it.
+    """
+    key = query.key("IssuerOfPatientID")
+    if key is None or key.empty:
+        return []
+    value = key.value
+    text = ("\\".join(value) if isinstance(value, list) else str(value)).strip(" ")
+    if "\\" in text or "*" in text or "?" in text:
+        raise IdentifierError("IssuerOfPatientID: one value, no wild cards, in a retrieve", (key.tag,))
+    return [Condition("p.issuer_of_patient_id = ?", (text,))]
 
 
 def retrieve_sql(conditions: list[Condition]) -> tuple[str, tuple[Any, ...]]:

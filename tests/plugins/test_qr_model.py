@@ -454,3 +454,39 @@ def test_keys_with_an_ambiguous_vr_come_back_encodable():
     assert identifier["SmallestImagePixelValue"].is_empty and identifier["LargestImagePixelValue"].is_empty
     assert q.unsupported == ["SmallestImagePixelValue", "LargestImagePixelValue"]
     encode_dataset(identifier, "1.2.840.10008.1.2.1")  # explicit VR needs a VR it can write
+
+
+def test_a_patient_level_retrieve_naming_the_issuer_selects_that_issuers_patient_only(tmp_path):
+    """Two hospitals' patients with one Patient ID: naming the issuer must not send the other's images."""
+    conn = archive_index.connect(str(tmp_path / "index.sqlite"))
+    base = corpus_datasets()[0]
+    for n, issuer in enumerate(("HOSP-A", "HOSP-B", None)):
+        ds = Dataset()
+        ds.update(base)
+        ds.PatientID = "SAME"
+        if issuer is not None:
+            ds.IssuerOfPatientID = issuer
+        ds.StudyInstanceUID = f"1.2.3.{n}"
+        ds.SeriesInstanceUID = f"1.2.3.{n}.1"
+        ds.SOPInstanceUID = f"1.2.3.{n}.1.1"
+        archive_index.put(conn, archive_index.InstanceRecord(
+            **archive_index.header_values(ds), transfer_syntax_uid="1.2.840.10008.1.2.1", path=f"x/{n}.dcm", size=1,
+            received_at="2024-01-01T00:00:00"))
+
+    def selected(identifier):
+        _, conditions = parse_retrieve(identifier, PATIENT_ROOT)
+        return sorted(row[0] for row in conn.execute(*retrieve_sql(conditions)))
+
+    assert selected(ident("PATIENT", PatientID="SAME", IssuerOfPatientID="HOSP-A")) == ["1.2.3.0.1.1"]
+    assert selected(ident("PATIENT", PatientID="SAME", IssuerOfPatientID="HOSP-B")) == ["1.2.3.1.1.1"]
+    assert selected(ident("PATIENT", PatientID="SAME", IssuerOfPatientID="HOSP-C")) == []
+    # no issuer (or an empty one): the Patient ID alone, as before
+    assert selected(ident("PATIENT", PatientID="SAME")) == ["1.2.3.0.1.1", "1.2.3.1.1.1", "1.2.3.2.1.1"]
+    assert selected(ident("PATIENT", PatientID="SAME", IssuerOfPatientID="")) == [
+        "1.2.3.0.1.1", "1.2.3.1.1.1", "1.2.3.2.1.1"]
+    # above the retrieve level too
+    assert selected(ident("STUDY", PatientID="SAME", IssuerOfPatientID="HOSP-B",
+                          StudyInstanceUID="1.2.3.0\\1.2.3.1")) == ["1.2.3.1.1.1"]
+    with pytest.raises(IdentifierError) as caught:
+        parse_retrieve(ident("PATIENT", PatientID="SAME", IssuerOfPatientID="HOSP-*"), PATIENT_ROOT)
+    assert "IssuerOfPatientID" in str(caught.value)

@@ -75,6 +75,7 @@ from twisted.python.threadpool import ThreadPool
 from dimsekit.config import ConfigError
 from dimsekit.datasets import DatasetError
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, ServiceClass
+from dimsekit.sqlitedb import wal_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from dimsekit.scp import Request
@@ -686,7 +687,7 @@ class SQLiteBackend:
         connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             if not self._schema_ready:
-                connection.execute("PRAGMA journal_mode=WAL")
+                wal_mode(connection, 30.0)
                 connection.execute(_SCHEMA)
                 self._schema_ready = True
             connection.execute("PRAGMA synchronous=FULL")

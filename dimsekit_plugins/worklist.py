@@ -89,6 +89,7 @@ from dimsekit.config import Config, ConfigError
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
 from dimsekit.scu import MODALITY_WORKLIST_FIND
+from dimsekit.sqlitedb import wal_mode
 from dimsekit_plugins.qr.common import Shield
 from dimsekit_plugins.qr.find import reply_charset
 from dimsekit_plugins.qr.matching import (
@@ -570,7 +571,7 @@ class WorklistStore:
             self.database.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.database), check_same_thread=False, isolation_level=None, timeout=30.0)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            wal_mode(conn, 30.0)
             conn.executescript(_SCHEMA)
             register_functions(conn)
         except BaseException:

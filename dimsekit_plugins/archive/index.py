@@ -53,6 +53,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from dimsekit.sqlitedb import wal_mode
+
 __all__ = [
     "SCHEMA_VERSION",
     "HEADER_KEYWORDS",
@@ -369,6 +371,10 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return a == b and all(type(x) is type(y) for x, y in zip(a, b, strict=True))
 
 
+#: seconds a statement waits for another connection's lock (SQLite's busy timeout)
+CONNECT_TIMEOUT = 30.0
+
+
 def connect(path: str) -> sqlite3.Connection:
     """Open (creating if needed) the index at ``path``: WAL mode, schema in place.
 
@@ -378,10 +384,10 @@ def connect(path: str) -> sqlite3.Connection:
     file without a row, which :meth:`Archive.reconcile` indexes again.
     """
     conn = sqlite3.connect(
-        path, check_same_thread=False, isolation_level=None, timeout=30.0, factory=_Connection
+        path, check_same_thread=False, isolation_level=None, timeout=CONNECT_TIMEOUT, factory=_Connection
     )
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    wal_mode(conn, CONNECT_TIMEOUT)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits on its own

@@ -103,7 +103,7 @@ class DimseOperation:
     _final: Response | None = None
     #: ``result``, made on first use (see there)
     _result: Deferred | None = None
-    #: called with no argument once the operation ends, however (the association's own clean-up)
+    #: see when_ended()
     _on_end: list[Callable[[], object]] = field(default_factory=list)
 
     @property
@@ -124,6 +124,13 @@ class DimseOperation:
             elif self._error is not None:
                 d.errback(self._error)
         return d
+
+    def when_ended(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once the operation ends, however it ends (at once if it has)."""
+        if self._done:
+            callback()
+        else:
+            self._on_end.append(callback)
 
     def _ended(self) -> None:
         callbacks, self._on_end = self._on_end, []

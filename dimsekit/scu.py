@@ -331,7 +331,7 @@ class ServiceUser:
         if on_store is not None:
             # Once the C-GET is over (its final response, or its failure): not when
             # its Deferred is cancelled, as instances may come until the peer answers.
-            operation._on_end.append(lambda: self._forget_store_handler(on_store))
+            operation.when_ended(lambda: self._forget_store_handler(on_store))
         return operation
 
     def _forget_store_handler(self, handler: Any) -> None:

@@ -1197,6 +1197,18 @@ class AsyncIterationTests(AssociationTestCase):
         self.failureResultOf(operation.result, AssociationAborted)  # made now, already failed
         self.assertIs(operation.result, operation.result)  # one Deferred once made
 
+    def test_a_c_get_that_cannot_start_leaves_no_c_store_handler_behind(self):
+        from dimsekit.errors import LocalProtocolError
+
+        pair = self.make_pair()
+        assoc = pair.associate(contexts=[VERIFICATION])  # no C-GET context
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        operation = assoc.get(query, on_store=lambda request: 0x0000)
+        self.failureResultOf(operation.result, LocalProtocolError)
+        self.assertNotIn(("C-STORE", None), assoc.handlers)
+        pair.result(assoc.release())
+
     def test_result_asked_for_before_the_end_fires_as_the_operation_ends(self):
         from dimsekit.errors import AssociationAborted
 

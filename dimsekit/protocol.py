@@ -19,7 +19,10 @@ on the next turn (see :meth:`DicomProtocol._write_now`).
 Throughput: the transport's block size (``bufferSize``: how much one read
 takes, how much may wait to be written before we are paused) grows while a
 data set streams in (to 1 MiB) or out (to 256 KiB) and falls back to
-Twisted's 64 KiB when traffic is request/response again.
+Twisted's 64 KiB when traffic is request/response again.  Over TLS, the
+plaintext of the TLS records of one read is gathered and handed to the upper
+layer once, in the next reactor turn, rather than record by record (see
+:meth:`DicomProtocol.dataReceived`).
 """
 
 from __future__ import annotations
@@ -194,6 +197,8 @@ class DicomProtocol(protocol.Protocol):
         self._handshake_done = False
         #: register_producer() registered one, unregistered when we close
         self._producer_registered = False
+        #: TLS: the records' plaintext of one read, handed on together (see dataReceived)
+        self._tls_pending: list[bytes] = []
 
     # -- twisted.internet.interfaces.IProtocol --------------------------------
 
@@ -224,6 +229,27 @@ class DicomProtocol(protocol.Protocol):
                 transport.doRead()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._tls:
+            # Twisted's TLS transport hands on each TLS record's plaintext as
+            # it decrypts it, in one loop per read from the socket.  A sender
+            # writing a PDU's header and its data as two TLS writes (DCMTK)
+            # makes two records a PDU: 68 calls for a 525 KB CT instance, each
+            # through the whole upper layer.  The plaintext of one read is
+            # gathered here and handed on once, in the next reactor turn
+            # (which runs at once: a call is due).
+            pending = self._tls_pending
+            pending.append(data)
+            if len(pending) == 1:
+                self.reactor.callLater(0, self._tls_received)
+            return
+        self._received(data)
+
+    def _tls_received(self) -> None:
+        pending, self._tls_pending = self._tls_pending, []
+        if pending:
+            self._received(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _received(self, data: bytes) -> None:
         sized = self._sized
         if sized is not None:
             # Adapt the read size to the traffic: a read that filled the
@@ -251,6 +277,8 @@ class DicomProtocol(protocol.Protocol):
         self._handshake_done = True
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._tls_pending:
+            self._tls_received()  # what was read before the end comes first
         # A failed TLS handshake says why (the association's log line and error carry it).
         # A connection closed with no TLS error before the handshake was done is one too:
         # a peer that does not speak TLS (DCMTK closes on a ClientHello), a port scan.

@@ -11,9 +11,11 @@ import socket
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from dimsekit.protocol import DicomProtocol, set_low_latency
 from dimsekit.ul import outputs as out
@@ -521,3 +523,61 @@ class LowLatencyTests(ProtocolTestCase):
         tls.transport = inner
         set_low_latency(tls, quickack=False)
         self.assertEqual(handle.options, [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+
+
+@implementer(ISSLTransport)
+class TLSTransport(StringTransport):
+    """Stands for Twisted's TLS transport (it hands on each TLS record's plaintext by itself)."""
+
+
+class TLSReadTests(ProtocolTestCase):
+    def make_tls(self):
+        self.make(transport=TLSTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)))
+        self.received: list[int] = []
+        real = self.ul.receive_data
+
+        def counting(data, now):
+            self.received.append(len(data))
+            return real(data, now)
+
+        self.ul.receive_data = counting  # type: ignore[method-assign]
+        return self.protocol
+
+    def test_the_records_of_one_read_reach_the_upper_layer_once(self):
+        self.make_tls()
+        data = associate_rq().encode()
+        pieces = [data[:6], data[6:40], data[40:]]  # a PDU header as a record of its own, as DCMTK sends them
+        for piece in pieces:
+            self.protocol.dataReceived(piece)
+        self.assertEqual(self.received, [])  # not yet: the rest of the read may follow
+        self.clock.advance(0)
+        self.assertEqual(self.received, [len(data)])
+        self.assertEqual(len(self.user.of("association_indication")), 1)
+
+    def test_records_of_the_next_read_are_handed_on_in_their_own_turn(self):
+        self.make_tls()
+        self.protocol.dataReceived(associate_rq().encode())
+        self.clock.advance(0)
+        self.protocol.call("accept", associate_ac())
+        self.transport.clear()
+        message = pdata()
+        self.protocol.dataReceived(message[:6])
+        self.protocol.dataReceived(message[6:])
+        self.clock.advance(0)
+        self.assertEqual(self.received[1:], [len(message)])
+        self.assertEqual(len(self.user.of("pdata_indication")), 1)
+
+    def test_what_was_read_comes_before_the_end_of_the_connection(self):
+        self.make_tls()
+        self.protocol.dataReceived(associate_rq().encode())
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        names = self.user.names()
+        self.assertIn("association_indication", names)
+        self.assertLess(names.index("association_indication"), names.index("connection_lost"))
+        self.clock.advance(0)  # the turn that was asked for finds nothing left
+        self.assertEqual(self.received, [len(associate_rq().encode())])
+
+    def test_a_plain_tcp_read_is_handed_on_at_once(self):
+        self.make()
+        self.protocol.dataReceived(associate_rq().encode())
+        self.assertEqual(len(self.user.of("association_indication")), 1)

@@ -1123,15 +1123,19 @@ class GatedFind:
 
 
 class AsyncIterationTests(AssociationTestCase):
-    def test_cancelling_a_coroutine_iterating_a_find_sends_c_cancel(self):
-        from twisted.internet.defer import CancelledError
-
+    def _gated_find(self):
+        """A C-FIND on a SCP whose matches wait for the test: (SCP, pair, association, operation)."""
         scp = GatedFind()
         pair = self.make_pair(Services(extra=[scp.service()]))
         assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
-        operation = assoc.find(query, STUDY_ROOT_FIND)
+        return scp, pair, assoc, assoc.find(query, STUDY_ROOT_FIND)
+
+    def test_cancelling_a_coroutine_iterating_a_find_sends_c_cancel(self):
+        from twisted.internet.defer import CancelledError
+
+        scp, pair, assoc, operation = self._gated_find()
         seen = []
 
         async def collect():
@@ -1152,15 +1156,9 @@ class AsyncIterationTests(AssociationTestCase):
         self.assertEqual(pair.result(assoc.echo()), 0)  # the association goes on
         pair.result(assoc.release())
 
-
     def _iterate_until_aborted(self):
         """A C-FIND iterated by a coroutine, the association aborted under it: (operation, the coroutine's Deferred)."""
-        scp = GatedFind()
-        pair = self.make_pair(Services(extra=[scp.service()]))
-        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        operation = assoc.find(query, STUDY_ROOT_FIND)
+        _, pair, assoc, operation = self._gated_find()
 
         async def collect():
             async for _response in operation:
@@ -1212,12 +1210,7 @@ class AsyncIterationTests(AssociationTestCase):
     def test_result_asked_for_before_the_end_fires_as_the_operation_ends(self):
         from dimsekit.errors import AssociationAborted
 
-        scp = GatedFind()
-        pair = self.make_pair(Services(extra=[scp.service()]))
-        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        operation = assoc.find(query, STUDY_ROOT_FIND)
+        _, pair, assoc, operation = self._gated_find()
         result = operation.result
         pair.pump()
         self.assertNoResult(result)

@@ -26,6 +26,8 @@ Receivers, each in its own process on a free 127.0.0.1 port, stopped by PID:
   the work directory): Part 10 file, fsync, index row, as for every C-STORE
   it takes (on tmpfs the fsync costs nothing; each run replaces the
   previous run's copy, the duplicates policy being ``newest``);
+* ``dimsekit-node@DIR`` -- the node from another source tree
+  (``PYTHONPATH=DIR``), the sender ours;
 * ``dimsekit@DIR`` -- sender *and* receiver run from another source tree
   (``PYTHONPATH=DIR``), e.g. a copy of the code before a change: before/after
   in the same run;
@@ -155,11 +157,12 @@ def start_receiver(
         tree = source_tree(kind)
         env = {"PYTHONPATH": tree} if tree else {}
         return servers.start(f"store-{kind}".replace("/", "_"), argv, port, env={**env, **tmp})
-    if kind == "dimsekit-node":
-        data = node_data(workdir, spool)
+    if kind == "dimsekit-node" or kind.startswith("dimsekit-node@"):
+        data = node_data(workdir, spool) / kind.replace("/", "_")  # a node of another tree: its own archive
         argv = [twistd(), "-n", "--pidfile=", "--logfile", str(workdir / "node.log"), "dimsekit",
                 "--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(data)]
-        return servers.start("store-dimsekit-node", argv, port)
+        tree = kind.partition("@")[2]  # "dimsekit-node@DIR": the node from another tree (the sender is ours)
+        return servers.start(f"store-{kind}".replace("/", "_"), argv, port, env={"PYTHONPATH": tree} if tree else None)
     if kind == "dcmtk":
         out = dcmtk_out(workdir, spool)
         out.mkdir(exist_ok=True)
@@ -215,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="one large C-STORE: MiB/s and peak RSS")
     parser.add_argument("--size", default="1G", help="file size, e.g. 1G, 200M (default 1G)")
     parser.add_argument("--receivers", default="dimsekit",
-                        help="comma list of dimsekit,dimsekit-node,dcmtk,pynetdicom,pynetdicom-chunked")
+                        help="comma list of dimsekit,dimsekit-node,dcmtk,pynetdicom,pynetdicom-chunked, dimsekit@DIR, dimsekit-node@DIR")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--max-pdu", type=int, default=None, help="Maximum Length Received of both sides (default: each one's own)")
     parser.add_argument("--spool-dir", default=None,

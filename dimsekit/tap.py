@@ -56,7 +56,7 @@ class Options(usage.Options):
         ["interface", "i", None, "Address to listen on (default: all)."],
         ["data-dir", "d", None, "Where the archive keeps its files (default ./dimsekit-data)."],
         ["endpoint", "e", None, "A Twisted server endpoint string, overriding port/interface (e.g. tcp6:11112). "
-         "For TLS use [tls]: an ssl: endpoint checks no client certificate."],
+         "Not for TLS (ssl: is refused): use the [tls] table."],
     ]
 
     def postOptions(self) -> None:
@@ -195,6 +195,14 @@ def makeService(options: Options) -> service.IService:
     else:
         from twisted.internet import endpoints, reactor
 
+        if endpoint.split(":", 1)[0].strip().lower() == "ssl":
+            # Twisted's own TLS listener: no client certificate checked, its
+            # cipher list, none of the [tls] checks -- quietly weaker than it looks.
+            raise SystemExit(
+                f"dimsekit: --endpoint {endpoint!r}: for TLS use the [tls] table of the configuration "
+                "(certificate, private_key, ca_certificates, port): it checks the peers' certificates "
+                "(verify_peer = false to accept any) and listens beside the plain port"
+            )
         try:
             endpoints.serverFromString(reactor, endpoint)  # parsed only; nothing listens yet
         except Exception as exc:

@@ -383,3 +383,15 @@ def test_a_plugin_refusing_its_section_stops_the_node_with_one_line(tmp_path):
     assert isinstance(exited.value.code, str)
     assert "plugins.storage.no_such_key: unknown key" in exited.value.code
 
+
+
+@pytest.mark.parametrize("endpoint", ["ssl:11112:privateKey=key.pem", "SSL:0"])
+def test_an_ssl_endpoint_is_refused_for_the_tls_table(tmp_path, endpoint):
+    """Twisted's ssl: listener would check no client certificate: the node says to use [tls]."""
+    from dimsekit.tap import makeService
+
+    options = parse("--endpoint", endpoint, "--data-dir", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exited:
+        makeService(options)
+    assert isinstance(exited.value.code, str)
+    assert "for TLS use the [tls] table" in exited.value.code

@@ -751,22 +751,28 @@ class Archive:
     def _sql(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run ``function(connection, *args)`` with the index (worker thread)."""
         with self._db_lock:
-            if self._unindexed:
-                try:
-                    self._put_unindexed()
-                except (sqlite3.Error, OSError, ArchiveError) as exc:
-                    _log.warn("{n} instance(s) stored but not yet indexed: {error}", n=len(self._unindexed),
-                              error=exc)
+            self._retry_unindexed()
             return self._sql_locked(function, *args)
 
     def wait_for_index(self) -> None:
         """Return once the index writes under way are done (blocking: not in the reactor thread).
 
         A reader with a connection of its own (the Q/R plugin's) calls it before
-        each query: every instance answered before then is in the index.
+        each query: every instance answered before then is in the index (a row
+        whose write failed after its answer is written again first, as by
+        :meth:`_sql`).
         """
         with self._db_lock:
-            pass
+            self._retry_unindexed()
+
+    def _retry_unindexed(self) -> None:
+        """Write the rows whose write failed after their answer, if any (holding ``_db_lock``)."""
+        if not self._unindexed:
+            return
+        try:
+            self._put_unindexed()
+        except (sqlite3.Error, OSError, ArchiveError) as exc:
+            _log.warn("{n} instance(s) stored but not yet indexed: {error}", n=len(self._unindexed), error=exc)
 
     def _sql_locked(self, function: Callable[..., Any], *args: Any) -> Any:
         """:meth:`_sql`, holding ``_db_lock``."""

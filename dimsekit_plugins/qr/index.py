@@ -69,7 +69,7 @@ class QueryIndex:
     :param reactor: whose thread pool runs the SQL (the global reactor by default).
     """
 
-    def __init__(self, path: str | Path, reactor: Any = None, barrier: Any = None) -> None:
+    def __init__(self, path: str | Path, reactor: Any = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -81,7 +81,7 @@ class QueryIndex:
         self.closed = False
         #: called (in the worker) before each statement: the archive's wait for the index writes under
         #: way -- it answers a C-STORE before writing its row, and a query that follows must find it
-        self.barrier = barrier
+        self.barrier: Any = None
 
     def __repr__(self) -> str:
         return f"<QueryIndex {self.path}>"

@@ -218,6 +218,35 @@ def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(roo
     clock.wait(archive.close())
 
 
+def test_the_wait_for_the_index_writes_a_row_whose_write_failed(root, clock, monkeypatch):
+    # A reader with its own connection (the Q/R plugin) waits with wait_for_index(): it must find the row too.
+    archive = open_archive(root, clock)
+    ds = make_dataset()
+    real_put = store_module.index.put
+    calls: list[str] = []
+
+    def put(conn, record, **kwargs):
+        calls.append(record.sop_instance_uid)
+        if len(calls) == 1:
+            raise store_module.sqlite3.OperationalError("disk I/O error")
+        return real_put(conn, record, **kwargs)
+
+    monkeypatch.setattr(store_module.index, "put", put)
+    clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit())
+    assert wait_for(lambda: len(archive._unindexed) == 1)
+    waited = threading.Thread(target=archive.wait_for_index)
+    waited.start()
+    waited.join(10)
+    assert calls == [ds.SOPInstanceUID, ds.SOPInstanceUID] and archive._unindexed == []
+    reader = store_module.sqlite3.connect(str(root / store_module.INDEX_NAME))
+    try:
+        assert reader.execute("SELECT COUNT(*) FROM instance WHERE sop_instance_uid = ?",
+                              (ds.SOPInstanceUID,)).fetchone() == (1,)
+    finally:
+        reader.close()
+    clock.wait(archive.close())
+
+
 def rel_path(root, stored) -> str:
     return str(Path(stored.path).relative_to(root))
 

@@ -193,10 +193,8 @@ def test_close_right_after_an_answer_waits_for_its_index_write(root, clock, monk
     clock.wait(again.close())
 
 
-def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(root, clock, monkeypatch):
-    # Answered: the file is durable and the sender told so; the row is written with the next use of the index.
-    archive = open_archive(root, clock)
-    ds = make_dataset()
+def _first_put_fails(monkeypatch) -> list[str]:
+    """index.put made to fail the first time ("disk I/O error"): the list of the UIDs it was called for."""
     real_put = store_module.index.put
     calls: list[str] = []
 
@@ -207,6 +205,14 @@ def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(roo
         return real_put(conn, record, **kwargs)
 
     monkeypatch.setattr(store_module.index, "put", put)
+    return calls
+
+
+def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(root, clock, monkeypatch):
+    # Answered: the file is durable and the sender told so; the row is written with the next use of the index.
+    archive = open_archive(root, clock)
+    ds = make_dataset()
+    calls = _first_put_fails(monkeypatch)
     stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
                                 sop_instance=ds.SOPInstanceUID).commit())
     assert Path(stored.path).exists()
@@ -222,16 +228,7 @@ def test_the_wait_for_the_index_writes_a_row_whose_write_failed(root, clock, mon
     # A reader with its own connection (the Q/R plugin) waits with wait_for_index(): it must find the row too.
     archive = open_archive(root, clock)
     ds = make_dataset()
-    real_put = store_module.index.put
-    calls: list[str] = []
-
-    def put(conn, record, **kwargs):
-        calls.append(record.sop_instance_uid)
-        if len(calls) == 1:
-            raise store_module.sqlite3.OperationalError("disk I/O error")
-        return real_put(conn, record, **kwargs)
-
-    monkeypatch.setattr(store_module.index, "put", put)
+    calls = _first_put_fails(monkeypatch)
     clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit())
     assert wait_for(lambda: len(archive._unindexed) == 1)
     waited = threading.Thread(target=archive.wait_for_index)

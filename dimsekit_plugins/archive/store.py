@@ -1214,6 +1214,10 @@ class Archive:
         """Index (or drop) one file that has no matching row.  Holds the write lock."""
         if rel in self._placing:
             return  # a commit is making it durable and will index it
+        if any(pending.path == rel for pending in self._unindexed):
+            # Acknowledged, its row's write failed and waits to be tried again: this
+            # copy is the instance (no mtime to compare can say otherwise).
+            return
         path = self.root.joinpath(*rel.split("/"))
         try:
             size = path.stat().st_size

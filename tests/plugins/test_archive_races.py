@@ -286,3 +286,35 @@ def test_work_that_gets_in_while_closing_does_not_reopen_the_index(root, clock):
     clock.wait(closed)
     assert archive._conn is None
     assert isinstance(clock.failure_of(looked_up), OutOfResources)
+
+
+def test_reconcile_keeps_an_acknowledged_copy_whose_row_is_not_yet_written(root, clock, monkeypatch):
+    # Sent again under another series, answered, its index write failing: the index still names the
+    # first copy.  Whatever the files' times say, reconcile must not take the new copy for a stale one.
+    archive = open_archive(root, clock)
+    first = make_dataset()
+    old = Path(store(archive, clock, first).path)
+    again = make_dataset()
+    again.SOPInstanceUID = first.SOPInstanceUID
+    again.StudyInstanceUID = first.StudyInstanceUID
+    real_put = store_module.index.put
+
+    def put(conn, record, **kwargs):
+        if record.series_instance_uid == again.SeriesInstanceUID:
+            raise store_module.sqlite3.OperationalError("disk I/O error")
+        return real_put(conn, record, **kwargs)
+
+    monkeypatch.setattr(store_module.index, "put", put)
+    new = Path(clock.wait(receive(archive, encode(again), sop_class=CT_IMAGE_STORAGE,
+                                  sop_instance=again.SOPInstanceUID).commit()).path)
+    assert wait_for(lambda: len(archive._unindexed) == 1)
+    later = time.time() + 3600  # the indexed copy looks newer (a clock set back since)
+    os.utime(old, (later, later))
+    report = _reconcile_now(archive)
+    assert new.exists(), report
+    assert report["stale_removed"] == [] and report["quarantined"] == []
+    monkeypatch.setattr(store_module.index, "put", real_put)
+    found = clock.wait(archive.lookup(first.SOPInstanceUID))
+    assert found is not None and Path(found.path) == new
+    assert not old.exists()  # the copy it replaced goes once its row is written
+    clock.wait(archive.close())

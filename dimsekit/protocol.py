@@ -284,7 +284,7 @@ class DicomProtocol(protocol.Protocol):
         # a peer that does not speak TLS (DCMTK closes on a ClientHello), a port scan.
         tls = None
         if self._tls:
-            tls = describe_tls_failure(reason.value)
+            tls = describe_tls_failure(reason.value, self.transport)
             if tls is None and not self._handshake_done:
                 tls = TLS_CLOSED_EARLY
         if tls is not None:

@@ -17,6 +17,8 @@ endpoints for associations the node or a tool opens.
     verify_hostname = false        # also check that a server's certificate names the host we dial
     minimum_version = "1.2"        # "1.2" or "1.3" (BCP 195: nothing older)
     ciphers = "forward-secret"     # TLS 1.2 cipher suites: "forward-secret" or "compatible"
+    crls = ["ca.crl"]              # PEM or DER files: certificate revocation lists (none: no revocation check)
+    crl_check = "leaf"             # "leaf": the peer's certificate; "chain": its intermediate CAs' too
 
 Certificates are checked against ``ca_certificates`` in both directions
 (mutual authentication, what PS3.15 B.1 asks for).  A peer's chain must end at
@@ -40,31 +42,58 @@ ECDHE/DHE key exchange with AES-GCM or ChaCha20-Poly1305, what BCP 195 (RFC
 Twisted's defaults) -- for older devices that know only PS3.15's AES profile
 (TLS_RSA_WITH_AES_128_CBC_SHA).  A handshake that fails for want of a common
 cipher suite says "no shared cipher" (or "handshake failure") in the log.
+
+``crls`` turns on revocation checking of peers' certificates, both ways (as
+DCMTK's ``+crl``): a certificate its issuer's CRL lists is refused ("certificate
+revoked").  Then the CRL of *every* CA that issues peers' certificates must be
+in ``crls`` (with ``crl_check = "chain"``, of every CA of a peer's chain below
+its root as well): OpenSSL refuses a certificate whose issuer's CRL it lacks
+("unable to get certificate CRL"), and one whose CRL is past its next update
+("CRL has expired").  A CRL must be signed by a CA of ``ca_certificates`` (or
+an intermediate a peer sends).  The files are read again, for the connections
+that follow, as soon as one changes: publish a new CRL by replacing its file
+(write it elsewhere, then rename it over the old one); one that cannot be read
+keeps the previous lists in force and is said in the log.  The log also says
+when a CRL's next update has passed.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
 from dimsekit.config import ConfigError
 
-__all__ = ["TLSConfig", "TLSContext", "TLSError", "from_section", "DEFAULT_TLS_PORT", "describe_tls_failure"]
+__all__ = ["TLSConfig", "TLSContext", "TLSError", "from_section", "DEFAULT_TLS_PORT", "CRL_CHECKS", "describe_tls_failure",
+           "certificate_problem"]
 
 #: the port registered for DICOM over TLS (PS3.15 B.1, IANA "dicom-tls")
 DEFAULT_TLS_PORT = 2762
 
 _VERSIONS = ("1.2", "1.3")
 _KEYS = ("certificate", "private_key", "ca_certificates", "port", "verify_peer", "verify_hostname",
-         "minimum_version", "ciphers")
+         "minimum_version", "ciphers", "crls", "crl_check")
+#: ``crl_check``: which certificates of a peer's chain are checked against the CRLs
+CRL_CHECKS = ("leaf", "chain")
 #: ``ciphers``: OpenSSL cipher strings for TLS 1.2 (None: Twisted's own list)
 CIPHER_CHOICES: dict[str, str | None] = {
     # ECDHE/DHE key exchange, AEAD only (BCP 195 / RFC 9325 section 4.2); no anonymous suites
     "forward-secret": "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!DSS",
     "compatible": None,
 }
+
+
+_log = Logger(namespace="dimsekit.tls")
 
 
 class TLSError(ConfigError):
@@ -83,6 +112,8 @@ class TLSConfig:
     verify_hostname: bool = False
     minimum_version: str = "1.2"
     ciphers: str = "forward-secret"
+    crls: tuple[str, ...] = ()
+    crl_check: str = "leaf"
     #: where relative file names are found (the configuration file's directory)
     base: str = field(default="", compare=False)
 
@@ -110,12 +141,19 @@ def from_section(values: Mapping[str, Any], *, base: str = "", prefix: str = "tl
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{prefix}.{key}: give the path of a PEM file, got {value!r}")
             kwargs[key] = value.strip()
-    if "ca_certificates" in values:
-        value = values["ca_certificates"]
-        files = [value] if isinstance(value, str) else value
-        if not isinstance(files, list) or not files or any(not isinstance(f, str) or not f.strip() for f in files):
-            raise ConfigError(f"{prefix}.ca_certificates: give a PEM file or a list of them, got {value!r}")
-        kwargs["ca_certificates"] = tuple(f.strip() for f in files)
+    for key, kind in (("ca_certificates", "a PEM file"), ("crls", "a CRL file (PEM or DER)")):
+        if key in values:
+            value = values[key]
+            files = [value] if isinstance(value, str) else value
+            if not isinstance(files, list) or not files or any(not isinstance(f, str) or not f.strip() for f in files):
+                raise ConfigError(f"{prefix}.{key}: give {kind} or a list of them, got {value!r}")
+            kwargs[key] = tuple(f.strip() for f in files)
+    if "crl_check" in values:
+        if values["crl_check"] not in CRL_CHECKS:
+            raise ConfigError(f"{prefix}.crl_check: use \"leaf\" or \"chain\", got {values['crl_check']!r}")
+        if "crls" not in values:
+            raise ConfigError(f"{prefix}.crl_check: needs crls (the revocation lists to check against)")
+        kwargs["crl_check"] = values["crl_check"]
     if "port" in values:
         port = values["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -145,6 +183,8 @@ def from_section(values: Mapping[str, Any], *, base: str = "", prefix: str = "tl
                           "against, or set verify_peer = false (not recommended: anyone could connect)")
     if config.verify_hostname and not config.verify_peer:
         raise ConfigError(f"{prefix}.verify_hostname: needs verify_peer = true")
+    if config.crls and not config.verify_peer:
+        raise ConfigError(f"{prefix}.crls: needs verify_peer = true (without it no certificate is checked)")
     return config
 
 
@@ -189,6 +229,12 @@ class TLSContext:
         self._policy: dict[str, Any] = {"raiseMinimumTo": self._minimum}
         if cipher_string is not None:
             self._policy["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(cipher_string)
+        if config.crl_check not in CRL_CHECKS:
+            raise TLSError(f"{prefix}.crl_check: use \"leaf\" or \"chain\", got {config.crl_check!r}")
+        if config.crls and not config.verify_peer:
+            raise TLSError(f"{prefix}.crls: needs verify_peer = true (without it no certificate is checked)")
+        #: the revocation lists, re-read when their files change (None: no revocation check)
+        self._crls = _RevocationLists(self, trusted) if config.crls else None
         #: the client options without a host name check: one for every association (its SSL context made once)
         self._client_options: Any = None
 
@@ -281,7 +327,7 @@ class TLSContext:
         """What the node's TLS listener uses (our certificate; the client's checked if verify_peer)."""
         if self._identity is None:
             raise TLSError(f"{self._prefix}.certificate: a TLS listener needs certificate and private_key")
-        return self._options(server=True)
+        return _Connections(lambda: self._options(server=True), self._crls)
 
     def client_options(self, host: str) -> Any:
         """What an association we open to ``host`` uses."""
@@ -289,11 +335,15 @@ class TLSContext:
             extra: dict[str, Any] = dict(self._policy)
             if self._identity is not None:  # a chain without a certificate is refused (ValueError)
                 extra["extraCertChain"] = self._chain
-            return self._ssl.optionsForClientTLS(
-                host, trustRoot=self._trust, clientCertificate=self._identity, extraCertificateOptions=extra,
-            )
+
+            def checking_host_name() -> Any:
+                return self._ssl.optionsForClientTLS(
+                    host, trustRoot=self._trust, clientCertificate=self._identity, extraCertificateOptions=extra,
+                )
+
+            return _Connections(checking_host_name, self._crls)
         if self._client_options is None:
-            self._client_options = self._options(server=False)
+            self._client_options = _Connections(lambda: self._options(server=False), self._crls)
         return self._client_options
 
     # -- endpoints --------------------------------------------------------------------
@@ -313,9 +363,43 @@ class TLSContext:
         )
 
 
-def describe_tls_failure(value: BaseException) -> str | None:
+def certificate_problem(transport: Any) -> str | None:
+    """Why the peer's certificate fails verification, as OpenSSL says it ("certificate
+    revoked", "unable to get certificate CRL"...): the certificate a TLS transport got,
+    checked again against its context's trust store after a failed handshake; None if
+    that finds nothing (or the transport is not Twisted's TLS on pyOpenSSL)."""
+    from OpenSSL import crypto
+
+    certificate, error = None, None
+    try:
+        connection = transport.getHandle()
+        refused = _REFUSED.get(connection)
+        if refused is not None:
+            certificate, chain, error = refused
+        else:  # a client's chain starts with the server's certificate (still there once refused)
+            chain = list(connection.get_peer_cert_chain() or ())
+            certificate = connection.get_peer_certificate() or (chain[0] if chain else None)
+        if certificate is None:
+            return None
+        subject = certificate.to_cryptography().subject.rfc4514_string()
+        try:
+            crypto.X509StoreContext(connection.get_context().get_cert_store(), certificate, chain).verify_certificate()
+        except crypto.X509StoreContextError as exc:
+            code = exc.errors[0] if exc.errors else None
+            if str(exc) and (error is None or code == error):
+                return f"{exc}: {subject}"
+        if error is None:
+            return None
+        return f"{_VERIFY_ERRORS.get(error, f'OpenSSL verification error {error}')}: {subject}"
+    except Exception:  # no such transport or handle: nothing to add
+        return None
+
+
+def describe_tls_failure(value: BaseException, transport: Any = None) -> str | None:
     """One line for a failed TLS handshake (an ``OpenSSL.SSL.Error``, or the host name
-    check's ``service_identity`` error with ``verify_hostname``), None for anything else."""
+    check's ``service_identity`` error with ``verify_hostname``), None for anything else.
+    With the TLS ``transport``, a refused certificate's line says why (see
+    :func:`certificate_problem`)."""
     try:
         from OpenSSL import SSL
     except ImportError:  # pragma: no cover - pyOpenSSL is a dependency (twisted[tls])
@@ -332,6 +416,10 @@ def describe_tls_failure(value: BaseException) -> str | None:
     text = "; ".join(reasons) or str(value) or "the peer closed the connection"
     if "wrong version number" in text or "http request" in text:
         text += " (the peer does not speak TLS on this connection)"
+    if "certificate verify failed" in text and transport is not None:
+        problem = certificate_problem(transport)
+        if problem:
+            text += f" ({problem})"
     return "TLS handshake failed: " + text
 
 
@@ -353,3 +441,187 @@ def _host_name_mismatch(value: BaseException) -> str | None:
     if isinstance(value, CertificateError):
         return f"the peer's certificate names no host ({value}) (host name check)"
     return None
+
+
+# -- certificate revocation lists ---------------------------------------------------------
+
+def _load_crls(data: bytes) -> list[Any]:
+    """The CRLs of a file's bytes: PEM (any number) or DER (one); ValueError if none."""
+    from cryptography import x509
+
+    if b"-----BEGIN X509 CRL-----" not in data:
+        return [x509.load_der_x509_crl(data)]
+    crls = []
+    for block in data.split(b"-----BEGIN X509 CRL-----")[1:]:
+        end = block.find(b"-----END X509 CRL-----")
+        if end < 0:
+            raise ValueError("a PEM block without its END line")
+        crls.append(x509.load_pem_x509_crl(b"-----BEGIN X509 CRL-----" + block[: end] + b"-----END X509 CRL-----\n"))
+    return crls
+
+
+class _RevocationLists:
+    """The CRLs of ``[tls] crls``, read again when one of their files changes.
+
+    :attr:`generation` counts the readings that changed something: the
+    connection creators make new SSL contexts when it moves.  A file that
+    cannot be read at start up is a :class:`TLSError`; later, the lists in
+    force stay, and the log says why.
+    """
+
+    def __init__(self, context: TLSContext, trusted: list[Any]) -> None:
+        self._context = context
+        self._trusted = [cert.to_cryptography() for cert in trusted]
+        self.chain = context.config.crl_check == "chain"
+        self.generation = 0
+        self._stamps = self._stat()
+        self.crls = self._read()  # TLSError: start-up stops
+        self._refused: tuple[Any, ...] | None = None  # the stamps of files that could not be read (said once)
+
+    def _stat(self) -> tuple[Any, ...]:
+        stamps = []
+        for name in self._context.config.crls:
+            try:
+                stat = self._context.config.path(name).stat()
+                stamps.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
+            except OSError:
+                stamps.append(None)
+        return tuple(stamps)
+
+    def _read(self) -> list[Any]:
+        import datetime
+
+        crls = []
+        prefix = self._context._prefix
+        now = datetime.datetime.now(datetime.UTC)
+        for name in self._context.config.crls:
+            where = self._context._where(name)
+            data = self._context._read("crls", name)
+            try:
+                found = _load_crls(data)
+            except ValueError as exc:
+                raise TLSError(f"{prefix}.crls: {where} holds no certificate revocation list (PEM or DER): "
+                               f"{exc}") from None
+            for crl in found:
+                issuer = crl.issuer.rfc4514_string()
+                signer = next((cert for cert in self._trusted if cert.subject == crl.issuer), None)
+                if signer is not None and not crl.is_signature_valid(signer.public_key()):
+                    raise TLSError(f"{prefix}.crls: {where}: the CRL of {issuer} is not signed by the CA of that "
+                                   "name in ca_certificates")
+                if crl.next_update_utc is not None and crl.next_update_utc < now:
+                    _log.error("{prefix}.crls: {where}: the CRL of {issuer} was due to be replaced at {due}: "
+                               "every certificate that CA issued is refused (\"CRL has expired\") until a newer "
+                               "CRL is in its place", prefix=prefix, where=where, issuer=issuer,
+                               due=crl.next_update_utc.isoformat())
+            crls.extend(found)
+        return crls
+
+    def refresh(self) -> int:
+        """Read the files again if one changed; the generation of the lists in force."""
+        stamps = self._stat()
+        if stamps == self._stamps or stamps == self._refused:
+            return self.generation
+        try:
+            crls = self._read()
+        except TLSError as exc:
+            self._refused = stamps
+            _log.error("{error}; the revocation lists read before stay in force", error=exc)
+            return self.generation
+        self._stamps, self._refused, self.crls = stamps, None, crls
+        self.generation += 1
+        _log.info("{prefix}.crls: read again ({n} revocation lists): for the connections from now on",
+                  prefix=self._context._prefix, n=len(crls))
+        return self.generation
+
+    def install(self, store: Any) -> None:
+        """Check the certificates a context verifies against the lists (its ``X509Store``)."""
+        from OpenSSL.crypto import X509StoreFlags
+
+        for crl in self.crls:
+            store.add_crl(crl)
+        store.set_flags(X509StoreFlags.CRL_CHECK | (X509StoreFlags.CRL_CHECK_ALL if self.chain else 0))
+
+
+#: connection -> (the certificate its verification refused first, the peer's chain then, OpenSSL's error)
+_REFUSED: weakref.WeakKeyDictionary[Any, tuple[Any, list[Any], int]] = weakref.WeakKeyDictionary()
+#: OpenSSL's words for the verification errors (``X509_V_ERR_*``) a peer's certificate most often
+#: meets, for when checking it again on its own cannot reproduce the error (an intermediate
+#: CA the handshake had is not in the store)
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate",
+    3: "unable to get certificate CRL",
+    7: "certificate signature failure",
+    8: "CRL signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    11: "CRL is not yet valid",
+    12: "CRL has expired",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate",
+    23: "certificate revoked",
+    26: "unsupported certificate purpose",
+}
+
+
+def _note_refusal(connection: Any, certificate: Any, error: int, depth: int, ok: int) -> bool:
+    """The verify callback of our contexts: OpenSSL's verdict unchanged; the first
+    certificate it refuses kept, for :func:`certificate_problem` to say why."""
+    if not ok and connection not in _REFUSED:
+        try:
+            _REFUSED[connection] = (certificate, list(connection.get_peer_cert_chain() or ()), error)
+        except Exception:  # pragma: no cover - never fail a verification over a note
+            pass
+    return bool(ok)
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+class _Connections:
+    """Twisted's TLS options, with our touches on their SSL context before any handshake:
+    the revocation lists in its store (if any), the refused certificates noted.
+
+    With revocation lists, every connection first looks whether they changed:
+    then it gets new options from ``make`` (a new context: one in use is never
+    changed).
+    """
+
+    def __init__(self, make: Any, crls: _RevocationLists | None) -> None:
+        self._make = make
+        self._crls = crls
+        self._options: Any = None
+        self._generation = -1
+        self._prepared: Any = None  # the context touched
+
+    def _current(self) -> Any:
+        generation = self._crls.refresh() if self._crls is not None else 0
+        if self._options is None or generation != self._generation:
+            options = self._make()
+            get_context = getattr(options, "getContext", None)  # not Twisted's host-name-checking options
+            if get_context is not None:
+                # Touched before its first connection: pyOpenSSL refuses to change a context after.
+                self._touch(get_context(), note=True)
+            self._options, self._generation = options, generation
+        return self._options
+
+    def _touch(self, context: Any, *, note: bool) -> None:
+        if self._crls is not None:
+            self._crls.install(context.get_cert_store())
+        mode = context.get_verify_mode()
+        if note and mode:
+            context.set_verify(mode, _note_refusal)
+        self._prepared = context
+
+    def _prepare(self, connection: Any) -> Any:
+        context = connection.get_context()
+        if context is not self._prepared:
+            # The host name check's options make their context with the first connection, and
+            # set their own verify callback on each: the lists go into its store (a store can
+            # change), and that callback stays.
+            self._touch(context, note=False)
+        return connection
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's interface
+        return self._prepare(self._current().serverConnectionForTLS(tlsProtocol))
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802 - Twisted's interface
+        return self._prepare(self._current().clientConnectionForTLS(tlsProtocol))

@@ -99,7 +99,8 @@ def test_the_options_are_in_every_tools_help(capsys):
             _parser().parse_args([*command.split(), "--help"])
         text = capsys.readouterr().out
         for option in ("+tls KEY CERT", "--tls KEY CERT", "+tla, --anonymous-tls", "+cf FILE, --add-cert-file FILE",
-                       "-ic, --ignore-peer-cert", "--verify-hostname", "--tls-ciphers"):
+                       "-ic, --ignore-peer-cert", "--verify-hostname", "--tls-ciphers",
+                       "+crl FILE, --add-crl-file FILE", "+cra, --enable-crl-all"):
             assert option in text, (command, option)
 
 
@@ -117,6 +118,10 @@ def test_tls_config_from_the_options():
     assert (config.verify_peer, config.verify_hostname) == (True, True)
     assert config.ciphers == "forward-secret"
     assert tls_config(parse("echo", "+tla", "-ic", "--tls-ciphers", "compatible")).ciphers == "compatible"
+    assert config.crls == ()
+    config = tls_config(parse("echo", "+tla", "+cf", "a.pem", "+crl", "a.crl", "--add-crl-file", "b.crl"))
+    assert (config.crls, config.crl_check) == (("a.crl", "b.crl"), "leaf")
+    assert tls_config(parse("echo", "+tla", "+cf", "a.pem", "+crl", "a.crl", "+cra")).crl_check == "chain"
 
 
 @pytest.mark.parametrize(("options", "words"), [
@@ -126,6 +131,9 @@ def test_tls_config_from_the_options():
     (["-ic", "--verify-hostname"], "-ic and --verify-hostname are for TLS"),
     (["+tla", "-ic", "--verify-hostname"], "--verify-hostname checks the peer's certificate, -ic does not"),
     (["--tls-ciphers", "compatible"], "--tls-ciphers is for TLS: give +tls KEY CERT or +tla too"),
+    (["+crl", "a.crl"], "+crl is for TLS: give +tls KEY CERT or +tla too"),
+    (["+tla", "+cf", "a.pem", "+cra"], "+cra checks the chain against revocation lists: give them with +crl FILE"),
+    (["+tla", "-ic", "+crl", "a.crl"], "+crl checks the peer's certificate, -ic does not check it"),
 ])
 def test_options_that_do_not_go_together(options, words):
     with pytest.raises(ConfigError) as caught:

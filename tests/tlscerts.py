@@ -66,6 +66,20 @@ class TLSFiles:
     encrypted_pkcs8_key: Path
     rsa_server_cert: Path  # an RSA key (the others are EC): what RSA key transport suites need
     rsa_server_key: Path
+    # revocation: certificates of the CA that its CRL lists (keys ``revoked_*_key``); ``crl``: the
+    # CA's CRL listing them (PEM), ``crl_der`` the same in DER, ``empty_crl`` one listing nothing,
+    # ``expired_crl`` one listing nothing whose next update has passed, ``rogue_crl`` one of the
+    # CA's name signed by another key; ``intermediate_crl``: the intermediate CA's, listing nothing
+    revoked_server_cert: Path
+    revoked_server_key: Path
+    revoked_client_cert: Path
+    revoked_client_key: Path
+    crl: Path
+    crl_der: Path
+    empty_crl: Path
+    expired_crl: Path
+    rogue_crl: Path
+    intermediate_crl: Path
 
 
 #: the pass phrase of ``encrypted_key`` and ``encrypted_pkcs8_key``
@@ -107,6 +121,23 @@ def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _crl(issuer: str, issuer_key, serials: list[int], *, expired: bool = False) -> x509.CertificateRevocationList:
+    now = datetime.datetime.now(datetime.UTC)
+    if expired:  # issued two days ago, due to be replaced yesterday
+        now -= datetime.timedelta(days=2)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(_name(issuer))
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
 def make_tls_files(directory: Path) -> TLSFiles:
     directory.mkdir(parents=True, exist_ok=True)
     pem = serialization.Encoding.PEM
@@ -118,7 +149,9 @@ def make_tls_files(directory: Path) -> TLSFiles:
         "chained-server-leaf.crt", "chained-client.crt", "chained-client.key", "chained-client-leaf.crt",
         "other-ca.crt", "other-server.crt", "other-server.key", "other-client.crt", "other-client.key",
         "expired-server.crt", "expired-server.key", "expired-client.crt", "expired-client.key",
-        "encrypted.key", "encrypted-pkcs8.key", "rsa-server.crt", "rsa-server.key")))
+        "encrypted.key", "encrypted-pkcs8.key", "rsa-server.crt", "rsa-server.key",
+        "revoked-server.crt", "revoked-server.key", "revoked-client.crt", "revoked-client.key",
+        "ca.crl", "ca-crl.der", "ca-empty.crl", "ca-expired.crl", "rogue.crl", "intermediate.crl")))
     files.ca.write_bytes(ca_cert.public_bytes(pem))
     local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     elsewhere = (x509.DNSName("elsewhere.example"),)
@@ -186,6 +219,25 @@ def make_tls_files(directory: Path) -> TLSFiles:
                             names=local)
     files.rsa_server_cert.write_bytes(rsa_cert.public_bytes(pem))
     _write_key(files.rsa_server_key, rsa_key)
+
+    # revoked certificates of the CA, and CRLs
+    revoked = []
+    for cert_path, key_path, subject, usage in (
+        (files.revoked_server_cert, files.revoked_server_key, "localhost", server_usage),
+        (files.revoked_client_cert, files.revoked_client_key, "dimsekit test client", client_usage),
+    ):
+        key = _key()
+        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local)
+        cert_path.write_bytes(cert.public_bytes(pem))
+        _write_key(key_path, key)
+        revoked.append(cert.serial_number)
+    ca_crl = _crl("dimsekit test CA", ca_key, revoked)
+    files.crl.write_bytes(ca_crl.public_bytes(pem))
+    files.crl_der.write_bytes(ca_crl.public_bytes(serialization.Encoding.DER))
+    files.empty_crl.write_bytes(_crl("dimsekit test CA", ca_key, []).public_bytes(pem))
+    files.expired_crl.write_bytes(_crl("dimsekit test CA", ca_key, [], expired=True).public_bytes(pem))
+    files.rogue_crl.write_bytes(_crl("dimsekit test CA", _key(), []).public_bytes(pem))
+    files.intermediate_crl.write_bytes(_crl("dimsekit test intermediate CA", middle_key, []).public_bytes(pem))
 
     # the node's key, encrypted
     node_key = serialization.load_pem_private_key(files.node_key.read_bytes(), password=None)

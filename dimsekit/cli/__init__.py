@@ -124,6 +124,12 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="FILE", help="trust the certificates in FILE (a root CA's, or the peer's own self-signed one); repeatable")
     group.add_argument("-ic", "--ignore-peer-cert", dest="tls_ignore_peer", action="store_true",
                        help="do not verify the peer's certificate (then no +cf is needed; not recommended)")
+    group.add_argument(*names("+crl", "--add-crl-file"), dest="tls_crls", action="append", default=[],
+                       metavar="FILE", help="check the peer's certificate against the certificate revocation list "
+                                            "in FILE (PEM or DER); repeatable: give every issuing CA's")
+    group.add_argument(*names("+cra", "--enable-crl-all"), dest="tls_crl_chain", action="store_true",
+                       help="with +crl: check the CAs of the peer's chain below its root too (their issuers' CRLs "
+                            "needed)")
     group.add_argument("--verify-hostname", dest="tls_verify_hostname", action="store_true",
                        help="also check that the peer's certificate names HOST (DCMTK does not)")
     group.add_argument("--tls-ciphers", dest="tls_ciphers", choices=("forward-secret", "compatible"), default=None,

@@ -19,8 +19,8 @@ __all__ = ["make_ae", "tls_config", "ToolAE", "describe_failure", "fail", "end_c
 
 
 def tls_config(args: Any) -> TLSConfig | None:
-    """The TLS settings the options ask for (+tls, +tla, +cf, -ic, --verify-hostname, --tls-ciphers), None
-    without TLS.
+    """The TLS settings the options ask for (+tls, +tla, +cf, -ic, +crl, +cra, --verify-hostname,
+    --tls-ciphers), None without TLS.
 
     :raises ConfigError: the options do not go together (one line, naming them).
     Files are not read here: :class:`~dimsekit.tls.TLSContext` reads them.
@@ -31,21 +31,29 @@ def tls_config(args: Any) -> TLSConfig | None:
     ignore_peer = getattr(args, "tls_ignore_peer", False)
     verify_hostname = getattr(args, "tls_verify_hostname", False)
     ciphers = getattr(args, "tls_ciphers", None)
+    crls = tuple(getattr(args, "tls_crls", None) or ())
+    crl_chain = getattr(args, "tls_crl_chain", False)
     if identity is None and not anonymous:
-        given = [name for name, value in (("+cf", trust), ("-ic", ignore_peer),
+        given = [name for name, value in (("+cf", trust), ("-ic", ignore_peer), ("+crl", crls), ("+cra", crl_chain),
                                           ("--verify-hostname", verify_hostname), ("--tls-ciphers", ciphers))
                  if value]
         if given:
             raise ConfigError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} for TLS: "
                               "give +tls KEY CERT or +tla too")
         return None
+    if crl_chain and not crls:
+        raise ConfigError("+cra checks the chain against revocation lists: give them with +crl FILE")
+    if ignore_peer and crls:
+        raise ConfigError("+crl checks the peer's certificate, -ic does not check it: give one of them")
     if ignore_peer and verify_hostname:
         raise ConfigError("--verify-hostname checks the peer's certificate, -ic does not check it: give one of them")
     if not ignore_peer and not trust:
         raise ConfigError("TLS checks the peer's certificate: give +cf FILE (the CA or the peer's certificate "
                           "to trust), or -ic not to check it")
     key, certificate = identity if identity is not None else ("", "")
-    chosen = {"ciphers": ciphers} if ciphers else {}
+    chosen: dict[str, Any] = {"ciphers": ciphers} if ciphers else {}
+    if crls:
+        chosen.update(crls=crls, crl_check="chain" if crl_chain else "leaf")
     return TLSConfig(certificate=certificate, private_key=key, ca_certificates=trust,
                      verify_peer=not ignore_peer, verify_hostname=verify_hostname, **chosen)
 

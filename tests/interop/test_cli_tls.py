@@ -118,7 +118,8 @@ def test_a_client_certificate_storescp_does_not_trust_is_refused(certs, tmp_path
 def test_a_server_certificate_we_do_not_trust_is_refused(certs, tmp_path):
     with storescp(tmp_path / "out", "+tls", certs.rogue_key, certs.rogue_cert, "+cf", certs.ca) as port:
         for tool, extra in (("echo", []), ("store", [CT_SMALL])):
-            assert one_line(cli(tool, port, *mutual(certs), *extra), tool) == UNTRUSTED_SERVER.format(tool=tool)
+            assert one_line(cli(tool, port, *mutual(certs), *extra), tool) == (
+                UNTRUSTED_SERVER.format(tool=tool) + " (self-signed certificate: CN=localhost)")
         # -ic: not checked, then it works (the server does check ours)
         echoed = cli("echo", port, "+tls", certs.client_key, certs.client_cert, "-ic")
         assert echoed.returncode == 0, echoed.stderr
@@ -278,7 +279,8 @@ def test_every_tool_checks_the_servers_certificate(certs, tls_node, tool, extra)
     trusting only the rogue certificate, the node's (our CA's) is refused."""
     result = cli(tool, tls_node.tls_port, "+tls", certs.client_key, certs.client_cert, "+cf", certs.rogue_cert,
                  "-aec", "DIMSEKIT", *extra)
-    assert one_line(result, tool) == UNTRUSTED_SERVER.format(tool=tool)
+    assert one_line(result, tool) == (
+        UNTRUSTED_SERVER.format(tool=tool) + " (self-signed certificate in certificate chain: CN=dimsekit test CA)")
 
 
 def test_move_receives_its_instances_over_tls_on_its_store_port(certs, tmp_path):
@@ -312,3 +314,19 @@ def test_move_receives_its_instances_over_tls_on_its_store_port(certs, tmp_path)
         assert "ended: released" in node.wait_log(r"association requestor .*calling=DIMSEKIT called=MOVESCU")
     finally:
         _finish_node(node)
+
+
+def test_crl_a_revoked_server_certificate_is_refused(certs, tmp_path):
+    """+crl: DCMTK's storescp showing a certificate its CA has revoked is refused, and said why."""
+    with storescp(tmp_path / "revoked", "+tls", certs.revoked_server_key, certs.revoked_server_cert,
+                  "+cf", certs.ca) as port:
+        assert cli("echo", port, *mutual(certs)).returncode == 0  # valid otherwise
+        for crl in (certs.crl, certs.crl_der):
+            assert one_line(cli("echo", port, *mutual(certs), "+crl", crl), "echo") == (
+                "dimsekit echo: TLS handshake failed: certificate verify failed (certificate revoked: CN=localhost)")
+    with storescp(tmp_path / "good", "+tls", certs.server_key, certs.server_cert, "+cf", certs.ca) as port:
+        echoed = cli("echo", port, *mutual(certs), "+crl", certs.crl, "+cra")
+        assert echoed.returncode == 0, echoed.stderr
+        # a CRL past its next update refuses every certificate of its CA
+        assert one_line(cli("echo", port, *mutual(certs), "+crl", certs.expired_crl), "echo").endswith(
+            "certificate verify failed (CRL has expired: CN=localhost)")

@@ -295,6 +295,22 @@ def test_certificate_files_with_their_intermediate(tmp_path, certs):
         _finish_node(node.node)
 
 
+def test_revoked_client_certificates_are_refused(tmp_path, certs):
+    """[tls] crls: DCMTK's echoscu with a certificate the CA revoked is refused, and the
+    node's line says so; the same CA's valid certificates still get in."""
+    node = start_tls_node(tmp_path, certs, crls=f'["{certs.crl}"]')
+    try:
+        revoked = ["+tls", str(certs.revoked_client_key), str(certs.revoked_client_cert), "+cf", str(certs.ca)]
+        result = echoscu(node.tls_port, "-aet", "REVOKED", *revoked)
+        assert result.returncode != 0, result.stdout + result.stderr
+        wait_until(lambda: node.tls_failures("certificate verify failed (certificate revoked: "
+                                             "CN=dimsekit test client)") == 1, what="the refused handshake's line")
+        assert "calling=REVOKED" not in node.node.log_text()
+        healthy(node, certs)
+    finally:
+        _finish_node(node.node)
+
+
 # -- pynetdicom as a TLS client ---------------------------------------------------------------------------
 
 
@@ -393,7 +409,7 @@ def test_c_move_to_a_tls_destination(tls_node, certs, tmp_path):
 
 @pytest.mark.parametrize("destination, scp_tls, reason", [
     # its certificate is self-signed: the node does not trust it
-    ("ROGUESCP", "rogue", "TLS handshake failed: certificate verify failed"),
+    ("ROGUESCP", "rogue", "TLS handshake failed: certificate verify failed (self-signed certificate: CN=localhost)"),
     # it speaks no TLS (storescp closes the connection on the ClientHello)
     ("PLAINSCP", None, "TLS handshake failed: the connection closed before the handshake was done "
                        "(does the peer speak TLS on this connection?)"),

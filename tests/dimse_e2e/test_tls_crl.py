@@ -1,0 +1,201 @@
+"""Certificate revocation lists (``[tls] crls``): revoked certificates refused both ways, what
+the lists must hold (every issuer's CRL, the chain's with ``crl_check = "chain"``), lists
+out of date, files read again when they change, and the settings that cannot be used."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.logger import globalLogPublisher
+
+from dimsekit.config import ConfigError, from_mapping
+from dimsekit.errors import AssociationAborted, ConnectionLost
+from dimsekit.tls import TLSContext, TLSError, describe_tls_failure
+from dimsekit.uids import VERIFICATION
+from tests.dimse_e2e.support import wait_until, within
+from tests.dimse_e2e.test_tls import TLSTestCase, tls_config
+
+
+class CRLTestCase(TLSTestCase):
+    def certificate(self, name: str) -> tuple[Path, Path]:
+        f = self.files
+        return {
+            "client": (f.client_cert, f.client_key),
+            "revoked-client": (f.revoked_client_cert, f.revoked_client_key),
+            "chained-client": (f.chained_client_cert, f.chained_client_key),
+            "server": (f.server_cert, f.server_key),
+            "revoked-server": (f.revoked_server_cert, f.revoked_server_key),
+            "chained-server": (f.chained_server_cert, f.chained_server_key),
+        }[name]
+
+    def crl_client(self, cert: str = "client", **tls):
+        c, k = self.certificate(cert)
+        return self.make_ae("SCU", config=tls_config("SCU", self.files, cert=c, key=k, trust=[self.files.ca],
+                                                     limits=None, **tls))
+
+    async def serve_with(self, cert: str = "server", **tls):
+        c, k = self.certificate(cert)
+        return await self.serve_tls(cert=c, key=k, **tls)
+
+    async def accepted(self, port: int, ae) -> None:
+        association = await self.connect(port, [VERIFICATION], ae=ae, tls=True)
+        self.assertEqual(await within(association.echo()), 0)
+        await within(association.release())
+
+    async def refused(self, port: int, ae) -> str:
+        with self.assertRaises((ConnectionLost, AssociationAborted)) as caught:
+            await self.connect(port, [VERIFICATION], ae=ae, tls=True)
+        return str(caught.exception)
+
+    def acceptor_ends(self) -> list[str]:
+        ends = self.association_ends()
+        return [ended for side, ended in ends if side == "acceptor"]  # a view: filled as lines come
+
+    def logged(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        lines: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "dimsekit.tls":
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return lines
+
+
+class RevocationTests(CRLTestCase):
+    async def test_the_listener_refuses_a_revoked_client_certificate(self):
+        ends = self.association_ends()
+        server, port = await self.serve_with(crls=[str(self.files.crl)])
+        await self.accepted(port, self.crl_client())
+        line = await self.refused(port, self.crl_client("revoked-client"))
+        self.assertIn("TLS handshake failed: tls alert certificate revoked", line)
+        self.assertEqual(server.active, set())
+        await wait_until(lambda: sum(side == "acceptor" for side, _ in ends) == 2, what="the acceptor's lines")
+        refused = [ended for side, ended in ends if side == "acceptor"][1]
+        self.assertIn("TLS handshake failed: certificate verify failed (certificate revoked: CN=dimsekit test client)", refused)
+
+    async def test_without_crls_a_revoked_certificate_is_accepted(self):
+        # what the check is for: the certificate is otherwise valid
+        _, port = await self.serve_with()
+        await self.accepted(port, self.crl_client("revoked-client"))
+
+    async def test_a_client_refuses_a_revoked_server_certificate(self):
+        _, port = await self.serve_with("revoked-server")
+        for verify_hostname in (False, True):
+            line = await self.refused(port, self.crl_client(crls=[str(self.files.crl)],
+                                                            verify_hostname=verify_hostname))
+            self.assertIn("TLS handshake failed: certificate verify failed (certificate revoked: CN=localhost)", line,
+                          verify_hostname)
+        _, port = await self.serve_with("server")
+        for verify_hostname in (False, True):
+            await self.accepted(port, self.crl_client(crls=[str(self.files.crl)], verify_hostname=verify_hostname))
+
+    async def test_a_der_file_and_a_list_that_revokes_nothing(self):
+        f = self.files
+        _, port = await self.serve_with(crls=[str(f.crl_der)])
+        self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
+        await self.accepted(port, self.crl_client())
+        _, port = await self.serve_with(crls=str(f.empty_crl))  # one file as a string
+        await self.accepted(port, self.crl_client("revoked-client"))
+
+    async def test_an_issuer_without_its_crl_is_refused(self):
+        # The chained client's issuer is the intermediate CA: its CRL must be there too.
+        f = self.files
+        ends = self.association_ends()
+        _, port = await self.serve_with(crls=[str(f.crl)])
+        await self.refused(port, self.crl_client("chained-client"))
+        await wait_until(lambda: any(side == "acceptor" for side, _ in ends), what="the acceptor's line")
+        self.assertIn("(unable to get certificate CRL: CN=dimsekit chained client)",
+                      [e for s, e in ends if s == "acceptor"][0])
+        _, port = await self.serve_with(crls=[str(f.crl), str(f.intermediate_crl)])
+        await self.accepted(port, self.crl_client("chained-client"))
+
+    async def test_chain_checks_the_intermediate_against_its_issuers_crl(self):
+        f = self.files
+        _, port = await self.serve_with(crls=[str(f.intermediate_crl)])  # leaf: the intermediate's is enough
+        await self.accepted(port, self.crl_client("chained-client"))
+        _, port = await self.serve_with(crls=[str(f.intermediate_crl)], crl_check="chain")
+        await self.refused(port, self.crl_client("chained-client"))  # the root's CRL is missing
+        _, port = await self.serve_with(crls=[str(f.intermediate_crl), str(f.crl)], crl_check="chain")
+        await self.accepted(port, self.crl_client("chained-client"))
+        # the other way: a client checking the chained server's whole chain
+        _, port = await self.serve_with("chained-server")
+        line = await self.refused(port, self.crl_client(crls=[str(f.intermediate_crl)], crl_check="chain"))
+        self.assertIn("(unable to get certificate CRL: CN=dimsekit test intermediate CA)", line)
+        await self.accepted(port, self.crl_client(crls=[str(f.intermediate_crl), str(f.crl)], crl_check="chain"))
+
+    async def test_a_list_out_of_date_refuses_its_cas_certificates_and_is_said(self):
+        lines = self.logged()
+        _, port = await self.serve_with(crls=[str(self.files.expired_crl)])
+        self.assertTrue(any("was due to be replaced" in line and "CRL has expired" in line for line in lines), lines)
+        line = await self.refused(port, self.crl_client())
+        self.assertIn("certificate expired", line)  # the server's alert for "CRL has expired"
+        _, port = await self.serve_with()
+        line = await self.refused(port, self.crl_client(crls=[str(self.files.expired_crl)]))
+        self.assertIn("certificate verify failed (CRL has expired: CN=localhost)", line)
+
+    async def test_the_files_are_read_again_when_they_change(self):
+        f = self.files
+        published = f.directory / "published.crl"
+        published.write_bytes(f.empty_crl.read_bytes())
+        lines = self.logged()
+        _, port = await self.serve_with(crls=[str(published)])
+        await self.accepted(port, self.crl_client("revoked-client"))
+        # a new list, renamed into place: the next handshake uses it
+        staged = f.directory / "staged.crl"
+        staged.write_bytes(f.crl.read_bytes())
+        os.replace(staged, published)
+        self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
+        await self.accepted(port, self.crl_client())
+        self.assertTrue(any("read again (1 revocation lists)" in line for line in lines), lines)
+        # one that cannot be read: the lists in force stay, and the log says so (once)
+        published.write_bytes(b"not a CRL at all")
+        self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
+        self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
+        stayed = [line for line in lines if "the revocation lists read before stay in force" in line]
+        self.assertEqual(len(stayed), 1, lines)
+        self.assertIn("holds no certificate revocation list", stayed[0])
+        # ... until it is readable again
+        published.write_bytes(f.empty_crl.read_bytes() + b"\n")
+        await self.accepted(port, self.crl_client("revoked-client"))
+
+
+class CRLSettingsTests(CRLTestCase):
+    def test_section_checks(self):
+        f = self.files
+        cases = [
+            ({"crls": [str(f.crl)], "verify_peer": False}, "tls.crls: needs verify_peer = true"),
+            ({"crls": [], "ca_certificates": [str(f.ca)]}, "tls.crls: give a CRL file"),
+            ({"crls": 3, "ca_certificates": [str(f.ca)]}, "tls.crls: give a CRL file"),
+            ({"crl_check": "chain", "ca_certificates": [str(f.ca)]}, "tls.crl_check: needs crls"),
+            ({"crls": [str(f.crl)], "crl_check": "all", "ca_certificates": [str(f.ca)]},
+             "tls.crl_check: use \"leaf\" or \"chain\""),
+        ]
+        for section, message in cases:
+            with self.assertRaises(ConfigError) as caught:
+                from_mapping({"tls": section})
+            self.assertIn(message, str(caught.exception), section)
+
+    def test_files_that_cannot_be_used_stop_start_up(self):
+        f = self.files
+        for crl, message in (
+            (f.directory / "missing.crl", "tls.crls: cannot read"),
+            (f.ca, "holds no certificate revocation list"),
+            (f.rogue_crl, "the CRL of CN=dimsekit test CA is not signed by the CA of that name"),
+        ):
+            config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.ca], crls=[str(crl)])
+            with self.assertRaises(TLSError) as caught:
+                TLSContext(config.tls)
+            self.assertIn(message, str(caught.exception), crl.name)
+            self.assertIn(str(crl), str(caught.exception))
+
+    def test_only_a_refused_certificate_gets_a_reason(self):
+        from OpenSSL import SSL
+
+        failed = SSL.Error([("SSL routines", "", "certificate verify failed")])
+        self.assertEqual(describe_tls_failure(failed), "TLS handshake failed: certificate verify failed")
+        self.assertEqual(describe_tls_failure(failed, object()), "TLS handshake failed: certificate verify failed")

@@ -121,6 +121,24 @@ def _certificate(subject: str, key, issuer: str, issuer_key, *, ca: bool, usage=
     return builder.sign(issuer_key, hashes.SHA256())
 
 
+def _server_and_client(server_cert: Path, server_key: Path, client_cert: Path, client_key: Path, issuer: str,
+                       issuer_key, *, expired: bool = False) -> list[x509.Certificate]:
+    """A server certificate (for localhost and 127.0.0.1) and a client one that ``issuer`` signed, written
+    with their keys; returned."""
+    local = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    made = []
+    for cert_path, key_path, subject, usage in (
+        (server_cert, server_key, "localhost", ExtendedKeyUsageOID.SERVER_AUTH),
+        (client_cert, client_key, "dimsekit test client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        key = _key()
+        cert = _certificate(subject, key, issuer, issuer_key, ca=False, usage=[usage], names=local, expired=expired)
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key_path, key)
+        made.append(cert)
+    return made
+
+
 def _crl(issuer: str, issuer_key, serials: list[int], *, expired: bool = False) -> x509.CertificateRevocationList:
     now = datetime.datetime.now(datetime.UTC)
     if expired:  # issued two days ago, due to be replaced yesterday
@@ -193,25 +211,12 @@ def make_tls_files(directory: Path) -> TLSFiles:
     other_key = _key()
     other = _certificate("another CA", other_key, "another CA", other_key, ca=True)
     files.other_ca.write_bytes(other.public_bytes(pem))
-    for cert_path, key_path, subject, usage in (
-        (files.other_server_cert, files.other_server_key, "localhost", server_usage),
-        (files.other_client_cert, files.other_client_key, "dimsekit test client", client_usage),
-    ):
-        key = _key()
-        cert = _certificate(subject, key, "another CA", other_key, ca=False, usage=usage, names=local)
-        cert_path.write_bytes(cert.public_bytes(pem))
-        _write_key(key_path, key)
+    _server_and_client(files.other_server_cert, files.other_server_key, files.other_client_cert,
+                       files.other_client_key, "another CA", other_key)
 
     # certificates of our CA that are no longer valid
-    for cert_path, key_path, subject, usage in (
-        (files.expired_server_cert, files.expired_server_key, "localhost", server_usage),
-        (files.expired_client_cert, files.expired_client_key, "dimsekit test client", client_usage),
-    ):
-        key = _key()
-        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local,
-                            expired=True)
-        cert_path.write_bytes(cert.public_bytes(pem))
-        _write_key(key_path, key)
+    _server_and_client(files.expired_server_cert, files.expired_server_key, files.expired_client_cert,
+                       files.expired_client_key, "dimsekit test CA", ca_key, expired=True)
 
     # a server certificate with an RSA key
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -221,17 +226,9 @@ def make_tls_files(directory: Path) -> TLSFiles:
     _write_key(files.rsa_server_key, rsa_key)
 
     # revoked certificates of the CA, and CRLs
-    revoked = []
-    for cert_path, key_path, subject, usage in (
-        (files.revoked_server_cert, files.revoked_server_key, "localhost", server_usage),
-        (files.revoked_client_cert, files.revoked_client_key, "dimsekit test client", client_usage),
-    ):
-        key = _key()
-        cert = _certificate(subject, key, "dimsekit test CA", ca_key, ca=False, usage=usage, names=local)
-        cert_path.write_bytes(cert.public_bytes(pem))
-        _write_key(key_path, key)
-        revoked.append(cert.serial_number)
-    ca_crl = _crl("dimsekit test CA", ca_key, revoked)
+    revoked = _server_and_client(files.revoked_server_cert, files.revoked_server_key, files.revoked_client_cert,
+                                 files.revoked_client_key, "dimsekit test CA", ca_key)
+    ca_crl = _crl("dimsekit test CA", ca_key, [cert.serial_number for cert in revoked])
     files.crl.write_bytes(ca_crl.public_bytes(pem))
     files.crl_der.write_bytes(ca_crl.public_bytes(serialization.Encoding.DER))
     files.empty_crl.write_bytes(_crl("dimsekit test CA", ca_key, []).public_bytes(pem))

@@ -632,6 +632,11 @@ class TLSSettingsTests(LoopbackTestCase):
             ({"ciphers": "ALL", "ca_certificates": ["c"]}, "tls.ciphers: use 'forward-secret' or 'compatible'"),
             ({"ca_certificates": []}, "tls.ca_certificates"),
             ({"bogus": 1, "ca_certificates": ["c"]}, "tls.bogus: unknown key"),
+            ({"crls": ["a.crl"], "verify_peer": False}, "tls.crls: needs verify_peer = true"),
+            ({"crls": [], "ca_certificates": ["c"]}, "tls.crls: give a CRL file"),
+            ({"crls": 3, "ca_certificates": ["c"]}, "tls.crls: give a CRL file"),
+            ({"crl_check": "chain", "ca_certificates": ["c"]}, "tls.crl_check: needs crls"),
+            ({"crls": ["a.crl"], "crl_check": "all", "ca_certificates": ["c"]}, "tls.crl_check: use \"leaf\" or \"chain\""),
         ]
         for section, message in cases:
             with self.assertRaises(ConfigError) as caught:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from twisted.logger import globalLogPublisher
 
-from dimsekit.config import ConfigError, from_mapping
 from dimsekit.errors import AssociationAborted, ConnectionLost
 from dimsekit.tls import TLSContext, TLSError, describe_tls_failure
 from dimsekit.uids import VERIFICATION
@@ -165,21 +164,6 @@ class RevocationTests(CRLTestCase):
 
 
 class CRLSettingsTests(CRLTestCase):
-    def test_section_checks(self):
-        f = self.files
-        cases = [
-            ({"crls": [str(f.crl)], "verify_peer": False}, "tls.crls: needs verify_peer = true"),
-            ({"crls": [], "ca_certificates": [str(f.ca)]}, "tls.crls: give a CRL file"),
-            ({"crls": 3, "ca_certificates": [str(f.ca)]}, "tls.crls: give a CRL file"),
-            ({"crl_check": "chain", "ca_certificates": [str(f.ca)]}, "tls.crl_check: needs crls"),
-            ({"crls": [str(f.crl)], "crl_check": "all", "ca_certificates": [str(f.ca)]},
-             "tls.crl_check: use \"leaf\" or \"chain\""),
-        ]
-        for section, message in cases:
-            with self.assertRaises(ConfigError) as caught:
-                from_mapping({"tls": section})
-            self.assertIn(message, str(caught.exception), section)
-
     def test_files_that_cannot_be_used_stop_start_up(self):
         f = self.files
         for crl, message in (

@@ -314,14 +314,22 @@ class TLSContext:
     def _options(self, *, server: bool) -> Any:
         ssl = self._ssl
         kwargs: dict[str, Any] = dict(self._policy)
-        if self._identity is not None:
-            kwargs.update(privateKey=self._identity.privateKey.original, certificate=self._identity.original,
-                          extraCertChain=self._chain)
+        kwargs.update(self._identity_options())
         if self.config.verify_peer:
             kwargs.update(trustRoot=self._trust)  # a certificate is then required, and checked
         elif server:
             kwargs.update(requireCertificate=False)
         return ssl.CertificateOptions(**kwargs)
+
+    def _identity_options(self) -> dict[str, Any]:
+        """Our key, certificate and its chain for Twisted's options, as ``cryptography`` objects:
+        pyOpenSSL's ``X509`` and ``PKey`` in an SSL context are deprecated (warned at each
+        context made), and once they go every TLS association would fail."""
+        if self._identity is None:
+            return {}  # (a chain without a certificate is refused: ValueError)
+        return {"privateKey": self._identity.privateKey.original.to_cryptography_key(),
+                "certificate": self._identity.original.to_cryptography(),
+                "extraCertChain": [cert.to_cryptography() for cert in self._chain]}
 
     def server_options(self) -> Any:
         """What the node's TLS listener uses (our certificate; the client's checked if verify_peer)."""
@@ -333,12 +341,11 @@ class TLSContext:
         """What an association we open to ``host`` uses."""
         if self.config.verify_hostname:
             extra: dict[str, Any] = dict(self._policy)
-            if self._identity is not None:  # a chain without a certificate is refused (ValueError)
-                extra["extraCertChain"] = self._chain
+            extra.update(self._identity_options())
 
             def checking_host_name() -> Any:
                 return self._ssl.optionsForClientTLS(
-                    host, trustRoot=self._trust, clientCertificate=self._identity, extraCertificateOptions=extra,
+                    host, trustRoot=self._trust, extraCertificateOptions=extra,
                 )
 
             return _Connections(checking_host_name, self._crls)

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, reactor, threads
@@ -103,7 +104,7 @@ class TLSAssociationTests(TLSTestCase):
         self.assertEqual(status, 0x0000)
         transport = association.protocol.transport
         # the peer's certificate as the TLS layer saw it: our CA's client certificate
-        self.assertIn(b"dimsekit test CA", repr(transport.getPeerCertificate().get_issuer()).encode())
+        self.assertIn("dimsekit test CA", transport.getPeerCertificate().to_cryptography().issuer.rfc4514_string())
         await within(association.release())
 
     async def test_hostname_checked_when_asked(self):
@@ -608,6 +609,24 @@ class TLSSettingsTests(LoopbackTestCase):
         with self.assertRaises(TLSError) as caught:
             TLSContext(config.tls)
         self.assertIn("tls.ca_certificates", str(caught.exception))
+
+    def test_contexts_get_no_deprecated_pyopenssl_objects(self):
+        # pyOpenSSL deprecates its X509 and PKey in an SSL context: were they removed, every
+        # handshake would fail.  Our key, certificate and chain go in as cryptography's.
+        f = self.files
+        config = tls_config("SCP", f, cert=f.chained_server_cert, key=f.chained_server_key, trust=[f.ca],
+                            crls=[str(f.crl), str(f.intermediate_crl)])
+        context = TLSContext(config.tls)
+        # what Twisted's TLS protocol offers the options: its factory, wrapping ours
+        tls_protocol = SimpleNamespace(factory=SimpleNamespace(wrappedFactory=protocol.Factory()))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            context.server_options().serverConnectionForTLS(tls_protocol)
+            context.client_options("127.0.0.1").clientConnectionForTLS(tls_protocol)
+            hostname_checked = TLSContext(replace(config.tls, verify_hostname=True))
+            hostname_checked.client_options("localhost").clientConnectionForTLS(tls_protocol)
+        deprecated = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+        self.assertEqual(deprecated, [])
 
     def test_relative_paths_are_found_next_to_the_configuration_file(self):
         f = self.files

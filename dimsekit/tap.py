@@ -282,13 +282,17 @@ class StopOnSIGTERM(service.Service):
             return  # signal handlers can only be set from the main thread
 
         def stop() -> None:
+            _log.info("received SIGTERM, stopping the node")
             try:
                 reactor.stop()
             except ReactorNotRunning:
                 pass  # a second SIGTERM while stopping
 
         def on_sigterm(signum: int, frame: object) -> None:
-            _log.info("received SIGTERM, stopping the node")
+            # Nothing here but the hand-off: a handler runs between two bytecodes of the main
+            # thread, maybe half-way into the log file's lock (Twisted's, a pure-Python RLock
+            # taken but not yet marked ours); a line logged from here then waited for that
+            # lock for ever, and the node hung instead of stopping.
             reactor.callFromThread(stop)
 
         signal.signal(signal.SIGTERM, on_sigterm)

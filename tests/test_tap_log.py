@@ -135,3 +135,46 @@ def test_sigusr2_stack_dump_is_registered_only_where_nothing_else_handles_it(tmp
         finally:
             faulthandler.unregister(usr2)
     assert "Current thread" in (tmp_path / "dump.txt").read_text()
+
+
+def test_the_sigterm_handler_only_hands_the_stop_to_the_reactor(monkeypatch):
+    """The handler may run anywhere in the main thread -- inside the log file's lock, say: it
+    must not log (that hung the node: a deadlock on the lock it interrupted).  The reactor
+    thread logs and stops."""
+    from twisted.logger import globalLogPublisher
+
+    class Reactor:
+        def __init__(self):
+            self.queued, self.stopped = [], 0
+
+        def callFromThread(self, f, *args):  # noqa: N802 - the reactor's name
+            self.queued.append((f, args))
+
+        def stop(self):
+            self.stopped += 1
+
+    reactor = Reactor()
+    logged: list[str] = []
+
+    def observe(event):
+        logged.append(str(event.get("log_format", "")))
+
+    previous = signal.getsignal(signal.SIGTERM)
+    globalLogPublisher.addObserver(observe)
+    try:
+        tap.StopOnSIGTERM()._install(reactor)
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        assert logged == [] and reactor.stopped == 0  # only queued
+        [(f, args)] = reactor.queued
+        f(*args)
+        assert reactor.stopped == 1
+        assert any("received SIGTERM" in line for line in logged), logged
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        signal.signal(signal.SIGTERM, previous)
+        sigusr2 = getattr(signal, "SIGUSR2", None)
+        if sigusr2 is not None:  # _install registered the stack dump there too
+            import faulthandler
+
+            faulthandler.unregister(sigusr2)

@@ -267,6 +267,10 @@ class StopOnSIGTERM(service.Service):
     the reactor runs (its handlers are installed by then) this service puts a
     handler in their place that stops the reactor -- the services stop as
     usual, associations are released or aborted -- and lets twistd exit 0.
+
+    Twisted's SIGINT handler (Ctrl-C) stays, but runs in the reactor thread:
+    it logs from the signal handler, which can hang the process (see
+    ``on_sigterm``).
     """
 
     name = "dimsekit-sigterm"
@@ -296,6 +300,13 @@ class StopOnSIGTERM(service.Service):
             reactor.callFromThread(stop)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        twisteds = signal.getsignal(signal.SIGINT)
+        if callable(twisteds):
+
+            def on_sigint(signum: int, frame: object) -> None:
+                reactor.callFromThread(twisteds, signum, None)  # it logs: not from here
+
+            signal.signal(signal.SIGINT, on_sigint)
         dump_stacks_on(getattr(signal, "SIGUSR2", None))
 
 

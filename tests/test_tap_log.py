@@ -137,7 +137,7 @@ def test_sigusr2_stack_dump_is_registered_only_where_nothing_else_handles_it(tmp
     assert "Current thread" in (tmp_path / "dump.txt").read_text()
 
 
-def test_the_sigterm_handler_only_hands_the_stop_to_the_reactor(monkeypatch):
+def test_the_signal_handlers_only_hand_over_to_the_reactor(monkeypatch):
     """The handler may run anywhere in the main thread -- inside the log file's lock, say: it
     must not log (that hung the node: a deadlock on the lock it interrupted).  The reactor
     thread logs and stops."""
@@ -159,7 +159,13 @@ def test_the_sigterm_handler_only_hands_the_stop_to_the_reactor(monkeypatch):
     def observe(event):
         logged.append(str(event.get("log_format", "")))
 
-    previous = signal.getsignal(signal.SIGTERM)
+    twisteds_sigint: list[int] = []
+
+    def sigint(signum, frame):  # as Twisted's: logs, then stops
+        logged.append("Received SIGINT")
+        twisteds_sigint.append(signum)
+
+    previous = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGINT, sigint)
     globalLogPublisher.addObserver(observe)
     try:
         tap.StopOnSIGTERM()._install(reactor)
@@ -170,9 +176,17 @@ def test_the_sigterm_handler_only_hands_the_stop_to_the_reactor(monkeypatch):
         f(*args)
         assert reactor.stopped == 1
         assert any("received SIGTERM" in line for line in logged), logged
+        # SIGINT: Twisted's own handler, run by the reactor thread
+        logged.clear()
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        assert logged == [] and twisteds_sigint == []
+        f, args = reactor.queued[1]
+        f(*args)
+        assert twisteds_sigint == [signal.SIGINT] and logged == ["Received SIGINT"]
     finally:
         globalLogPublisher.removeObserver(observe)
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
         sigusr2 = getattr(signal, "SIGUSR2", None)
         if sigusr2 is not None:  # _install registered the stack dump there too
             import faulthandler

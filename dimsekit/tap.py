@@ -38,6 +38,7 @@ from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText,
 from twisted.python import logfile, usage
 
 from dimsekit.config import ConfigError, load
+from dimsekit.signals import run_by_the_reactor
 
 __all__ = ["Options", "makeService", "StopOnSIGTERM", "NodeLogFormatter", "node_log_observer"]
 
@@ -269,8 +270,8 @@ class StopOnSIGTERM(service.Service):
     usual, associations are released or aborted -- and lets twistd exit 0.
 
     Twisted's SIGINT handler (Ctrl-C) stays, but runs in the reactor thread:
-    it logs from the signal handler, which can hang the process (see
-    ``on_sigterm``).
+    it logs, which from the signal handler can hang the process (see
+    :mod:`dimsekit.signals`).
     """
 
     name = "dimsekit-sigterm"
@@ -300,13 +301,7 @@ class StopOnSIGTERM(service.Service):
             reactor.callFromThread(stop)
 
         signal.signal(signal.SIGTERM, on_sigterm)
-        twisteds = signal.getsignal(signal.SIGINT)
-        if callable(twisteds):
-
-            def on_sigint(signum: int, frame: object) -> None:
-                reactor.callFromThread(twisteds, signum, None)  # it logs: not from here
-
-            signal.signal(signal.SIGINT, on_sigint)
+        run_by_the_reactor(reactor, signal.SIGINT)  # Twisted's: it logs, not from here
         dump_stacks_on(getattr(signal, "SIGUSR2", None))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.internet import task
 from dimsekit import __version__
 from dimsekit.config import MAX_PDU_RULE, ConfigError, check_ae_title, valid_max_pdu
 from dimsekit.memory import tune_allocator
+from dimsekit.signals import run_by_the_reactor
 
 __all__ = ["main", "add_common_arguments", "SUBCOMMANDS"]
 
@@ -187,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     codes: list[int] = []
 
     def _run(reactor: object) -> object:
+        # Ctrl-C: Twisted's handler (installed as the reactor starts) logs -- with -v, to stderr
+        reactor.callWhenRunning(run_by_the_reactor, reactor, signal.SIGINT)  # type: ignore[attr-defined]
         return args.module.run(reactor, args).addCallback(codes.append)
 
     try:

@@ -256,10 +256,18 @@ class Node:
         assert "Traceback" not in self.log_text(), self.log_text()
 
 
-def start_node(tmp_path: Path, *args: str, config: str | None = None, env: dict | None = None) -> Node:
+#: a command prefix that runs the rest with SIGINT at its default, as from a terminal (a test
+#: run started in the background, as CI may be, has it ignored, and children inherit that)
+WITH_SIGINT = [sys.executable, "-c",
+               "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"]
+
+
+def start_node(tmp_path: Path, *args: str, config: str | None = None, env: dict | None = None,
+               sigint: bool = False) -> Node:
+    """A twistd node on a free port (``sigint``: with SIGINT at its default, see :data:`WITH_SIGINT`)."""
     port = free_port()
     log = tmp_path / "twistd.log"
-    cmd = [TWISTD, "-n", "--logfile", str(log), "--pidfile", "", "dimsekit",
+    cmd = [*(WITH_SIGINT if sigint else ()), TWISTD, "-n", "--logfile", str(log), "--pidfile", "", "dimsekit",
            "--port", str(port), "--interface", "127.0.0.1"]
     if config is not None:
         cfg = tmp_path / "node.toml"

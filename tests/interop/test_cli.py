@@ -190,3 +190,35 @@ def test_cli_sends_a_abort_before_it_exits(script, expected_abort, words):
     assert words in line, line
     assert abort[0] == A_ABORT, f"expected A-ABORT, got {abort.hex()}"
     assert abort_fields(abort) in expected_abort, abort.hex()
+
+
+def test_ctrl_c_stops_a_tool_waiting_on_a_silent_peer():
+    """SIGINT (Ctrl-C) ends a tool at once, -v logging included: Twisted's handler, which logs,
+    runs in the reactor thread (from the signal handler it could hang on the log's lock)."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.interop.conftest import SAME_CODE, WITH_SIGINT
+
+    with SilentServer() as server:
+        proc = subprocess.Popen([*WITH_SIGINT, *DIMSEKIT_CLI, "echo", "127.0.0.1", str(server.port), "-v", "-to", "60"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **SAME_CODE})
+        try:
+            deadline = time.monotonic() + 15
+            while not server.received and time.monotonic() < deadline:  # its A-ASSOCIATE-RQ is out
+                time.sleep(0.05)
+            assert server.received, "the tool never sent its A-ASSOCIATE-RQ"
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    assert proc.returncode != 0, out + err
+    assert took < 5, took
+    assert "Received SIGINT, shutting down." in err, err
+    assert "Traceback" not in err, err

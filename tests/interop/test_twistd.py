@@ -64,6 +64,24 @@ def test_node_starts_answers_and_stops_cleanly_on_sigterm(tmp_path):
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
 
 
+def test_node_stops_on_sigint_too(tmp_path):
+    """Ctrl-C on twistd -n: Twisted's SIGINT handler, run by the reactor thread (see
+    dimsekit.signals), stops the node as before; twistd then exits by SIGINT."""
+    node = start_node(tmp_path, sigint=True)
+    try:
+        assert echoscu(node.port).returncode == 0
+        node.proc.send_signal(signal.SIGINT)
+        code = node.proc.wait(10)
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait(5)
+    text = node.log_text()
+    assert code == -signal.SIGINT, f"twistd exited with {code} on SIGINT:\n{text}"
+    assert "Received SIGINT, shutting down." in text and "Main loop terminated" in text, text
+    assert "Traceback" not in text, text
+
+
 def test_sigusr2_dumps_every_threads_stack_and_the_node_goes_on(tmp_path):
     node = start_node(tmp_path)
     try:

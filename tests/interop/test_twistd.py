@@ -44,42 +44,29 @@ def test_twistd_dimsekit_help_shows_its_options():
         assert option in result.stdout, result.stdout
 
 
-def test_node_starts_answers_and_stops_cleanly_on_sigterm(tmp_path):
-    node = start_node(tmp_path)
+@pytest.mark.parametrize(("signum", "exit_code", "line"), [
+    (signal.SIGTERM, 0, "received SIGTERM, stopping the node"),
+    # Ctrl-C: Twisted's handler, run by the reactor thread (dimsekit.signals); twistd exits by SIGINT
+    (signal.SIGINT, -signal.SIGINT, "Received SIGINT, shutting down."),
+])
+def test_node_starts_answers_and_stops_cleanly_on_a_signal(tmp_path, signum, exit_code, line):
+    node = start_node(tmp_path, sigint=signum == signal.SIGINT)
     try:
         result = echoscu(node.port)
         assert result.returncode == 0, result.stdout + result.stderr
         node.wait_log(r"calling=ECHOSCU called=DIMSEKIT .*released")
-        node.proc.send_signal(signal.SIGTERM)
+        node.proc.send_signal(signum)
         code = node.proc.wait(10)
     finally:
         if node.proc.poll() is None:
             node.proc.kill()
             node.proc.wait(5)
     text = node.log_text()
-    assert code == 0, f"twistd exited with {code} on SIGTERM:\n{text}"
+    assert code == exit_code, f"twistd exited with {code} on {signal.Signals(signum).name}:\n{text}"
     assert "Traceback" not in text, text
-    assert "Main loop terminated" in text, text
+    assert line in text and "Main loop terminated" in text, text
     with pytest.raises(OSError):  # the port is closed
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
-
-
-def test_node_stops_on_sigint_too(tmp_path):
-    """Ctrl-C on twistd -n: Twisted's SIGINT handler, run by the reactor thread (see
-    dimsekit.signals), stops the node as before; twistd then exits by SIGINT."""
-    node = start_node(tmp_path, sigint=True)
-    try:
-        assert echoscu(node.port).returncode == 0
-        node.proc.send_signal(signal.SIGINT)
-        code = node.proc.wait(10)
-    finally:
-        if node.proc.poll() is None:
-            node.proc.kill()
-            node.proc.wait(5)
-    text = node.log_text()
-    assert code == -signal.SIGINT, f"twistd exited with {code} on SIGINT:\n{text}"
-    assert "Received SIGINT, shutting down." in text and "Main loop terminated" in text, text
-    assert "Traceback" not in text, text
 
 
 def test_sigusr2_dumps_every_threads_stack_and_the_node_goes_on(tmp_path):

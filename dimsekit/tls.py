@@ -402,6 +402,17 @@ def certificate_problem(transport: Any) -> str | None:
         return None
 
 
+#: what the alerts a peer ends a handshake with say about us (OpenSSL's words, then ours)
+_PEER_ALERTS = (
+    ("alert unknown ca", "the peer does not trust the CA of our certificate"),
+    ("alert certificate required", "the peer wants a certificate of ours"),
+    ("alert certificate revoked", "the peer's revocation list names our certificate"),
+    ("alert certificate expired", "the peer finds our certificate, or its CA's revocation list, out of date"),
+    ("alert unsupported certificate", "the peer refuses our certificate for this use: its Extended Key Usage"),
+    ("alert protocol version", "no TLS version both ends accept: minimum_version"),
+)
+
+
 def describe_tls_failure(value: BaseException, transport: Any = None) -> str | None:
     """One line for a failed TLS handshake (an ``OpenSSL.SSL.Error``, or the host name
     check's ``service_identity`` error with ``verify_hostname``), None for anything else.
@@ -423,6 +434,10 @@ def describe_tls_failure(value: BaseException, transport: Any = None) -> str | N
     text = "; ".join(reasons) or str(value) or "the peer closed the connection"
     if "wrong version number" in text or "http request" in text:
         text += " (the peer does not speak TLS on this connection)"
+    for alert, meaning in _PEER_ALERTS:
+        if alert in text:
+            text += f" ({meaning})"
+            break
     if "certificate verify failed" in text and transport is not None:
         problem = certificate_problem(transport)
         if problem:

@@ -183,3 +183,20 @@ class CRLSettingsTests(CRLTestCase):
         failed = SSL.Error([("SSL routines", "", "certificate verify failed")])
         self.assertEqual(describe_tls_failure(failed), "TLS handshake failed: certificate verify failed")
         self.assertEqual(describe_tls_failure(failed, object()), "TLS handshake failed: certificate verify failed")
+
+    def test_the_peers_alerts_are_said_in_words(self):
+        from OpenSSL import SSL
+
+        for alert, words in (
+            ("tlsv1 alert unknown ca", "the peer does not trust the CA of our certificate"),
+            ("tlsv13 alert certificate required", "the peer wants a certificate of ours"),
+            ("tls alert certificate revoked", "the peer's revocation list names our certificate"),
+            ("sslv3 alert certificate expired", "out of date"),
+            ("sslv3 alert unsupported certificate", "its Extended Key Usage"),
+            ("tlsv1 alert protocol version", "minimum_version"),
+        ):
+            line = describe_tls_failure(SSL.Error([("SSL routines", "", alert)]))
+            self.assertTrue(line.startswith(f"TLS handshake failed: {alert} ("), line)
+            self.assertIn(words, line)
+        self.assertEqual(describe_tls_failure(SSL.Error([("SSL routines", "", "sslv3 alert handshake failure")])),
+                         "TLS handshake failed: sslv3 alert handshake failure")

@@ -50,11 +50,13 @@ in ``crls`` (with ``crl_check = "chain"``, of every CA of a peer's chain below
 its root as well): OpenSSL refuses a certificate whose issuer's CRL it lacks
 ("unable to get certificate CRL"), and one whose CRL is past its next update
 ("CRL has expired").  A CRL must be signed by a CA of ``ca_certificates`` (or
-an intermediate a peer sends).  The files are read again, for the connections
-that follow, as soon as one changes: publish a new CRL by replacing its file
-(write it elsewhere, then rename it over the old one); one that cannot be read
-keeps the previous lists in force and is said in the log.  The log also says
-when a CRL's next update has passed.
+an intermediate a peer sends).  The log says when a CRL's next update has passed.
+
+The files of ``ca_certificates`` and ``crls`` are read again, for the
+connections that follow, as soon as one changes: trust a new modality's
+self-signed certificate, or publish a new CRL, without a restart.  Replace a
+file whole (write it elsewhere, then rename it over the old one); one that
+cannot be used keeps what was read before in force, and the log says why.
 """
 
 from __future__ import annotations
@@ -213,14 +215,6 @@ class TLSContext:
                 raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not the key of the "
                                f"certificate in {self._where(config.certificate)}") from None
             self._chain = certs[1:]
-        trusted = [cert for name in config.ca_certificates for cert in self._certificates("ca_certificates", name)]
-        if config.verify_peer and not trusted:
-            # from_section refuses this; a TLSConfig made in code must not get past either:
-            # with no trust root Twisted's server options check no client certificate at
-            # all, and its host name checking client options trust the system's CAs.
-            raise TLSError(f"{prefix}.ca_certificates: verify_peer needs the CA certificates that peers' "
-                           "certificates are checked against")
-        self._trust = ssl.trustRootFromCertificates([ssl.Certificate(c) for c in trusted]) if trusted else None
         self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
         if config.ciphers not in CIPHER_CHOICES:
             raise TLSError(f"{prefix}.ciphers: use {' or '.join(map(repr, CIPHER_CHOICES))}, got {config.ciphers!r}")
@@ -233,8 +227,14 @@ class TLSContext:
             raise TLSError(f"{prefix}.crl_check: use \"leaf\" or \"chain\", got {config.crl_check!r}")
         if config.crls and not config.verify_peer:
             raise TLSError(f"{prefix}.crls: needs verify_peer = true (without it no certificate is checked)")
-        #: the revocation lists, re-read when their files change (None: no revocation check)
-        self._crls = _RevocationLists(self, trusted) if config.crls else None
+        #: what peers' certificates are checked against, read again when its files change
+        #: (None without verify_peer: nothing is checked)
+        self._trusted: _TrustFiles | None = None
+        if config.verify_peer:
+            self._trusted = _TrustFiles(self)
+        else:  # read all the same: a file that cannot be used is said now
+            for name in config.ca_certificates:
+                self._certificates("ca_certificates", name)
         #: the client options without a host name check: one for every association (its SSL context made once)
         self._client_options: Any = None
 
@@ -311,6 +311,11 @@ class TLSContext:
 
     # -- options ----------------------------------------------------------------------
 
+    @property
+    def _trust(self) -> Any:
+        """The trust root in force (Twisted's), None without verify_peer."""
+        return self._trusted.trust if self._trusted is not None else None
+
     def _options(self, *, server: bool) -> Any:
         ssl = self._ssl
         kwargs: dict[str, Any] = dict(self._policy)
@@ -335,7 +340,7 @@ class TLSContext:
         """What the node's TLS listener uses (our certificate; the client's checked if verify_peer)."""
         if self._identity is None:
             raise TLSError(f"{self._prefix}.certificate: a TLS listener needs certificate and private_key")
-        return _Connections(lambda: self._options(server=True), self._crls)
+        return _Connections(lambda: self._options(server=True), self._trusted)
 
     def client_options(self, host: str) -> Any:
         """What an association we open to ``host`` uses."""
@@ -348,9 +353,9 @@ class TLSContext:
                     host, trustRoot=self._trust, extraCertificateOptions=extra,
                 )
 
-            return _Connections(checking_host_name, self._crls)
+            return _Connections(checking_host_name, self._trusted)
         if self._client_options is None:
-            self._client_options = _Connections(lambda: self._options(server=False), self._crls)
+            self._client_options = _Connections(lambda: self._options(server=False), self._trusted)
         return self._client_options
 
     # -- endpoints --------------------------------------------------------------------
@@ -482,27 +487,30 @@ def _load_crls(data: bytes) -> list[Any]:
     return crls
 
 
-class _RevocationLists:
-    """The CRLs of ``[tls] crls``, read again when one of their files changes.
+class _TrustFiles:
+    """``ca_certificates`` and ``crls``: what peers' certificates are checked against, read
+    again when one of their files changes.
 
     :attr:`generation` counts the readings that changed something: the
     connection creators make new SSL contexts when it moves.  A file that
-    cannot be read at start up is a :class:`TLSError`; later, the lists in
-    force stay, and the log says why.
+    cannot be used at start up is a :class:`TLSError`; later, what is in force
+    stays, and the log says why (once).
     """
 
-    def __init__(self, context: TLSContext, trusted: list[Any]) -> None:
+    def __init__(self, context: TLSContext) -> None:
         self._context = context
-        self._trusted = [cert.to_cryptography() for cert in trusted]
         self.chain = context.config.crl_check == "chain"
         self.generation = 0
         self._stamps = self._stat()
-        self.crls = self._read()  # TLSError: start-up stops
-        self._refused: tuple[Any, ...] | None = None  # the stamps of files that could not be read (said once)
+        self.trust, self.crls, self.count = self._read()  # TLSError: start-up stops
+        self._refused: tuple[Any, ...] | None = None  # the stamps of files that could not be used (said once)
+
+    def _names(self) -> tuple[str, ...]:
+        return (*self._context.config.ca_certificates, *self._context.config.crls)
 
     def _stat(self) -> tuple[Any, ...]:
         stamps = []
-        for name in self._context.config.crls:
+        for name in self._names():
             try:
                 stat = self._context.config.path(name).stat()
                 stamps.append((stat.st_mtime_ns, stat.st_size, stat.st_ino))
@@ -510,7 +518,21 @@ class _RevocationLists:
                 stamps.append(None)
         return tuple(stamps)
 
-    def _read(self) -> list[Any]:
+    def _read(self) -> tuple[Any, list[Any], int]:
+        """(Twisted's trust root, the CRLs, how many CA certificates)."""
+        context, ssl = self._context, self._context._ssl
+        trusted = [cert for name in context.config.ca_certificates
+                   for cert in context._certificates("ca_certificates", name)]
+        if not trusted:
+            # from_section refuses this; a TLSConfig made in code must not get past either:
+            # with no trust root Twisted's server options check no client certificate at
+            # all, and its host name checking client options trust the system's CAs.
+            raise TLSError(f"{context._prefix}.ca_certificates: verify_peer needs the CA certificates that peers' "
+                           "certificates are checked against")
+        trust = ssl.trustRootFromCertificates([ssl.Certificate(cert) for cert in trusted])
+        return trust, self._read_crls([cert.to_cryptography() for cert in trusted]), len(trusted)
+
+    def _read_crls(self, trusted: list[Any]) -> list[Any]:
         import datetime
 
         crls = []
@@ -526,7 +548,7 @@ class _RevocationLists:
                                f"{exc}") from None
             for crl in found:
                 issuer = crl.issuer.rfc4514_string()
-                signer = next((cert for cert in self._trusted if cert.subject == crl.issuer), None)
+                signer = next((cert for cert in trusted if cert.subject == crl.issuer), None)
                 if signer is not None and not crl.is_signature_valid(signer.public_key()):
                     raise TLSError(f"{prefix}.crls: {where}: the CRL of {issuer} is not signed by the CA of that "
                                    "name in ca_certificates")
@@ -539,24 +561,27 @@ class _RevocationLists:
         return crls
 
     def refresh(self) -> int:
-        """Read the files again if one changed; the generation of the lists in force."""
+        """Read the files again if one changed; the generation of what is in force."""
         stamps = self._stat()
         if stamps == self._stamps or stamps == self._refused:
             return self.generation
         try:
-            crls = self._read()
+            trust, crls, count = self._read()
         except TLSError as exc:
             self._refused = stamps
-            _log.error("{error}; the revocation lists read before stay in force", error=exc)
+            _log.error("{error}; the certificates and revocation lists read before stay in force", error=exc)
             return self.generation
-        self._stamps, self._refused, self.crls = stamps, None, crls
+        self._stamps, self._refused = stamps, None
+        self.trust, self.crls, self.count = trust, crls, count
         self.generation += 1
-        _log.info("{prefix}.crls: read again ({n} revocation lists): for the connections from now on",
-                  prefix=self._context._prefix, n=len(crls))
+        _log.info("{prefix}: ca_certificates and crls read again ({n} CA certificates, {m} revocation lists): "
+                  "for the connections from now on", prefix=self._context._prefix, n=count, m=len(crls))
         return self.generation
 
     def install(self, store: Any) -> None:
-        """Check the certificates a context verifies against the lists (its ``X509Store``)."""
+        """Check the certificates a context verifies against the revocation lists, if any (its ``X509Store``)."""
+        if not self.crls:
+            return
         from OpenSSL.crypto import X509StoreFlags
 
         for crl in self.crls:
@@ -602,20 +627,20 @@ class _Connections:
     """Twisted's TLS options, with our touches on their SSL context before any handshake:
     the revocation lists in its store (if any), the refused certificates noted.
 
-    With revocation lists, every connection first looks whether they changed:
-    then it gets new options from ``make`` (a new context: one in use is never
-    changed).
+    Checking peers, every connection first looks whether ``ca_certificates`` or
+    ``crls`` changed: then it gets new options from ``make`` (a new context: one
+    in use is never changed).
     """
 
-    def __init__(self, make: Any, crls: _RevocationLists | None) -> None:
+    def __init__(self, make: Any, trusted: _TrustFiles | None) -> None:
         self._make = make
-        self._crls = crls
+        self._trusted = trusted
         self._options: Any = None
         self._generation = -1
         self._prepared: Any = None  # the context touched
 
     def _current(self) -> Any:
-        generation = self._crls.refresh() if self._crls is not None else 0
+        generation = self._trusted.refresh() if self._trusted is not None else 0
         if self._options is None or generation != self._generation:
             options = self._make()
             get_context = getattr(options, "getContext", None)  # not Twisted's host-name-checking options
@@ -626,8 +651,8 @@ class _Connections:
         return self._options
 
     def _touch(self, context: Any, *, note: bool) -> None:
-        if self._crls is not None:
-            self._crls.install(context.get_cert_store())
+        if self._trusted is not None:
+            self._trusted.install(context.get_cert_store())
         mode = context.get_verify_mode()
         if note and mode:
             context.set_verify(mode, _note_refusal)

@@ -150,17 +150,40 @@ class RevocationTests(CRLTestCase):
         os.replace(staged, published)
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
         await self.accepted(port, self.crl_client())
-        self.assertTrue(any("read again (1 revocation lists)" in line for line in lines), lines)
+        self.assertTrue(any("read again (1 CA certificates, 1 revocation lists)" in line for line in lines), lines)
         # one that cannot be read: the lists in force stay, and the log says so (once)
         published.write_bytes(b"not a CRL at all")
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
-        stayed = [line for line in lines if "the revocation lists read before stay in force" in line]
+        stayed = [line for line in lines if "the certificates and revocation lists read before stay in force" in line]
         self.assertEqual(len(stayed), 1, lines)
         self.assertIn("holds no certificate revocation list", stayed[0])
         # ... until it is readable again
         published.write_bytes(f.empty_crl.read_bytes() + b"\n")
         await self.accepted(port, self.crl_client("revoked-client"))
+
+    async def test_a_ca_certificate_added_to_the_trusted_file_is_trusted_from_the_next_handshake(self):
+        # A new modality's self-signed certificate (here: a client of another CA) without a restart.
+        f = self.files
+        trusted = f.directory / "trusted.crt"
+        trusted.write_bytes(f.ca.read_bytes())
+        lines = self.logged()
+        _, port = await self.serve_tls(ca_certificates=[str(trusted)])
+        other = self.client(cert="other")
+        self.assertIn("unknown ca", await self.refused(port, other))
+        staged = f.directory / "staged.crt"
+        staged.write_bytes(f.ca.read_bytes() + f.other_ca.read_bytes())
+        os.replace(staged, trusted)
+        await self.accepted(port, other)
+        await self.accepted(port, self.client())
+        self.assertTrue(any("read again (2 CA certificates, 0 revocation lists)" in line for line in lines), lines)
+        # a file left without a certificate: what was trusted stays, said once
+        trusted.write_bytes(b"")
+        await self.accepted(port, other)
+        await self.accepted(port, other)
+        stayed = [line for line in lines if "stay in force" in line]
+        self.assertEqual(len(stayed), 1, lines)
+        self.assertIn("tls.ca_certificates", stayed[0])
 
 
 class CRLSettingsTests(CRLTestCase):

@@ -16,6 +16,13 @@ from tests.dimse_e2e.support import wait_until, within
 from tests.dimse_e2e.test_tls import TLSTestCase, tls_config
 
 
+def publish(path: Path, data: bytes) -> None:
+    """A new version of a file put in place whole, as an operator should: written beside it, renamed."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(data)
+    os.replace(staged, path)
+
+
 class CRLTestCase(TLSTestCase):
     def certificate(self, name: str) -> tuple[Path, Path]:
         f = self.files
@@ -36,6 +43,14 @@ class CRLTestCase(TLSTestCase):
     async def serve_with(self, cert: str = "server", **tls):
         c, k = self.certificate(cert)
         return await self.serve_tls(cert=c, key=k, **tls)
+
+    async def serve_from(self, path: Path, data: bytes, **tls) -> tuple[int, list[str]]:
+        """A listener with the ``tls`` settings, one of whose files is ``path`` (written with
+        ``data`` first): its port, and the lines dimsekit.tls logs from now on."""
+        path.write_bytes(data)
+        lines = self.logged()
+        _, port = await self.serve_with(**tls)
+        return port, lines
 
     async def accepted(self, port: int, ae) -> None:
         association = await self.connect(port, [VERIFICATION], ae=ae, tls=True)
@@ -140,14 +155,9 @@ class RevocationTests(CRLTestCase):
     async def test_the_files_are_read_again_when_they_change(self):
         f = self.files
         published = f.directory / "published.crl"
-        published.write_bytes(f.empty_crl.read_bytes())
-        lines = self.logged()
-        _, port = await self.serve_with(crls=[str(published)])
+        port, lines = await self.serve_from(published, f.empty_crl.read_bytes(), crls=[str(published)])
         await self.accepted(port, self.crl_client("revoked-client"))
-        # a new list, renamed into place: the next handshake uses it
-        staged = f.directory / "staged.crl"
-        staged.write_bytes(f.crl.read_bytes())
-        os.replace(staged, published)
+        publish(published, f.crl.read_bytes())  # the next handshake uses it
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
         await self.accepted(port, self.crl_client())
         self.assertTrue(any("read again (1 CA certificates, 1 revocation lists)" in line for line in lines), lines)
@@ -166,14 +176,10 @@ class RevocationTests(CRLTestCase):
         # A new modality's self-signed certificate (here: a client of another CA) without a restart.
         f = self.files
         trusted = f.directory / "trusted.crt"
-        trusted.write_bytes(f.ca.read_bytes())
-        lines = self.logged()
-        _, port = await self.serve_tls(ca_certificates=[str(trusted)])
+        port, lines = await self.serve_from(trusted, f.ca.read_bytes(), ca_certificates=[str(trusted)])
         other = self.client(cert="other")
         self.assertIn("unknown ca", await self.refused(port, other))
-        staged = f.directory / "staged.crt"
-        staged.write_bytes(f.ca.read_bytes() + f.other_ca.read_bytes())
-        os.replace(staged, trusted)
+        publish(trusted, f.ca.read_bytes() + f.other_ca.read_bytes())
         await self.accepted(port, other)
         await self.accepted(port, self.client())
         self.assertTrue(any("read again (2 CA certificates, 0 revocation lists)" in line for line in lines), lines)

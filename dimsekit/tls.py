@@ -52,11 +52,13 @@ its root as well): OpenSSL refuses a certificate whose issuer's CRL it lacks
 ("CRL has expired").  A CRL must be signed by a CA of ``ca_certificates`` (or
 an intermediate a peer sends).  The log says when a CRL's next update has passed.
 
-The files of ``ca_certificates`` and ``crls`` are read again, for the
-connections that follow, as soon as one changes: trust a new modality's
-self-signed certificate, or publish a new CRL, without a restart.  Replace a
-file whole (write it elsewhere, then rename it over the old one); one that
-cannot be used keeps what was read before in force, and the log says why.
+Every file of ``[tls]`` is read again, for the connections that follow, as
+soon as one changes: put a renewed certificate of ours in place, trust a new
+modality's self-signed certificate, or publish a new CRL, without a restart.
+Replace a file whole (write it elsewhere, then rename it over the old one); a
+file that cannot be used -- or a certificate and key that do not match yet,
+between the two renames -- keeps what was read before in force, and the log
+says why.
 """
 
 from __future__ import annotations
@@ -203,18 +205,6 @@ class TLSContext:
         self.config = config
         self._prefix = prefix
         self._ssl = ssl
-        self._identity: Any = None
-        self._chain: list[Any] = []
-        if config.has_identity:
-            certs = self._certificates("certificate", config.certificate)
-            key = ssl.KeyPair(self._private_key(config.private_key))
-            try:
-                self._identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0]), key)
-            except Exception:
-                # Caught here: every handshake would fail later, with a vaguer message.
-                raise TLSError(f"{prefix}.private_key: {self._where(config.private_key)} is not the key of the "
-                               f"certificate in {self._where(config.certificate)}") from None
-            self._chain = certs[1:]
         self._minimum = ssl.TLSVersion.TLSv1_3 if config.minimum_version == "1.3" else ssl.TLSVersion.TLSv1_2
         if config.ciphers not in CIPHER_CHOICES:
             raise TLSError(f"{prefix}.ciphers: use {' or '.join(map(repr, CIPHER_CHOICES))}, got {config.ciphers!r}")
@@ -227,14 +217,9 @@ class TLSContext:
             raise TLSError(f"{prefix}.crl_check: use \"leaf\" or \"chain\", got {config.crl_check!r}")
         if config.crls and not config.verify_peer:
             raise TLSError(f"{prefix}.crls: needs verify_peer = true (without it no certificate is checked)")
-        #: what peers' certificates are checked against, read again when its files change
-        #: (None without verify_peer: nothing is checked)
-        self._trusted: _TrustFiles | None = None
-        if config.verify_peer:
-            self._trusted = _TrustFiles(self)
-        else:  # read all the same: a file that cannot be used is said now
-            for name in config.ca_certificates:
-                self._certificates("ca_certificates", name)
+        #: our certificate and key, what peers' certificates are checked against: read again
+        #: when their files change
+        self._files = _TLSFiles(self)
         #: the client options without a host name check: one for every association (its SSL context made once)
         self._client_options: Any = None
 
@@ -293,13 +278,13 @@ class TLSContext:
         """Why peers that check client certificates would refuse ours (its Extended Key
         Usage lacks clientAuth), or None.  A node presents its certificate when it
         associates too (C-MOVE sub-operations, commitment reports)."""
-        if self._identity is None:
+        if self._files.identity is None:
             return None
         from cryptography import x509
         from cryptography.x509.oid import ExtendedKeyUsageOID
 
         try:
-            usage = self._identity.original.to_cryptography().extensions.get_extension_for_class(
+            usage = self._files.identity.original.to_cryptography().extensions.get_extension_for_class(
                 x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             return None  # no restriction
@@ -311,17 +296,27 @@ class TLSContext:
 
     # -- options ----------------------------------------------------------------------
 
-    @property
-    def _trust(self) -> Any:
-        """The trust root in force (Twisted's), None without verify_peer."""
-        return self._trusted.trust if self._trusted is not None else None
+    def _read_identity(self) -> tuple[Any, list[Any]]:
+        """Our certificate (Twisted's ``PrivateCertificate``) and the chain after it; (None, []) without."""
+        config, ssl = self.config, self._ssl
+        if not config.has_identity:
+            return None, []
+        certs = self._certificates("certificate", config.certificate)
+        key = ssl.KeyPair(self._private_key(config.private_key))
+        try:
+            identity = ssl.PrivateCertificate.fromCertificateAndKeyPair(ssl.Certificate(certs[0]), key)
+        except Exception:
+            # Caught here: every handshake would fail later, with a vaguer message.
+            raise TLSError(f"{self._prefix}.private_key: {self._where(config.private_key)} is not the key of the "
+                           f"certificate in {self._where(config.certificate)}") from None
+        return identity, certs[1:]
 
     def _options(self, *, server: bool) -> Any:
         ssl = self._ssl
         kwargs: dict[str, Any] = dict(self._policy)
         kwargs.update(self._identity_options())
         if self.config.verify_peer:
-            kwargs.update(trustRoot=self._trust)  # a certificate is then required, and checked
+            kwargs.update(trustRoot=self._files.trust)  # a certificate is then required, and checked
         elif server:
             kwargs.update(requireCertificate=False)
         return ssl.CertificateOptions(**kwargs)
@@ -330,17 +325,17 @@ class TLSContext:
         """Our key, certificate and its chain for Twisted's options, as ``cryptography`` objects:
         pyOpenSSL's ``X509`` and ``PKey`` in an SSL context are deprecated (warned at each
         context made), and once they go every TLS association would fail."""
-        if self._identity is None:
+        if self._files.identity is None:
             return {}  # (a chain without a certificate is refused: ValueError)
-        return {"privateKey": self._identity.privateKey.original.to_cryptography_key(),
-                "certificate": self._identity.original.to_cryptography(),
-                "extraCertChain": [cert.to_cryptography() for cert in self._chain]}
+        return {"privateKey": self._files.identity.privateKey.original.to_cryptography_key(),
+                "certificate": self._files.identity.original.to_cryptography(),
+                "extraCertChain": [cert.to_cryptography() for cert in self._files.chain]}
 
     def server_options(self) -> Any:
         """What the node's TLS listener uses (our certificate; the client's checked if verify_peer)."""
-        if self._identity is None:
+        if self._files.identity is None:
             raise TLSError(f"{self._prefix}.certificate: a TLS listener needs certificate and private_key")
-        return _Connections(lambda: self._options(server=True), self._trusted)
+        return _Connections(lambda: self._options(server=True), self._files)
 
     def client_options(self, host: str) -> Any:
         """What an association we open to ``host`` uses."""
@@ -350,12 +345,12 @@ class TLSContext:
 
             def checking_host_name() -> Any:
                 return self._ssl.optionsForClientTLS(
-                    host, trustRoot=self._trust, extraCertificateOptions=extra,
+                    host, trustRoot=self._files.trust, extraCertificateOptions=extra,
                 )
 
-            return _Connections(checking_host_name, self._trusted)
+            return _Connections(checking_host_name, self._files)
         if self._client_options is None:
-            self._client_options = _Connections(lambda: self._options(server=False), self._trusted)
+            self._client_options = _Connections(lambda: self._options(server=False), self._files)
         return self._client_options
 
     # -- endpoints --------------------------------------------------------------------
@@ -487,9 +482,9 @@ def _load_crls(data: bytes) -> list[Any]:
     return crls
 
 
-class _TrustFiles:
-    """``ca_certificates`` and ``crls``: what peers' certificates are checked against, read
-    again when one of their files changes.
+class _TLSFiles:
+    """Our ``certificate`` and ``private_key``; ``ca_certificates`` and ``crls``, what peers'
+    certificates are checked against: read again when one of their files changes.
 
     :attr:`generation` counts the readings that changed something: the
     connection creators make new SSL contexts when it moves.  A file that
@@ -499,14 +494,16 @@ class _TrustFiles:
 
     def __init__(self, context: TLSContext) -> None:
         self._context = context
-        self.chain = context.config.crl_check == "chain"
+        self.check_chain = context.config.crl_check == "chain"  # (chain: our certificate's CAs)
         self.generation = 0
         self._stamps = self._stat()
-        self.trust, self.crls, self.count = self._read()  # TLSError: start-up stops
+        (self.identity, self.chain), self.trust, self.crls, self.count = self._read()  # TLSError: start-up stops
         self._refused: tuple[Any, ...] | None = None  # the stamps of files that could not be used (said once)
 
     def _names(self) -> tuple[str, ...]:
-        return (*self._context.config.ca_certificates, *self._context.config.crls)
+        config = self._context.config
+        ours = (config.certificate, config.private_key) if config.has_identity else ()
+        return (*ours, *config.ca_certificates, *config.crls)
 
     def _stat(self) -> tuple[Any, ...]:
         stamps = []
@@ -518,11 +515,16 @@ class _TrustFiles:
                 stamps.append(None)
         return tuple(stamps)
 
-    def _read(self) -> tuple[Any, list[Any], int]:
-        """(Twisted's trust root, the CRLs, how many CA certificates)."""
+    def _read(self) -> tuple[tuple[Any, list[Any]], Any, list[Any], int]:
+        """(our identity and chain, Twisted's trust root, the CRLs, how many CA certificates); no
+        trust root and no CRLs without verify_peer (its files read all the same: a file that
+        cannot be used is said)."""
         context, ssl = self._context, self._context._ssl
+        identity = context._read_identity()
         trusted = [cert for name in context.config.ca_certificates
                    for cert in context._certificates("ca_certificates", name)]
+        if not context.config.verify_peer:
+            return identity, None, [], len(trusted)
         if not trusted:
             # from_section refuses this; a TLSConfig made in code must not get past either:
             # with no trust root Twisted's server options check no client certificate at
@@ -530,7 +532,7 @@ class _TrustFiles:
             raise TLSError(f"{context._prefix}.ca_certificates: verify_peer needs the CA certificates that peers' "
                            "certificates are checked against")
         trust = ssl.trustRootFromCertificates([ssl.Certificate(cert) for cert in trusted])
-        return trust, self._read_crls([cert.to_cryptography() for cert in trusted]), len(trusted)
+        return identity, trust, self._read_crls([cert.to_cryptography() for cert in trusted]), len(trusted)
 
     def _read_crls(self, trusted: list[Any]) -> list[Any]:
         import datetime
@@ -566,16 +568,17 @@ class _TrustFiles:
         if stamps == self._stamps or stamps == self._refused:
             return self.generation
         try:
-            trust, crls, count = self._read()
+            (identity, chain), trust, crls, count = self._read()
         except TLSError as exc:
             self._refused = stamps
             _log.error("{error}; the certificates and revocation lists read before stay in force", error=exc)
             return self.generation
         self._stamps, self._refused = stamps, None
-        self.trust, self.crls, self.count = trust, crls, count
+        self.identity, self.chain, self.trust, self.crls, self.count = identity, chain, trust, crls, count
         self.generation += 1
-        _log.info("{prefix}: ca_certificates and crls read again ({n} CA certificates, {m} revocation lists): "
-                  "for the connections from now on", prefix=self._context._prefix, n=count, m=len(crls))
+        _log.info("{prefix}: its files read again ({n} CA certificates, {m} revocation lists{ours}): for the "
+                  "connections from now on", prefix=self._context._prefix, n=count, m=len(crls),
+                  ours=", our certificate" if identity is not None else "")
         return self.generation
 
     def install(self, store: Any) -> None:
@@ -586,7 +589,7 @@ class _TrustFiles:
 
         for crl in self.crls:
             store.add_crl(crl)
-        store.set_flags(X509StoreFlags.CRL_CHECK | (X509StoreFlags.CRL_CHECK_ALL if self.chain else 0))
+        store.set_flags(X509StoreFlags.CRL_CHECK | (X509StoreFlags.CRL_CHECK_ALL if self.check_chain else 0))
 
 
 #: connection -> (the certificate its verification refused first, the peer's chain then, OpenSSL's error)
@@ -627,20 +630,20 @@ class _Connections:
     """Twisted's TLS options, with our touches on their SSL context before any handshake:
     the revocation lists in its store (if any), the refused certificates noted.
 
-    Checking peers, every connection first looks whether ``ca_certificates`` or
-    ``crls`` changed: then it gets new options from ``make`` (a new context: one
-    in use is never changed).
+    Every connection first looks whether the files of ``[tls]`` changed (ours,
+    ``ca_certificates``, ``crls``): then it gets new options from ``make`` (a new
+    context: one in use is never changed).
     """
 
-    def __init__(self, make: Any, trusted: _TrustFiles | None) -> None:
+    def __init__(self, make: Any, files: _TLSFiles) -> None:
         self._make = make
-        self._trusted = trusted
+        self._files = files
         self._options: Any = None
         self._generation = -1
         self._prepared: Any = None  # the context touched
 
     def _current(self) -> Any:
-        generation = self._trusted.refresh() if self._trusted is not None else 0
+        generation = self._files.refresh()
         if self._options is None or generation != self._generation:
             options = self._make()
             get_context = getattr(options, "getContext", None)  # not Twisted's host-name-checking options
@@ -651,8 +654,7 @@ class _Connections:
         return self._options
 
     def _touch(self, context: Any, *, note: bool) -> None:
-        if self._trusted is not None:
-            self._trusted.install(context.get_cert_store())
+        self._files.install(context.get_cert_store())
         mode = context.get_verify_mode()
         if note and mode:
             context.set_verify(mode, _note_refusal)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cryptography import x509
 from twisted.logger import globalLogPublisher
 
 from dimsekit.errors import AssociationAborted, ConnectionLost
@@ -40,8 +41,8 @@ class CRLTestCase(TLSTestCase):
         return self.make_ae("SCU", config=tls_config("SCU", self.files, cert=c, key=k, trust=[self.files.ca],
                                                      limits=None, **tls))
 
-    async def serve_with(self, cert: str = "server", **tls):
-        c, k = self.certificate(cert)
+    async def serve_with(self, cert: str | Path = "server", key: Path | None = None, **tls):
+        c, k = (cert, key) if isinstance(cert, Path) else self.certificate(cert)
         return await self.serve_tls(cert=c, key=k, **tls)
 
     async def serve_from(self, path: Path, data: bytes, **tls) -> tuple[int, list[str]]:
@@ -160,7 +161,7 @@ class RevocationTests(CRLTestCase):
         publish(published, f.crl.read_bytes())  # the next handshake uses it
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
         await self.accepted(port, self.crl_client())
-        self.assertTrue(any("read again (1 CA certificates, 1 revocation lists)" in line for line in lines), lines)
+        self.assertTrue(any("read again (1 CA certificates, 1 revocation lists" in line for line in lines), lines)
         # one that cannot be read: the lists in force stay, and the log says so (once)
         published.write_bytes(b"not a CRL at all")
         self.assertIn("certificate revoked", await self.refused(port, self.crl_client("revoked-client")))
@@ -182,7 +183,7 @@ class RevocationTests(CRLTestCase):
         publish(trusted, f.ca.read_bytes() + f.other_ca.read_bytes())
         await self.accepted(port, other)
         await self.accepted(port, self.client())
-        self.assertTrue(any("read again (2 CA certificates, 0 revocation lists)" in line for line in lines), lines)
+        self.assertTrue(any("read again (2 CA certificates, 0 revocation lists" in line for line in lines), lines)
         # a file left without a certificate: what was trusted stays, said once
         trusted.write_bytes(b"")
         await self.accepted(port, other)
@@ -190,6 +191,29 @@ class RevocationTests(CRLTestCase):
         stayed = [line for line in lines if "stay in force" in line]
         self.assertEqual(len(stayed), 1, lines)
         self.assertIn("tls.ca_certificates", stayed[0])
+
+    async def test_a_renewed_certificate_of_ours_is_shown_from_the_next_handshake(self):
+        f = self.files
+        cert, key = f.directory / "mine.crt", f.directory / "mine.key"
+        key.write_bytes(f.server_key.read_bytes())
+        port, lines = await self.serve_from(cert, f.server_cert.read_bytes(), cert=cert, key=key)
+
+        async def shown() -> str:
+            association = await self.connect(port, [VERIFICATION], ae=self.client(), tls=True)
+            serial = association.protocol.transport.getPeerCertificate().to_cryptography().serial_number
+            await within(association.release())
+            return serial
+
+        old = await shown()
+        publish(cert, f.node_cert.read_bytes())  # the certificate first: not its key's -- the old pair stays
+        self.assertEqual(await shown(), old)
+        self.assertTrue(any("is not the key of the certificate" in line and "stay in force" in line
+                            for line in lines), lines)
+        publish(key, f.node_key.read_bytes())  # now a pair: in force
+        renewed = await shown()
+        self.assertNotEqual(renewed, old)
+        self.assertEqual(renewed, x509.load_pem_x509_certificate(f.node_cert.read_bytes()).serial_number)
+        self.assertTrue(any("our certificate" in line and "read again" in line for line in lines), lines)
 
 
 class CRLSettingsTests(CRLTestCase):

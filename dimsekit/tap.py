@@ -286,22 +286,17 @@ class StopOnSIGTERM(service.Service):
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
 
-        def stop() -> None:
+        def stop(signum: int, frame: object) -> None:
             _log.info("received SIGTERM, stopping the node")
             try:
                 reactor.stop()
             except ReactorNotRunning:
                 pass  # a second SIGTERM while stopping
 
-        def on_sigterm(signum: int, frame: object) -> None:
-            # Nothing here but the hand-off: a handler runs between two bytecodes of the main
-            # thread, maybe half-way into the log file's lock (Twisted's, a pure-Python RLock
-            # taken but not yet marked ours); a line logged from here then waited for that
-            # lock for ever, and the node hung instead of stopping.
-            reactor.callFromThread(stop)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        run_by_the_reactor(reactor, signal.SIGINT)  # Twisted's: it logs, not from here
+        # Both run by the reactor thread, not in the signal handler: they log (see dimsekit.signals).
+        signal.signal(signal.SIGTERM, stop)
+        run_by_the_reactor(reactor, signal.SIGTERM)
+        run_by_the_reactor(reactor, signal.SIGINT)  # Twisted's
         dump_stacks_on(getattr(signal, "SIGUSR2", None))
 
 

@@ -497,7 +497,7 @@ class _TLSFiles:
         self.check_chain = context.config.crl_check == "chain"  # (chain: our certificate's CAs)
         self.generation = 0
         self._stamps = self._stat()
-        (self.identity, self.chain), self.trust, self.crls, self.count = self._read()  # TLSError: start-up stops
+        (self.identity, self.chain), self.trust, self.crls, _ = self._read()  # TLSError: start-up stops
         self._refused: tuple[Any, ...] | None = None  # the stamps of files that could not be used (said once)
 
     def _names(self) -> tuple[str, ...]:
@@ -574,7 +574,7 @@ class _TLSFiles:
             _log.error("{error}; the certificates and revocation lists read before stay in force", error=exc)
             return self.generation
         self._stamps, self._refused = stamps, None
-        self.identity, self.chain, self.trust, self.crls, self.count = identity, chain, trust, crls, count
+        self.identity, self.chain, self.trust, self.crls = identity, chain, trust, crls
         self.generation += 1
         _log.info("{prefix}: its files read again ({n} CA certificates, {m} revocation lists{ours}): for the "
                   "connections from now on", prefix=self._context._prefix, n=count, m=len(crls),

@@ -85,7 +85,7 @@ def parse_retrieve(identifier: Dataset | None, model: InformationModel) -> tuple
                 raise IdentifierError(f"no {keyword} to retrieve at the {level} level", (KEYS_TAGS[keyword],))
             continue
         value = key.value
-        text = "\\".join(value) if isinstance(value, list) else str(value)
+        text = _text(value)
         if "*" in text or "?" in text:
             raise IdentifierError(f"{keyword}: wild cards are not allowed in a retrieve", (key.tag,))
         if upper == PATIENT:
@@ -113,11 +113,15 @@ def _issuer_condition(query: Any) -> list[Condition]:
     key = query.key("IssuerOfPatientID")
     if key is None or key.empty:
         return []
-    value = key.value
-    text = ("\\".join(value) if isinstance(value, list) else str(value)).strip(" ")
+    text = _text(key.value).strip(" ")
     if "\\" in text or "*" in text or "?" in text:
         raise IdentifierError("IssuerOfPatientID: one value, no wild cards, in a retrieve", (key.tag,))
     return [Condition("p.issuer_of_patient_id = ?", (text,))]
+
+
+def _text(value: Any) -> str:
+    """A key's value as it came: its values joined by backslashes."""
+    return "\\".join(value) if isinstance(value, list) else str(value)
 
 
 def retrieve_sql(conditions: list[Condition]) -> tuple[str, tuple[Any, ...]]:

@@ -468,6 +468,8 @@ class Association(ServiceUser):
                 notify(pm, pm.hook.dimsekit_on_association_aborted, association=self, reason=how)
         if gone:
             self._log_end()
+            pm = self.ae.pm
+            notify(pm, pm.hook.dimsekit_on_association_ended, association=self)
 
     def _fail_pending(self, error: Exception | None) -> None:
         """Fail or end whatever waits on the association (see :meth:`_pending`)."""

@@ -39,6 +39,9 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     ca_certificates = ["ca.crt"] # the CAs peers' certificates are checked against
 
     [plugins.storage]            # each plugin reads its own section
+
+    [plugins.metrics]            # Prometheus metrics (dimsekit_plugins.metrics)
+    port = 9464                  # 0 (the default): none
 """
 
 from __future__ import annotations

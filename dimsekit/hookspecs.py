@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["hookspec", "hookimpl", "PLUGIN_API_VERSION", "PROJECT_NAME"]
 
 PROJECT_NAME = "dimsekit"
-PLUGIN_API_VERSION = 1
+PLUGIN_API_VERSION = 2
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Decorate a plugin's hook functions with this.
@@ -167,6 +167,28 @@ def dimsekit_on_association_aborted(association: Any, reason: str) -> None:
     :param reason: what happened, in words.
 
     Added in API version 1.
+    """
+
+
+@hookspec
+def dimsekit_on_association_ended(association: Any) -> None:
+    """A connection is gone, whatever became of its association: for counting and auditing.
+
+    Also for one never established (rejected, a failed TLS handshake, the
+    ARTIM timer, a connection that sent nothing).  Called once per connection, after the association's log line, in the
+    reactor thread.  ``association.established`` says whether it was;
+    ``association.ended`` how it ended, in words (``released``, ``aborted:
+    ...``, ``rejected (...)``, ``connection closed...``); ``association.rq``
+    is the A-ASSOCIATE-RQ (None if none came); ``association.scp.handled``
+    counts the requests it answered: Command Field -> [final responses,
+    warnings, failures, cancels].
+
+    Return value: ignored.  An exception is logged, naming the plugin; the
+    other plugins are still called.
+
+    :param association: the :class:`~dimsekit.association.Association`.
+
+    Added in API version 2.
     """
 
 

@@ -303,10 +303,31 @@ def run_configuration(code: str) -> None:
         assert (ae.tls is not None) == ("tls" in data)
 
 
+def run_metrics_configuration(code: str) -> None:
+    import tomllib
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dimsekit.ae import ApplicationEntity
+    from dimsekit.config import from_mapping
+    from dimsekit_plugins import metrics
+
+    reactor = MemoryReactorClock()
+    ae = ApplicationEntity(config=from_mapping(tomllib.loads(code)), reactor=reactor)
+    metrics.dimsekit_on_node_started(ae)
+    try:
+        ((port, site, _backlog, interface),) = reactor.tcpServers
+        assert (port, interface) == (9464, "127.0.0.1")
+        assert site.resource.getStaticEntity(b"metrics") is not None
+    finally:
+        metrics.stop()
+
+
 RUNNERS = {
     "README.md#python1": run_readme_client,
     "README.md#python2": run_readme_service,
     "README.md#toml1": run_configuration,
+    "README.md#toml2": run_metrics_configuration,
     "docs/plugin-guide.md#python1": run_ping_plugin,
     "docs/plugin-guide.md#python2": run_status_register,
     "docs/plugin-guide.md#python3": run_mpps_service,

@@ -65,7 +65,7 @@ from dimsekit.errors import (
 )
 from dimsekit.operations import DimseOperation, Response
 from dimsekit.plugin import notify
-from dimsekit.scp import _PENDING_CAPABLE, COMMAND_NAMES, Request, ScpRunner
+from dimsekit.scp import _PENDING_CAPABLE, _TALLY_SLOT, COMMAND_NAMES, Request, ScpRunner
 from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import State
@@ -161,6 +161,9 @@ class Association(ServiceUser):
         #: (refused: with its sink_error), handed to the handler once the data set is in
         self._early_requests: dict[int, Request] = {}
         self.scp = ScpRunner(self)
+        #: Command Field of our requests -> [final responses received, warnings, failures,
+        #: cancels], as ScpRunner.handled counts the peer's (the log line, metrics)
+        self.requested: dict[int, list[int]] = {}
 
     # -- identity ----------------------------------------------------------------
 
@@ -510,6 +513,7 @@ class Association(ServiceUser):
             f"association {side} peer={_address(self.peer)} calling={calling or '-'} "
             f"called={called or '-'} contexts=[{_context_text(self.negotiated, self._used_contexts)}] "
             f"handled=[{_handled_text(self.scp.handled)}] "
+            f"{f'requested=[{_handled_text(self.requested)}] ' if self.requested else ''}"
             f"duration={time.monotonic() - self._started:.3f}s ended: {self.ended}"
         )
         #
@@ -944,6 +948,14 @@ class Association(ServiceUser):
             operation.pending(response)
             return
         self._operation_done(operation)
+        tally = self.requested.get(operation.command_field)
+        if tally is None:
+            tally = self.requested[operation.command_field] = [0, 0, 0, 0]
+        tally[0] += 1
+        if status:
+            slot = _TALLY_SLOT.get(dimse_status.category(status))
+            if slot is not None:
+                tally[slot] += 1
         operation.finish(response)
 
     def _command_rejected(self, event: CommandRejected) -> None:

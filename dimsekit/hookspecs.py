@@ -181,7 +181,8 @@ def dimsekit_on_association_ended(association: Any) -> None:
     ...``, ``rejected (...)``, ``connection closed...``); ``association.rq``
     is the A-ASSOCIATE-RQ (None if none came); ``association.scp.handled``
     counts the requests it answered: Command Field -> [final responses,
-    warnings, failures, cancels].
+    warnings, failures, cancels]; ``association.requested`` the same of the
+    requests it sent, by the final responses received.
 
     Return value: ignored.  An exception is logged, naming the plugin; the
     other plugins are still called.

@@ -23,18 +23,25 @@ asks for it, made by ``prometheus_client``):
   handshake that failed, the ARTIM timer, a port scan).  ``peer_ae`` is the
   peer's AE title (the calling AE of an acceptor, the called AE of a
   requestor), empty when the peer never said.
-* ``dimsekit_requests_total{peer_ae, command, status}`` -- the requests the
-  node answered (C-STORE, C-FIND, N-ACTION...), by the status class of the
-  final response: ``success``, ``warning``, ``failure``, ``cancel``; the
-  associations still going included, as they stand at the scrape.
+* ``dimsekit_requests_answered_total{peer_ae, command, status}`` -- the
+  requests the node answered (C-STORE, C-FIND, N-ACTION...), by the status
+  class of the final response: ``success``, ``warning``, ``failure``,
+  ``cancel``; the associations still going included, as they stand at the
+  scrape.  ``dimsekit_requests_sent_total`` counts the node's own requests
+  the same way, by the final response it got: the C-STOREs of a C-GET or a
+  C-MOVE (a destination refusing them shows here), storage commitment
+  reports.
+* ``dimsekit_stored_bytes_total{peer_ae}`` -- the size of the instances
+  stored (their Part 10 files), by the AE that sent them.
 * ``dimsekit_data_dir_free_bytes``, ``dimsekit_data_dir_min_free_bytes`` --
   the free space of ``[node] data_dir`` and the floor below which C-STOREs
   are refused (``[plugins.storage] min_free_mb``): alert before they meet.
 * ``dimsekit_build_info{version}``, and the process's own (``process_*``:
   CPU, resident memory, open files) from ``prometheus_client``.
 
-Counting costs nothing per request: the page is made when it is asked for,
-from the tallies every association keeps for its log line.  A peer AE title
+Counting costs next to nothing per request: the page is made when it is
+asked for, from the tallies every association keeps for its log line (a
+stored instance adds its size to a counter).  A peer AE title
 is a label value; past :data:`MAX_PEERS` distinct titles (a scanner trying
 titles at random) the others are counted under ``peer_ae="_other"``.  The page is
 made in the reactor thread (a ``statvfs`` and a read of ``/proc/self``, no
@@ -127,8 +134,11 @@ class Tallies:
         self.live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         #: (role, peer_ae, outcome) -> associations ended
         self.associations: Counter[tuple[str, str, str]] = Counter()
-        #: (peer_ae, command, status) -> requests answered, by associations that ended
-        self.requests: Counter[tuple[str, str, str]] = Counter()
+        #: (peer_ae, command, status) -> requests answered / sent, by associations that ended
+        self.answered: Counter[tuple[str, str, str]] = Counter()
+        self.sent: Counter[tuple[str, str, str]] = Counter()
+        #: peer_ae -> bytes of the instances it stored
+        self.stored_bytes: Counter[str] = Counter()
         self._peers: set[str] = set()
         #: (data directory, its floor in bytes or None) of the nodes started
         self.data_dirs: dict[Path, float | None] = {}
@@ -139,7 +149,11 @@ class Tallies:
         rq = association.rq
         if rq is None:
             return ""
-        title = (rq.called_ae_title if association.is_requestor else rq.calling_ae_title).strip()
+        return self.label(rq.called_ae_title if association.is_requestor else rq.calling_ae_title)
+
+    def label(self, title: str) -> str:
+        """The ``peer_ae`` label of an AE title (bounded: see :data:`MAX_PEERS`)."""
+        title = title.strip()
         if title in self._peers:
             return title
         if len(self._peers) >= MAX_PEERS:
@@ -154,11 +168,15 @@ class Tallies:
         self.live.pop(id(association), None)
         peer = self.peer(association)
         self.associations[_role(association), peer, _outcome(association)] += 1
-        self._add_requests(self.requests, peer, association)
+        self._add_requests(self.answered, peer, association.scp.handled)
+        self._add_requests(self.sent, peer, association.requested)
+
+    def stored(self, instance: Any) -> None:
+        self.stored_bytes[self.label(instance.source_ae or "")] += instance.size or 0
 
     @staticmethod
-    def _add_requests(into: Counter[tuple[str, str, str]], peer: str, association: Any) -> None:
-        for field_, tally in association.scp.handled.items():
+    def _add_requests(into: Counter[tuple[str, str, str]], peer: str, handled: dict[int, list[int]]) -> None:
+        for field_, tally in handled.items():
             command = COMMAND_NAMES.get(int(field_), f"0x{int(field_):04X}")
             others = 0
             for slot, status in _STATUS_SLOTS:
@@ -168,12 +186,14 @@ class Tallies:
             if tally[0] > others:
                 into[peer, command, "success"] += tally[0] - others
 
-    def requests_now(self) -> Counter[tuple[str, str, str]]:
-        """Requests answered so far, the live associations' included."""
-        now = Counter(self.requests)
+    def requests_now(self) -> tuple[Counter[tuple[str, str, str]], Counter[tuple[str, str, str]]]:
+        """Requests answered and sent so far, the live associations' included."""
+        answered, sent = Counter(self.answered), Counter(self.sent)
         for association in self.live.values():
-            self._add_requests(now, self.peer(association), association)
-        return now
+            peer = self.peer(association)
+            self._add_requests(answered, peer, association.scp.handled)
+            self._add_requests(sent, peer, association.requested)
+        return answered, sent
 
 
 class _Collector:
@@ -199,11 +219,19 @@ class _Collector:
         for (role, peer, outcome), n in sorted(tallies.associations.items()):
             ended.add_metric([role, peer, outcome], n)
         yield ended
-        requests = CounterMetricFamily("dimsekit_requests", "Requests answered, by the final status's class",
-                                       labels=["peer_ae", "command", "status"])
-        for (peer, command, status), n in sorted(tallies.requests_now().items()):
-            requests.add_metric([peer, command, status], n)
-        yield requests
+        answered, sent = tallies.requests_now()
+        for name, counts in (("answered", answered), ("sent", sent)):
+            family = CounterMetricFamily(f"dimsekit_requests_{name}",
+                                         f"Requests {name}, by the final response's status class",
+                                         labels=["peer_ae", "command", "status"])
+            for (peer, command, status), n in sorted(counts.items()):
+                family.add_metric([peer, command, status], n)
+            yield family
+        stored = CounterMetricFamily("dimsekit_stored_bytes", "Bytes of the instances stored, by sender",
+                                     labels=["peer_ae"])
+        for peer, n in sorted(tallies.stored_bytes.items()):
+            stored.add_metric([peer], n)
+        yield stored
         free = GaugeMetricFamily("dimsekit_data_dir_free_bytes", "Free space of the data directory",
                                  labels=["data_dir"])
         floor = GaugeMetricFamily("dimsekit_data_dir_min_free_bytes",
@@ -332,6 +360,13 @@ def dimsekit_on_association_established(association: Any) -> None:
     """Count it as active (while the page is served)."""
     if _serving:
         _tallies.established(association)
+
+
+@hookimpl
+def dimsekit_on_instance_stored(instance: Any) -> None:
+    """Count its bytes (while the page is served)."""
+    if _serving:
+        _tallies.stored(instance)
 
 
 @hookimpl

@@ -200,7 +200,9 @@ class EchoTests(AssociationTestCase):
         self.assertIn("calling=REQUESTOR called=ACCEPTOR contexts=[Verification SOP Class] handled=[C-ECHO 2] "
                       "duration=", acceptor["text"])
         requestor = next(e for e in lines if e["text"].startswith("association requestor"))
-        self.assertIn(" handled=[] duration=", requestor["text"])  # it answered nothing
+        # it answered nothing; its own requests are counted by their responses
+        self.assertIn(" handled=[] requested=[C-ECHO 2] duration=", requestor["text"])
+        self.assertNotIn("requested=", acceptor["text"])  # none: not said
         self.assertTrue(acceptor["text"].endswith("ended: released by the peer"))
 
     def test_the_log_line_counts_the_final_responses_by_outcome(self):

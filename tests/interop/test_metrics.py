@@ -8,7 +8,10 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pynetdicom import AE
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from tests.interop.conftest import (
     CT_IMAGE_STORAGE,
@@ -52,9 +55,10 @@ def test_the_node_counts_dcmtk_and_pynetdicom_peers(tmp_path):
         node.wait_log(rf"metrics: http://127\.0\.0\.1:{page}/metrics")
         assert echoscu(node.port, "-aet", "ECHOSCU").returncode == 0
         assert echoscu(node.port, "-aet", "ECHOSCU", "-aec", "SOMEONE").returncode != 0  # rejected
+        study = str(generate_uid())
         files = []
         for i in range(3):
-            ds = tiny_ct()
+            ds = tiny_ct(study=study)
             files.append(tmp_path / f"ct{i}.dcm")
             ds.save_as(files[-1], enforce_file_format=True)
         stored = run([dcmtk("storescu"), "-aet", "STORESCU", "-aec", "DIMSEKIT", "127.0.0.1", str(node.port),
@@ -63,15 +67,32 @@ def test_the_node_counts_dcmtk_and_pynetdicom_peers(tmp_path):
         with socket.create_connection(("127.0.0.1", node.port)):
             pass  # a connection that never asks for an association
 
+        # pynetdicom: C-ECHO, then C-GET of the study (the node sends it 3 C-STOREs), then A-ABORT
         ae = AE(ae_title="PYNETDICOM")
         ae.add_requested_context(VERIFICATION)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(CT_IMAGE_STORAGE)
-        assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT")
+        received = []
+
+        def on_store(event):
+            received.append(event.request.AffectedSOPInstanceUID)
+            return 0x0000
+
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT",
+                             ext_neg=[build_role(CT_IMAGE_STORAGE, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0x0000
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study
+        statuses = [status.Status for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+        assert statuses[-1] == 0x0000 and len(received) == 3
         found = scrape(page)
         assert found["dimsekit_associations_active"][(("role", "acceptor"),)] == 1.0
-        assert found["dimsekit_requests_total"][answered("PYNETDICOM", "C-ECHO")] == 1.0  # while it lasts
+        # while it lasts: what it asked for and what the node sent it
+        assert found["dimsekit_requests_answered_total"][answered("PYNETDICOM", "C-GET")] == 1.0
+        assert found["dimsekit_requests_sent_total"] == {answered("PYNETDICOM", "C-STORE"): 3.0}
         assoc.abort()
         ae.shutdown()
 
@@ -88,11 +109,15 @@ def test_the_node_counts_dcmtk_and_pynetdicom_peers(tmp_path):
             ended("", "failed"): 2.0,  # ours, and start_node's probe of the port
             ended("PYNETDICOM", "aborted"): 1.0,
         }
-        assert found["dimsekit_requests_total"] == {
+        assert found["dimsekit_requests_answered_total"] == {
             answered("ECHOSCU", "C-ECHO"): 1.0,
             answered("STORESCU", "C-STORE"): 3.0,
             answered("PYNETDICOM", "C-ECHO"): 1.0,
+            answered("PYNETDICOM", "C-GET"): 1.0,
         }
+        assert found["dimsekit_requests_sent_total"] == {answered("PYNETDICOM", "C-STORE"): 3.0}
+        archived = sum(f.stat().st_size for f in (tmp_path / "dimsekit-data").rglob("*.dcm"))
+        assert found["dimsekit_stored_bytes_total"] == {(("peer_ae", "STORESCU"),): float(archived)}
         assert found["dimsekit_associations_active"] == {(("role", "acceptor"),): 0.0, (("role", "requestor"),): 0.0}
         assert found["dimsekit_associations_limit"] == {(): 64.0}
         (free,) = found["dimsekit_data_dir_free_bytes"].values()

@@ -75,10 +75,11 @@ class Ended(SimpleNamespace):
 
 
 def association(calling: str | None, *, established: bool = True, ended: str = "released",
-                handled: dict[int, list[int]] | None = None, requestor: bool = False) -> Ended:
+                handled: dict[int, list[int]] | None = None, requested: dict[int, list[int]] | None = None,
+                requestor: bool = False) -> Ended:
     rq = None if calling is None else SimpleNamespace(calling_ae_title=calling.ljust(16), called_ae_title="PEER")
     return Ended(rq=rq, established=established, ended=ended, is_requestor=requestor,
-                           scp=SimpleNamespace(handled=handled or {}))
+                 scp=SimpleNamespace(handled=handled or {}), requested=requested or {})
 
 
 def test_each_ending_has_its_outcome():
@@ -104,23 +105,36 @@ def test_each_ending_has_its_outcome():
 
 def test_requests_by_status_class_live_ones_included():
     tallies = metrics.Tallies()
-    store, echo = 0x0001, 0x0030
-    tallies.ended(association("A", handled={store: [10, 2, 3, 1]}))
-    live = association("A", handled={store: [4, 0, 1, 0], echo: [2, 0, 0, 0]})
+    store, echo, get = 0x0001, 0x0030, 0x0010
+    tallies.ended(association("A", handled={store: [10, 2, 3, 1]}, requested={echo: [1, 0, 0, 0]}))
+    live = association("A", handled={store: [4, 0, 1, 0], echo: [2, 0, 0, 0], get: [1, 1, 0, 0]},
+                       requested={store: [5, 0, 2, 0]})
     tallies.established(live)
-    assert tallies.requests_now() == {
+    answered, sent = tallies.requests_now()
+    assert answered == {
         ("A", "C-STORE", "success"): 4 + 3,
         ("A", "C-STORE", "warning"): 2,
         ("A", "C-STORE", "failure"): 3 + 1,
         ("A", "C-STORE", "cancel"): 1,
         ("A", "C-ECHO", "success"): 2,
+        ("A", "C-GET", "warning"): 1,
     }
+    assert sent == {("A", "C-ECHO", "success"): 1, ("A", "C-STORE", "success"): 3, ("A", "C-STORE", "failure"): 2}
     live.scp.handled[store][0] += 1  # answered since: seen at the next scrape
-    assert tallies.requests_now()["A", "C-STORE", "success"] == 8
+    assert tallies.requests_now()[0]["A", "C-STORE", "success"] == 8
     tallies.ended(live)
     assert not tallies.live
-    assert tallies.requests_now()["A", "C-STORE", "success"] == 8  # counted once, not twice
-    assert COMMAND_NAMES[store] == "C-STORE" and COMMAND_NAMES[echo] == "C-ECHO"
+    answered, sent = tallies.requests_now()
+    assert answered["A", "C-STORE", "success"] == 8  # counted once, not twice
+    assert sent["A", "C-STORE", "success"] == 3
+    assert [COMMAND_NAMES[c] for c in (store, echo, get)] == ["C-STORE", "C-ECHO", "C-GET"]
+
+
+def test_stored_bytes_by_sender():
+    tallies = metrics.Tallies()
+    for source, size in (("CT1 ", 100), ("CT1", 50), (None, 7), ("MR2", 1)):
+        tallies.stored(SimpleNamespace(source_ae=source, size=size))
+    assert tallies.stored_bytes == {"CT1": 150, "": 7, "MR2": 1}
 
 
 def test_peer_titles_are_bounded():
@@ -200,7 +214,7 @@ class MetricsPageTests(LoopbackTestCase):
             (("outcome", "rejected"), ("peer_ae", "SCU"), ("role", "acceptor")): 1.0,
             (("outcome", "failed"), ("peer_ae", ""), ("role", "acceptor")): 1.0,
         })
-        self.assertEqual(found["dimsekit_requests_total"], {
+        self.assertEqual(found["dimsekit_requests_answered_total"], {
             (("command", "C-ECHO"), ("peer_ae", "SCU"), ("status", "success")): 2.0,  # the live one's too
             (("command", "C-STORE"), ("peer_ae", "SCU"), ("status", "success")): 1.0,
             (("command", "C-STORE"), ("peer_ae", "SCU"), ("status", "failure")): 1.0,
@@ -219,7 +233,7 @@ class MetricsPageTests(LoopbackTestCase):
         self.assertEqual(found["dimsekit_associations_active"][(("role", "acceptor"),)], 0.0)
         self.assertEqual(found["dimsekit_associations_total"][
             (("outcome", "released"), ("peer_ae", "SCU"), ("role", "acceptor"))], 2.0)
-        self.assertEqual(found["dimsekit_requests_total"][
+        self.assertEqual(found["dimsekit_requests_answered_total"][
             (("command", "C-ECHO"), ("peer_ae", "SCU"), ("status", "success"))], 2.0)
         self.assertEqual((await self.scrape(page, "/"))[0], 404)  # nothing else is served
         code, body = await self.scrape(page, accept="application/openmetrics-text; version=1.0.0")

@@ -150,6 +150,10 @@ class Association(ServiceUser):
         self._release_held: Any = None
         #: bounds the authenticator's decision (Sta3), None when not running
         self._decision_timer: Any = None
+        #: while the transport holds our writes back (its send buffer full): since when, and
+        #: the timer that aborts an association whose peer takes nothing for dimse_timeout
+        self._paused_since = 0.0
+        self._stall_timer: Any = None
         #: what waits for our operations to end (a release asked behind them)
         self._idle_actions: list[Callable[[], None]] = []
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
@@ -455,6 +459,7 @@ class Association(ServiceUser):
             self.ended = how
         self._release_held = _stop(self._release_held)
         self._decision_timer = _stop(self._decision_timer)
+        self._stall_timer = _stop(self._stall_timer)
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
@@ -728,13 +733,43 @@ class Association(ServiceUser):
     # IPushProducer: the transport tells us when its buffer is full or drained.
     def pauseProducing(self) -> None:
         self._paused = True
+        self._paused_since = self.reactor.seconds()
+        timeout = self.ae.dimse_timeout
+        if timeout and self._stall_timer is None and not self.ended:
+            self._stall_timer = self.reactor.callLater(timeout, self._send_stalled, timeout)
 
     def resumeProducing(self) -> None:
-        self._paused = False
+        self._paused = False  # the stall timer, if any, finds it so and ends
         self._pump()
 
     def stopProducing(self) -> None:
         self._paused = True
+
+    def _send_stalled(self, timeout: float) -> None:
+        """The stall timer: abort an association whose transport has held our writes back
+        for ``timeout`` (dimse_timeout) seconds on end -- a peer that stopped reading.
+
+        Without it a handler streaming responses (C-FIND matches) to such a peer
+        waits for ever, keeping its association busy (so never idle), its slot
+        and its index cursor.  Our requests have the DIMSE timer; this covers
+        everything we send.  One timer per stall, not per pause: a transfer
+        pauses every few kilobytes.  The connection is dropped at once (what it
+        holds would never be written: a close would wait for it for ever).
+        """
+        self._stall_timer = None
+        protocol = self.protocol
+        if not self._paused or protocol is None or self.ended:
+            return
+        left = self._paused_since + timeout - self.reactor.seconds()
+        if left > 0:  # paused again since, after some progress: wait out the rest
+            self._stall_timer = self.reactor.callLater(left, self._send_stalled, timeout)
+            return
+        reason = f"sending stalled: the peer took nothing of what we sent for {timeout:g} s"
+        _log.warn("{peer}: {reason}; aborting the association", peer=_address(self.peer), reason=reason)
+        transport = protocol.transport
+        self.abort(reason)
+        if transport is not None:
+            transport.abortConnection()
 
     # -- requests we send (used by dimsekit.scu) -----------------------------------------
 

@@ -21,7 +21,8 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     artim_timeout = 30           # seconds
     acse_timeout = 30
     idle_timeout = 60            # 0 = never drop an idle association
-    dimse_timeout = 60           # seconds to wait for a DIMSE response; 0 = forever
+    dimse_timeout = 60           # seconds to wait for a DIMSE response, or for a peer to take anything
+                                 #   of what we send (one that stopped reading is aborted); 0 = forever
     max_operations_invoked = 1   # asynchronous operations window (PS3.7 D.3.3.3): our requests
     max_operations_performed = 1 #   outstanding at once / the peer's performed at once; 0 = no limit
     max_dataset_size = 0         # bytes: a longer incoming data set aborts the association; 0 = no limit

@@ -1354,3 +1354,96 @@ class PairTests(AssociationTestCase):
         assoc = pair.associate()
         self.assertEqual((assoc.peer.host, assoc.peer.port), ("127.0.0.1", 11112))
         self.assertEqual(pair.acceptor_association.peer.host, "127.0.0.1")
+
+
+class EndlessFind:
+    """A C-FIND SCP with ``count`` large matches, each sent as soon as the transport takes it."""
+
+    def __init__(self, count=10_000):
+        self.count = count
+        self.sent = 0
+        self.closed = False
+
+    def _matches(self):
+        try:
+            for i in range(self.count):
+                match = Dataset()
+                match.PatientID = str(i)
+                match.PatientComments = "x" * 1000  # LT: up to 10,240 characters
+                self.sent += 1
+                yield 0xFF00, match
+        finally:
+            self.closed = True  # its cursor would be released here
+
+    def find(self, request):
+        return self._matches()
+
+    def service(self):
+        return ServiceClass(name="endless-find", sop_classes=(STUDY_ROOT_FIND,), handlers={"C-FIND": self.find})
+
+
+class SendStallTests(AssociationTestCase):
+    """A peer that stops reading: the transport holds our writes back for ever (LESSONS.md #29)."""
+
+    def _stalled_find(self, dimse_timeout=10.0):
+        """A C-FIND whose requestor reads nothing of the answers: (SCP, pair, connection)."""
+        scp = EndlessFind()
+        config = Config(limits=Limits(dimse_timeout=dimse_timeout))
+        pair = self.make_pair(Services(extra=[scp.service()]), write_buffer=65536, acceptor_config=config,
+                              requestor_config=Config(limits=Limits(dimse_timeout=0)))
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND])
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        assoc.find(query, STUDY_ROOT_FIND)
+        connection = pair.connections[-1]
+        # only the request goes over: the requestor reads nothing from now on
+        request = connection.requestor_transport.value()
+        connection.requestor_transport.clear()
+        connection.acceptor_protocol.dataReceived(request)
+        for _ in range(200):
+            pair.reactor.advance(0)  # the handler sends a match per reactor turn until paused
+        self.assertTrue(connection.acceptor_transport.producer_paused)
+        return scp, pair, connection
+
+    def test_a_peer_that_reads_nothing_is_aborted_after_the_dimse_timeout(self):
+        scp, pair, connection = self._stalled_find()
+        sent = scp.sent
+        self.assertLess(sent, 200)  # held back, not all 10,000 queued in memory
+        acceptor = connection.acceptor_association
+        pair.reactor.advance(9.9)
+        self.assertIsNone(acceptor.ended)
+        self.assertEqual(scp.sent, sent)
+        pair.reactor.advance(0.2)
+        self.assertEqual(acceptor.ended,
+                         "aborted: sending stalled: the peer took nothing of what we sent for 10 s")
+        self.assertTrue(connection.acceptor_transport.disconnecting)  # dropped, not closed after a flush
+        pair.pump()
+        self.assertTrue(connection.closed)
+        self.assertTrue(scp.closed)  # the handler's generator was closed
+        self.assertEqual(self.acceptor_hooks.kinds(), ["established", "aborted"])
+        self.assertNoTimersLeft()
+
+    def test_a_slow_reader_is_not_aborted(self):
+        scp, pair, connection = self._stalled_find()
+        acceptor = connection.acceptor_association
+        first = scp.sent
+        for _ in range(5):  # every 6 s the peer takes what waits, then stops again
+            pair.reactor.advance(6)
+            data = connection.acceptor_transport.value()
+            connection.acceptor_transport.clear()
+            connection.requestor_protocol.dataReceived(data)
+            connection.acceptor_transport.drained()
+            for _ in range(200):
+                pair.reactor.advance(0)
+            self.assertTrue(connection.acceptor_transport.producer_paused)
+        self.assertIsNone(acceptor.ended)
+        self.assertGreater(scp.sent, 5 * first)  # it went on, a buffer-full at a time
+        pair.reactor.advance(10)  # then it stops for good
+        self.assertTrue(acceptor.ended.startswith("aborted: sending stalled"))
+
+    def test_no_dimse_timeout_no_stall_timer(self):
+        scp, pair, connection = self._stalled_find(dimse_timeout=0)
+        pair.reactor.advance(3600)
+        self.assertIsNone(connection.acceptor_association.ended)
+        connection.acceptor_association.abort("the test ends it")
+        pair.pump()

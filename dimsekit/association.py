@@ -432,6 +432,7 @@ class Association(ServiceUser):
         else:
             self._finish("connection closed", _CONNECTION_LOST)
         self.protocol = None
+        self._stall_timer = _stop(self._stall_timer)
 
     def busy(self) -> bool:
         """Whether work is in progress: a request of ours awaiting its response
@@ -459,7 +460,6 @@ class Association(ServiceUser):
             self.ended = how
         self._release_held = _stop(self._release_held)
         self._decision_timer = _stop(self._decision_timer)
-        self._stall_timer = _stop(self._stall_timer)
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
@@ -735,7 +735,7 @@ class Association(ServiceUser):
         self._paused = True
         self._paused_since = self.reactor.seconds()
         timeout = self.ae.dimse_timeout
-        if timeout and self._stall_timer is None and not self.ended:
+        if timeout and self._stall_timer is None and self.protocol is not None:
             self._stall_timer = self.reactor.callLater(timeout, self._send_stalled, timeout)
 
     def resumeProducing(self) -> None:
@@ -753,21 +753,26 @@ class Association(ServiceUser):
         waits for ever, keeping its association busy (so never idle), its slot
         and its index cursor.  Our requests have the DIMSE timer; this covers
         everything we send.  One timer per stall, not per pause: a transfer
-        pauses every few kilobytes.  The connection is dropped at once (what it
-        holds would never be written: a close would wait for it for ever).
+        pauses every few kilobytes.  The connection is dropped at once, also
+        when the association ended already (a DIMSE timeout, a release) and
+        only its connection waits: what it holds would never be written, and
+        a close waits for that for ever.
         """
         self._stall_timer = None
         protocol = self.protocol
-        if not self._paused or protocol is None or self.ended:
+        if not self._paused or protocol is None:
             return
         left = self._paused_since + timeout - self.reactor.seconds()
         if left > 0:  # paused again since, after some progress: wait out the rest
             self._stall_timer = self.reactor.callLater(left, self._send_stalled, timeout)
             return
         reason = f"sending stalled: the peer took nothing of what we sent for {timeout:g} s"
-        _log.warn("{peer}: {reason}; aborting the association", peer=_address(self.peer), reason=reason)
         transport = protocol.transport
-        self.abort(reason)
+        if self.ended:
+            _log.warn("{peer}: {reason}; dropping the connection", peer=_address(self.peer), reason=reason)
+        else:
+            _log.warn("{peer}: {reason}; aborting the association", peer=_address(self.peer), reason=reason)
+            self.abort(reason)
         if transport is not None:
             transport.abortConnection()
 

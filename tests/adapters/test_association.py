@@ -1416,7 +1416,7 @@ class SendStallTests(AssociationTestCase):
         pair.reactor.advance(0.2)
         self.assertEqual(acceptor.ended,
                          "aborted: sending stalled: the peer took nothing of what we sent for 10 s")
-        self.assertTrue(connection.acceptor_transport.disconnecting)  # dropped, not closed after a flush
+        self.assertTrue(connection.acceptor_transport.disconnected)  # dropped (abortConnection), not closed after a flush
         pair.pump()
         self.assertTrue(connection.closed)
         self.assertTrue(scp.closed)  # the handler's generator was closed
@@ -1440,6 +1440,22 @@ class SendStallTests(AssociationTestCase):
         self.assertGreater(scp.sent, 5 * first)  # it went on, a buffer-full at a time
         pair.reactor.advance(10)  # then it stops for good
         self.assertTrue(acceptor.ended.startswith("aborted: sending stalled"))
+
+    def test_an_association_ended_otherwise_has_its_stuck_connection_dropped(self):
+        # aborted while its peer reads nothing (here by the node itself; a DIMSE timeout
+        # of a request we were sending does the same): its A-ABORT cannot go out either,
+        # and a close would wait for the unsent bytes for ever
+        scp, pair, connection = self._stalled_find()
+        acceptor = connection.acceptor_association
+        pair.reactor.advance(5)
+        acceptor.abort("the node gives up")
+        self.assertEqual(acceptor.ended, "aborted: the node gives up")
+        self.assertFalse(connection.acceptor_transport.disconnected)
+        pair.reactor.advance(5.1)  # 10 s after the stall began
+        self.assertTrue(connection.acceptor_transport.disconnected)
+        pair.pump()
+        self.assertTrue(connection.closed)
+        self.assertNoTimersLeft()
 
     def test_no_dimse_timeout_no_stall_timer(self):
         scp, pair, connection = self._stalled_find(dimse_timeout=0)

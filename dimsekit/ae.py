@@ -133,6 +133,7 @@ class ApplicationEntity:
         #: cannot be used raises :class:`~dimsekit.tls.TLSError` here, before anything runs
         self.tls: TLSContext | None = TLSContext(self.config.tls) if self.config.tls is not None else None
         if self.tls is not None and any(remote.tls for remote in self.config.remotes):
+            self.tls.acts_as_client = True  # a renewed certificate is checked too
             problem = self.tls.client_auth_problem()
             if problem is not None:
                 _log.warn("{problem}", problem=problem)

@@ -220,6 +220,9 @@ class TLSContext:
         #: our certificate and key, what peers' certificates are checked against: read again
         #: when their files change
         self._files = _TLSFiles(self)
+        #: the node associates with TLS remotes, so its certificate must be good for client
+        #: authentication: a renewed one that is not is said (set by the ApplicationEntity)
+        self.acts_as_client = False
         #: the client options without a host name check: one for every association (its SSL context made once)
         self._client_options: Any = None
 
@@ -574,11 +577,16 @@ class _TLSFiles:
             _log.error("{error}; the certificates and revocation lists read before stay in force", error=exc)
             return self.generation
         self._stamps, self._refused = stamps, None
+        renewed = identity is not None and (self.identity is None or identity.dump() != self.identity.dump())
         self.identity, self.chain, self.trust, self.crls = identity, chain, trust, crls
         self.generation += 1
         _log.info("{prefix}: its files read again ({n} CA certificates, {m} revocation lists{ours}): for the "
                   "connections from now on", prefix=self._context._prefix, n=count, m=len(crls),
                   ours=", our certificate" if identity is not None else "")
+        if renewed and self._context.acts_as_client:
+            problem = self._context.client_auth_problem()
+            if problem is not None:  # as start-up says it (the ApplicationEntity)
+                _log.warn("{problem}", problem=problem)
         return self.generation
 
     def install(self, store: Any) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 from cryptography import x509
 from twisted.logger import globalLogPublisher
 
+from dimsekit.config import from_mapping
 from dimsekit.errors import AssociationAborted, ConnectionLost
 from dimsekit.tls import TLSContext, TLSError, describe_tls_failure
 from dimsekit.uids import VERIFICATION
-from tests.dimse_e2e.support import wait_until, within
+from tests.dimse_e2e.support import Services, wait_until, within
 from tests.dimse_e2e.test_tls import TLSTestCase, tls_config
 
 
@@ -214,6 +215,38 @@ class RevocationTests(CRLTestCase):
         self.assertNotEqual(renewed, old)
         self.assertEqual(renewed, x509.load_pem_x509_certificate(f.node_cert.read_bytes()).serial_number)
         self.assertTrue(any("our certificate" in line and "read again" in line for line in lines), lines)
+
+
+    async def test_a_renewed_certificate_not_for_client_authentication_is_said(self):
+        # The node associates with a TLS remote (C-MOVE sub-operations, commitment reports):
+        # a certificate renewed without clientAuth would be refused there, as start-up says.
+        f = self.files
+        cert, key = f.directory / "mine.crt", f.directory / "mine.key"
+        cert.write_bytes(f.node_cert.read_bytes())  # serverAuth and clientAuth
+        key.write_bytes(f.node_key.read_bytes())
+        lines = self.logged()
+        config = from_mapping({
+            "node": {"ae_title": "SCP"}, "limits": {"acse_timeout": 5.0, "dimse_timeout": 5.0},
+            "tls": {"certificate": str(cert), "private_key": str(key), "ca_certificates": [str(f.ca)]},
+            "remote": [{"ae_title": "DEST", "host": "127.0.0.1", "port": 1, "tls": True}],
+        })
+        ae = self.make_ae("SCP", Services(), config=config)
+        listening = await ae.listen(0, tls=True)
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+
+        def said() -> list[str]:
+            return [line for line in lines if "lacks clientAuth" in line]
+
+        await self.accepted(port, self.client())
+        self.assertEqual(said(), [])
+        publish(key, f.server_key.read_bytes())
+        publish(cert, f.server_cert.read_bytes())  # serverAuth only
+        await self.accepted(port, self.client())  # in force: peers checking client certificates refuse it
+        (line,) = said()
+        self.assertIn(f"tls.certificate: {cert} is not for client authentication", line)
+        await self.accepted(port, self.client())
+        self.assertEqual(len(said()), 1)  # said as it was read, not at every handshake
 
 
 class CRLSettingsTests(CRLTestCase):

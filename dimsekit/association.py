@@ -65,7 +65,7 @@ from dimsekit.errors import (
 )
 from dimsekit.operations import DimseOperation, Response
 from dimsekit.plugin import notify
-from dimsekit.scp import _PENDING_CAPABLE, _TALLY_SLOT, COMMAND_NAMES, Request, ScpRunner
+from dimsekit.scp import _PENDING_CAPABLE, COMMAND_NAMES, Request, ScpRunner, count_final
 from dimsekit.scu import ServiceUser, dataset_bytes
 from dimsekit.ul import outputs as out
 from dimsekit.ul.fsm import State
@@ -988,14 +988,7 @@ class Association(ServiceUser):
             operation.pending(response)
             return
         self._operation_done(operation)
-        tally = self.requested.get(operation.command_field)
-        if tally is None:
-            tally = self.requested[operation.command_field] = [0, 0, 0, 0]
-        tally[0] += 1
-        if status:
-            slot = _TALLY_SLOT.get(dimse_status.category(status))
-            if slot is not None:
-                tally[slot] += 1
+        count_final(self.requested, operation.command_field, status)
         operation.finish(response)
 
     def _command_rejected(self, event: CommandRejected) -> None:

@@ -175,8 +175,9 @@ def dimsekit_on_association_ended(association: Any) -> None:
     """A connection is gone, whatever became of its association: for counting and auditing.
 
     Also for one never established (rejected, a failed TLS handshake, the
-    ARTIM timer, a connection that sent nothing).  Called once per connection, after the association's log line, in the
-    reactor thread.  ``association.established`` says whether it was;
+    ARTIM timer, a connection that sent nothing).  Called once per
+    connection, after the association's log line, in the reactor thread.
+    ``association.established`` says whether it was;
     ``association.ended`` how it ended, in words (``released``, ``aborted:
     ...``, ``rejected (...)``, ``connection closed...``); ``association.rq``
     is the A-ASSOCIATE-RQ (None if none came); ``association.scp.handled``

@@ -145,8 +145,21 @@ def _normalise(item: object) -> tuple[int, Any, dict[str, Any]]:
     raise TypeError(f"a handler returned {item!r}; expected a status, (status, dataset) or (status, dataset, fields)")
 
 
-#: where a final status other than success is counted in ScpRunner.handled
+#: where a final status other than success is counted in a tally (see count_final)
 _TALLY_SLOT = {dimse_status.Category.WARNING: 1, dimse_status.Category.FAILURE: 2, dimse_status.Category.CANCEL: 3}
+
+
+def count_final(tallies: dict[int, list[int]], command_field: int, status: int) -> None:
+    """Count a final response in ``tallies``: Command Field -> [final responses, warnings,
+    failures, cancels] (ScpRunner.handled, Association.requested: log lines, metrics)."""
+    tally = tallies.get(command_field)
+    if tally is None:
+        tally = tallies[command_field] = [0, 0, 0, 0]
+    tally[0] += 1
+    if status:
+        slot = _TALLY_SLOT.get(dimse_status.category(status))
+        if slot is not None:
+            tally[slot] += 1
 
 
 class ScpRunner:
@@ -396,13 +409,7 @@ class ScpRunner:
         if association.protocol is None or association.ended:
             return
         if status != 0xFF00 and status != 0xFF01:  # a final response: count it
-            field_ = request.command["CommandField"]
-            tally = self.handled.get(field_)
-            if tally is None:
-                tally = self.handled[field_] = [0, 0, 0, 0]
-            tally[0] += 1
-            if status:
-                tally[_TALLY_SLOT[dimse_status.category(status)]] += 1
+            count_final(self.handled, request.command["CommandField"], status)
         if dataset is None and not fields:
             encoded = encode_status_response(request.command, status)
             if encoded is not None:

@@ -1463,3 +1463,49 @@ class SendStallTests(AssociationTestCase):
         self.assertIsNone(connection.acceptor_association.ended)
         connection.acceptor_association.abort("the test ends it")
         pair.pump()
+
+
+class ReadBackpressureTests(AssociationTestCase):
+    """A peer that sends requests and does not read the responses is not read either, until
+    it does: TCP holds it back, rather than our queue of responses growing with each request."""
+
+    def test_a_peer_that_reads_no_responses_is_not_read_until_it_does(self):
+        pair = self.make_pair(write_buffer=2048)
+        assoc = pair.associate()
+        context = assoc.negotiated.context_for(VERIFICATION)
+        connection = pair.connections[-1]
+        connection.requestor_transport.write_buffer = None  # the peer's requests all go out
+        for message_id in range(1, 201):
+            assoc.send_message(context, {"CommandField": CommandField.C_ECHO_RQ, "MessageID": message_id,
+                                         "AffectedSOPClassUID": VERIFICATION, "CommandDataSetType": 0x0101})
+        requests = connection.requestor_transport.value()
+        connection.requestor_transport.clear()
+        connection.acceptor_protocol.dataReceived(requests)  # the acceptor reads them all; the peer reads nothing
+        acceptor = connection.acceptor_association
+        self.assertEqual(connection.acceptor_transport.producerState, "paused")  # the socket is not read
+        self.assertGreater(len(acceptor._outgoing), 64)
+        answers = []
+        assoc._response = lambda context, command, sink: answers.append(command["MessageIDBeingRespondedTo"])
+        pair.pump()  # the peer reads: every request answered, in order, and the acceptor reads again
+        self.assertEqual(answers, list(range(1, 201)))
+        self.assertEqual(connection.acceptor_transport.producerState, "producing")
+        self.assertIsNone(acceptor.ended)
+        pair.result(assoc.release())
+
+    def test_a_few_responses_waiting_do_not_stop_reading(self):
+        # a C-FIND streaming to a slow reader keeps reading the peer: its C-CANCEL must get in
+        pair = self.make_pair(write_buffer=2048)
+        assoc = pair.associate()
+        context = assoc.negotiated.context_for(VERIFICATION)
+        connection = pair.connections[-1]
+        connection.requestor_transport.write_buffer = None
+        for message_id in range(1, 41):
+            assoc.send_message(context, {"CommandField": CommandField.C_ECHO_RQ, "MessageID": message_id,
+                                         "AffectedSOPClassUID": VERIFICATION, "CommandDataSetType": 0x0101})
+        requests = connection.requestor_transport.value()
+        connection.requestor_transport.clear()
+        connection.acceptor_protocol.dataReceived(requests)
+        self.assertTrue(connection.acceptor_transport.producer_paused)  # its writes are held back...
+        self.assertEqual(connection.acceptor_transport.producerState, "producing")  # ...but it is still read
+        pair.pump()
+        pair.result(assoc.release())

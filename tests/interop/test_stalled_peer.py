@@ -1,9 +1,12 @@
-"""A peer that asks for many C-FIND matches and then reads nothing (LESSONS.md #29).
+"""Peers that stop reading what the node sends them (LESSONS.md #29).
 
-The node's sending stalls once the kernel's buffers and Twisted's fill up; after
-``dimse_timeout`` seconds of that it aborts the association, drops the
-connection, frees the slot and closes the query's cursor -- instead of keeping
-all of it for ever -- and goes on serving others.
+One asks for many C-FIND matches and then reads nothing: the node's sending
+stalls once the kernel's buffers and Twisted's fill up; after ``dimse_timeout``
+seconds of that it aborts the association, drops the connection, frees the slot
+and closes the query's cursor -- instead of keeping all of it for ever -- and
+goes on serving others.  Another sends requests as fast as it can and reads no
+response: the node stops reading it (TCP then holds it back) instead of queueing
+a response for every request it is sent.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -23,10 +27,14 @@ from dimsekit_plugins.worklist import WorklistStore, database_path
 from tests.interop.conftest import (
     A_ASSOCIATE_AC,
     IMPLICIT_VR_LE,
+    RELEASE_RP,
+    RELEASE_RQ,
     RawPeer,
     _element,
     _finish_node,
     associate_rq,
+    echo_rq_pdata,
+    echo_rsp_status,
     echoscu,
     pdata_pdu,
     start_node,
@@ -112,3 +120,51 @@ def test_a_peer_that_stops_reading_is_aborted_and_the_node_goes_on(tmp_path):
         assert echoscu(node.port).returncode == 0  # the node goes on
     finally:
         _finish_node(node)  # exit 0 on SIGTERM, no traceback
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_peer_that_sends_requests_and_reads_nothing_is_held_back_by_tcp(tmp_path):
+    """C-ECHO-RQs sent as fast as a socket takes them, no response read: the node stops reading
+    the peer once its responses pile up (it grew by ~35 MB/s before), then answers every one
+    of them, in order, once the peer reads."""
+    node = start_node(tmp_path)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", node.port))
+        with RawPeer(sock) as peer:
+            peer.send(associate_rq(calling="FLOODER"))
+            assert peer.recv_pdu()[0] == A_ASSOCIATE_AC
+            before = _rss_mib(node.proc.pid)
+            batch = b"".join(echo_rq_pdata(message_id) for message_id in range(1, 1001))
+            sock.settimeout(2)
+            sent = 0
+            deadline = time.monotonic() + 30
+            with pytest.raises(TimeoutError):  # TCP holds the peer back: its sending blocks
+                while time.monotonic() < deadline:
+                    sock.sendall(batch)
+                    sent += 1000
+            grown = _rss_mib(node.proc.pid) - before
+            assert grown < 64, f"the node grew by {grown:.0f} MiB for {sent} requests it could not answer"
+            # sendall may have put part of the last batch out: those requests are answered too
+            sock.settimeout(10)
+            answered = 0
+            for _ in range(sent + 1000):
+                try:
+                    pdu = peer.recv_pdu(timeout=3)
+                except TimeoutError:
+                    break
+                assert echo_rsp_status(pdu, answered % 1000 + 1) == 0x0000
+                answered += 1
+            assert sent <= answered <= sent + 1000, (sent, answered)
+            peer.send(RELEASE_RQ)
+            assert peer.recv_pdu() == RELEASE_RP
+        node.wait_log(r"calling=FLOODER .*ended: released by the peer")
+    finally:
+        _finish_node(node)

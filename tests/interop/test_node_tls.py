@@ -53,6 +53,7 @@ from tests.interop.conftest import (
     tiny_ct,
     wait_for_port,
 )
+from tests.interop.test_stalled_peer import flood_without_reading
 from tests.interop.test_storage_support import (
     RecordingProxy,
     build_corpus,
@@ -320,6 +321,18 @@ def client_context(certs: TLSFiles) -> ssl.SSLContext:
     context.load_verify_locations(cafile=str(certs.ca))
     context.load_cert_chain(str(certs.client_cert), str(certs.client_key))
     return context
+
+
+def test_a_peer_that_sends_requests_and_reads_nothing_is_held_back_over_tls_too(tls_node, certs):
+    """The node stops reading a TLS peer that takes none of its responses (the TLS transport
+    relays the pause to the TCP connection under it), and answers them all once it reads."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", tls_node.tls_port))
+    sock = client_context(certs).wrap_socket(raw, server_hostname="localhost")
+    flood_without_reading(sock, tls_node.node.proc.pid, calling="TLSFLOODER")
+    tls_node.node.wait_log(r"calling=TLSFLOODER .*ended: released by the peer")
+    healthy(tls_node, certs)
 
 
 def test_pynetdicom_echo_and_store_over_tls(tls_node, certs):

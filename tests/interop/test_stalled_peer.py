@@ -129,42 +129,50 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def flood_without_reading(sock: socket.socket, pid: int, calling: str = "FLOODER") -> int:
+    """Associate on ``sock`` (its receive window small), send C-ECHO-RQs as fast as it takes them
+    reading nothing, until TCP holds it back (a 2 s send timeout); check the node ``pid`` did not
+    grow with them; then read every response, in order, and release.  How many were sent."""
+    peer = RawPeer(sock)
+    peer.send(associate_rq(calling=calling))
+    assert peer.recv_pdu()[0] == A_ASSOCIATE_AC
+    before = _rss_mib(pid)
+    batch = b"".join(echo_rq_pdata(message_id) for message_id in range(1, 1001))
+    sock.settimeout(2)
+    sent = 0
+    deadline = time.monotonic() + 30
+    with pytest.raises(TimeoutError):  # TCP holds the peer back: its sending blocks
+        while time.monotonic() < deadline:
+            sock.sendall(batch)
+            sent += 1000
+    grown = _rss_mib(pid) - before
+    assert grown < 64, f"the node grew by {grown:.0f} MiB for {sent} requests it could not answer"
+    # sendall may have put part of the last batch out: those requests are answered too
+    answered = 0
+    for _ in range(sent + 1000):
+        try:
+            pdu = peer.recv_pdu(timeout=3)
+        except TimeoutError:
+            break
+        assert echo_rsp_status(pdu, answered % 1000 + 1) == 0x0000
+        answered += 1
+    assert sent <= answered <= sent + 1000, (sent, answered)
+    peer.send(RELEASE_RQ)
+    assert peer.recv_pdu() == RELEASE_RP
+    peer.close()
+    return sent
+
+
 def test_a_peer_that_sends_requests_and_reads_nothing_is_held_back_by_tcp(tmp_path):
     """C-ECHO-RQs sent as fast as a socket takes them, no response read: the node stops reading
     the peer once its responses pile up (it grew by ~35 MB/s before), then answers every one
-    of them, in order, once the peer reads."""
+    of them, in order, once the peer reads.  Over TLS: tests/interop/test_node_tls.py."""
     node = start_node(tmp_path)
     try:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", node.port))
-        with RawPeer(sock) as peer:
-            peer.send(associate_rq(calling="FLOODER"))
-            assert peer.recv_pdu()[0] == A_ASSOCIATE_AC
-            before = _rss_mib(node.proc.pid)
-            batch = b"".join(echo_rq_pdata(message_id) for message_id in range(1, 1001))
-            sock.settimeout(2)
-            sent = 0
-            deadline = time.monotonic() + 30
-            with pytest.raises(TimeoutError):  # TCP holds the peer back: its sending blocks
-                while time.monotonic() < deadline:
-                    sock.sendall(batch)
-                    sent += 1000
-            grown = _rss_mib(node.proc.pid) - before
-            assert grown < 64, f"the node grew by {grown:.0f} MiB for {sent} requests it could not answer"
-            # sendall may have put part of the last batch out: those requests are answered too
-            sock.settimeout(10)
-            answered = 0
-            for _ in range(sent + 1000):
-                try:
-                    pdu = peer.recv_pdu(timeout=3)
-                except TimeoutError:
-                    break
-                assert echo_rsp_status(pdu, answered % 1000 + 1) == 0x0000
-                answered += 1
-            assert sent <= answered <= sent + 1000, (sent, answered)
-            peer.send(RELEASE_RQ)
-            assert peer.recv_pdu() == RELEASE_RP
+        flood_without_reading(sock, node.proc.pid)
         node.wait_log(r"calling=FLOODER .*ended: released by the peer")
     finally:
         _finish_node(node)

@@ -178,6 +178,14 @@ def makeService(options: Options) -> service.IService:
         )
     else:
         _log.info("malloc left as it is ({why})", why=outcome)
+    from twisted.internet import reactor as running_reactor
+
+    from dimsekit.resources import raise_open_files_limit
+
+    raised = raise_open_files_limit(reactor=running_reactor)
+    if raised is not None:
+        _log.info("open files limit raised from {before} to {after} (connections, instances being written)",
+                  before=raised[0], after=raised[1])
     config = options["config_obj"]
     node = config.node
     try:

@@ -262,12 +262,22 @@ WITH_SIGINT = [sys.executable, "-c",
                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"]
 
 
+def with_open_files(soft: int) -> list[str]:
+    """A command prefix that runs the command with its soft limit of open files at ``soft``."""
+    return [sys.executable, "-c",
+            "import os, resource, sys; hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard)); os.execvp(sys.argv[2], sys.argv[2:])",
+            str(soft)]
+
+
 def start_node(tmp_path: Path, *args: str, config: str | None = None, env: dict | None = None,
-               sigint: bool = False) -> Node:
-    """A twistd node on a free port (``sigint``: with SIGINT at its default, see :data:`WITH_SIGINT`)."""
+               sigint: bool = False, open_files: int | None = None) -> Node:
+    """A twistd node on a free port (``sigint``: with SIGINT at its default, see :data:`WITH_SIGINT`;
+    ``open_files``: started with that soft limit of open files)."""
     port = free_port()
     log = tmp_path / "twistd.log"
-    cmd = [*(WITH_SIGINT if sigint else ()), TWISTD, "-n", "--logfile", str(log), "--pidfile", "", "dimsekit",
+    cmd = [*(WITH_SIGINT if sigint else ()), *(with_open_files(open_files) if open_files else ()),
+           TWISTD, "-n", "--logfile", str(log), "--pidfile", "", "dimsekit",
            "--port", str(port), "--interface", "127.0.0.1"]
     if config is not None:
         cfg = tmp_path / "node.toml"

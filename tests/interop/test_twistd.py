@@ -25,6 +25,7 @@ from tests.interop.conftest import (
     run,
     start_node,
     stop,
+    tiny_ct,
 )
 
 pytestmark = pytest.mark.interop
@@ -232,4 +233,35 @@ def test_sigterm_aborts_the_associations_the_node_opened(tmp_path):
     assert seen["store"] == P_DATA_TF
     assert seen.get("abort") == abort_pdu(source=0, reason=0), seen
     assert code == 0, node.log_text()
+    assert "Traceback" not in node.log_text()
+
+
+def test_a_node_started_with_few_open_files_raises_its_limit_and_takes_many_connections(tmp_path):
+    """Started with a soft limit of 256 open files (systemd's default is 1,024), the node raises
+    it toward the hard limit: 300 idle connections held open (a port scanner, each kept up to
+    the ARTIM timeout), DCMTK echoscu and storescu still get through.  Before, the node hit
+    EMFILE and refused them ("Peer aborted Association")."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard > 600, f"the hard limit {hard} leaves nothing to test"
+    node = start_node(tmp_path, open_files=256)
+    idle = []
+    try:
+        expected = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        node.wait_log(rf"open files limit raised from 256 to {expected} ")
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", node.port), timeout=5))
+        assert echoscu(node.port).returncode == 0
+        ds = tiny_ct()
+        path = tmp_path / "ct.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        stored = run([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), str(path)])
+        assert stored.returncode == 0, stored.stderr
+        assert "EMFILE" not in node.log_text()
+    finally:
+        for connection in idle:
+            connection.close()
+        code = stop(node.proc)
+    assert code == 0
     assert "Traceback" not in node.log_text()

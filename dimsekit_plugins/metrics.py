@@ -1,4 +1,4 @@
-"""Metrics for Prometheus: associations, requests answered, the data directory's free space.
+"""Metrics for Prometheus: associations, requests answered and sent, bytes stored, free space.
 
 Off unless configured; it needs the ``prometheus_client`` package
 (``pip install 'dimsekit[metrics]'``):
@@ -41,11 +41,11 @@ asks for it, made by ``prometheus_client``):
 
 Counting costs next to nothing per request: the page is made when it is
 asked for, from the tallies every association keeps for its log line (a
-stored instance adds its size to a counter).  A peer AE title
-is a label value; past :data:`MAX_PEERS` distinct titles (a scanner trying
-titles at random) the others are counted under ``peer_ae="_other"``.  The page is
-made in the reactor thread (a ``statvfs`` and a read of ``/proc/self``, no
-more); nothing but ``/metrics`` is served.
+stored instance adds its size to a counter).  A peer AE title is a label
+value; past :data:`MAX_PEERS` distinct titles (a scanner trying titles at
+random) the others are counted under ``peer_ae="_other"``.  The page is made
+in the reactor thread (a ``statvfs`` and a read of ``/proc/self``, no more);
+nothing but ``/metrics`` is served, and scrapes are not logged.
 """
 
 from __future__ import annotations

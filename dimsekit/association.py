@@ -655,10 +655,17 @@ class Association(ServiceUser):
         pdus = fragment_message(context.context_id, command, payload, negotiated.peer_maximum_length, pack=self.pack_pdvs)
         self._outgoing.append(_Outgoing(pdus, on_sent=on_sent, operation=operation))
         self._pump()
-        if len(self._outgoing) > _READ_PAUSE_QUEUE and not self._reading_paused:
-            # The peer keeps sending and takes nothing: read no more of it until it does.
+        if (operation is None and not self._reading_paused and len(self._outgoing) > _READ_PAUSE_QUEUE
+                and self._answers_waiting() > _READ_PAUSE_QUEUE):
+            # The peer keeps sending requests and takes no answer: read no more of it until it does.
             self._reading_paused = True
             protocol.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _answers_waiting(self) -> int:
+        """Messages waiting to go out that are not requests of ours (responses, mostly).  Our own
+        requests never stop reading: the peer's responses to them are what lets them go, and two
+        peers each waiting for the other to read would never move."""
+        return sum(1 for message in self._outgoing if message.operation is None)
 
     def _when_sent(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every message queued so far has gone out."""
@@ -718,7 +725,7 @@ class Association(ServiceUser):
                         message.on_sent()
         finally:
             self._pumping = False
-        if self._reading_paused and len(self._outgoing) <= _READ_PAUSE_QUEUE // 2 and self.protocol is not None:
+        if self._reading_paused and self.protocol is not None and self._answers_waiting() <= _READ_PAUSE_QUEUE // 2:
             self._reading_paused = False
             self.protocol.transport.resumeProducing()  # type: ignore[union-attr]
         self._wake_writable()
@@ -1053,7 +1060,7 @@ _LAST_COMMAND = 0x03
 _PDV_OVERHEAD = 6
 #: PDUs of one message written to the transport together, up to this many bytes
 _SEND_BATCH = 256 * 1024
-#: messages waiting to go out past which the peer is not read until it takes them (and half as
+#: answers waiting to go out past which the peer is not read until it takes them (and half as
 #: many to read again): one that sends requests without reading the responses is held back by
 #: TCP, instead of growing our queue with every request it sends (~35 MB/s of C-ECHOs measured)
 _READ_PAUSE_QUEUE = 64

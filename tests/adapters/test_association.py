@@ -1492,6 +1492,20 @@ class ReadBackpressureTests(AssociationTestCase):
         self.assertIsNone(acceptor.ended)
         pair.result(assoc.release())
 
+    def test_our_own_requests_waiting_never_stop_reading(self):
+        # the peer's answers are what lets them go: two peers each waiting for the
+        # other to read would never move
+        window = Config(limits=Limits(max_operations_invoked=0, max_operations_performed=0))
+        pair = self.make_pair(write_buffer=2048, acceptor_config=window, requestor_config=window)
+        assoc = pair.associate(async_window=(0, 0))
+        connection = pair.connections[-1]
+        echoes = [assoc.echo() for _ in range(200)]
+        self.assertGreater(len(assoc._outgoing), 64)  # held back by its transport
+        self.assertEqual(connection.requestor_transport.producerState, "producing")  # still reads the answers
+        pair.pump()
+        self.assertEqual([self.successResultOf(d) for d in echoes], [0] * 200)
+        pair.result(assoc.release())
+
     def test_a_few_responses_waiting_do_not_stop_reading(self):
         # a C-FIND streaming to a slow reader keeps reading the peer: its C-CANCEL must get in
         pair = self.make_pair(write_buffer=2048)

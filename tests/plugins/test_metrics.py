@@ -148,6 +148,22 @@ def test_peer_titles_are_bounded():
     assert tallies.associations["acceptor", "SCAN0", "released"] == 2
 
 
+def test_every_metric_the_docs_name_is_served():
+    """The README's alert rules and the plugin's docstring name only metrics the page has."""
+    import re
+    from pathlib import Path
+
+    served = set()
+    for family in metrics._Collector(metrics.Tallies()).collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        served.add(family.name + suffix)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"\bdimsekit_(?:associations|requests|stored|data_dir|build)[a-z_]*", readme))
+    named |= set(re.findall(r"\bdimsekit_(?:associations|requests|stored|data_dir|build)[a-z_]*", metrics.__doc__))
+    assert {"dimsekit_data_dir_min_free_bytes", "dimsekit_requests_sent_total"} <= named  # the rules were read
+    assert named <= served, named - served
+
+
 # -- the page, dimsekit at both ends -----------------------------------------------------------
 
 

@@ -130,6 +130,10 @@ class Tallies:
     """What the page reports, kept between scrapes (reactor thread)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything counted."""
         #: established associations not yet ended (weakly: one that never ends is not kept)
         self.live: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         #: (role, peer_ae, outcome) -> associations ended
@@ -250,8 +254,8 @@ class _Collector:
         yield floor
 
 
+#: what the page reports, for the whole process (the hooks count while a page is served)
 _tallies = Tallies()
-_collector = _Collector(_tallies)
 #: (interface, port) -> the listening port serving the page, one per process
 _serving: dict[tuple[str, int], Any] = {}
 _registry: Any = None
@@ -263,8 +267,7 @@ def _page_registry() -> Any:
     if _registry is None:
         prometheus_client = _prometheus()
         registry = prometheus_client.CollectorRegistry()
-        _collector.tallies = _tallies
-        registry.register(_collector)
+        registry.register(_Collector(_tallies))
         prometheus_client.ProcessCollector(registry=registry)
         _registry = registry
     return _registry
@@ -328,10 +331,7 @@ def stop() -> Any:
     from twisted.internet import defer
 
     closing = [_stop(key) for key in list(_serving)]
-    global _tallies
-    _tallies = Tallies()
-    if _registry is not None:
-        _collector.tallies = _tallies
+    _tallies.reset()
     return defer.gatherResults([d for d in closing if d is not None])
 
 

@@ -20,16 +20,11 @@ from dimsekit.scp import COMMAND_NAMES
 from dimsekit.uids import VERIFICATION
 from dimsekit_plugins import metrics
 from tests.dimse_e2e.support import CT, CT_FILE, LoopbackTestCase, Services, wait_until, within
+from tests.interop.conftest import free_port
 
 
 def settings(**section):
     return metrics.MetricsSettings.from_config(Config(plugins={"metrics": section}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- settings -------------------------------------------------------------------------------

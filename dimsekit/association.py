@@ -145,7 +145,11 @@ class Association(ServiceUser):
         self._reading_paused = False
         self._pumping = False
         self._writable_waiters: list[Deferred] = []
-        self._assembler = MessageAssembler(max_dataset_length=ae.config.limits.max_dataset_size or None)
+        limits = ae.config.limits
+        self._assembler = MessageAssembler(
+            max_dataset_length=limits.max_dataset_size or None,
+            max_identifier_length=limits.max_identifier_size or None,
+        )
         self._release_waiters: list[Deferred] = []
         #: the peer's A-RELEASE-RQ held until our answers to its requests are out
         #: (the timer that bounds the wait), None when not held
@@ -1020,7 +1024,10 @@ class Association(ServiceUser):
         if context is None:
             self.abort(f"message on presentation context {event.context_id}, which was not accepted")
             return
-        _log.warn("rejecting a malformed request from {peer}: {error}", peer=_address(self.peer), error=error)
+        _log.warn(
+            "refusing a request from {peer} with status 0x{status:04X}: {error}",
+            peer=_address(self.peer), status=error.status, error=error,
+        )
         response = {
             **error.response_fields(),
             "CommandField": field | 0x8000,

@@ -26,6 +26,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     max_operations_invoked = 1   # asynchronous operations window (PS3.7 D.3.3.3): our requests
     max_operations_performed = 1 #   outstanding at once / the peer's performed at once; 0 = no limit
     max_dataset_size = 0         # bytes: a longer incoming data set aborts the association; 0 = no limit
+    max_identifier_size = 16777216 # bytes: a longer C-FIND/C-GET/C-MOVE query is refused (A700/A701); 0 = no limit
 
     [[remote]]                   # known AEs: C-MOVE destinations, access list
     ae_title = "STORESCP"
@@ -118,6 +119,12 @@ class Limits:
     #: largest incoming data set in bytes (0 = no limit): a longer one is an A-ABORT
     #: as soon as it passes the limit (what arrives is spooled to disk, not memory)
     max_dataset_size: int = 0
+    #: largest Identifier of an incoming C-FIND, C-GET or C-MOVE request in bytes (0 = no
+    #: limit): a longer one is discarded as it arrives and refused with "Out of Resources"
+    #: (A700H / A701H), the association goes on.  A real query is far smaller (a C-GET of
+    #: 100,000 listed instances: ~7 MB); without a bound a peer's query could fill the disk
+    #: it is spooled to (/tmp, often memory) and then memory, decoded
+    max_identifier_size: int = 16 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,8 +224,9 @@ def _validate(obj: Any, prefix: str) -> None:
         for name in ("max_operations_invoked", "max_operations_performed"):
             if not 0 <= getattr(obj, name) <= 0xFFFF:
                 raise ConfigError(f"limits.{name}: use 0 (no limit) to 65535 operations")
-        if obj.max_dataset_size < 0:
-            raise ConfigError("limits.max_dataset_size: use 0 (no limit) or a number of bytes")
+        for name in ("max_dataset_size", "max_identifier_size"):
+            if getattr(obj, name) < 0:
+                raise ConfigError(f"limits.{name}: use 0 (no limit) or a number of bytes")
 
 
 def from_mapping(data: Mapping[str, Any], source: str = "<mapping>", *, base: str = "") -> Config:

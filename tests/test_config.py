@@ -138,6 +138,8 @@ def _toml(text: str):
         ("[limits]\nidle_timeout = 0", lambda c: c.limits.idle_timeout == 0.0),
         ("[limits]\ndimse_timeout = 0", lambda c: c.limits.dimse_timeout == 0.0),
         ("[limits]\nmax_dataset_size = 2147483648", lambda c: c.limits.max_dataset_size == 2**31),
+        ("", lambda c: c.limits.max_identifier_size == 16 * 1024 * 1024),
+        ("[limits]\nmax_identifier_size = 0", lambda c: c.limits.max_identifier_size == 0),
         (
             '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true\n[tls]\nverify_peer = false',
             lambda c: c.remotes[0].tls is True,
@@ -206,6 +208,7 @@ BAD = [
     # limits
     ("[limits]\nmax_pdu = 4095", "limits.max_pdu"),
     ("[limits]\nmax_dataset_size = -1", "limits.max_dataset_size"),
+    ("[limits]\nmax_identifier_size = -1", "limits.max_identifier_size"),
     ('[limits]\nmax_dataset_size = "2G"', "limits.max_dataset_size"),
     ("[limits]\nmax_pdu = 1", "limits.max_pdu"),
     ("[limits]\nmax_pdu = -1", "limits.max_pdu"),

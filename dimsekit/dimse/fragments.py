@@ -36,7 +36,7 @@ from enum import Enum
 from typing import IO, Any, NamedTuple, NoReturn, Protocol, runtime_checkable
 
 from dimsekit.dimse.codec import CommandError, decode_command
-from dimsekit.dimse.commands import NO_DATASET, validate
+from dimsekit.dimse.commands import NO_DATASET, CommandField, validate
 from dimsekit.errors import LocalProtocolError, RemoteProtocolError
 from dimsekit.ul.pdu import encode_pdata, encode_single_pdata
 
@@ -448,6 +448,8 @@ class _State(Enum):
 
 
 _IDLE = _State.IDLE
+#: the requests whose data set is an Identifier (a query), bounded by ``max_identifier_length``
+_IDENTIFIER_REQUESTS = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
 _make_tuple = tuple.__new__
 _DATASET = _State.DATASET
 
@@ -511,6 +513,13 @@ class MessageAssembler:
     :param max_dataset_length: largest data set accepted, or None.  A longer
         one raises RemoteProtocolError with abort source 0: it is our choice
         (the service-user's) to abort, the peer broke no rule.
+    :param max_identifier_length: largest Identifier of a C-FIND, C-GET or
+        C-MOVE request accepted, or None.  A real query is a few hundred
+        bytes to a few hundred KiB (a list of UIDs); a longer one is
+        discarded as it arrives and reported as :class:`CommandRejected`
+        with "Refused: Out of Resources" (A700H for C-FIND, A701H for C-GET
+        and C-MOVE: PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4) once it has
+        ended: the association goes on.
 
     A sink that fails to write (disk full) raises its own error (OSError):
     that is a local failure, for the association to turn into an A-ABORT.
@@ -523,11 +532,13 @@ class MessageAssembler:
         spool_dir: str | None = None,
         max_command_length: int = 1 << 20,
         max_dataset_length: int | None = None,
+        max_identifier_length: int | None = None,
     ) -> None:
         self.spool_threshold = spool_threshold
         self.spool_dir = spool_dir
         self.max_command_length = max_command_length
         self.max_dataset_length = max_dataset_length
+        self.max_identifier_length = max_identifier_length
         self._reset()
 
     def _reset(self) -> None:
@@ -538,6 +549,8 @@ class MessageAssembler:
         self._command: dict[str, Any] = {}
         self._sink: DataSink | None = None
         self._dataset_length = 0
+        #: the limit on the data set coming (the smaller of the two that apply), or None
+        self._dataset_limit: int | None = None
         self._rejection: CommandRejected | None = None
 
     @property
@@ -593,10 +606,9 @@ class MessageAssembler:
             if control & _COMMAND:
                 self._fail("command fragment while a data set was expected")
             self._dataset_length += len(data)
-            limit = self.max_dataset_length
+            limit = self._dataset_limit
             if limit is not None and self._dataset_length > limit:
-                self.abort()
-                raise RemoteProtocolError(f"data set longer than {limit} bytes", abort_source=0)
+                return self._too_long(limit, control)
             sink = self._sink
             if sink is None:
                 sink = self._sink = SpooledSink(self.spool_threshold, self.spool_dir)
@@ -659,10 +671,36 @@ class MessageAssembler:
         if has_dataset:
             self._state = _State.DATASET
             self._command = command
+            limit = self.max_dataset_length
+            if command["CommandField"] in _IDENTIFIER_REQUESTS and self.max_identifier_length is not None:
+                limit = self.max_identifier_length if limit is None else min(limit, self.max_identifier_length)
+            self._dataset_limit = limit
             return [received]
         if self._state is not _IDLE:  # gathered from several fragments
             self._reset()
         return [received, _make_tuple(MessageReceived, (context_id, command, None))]
+
+    def _too_long(self, limit: int, control: int) -> list[Event]:
+        """The data set coming passed ``limit``: a query's Identifier past
+        ``max_identifier_length`` is discarded and refused once it has ended;
+        any other data set (past ``max_dataset_length``) ends the association."""
+        command = self._command
+        field = command["CommandField"]
+        if field not in _IDENTIFIER_REQUESTS or limit != self.max_identifier_length:
+            self.abort()
+            raise RemoteProtocolError(f"data set longer than {limit} bytes", abort_source=0)
+        if self._sink is not None:
+            self._sink.abort()
+            self._sink = None
+        status = 0xA700 if field == CommandField.C_FIND_RQ else 0xA701
+        error = CommandError(status, f"Identifier longer than {limit} bytes", command=command)
+        rejection = CommandRejected(self._context_id, error.message_id, error)
+        if control & _LAST:
+            self._reset()
+            return [rejection]
+        self._state = _State.DISCARD
+        self._rejection = rejection
+        return []
 
     def _reject(self, error: CommandError) -> list[Event]:
         partial = error.command or {}

@@ -575,6 +575,45 @@ class EndingTests(AssociationTestCase):
         self.assertEqual(len(stored), 1)
         self.assertIn("data set longer than 65536 bytes", pair.acceptor_association.ended)
 
+    def test_a_query_over_max_identifier_size_is_refused_and_the_association_goes_on(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        queries = []
+
+        def find(request):
+            queries.append(len(request.dataset()[0x00091010].value))
+            match = Dataset()
+            match.PatientID = "1"
+            yield 0xFF00, match
+
+        service = ServiceClass(name="t-find", sop_classes=(STUDY_ROOT_FIND,), handlers={"C-FIND": find})
+        config = Config(limits=Limits(max_identifier_size=64 * 1024))
+        pair = self.make_pair(Services(extra=[service]), acceptor_config=config)
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND, VERIFICATION])
+
+        def query(size):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.add_new(0x00091010, "OB", b"\0" * size)
+            return ds
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        refused = pair.result(assoc.find(query(70 * 1024), STUDY_ROOT_FIND).result)
+        self.assertEqual(refused.status, 0xA700)  # Refused: Out of Resources (PS3.4 C.4.1.1.4)
+        self.assertEqual(refused.command["ErrorComment"], "Identifier longer than 65536 bytes")
+        self.assertIn("with status 0xA700: Identifier longer than 65536 bytes", "\n".join(map(formatEvent, events)))
+        self.assertEqual(queries, [])  # never reached the handler
+        self.assertIsNone(pair.acceptor_association.ended)
+        answered = assoc.find(query(60 * 1024), STUDY_ROOT_FIND)  # within the limit: performed
+        pair.pump()
+        pair.advance(0)  # the SCP lets the reactor turn after each match
+        self.assertEqual(pair.result(answered.result).status, 0x0000)
+        self.assertEqual((queries, answered.pending_count), ([60 * 1024], 1))
+        self.assertEqual(pair.result(assoc.echo()), 0)
+        pair.result(assoc.release())
+
     def release_behind_an_echo(self, echo):
         """A pair whose requestor asks to release while its C-ECHO is being performed by
         ``echo`` -- through the UL primitive, as a peer may (our release() would wait)."""

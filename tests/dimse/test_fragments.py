@@ -429,6 +429,58 @@ def test_max_dataset_length() -> None:
     assert assembler.idle
 
 
+@pytest.mark.parametrize(
+    ("field", "status"),
+    [(CommandField.C_FIND_RQ, 0xA700), (CommandField.C_GET_RQ, 0xA701), (CommandField.C_MOVE_RQ, 0xA701)],
+)
+@pytest.mark.parametrize("cuts", [[3, 6, 9], []], ids=["fragments", "one-pdv"])
+def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, status, cuts) -> None:
+    query = sample_command(field)
+    sink_writes: list[int] = []
+
+    class CountingSink(SpooledSink):
+        def write(self, data: Any) -> None:
+            sink_writes.append(len(data))
+            super().write(data)
+
+    assembler = MessageAssembler(max_identifier_length=8, max_dataset_length=1000)
+    pvs = split_into_pdvs(1, encode_command(query), b"0123456789" * 3, cuts)
+    n = sum(1 for p in pvs if p.control & 0x01)  # the command's fragments
+    events = collect(assembler, pvs[:n])
+    assert [type(e) for e in events] == [CommandReceived]
+    assembler.set_sink(CountingSink())
+    events = collect(assembler, pvs[n:-1])
+    assert events == [] and not assembler.idle  # the rest is dropped as it comes
+    (event,) = collect(assembler, pvs[-1:])
+    assert isinstance(event, CommandRejected)
+    assert (event.context_id, event.message_id) == (1, query["MessageID"])
+    fields = event.error.response_fields()
+    assert fields["Status"] == status
+    assert fields["ErrorComment"] == "Identifier longer than 8 bytes"
+    assert sum(sink_writes) <= 8  # nothing past the limit reached the sink
+    assert assembler.idle
+    # the association goes on: the same query within the limit is received
+    events = collect(assembler, split_into_pdvs(1, encode_command(query), b"01234567", [3]))
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+    assert dataset_of(events[-1]) == b"01234567"
+
+
+def test_max_identifier_length_leaves_other_data_sets_alone() -> None:
+    assembler = MessageAssembler(max_identifier_length=8)
+    for command in (STORE, sample_command(CommandField.N_ACTION_RQ), sample_command(CommandField.C_FIND_RSP)):
+        command = {**command, "CommandDataSetType": 0x0102}
+        events = collect(assembler, split_into_pdvs(1, encode_command(command), b"x" * 100, [50]))
+        assert [type(e) for e in events] == [CommandReceived, MessageReceived], command
+        assert dataset_of(events[-1]) == b"x" * 100
+
+
+def test_max_dataset_length_below_max_identifier_length_still_aborts() -> None:
+    assembler = MessageAssembler(max_identifier_length=8, max_dataset_length=5)
+    with pytest.raises(RemoteProtocolError) as info:
+        collect(assembler, split_into_pdvs(1, encode_command(sample_command(CommandField.C_FIND_RQ)), b"0123456789", [4]))
+    assert info.value.abort_source == 0
+
+
 # ---------------------------------------------------------------------------
 # Protocol violations: the peer broke the fragment sequence -> A-ABORT.
 # ---------------------------------------------------------------------------

@@ -120,3 +120,37 @@ def test_combined_date_time_matching_applies_only_where_negotiated(node):
     # ... and, not negotiated, 10:00-18:00 on each of the three days
     assert results[b"\x01\x00"] == results[None] == ({"C", "E"}, [0xFF00] * 2 + [0x0000])
     node.assert_healthy()
+
+
+def test_a_query_over_the_identifier_limit_is_refused_and_the_association_goes_on(node):
+    """A 17 MiB C-FIND / C-MOVE Identifier (a broken or hostile peer: a real query is a few
+    hundred bytes) past the default ``[limits] max_identifier_size`` of 16 MiB: refused with
+    Out of Resources once it has arrived, nothing spooled, and the same association's next
+    query answered."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.add_requested_context(STUDY_ROOT_MOVE)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT")
+    try:
+        assert assoc.is_established
+        huge = Dataset()
+        huge.QueryRetrieveLevel = "STUDY"
+        huge.StudyInstanceUID = ""
+        huge.add_new(0x00091010, "OB", b"\0" * (17 << 20))
+        (status, _), = list(assoc.send_c_find(huge, STUDY_ROOT_FIND))
+        assert status.Status == 0xA700  # Refused: Out of Resources (PS3.4 C.4.1.1.4)
+        assert status.ErrorComment == "Identifier longer than 16777216 bytes"
+        (status, _), = list(assoc.send_c_move(huge, "ANYWHERE", STUDY_ROOT_MOVE))
+        assert status.Status == 0xA701  # Refused: Out of Resources - unable to calculate matches
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        statuses = [status.Status for status, _ in assoc.send_c_find(query, STUDY_ROOT_FIND) if status]
+        assert statuses == [0x0000]  # an empty archive: no match, and the association is fine
+    finally:
+        assoc.release()
+    assert assoc.is_released
+    node.wait_log("with status 0xA701: Identifier longer than 16777216 bytes")
+    assert "with status 0xA700: Identifier longer than 16777216 bytes" in node.log_text()
+    node.assert_healthy()

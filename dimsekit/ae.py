@@ -110,6 +110,7 @@ class ApplicationEntity:
         )
         self.dimse_timeout: float | None = limits.dimse_timeout or None
         self.max_associations = limits.max_associations
+        self.max_associations_per_ae = limits.max_associations_per_ae
         node = self.config.node
         allowed = None if node.allow_unknown_callers else frozenset(r.ae_title for r in self.config.remotes)
         self.policy = AcceptorPolicy(
@@ -159,10 +160,22 @@ class ApplicationEntity:
 
     def take_slot(self, association: Association) -> bool:
         """Count an incoming association against ``max_associations``; False when full."""
-        if len(self.active) >= self.max_associations:
-            return False
-        self.active.add(association)
-        return True
+        return self.claim_slot(association) is None
+
+    def claim_slot(self, association: Association) -> str | None:
+        """Count an incoming association against ``max_associations`` and
+        ``max_associations_per_ae``: None when it got its slot, else why not."""
+        active = self.active
+        if len(active) >= self.max_associations:
+            return f"{len(active)} associations at once ([limits] max_associations)"
+        per_ae = self.max_associations_per_ae
+        if per_ae:
+            calling = association.calling_ae_title
+            held = sum(1 for other in active if other.calling_ae_title == calling)
+            if held >= per_ae:
+                return f"{held} associations at once from {calling} ([limits] max_associations_per_ae)"
+        active.add(association)
+        return None
 
     def release_slot(self, association: Association) -> None:
         """Free the slot of an association that ended, however it ended."""

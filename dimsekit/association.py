@@ -219,13 +219,15 @@ class Association(ServiceUser):
                     # as for an authenticator that fails: no verdict, no association
                     _log.failure("a dimsekit_accept_association hook failed; rejecting the association")
                     rj = AssociateRJ(result=1, source=1, reason=1)
+        full = None
         if rj is None:
-            if ae.take_slot(self):
+            full = ae.claim_slot(self)
+            if full is None:
                 self._counted = True
             else:
                 rj = reject_congestion(local_limit=True)
         if rj is not None:
-            self._reject(rj)
+            self._reject(rj, full)
             return
         identity = rq.user_information.user_identity_rq
         if identity is None:
@@ -268,15 +270,16 @@ class Association(ServiceUser):
         _log.failure("authenticator failed; rejecting the association", failure)
         self._reject(AssociateRJ(result=1, source=1, reason=1))
 
-    def _reject(self, rj: AssociateRJ) -> None:
+    def _reject(self, rj: AssociateRJ, because: str | None = None) -> None:
         if self._counted:
             self._counted = False
             self.ae.release_slot(self)
         self.ended = f"rejected ({rj.result}/{rj.source}/{rj.reason})"
+        why = str(AssociationRejected(rj.result, rj.source, rj.reason))
         _log.info(
             "rejecting association from {peer} calling={calling} called={called}: {why}",
             peer=_address(self.peer), calling=self.calling_ae_title, called=self.called_ae_title,
-            why=str(AssociationRejected(rj.result, rj.source, rj.reason)),
+            why=why if because is None else f"{why}: {because}",
         )
         self.protocol.call("reject", rj)  # type: ignore[union-attr]
 

@@ -17,6 +17,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
 
     [limits]
     max_associations = 64        # more at once are rejected (transient, local limit)
+    max_associations_per_ae = 0  # more at once from one calling AE title are rejected; 0 = no limit
     max_pdu = 16384              # our Maximum Length Received; 0 = no limit
     artim_timeout = 30           # seconds
     acse_timeout = 30
@@ -107,6 +108,10 @@ class Limits:
     """``[limits]``: how much the node takes on, and how long it waits."""
 
     max_associations: int = 64
+    #: associations at once from one calling AE title (0 = no limit): more are rejected
+    #: as past ``max_associations`` are, so that one device opening associations in a
+    #: loop (or a misconfigured router) cannot take every slot from the others
+    max_associations_per_ae: int = 0
     max_pdu: int = 16384
     artim_timeout: float = 30.0
     acse_timeout: float = 30.0
@@ -213,6 +218,8 @@ def _validate(obj: Any, prefix: str) -> None:
     if isinstance(obj, Limits):
         if obj.max_associations < 1:
             raise ConfigError("limits.max_associations: must be at least 1")
+        if obj.max_associations_per_ae < 0:
+            raise ConfigError("limits.max_associations_per_ae: use 0 (no limit) or a number of associations")
         if not valid_max_pdu(obj.max_pdu):
             raise ConfigError(f"limits.max_pdu: {MAX_PDU_RULE}")
         for name in ("artim_timeout", "acse_timeout", "idle_timeout", "dimse_timeout"):

@@ -139,6 +139,8 @@ def _toml(text: str):
         ("[limits]\ndimse_timeout = 0", lambda c: c.limits.dimse_timeout == 0.0),
         ("[limits]\nmax_dataset_size = 2147483648", lambda c: c.limits.max_dataset_size == 2**31),
         ("", lambda c: c.limits.max_identifier_size == 16 * 1024 * 1024),
+        ("", lambda c: c.limits.max_associations_per_ae == 0),
+        ("[limits]\nmax_associations_per_ae = 4", lambda c: c.limits.max_associations_per_ae == 4),
         ("[limits]\nmax_identifier_size = 0", lambda c: c.limits.max_identifier_size == 0),
         (
             '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true\n[tls]\nverify_peer = false',
@@ -209,6 +211,7 @@ BAD = [
     ("[limits]\nmax_pdu = 4095", "limits.max_pdu"),
     ("[limits]\nmax_dataset_size = -1", "limits.max_dataset_size"),
     ("[limits]\nmax_identifier_size = -1", "limits.max_identifier_size"),
+    ("[limits]\nmax_associations_per_ae = -1", "limits.max_associations_per_ae"),
     ('[limits]\nmax_dataset_size = "2G"', "limits.max_dataset_size"),
     ("[limits]\nmax_pdu = 1", "limits.max_pdu"),
     ("[limits]\nmax_pdu = -1", "limits.max_pdu"),

@@ -1024,6 +1024,32 @@ class RejectionTests(AssociationTestCase):
         self.assertEqual(pair.acceptor.active, set())
         self.assertTrue(pair.associate().established)  # the slot is free again
 
+    def test_max_associations_per_ae(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pair = self.make_pair(acceptor_config=Config(limits=Limits(max_associations_per_ae=2)))
+        first, second = pair.associate(), pair.associate()
+        self.assertRejected(pair, 2, 3, 2)  # a third from REQUESTOR: rejected-transient, local-limit-exceeded
+        self.assertIn(
+            "calling=REQUESTOR called=ACCEPTOR: association rejected (rejected-transient): DICOM UL service-provider "
+            "(Presentation): local-limit-exceeded: 2 associations at once from REQUESTOR ([limits] max_associations_per_ae)",
+            "\n".join(map(formatEvent, events)),
+        )
+        pair.requestor.ae_title = "OTHER"
+        other = pair.associate()  # another AE still gets in
+        self.assertEqual(len(pair.acceptor.active), 3)
+        pair.requestor.ae_title = "REQUESTOR"
+        self.assertRejected(pair, 2, 3, 2)
+        pair.result(first.release())
+        third = pair.associate()  # its slot is free again
+        self.assertEqual(pair.result(third.echo()), 0)
+        for assoc in (second, other, third):
+            pair.result(assoc.release())
+        self.assertEqual(pair.acceptor.active, set())
+
     def test_accept_hook_rejects(self):
         class Gatekeeper:
             def __init__(self):

@@ -329,6 +329,34 @@ def test_max_associations(tmp_path):
     assert code == 0, node.log_text()
 
 
+def test_max_associations_per_ae(tmp_path):
+    """One calling AE title holding its share of associations is refused more (DCMTK
+    ``echoscu`` sees the rejection), another AE still gets in, and a slot freed by a
+    release is taken again."""
+    node = start_node(tmp_path, config="[limits]\nmax_associations_per_ae = 2\n")
+    peers: list[RawPeer] = []
+    try:
+        a, b = accepted(node.port, "HOLDER"), accepted(node.port, "HOLDER")
+        peers += [a, b]
+        refused = echoscu(node.port, "-aet", "HOLDER")
+        assert refused.returncode != 0
+        assert "Rejected" in refused.stdout + refused.stderr and "Local Limit Exceeded" in refused.stdout + refused.stderr
+        node.wait_log(r"calling=HOLDER .*local-limit-exceeded: 2 associations at once from HOLDER "
+                      r"\(\[limits\] max_associations_per_ae\)")
+        assert rejected(node.port, "HOLDER") == TOO_MANY
+        assert echoscu(node.port, "-aet", "OTHER").returncode == 0  # another AE is not held back
+        assert a.echo(2) == 0 and b.echo(2) == 0
+        a.release()
+        node.wait_log(r"calling=HOLDER .*released")
+        assert echoscu(node.port, "-aet", "HOLDER").returncode == 0  # the freed slot
+        node.assert_healthy()
+    finally:
+        for peer in peers:
+            peer.close()
+        code = stop(node.proc)
+    assert code == 0, node.log_text()
+
+
 def test_max_associations_concurrent_burst(tmp_path):
     """Many requests at once: exactly ``max_associations`` are accepted."""
     node = start_node(tmp_path, config=LIMIT_CONFIG)

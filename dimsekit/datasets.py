@@ -52,6 +52,26 @@ class DatasetError(DimsekitError):
     """A data set cannot be encoded, decoded or sent as asked."""
 
 
+class DatasetValueError(DatasetError):
+    """A received data set's framing was read, but one of its values cannot be."""
+
+
+def read_in_full(dataset: Dataset) -> Dataset:
+    """Convert every raw value of a decoded data set, in sequence items too (pydicom
+    reads values -- and sequences' items -- only when asked): garbage from a peer
+    surfaces here as one :class:`DatasetError`, not as whatever pydicom raises later,
+    wherever a handler happens to look.
+
+    :raises DatasetValueError: a value, or a sequence's items, cannot be read.
+    """
+    try:
+        for _ in dataset.iterall():
+            pass
+    except Exception as exc:  # whatever pydicom raises: ValueError, OSError, IndexError, NotImplementedError...
+        raise DatasetValueError(f"unreadable value: {type(exc).__name__}: {exc}") from exc
+    return dataset
+
+
 def _flags(transfer_syntax: str) -> tuple[bool, bool]:
     """(implicit VR, little endian) for a transfer syntax."""
     uid = UID(transfer_syntax)

@@ -73,7 +73,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from dimsekit.config import ConfigError
-from dimsekit.datasets import DatasetError
+from dimsekit.datasets import DatasetError, DatasetValueError, read_in_full
+from dimsekit.errors import for_log
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, ServiceClass
 from dimsekit.sqlitedb import wal_mode
 
@@ -366,10 +367,11 @@ def received_dataset(request: Request) -> Dataset:
         dataset = request.dataset()
         if dataset is None:
             return Dataset()
-        for _ in dataset.iterall():  # converts each raw value, in sequence items too
-            pass
+        read_in_full(dataset)  # converts each raw value, in sequence items too (done already for a Request)
+    except DatasetValueError as exc:
+        raise InvalidAttributeValue(f"unusable attribute value: {exc.__cause__ or exc}"[:64]) from None
     except DatasetError as exc:
-        _log.warn("{command}: undecodable data set: {error}", command=request.name, error=exc)
+        _log.warn("{command}: undecodable data set: {error}", command=request.name, error=for_log(exc))
         raise ProcessingFailure("cannot decode the data set") from None
     except _UNREADABLE as exc:
         raise InvalidAttributeValue(f"unusable attribute value: {exc}"[:64]) from None
@@ -1052,7 +1054,7 @@ class NormalizedService:
             return await work
         except NServiceError as error:
             status, dataset, fields = error.response()
-            _log.info("{service}: answered 0x{status:04X} ({comment})", service=self.name, status=status, comment=error.comment or "")
+            _log.info("{service}: answered 0x{status:04X} ({comment})", service=self.name, status=status, comment=for_log(error.comment or ""))
             return status, dataset, fields
 
     def _n_create(self, request: Request) -> Any:

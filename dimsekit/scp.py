@@ -38,7 +38,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dimsekit.datasets import DatasetError, decode_dataset
+from dimsekit.datasets import DatasetError, decode_dataset, read_in_full
 from dimsekit.dimse import status as dimse_status
 from dimsekit.dimse.commands import CommandField, make_response
 from dimsekit.dimse.responses import encode_status_response
@@ -115,9 +115,20 @@ class Request:
         return self.context.transfer_syntax
 
     def dataset(self) -> Dataset | None:
-        """The request's data set decoded by pydicom (cached), or None when it had none."""
+        """The request's data set decoded by pydicom (cached), or None when it had none.
+
+        Except a C-STORE's (kept as received: its handler reads what it needs), it is
+        read in full here, every value of every item converted
+        (:func:`~dimsekit.datasets.read_in_full`): what a peer sent that cannot be
+        read raises :class:`~dimsekit.datasets.DatasetError` (or its
+        :class:`~dimsekit.datasets.DatasetValueError`) now, for the handler to
+        answer with its failure status, not later from any element it touches.
+        """
         if self._dataset is None and self.sink is not None:
-            self._dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
+            dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
+            if self.command.get("CommandField") != 0x0001:
+                read_in_full(dataset)
+            self._dataset = dataset
         return self._dataset
 
 

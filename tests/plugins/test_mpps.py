@@ -317,6 +317,8 @@ def test_a_failing_hook_does_not_keep_the_step_from_the_others():
         (b"\x40\x00\x40\x03\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00", 0x0110),
         # Performed Series Sequence that is no sequence: read (and failing) only when used
         (b"\x40\x00\x40\x03\x04\x00\x00\x00\x01\x02\x03\x04", 0x0106),
+        # an item's tag where an element should be: pydicom knows no VR for it (NotImplementedError)
+        (b"\xfe\xff\x00\xe0\x04\x00\x00\x00\x01\x02\x03\x04", 0x0106),
     ],
 )
 def test_an_unreadable_data_set_is_answered_without_a_traceback(scp, payload, status, logged_failures):

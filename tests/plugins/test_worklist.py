@@ -417,3 +417,21 @@ class WorklistNodeTest(LoopbackTestCase):
         self.assertEqual(final.status, 0xA900)
         self.assertIn("ScheduledProcedureStepStartDate", final.command["ErrorComment"])
         await within(assoc.release())
+
+    async def test_an_identifier_whose_sequence_cannot_be_read_is_refused_not_failed(self):
+        # a Referenced Study Sequence of 4 bytes that are no item: pydicom reads it only
+        # when it is used -- a C000 with a traceback from the matching, before the
+        # identifier was read in full
+        tmp = Path(tempfile.mkdtemp(prefix="dimsekit-wl-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.addCleanup(self.close_node_stores)
+        ae, port = await self.serve(worklist, config=self.node_config(tmp))
+        assoc = await self.connect(port, [MODALITY_WORKLIST_FIND])
+        broken = b"\x08\x00\x10\x11\x04\x00\x00\x00\x01\x02\x03\x04"
+        final = await within(assoc.find(broken, MODALITY_WORKLIST_FIND).result)
+        self.assertEqual(final.status, 0xA900)  # Identifier does not match SOP Class
+        self.assertIn("cannot decode the identifier", final.command["ErrorComment"])
+        answered = await within(assoc.find(query(("PatientID", "")), MODALITY_WORKLIST_FIND).result)
+        self.assertEqual(answered.status, 0x0000)  # the association goes on
+        await within(assoc.release())
+

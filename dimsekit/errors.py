@@ -23,7 +23,27 @@ __all__ = [
     "AssociationAborted",
     "ConnectionLost",
     "DIMSETimeout",
+    "for_log",
 ]
+
+#: how much of a message (often quoting what a peer sent) goes into one log line
+LOG_TEXT_LIMIT = 300
+
+
+#: control characters (C0, DEL, C1) as ``\xNN`` escapes in log lines
+_UNPRINTABLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def for_log(message: object, limit: int = LOG_TEXT_LIMIT) -> str:
+    """``str(message)`` made fit for one log line: a refusal quotes the value a peer
+    sent, which may be 70 KB of binary junk.  Control characters become ``\\xNN``
+    escapes (a NUL makes grep call the whole log a binary file; a new line would start
+    a line the peer wrote), and the text is cut to ``limit`` characters (one request
+    must not write 70 KB into the log, nor a flood of them fill the disk)."""
+    text = str(message).translate(_UNPRINTABLE)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 class DimsekitError(Exception):

@@ -38,6 +38,7 @@ from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText,
 from twisted.python import logfile, usage
 
 from dimsekit.config import ConfigError, load
+from dimsekit.errors import for_log
 from dimsekit.signals import run_by_the_reactor
 
 __all__ = ["Options", "makeService", "StopOnSIGTERM", "NodeLogFormatter", "node_log_observer"]
@@ -127,6 +128,11 @@ class NodeLogFormatter:
                 return None
             line = f"{self.format_time(event.get('log_time'))} [{system}] {text}"
             return line.replace("\n", "\n\t") + "\n"
+        warning = event.get("warning")
+        if warning is not None:
+            # a library's warning quoting what a peer sent (pydicom: "Invalid value for VR UI:
+            # '<70 KB of binary>'"): escaped and cut as our own messages are
+            event = {**event, "warning": for_log(warning)}
         return formatEventAsClassicLogText(event, formatTime=self.format_time)
 
 

@@ -98,6 +98,7 @@ from twisted.logger import Logger
 from dimsekit.config import Config, ConfigError
 from dimsekit.datasets import DatasetError, swap_words
 from dimsekit.dimse import status as dimse_status
+from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
     INVALID_ATTRIBUTE_VALUE,
@@ -514,14 +515,14 @@ class PrintService:
         except NServiceError as error:
             status, dataset, fields = error.response()
             _log.info("print: {command} answered 0x{status:04X} ({comment})", command=command, status=status,
-                      comment=error.comment or "")
+                      comment=for_log(error.comment or ""))
             return status, dataset, fields
         except DatasetError as exc:  # the request's data set cannot be parsed
-            _log.warn("print: {command} from {caller}: {error}", command=command, caller=_caller(request), error=exc)
+            _log.warn("print: {command} from {caller}: {error}", command=command, caller=_caller(request), error=for_log(exc))
             return PROCESSING_FAILURE, None, {"ErrorComment": "cannot decode the data set"}
         except _UNREADABLE as exc:  # a value pydicom cannot read or convert
             _log.warn("print: {command} from {caller}: unusable value ({error})", command=command,
-                      caller=_caller(request), error=exc)
+                      caller=_caller(request), error=for_log(exc))
             return INVALID_ATTRIBUTE_VALUE, None, {"ErrorComment": f"unusable attribute value: {exc}"[:64]}
 
     def state(self, association: Any) -> PrintState:

@@ -64,6 +64,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 from dimsekit.plugin import notify
 from dimsekit.registry import ServiceClass
@@ -303,7 +304,7 @@ def _refused(request: Any, error: BaseException, failure: Failure | None = None)
     else:
         _log.warn(
             "C-STORE {uid} from {ae} refused with 0x{status:04X}: {error}",
-            uid=request.sop_instance_uid, ae=request.association.remote_ae_title, status=status, error=error,
+            uid=request.sop_instance_uid, ae=request.association.remote_ae_title, status=status, error=for_log(error),
         )
     return status, None, fields
 

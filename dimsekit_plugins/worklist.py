@@ -86,6 +86,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
 from dimsekit.scu import MODALITY_WORKLIST_FIND
@@ -793,7 +794,7 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
             raise IdentifierError("the request has no identifier")
         clause, params = where(query_conditions(identifier))
     except IdentifierError as exc:
-        _log.info("worklist C-FIND from {peer} refused (A900): {why}", peer=association.remote_ae_title, why=exc)
+        _log.info("worklist C-FIND from {peer} refused (A900): {why}", peer=association.remote_ae_title, why=for_log(exc))
         fields: dict[str, Any] = {"ErrorComment": str(exc)}
         if exc.offending:
             fields["OffendingElement"] = list(exc.offending)

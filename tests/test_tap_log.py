@@ -50,6 +50,39 @@ def test_lines_are_twisteds():
         assert formatter(event) == formatEventAsClassicLogText(event)
 
 
+def test_a_long_warning_is_cut():
+    """A library's warning quoting what a peer sent (pydicom quotes a 70 KB value) is cut
+    as our own messages quoting peers are; a short one is Twisted's line, unchanged."""
+    formatter = tap.NodeLogFormatter()
+
+    def warning(text):
+        return {"log_format": "{filename}:{lineno}: {category}: {warning}", "warning": text,
+                "category": "builtins.UserWarning", "filename": "valuerep.py", "lineno": 440,
+                "log_time": T0, "log_namespace": "twisted.logger._global", "log_level": LogLevel.warn}
+
+    short = warning("Invalid value for VR UI: '1.2.3.'")
+    assert formatter(short) == formatEventAsClassicLogText(short)
+    line = formatter(warning("Invalid value for VR UI: '" + "x" * 70_000 + "'"))
+    assert len(line) < 500
+    assert line.rstrip().endswith("... (70027 characters)")
+    assert "valuerep.py:440: builtins.UserWarning: Invalid value for VR UI: 'xxx" in line
+    binary = formatter(warning("Unknown encoding 'A\x00B\nC\x1b\x85'"))
+    assert binary.endswith("Unknown encoding 'A\\x00B\\x0aC\\x1b\\x85'\n")  # one line, no control bytes
+
+
+@pytest.mark.parametrize(("message", "line"), [
+    ("plain text, é and 山田", "plain text, é and 山田"),
+    ("tab\there\r\n", "tab\\x09here\\x0d\\x0a"),
+    (b"\x00\x7f", "b'\\x00\\x7f'"),  # str() of it: already escaped
+    ("x" * 301, "x" * 300 + "... (301 characters)"),
+    ("x" * 300, "x" * 300),
+])
+def test_for_log(message, line):
+    from dimsekit.errors import for_log
+
+    assert for_log(message) == line
+
+
 def test_timestamp_made_once_per_second(monkeypatch):
     calls = []
     real = tap.formatTime

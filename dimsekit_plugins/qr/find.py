@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
+from dimsekit.errors import for_log
 from dimsekit_plugins.qr.common import MODELS, QRUnavailable, Shield, identifier_of, index_for
 from dimsekit_plugins.qr.index import Cursor
 from dimsekit_plugins.qr.matching import where
@@ -207,7 +208,7 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
                                  combined_datetime=combined_datetime_agreed(request.association, request.sop_class_uid))
         index = index_for(ae)
     except IdentifierError as exc:
-        _log.info("C-FIND from {peer} refused (A900): {why}", peer=request.association.remote_ae_title, why=exc)
+        _log.info("C-FIND from {peer} refused (A900): {why}", peer=request.association.remote_ae_title, why=for_log(exc))
         fields: dict[str, Any] = {"ErrorComment": str(exc)}
         if exc.offending:
             fields["OffendingElement"] = list(exc.offending)
@@ -215,7 +216,7 @@ async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
         return
     except QRUnavailable as exc:
         _log.warn("C-FIND from {peer}: unable to process (C000): {why}", peer=request.association.remote_ae_title,
-                  why=exc)
+                  why=for_log(exc))
         yield 0xC000, None, {"ErrorComment": str(exc)}
         return
     sql, params, columns = find_sql(query)

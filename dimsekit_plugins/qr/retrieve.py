@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dimsekit.dimse import status as dimse_status
+from dimsekit.errors import for_log
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
 from dimsekit_plugins.qr.common import MODELS, QRUnavailable, Shield, identifier_of, index_for
 from dimsekit_plugins.qr.matching import Condition, condition_for, where
@@ -239,7 +240,7 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         _level, conditions = parse_retrieve(identifier_of(request), model)
         index = index_for(ae)
     except IdentifierError as exc:
-        _log.info("{op} from {peer} refused (A900): {why}", op=name, peer=association.remote_ae_title, why=exc)
+        _log.info("{op} from {peer} refused (A900): {why}", op=name, peer=association.remote_ae_title, why=for_log(exc))
         fields: dict[str, Any] = {"ErrorComment": str(exc)}
         if exc.offending:
             fields["OffendingElement"] = list(exc.offending)
@@ -247,7 +248,7 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         return
     except QRUnavailable as exc:
         _log.warn("{op} from {peer}: unable to process (C000): {why}", op=name, peer=association.remote_ae_title,
-                  why=exc)
+                  why=for_log(exc))
         yield 0xC000, None, {"ErrorComment": str(exc)}
         return
     shield = Shield()

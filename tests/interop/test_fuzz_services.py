@@ -1,0 +1,56 @@
+"""Every service of a zero-configuration twistd node, fed damaged data sets (``_fuzz.py``).
+
+The requestor is dimsekit's own library (it sends bytes it is given, unchecked);
+the data sets are seeded, so a failure here is reproduced by running
+``python tests/interop/_fuzz.py PORT SEED COUNT`` against a node.  What must hold
+for any of them: each request is answered (any status the node chooses: a
+failure, a refusal) -- not left without an answer, not an abort of the
+association, not a traceback in the node's log; the log stays readable (no
+control bytes, no line of a peer's 70 KB value); and the node still answers
+DCMTK ``echoscu`` afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.interop.conftest import _finish_node, free_port, run, start_node
+
+pytestmark = pytest.mark.interop
+
+FUZZ = Path(__file__).with_name("_fuzz.py")
+COUNT = 400
+#: valid instances the requestor stores before the damaged requests
+SEEDED = 6
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_every_service_answers_damaged_data_sets(tmp_path, seed):
+    # a C-MOVE destination the node knows, where nothing listens: sub-operations that fail
+    config = f'[[remote]]\nae_title = "ELSEWHERE"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+    node = start_node(tmp_path, config=config)
+    try:
+        done = run([sys.executable, str(FUZZ), str(node.port), str(seed), str(COUNT)], timeout=300)
+        lines = done.stdout.strip().splitlines()
+        assert lines, f"no report from the requestor:\n{done.stderr[-3000:]}"
+        report = json.loads(lines[-1])
+        assert "error" not in report, report.get("traceback", report)
+        outcomes = report["outcomes"]
+        assert sum(outcomes.values()) == COUNT + SEEDED
+        assert outcomes.get("seed-store 0x0000") == SEEDED
+        unanswered = {k: v for k, v in outcomes.items() if not re.fullmatch(r"[\w-]+ 0x[0-9A-F]{4}", k)}
+        assert unanswered == {}, unanswered  # timeouts, aborts, errors on our side
+        # the damage reached past the first checks: some of each kind of request succeeded
+        succeeded = {k.split()[0] for k in outcomes if k.endswith(" 0x0000")}
+        assert {"find", "patient-find", "worklist", "get", "store", "mpps-create", "commit"} <= succeeded, outcomes
+        node.assert_healthy()  # echoscu, and no Traceback in the log
+        log = node.log_text()
+        assert max(map(len, log.splitlines())) < 2000
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", log), "control bytes in the log"
+    finally:
+        _finish_node(node)

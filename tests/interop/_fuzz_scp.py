@@ -1,0 +1,110 @@
+"""A fuzzing SCP: answers queries and retrieves with damaged data sets, for the SCU tools.
+
+    python _fuzz_scp.py PORT SEED
+
+Serves Verification, Study and Patient Root FIND / GET / MOVE and Modality
+Worklist FIND as ANY-SCP on 127.0.0.1:PORT (prints ``listening`` once it
+does).  Every C-FIND is answered with 0-11 pending responses whose identifiers
+are damaged as ``_fuzz.py`` damages requests, then a final status picked at
+random (success, a failure with a junk Error Comment, a status no standard
+defines); a C-GET sends 0-4 C-STORE sub-operations of damaged CT data sets
+(the UIDs right in most) and a final response whose counts may be lies; a
+C-MOVE only pending and final responses, their counts too.  Runs until killed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.internet import defer
+
+from tests.interop._fuzz import CT, CT_INSTANCE, QUERY, WORKLIST_QUERY, Fuzzer, _even
+
+STUDY_FIND, STUDY_MOVE, STUDY_GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (1, 2, 3))
+PATIENT_FIND, PATIENT_MOVE, PATIENT_GET = (f"1.2.840.10008.5.1.4.1.2.1.{n}" for n in (1, 2, 3))
+WORKLIST = "1.2.840.10008.5.1.4.31"
+VERIFICATION = "1.2.840.10008.1.1"
+_COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+           "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
+
+
+def serve(port: int, seed: int) -> defer.Deferred:
+    from twisted.internet import reactor
+
+    from dimsekit import ApplicationEntity
+    from dimsekit.config import Config, Limits, NodeConfig
+    from dimsekit.hookspecs import hookimpl
+    from dimsekit.plugin import make_plugin_manager
+    from dimsekit.registry import ServiceClass
+
+    fuzzer = Fuzzer(seed)
+    r = fuzzer.rng
+
+    def final() -> tuple[int, None, dict[str, Any]]:
+        status = r.choice([0x0000, 0x0000, 0xA700, 0xA900, 0xC000, 0xFE00, 0xB000, 0x1234])
+        fields: dict[str, Any] = {}
+        if status not in (0x0000, 0xFE00) and r.random() < 0.5:
+            fields["ErrorComment"] = fuzzer.junk().decode("latin-1")[:64]
+        return status, None, fields
+
+    def counts() -> dict[str, int]:
+        return {name: r.choice([0, 1, 3, 65535]) for name in _COUNTS if r.random() < 0.7}
+
+    def find(request: Any) -> Any:
+        template = WORKLIST_QUERY if request.sop_class_uid == WORKLIST else QUERY
+        for _ in range(r.randrange(12)):
+            yield r.choice([0xFF00, 0xFF00, 0xFF01]), fuzzer.dataset(template)
+        yield final()
+
+    async def get(request: Any) -> Any:
+        association = request.association
+        for _ in range(r.randrange(5)):
+            study, sop = fuzzer.uid(), fuzzer.uid()
+            fixed = {0x00080016: CT.encode() + b"\0", 0x00080018: _even(sop), 0x0020000D: _even(study),
+                     0x0020000E: _even(study + ".1")}
+            try:
+                context = association.context_for(CT)
+            except Exception:
+                break  # the requestor did not take the SCP role for CT
+            command = {"CommandField": 0x0001, "AffectedSOPClassUID": CT, "AffectedSOPInstanceUID": sop,
+                       "Priority": 0, "CommandDataSetType": 0x0001}
+            try:
+                await association.start_operation(context, command, fuzzer.dataset(CT_INSTANCE, fixed)).result
+            except Exception:
+                return
+            yield 0xFF00, None, counts()
+        status, dataset, fields = final()
+        yield status, dataset, {**fields, **counts()}
+
+    def move(request: Any) -> Any:
+        for _ in range(r.randrange(4)):
+            yield 0xFF00, None, counts()
+        status, dataset, fields = final()
+        yield status, dataset, {**fields, **counts()}
+
+    class FuzzServices:
+        @hookimpl
+        def dimsekit_service_classes(self) -> list[ServiceClass]:
+            return [
+                ServiceClass(name="echo", sop_classes=(VERIFICATION,), handlers={"C-ECHO": lambda request: 0}),
+                ServiceClass(name="find", sop_classes=(STUDY_FIND, PATIENT_FIND, WORKLIST), handlers={"C-FIND": find}),
+                ServiceClass(name="get", sop_classes=(STUDY_GET, PATIENT_GET), handlers={"C-GET": get}),
+                ServiceClass(name="move", sop_classes=(STUDY_MOVE, PATIENT_MOVE), handlers={"C-MOVE": move}),
+                ServiceClass(name="get-storage", sop_classes=(CT,), scp_role=False, scu_role=True),
+            ]
+
+    pm = make_plugin_manager(load_entrypoints=False, plugins=[FuzzServices()])
+    config = Config(node=NodeConfig(ae_title="ANY-SCP"), limits=Limits(dimse_timeout=10))
+    ae = ApplicationEntity(config=config, plugin_manager=pm, reactor=reactor)
+    d = ae.listen(port, "127.0.0.1")
+    d.addCallback(lambda _: print("listening", flush=True))
+    return d
+
+
+if __name__ == "__main__":
+    from twisted.internet import reactor
+
+    serve(int(sys.argv[1]), int(sys.argv[2])).addErrback(lambda f: (print(f.getTraceback(), flush=True),
+                                                                      reactor.stop()))
+    reactor.run()

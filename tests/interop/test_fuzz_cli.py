@@ -1,0 +1,65 @@
+"""The SCU tools against a peer that answers with damaged data sets (``_fuzz_scp.py``).
+
+A PACS with a bug, a proxy that truncates: the matches of a C-FIND, the
+instances of a C-GET and the counts of a C-MOVE are damaged at random (seeded).
+``dimsekit find``, ``get`` and ``move`` must end with exit status 0 or 1 and
+their usual report, never a traceback; ``find --json`` must still print JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from tests.interop.conftest import DIMSEKIT_CLI, SAME_CODE, free_port, run, stop, wait_for_port
+
+pytestmark = pytest.mark.interop
+
+SCP = Path(__file__).with_name("_fuzz_scp.py")
+ROUNDS = 2
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
+    port = free_port()
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
+    with (tmp_path / "scp.err").open("wb") as err:
+        scp = subprocess.Popen([sys.executable, str(SCP), str(port), str(seed)], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_for_port(port, 20.0, scp)
+        peer = ["127.0.0.1", str(port), "-aec", "ANY-SCP", "-to", "10"]
+        for round_ in range(ROUNDS):
+            out = tmp_path / f"get{round_}"
+            commands = {
+                "find": ["find", *peer, "-k", "PatientName=*"],
+                "patient": ["find", *peer, "-P", "-k", "PatientID"],
+                "worklist": ["find", *peer, "-W", "--json"],
+                "files": ["find", *peer, "--out-dir", str(tmp_path / f"find{round_}")],
+                "get": ["get", *peer, "-k", "StudyInstanceUID=1.2.3", "--out-dir", str(out)],
+                "move": ["move", *peer, "-k", "StudyInstanceUID=1.2.3", "--dest", "ELSEWHERE"],
+            }
+            for name, args in commands.items():
+                done = run([*DIMSEKIT_CLI, *args], timeout=60, env={**os.environ, **SAME_CODE})
+                said = done.stdout + done.stderr
+                assert done.returncode in (0, 1), f"{name}: exit {done.returncode}\n{said}"
+                assert "Traceback" not in said, f"{name}:\n{said}"
+                if name == "worklist":
+                    assert isinstance(json.loads(done.stdout), list), said
+            for path in out.rglob("*") if out.exists() else ():
+                if path.is_file():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # its damaged values
+                        dcmread(path, stop_before_pixels=True)  # what it wrote is a Part 10 file
+        assert scp.poll() is None, (tmp_path / "scp.err").read_text()
+    finally:
+        stop(scp)
+    assert "Traceback" not in (tmp_path / "scp.err").read_text()

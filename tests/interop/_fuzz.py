@@ -13,7 +13,11 @@ values replaced by junk bytes, odd lengths, huge values, wrong character
 sets, elements dropped, duplicated, out of order or unknown, sequences with
 undefined lengths, missing delimiters or junk items, the whole truncated.
 
-A request the node aborts the association for is counted ``aborted`` and the
+Some requests (``command``) have their command set damaged instead (fields
+dropped, doubled, junk, undefined Command Fields and Data Set Types, a lying
+group length, truncation) and are followed by a C-ECHO, whose answer shows the
+node went on.  A request the node aborts the association for is counted
+``aborted`` (for a damaged command set, an A-ABORT is one right answer) and the
 next one goes on a new association.  Prints one JSON object: the requests by
 operation and outcome (``0xA900``..., ``aborted``, ``timeout``), and ``error``
 for anything else that went wrong here.  A request that gets no answer within
@@ -165,6 +169,47 @@ class Fuzzer:
                     length = r.choice([length + 2, max(0, length - 2), 0xFFFFFFFF, 2**31])  # lies
                 parts.append(head + struct.pack("<I", length) + value)
         return b"".join(parts)
+
+    def command(self, command_set: bytes) -> bytes:
+        """A command set's bytes damaged: fields dropped, doubled, swapped, junk, a Command
+        Field or Command Data Set Type no one defines, a group length that lies, truncation."""
+        r = self.rng
+        elements = []
+        offset = 0
+        while offset + 8 <= len(command_set):
+            tag, length = struct.unpack_from("<II", command_set, offset)
+            tag = (tag & 0xFFFF) << 16 | tag >> 16
+            elements.append((tag, command_set[offset + 8:offset + 8 + length]))
+            offset += 8 + length
+        for _ in range(r.choice([1, 1, 2, 3])):
+            i = r.randrange(len(elements))
+            tag, value = elements[i]
+            how = r.randrange(8)
+            if how == 0:
+                del elements[i]
+            elif how == 1:
+                elements[i] = (tag, r.choice([b"", b"\x01", b"\x01\x02\x03", bytes(8), self.junk()]))
+            elif how == 2:
+                field = r.choice([0x0001, 0x0010, 0x0020, 0x0021, 0x0030, 0x0FFF, 0x8001, 0x8020, 0x0000, 0xFFFF])
+                elements = [(t, struct.pack("<H", field) if t == 0x00000100 else v) for t, v in elements]
+            elif how == 3:
+                kind = r.choice([0x0101, 0x0001, 0x0000, 0xFEFE, 0x0102])
+                elements = [(t, struct.pack("<H", kind) if t == 0x00000800 else v) for t, v in elements]
+            elif how == 4:
+                elements.insert(i, (tag, value))
+            elif how == 5:
+                j = r.randrange(len(elements))
+                elements[i], elements[j] = elements[j], elements[i]
+            elif how == 6:
+                elements.append((r.choice([0x00000600, 0x00000700, 0x00001030, 0x00005010, 0x00080018,
+                                           r.randrange(0x10000)]), self.junk()))
+            else:
+                elements = [(t, struct.pack("<I", r.choice([0, 1, 2**31, 2**32 - 1])) if t == 0 else v)
+                            for t, v in elements]
+        data = b"".join(struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v)) + v for t, v in elements)
+        if r.random() < 0.1 and data:
+            data = data[: r.randrange(len(data))]
+        return data
 
     def dataset(self, template: list[tuple[int, str, Any]], fixed: dict[int, bytes] | None = None) -> bytes:
         """A data set of ``template``'s attributes, damaged at a rate chosen for it; ``fixed``
@@ -321,6 +366,31 @@ async def main(reactor: Any, port: int, seed: int, count: int) -> dict[str, Any]
                 fuzzer.uids.append(str(created))
         return f"0x{response.status:04X}"
 
+    async def send_damaged(context_class: str, command: dict[str, Any], payload: bytes | None) -> str:
+        """A request whose command set is damaged, then a C-ECHO: the echo's answer shows the
+        node went on (or the association is gone: an A-ABORT is an answer to some damage)."""
+        nonlocal assoc
+        from dimsekit.dimse.codec import encode_command
+
+        if assoc is None or assoc.ended is not None:
+            assoc = await associate()
+        context = assoc.context_for(context_class)
+        command = {**command, "MessageID": 30000 + fuzzer.rng.randrange(30000),
+                   "CommandDataSetType": 0x0101 if payload is None else 0x0001}
+        if fuzzer.rng.random() < 0.1:
+            payload = None if payload is not None else fuzzer.dataset(QUERY)  # not what the command says
+        try:
+            assoc.send_encoded(context, fuzzer.command(encode_command(command)), payload)
+            await assoc.echo()
+        except DimsekitError as exc:
+            name = type(exc).__name__
+            if "Timeout" in name:
+                return "timeout"
+            if assoc.ended is not None:
+                return "aborted"
+            return f"error {name}: {exc}"
+        return "0x0000"
+
     # a few valid instances first, for the queries to match
     studies = [fuzzer.uid() for _ in range(2)]
     for i in range(6):
@@ -334,9 +404,23 @@ async def main(reactor: Any, port: int, seed: int, count: int) -> dict[str, Any]
     r = fuzzer.rng
     for _ in range(count):
         kind = r.choice(["find", "patient-find", "worklist", "get", "move", "store", "mpps-create", "mpps-set",
-                         "commit", "film-session", "film-box", "image-box", "print", "printer", "delete"])
+                         "commit", "film-session", "film-box", "image-box", "print", "printer", "delete",
+                         "command", "command"])
         target = r.choice(fuzzer.uids) if fuzzer.uids and r.random() < 0.8 else fuzzer.uid()
-        if kind in ("find", "patient-find", "worklist", "get", "move"):
+        if kind == "command":
+            uid = r.choice([STUDY_FIND, CT, MPPS, VERIFICATION, STUDY_GET])
+            field, key = {STUDY_FIND: (0x0020, "AffectedSOPClassUID"), CT: (0x0001, "AffectedSOPClassUID"),
+                          MPPS: (0x0140, "AffectedSOPClassUID"), VERIFICATION: (0x0030, "AffectedSOPClassUID"),
+                          STUDY_GET: (0x0010, "AffectedSOPClassUID")}[uid]
+            command = {"CommandField": field, key: uid}
+            if field in (0x0001, 0x0020, 0x0010):
+                command["Priority"] = 0
+            if field in (0x0001, 0x0140):
+                command["AffectedSOPInstanceUID"] = fuzzer.uid()
+            payload = {VERIFICATION: None, CT: valid_ct(fuzzer, target, target + ".1", fuzzer.uid()),
+                       MPPS: fuzzer.dataset(MPPS_ATTRIBUTES)}.get(uid, fuzzer.dataset(query_at("STUDY")))
+            status = await send_damaged(uid, command, payload)
+        elif kind in ("find", "patient-find", "worklist", "get", "move"):
             model = {"find": STUDY_FIND, "patient-find": PATIENT_FIND, "worklist": WORKLIST, "get": STUDY_GET,
                      "move": STUDY_MOVE}[kind]
             field = {"get": 0x0010, "move": 0x0021}.get(kind, 0x0020)

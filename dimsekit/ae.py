@@ -129,6 +129,11 @@ class ApplicationEntity:
         #: the associations this AE opened (``associate``) that have not ended:
         #: a node's C-MOVE sub-operations and commitment reports among them
         self.requested: set[Association] = set()
+        #: where a received data set that no plugin streams elsewhere goes once it passes
+        #: 1 MiB (an anonymous file, gone when the message is): None, the system's temporary
+        #: directory -- often memory (tmpfs).  A node uses ``<data_dir>/.spool``, ``dimsekit
+        #: get`` its output directory: the disk the data is meant for
+        self.spool_dir: str | None = None
         self._negotiation_cache = NegotiationCache(self.policy)
         #: the ``[tls]`` settings with their files read (None: no [tls]); a file that
         #: cannot be used raises :class:`~dimsekit.tls.TLSError` here, before anything runs

@@ -222,7 +222,7 @@ def makeService(options: Options) -> service.IService:
             endpoints.serverFromString(reactor, endpoint)  # parsed only; nothing listens yet
         except Exception as exc:
             raise SystemExit(f"dimsekit: --endpoint {endpoint!r}: {exc}") from None
-    _check_data_dir(Path(node.data_dir).expanduser())
+    ae.spool_dir = _check_data_dir(Path(node.data_dir).expanduser())
     node_service = service.MultiService()
     tls = config.tls
     tls_port = tls.port if tls is not None and tls.has_identity and tls.port else None
@@ -231,17 +231,21 @@ def makeService(options: Options) -> service.IService:
     return node_service
 
 
-def _check_data_dir(path: Path) -> None:
+def _check_data_dir(path: Path) -> str:
     """A data directory the node cannot write in stops start-up with one line:
     the archive, the worklist and the commitment requests all live there, and a
     node started without it would refuse every C-STORE and answer every query
-    with nothing."""
+    with nothing.  Returns its ``.spool`` directory (made), where data sets that
+    are not instances for the archive (a print job's image, a long query) are
+    spooled past 1 MiB: on the archive's disk, not in a /tmp that is often memory."""
+    spool = path / ".spool"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        spool.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=spool):
             pass
     except OSError as exc:
         raise SystemExit(f"dimsekit: data directory {path}: {exc.strerror or exc}") from None
+    return str(spool)
 
 
 def _twistd_node_service() -> type:

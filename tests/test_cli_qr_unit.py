@@ -493,6 +493,7 @@ def test_get_proposes_storage_with_the_scp_role(tmp_path):
     assert all(role == (False, True) for role in ae.roles.values()) and len(ae.roles) == 127
     assert assoc.sent[0][0].QueryRetrieveLevel == "STUDY"
     assert "1 completed" in out.getvalue()
+    assert ae.spool_dir == str(tmp_path)  # an instance past 1 MiB waits where it is written, not in /tmp
 
 
 class Tty(io.StringIO):

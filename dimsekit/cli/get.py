@@ -662,6 +662,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
     contexts: list[Any] = [get_sop] + [(uid, RETRIEVE_TRANSFER_SYNTAXES) for uid in storage]
     roles = {uid: (False, True) for uid in storage}
     ae = (make or make_scu_ae)(reactor, args)
+    ae.spool_dir = str(args.out_dir)  # an instance past 1 MiB waits on the disk it is written to
     association = None
     try:
         association = await ae.associate(

@@ -614,6 +614,32 @@ class EndingTests(AssociationTestCase):
         self.assertEqual(pair.result(assoc.echo()), 0)
         pair.result(assoc.release())
 
+    def test_a_data_set_past_the_memory_budget_is_spooled_in_the_aes_spool_dir(self):
+        import os
+        import tempfile
+
+        spool = tempfile.mkdtemp(prefix="dimsekit-spool-")
+        self.addCleanup(os.rmdir, spool)
+        where = []
+
+        def find(request):
+            sink = request.sink
+            where.append(os.readlink(f"/proc/self/fd/{sink._file.fileno()}") if sink.on_disk else "memory")
+            return 0x0000
+
+        service = ServiceClass(name="t-find", sop_classes=(STUDY_ROOT_FIND,), handlers={"C-FIND": find})
+        pair = self.make_pair(Services(extra=[service]))
+        pair.acceptor.spool_dir = spool
+        assoc = pair.associate(contexts=[STUDY_ROOT_FIND])
+        for size in (1000, 3 << 20):
+            query = Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.add_new(0x00091010, "OB", b"\0" * size)
+            self.assertEqual(pair.result(assoc.find(query, STUDY_ROOT_FIND).result).status, 0x0000)
+        self.assertEqual(where[0], "memory")
+        self.assertTrue(where[1].startswith(spool + "/"), where)  # an anonymous file there, not in /tmp
+        pair.result(assoc.release())
+
     def release_behind_an_echo(self, echo):
         """A pair whose requestor asks to release while its C-ECHO is being performed by
         ``echo`` -- through the UL primitive, as a peer may (our release() would wait)."""

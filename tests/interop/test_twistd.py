@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 
 import pytest
 from pydicom import dcmread
 
+from dimsekit.dimse.codec import encode_command
 from tests.interop.conftest import (
     A_ABORT,
     EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
     P_DATA_TF,
     TWISTD,
     RawPeer,
     RawServer,
     abort_pdu,
     associate_ac_for,
+    associate_rq,
     dcmtk,
     echoscu,
     free_port,
+    parse_command,
+    pdata_pdu,
+    pdvs_of,
     run,
     start_node,
     stop,
@@ -265,3 +273,56 @@ def test_a_node_started_with_few_open_files_raises_its_limit_and_takes_many_conn
         code = stop(node.proc)
     assert code == 0
     assert "Traceback" not in node.log_text()
+
+
+def test_a_large_query_is_spooled_under_the_data_directory(tmp_path):
+    """A data set that is not an instance for the archive (here a 3 MiB C-FIND identifier)
+    goes past its 1 MiB in memory into an anonymous file under ``<data dir>/.spool``:
+    the disk the node was given, not a /tmp that is often memory.  Seen in the node's open
+    files while the identifier is half sent."""
+
+
+    find = "1.2.840.10008.5.1.4.1.2.2.1"
+    node = start_node(tmp_path)
+    spool = str(tmp_path / "dimsekit-data" / ".spool")
+    try:
+        with RawPeer.connect(node.port) as peer:
+            peer.send(associate_rq(contexts=[(find, [IMPLICIT_VR_LE])]))
+            assert peer.recv_pdu()[0] == 0x02  # A-ASSOCIATE-AC
+            command = encode_command({"CommandField": 0x0020, "MessageID": 7, "AffectedSOPClassUID": find,
+                                      "Priority": 0, "CommandDataSetType": 0x0001})
+            level = b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY "
+            blob = 3 << 20
+            identifier = level + struct.pack("<HHI", 0x0009, 0x1010, blob) + bytes(blob)
+            peer.send(pdata_pdu((1, 0x03, command)))
+            step = 16000
+            half = len(identifier) // 2
+            for offset in range(0, half, step):
+                peer.send(pdata_pdu((1, 0x00, identifier[offset:offset + step])))
+            spooled = []
+            for _ in range(100):  # bounded: 5 s
+                fds = f"/proc/{node.proc.pid}/fd"
+                spooled = [link for link in (os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds))
+                           if link.startswith(spool + "/")]
+                if spooled:
+                    break
+                time.sleep(0.05)
+            assert spooled, f"no open file under {spool}"
+            rest = range(half - half % step, len(identifier), step)
+            for offset in rest:
+                last = offset + step >= len(identifier)
+                peer.send(pdata_pdu((1, 0x02 if last else 0x00, identifier[offset:offset + step])))
+            status = None
+            for _ in range(10):  # the final response (an empty archive: no pending ones)
+                (cid, control, data), = pdvs_of(peer.recv_pdu(timeout=10))
+                fields = parse_command(data)
+                status = struct.unpack("<H", fields[(0x0000, 0x0900)])[0]
+                if status not in (0xFF00, 0xFF01):
+                    break
+            assert status == 0x0000
+            peer.release()
+        assert os.listdir(spool) == []  # an anonymous file: nothing left behind
+        node.assert_healthy()
+    finally:
+        code = stop(node.proc)
+    assert code == 0, node.log_text()

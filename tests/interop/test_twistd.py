@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
@@ -34,6 +37,7 @@ from tests.interop.conftest import (
     start_node,
     stop,
     tiny_ct,
+    wait_for_port,
 )
 
 pytestmark = pytest.mark.interop
@@ -326,3 +330,51 @@ def test_a_large_query_is_spooled_under_the_data_directory(tmp_path):
     finally:
         code = stop(node.proc)
     assert code == 0, node.log_text()
+
+
+def test_the_systemd_unit_starts_a_node_and_stops_it(tmp_path):
+    """docs/deploy/dimsekit.service: its ExecStart (our twistd, a configuration and data
+    directory of the test's) runs a node that answers DCMTK echoscu and stores what
+    storescu sends, logs to stdout (the journal), and stops on SIGTERM within the unit's
+    TimeoutStopSec with status 0 (Restart=on-failure would otherwise restart it).  When
+    this machine has systemd-analyze, the unit also passes its verify."""
+    unit = Path(__file__).parents[2] / "docs" / "deploy" / "dimsekit.service"
+    service = {}
+    section = None
+    for line in unit.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and not line.startswith("#") and section == "Service":
+            key, _, value = line.partition("=")
+            service[key.strip()] = value.strip()
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0] == "/opt/dimsekit/bin/twistd"
+    port, data = free_port(), tmp_path / "state"
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nport = {port}\ninterface = "127.0.0.1"\n')
+    argv = [TWISTD] + [{"/etc/dimsekit/node.toml": str(config), "/var/lib/dimsekit": str(data)}.get(a, a)
+                       for a in argv[1:]]
+    if shutil.which("systemd-analyze"):
+        local = tmp_path / "dimsekit.service"
+        local.write_text(unit.read_text().replace(service["ExecStart"], shlex.join(argv)))
+        verified = run(["systemd-analyze", "verify", str(local)], timeout=30)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    out = (tmp_path / "journal").open("wb")
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    try:
+        wait_for_port(port, 20.0, proc)
+        assert echoscu(port).returncode == 0
+        ct = tiny_ct()
+        sent = tmp_path / "ct.dcm"
+        ct.save_as(sent, enforce_file_format=True)
+        stored = run([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(port), str(sent)], timeout=30)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=float(service["TimeoutStopSec"])) == 0
+    finally:
+        stop(proc)
+    journal = (tmp_path / "journal").read_text()
+    assert "listening on 127.0.0.1" in journal and "calling=STORESCU" in journal, journal
+    assert "Traceback" not in journal, journal
+    assert list(data.rglob(f"{ct.SOPInstanceUID}.dcm")), "the instance is not in the data directory"

@@ -361,7 +361,11 @@ class Association(ServiceUser):
         except RemoteProtocolError as exc:
             _log.warn("protocol error from {peer}: {error}; aborting", peer=_address(self.peer), error=exc)
             self._abort_invalid(exc)
-        except Exception as exc:  # a sink could not take the data set (disk full): a local failure
+        except OSError as exc:  # a sink could not write the data set (disk full): a local failure, said
+            _log.error("could not take a message from {peer}: {error}; aborting", peer=_address(self.peer),
+                       error=exc)
+            self.abort(f"could not take a message: {exc}")
+        except Exception as exc:  # a sink that failed otherwise: a bug, with its traceback
             _log.failure("could not take a message from {peer}; aborting", Failure(exc), peer=_address(self.peer))
             self.abort(f"could not take a message: {exc}")
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import io
+import re
 import signal
 import sys
 import tempfile
@@ -84,6 +85,13 @@ class Options(usage.Options):
 _node_log_observer_factory: Any = None
 
 
+#: what a log line may not carry from a peer: control characters (an AE title with an
+#: escape sequence would recolour an operator's terminal, a NUL makes grep call the log
+#: binary) as ``\xNN`` -- but the new lines and tabs of the line's own continuation lines
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
+_has_control = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]").search
+
+
 class NodeLogFormatter:
     """Formats a log event into the line twistd's text log writes for it.
 
@@ -92,7 +100,9 @@ class NodeLogFormatter:
     second rather than once per line; and an event that carries its whole
     line as its format (no fields, its ``log_system`` given, no failure --
     the association lines) is put together directly.  The text is
-    Twisted's, byte for byte (a test compares them).
+    Twisted's, byte for byte (a test compares them) -- but for control
+    characters other than new lines and tabs, which come from peers (an AE
+    title of escape sequences) and are written as ``\\xNN``.
     """
 
     __slots__ = ("_second", "_stamp")
@@ -127,13 +137,15 @@ class NodeLogFormatter:
             if not text:
                 return None
             line = f"{self.format_time(event.get('log_time'))} [{system}] {text}"
-            return line.replace("\n", "\n\t") + "\n"
+            line = line.replace("\n", "\n\t")
+            return (line.translate(_CONTROLS) if _has_control(line) else line) + "\n"
         warning = event.get("warning")
         if warning is not None:
             # a library's warning quoting what a peer sent (pydicom: "Invalid value for VR UI:
             # '<70 KB of binary>'"): escaped and cut as our own messages are
             event = {**event, "warning": for_log(warning)}
-        return formatEventAsClassicLogText(event, formatTime=self.format_time)
+        line = formatEventAsClassicLogText(event, formatTime=self.format_time)
+        return line.translate(_CONTROLS) if line is not None and _has_control(line) else line
 
 
 def node_log_observer(twistd_options: Any) -> FileLogObserver:

@@ -70,6 +70,20 @@ def test_a_long_warning_is_cut():
     assert binary.endswith("Unknown encoding 'A\\x00B\\x0aC\\x1b\\x85'\n")  # one line, no control bytes
 
 
+def test_control_characters_from_peers_are_escaped():
+    """An AE title of escape sequences, a NUL, a carriage return: written as \\xNN, in the
+    association lines (given whole) as in formatted ones; a new line stays a continuation
+    line (tab-indented: no line of the peer's can pass for one of ours)."""
+    formatter = tap.NodeLogFormatter()
+    whole = {"log_format": "association acceptor calling=\x1b[31mEVIL\x00\r\x85 called=X\nnext",
+             "log_time": T0, "log_system": "dimsekit.association#info"}
+    line = formatter(whole)
+    assert line.endswith("calling=\\x1b[31mEVIL\\x00\\x0d\\x85 called=X\n\tnext\n")
+    formatted = {"log_format": "C-FIND from {peer}", "peer": "A\x07B", "log_time": T0, "log_level": LogLevel.info,
+                 "log_namespace": "dimsekit.qr"}
+    assert formatter(formatted).endswith("C-FIND from A\\x07B\n")
+
+
 @pytest.mark.parametrize(("message", "line"), [
     ("plain text, é and 山田", "plain text, é and 山田"),
     ("tab\there\r\n", "tab\\x09here\\x0d\\x0a"),

@@ -428,3 +428,25 @@ def test_provider_rejection_is_logged(artim_node):
         peer.send(bytes(rq))
         assert rj_fields(peer.recv_pdu()) == (1, 2, 2)
     artim_node.wait_log(r"calling=VERSION3\b.*reject.*(1/2/2|protocol-version-not-supported)", timeout=2)
+
+
+def test_an_ae_title_of_control_characters_does_not_reach_the_log_raw(node):
+    """PS3.5 allows no control character in an AE title; a peer sending escape sequences,
+    NULs or a new line anyway is answered as any other (the title is only ever echoed
+    and compared), and the node's log shows them as \\xNN: no recoloured terminal, no log
+    grep calls binary, no line of the peer's that passes for one of ours."""
+    rq = bytearray(associate_rq())
+    for calling in (b"\x1b[31mEVIL\x1b[0m\x00\x01", b"A\nFAKE LINE"):
+        rq[26:42] = calling.ljust(16, b" ")
+        with RawPeer.connect(node.port) as peer:
+            peer.send(bytes(rq))
+            assert peer.recv_pdu()[0] == A_ASSOCIATE_AC
+            assert peer.echo() == 0x0000
+            peer.release()
+    line = node.wait_log(r"calling=\\x1b\[31mEVIL\\x1b\[0m\\x00\\x01 ")
+    assert "released" in line
+    node.wait_log(r"^\tFAKE LINE")
+    log = node.log_text()
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", log), "control bytes in the log"
+    assert re.search(r"calling=A\n\tFAKE LINE", log)  # a continuation line, not one of ours
+    node.assert_healthy()

@@ -24,6 +24,7 @@ __all__ = [
     "ConnectionLost",
     "DIMSETimeout",
     "for_log",
+    "printable",
 ]
 
 #: how much of a message (often quoting what a peer sent) goes into one log line
@@ -34,13 +35,21 @@ LOG_TEXT_LIMIT = 300
 _UNPRINTABLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
+def printable(text: object) -> str:
+    """``str(text)`` with its control characters (C0, DEL, C1) as ``\\xNN`` escapes: what a
+    peer sent, made safe to print on a terminal (an escape sequence in a patient's name
+    would otherwise recolour it, move its cursor or retitle its window)."""
+    text = str(text)
+    return text if text.isprintable() else text.translate(_UNPRINTABLE)
+
+
 def for_log(message: object, limit: int = LOG_TEXT_LIMIT) -> str:
     """``str(message)`` made fit for one log line: a refusal quotes the value a peer
     sent, which may be 70 KB of binary junk.  Control characters become ``\\xNN``
     escapes (a NUL makes grep call the whole log a binary file; a new line would start
     a line the peer wrote), and the text is cut to ``limit`` characters (one request
     must not write 70 KB into the log, nor a flood of them fill the disk)."""
-    text = str(message).translate(_UNPRINTABLE)
+    text = printable(message)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"

@@ -846,3 +846,31 @@ def test_no_retry_when_turned_off_or_when_the_peer_cannot_say(tmp_path, monkeypa
     code, out, err = run_get(ae, tmp_path / "b", "-k", "StudyInstanceUID=9", monkeypatch=monkeypatch)
     assert code == 1 and "cannot retry the failed instances: the peer accepts no C-FIND" in err
     assert "failed   9.2.1" in out and "1 completed, 2 failed" in out
+
+
+def test_what_the_tools_print_cannot_drive_a_terminal():
+    """dimsekit's streams (cli.main wraps stdout and stderr): a peer's escape sequences, NULs,
+    bells and C1 controls are escaped (as JSON would: find --json stays JSON); the tools' own
+    new lines, tabs and carriage returns (the progress line) pass."""
+    from dimsekit.cli import TerminalSafe
+
+    out = io.StringIO()
+    safe = TerminalSafe(out)
+    assert safe.write("Doe^\x1b]0;owned\x07John\x00\x9b2J") == 22  # the characters given
+    safe.write("\rprogress\t1\n")
+    assert out.getvalue() == "Doe^\\x1b]0;owned\\x07John\\x00\\u009b2J\rprogress\t1\n"
+    json_text = json.dumps({"name": "a\x1b\x85\x7f"}, ensure_ascii=False)  # find --json: C1, DEL raw
+    out.seek(0)
+    out.truncate()
+    safe.write(json_text)
+    assert json.loads(out.getvalue()) == {"name": "a\x1b\x85\x7f"}  # still JSON, the same value
+    assert not safe.isatty()
+
+
+def test_find_table_cells_escape_what_the_peer_sent():
+    from dimsekit.cli._keys import flatten
+
+    match = Dataset()
+    match.PatientName = "Doe\x1b[2J^John"
+    match.StudyDescription = "line\none\x07"
+    assert dict(flatten(match)) == {"PatientName": "Doe\\x1b[2J^John", "StudyDescription": "line one\\x07"}

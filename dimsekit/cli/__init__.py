@@ -9,7 +9,9 @@ the TLS options are DCMTK's too, ``+`` included (``+tls``, ``+tla``, ``+cf``).
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -172,8 +174,53 @@ def _check_tls(args: argparse.Namespace) -> str | None:
     return None
 
 
+#: control characters a tool never writes itself (it writes new lines, tabs and, on a
+#: terminal, carriage returns): from a peer -- a patient's name, an Error Comment -- they
+#: are written as ``\\xNN`` (C0), ``\\u00NN`` (DEL, C1: the JSON escape, as ``find
+#: --json`` leaves them raw in its strings), so that no peer can drive the user's terminal
+_FOREIGN_CONTROLS = {code: f"\\x{code:02x}" for code in range(0x20) if code not in (0x09, 0x0A, 0x0D)}
+_FOREIGN_CONTROLS.update({code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)})
+_has_foreign_control = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]").search
+
+
+class TerminalSafe(io.TextIOBase):
+    """A text stream writing to another one, escaping :data:`_FOREIGN_CONTROLS`."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text.translate(_FOREIGN_CONTROLS) if _has_foreign_control(text) else text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", "utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dimsekit`` console script."""
+    """Entry point of the ``dimsekit`` console script (what it prints goes through
+    :class:`TerminalSafe`)."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalSafe(sys.stdout), TerminalSafe(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     problem = _check_tls(args)
     if problem is not None:

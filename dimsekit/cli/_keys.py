@@ -29,6 +29,8 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from dimsekit.errors import printable
+
 __all__ = [
     "BadKey",
     "parse_key",
@@ -324,10 +326,9 @@ def text_of(element: Any) -> str:
         return ""
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
-    if element.VM > 1:
-        return "\\".join(str(v) for v in value)
-    text = str(value)
-    return text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+    text = "\\".join(str(v) for v in value) if element.VM > 1 else str(value)
+    # one line per match, and nothing a terminal would act on (a peer's escape sequences): \xNN
+    return printable(text.replace("\r", " ").replace("\n", " ").replace("\t", " "))
 
 
 def flatten(dataset: Dataset, prefix: str = "",

@@ -57,6 +57,7 @@ from dimsekit.cli._keys import (
 )
 from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.dimse.status import QR_FIND, Category, category, describe
+from dimsekit.errors import printable
 from dimsekit.scu import (
     MODALITY_WORKLIST_FIND,
     PATIENT_ROOT_FIND,
@@ -311,7 +312,7 @@ def response_problem(response: Any, service: str) -> str:
     text = describe(response.status, service)
     comment = response.command.get("ErrorComment")
     if comment:
-        text += f": {str(comment).strip()}"
+        text += f": {printable(str(comment).strip())}"
     offending = response.command.get("OffendingElement")
     if offending:
         from dimsekit.cli._keys import tag_text

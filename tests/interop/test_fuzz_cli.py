@@ -3,13 +3,16 @@
 A PACS with a bug, a proxy that truncates: the matches of a C-FIND, the
 instances of a C-GET and the counts of a C-MOVE are damaged at random (seeded).
 ``dimsekit find``, ``get`` and ``move`` must end with exit status 0 or 1 and
-their usual report, never a traceback; ``find --json`` must still print JSON.
+their usual report, never a traceback, and print no control character the peer
+sent (an escape sequence in a patient's name would drive the user's terminal);
+``find --json`` must still print JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -52,6 +55,8 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                 said = done.stdout + done.stderr
                 assert done.returncode in (0, 1), f"{name}: exit {done.returncode}\n{said}"
                 assert "Traceback" not in said, f"{name}:\n{said}"
+                # nothing the peer sent drives the terminal: no escape sequence, no NUL
+                assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", said), f"{name}: control bytes"
                 if name == "worklist":
                     assert isinstance(json.loads(done.stdout), list), said
             for path in out.rglob("*") if out.exists() else ():

@@ -296,10 +296,13 @@ class FakeAssociation:
             op.finish(self.final)
         return op
 
-    def find(self, identifier: Dataset, sop_class: str) -> DimseOperation:
+    def find(self, identifier: Dataset, sop_class: str, total_timeout: float | None = None) -> DimseOperation:
+        self.total_timeout = total_timeout
         return self._operation(identifier, sop_class)
 
-    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None) -> DimseOperation:
+    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None,
+            total_timeout: float | None = None) -> DimseOperation:
+        self.total_timeout = total_timeout
         return self._operation(identifier, sop_class)
 
     def send_cancel(self, operation: DimseOperation) -> None:
@@ -714,10 +717,11 @@ class ScriptedPeer:
         op.finish(final)
         return op
 
-    def find(self, identifier: Dataset, sop_class: str) -> DimseOperation:
+    def find(self, identifier: Dataset, sop_class: str, total_timeout: float | None = None) -> DimseOperation:
         return self._operation("find", identifier)
 
-    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None) -> DimseOperation:
+    def get(self, identifier: Dataset, sop_class: str, on_store: Any = None,
+            total_timeout: float | None = None) -> DimseOperation:
         return self._operation("get", identifier, on_store)
 
     def release(self) -> defer.Deferred:

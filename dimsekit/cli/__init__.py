@@ -103,6 +103,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_tls_arguments(parser)
 
 
+def add_total_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    """``--total-timeout``: a bound on a whole C-FIND, C-GET or C-MOVE, however many pending
+    responses keep coming (some SCPs send them for ever: LESSONS.md #30); --timeout bounds
+    the wait for each response."""
+    parser.add_argument(
+        "--total-timeout", type=_seconds, default=None, metavar="SECONDS",
+        help="give up on the whole operation after this long, however many pending responses keep "
+             "coming (default: no limit; --timeout still bounds each response)",
+    )
+
+
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     """DCMTK's TLS options (PS3.15 B.1); :func:`dimsekit.cli._scu.tls_config` reads them.
 

@@ -43,7 +43,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from dimsekit.cli import add_common_arguments
+from dimsekit.cli import add_common_arguments, add_total_timeout_argument
 from dimsekit.cli._keys import (
     BadKey,
     add_defaults,
@@ -340,6 +340,7 @@ def quiet_pydicom() -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_total_timeout_argument(parser)
     add_model_options(parser, worklist=True)
     add_key_options(parser)
     output = parser.add_argument_group("output")
@@ -437,7 +438,7 @@ async def _find(association: Any, args: argparse.Namespace, identifier: Dataset,
         return 1
     count = 0
     warned = False
-    operation = association.find(identifier, sop_class)
+    operation = association.find(identifier, sop_class, total_timeout=args.total_timeout)
     try:
         async for response in operation:
             count += 1

@@ -64,7 +64,7 @@ from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 
 import dimsekit
-from dimsekit.cli import add_common_arguments
+from dimsekit.cli import add_common_arguments, add_total_timeout_argument
 from dimsekit.cli._keys import BadKey, set_character_set
 from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.cli.find import (
@@ -347,9 +347,10 @@ def failed_uid_list(final: Any) -> list[str]:
     return _values(final.dataset.FailedSOPInstanceUIDList)
 
 
-async def _get(association: Any, identifier: Any, get_sop: str, receiver: Receiver, progress: Progress) -> Any:
+async def _get(association: Any, identifier: Any, get_sop: str, receiver: Receiver, progress: Progress,
+               total_timeout: float | None = None) -> Any:
     """One C-GET, its pending responses shown as they come; its final response (its failure raised)."""
-    operation = association.get(identifier, get_sop, on_store=receiver)
+    operation = association.get(identifier, get_sop, on_store=receiver, total_timeout=total_timeout)
     async for response in operation:
         progress.response(response)
     return await operation
@@ -625,6 +626,7 @@ def merged_final(first: Any, counts: tuple[int, int, int], listed: Sequence[str]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_total_timeout_argument(parser)
     add_model_options(parser, worklist=False)
     add_key_options(parser)
     parser.add_argument("--out-dir", "-od", metavar="DIR", default=".",
@@ -678,7 +680,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             return 1
         started = time.monotonic()
         try:
-            final = await _get(association, identifier, get_sop, receiver, progress)
+            final = await _get(association, identifier, get_sop, receiver, progress, args.total_timeout)
         except Exception:
             progress.clear()
             print(f"dimsekit get: {describe_failure(Failure())} "
@@ -812,7 +814,7 @@ async def _fetch_again(reactor: Any, ae: Any, args: argparse.Namespace, model: s
                     "NumberOfWarningSuboperations": warning,
                     "NumberOfRemainingSuboperations": total - done - len(members),
                 })
-                final = await _get(association, request, get_sop, receiver, progress)
+                final = await _get(association, request, get_sop, receiver, progress, args.total_timeout)
                 if category(final.status) is not Category.FAILURE or final.status == 0xA702:
                     done += len(members)  # sub-operations ran (those that failed stay failed)
                     continue

@@ -28,7 +28,7 @@ from pydicom.uid import UID
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from dimsekit.cli import add_common_arguments
+from dimsekit.cli import add_common_arguments, add_total_timeout_argument
 from dimsekit.cli._keys import BadKey
 from dimsekit.cli._scu import describe_failure, end_cleanly
 from dimsekit.cli.find import (
@@ -83,6 +83,7 @@ def destination_ae(reactor: Any, args: argparse.Namespace, receiver: Receiver) -
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
+    add_total_timeout_argument(parser)
     add_model_options(parser, worklist=False)
     add_key_options(parser)
     parser.add_argument("--dest", "-aem", metavar="AET", default=None,
@@ -155,7 +156,7 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
             await _release(association)
             return 1
         started = time.monotonic()
-        operation = association.move(identifier, destination, move_sop)
+        operation = association.move(identifier, destination, move_sop, total_timeout=args.total_timeout)
         current.append(operation)
         try:
             async for response in operation:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.internet.error import ReactorNotRunning
 from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText, formatTime
 from twisted.python import logfile, usage
@@ -218,7 +219,8 @@ def makeService(options: Options) -> service.IService:
     if endpoint is None:
         endpoint = f"tcp:{node.port}"
         if node.interface:
-            endpoint += f":interface={node.interface}"
+            # quoted: an IPv6 address's colons would split the description (a traceback at start)
+            endpoint += f":interface={quoteStringArgument(node.interface)}"
     else:
         from twisted.internet import endpoints, reactor
 

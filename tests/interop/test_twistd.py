@@ -378,3 +378,32 @@ def test_the_systemd_unit_starts_a_node_and_stops_it(tmp_path):
     assert "listening on 127.0.0.1" in journal and "calling=STORESCU" in journal, journal
     assert "Traceback" not in journal, journal
     assert list(data.rglob(f"{ct.SOPInstanceUID}.dcm")), "the instance is not in the data directory"
+
+
+def test_the_node_listens_on_an_ipv6_interface(tmp_path):
+    """``--interface ::1`` (an IPv6 address: its colons used to split twistd's endpoint
+    description, and the node died at start with a traceback)."""
+    port = free_port()
+    log = tmp_path / "twistd.log"
+    proc = subprocess.Popen([TWISTD, "-n", "--logfile", str(log), "--pidfile", "", "dimsekit", "--port", str(port),
+                             "--interface", "::1"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(200):  # bounded: 20 s
+            try:
+                sock = socket.create_connection(("::1", port), timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"nothing listens on [::1]:{port}\n{log.read_text()}")
+        with sock:
+            peer = RawPeer(sock)
+            peer.associate()
+            assert peer.echo() == 0x0000
+            peer.release()
+    finally:
+        code = stop(proc)
+    text = log.read_text()
+    assert code == 0, text
+    assert f"listening on ::1:{port}" in text and "Traceback" not in text, text

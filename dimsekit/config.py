@@ -10,7 +10,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     [node]
     ae_title = "DIMSEKIT"        # --aet
     port = 11112                 # --port
-    interface = ""               # address to listen on ("" = all)
+    interface = ""               # address to listen on ("" = every IPv4 one; "::" every IPv6 one, and IPv4 too on Linux)
     data_dir = "dimsekit-data"   # --data-dir
     check_called_ae = false      # reject associations not addressed to ae_title
     allow_unknown_callers = true # false: only AEs in [[remote]] may associate

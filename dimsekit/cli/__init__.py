@@ -14,6 +14,7 @@ import math
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -224,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = TerminalSafe(sys.stdout), TerminalSafe(sys.stderr)
     try:
-        return _main(argv)
+        with warnings.catch_warnings():
+            # no Python warning (file, line, source) per odd value of a peer's data set or a
+            # file's: the tools say what they could not use in their own words
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+            return _main(argv)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -120,8 +120,14 @@ class ReportWaiter:
         self.associations: list[Any] = []
 
     def handle(self, request: Any) -> int:
-        """N-EVENT-REPORT handler: always answer Success (we received it)."""
-        dataset = request.dataset()
+        """N-EVENT-REPORT handler: answer Success (we received it) -- or Processing failure
+        for a report whose data set cannot be read: the SCP may send it again (PS3.4 J.3.3)."""
+        try:
+            dataset = request.dataset()
+        except DatasetError as exc:
+            print(f"dimsekit commit: an N-EVENT-REPORT that cannot be read ({exc}); answered 0x0110, "
+                  "waiting for another", file=sys.stderr)
+            return 0x0110
         txn = str(dataset.get("TransactionUID", "")) if dataset is not None else ""
         event_type = int(request.command.get("EventTypeID", 0))
         if txn != self.transaction_uid:

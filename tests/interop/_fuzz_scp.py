@@ -9,7 +9,9 @@ are damaged as ``_fuzz.py`` damages requests, then a final status picked at
 random (success, a failure with a junk Error Comment, a status no standard
 defines); a C-GET sends 0-4 C-STORE sub-operations of damaged CT data sets
 (the UIDs right in most) and a final response whose counts may be lies; a
-C-MOVE only pending and final responses, their counts too.  Runs until killed.
+C-MOVE only pending and final responses, their counts too; a storage commitment
+N-ACTION is answered Success and followed by a damaged N-EVENT-REPORT on the same
+association.  Runs until killed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ STUDY_FIND, STUDY_MOVE, STUDY_GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (
 PATIENT_FIND, PATIENT_MOVE, PATIENT_GET = (f"1.2.840.10008.5.1.4.1.2.1.{n}" for n in (1, 2, 3))
 WORKLIST = "1.2.840.10008.5.1.4.31"
 VERIFICATION = "1.2.840.10008.1.1"
+COMMITMENT, COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
+_REFERENCED = [(0x00081150, "UI", None), (0x00081155, "UI", None)]
+#: an N-EVENT-REPORT of storage commitment (PS3.4 J.3.3.1): committed and failed references
+COMMITMENT_REPORT = [(0x00081195, "UI", None), (0x00081199, "SQ", _REFERENCED),
+                     (0x00081198, "SQ", [*_REFERENCED, (0x00081197, "US", None)])]
 _COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
            "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
 
@@ -77,6 +84,22 @@ def serve(port: int, seed: int) -> defer.Deferred:
         status, dataset, fields = final()
         yield status, dataset, {**fields, **counts()}
 
+    def commit(request: Any) -> int:
+        """N-ACTION Request Storage Commitment: Success, then (next turn) a report on the same
+        association -- damaged, its Transaction UID the request's in most."""
+        received = request.dataset()
+        txn = str(received.get("TransactionUID", "")) if received is not None else ""
+        fixed = {0x00081195: _even(txn)} if txn and r.random() < 0.8 else None
+
+        def report() -> None:
+            association = request.association
+            if association.ended is None:
+                association.n_event_report(COMMITMENT, COMMITMENT_INSTANCE, r.choice([1, 2, 2, 3]),
+                                           fuzzer.dataset(COMMITMENT_REPORT, fixed)).addErrback(lambda _: None)
+
+        reactor.callLater(0.05, report)
+        return 0x0000
+
     def move(request: Any) -> Any:
         for _ in range(r.randrange(4)):
             yield 0xFF00, None, counts()
@@ -92,6 +115,8 @@ def serve(port: int, seed: int) -> defer.Deferred:
                 ServiceClass(name="get", sop_classes=(STUDY_GET, PATIENT_GET), handlers={"C-GET": get}),
                 ServiceClass(name="move", sop_classes=(STUDY_MOVE, PATIENT_MOVE), handlers={"C-MOVE": move}),
                 ServiceClass(name="get-storage", sop_classes=(CT,), scp_role=False, scu_role=True),
+                ServiceClass(name="commitment", sop_classes=(COMMITMENT,), handlers={"N-ACTION": commit},
+                             scu_role=True),
             ]
 
     pm = make_plugin_manager(load_entrypoints=False, plugins=[FuzzServices()])

@@ -2,7 +2,7 @@
 
 A PACS with a bug, a proxy that truncates: the matches of a C-FIND, the
 instances of a C-GET and the counts of a C-MOVE are damaged at random (seeded).
-``dimsekit find``, ``get`` and ``move`` must end with exit status 0 or 1 and
+``dimsekit find``, ``get``, ``move`` and ``commit --wait`` (its report damaged) must end with exit status 0 or 1 and
 their usual report, never a traceback, and print no control character the peer
 sent (an escape sequence in a patient's name would drive the user's terminal);
 ``find --json`` must still print JSON.
@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.interop.conftest import DIMSEKIT_CLI, SAME_CODE, free_port, run, stop, wait_for_port
+from tests.interop.conftest import (
+    DIMSEKIT_CLI,
+    SAME_CODE,
+    free_port,
+    run,
+    stop,
+    tiny_ct,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -39,6 +47,8 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                                stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_for_port(port, 20.0, scp)
+        instance = tmp_path / "ct.dcm"
+        tiny_ct().save_as(instance, enforce_file_format=True)
         peer = ["127.0.0.1", str(port), "-aec", "ANY-SCP", "-to", "10"]
         for round_ in range(ROUNDS):
             out = tmp_path / f"get{round_}"
@@ -49,12 +59,13 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                 "files": ["find", *peer, "--out-dir", str(tmp_path / f"find{round_}")],
                 "get": ["get", *peer, "-k", "StudyInstanceUID=1.2.3", "--out-dir", str(out)],
                 "move": ["move", *peer, "-k", "StudyInstanceUID=1.2.3", "--dest", "ELSEWHERE"],
+                "commit": ["commit", *peer[:-2], "-to", "2", str(instance), "--wait"],
             }
             for name, args in commands.items():
                 done = run([*DIMSEKIT_CLI, *args], timeout=60, env={**os.environ, **SAME_CODE})
                 said = done.stdout + done.stderr
                 assert done.returncode in (0, 1), f"{name}: exit {done.returncode}\n{said}"
-                assert "Traceback" not in said, f"{name}:\n{said}"
+                assert "Traceback" not in said and "UserWarning" not in said, f"{name}:\n{said}"
                 # nothing the peer sent drives the terminal: no escape sequence, no NUL
                 assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", said), f"{name}: control bytes"
                 if name == "worklist":

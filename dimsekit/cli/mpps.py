@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._keys import BadKey, apply_keys, load_dataset, parse_key
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
+from dimsekit.datasets import DatasetError, read_in_full
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.nservice import is_valid_uid, tag_name, to_tag
 from dimsekit.uids import by_keyword
@@ -151,7 +152,13 @@ def _print(dataset: Dataset | None, as_json: bool) -> None:
     if dataset is None:
         dataset = Dataset()
     if as_json:
-        print(json.dumps(dataset.to_json_dict(), indent=2, sort_keys=True))
+        try:
+            document = dataset.to_json_dict()
+        except Exception as exc:  # a value DICOM JSON cannot hold (a peer's)
+            print(f"dimsekit mpps: some attributes cannot be written as DICOM JSON and were left out ({exc})",
+                  file=sys.stderr)
+            document = dataset.to_json_dict(suppress_invalid_tags=True)
+        print(json.dumps(document, indent=2, sort_keys=True))
     else:
         print(str(dataset))
 
@@ -253,6 +260,13 @@ def _run(reactor: Any, args: argparse.Namespace, ae: Any, plan: dict[str, Any], 
             response = yield association.n_get(MPPS_RETRIEVE, args.uid, plan["tags"])
             code = _report("N-GET", args.uid, response)
             shown = response.dataset
+            if code == 0 and shown is not None:
+                try:
+                    read_in_full(shown)
+                except DatasetError as exc:
+                    print(f"dimsekit {tool}: the step's attributes that came back cannot be read: {exc}",
+                          file=sys.stderr)
+                    code, shown = 1, None
         yield association.release()
     except Exception:
         return fail(tool, Failure())

@@ -11,7 +11,8 @@ defines); a C-GET sends 0-4 C-STORE sub-operations of damaged CT data sets
 (the UIDs right in most) and a final response whose counts may be lies; a
 C-MOVE only pending and final responses, their counts too; a storage commitment
 N-ACTION is answered Success and followed by a damaged N-EVENT-REPORT on the same
-association.  Runs until killed.
+association; MPPS and print requests get random statuses and damaged data sets (a film
+box's image boxes among them).  Runs until killed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,26 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tests.interop._fuzz import CT, CT_INSTANCE, QUERY, WORKLIST_QUERY, Fuzzer, _even
+from tests.interop._fuzz import (
+    CT,
+    CT_INSTANCE,
+    MPPS_ATTRIBUTES,
+    QUERY,
+    WORKLIST_QUERY,
+    Fuzzer,
+    _even,
+)
 
 STUDY_FIND, STUDY_MOVE, STUDY_GET = (f"1.2.840.10008.5.1.4.1.2.2.{n}" for n in (1, 2, 3))
 PATIENT_FIND, PATIENT_MOVE, PATIENT_GET = (f"1.2.840.10008.5.1.4.1.2.1.{n}" for n in (1, 2, 3))
 WORKLIST = "1.2.840.10008.5.1.4.31"
 VERIFICATION = "1.2.840.10008.1.1"
 COMMITMENT, COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1", "1.2.840.10008.1.20.1.1"
+MPPS, MPPS_RETRIEVE = "1.2.840.10008.3.1.2.3.3", "1.2.840.10008.3.1.2.3.4"
+PRINT_META, FILM_BOX, IMAGE_BOX = "1.2.840.10008.5.1.1.9", "1.2.840.10008.5.1.1.2", "1.2.840.10008.5.1.1.4"
+#: a Printer's N-GET attributes (PS3.4 H.4.11.2.1.1)
+PRINTER_ATTRIBUTES = [(0x21100010, "CS", None), (0x21100020, "CS", None), (0x21100030, "LO", None),
+                      (0x00080070, "LO", None), (0x00181020, "LO", None)]
 _REFERENCED = [(0x00081150, "UI", None), (0x00081155, "UI", None)]
 #: an N-EVENT-REPORT of storage commitment (PS3.4 J.3.3.1): committed and failed references
 COMMITMENT_REPORT = [(0x00081195, "UI", None), (0x00081199, "SQ", _REFERENCED),
@@ -100,6 +114,30 @@ def serve(port: int, seed: int) -> defer.Deferred:
         reactor.callLater(0.05, report)
         return 0x0000
 
+    def n_status() -> int:
+        return r.choice([0x0000, 0x0000, 0x0000, 0x0106, 0x0110, 0x0112, 0x0120, 0xB600, 0x1234])
+
+    def mpps(request: Any) -> Any:
+        """MPPS N-CREATE, N-SET, N-GET (its Retrieve SOP class): a status, a damaged data set."""
+        status = n_status()
+        fields = {"AffectedSOPInstanceUID": fuzzer.uid()} if request.name == "N-CREATE" else {}
+        return status, fuzzer.dataset(MPPS_ATTRIBUTES) if r.random() < 0.8 else None, fields
+
+    def printing(request: Any) -> Any:
+        """Print management: a film box's N-CREATE answered with image boxes (damaged in some),
+        the rest with a status and, for N-GET, a damaged data set."""
+        if request.name == "N-CREATE":
+            fields = {"AffectedSOPInstanceUID": fuzzer.uid()}
+            if request.sop_class_uid == FILM_BOX:
+                boxes = [[(0x00081150, "UI", None), (0x00081155, "UI", None)]] * r.randrange(5)
+                template = [(0x20100510, "SQ", [(0x00081150, "UI", None), (0x00081155, "UI", None)])]
+                fixed = {0x00081150: _even(IMAGE_BOX)} if boxes else None
+                return n_status(), fuzzer.dataset(template, fixed), fields
+            return n_status(), None, fields
+        if request.name == "N-GET":
+            return n_status(), fuzzer.dataset(PRINTER_ATTRIBUTES), {}
+        return n_status()
+
     def move(request: Any) -> Any:
         for _ in range(r.randrange(4)):
             yield 0xFF00, None, counts()
@@ -117,6 +155,11 @@ def serve(port: int, seed: int) -> defer.Deferred:
                 ServiceClass(name="get-storage", sop_classes=(CT,), scp_role=False, scu_role=True),
                 ServiceClass(name="commitment", sop_classes=(COMMITMENT,), handlers={"N-ACTION": commit},
                              scu_role=True),
+                ServiceClass(name="mpps", sop_classes=(MPPS, MPPS_RETRIEVE),
+                             handlers={"N-CREATE": mpps, "N-SET": mpps, "N-GET": mpps}),
+                ServiceClass(name="print", sop_classes=(PRINT_META,),
+                             handlers={name: printing for name in ("N-CREATE", "N-SET", "N-ACTION", "N-DELETE",
+                                                                   "N-GET")}),
             ]
 
     pm = make_plugin_manager(load_entrypoints=False, plugins=[FuzzServices()])

@@ -2,7 +2,8 @@
 
 A PACS with a bug, a proxy that truncates: the matches of a C-FIND, the
 instances of a C-GET and the counts of a C-MOVE are damaged at random (seeded).
-``dimsekit find``, ``get``, ``move`` and ``commit --wait`` (its report damaged) must end with exit status 0 or 1 and
+``dimsekit find``, ``get``, ``move``, ``commit --wait`` (its report damaged), ``mpps``
+and ``print`` must end with exit status 0 or 1 and
 their usual report, never a traceback, and print no control character the peer
 sent (an escape sequence in a patient's name would drive the user's terminal);
 ``find --json`` must still print JSON.
@@ -34,10 +35,10 @@ from tests.interop.conftest import (
 pytestmark = pytest.mark.interop
 
 SCP = Path(__file__).with_name("_fuzz_scp.py")
-ROUNDS = 2
+ROUNDS = 3  # the answers differ from round to round: the SCP's random sequence goes on
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1])
 def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
     port = free_port()
     root = str(Path(__file__).parents[2])
@@ -60,6 +61,11 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                 "get": ["get", *peer, "-k", "StudyInstanceUID=1.2.3", "--out-dir", str(out)],
                 "move": ["move", *peer, "-k", "StudyInstanceUID=1.2.3", "--dest", "ELSEWHERE"],
                 "commit": ["commit", *peer[:-2], "-to", "2", str(instance), "--wait"],
+                "mpps-create": ["mpps", "create", *peer, "-k", "Modality=CT"],
+                "mpps-set": ["mpps", "set", *peer, "1.2.3", "--status", "COMPLETED"],
+                "mpps-get": ["mpps", "get", *peer, "1.2.3"],
+                "mpps-json": ["mpps", "get", *peer, "1.2.3", "--json"],
+                "print": ["print", *peer, str(instance)],
             }
             for name, args in commands.items():
                 done = run([*DIMSEKIT_CLI, *args], timeout=60, env={**os.environ, **SAME_CODE})
@@ -70,6 +76,8 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                 assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", said), f"{name}: control bytes"
                 if name == "worklist":
                     assert isinstance(json.loads(done.stdout), list), said
+                if name == "mpps-json" and done.returncode == 0:
+                    assert isinstance(json.loads(done.stdout), dict), said
             for path in out.rglob("*") if out.exists() else ():
                 if path.is_file():
                     with warnings.catch_warnings():

@@ -53,7 +53,7 @@ class DatasetError(DimsekitError):
 
 
 class DatasetValueError(DatasetError):
-    """A received data set's framing was read, but one of its values cannot be."""
+    """A received data set was framed, but one of its values (or a sequence's items) cannot be read."""
 
 
 def read_in_full(dataset: Dataset) -> Dataset:

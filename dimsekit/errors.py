@@ -15,6 +15,8 @@ error is raised.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DimsekitError",
     "LocalProtocolError",
@@ -25,22 +27,44 @@ __all__ = [
     "DIMSETimeout",
     "for_log",
     "printable",
+    "ControlEscaper",
 ]
 
 #: how much of a message (often quoting what a peer sent) goes into one log line
 LOG_TEXT_LIMIT = 300
 
 
-#: control characters (C0, DEL, C1) as ``\xNN`` escapes in log lines
-_UNPRINTABLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+class ControlEscaper:
+    """Writes the control characters (C0, DEL, C1) of a text as escapes: what a peer sent,
+    made safe for a terminal and a log (an escape sequence in a patient's name or an AE
+    title would recolour a terminal, move its cursor or retitle its window; a NUL makes
+    grep call a log binary).
+
+    :param keep: control characters left as they are (a log's new lines and tabs).
+    :param json_high: DEL and C1 as ``\\u00NN`` -- the JSON escape, for a stream that
+        carries JSON whose strings hold them raw -- rather than ``\\xNN``.
+    """
+
+    __slots__ = ("_table", "_search")
+
+    def __init__(self, keep: str = "", *, json_high: bool = False) -> None:
+        high = "\\u{:04x}" if json_high else "\\x{:02x}"
+        kept = {ord(c) for c in keep}
+        self._table = {code: f"\\x{code:02x}" for code in range(0x20) if code not in kept}
+        self._table.update({code: high.format(code) for code in range(0x7F, 0xA0) if code not in kept})
+        self._search = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(self._table)) + "]").search
+
+    def __call__(self, text: str) -> str:
+        return text.translate(self._table) if self._search(text) else text
+
+
+_escape_all = ControlEscaper()
 
 
 def printable(text: object) -> str:
-    """``str(text)`` with its control characters (C0, DEL, C1) as ``\\xNN`` escapes: what a
-    peer sent, made safe to print on a terminal (an escape sequence in a patient's name
-    would otherwise recolour it, move its cursor or retitle its window)."""
-    text = str(text)
-    return text if text.isprintable() else text.translate(_UNPRINTABLE)
+    """``str(text)`` with every control character (C0, DEL, C1) as a ``\\xNN`` escape
+    (:class:`ControlEscaper`)."""
+    return _escape_all(str(text))
 
 
 def for_log(message: object, limit: int = LOG_TEXT_LIMIT) -> str:

@@ -126,7 +126,7 @@ class Request:
         """
         if self._dataset is None and self.sink is not None:
             dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
-            if self.command.get("CommandField") != 0x0001:
+            if self.command.get("CommandField") != CommandField.C_STORE_RQ:
                 read_in_full(dataset)
             self._dataset = dataset
         return self._dataset

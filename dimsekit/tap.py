@@ -25,7 +25,6 @@ from __future__ import annotations
 import faulthandler
 import functools
 import io
-import re
 import signal
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from twisted.logger import FileLogObserver, Logger, formatEventAsClassicLogText,
 from twisted.python import logfile, usage
 
 from dimsekit.config import ConfigError, load
-from dimsekit.errors import for_log
+from dimsekit.errors import ControlEscaper, for_log
 from dimsekit.signals import run_by_the_reactor
 
 __all__ = ["Options", "makeService", "StopOnSIGTERM", "NodeLogFormatter", "node_log_observer"]
@@ -89,8 +88,7 @@ _node_log_observer_factory: Any = None
 #: what a log line may not carry from a peer: control characters (an AE title with an
 #: escape sequence would recolour an operator's terminal, a NUL makes grep call the log
 #: binary) as ``\xNN`` -- but the new lines and tabs of the line's own continuation lines
-_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (0x09, 0x0A)}
-_has_control = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]").search
+_escape_controls = ControlEscaper(keep="\t\n")
 
 
 class NodeLogFormatter:
@@ -138,15 +136,14 @@ class NodeLogFormatter:
             if not text:
                 return None
             line = f"{self.format_time(event.get('log_time'))} [{system}] {text}"
-            line = line.replace("\n", "\n\t")
-            return (line.translate(_CONTROLS) if _has_control(line) else line) + "\n"
+            return _escape_controls(line.replace("\n", "\n\t")) + "\n"
         warning = event.get("warning")
         if warning is not None:
             # a library's warning quoting what a peer sent (pydicom: "Invalid value for VR UI:
             # '<70 KB of binary>'"): escaped and cut as our own messages are
             event = {**event, "warning": for_log(warning)}
         line = formatEventAsClassicLogText(event, formatTime=self.format_time)
-        return line.translate(_CONTROLS) if line is not None and _has_control(line) else line
+        return _escape_controls(line) if line is not None else None
 
 
 def node_log_observer(twistd_options: Any) -> FileLogObserver:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import re
 import signal
 import sys
 import warnings
@@ -22,6 +21,7 @@ from twisted.internet import task
 
 from dimsekit import __version__
 from dimsekit.config import MAX_PDU_RULE, ConfigError, check_ae_title, valid_max_pdu
+from dimsekit.errors import ControlEscaper
 from dimsekit.memory import tune_allocator
 from dimsekit.signals import run_by_the_reactor
 
@@ -190,19 +190,18 @@ def _check_tls(args: argparse.Namespace) -> str | None:
 #: terminal, carriage returns): from a peer -- a patient's name, an Error Comment -- they
 #: are written as ``\\xNN`` (C0), ``\\u00NN`` (DEL, C1: the JSON escape, as ``find
 #: --json`` leaves them raw in its strings), so that no peer can drive the user's terminal
-_FOREIGN_CONTROLS = {code: f"\\x{code:02x}" for code in range(0x20) if code not in (0x09, 0x0A, 0x0D)}
-_FOREIGN_CONTROLS.update({code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)})
-_has_foreign_control = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]").search
+_escape_foreign = ControlEscaper(keep="\t\n\r", json_high=True)
 
 
 class TerminalSafe(io.TextIOBase):
-    """A text stream writing to another one, escaping :data:`_FOREIGN_CONTROLS`."""
+    """A text stream writing to another one, escaping the control characters a tool never
+    writes itself (see :data:`_escape_foreign`)."""
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        self.stream.write(text.translate(_FOREIGN_CONTROLS) if _has_foreign_control(text) else text)
+        self.stream.write(_escape_foreign(text))
         return len(text)
 
     def flush(self) -> None:

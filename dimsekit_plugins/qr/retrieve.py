@@ -211,6 +211,11 @@ def final_status(tally: Tally) -> int:
     return STATUS_SOME_FAILED
 
 
+#: how many times in a row a C-MOVE associates again with a destination that aborted (or
+#: dropped) the association, for the sub-operations left (as ``dimsekit store --max-aborts``)
+MAX_REASSOCIATIONS = 3
+
+
 def handle_move(request: Any) -> AsyncIterator[tuple[Any, ...]]:
     """C-MOVE handler (an async generator of responses)."""
     return _retrieve(request, move=True)
@@ -293,10 +298,32 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         target = sub
     priority = int(request.command.get("Priority", 0) or 0)
     interrupted = False
+    reassociations = 0  # in a row, without a response from the destination between them
     try:
-        for uid, _sop_class, _syntax, relative in instances:
+        for n, (uid, _sop_class, _syntax, relative) in enumerate(instances):
             if request.cancelled:
                 break
+            if sub is not None and sub.ended is not None and reassociations < MAX_REASSOCIATIONS:
+                # The destination aborted (or dropped) the association: the sub-operation in
+                # flight failed; the ones left go on a new association -- a glitch must not
+                # fail a thousand instances -- at most MAX_REASSOCIATIONS times in a row.
+                reassociations += 1
+                assert remote is not None
+                left = instances[n:]
+                _log.info("C-MOVE to {dest}: the association ended ({why}); associating again for the {n} "
+                          "sub-operation(s) left", dest=remote.ae_title, why=sub.ended, n=len(left))
+                try:
+                    sub = target = await shield.wait(ae.associate(
+                        remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(left), tls=remote.tls))
+                except CancelledError:
+                    await shield.settle()
+                    late = shield.outcome
+                    if not isinstance(late, Failure) and late is not None:
+                        late.abort("C-MOVE cancelled")
+                    interrupted = True
+                    break
+                except Exception as exc:  # the sub-operations left fail on the ended association
+                    _log.warn("C-MOVE to {dest}: cannot associate again ({error})", dest=remote.ae_title, error=exc)
             tally.started += 1
             path = root.joinpath(*relative.split("/"))
             try:
@@ -312,6 +339,7 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
                 tally.count(uid, None)
             else:
                 tally.count(uid, response)
+                reassociations = 0
             try:
                 yield 0xFF00, None, tally.fields(remaining=True)
             except CancelledError:  # a C-CANCEL-RQ read while this response went out

@@ -226,6 +226,22 @@ def handle_get(request: Any) -> AsyncIterator[tuple[Any, ...]]:
     return _retrieve(request, move=False)
 
 
+async def _associate(shield: Shield, ae: Any, remote: Any, instances: list[Any]) -> Any:
+    """An association with a C-MOVE destination proposing what ``instances`` need.
+
+    :raises CancelledError: a C-CANCEL came first (an association made too late is aborted).
+    """
+    try:
+        return await shield.wait(ae.associate(
+            remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(instances), tls=remote.tls))
+    except CancelledError:
+        await shield.settle()
+        late = shield.outcome
+        if not isinstance(late, Failure) and late is not None:
+            late.abort("C-MOVE cancelled")
+        raise
+
+
 async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...]]:
     model = MODELS[request.sop_class_uid]
     association = request.association
@@ -276,13 +292,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
         assert remote is not None
         originator = (association.remote_ae_title, request.message_id)
         try:
-            sub = await shield.wait(ae.associate(
-                remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(instances), tls=remote.tls))
+            sub = await _associate(shield, ae, remote, instances)
         except CancelledError:
-            await shield.settle()
-            late = shield.outcome
-            if not isinstance(late, Failure) and late is not None:
-                late.abort("C-MOVE cancelled")
             yield 0xFE00, None, tally.fields(remaining=True)
             return
         except Exception as exc:
@@ -313,13 +324,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
                 _log.info("C-MOVE to {dest}: the association ended ({why}); associating again for the {n} "
                           "sub-operation(s) left", dest=remote.ae_title, why=sub.ended, n=len(left))
                 try:
-                    sub = target = await shield.wait(ae.associate(
-                        remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(left), tls=remote.tls))
+                    sub = target = await _associate(shield, ae, remote, left)
                 except CancelledError:
-                    await shield.settle()
-                    late = shield.outcome
-                    if not isinstance(late, Failure) and late is not None:
-                        late.abort("C-MOVE cancelled")
                     interrupted = True
                     break
                 except Exception as exc:  # the sub-operations left fail on the ended association

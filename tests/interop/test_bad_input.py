@@ -282,6 +282,14 @@ def accepted(port: int, calling: str) -> RawPeer:
     return peer
 
 
+def _stop_holding(node: Node, peers: list[RawPeer]) -> None:
+    """Close the raw peers a test holds, then stop the node (status 0 on SIGTERM)."""
+    for peer in peers:
+        peer.close()
+    code = stop(node.proc)
+    assert code == 0, node.log_text()
+
+
 def test_max_associations(tmp_path):
     node = start_node(tmp_path, config=LIMIT_CONFIG)
     peers: list[RawPeer] = []
@@ -323,10 +331,7 @@ def test_max_associations(tmp_path):
         node.wait_log(r"calling=SLOT-K ")
         node.assert_healthy()
     finally:
-        for peer in peers:
-            peer.close()
-        code = stop(node.proc)
-    assert code == 0, node.log_text()
+        _stop_holding(node, peers)
 
 
 def test_max_associations_per_ae(tmp_path):
@@ -351,10 +356,7 @@ def test_max_associations_per_ae(tmp_path):
         assert echoscu(node.port, "-aet", "HOLDER").returncode == 0  # the freed slot
         node.assert_healthy()
     finally:
-        for peer in peers:
-            peer.close()
-        code = stop(node.proc)
-    assert code == 0, node.log_text()
+        _stop_holding(node, peers)
 
 
 def test_max_associations_concurrent_burst(tmp_path):

@@ -878,3 +878,20 @@ def test_find_table_cells_escape_what_the_peer_sent():
     match.PatientName = "Doe\x1b[2J^John"
     match.StudyDescription = "line\none\x07"
     assert dict(flatten(match)) == {"PatientName": "Doe\\x1b[2J^John", "StudyDescription": "line one\\x07"}
+
+
+@pytest.mark.parametrize("threshold", [1 << 30, 1000], ids=["in-memory", "spooled-to-a-file"])
+def test_get_writes_the_header_then_the_data_set_however_it_was_spooled(tmp_path, threshold):
+    from dimsekit.dimse.fragments import SpooledSink
+
+    data = bytes(range(256)) * 40_000  # 10 MB
+    sink = SpooledSink(threshold, str(tmp_path))
+    for offset in range(0, len(data), 16_384):
+        sink.write(data[offset:offset + 16_384])
+    sink.close()
+    assert sink.on_disk is (threshold < len(data))
+    path = tmp_path / "out" / "1.2.3.dcm"
+    size = cli_get._write(path, b"HEADER", sink)
+    assert size == len(data) + 6
+    assert path.read_bytes() == b"HEADER" + data
+    assert not list(path.parent.glob(".*.part"))

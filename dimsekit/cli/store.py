@@ -33,6 +33,8 @@ sent" -- after --max-aborts (3) associations in a row are aborted or cannot be
 made with no response from the peer in between, or at once when the peer
 refuses the association for good (A-ASSOCIATE-RJ permanent) or the first
 connection fails.  --max-aborts 1 stops at the first abort, as storescu does.
+A response no C-STORE has (a pending status, a response to another request) is a
+failure of that file, with the reason; the run goes on.
 
 Output: a progress line on stderr when it is a terminal; then a summary on
 stdout -- instances sent, warnings and failures with their status names and
@@ -66,7 +68,7 @@ from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import describe_failure, make_ae
 from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, dataset_uids
 from dimsekit.dimse.status import STORAGE, Category, describe
-from dimsekit.errors import AssociationRejected, LocalProtocolError
+from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
 from dimsekit.nservice import is_valid_uid
 
 __all__ = [
@@ -610,8 +612,10 @@ async def _send(
             attempted.add(id(info))
             try:
                 response = await association.store(info)  # the UIDs chosen by command_uids
-            except (DatasetError, LocalProtocolError) as exc:
-                tally.add(Outcome(info.path, "failure", str(exc)))  # this file only (e.g. unreadable)...
+            except (DatasetError, LocalProtocolError, RemoteProtocolError) as exc:
+                # this file only (unreadable; a response no C-STORE has, such as a pending
+                # status: a failure of that instance, as storescu counts it)...
+                tally.add(Outcome(info.path, "failure", str(exc)))
                 if association.ended:  # ...unless the association went with it
                     ended = str(exc)
             except Exception:

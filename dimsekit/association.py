@@ -946,9 +946,13 @@ class Association(ServiceUser):
         if name is None:
             return
         handlers = self.handlers
-        if handlers and ((name, context.abstract_syntax) in handlers or (name, None) in handlers):
-            return  # a handler of this association takes it (a C-GET's on_store), not the plugin's
-        factory = self.ae.registry.sink_factory(name, context.abstract_syntax)
+        key = (name, context.abstract_syntax) if handlers and (name, context.abstract_syntax) in handlers else (name, None)
+        if handlers and key in handlers:
+            # a handler of this association takes it (a C-GET's on_store), not the plugin's;
+            # it may say where the data set goes as it arrives (its ``sink_for(request)``)
+            factory = getattr(handlers[key], "sink_for", None)
+        else:
+            factory = self.ae.registry.sink_factory(name, context.abstract_syntax)
         if factory is None:
             return
         request = Request(self, context, event.command)

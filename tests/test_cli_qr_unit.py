@@ -895,3 +895,17 @@ def test_get_writes_the_header_then_the_data_set_however_it_was_spooled(tmp_path
     assert size == len(data) + 6
     assert path.read_bytes() == b"HEADER" + data
     assert not list(path.parent.glob(".*.part"))
+
+
+def test_a_part_file_sink_writes_header_and_data_set_and_leaves_nothing_when_aborted(tmp_path):
+    sink = cli_get.PartFileSink(tmp_path / "a" / "1.2.3.dcm", b"HEADER")
+    for _ in range(40):
+        sink.write(memoryview(bytes(16_384)))  # 640 KiB: written 256 KiB at a time
+    sink.close()
+    assert sink.open().read() == bytes(16_384 * 40)  # the data set, after the header
+    assert sink.finish() == 6 + 16_384 * 40
+    assert (tmp_path / "a" / "1.2.3.dcm").read_bytes()[:6] == b"HEADER"
+    lost = cli_get.PartFileSink(tmp_path / "a" / "1.2.4.dcm", b"HEADER")
+    lost.write(b"partial")
+    lost.abort()  # the association went before the data set was complete
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["1.2.3.dcm"]

@@ -77,6 +77,7 @@ from dimsekit.cli.find import (
     response_problem,
     retrieve_identifier,
 )
+from dimsekit.dimse.fragments import SPOOL_WRITE_BLOCK, write_chunks
 from dimsekit.dimse.status import QR_FIND, QR_GET, Category, category, describe
 from dimsekit.operations import Response
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
@@ -188,12 +189,66 @@ def _is_uid(text: str) -> bool:
     return 0 < len(text) <= 64 and all(p.isdigit() for p in parts)
 
 
+class PartFileSink:
+    """Where a C-GET's instance goes as it arrives: its Part 10 file, File Meta Information
+    first, under a temporary name in the same directory (``.<name>.part``) until
+    :meth:`finish` renames it.  Fragments are written 256 KiB at a time (one ``writev``),
+    in the page cache: no copy of the data set in memory, none in a spool file.
+    :meth:`open` reads the data set back (after the header), as a spool's would be.
+    """
+
+    def __init__(self, path: Path, header: bytes) -> None:
+        self.path = path
+        self.temp = path.with_name(f".{path.name}.part")
+        self.header_length = len(header)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._chunks: list[bytes | memoryview] = [header]
+        self._pending = len(header)
+        self.size = len(header)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._chunks.append(data)
+        self._pending += len(data)
+        self.size += len(data)
+        if self._pending >= SPOOL_WRITE_BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        chunks, self._chunks, self._pending = self._chunks, [], 0
+        write_chunks(self._fd, chunks)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        finally:
+            os.close(self._fd)  # type: ignore[arg-type]
+            self._fd = None
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.temp.unlink(missing_ok=True)
+
+    def open(self) -> IO[bytes]:
+        source = self.temp.open("rb")
+        source.seek(self.header_length)
+        return source
+
+    def finish(self) -> int:
+        """The complete file under its name (worker thread); its size."""
+        os.replace(self.temp, self.path)
+        return self.size
+
+
 class Receiver:
     """A C-STORE handler writing each instance unparsed to ``directory/<SOP Instance UID>.dcm``.
 
-    Writing happens in the reactor's thread pool; the status is 0x0000, or
-    0xA700 (Out of Resources) when the file cannot be written, 0xC000 when
-    the request carried no data set.
+    Each data set goes into its file as it arrives (:meth:`sink_for`: a
+    :class:`PartFileSink`), renamed into place once complete, in the reactor's
+    thread pool; the status is 0x0000, or 0xA700 (Out of Resources) when the
+    file cannot be written, 0xC000 when the request carried no data set.
     """
 
     def __init__(self, reactor: Any, directory: str | Path, on_change: Any = None) -> None:
@@ -216,17 +271,31 @@ class Receiver:
         self._unnamed += 1
         return self.directory / f"instance-{self._unnamed:05d}.dcm"
 
+    def _header(self, request: Any) -> bytes:
+        return part10_header(request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax,
+                             request.association.remote_ae_title)
+
+    def sink_for(self, request: Any) -> PartFileSink:
+        """Where this C-STORE's data set goes as it arrives (the association asks, with the
+        command set in): its file.  A file that cannot be made is refused (0xA700, below)."""
+        return PartFileSink(self._path(request.sop_instance_uid), self._header(request))
+
     def __call__(self, request: Any) -> Any:
         if self.on_change is not None:
             self.on_change()  # an instance is here (written below): progress
-        if request.sink is None:
-            self.failures.append(f"{request.sop_instance_uid or '?'}: no data set in the C-STORE request")
+        sink = request.sink
+        error = getattr(request, "sink_error", None)  # sink_for failed: the data set was discarded
+        if sink is None or error is not None:
+            why = f"cannot write it ({error})" if error is not None else "no data set in the C-STORE request"
+            self.failures.append(f"{request.sop_instance_uid or '?'}: {why}")
             self.refused.add(request.sop_instance_uid)
-            return 0xC000
-        path = self._path(request.sop_instance_uid)
-        header = part10_header(request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax,
-                               request.association.remote_ae_title)
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _write, path, header, request.sink)
+            return 0xA700 if error is not None else 0xC000
+        pool = self.reactor.getThreadPool()
+        if isinstance(sink, PartFileSink):
+            d = threads.deferToThreadPool(self.reactor, pool, sink.finish)
+        else:  # a data set spooled elsewhere: copied into its file
+            path = self._path(request.sop_instance_uid)
+            d = threads.deferToThreadPool(self.reactor, pool, _write, path, self._header(request), sink)
         d.addCallbacks(self._written, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         return d
 
@@ -240,6 +309,8 @@ class Receiver:
         return 0x0000
 
     def _failed(self, failure: Failure, request: Any) -> int:
+        if isinstance(request.sink, PartFileSink):
+            request.sink.abort()  # no .part left behind
         self.failures.append(f"{request.sop_instance_uid or '?'}: cannot write it ({failure.getErrorMessage()})")
         self.refused.add(request.sop_instance_uid)
         return 0xA700

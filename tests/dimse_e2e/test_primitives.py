@@ -126,6 +126,69 @@ class CPrimitivesTests(LoopbackTestCase):
         self.assertNotIn(("C-STORE", None), assoc.handlers)
         await within(assoc.release())
 
+    async def test_a_store_handler_with_sink_for_gets_the_data_set_straight_into_its_sink(self):
+        """An association's C-STORE handler (a C-GET's on_store) may say where each data set
+        goes as it arrives (``sink_for(request)``, asked once the command set is in); one it
+        cannot make has the data set discarded and says why in request.sink_error."""
+        from dimsekit.dimse.fragments import SpooledSink
+
+        services = Services()
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT, MR], roles={CT: (True, True), MR: (True, True)})
+
+        class Handler:
+            def __init__(self):
+                self.made, self.seen = [], []
+
+            def sink_for(self, request):
+                if request.command["AffectedSOPClassUID"] == MR:
+                    raise OSError("no room for it")
+                sink = SpooledSink(threshold=0)  # on disk from the first byte: ours, not the default
+                self.made.append(sink)
+                return sink
+
+            def __call__(self, request):
+                self.seen.append((request.sink, request.sink_error))
+                return 0x0000 if request.sink_error is None else 0xA700
+
+        handler = Handler()
+        final = await within(assoc.get(study_query(), on_store=handler).result)
+        self.assertEqual((final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations), (1, 1))
+        (ct_sink, ct_error), (mr_sink, mr_error) = handler.seen
+        self.assertIs(ct_sink, handler.made[0])
+        self.assertIsNone(ct_error)
+        self.assertEqual(ct_sink.getvalue(), file_dataset_bytes(CT_FILE))
+        self.assertNotIn(mr_sink, handler.made)
+        self.assertEqual(str(mr_error), "no room for it")
+        await within(assoc.release())
+
+    async def test_dimsekit_get_writes_each_instance_into_its_file_as_it_arrives(self):
+        import tempfile
+        from pathlib import Path
+        from unittest import mock
+
+        from pydicom import dcmread
+        from twisted.internet import reactor
+
+        from dimsekit.cli import get as cli_get
+
+        services = Services()
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT, MR], roles={CT: (True, True), MR: (True, True)})
+        out = Path(tempfile.mkdtemp(prefix="dimsekit-get-"))
+        self.addCleanup(__import__("shutil").rmtree, out, True)
+        receiver = cli_get.Receiver(reactor, out)
+        with mock.patch.object(cli_get, "_write", side_effect=AssertionError("copied from a spool")):
+            final = await within(assoc.get(study_query(), on_store=receiver).result)
+        self.assertEqual(final.NumberOfCompletedSuboperations, 2, receiver.failures)
+        for path in (CT_FILE, MR_FILE):
+            uid = dcmread(path).SOPInstanceUID
+            written = (out / f"{uid}.dcm").read_bytes()
+            self.assertTrue(written.endswith(file_dataset_bytes(path)))
+            self.assertEqual(dcmread(out / f"{uid}.dcm").file_meta.MediaStorageSOPInstanceUID, uid)
+        self.assertEqual(sorted(p.name for p in out.iterdir() if p.name.startswith(".")), [])  # no .part left
+        await within(assoc.release())
+
     async def test_get_without_the_scp_role_counts_failures(self):
         services = Services()
         _, port = await self.serve(services)

@@ -6,6 +6,7 @@ with dcmqridx) and a pynetdicom AE whose handlers serve a few data sets
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,19 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from tests.interop.conftest import DIMSEKIT_CLI, dcmtk, free_port, run, stop, wait_for_port
+from tests.interop.conftest import (
+    DIMSEKIT_CLI,
+    SAME_CODE,
+    _finish_node,
+    dcmtk,
+    free_port,
+    run,
+    same_data_set,
+    start_node,
+    stop,
+    tiny_ct,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -311,3 +324,36 @@ def test_datetime_matching_a_peer_does_not_agree_to_is_named(pynetdicom_qr, dcmq
         assert done.returncode == 0, done.stderr
         assert "did not agree to combined date and time matching" in done.stderr, done.stderr
         assert json.loads(done.stdout), f"{called}: no matches"
+
+
+def test_get_writes_large_and_small_instances_into_their_files_as_they_arrive(tmp_path):
+    """From a twistd node: a 6 MiB instance (past the 1 MiB a spool keeps in memory) and a
+    tiny one.  Each goes into its file as it arrives (``.<name>.part``, renamed once
+    complete): the same data sets as sent, and nothing left beside them."""
+    node = start_node(tmp_path)
+    try:
+        study = f"{ROOT}.6000"
+        sent = {}
+        for rows in (1024, 4):  # 3 frames of 1024 x 1024 x 16 bits: 6 MiB
+            ct = tiny_ct(study=study)
+            ct.Rows = ct.Columns = rows
+            ct.NumberOfFrames = 3 if rows > 4 else 1
+            ct.PixelData = bytes(range(256)) * (rows * rows * 2 * int(ct.NumberOfFrames) // 256)
+            path = tmp_path / f"sent-{rows}.dcm"
+            ct.save_as(path, enforce_file_format=True)
+            sent[ct.SOPInstanceUID] = path
+        stored = run([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), *map(str, sent.values())],
+                     timeout=60)
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+        out = tmp_path / "got"
+        done = run([*DIMSEKIT_CLI, "get", "127.0.0.1", str(node.port), "-aec", "DIMSEKIT", "-to", "10",
+                    "-k", f"StudyInstanceUID={study}", "--out-dir", str(out)], timeout=60,
+                   env={**os.environ, **SAME_CODE})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "2 completed, 0 failed" in done.stdout
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"{uid}.dcm" for uid in sent)  # no .part left
+        for uid, path in sent.items():
+            same_data_set(out / f"{uid}.dcm", path)
+        node.assert_healthy()
+    finally:
+        _finish_node(node)

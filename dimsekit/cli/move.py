@@ -69,7 +69,8 @@ class StoragePlugin:
     def dimsekit_service_classes(self) -> list[ServiceClass]:
         return [
             ServiceClass(name="move-destination", sop_classes=all_storage_sop_classes(),
-                         handlers={"C-STORE": self.receiver}, transfer_syntaxes=RETRIEVE_TRANSFER_SYNTAXES),
+                         handlers={"C-STORE": self.receiver}, transfer_syntaxes=RETRIEVE_TRANSFER_SYNTAXES,
+                         sink_factories={"C-STORE": self.receiver.sink_for}),  # into its file as it arrives
             ServiceClass(name="verification", sop_classes=(VERIFICATION,), handlers={"C-ECHO": lambda request: 0}),
         ]
 

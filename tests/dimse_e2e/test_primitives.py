@@ -221,6 +221,34 @@ class CPrimitivesTests(LoopbackTestCase):
         self.assertEqual(stored[0].data, file_dataset_bytes(CT_FILE))
         await within(assoc.release())
 
+    async def test_dimsekit_move_store_port_writes_each_instance_into_its_file_as_it_arrives(self):
+        import tempfile
+        from pathlib import Path
+        from unittest import mock
+
+        from pydicom import dcmread
+        from twisted.internet import reactor
+
+        from dimsekit.cli import get as cli_get
+        from dimsekit.cli.move import StoragePlugin
+
+        out = Path(tempfile.mkdtemp(prefix="dimsekit-move-"))
+        self.addCleanup(__import__("shutil").rmtree, out, True)
+        receiver = cli_get.Receiver(reactor, out)
+        _, dest_port = await self.serve(StoragePlugin(receiver), ae_title="DEST")  # what move --store-port runs
+        services = Services()
+        services.destinations = {"DEST": ("127.0.0.1", dest_port)}
+        _, port = await self.serve(services)
+        assoc = await self.connect(port, [STUDY_ROOT_MOVE])
+        with mock.patch.object(cli_get, "_write", side_effect=AssertionError("copied from a spool")):
+            final = await within(assoc.move(study_query(), "DEST").result)
+        self.assertEqual(final.NumberOfCompletedSuboperations, 2, receiver.failures)
+        for path in (CT_FILE, MR_FILE):
+            uid = dcmread(path).SOPInstanceUID
+            self.assertTrue((out / f"{uid}.dcm").read_bytes().endswith(file_dataset_bytes(path)))
+        self.assertEqual([p.name for p in out.iterdir() if p.name.startswith(".")], [])
+        await within(assoc.release())
+
     async def test_move_to_an_unknown_destination(self):
         services = Services()
         _, port = await self.serve(services)

@@ -214,6 +214,26 @@ def run(cmd: list[str], timeout: float = 60.0, **kwargs) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def start_peer_script(script: Path, tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int, Path]:
+    """Run one of this directory's peer scripts (``_fuzz_scp.py``, ``_flaky_store_scp.py``...)
+    as ``python SCRIPT PORT *ARGS`` on a free port, the tests' code importable, and wait
+    (bounded) until it listens.  Returns the process (stop it with :func:`stop`), the port,
+    and the file its output (stdout and stderr) goes to."""
+    port = free_port()
+    root = str(Path(__file__).parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
+    output = tmp_path / f"{script.stem.strip('_')}.out"
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(script), str(port), *args], env=env, cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 20.0, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, port, output
+
+
 def echoscu(port: int, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """DCMTK echoscu to 127.0.0.1:port (``-aec DIMSEKIT`` unless ``args`` say otherwise)."""
     if "-aec" not in args:

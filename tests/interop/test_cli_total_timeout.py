@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import DIMSEKIT_CLI, SAME_CODE, free_port, run, stop, wait_for_port
+from tests.interop.conftest import DIMSEKIT_CLI, SAME_CODE, run, start_peer_script, stop
 
 pytestmark = pytest.mark.interop
 
@@ -21,17 +20,12 @@ SCP = Path(__file__).with_name("_endless_scp.py")
 
 @pytest.fixture
 def endless_scp(tmp_path):
-    port = free_port()
-    root = str(Path(__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
-    with (tmp_path / "scp.err").open("wb") as err:
-        scp = subprocess.Popen([sys.executable, str(SCP), str(port)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    scp, port, output = start_peer_script(SCP, tmp_path)
     try:
-        wait_for_port(port, 20.0, scp)
         yield port
     finally:
         stop(scp)
-    assert "Traceback" not in (tmp_path / "scp.err").read_text()
+    assert "Traceback" not in output.read_text()
 
 
 @pytest.mark.parametrize("tool", [

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,11 +23,10 @@ from pydicom import dcmread
 from tests.interop.conftest import (
     DIMSEKIT_CLI,
     SAME_CODE,
-    free_port,
     run,
+    start_peer_script,
     stop,
     tiny_ct,
-    wait_for_port,
 )
 
 pytestmark = pytest.mark.interop
@@ -40,14 +37,8 @@ ROUNDS = 3  # the answers differ from round to round: the SCP's random sequence 
 
 @pytest.mark.parametrize("seed", [1])
 def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
-    port = free_port()
-    root = str(Path(__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
-    with (tmp_path / "scp.err").open("wb") as err:
-        scp = subprocess.Popen([sys.executable, str(SCP), str(port), str(seed)], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=err)
+    scp, port, scp_output = start_peer_script(SCP, tmp_path, str(seed))
     try:
-        wait_for_port(port, 20.0, scp)
         instance = tmp_path / "ct.dcm"
         tiny_ct().save_as(instance, enforce_file_format=True)
         peer = ["127.0.0.1", str(port), "-aec", "ANY-SCP", "-to", "10"]
@@ -83,7 +74,7 @@ def test_the_scu_tools_survive_damaged_answers(tmp_path, seed):
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # its damaged values
                         dcmread(path, stop_before_pixels=True)  # what it wrote is a Part 10 file
-        assert scp.poll() is None, (tmp_path / "scp.err").read_text()
+        assert scp.poll() is None, scp_output.read_text()
     finally:
         stop(scp)
-    assert "Traceback" not in (tmp_path / "scp.err").read_text()
+    assert "Traceback" not in scp_output.read_text()

@@ -13,9 +13,6 @@ No traceback in the node's log, and it answers echoscu after.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,15 +21,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 
 from tests.interop.conftest import (
-    SAME_CODE,
     _finish_node,
     dcmtk,
-    free_port,
     run,
     start_node,
+    start_peer_script,
     stop,
     tiny_ct,
-    wait_for_port,
 )
 
 pytestmark = pytest.mark.interop
@@ -45,16 +40,13 @@ WARNINGS = {"0xB000", "0xB007"}
 
 @pytest.mark.parametrize("seed", [1, 5, 6, 20, 24])  # among them: pending statuses, aborts, an abort first
 def test_a_move_to_a_flaky_destination_adds_up(tmp_path, seed):
-    flaky_port = free_port()
-    root = str(Path(__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
-    answers = tmp_path / "flaky.out"
-    with answers.open("wb") as out:
-        flaky = subprocess.Popen([sys.executable, str(FLAKY), str(flaky_port), str(seed)], env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
-    node = start_node(tmp_path, config=f'[[remote]]\nae_title = "FLAKY"\nhost = "127.0.0.1"\nport = {flaky_port}\n')
+    flaky, flaky_port, answers = start_peer_script(FLAKY, tmp_path, str(seed))
     try:
-        wait_for_port(flaky_port, 20.0, flaky)
+        node = start_node(tmp_path, config=f'[[remote]]\nae_title = "FLAKY"\nhost = "127.0.0.1"\nport = {flaky_port}\n')
+    except BaseException:
+        stop(flaky)
+        raise
+    try:
         study = "1.2.826.0.1.3680043.8.498.7700"
         files = []
         for i in range(INSTANCES):

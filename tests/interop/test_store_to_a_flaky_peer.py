@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,11 +19,10 @@ import pytest
 from tests.interop.conftest import (
     DIMSEKIT_CLI,
     SAME_CODE,
-    free_port,
     run,
+    start_peer_script,
     stop,
     tiny_ct,
-    wait_for_port,
 )
 
 pytestmark = pytest.mark.interop
@@ -36,15 +33,8 @@ FILES = 8
 
 @pytest.mark.parametrize("seed", [5, 15, 22])  # pending statuses and aborts among their answers
 def test_store_to_a_flaky_peer_reports_what_became_of_each_file(tmp_path, seed):
-    port = free_port()
-    root = str(Path(__file__).parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, SAME_CODE["PYTHONPATH"]]))}
-    answers = tmp_path / "flaky.out"
-    with answers.open("wb") as out:
-        flaky = subprocess.Popen([sys.executable, str(FLAKY), str(port), str(seed)], env=env, stdout=out,
-                                 stderr=subprocess.STDOUT)
+    flaky, port, answers = start_peer_script(FLAKY, tmp_path, str(seed))
     try:
-        wait_for_port(port, 20.0, flaky)
         study = "1.2.826.0.1.3680043.8.498.7701"
         files = {}
         for i in range(FILES):

@@ -132,7 +132,8 @@ class ApplicationEntity:
         #: where a received data set that no plugin streams elsewhere goes once it passes
         #: 1 MiB (an anonymous file, gone when the message is): None, the system's temporary
         #: directory -- often memory (tmpfs).  A node uses ``<data_dir>/.spool``, ``dimsekit
-        #: get`` its output directory: the disk the data is meant for
+        #: get`` its output directory (its instances go straight into their files, but any other
+        #: data set stays on the disk it was given)
         self.spool_dir: str | None = None
         self._negotiation_cache = NegotiationCache(self.policy)
         #: the ``[tls]`` settings with their files read (None: no [tls]); a file that

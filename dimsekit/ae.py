@@ -164,10 +164,6 @@ class ApplicationEntity:
 
     # -- association slots (acceptor side) ---------------------------------------
 
-    def take_slot(self, association: Association) -> bool:
-        """Count an incoming association against ``max_associations``; False when full."""
-        return self.claim_slot(association) is None
-
     def claim_slot(self, association: Association) -> str | None:
         """Count an incoming association against ``max_associations`` and
         ``max_associations_per_ae``: None when it got its slot, else why not."""

@@ -946,11 +946,11 @@ class Association(ServiceUser):
         if name is None:
             return
         handlers = self.handlers
-        key = (name, context.abstract_syntax) if handlers and (name, context.abstract_syntax) in handlers else (name, None)
-        if handlers and key in handlers:
+        handler = handlers.get((name, context.abstract_syntax), handlers.get((name, None))) if handlers else None
+        if handler is not None:
             # a handler of this association takes it (a C-GET's on_store), not the plugin's;
             # it may say where the data set goes as it arrives (its ``sink_for(request)``)
-            factory = getattr(handlers[key], "sink_for", None)
+            factory = getattr(handler, "sink_for", None)
         else:
             factory = self.ae.registry.sink_factory(name, context.abstract_syntax)
         if factory is None:

@@ -52,7 +52,6 @@ import copy
 import inspect
 import re
 import sqlite3
-import struct
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -63,7 +62,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import generate_uid
 from twisted.internet import defer
@@ -352,10 +350,6 @@ def creation_uid(request: Request) -> tuple[str, bool]:
     return uid, False
 
 
-#: what reading a malformed received data set raises (pydicom converts values lazily, on first access)
-_UNREADABLE = (ValueError, TypeError, OverflowError, EOFError, OSError, struct.error, BytesLengthException)
-
-
 def received_dataset(request: Request) -> Dataset:
     """The request's data set with every value read (an empty one when it had
     none), so that a malformed one is answered with a status, not a traceback.
@@ -367,14 +361,12 @@ def received_dataset(request: Request) -> Dataset:
         dataset = request.dataset()
         if dataset is None:
             return Dataset()
-        read_in_full(dataset)  # converts each raw value, in sequence items too (done already for a Request)
+        read_in_full(dataset)  # every value, in sequence items too (a Request's dataset() did it already)
     except DatasetValueError as exc:
         raise InvalidAttributeValue(f"unusable attribute value: {exc.__cause__ or exc}"[:64]) from None
     except DatasetError as exc:
         _log.warn("{command}: undecodable data set: {error}", command=request.name, error=for_log(exc))
         raise ProcessingFailure("cannot decode the data set") from None
-    except _UNREADABLE as exc:
-        raise InvalidAttributeValue(f"unusable attribute value: {exc}"[:64]) from None
     return dataset
 
 

@@ -317,21 +317,15 @@ class Receiver:
 
 
 def _write(path: Path, header: bytes, sink: Any) -> int:
-    """Header then the data set bytes, to a temporary name renamed into place (worker thread)."""
+    """Header then the data set bytes, to a temporary name renamed into place (worker thread):
+    for a sink other than :class:`PartFileSink` (the tools' own associations never hand one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.part")
     source = sink.open()
     try:
         with temp.open("wb") as target:
             target.write(header)
-            target.flush()
-            try:
-                source_fd = source.fileno()  # spooled to a file (past 1 MiB, in --out-dir)
-            except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: still in memory
-                shutil.copyfileobj(source, target, 1 << 20)
-            else:
-                _copy_range(source_fd, target.fileno())
-                target.seek(0, os.SEEK_END)
+            shutil.copyfileobj(source, target, 1 << 20)
             size = target.tell()
         os.replace(temp, path)
     except BaseException:
@@ -340,25 +334,6 @@ def _write(path: Path, header: bytes, sink: Any) -> int:
     finally:
         source.close()
     return size
-
-
-def _copy_range(source: int, target: int) -> None:
-    """The rest of ``source`` appended to ``target``, copied by the kernel (``copy_file_range``:
-    no trip through Python's buffers; on a file system that shares extents, none at all)."""
-    offset = os.lseek(source, 0, os.SEEK_CUR)
-    end = os.fstat(source).st_size
-    os.lseek(target, 0, os.SEEK_END)
-    while offset < end:
-        try:
-            copied = os.copy_file_range(source, target, end - offset, offset)
-        except OSError:  # not between these two files (another file system on an old kernel...)
-            os.lseek(source, offset, os.SEEK_SET)
-            with os.fdopen(os.dup(source), "rb") as rest, os.fdopen(os.dup(target), "ab") as out:
-                shutil.copyfileobj(rest, out, 1 << 20)
-            return
-        if copied == 0:
-            raise OSError(f"the spooled data set ended {end - offset} bytes early")
-        offset += copied
 
 
 class Progress:

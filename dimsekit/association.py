@@ -165,6 +165,8 @@ class Association(ServiceUser):
         self._idle_actions: list[Callable[[], None]] = []
         self._established_waiter: Deferred | None = Deferred() if is_requestor else None
         self._started = time.monotonic()
+        #: when the association began (wall clock, seconds since the epoch): a trace's start
+        self.opened_at = time.time()
         self._counted = False
         #: the presentation context IDs messages went over, either way (for the log line)
         self._used_contexts: set[int] = set()
@@ -175,6 +177,32 @@ class Association(ServiceUser):
         #: Command Field of our requests -> [final responses received, warnings, failures,
         #: cancels], as ScpRunner.handled counts the peer's (the log line, metrics)
         self.requested: dict[int, list[int]] = {}
+
+    #: who is told of each request this association receives or sends (see observe())
+    observers: tuple[Any, ...] = ()
+
+    def observe(self, observer: Any) -> None:
+        """Tell ``observer`` of each request from now on (tracing, auditing).
+
+        See :class:`~dimsekit.interfaces.IRequestObserver` for what it is told.
+        Called in the reactor thread; an observer that raises is logged and not
+        told again.  An association nobody observes pays nothing for this.
+        """
+        self.observers = (*self.observers, observer)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        for observer in self.observers:
+            tell = getattr(observer, method, None)
+            if tell is None:
+                continue
+            try:
+                tell(*args)
+            except Exception:
+                _log.failure(
+                    "{observer!r} failed in {method}; it is no longer told of {association!r}'s requests",
+                    observer=observer, method=method, association=self,
+                )
+                self.observers = tuple(o for o in self.observers if o is not observer)
 
     # -- identity ----------------------------------------------------------------
 
@@ -857,6 +885,8 @@ class Association(ServiceUser):
     ) -> None:
         self._operations[operation.message_id] = operation
         self._used_contexts.add(context.context_id)
+        if self.observers:
+            self._tell("operation_started", operation, command, context)
         self._arm_dimse_timer(operation)
         if total_timeout:
             operation.total_timer = self.reactor.callLater(
@@ -958,6 +988,8 @@ class Association(ServiceUser):
         request = Request(self, context, event.command)
         # The handler gets this same Request (its sink set) once the data set is in.
         self._early_requests[event.command.get("MessageID", -1)] = request
+        if self.observers:
+            self._tell("request_received", request)
         try:
             sink = factory(request)
         except Exception as exc:  # refused before writing: the handler answers with a status
@@ -986,6 +1018,8 @@ class Association(ServiceUser):
                 request.sink = sink
             else:
                 request = Request(self, context, command, sink)
+                if self.observers:
+                    self._tell("request_received", request)
             self.scp.receive(request)
 
     def _response(self, context: NegotiatedContext, command: dict[str, Any], sink: Any) -> None:

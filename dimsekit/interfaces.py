@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
-__all__ = ["IArchive", "IIncomingInstance", "StoredInstance"]
+__all__ = ["IArchive", "IIncomingInstance", "IRequestObserver", "StoredInstance"]
 
 
 class IIncomingInstance(Interface):
@@ -71,6 +71,41 @@ class IArchive(Interface):
 
     def close():  # noqa: N805
         """Release resources (database connections); a Deferred."""
+
+
+class IRequestObserver(Interface):
+    """Told of each request an association receives or sends (tracing, auditing).
+
+    Given to :meth:`Association.observe <dimsekit.association.Association.observe>`,
+    typically from a ``dimsekit_on_association_established`` hook (the built-in
+    tracing plugin does so).  Every method is optional and called in the
+    reactor thread: it must not block, and one that raises is logged and the
+    observer is not told again.  How the association itself ends, the
+    ``dimsekit_on_association_ended`` hook says.
+    """
+
+    def request_received(request):  # noqa: N805
+        """A request's command set is in (a :class:`~dimsekit.scp.Request`).
+
+        For a C-STORE whose data set a plugin streams (the archive), before
+        its data set arrives; for other requests once the data set is in.
+        """
+
+    def request_answered(request, status, fields):  # noqa: N805
+        """The final response to ``request`` goes out with ``status``.
+
+        ``fields``: the response's other command fields as given (Error
+        Comment, sub-operation counts; a dict, maybe empty).  A request the
+        association ends before answering is not answered: it ended with it.
+        """
+
+    def operation_started(operation, command, context):  # noqa: N805
+        """A request of ours goes out (a :class:`~dimsekit.operations.DimseOperation`).
+
+        ``command``: its command fields, ``context``: its presentation context.
+        ``operation.when_ended(callback)`` tells its end; then
+        ``operation.final_response`` or ``operation.error`` says how it ended.
+        """
 
 
 class StoredInstance:

@@ -125,6 +125,16 @@ class DimseOperation:
                 d.errback(self._error)
         return d
 
+    @property
+    def final_response(self) -> Response | None:
+        """The final :class:`Response`, once it came (None before, or when the operation failed)."""
+        return self._final
+
+    @property
+    def error(self) -> Exception | None:
+        """Why the operation could not end normally (abort, timeout), once it could not."""
+        return self._error
+
     def when_ended(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` once the operation ends, however it ends (at once if it has)."""
         if self._done:

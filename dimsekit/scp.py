@@ -421,6 +421,8 @@ class ScpRunner:
             return
         if status != 0xFF00 and status != 0xFF01:  # a final response: count it
             count_final(self.handled, request.command["CommandField"], status)
+            if association.observers:
+                association._tell("request_answered", request, status, fields or {})
         if dataset is None and not fields:
             encoded = encode_status_response(request.command, status)
             if encoded is not None:

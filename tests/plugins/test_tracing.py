@@ -1,0 +1,280 @@
+"""The tracing plugin: spans of associations and requests, over loopback associations.
+
+The spans go to the OpenTelemetry SDK's in-memory exporter (its own test tool); the
+twistd node sending them over OTLP is tests/interop/test_tracing.py.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
+
+from dimsekit.config import Config, ConfigError, Limits, NodeConfig
+from dimsekit.errors import AssociationRejected
+from dimsekit.hookspecs import hookimpl
+from dimsekit.registry import ServiceClass
+from dimsekit.uids import VERIFICATION
+from dimsekit_plugins import tracing
+from tests.dimse_e2e.support import (
+    CT,
+    CT_FILE,
+    STUDY_ROOT_MOVE,
+    LoopbackTestCase,
+    Services,
+    wait_until,
+    within,
+)
+
+
+def settings(**section):
+    return tracing.TracingSettings.from_config(Config(plugins={"tracing": section}))
+
+
+def test_off_by_default():
+    assert settings() == tracing.TracingSettings(exporter="none")
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"port": 1}, "plugins.tracing.port: unknown key"),
+    ({"exporter": "jaeger"}, "plugins.tracing.exporter: 'jaeger' is not one of: none, otlp, console"),
+    ({"exporter": "otlp", "endpoint": "collector:4318"}, "is not an http:// or https:// URL"),
+    ({"exporter": "console", "endpoint": "http://c:4318/v1/traces"}, 'only with exporter = "otlp"'),
+    ({"service_name": " "}, "plugins.tracing.service_name: expected a name"),
+    ({"instance_uids": "yes"}, "plugins.tracing.instance_uids: expected true or false"),
+])
+def test_a_wrong_setting_names_its_key(section, message):
+    with pytest.raises(ConfigError, match=message):
+        settings(**section)
+
+
+def test_an_exporter_without_the_sdk_stops_start_up(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sdk(name, *args, **kwargs):
+        if name.startswith("opentelemetry.sdk") or name.startswith("opentelemetry.exporter"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sdk)
+    with pytest.raises(ConfigError, match=r"pip install 'dimsekit\[tracing\]'"):
+        settings(exporter="otlp")
+
+
+def test_no_tracer_unless_an_sdk_is_set_up(monkeypatch):
+    assert tracing._provider is None
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # nobody set one up here
+    assert tracing.active_tracer() is None
+    # an application (or opentelemetry-instrument) that set the process's provider up: its spans
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    tracer = tracing.active_tracer()
+    assert tracer is not None
+    tracer.start_span("x").end()
+    assert [s.name for s in exporter.get_finished_spans()] == ["x"]
+
+
+class _Hanging:
+    """A C-ECHO handler that never answers (the association ends first)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred] = []
+
+    def echo(self, request):
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    @hookimpl
+    def dimsekit_service_classes(self):
+        return [ServiceClass(name="verification", sop_classes=(VERIFICATION,), handlers={"C-ECHO": self.echo})]
+
+
+class TracingTests(LoopbackTestCase):
+    def setUp(self):
+        super().setUp()
+        self.exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        tracing._provider = provider  # what [plugins.tracing] exporter = ... sets up
+        self.addCleanup(tracing.stop)
+
+    def spans(self, name=None):
+        return [s for s in self.exporter.get_finished_spans() if name is None or s.name == name]
+
+    def association_spans(self, role):
+        return [s for s in self.spans("DICOM association") if s.attributes["dicom.role"] == role]
+
+    async def ended(self, count, role="acceptor"):
+        await wait_until(lambda: len(self.association_spans(role)) >= count, what=f"{count} {role} span(s)")
+
+    async def test_an_association_and_its_requests(self):
+        services = Services()
+        ae, port = await self.serve(services, tracing)
+        assoc = await self.connect(port, [VERIFICATION, CT])
+        client_port = assoc.protocol.transport.getHost().port
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        self.assertEqual((await within(assoc.store(CT_FILE))).status, 0x0000)
+        services.store_status = 0xA700
+        self.assertEqual((await within(assoc.store(CT_FILE))).status, 0xA700)
+        await within(assoc.release())
+        await self.ended(1)
+
+        (span,) = self.association_spans("acceptor")
+        self.assertEqual(span.kind, trace.SpanKind.SERVER)
+        self.assertEqual(span.attributes["dicom.calling_ae_title"], "SCU")
+        self.assertEqual(span.attributes["dicom.called_ae_title"], "SCP")
+        self.assertEqual(span.attributes["network.peer.address"], "127.0.0.1")
+        self.assertEqual(span.attributes["network.peer.port"], client_port)
+        self.assertEqual(span.attributes["dicom.association.outcome"], "released")
+        self.assertEqual(span.attributes["dicom.requests_answered"], 3)
+        self.assertEqual(span.status.status_code, trace.StatusCode.UNSET)
+
+        requests = [s for s in self.spans() if s.parent is not None and s.parent.span_id == span.context.span_id]
+        self.assertEqual([s.name for s in requests], ["C-ECHO", "C-STORE", "C-STORE"])
+        echo, stored, refused = requests
+        self.assertEqual({s.context.trace_id for s in requests}, {span.context.trace_id})
+        self.assertEqual(echo.kind, trace.SpanKind.SERVER)
+        self.assertEqual(echo.attributes["dicom.sop_class_uid"], VERIFICATION)
+        self.assertEqual(echo.attributes["dicom.sop_class"], "Verification SOP Class")
+        self.assertEqual(echo.attributes["dicom.status"], 0)
+        self.assertEqual(echo.attributes["dicom.status_category"], "success")
+        self.assertEqual(stored.attributes["dicom.sop_class_uid"], CT)
+        self.assertEqual(stored.attributes["dicom.message_id"] + 1, refused.attributes["dicom.message_id"])
+        self.assertNotIn("dicom.sop_instance_uid", stored.attributes)  # not unless asked for
+        self.assertEqual(refused.attributes["dicom.status"], 0xA700)
+        self.assertEqual(refused.attributes["dicom.status_category"], "failure")
+        self.assertEqual(refused.status.status_code, trace.StatusCode.ERROR)
+        self.assertEqual(refused.status.description, "0xA700")
+        for s in requests:
+            self.assertLessEqual(span.start_time, s.start_time)
+            self.assertLessEqual(s.start_time, s.end_time)
+            self.assertLessEqual(s.end_time, span.end_time)
+
+    async def test_the_instance_uid_when_asked_for(self):
+        tracing._settings = tracing.TracingSettings(instance_uids=True)
+        services = Services()
+        ae, port = await self.serve(services, tracing)
+        assoc = await self.connect(port, [CT])
+        await within(assoc.store(CT_FILE))
+        await within(assoc.release())
+        await self.ended(1)
+        (stored,) = self.spans("C-STORE")
+        self.assertEqual(stored.attributes["dicom.sop_instance_uid"], services.stored[0].command["AffectedSOPInstanceUID"])
+
+    async def test_a_request_the_association_ends_before_answering(self):
+        hanging = _Hanging()
+        ae, port = await self.serve(hanging, tracing)
+        assoc = await self.connect(port, [VERIFICATION])
+        echo = assoc.echo()
+        echo.addErrback(lambda _f: None)
+        await wait_until(lambda: hanging.waiting, what="the echo in the handler")
+        assoc.abort("the test aborts")
+        await self.ended(1)
+        (span,) = self.association_spans("acceptor")
+        self.assertEqual(span.attributes["dicom.association.outcome"], "aborted")
+        self.assertEqual(span.status.status_code, trace.StatusCode.ERROR)
+        (unanswered,) = self.spans("C-ECHO")
+        self.assertEqual(unanswered.parent.span_id, span.context.span_id)
+        self.assertEqual(unanswered.status.status_code, trace.StatusCode.ERROR)
+        self.assertTrue(unanswered.status.description.startswith("the association ended first: "),
+                        unanswered.status.description)
+        self.assertNotIn("dicom.status", unanswered.attributes)
+
+    async def test_a_rejected_request_has_a_span_a_bare_connection_none(self):
+        config = Config(node=NodeConfig(ae_title="SCP", check_called_ae=True),
+                        limits=Limits(dimse_timeout=5.0, acse_timeout=5.0))
+        ae, port = await self.serve(Services(), tracing, config=config)
+        with self.assertRaises(AssociationRejected):
+            await self.connect(port, [VERIFICATION], called="NOT-SCP")
+        bare = socket.create_connection(("127.0.0.1", port))
+        bare.close()
+        await self.ended(1)
+        await wait_until(lambda: not ae.tracker.associations or all(a.protocol is None for a in ae.tracker.associations),
+                         what="connections closed")
+        (span,) = self.association_spans("acceptor")
+        self.assertEqual(span.attributes["dicom.called_ae_title"], "NOT-SCP")
+        self.assertEqual(span.attributes["dicom.association.outcome"], "rejected")
+        self.assertEqual(span.status.status_code, trace.StatusCode.ERROR)
+        self.assertEqual(span.attributes["dicom.requests_answered"], 0)
+
+    async def test_the_requestor_side_and_a_move_sub_association(self):
+        # The SCP moves to a destination AE (another dimsekit AE): its sub-association
+        # and C-STOREs are the requestor's spans; the client's own are too.
+        destination_services = Services()
+        _dest, dest_port = await self.serve(destination_services, ae_title="DEST")
+        services = Services()
+        services.destinations = {"DEST": ("127.0.0.1", dest_port)}
+        ae, port = await self.serve(services, tracing)
+        client = self.make_ae("SCU", tracing)
+        assoc = await self.connect(port, [STUDY_ROOT_MOVE], ae=client)
+        from pydicom.dataset import Dataset
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        final = await within(assoc.move(query, "DEST").result)
+        self.assertEqual(final.status, 0x0000)
+        await within(assoc.release())
+        await self.ended(2, "requestor")
+        await self.ended(1, "acceptor")
+
+        (served,) = self.association_spans("acceptor")
+        (move,) = [s for s in self.spans("C-MOVE") if s.kind == trace.SpanKind.SERVER]
+        self.assertEqual(move.parent.span_id, served.context.span_id)
+        self.assertEqual(move.attributes["dicom.move_destination"], "DEST")
+        self.assertEqual(move.attributes["dicom.suboperations.completed"], 2)
+        self.assertEqual(move.attributes["dicom.suboperations.failed"], 0)
+
+        sub, own = sorted(self.association_spans("requestor"), key=lambda s: s.attributes["dicom.called_ae_title"])
+        self.assertEqual(sub.attributes["dicom.called_ae_title"], "DEST")
+        self.assertEqual(sub.kind, trace.SpanKind.CLIENT)
+        stores = [s for s in self.spans("C-STORE") if s.parent.span_id == sub.context.span_id]
+        self.assertEqual(len(stores), 2)
+        self.assertTrue(all(s.kind == trace.SpanKind.CLIENT and s.attributes["dicom.status"] == 0 for s in stores))
+        self.assertEqual(own.attributes["dicom.called_ae_title"], "SCP")
+        (asked,) = [s for s in self.spans("C-MOVE") if s.kind == trace.SpanKind.CLIENT]
+        self.assertEqual(asked.parent.span_id, own.context.span_id)
+        self.assertEqual(asked.attributes["dicom.status"], 0)
+        self.assertEqual(asked.attributes["dicom.suboperations.completed"], 2)
+        self.assertEqual(own.attributes["dicom.requests_sent"], 1)
+
+    async def test_an_observer_that_fails_is_dropped_and_the_association_goes_on(self):
+        class Broken:
+            calls = 0
+
+            def request_received(self, request):
+                Broken.calls += 1
+                raise RuntimeError("observer bug")
+
+        broken = Broken()
+
+        class Attach:
+            @hookimpl
+            def dimsekit_on_association_established(self, association):
+                association.observe(broken)
+
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        ae, port = await self.serve(Services(), Attach(), tracing)
+        assoc = await self.connect(port, [VERIFICATION])
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        self.assertEqual(await within(assoc.echo()), 0x0000)
+        await within(assoc.release())
+        await self.ended(1)
+        self.assertEqual(Broken.calls, 1)  # not told again
+        failures = [e for e in logged if "log_failure" in e and "no longer told" in e.get("log_format", "")]
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(len(self.spans("C-ECHO")), 2)  # the other observer (tracing) still told

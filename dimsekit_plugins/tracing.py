@@ -47,7 +47,9 @@ When the node stops, what is left is sent (for at most 5 s).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +71,8 @@ _KEYS = ("exporter", "endpoint", "service_name", "instance_uids")
 _EXPORTERS = ("none", "otlp", "console")
 #: how long a stopping node waits for the last spans to be sent
 FLUSH_TIMEOUT = 5.0
+#: the SDK's same warning is said at most once in this many seconds
+REPEAT_EVERY = 60.0
 _CATEGORY = {
     dimse_status.Category.SUCCESS: "success",
     dimse_status.Category.WARNING: "warning",
@@ -163,9 +167,47 @@ def _make_provider(settings: TracingSettings) -> Any:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         exporter = ConsoleSpanExporter()
-    provider = sdk_trace.TracerProvider(resource=resource)
+    # Not at exit: the node's stop sends what is left, bounded (see _flush); the SDK's own
+    # handler would wait out its export timeout and retries for a collector that is down.
+    provider = sdk_trace.TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+class _ToNodeLog(logging.Handler):
+    """The SDK's own warnings (a batch it could not send, and why) into the node's log:
+    the stdlib ``logging`` they go to reaches no log of twistd's.  The same message
+    is said at most once a minute (a collector down for an hour: 60 lines, not 720)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.said: dict[str, list[float]] = {}  # message -> [when said, times since]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = for_log(record.getMessage())
+        except Exception:  # pragma: no cover - a record that cannot be formatted
+            message = repr(record.msg)
+        now = time.monotonic()  # (logging holds the handler's lock around emit)
+        said = self.said.get(message)
+        if said is not None and now - said[0] < REPEAT_EVERY:
+            said[1] += 1
+            return
+        again = int(said[1]) if said is not None else 0
+        self.said[message] = [now, 0]
+        if again:
+            _log.warn("tracing: {message} ({n} more times in the last {period:g} s)",
+                      message=message, n=again, period=REPEAT_EVERY)
+        else:
+            _log.warn("tracing: {message}", message=message)
+
+
+def _say_sdk_problems() -> None:
+    logger = logging.getLogger("opentelemetry")
+    if not any(isinstance(h, _ToNodeLog) for h in logger.handlers):
+        handler = _ToNodeLog(logging.WARNING)
+        logger.addHandler(handler)
+        logger.propagate = False  # said once, in the node's log, not again on stderr
 
 
 def active_tracer() -> Any:
@@ -383,6 +425,7 @@ def dimsekit_on_node_started(ae: Any) -> None:
     if settings.exporter == "none" or _provider is not None:
         return
     _provider = _make_provider(settings)
+    _say_sdk_problems()
     ae.reactor.addSystemEventTrigger("before", "shutdown", stop)
     if settings.exporter == "otlp":
         where = settings.endpoint or "the OTEL_EXPORTER_OTLP_* endpoint (OTLP over HTTP)"

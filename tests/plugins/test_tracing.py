@@ -278,3 +278,34 @@ class TracingTests(LoopbackTestCase):
         self.assertEqual(len(failures), 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(len(self.spans("C-ECHO")), 2)  # the other observer (tracing) still told
+
+
+def test_the_sdks_warnings_reach_the_log_at_most_once_a_minute(monkeypatch):
+    import logging
+
+    from twisted.logger import formatEvent
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    clock = [1000.0]
+    monkeypatch.setattr(tracing.time, "monotonic", lambda: clock[0])
+    handler = tracing._ToNodeLog(logging.WARNING)
+    logger = logging.getLogger("opentelemetry.test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for _ in range(5):
+            logger.warning("Failed to export span batch code: %s", 503)
+            clock[0] += 10
+        logger.warning("another \x1b[31mproblem")
+        clock[0] += 20  # a minute after the first was said
+        logger.warning("Failed to export span batch code: %s", 503)
+    finally:
+        logger.removeHandler(handler)
+        globalLogPublisher.removeObserver(logged.append)
+    said = [formatEvent(e) for e in logged if e.get("log_namespace") == "dimsekit.tracing"]
+    assert said == [
+        "tracing: Failed to export span batch code: 503",
+        "tracing: another \\x1b[31mproblem",  # a control character escaped
+        "tracing: Failed to export span batch code: 503 (4 more times in the last 60 s)",
+    ]

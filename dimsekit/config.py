@@ -45,6 +45,9 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
 
     [plugins.metrics]            # Prometheus metrics (dimsekit_plugins.metrics)
     port = 9464                  # 0 (the default): none
+
+    [plugins.tracing]            # OpenTelemetry traces (dimsekit_plugins.tracing)
+    exporter = "otlp"            # "none" (the default), "otlp", "console"
 """
 
 from __future__ import annotations

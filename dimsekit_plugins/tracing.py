@@ -144,6 +144,8 @@ def _sdk(exporter: str) -> Any:
 _provider: Any = None
 #: the settings of the node that set it up (instance_uids)
 _settings = TracingSettings()
+#: the reactor of the node that set it up (its stop waits there)
+_reactor: Any = None
 
 
 def _make_provider(settings: TracingSettings) -> Any:
@@ -231,11 +233,9 @@ def _version() -> str:
     return dimsekit.__version__
 
 
-def _flush(provider: Any) -> defer.Deferred:
+def _flush(provider: Any, reactor: Any) -> defer.Deferred:
     """Shut ``provider`` down (its last spans sent) in a thread of its own, for at most
     :data:`FLUSH_TIMEOUT`: a collector that does not answer must not hold the node's stop."""
-    from twisted.internet import reactor
-
     done: defer.Deferred = defer.Deferred()
 
     def shut() -> None:
@@ -252,10 +252,16 @@ def _flush(provider: Any) -> defer.Deferred:
 
 def stop() -> defer.Deferred:
     """Send what is left and forget the node's provider (a stopping node; tests)."""
-    global _provider, _settings
+    global _provider, _settings, _reactor
     provider, _provider = _provider, None
+    reactor, _reactor = _reactor, None
     _settings = TracingSettings()
-    return defer.succeed(None) if provider is None else _flush(provider)
+    if provider is None:
+        return defer.succeed(None)
+    if reactor is None or not getattr(reactor, "running", False):
+        provider.shutdown()  # no reactor to wait in (tests, an application that set _provider)
+        return defer.succeed(None)
+    return _flush(provider, reactor)
 
 
 # -- spans ----------------------------------------------------------------------------------
@@ -419,12 +425,13 @@ def dimsekit_configure(config: Config) -> None:
 @hookimpl
 def dimsekit_on_node_started(ae: Any) -> None:
     """Set up the exporter, when one is configured (once per process)."""
-    global _provider, _settings
+    global _provider, _settings, _reactor
     settings = TracingSettings.from_config(ae.config)
     _settings = settings
     if settings.exporter == "none" or _provider is not None:
         return
     _provider = _make_provider(settings)
+    _reactor = ae.reactor
     _say_sdk_problems()
     ae.reactor.addSystemEventTrigger("before", "shutdown", stop)
     if settings.exporter == "otlp":

@@ -239,6 +239,46 @@ def run_ping_plugin(code: str) -> None:
     assert response.status == 0x0000
 
 
+def run_observer_plugin(code: str) -> None:
+    from dimsekit.hookspecs import hookimpl
+    from dimsekit.plugin import make_plugin_manager
+    from dimsekit.registry import ServiceClass
+    from dimsekit.testing import AssociationPair
+    from dimsekit.uids import VERIFICATION
+
+    module = types.ModuleType("slowrequests")
+    exec(compile(code, "plugin-guide: slow requests", "exec"), module.__dict__)
+    said = []
+    observers = []
+
+    class Slow(module.SlowRequests):  # the guide's observer, logging into ``said``
+        def __init__(self, log):
+            super().__init__(said.append)
+            observers.append(self)
+
+    module.SlowRequests = Slow
+    clock = [100.0]
+    module.time = types.SimpleNamespace(monotonic=lambda: clock[0])
+    delay = [0.0]
+
+    class Echo:  # a C-ECHO SCP that takes ``delay`` seconds of the guide's clock
+        @hookimpl
+        def dimsekit_service_classes(self):
+            def echo(request):
+                clock[0] += delay[0]
+                return 0x0000
+
+            return [ServiceClass(name="verification", sop_classes=(VERIFICATION,), handlers={"C-ECHO": echo})]
+
+    pair = AssociationPair(make_plugin_manager(load_entrypoints=False, plugins=[module, Echo()]))
+    assoc = pair.associate(contexts=[VERIFICATION])
+    assert pair.result(assoc.echo()) == 0x0000
+    assert said == [] and len(observers) == 1  # the SCP's association, observed
+    delay[0] = 2.5
+    assert pair.result(assoc.echo()) == 0x0000
+    assert said == ["C-ECHO from REQUESTOR: 0x0000 after 2.5 s"], said
+
+
 def run_status_register(code: str) -> None:
     out = _run(code + "\nprint(status.describe(0xA701, 'ping'))")
     assert out.strip() == "0xA701 Refused: the ping is too loud"
@@ -323,16 +363,43 @@ def run_metrics_configuration(code: str) -> None:
         metrics.stop()
 
 
+def run_tracing_configuration(code: str) -> None:
+    import tomllib
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dimsekit.ae import ApplicationEntity
+    from dimsekit.config import from_mapping
+    from dimsekit_plugins import tracing
+
+    reactor = MemoryReactorClock()
+    ae = ApplicationEntity(config=from_mapping(tomllib.loads(code)), reactor=reactor)
+    tracing.dimsekit_on_node_started(ae)
+    try:
+        provider = tracing._provider
+        assert provider.resource.attributes["service.name"] == "archive-1"
+        (processor,) = provider._active_span_processor._span_processors
+        exporter = processor._batch_processor._exporter
+        assert isinstance(exporter, OTLPSpanExporter)
+        assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
+        assert reactor.triggers["before"]["shutdown"]  # what is left is sent as the node stops
+    finally:
+        tracing.stop()
+
+
 RUNNERS = {
     "README.md#python1": run_readme_client,
     "README.md#python2": run_readme_service,
     "README.md#toml1": run_configuration,
     "README.md#toml2": run_metrics_configuration,
+    "README.md#toml3": run_tracing_configuration,
     "docs/plugin-guide.md#python1": run_ping_plugin,
-    "docs/plugin-guide.md#python2": run_status_register,
-    "docs/plugin-guide.md#python3": run_mpps_service,
-    "docs/plugin-guide.md#python4": run_mpps_completed,
-    "docs/plugin-guide.md#python5": run_plugin_test,
+    "docs/plugin-guide.md#python2": run_observer_plugin,
+    "docs/plugin-guide.md#python3": run_status_register,
+    "docs/plugin-guide.md#python4": run_mpps_service,
+    "docs/plugin-guide.md#python5": run_mpps_completed,
+    "docs/plugin-guide.md#python6": run_plugin_test,
     "docs/plugin-guide.md#toml1": run_configuration,
 }
 

@@ -14,6 +14,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     data_dir = "dimsekit-data"   # --data-dir
     check_called_ae = false      # reject associations not addressed to ae_title
     allow_unknown_callers = true # false: only AEs in [[remote]] may associate
+    decompress = "lossless"      # compressed instances a peer takes only uncompressed: "never", "lossy"
 
     [limits]
     max_associations = 64        # more at once are rejected (transient, local limit)
@@ -94,6 +95,10 @@ def check_ae_title(value: object, key: str) -> str:
     return title
 
 
+#: [node] decompress: the policies (see NodeConfig.decompress)
+DECOMPRESS_POLICIES = ("never", "lossless", "lossy")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """``[node]``: who we are and where we listen."""
@@ -104,6 +109,12 @@ class NodeConfig:
     data_dir: str = "dimsekit-data"
     check_called_ae: bool = False
     allow_unknown_callers: bool = True
+    #: what the node does with a compressed instance a peer it sends to (a C-MOVE
+    #: destination, a C-GET requestor) accepts only uncompressed: "lossless" (the default,
+    #: as DCMTK's storescu) decompresses those in a lossless syntax (RLE, JPEG Lossless,
+    #: JPEG-LS, JPEG 2000 lossless), "lossy" those in any syntax pydicom can decode,
+    #: "never" none (the sub-operation fails)
+    decompress: str = "lossless"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +223,10 @@ def _validate(obj: Any, prefix: str) -> None:
         check_ae_title(obj.ae_title, f"{prefix}.ae_title")
         if not 0 <= obj.port <= 65535:
             raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port (0-65535; 0 = any free port)")
+        if obj.decompress not in DECOMPRESS_POLICIES:
+            raise ConfigError(
+                f"{prefix}.decompress: {obj.decompress!r} is not one of: {', '.join(DECOMPRESS_POLICIES)}"
+            )
     if isinstance(obj, RemoteAE):
         check_ae_title(obj.ae_title, f"{prefix}.ae_title")
         if not obj.host.strip():

@@ -9,6 +9,7 @@ a Part 10 file starts so it can be sent as raw bytes, unparsed.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
@@ -41,6 +42,9 @@ __all__ = [
     "swap_words",
     "iter_file",
     "DatasetError",
+    "LOSSLESS_COMPRESSED",
+    "decompressible",
+    "decompressed",
 ]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -399,3 +403,64 @@ class _Inflating(io.RawIOBase):
             raise io.UnsupportedOperation("seek from the end of a deflated stream")
         self._pos = max(0, base + offset)
         return self._pos
+
+
+# -- decompressing for a peer that takes only uncompressed data ---------------------------------
+
+#: compressed transfer syntaxes whose decoding gives back every pixel value as encoded:
+#: RLE, JPEG Lossless (processes 14 and 14 SV1), JPEG-LS lossless, JPEG 2000 lossless only,
+#: HTJ2K lossless and lossless RPCL, JPEG XL lossless.  JPEG 2000 (.91) may be either and
+#: counts as lossy, as everything else compressed.
+LOSSLESS_COMPRESSED = frozenset({
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.110",
+})
+
+
+@functools.lru_cache(maxsize=256)
+def decompressible(transfer_syntax: str, policy: str) -> str | None:
+    """Why a data set in ``transfer_syntax`` cannot be decompressed under ``policy``
+    (``[node] decompress``: never, lossless, lossy), or None when it can: the policy
+    allows it and pydicom has a decoder for the syntax installed."""
+    if policy == "never":
+        return "decompressing is off (decompress = \"never\")"
+    if policy != "lossy" and transfer_syntax not in LOSSLESS_COMPRESSED:
+        return f"{UID(transfer_syntax).name} is lossy, and only lossless data is decompressed (decompress = \"{policy}\")"
+    try:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(transfer_syntax)
+    except (ImportError, NotImplementedError, ValueError):
+        return f"pydicom cannot decode {UID(transfer_syntax).name}"
+    if not decoder.is_available:
+        return (f"no decoder for {UID(transfer_syntax).name} is installed "
+                "(pip install 'dimsekit[codecs]': numpy, pylibjpeg and its plugins)")
+    return None
+
+
+def decompressed(dataset: Dataset) -> Dataset:
+    """``dataset`` (read from a file in a compressed syntax) with its pixel data decoded,
+    in place: native Pixel Data, Explicit VR Little Endian in its File Meta, Photometric
+    Interpretation as decoded (a YBR JPEG comes out RGB).  Holds the decoded frames in
+    memory.  Run it in a thread: decoding takes milliseconds to seconds.
+
+    :raises DatasetError: pydicom could not decode it.
+    """
+    source = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+    try:
+        # The same instance in another encoding: its SOP Instance UID stays (pydicom would
+        # make a new one).  Decoding changes no pixel value from what the encoded data
+        # holds; an image lossy compressed once and "decompressed and transferred in
+        # uncompressed format" keeps Lossy Image Compression "01" (PS3.3 C.7.6.1.1.5).
+        dataset.decompress(generate_instance_uid=False)
+    except Exception as exc:  # the decoders raise many kinds on damaged data
+        raise DatasetError(f"cannot decompress the pixel data ({exc})") from exc
+    if source and source not in LOSSLESS_COMPRESSED and "LossyImageCompression" not in dataset:
+        dataset.LossyImageCompression = "01"  # it went through a lossy syntax: say so
+    return dataset

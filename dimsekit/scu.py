@@ -31,6 +31,8 @@ from dimsekit.datasets import (
     DatasetError,
     Part10Info,
     dataset_file_info,
+    decompressed,
+    decompressible,
     encode_dataset,
     iter_file,
 )
@@ -71,9 +73,11 @@ class _Reencode:
     ``given``: its UIDs are the caller's (a :class:`Part10Info` was passed),
     not to be taken from the data set read."""
 
-    def __init__(self, info: Part10Info, given: bool = False) -> None:
+    def __init__(self, info: Part10Info, given: bool = False, decompress: bool = False) -> None:
         self.info = info
         self.given = given
+        #: its pixel data is compressed and must be decoded first
+        self.decompress = decompress
 
 
 class _FileData:
@@ -113,6 +117,9 @@ class ServiceUser:
     negotiated: Any
     handlers: dict
     reactor: Any
+    #: what store() does with a compressed file the peer accepts only uncompressed:
+    #: "never", "lossless", "lossy" (see ``[node] decompress``); None: the AE's setting
+    decompress: str | None = None
 
     # provided by Association
     def start_operation(self, context: NegotiatedContext, command: dict[str, Any], dataset: Any = None, **kw: Any) -> DimseOperation:  # pragma: no cover
@@ -186,14 +193,22 @@ class ServiceUser:
             return defer.fail(exc)
         if not isinstance(plan, _Reencode):
             return self._send_store(plan, priority, move_originator)
-        # pydicom reads and re-encodes the file: in a thread, not the reactor's
-        # (a C-MOVE to a peer that takes only Implicit VR does it per instance)
+        # pydicom reads, maybe decompresses, and re-encodes the file: in a thread, not the
+        # reactor's (a C-MOVE to a peer that takes only Implicit VR does it per instance)
         pool = getattr(self.reactor, "getThreadPool", None)
         if pool is None:  # a test's fake reactor: here and now
-            d = defer.maybeDeferred(self._reencoded, plan.info, plan.given)
+            d = defer.maybeDeferred(self._reencoded, plan.info, plan.given, plan.decompress)
         else:
-            d = threads.deferToThreadPool(self.reactor, pool(), self._reencoded, plan.info, plan.given)
+            d = threads.deferToThreadPool(
+                self.reactor, pool(), self._reencoded, plan.info, plan.given, plan.decompress)
         return d.addCallback(self._send_store, priority, move_originator)
+
+    def _decompress_policy(self) -> str:
+        if self.decompress is not None:
+            return self.decompress
+        ae = getattr(self, "ae", None)
+        config = getattr(ae, "config", None)
+        return config.node.decompress if config is not None else "lossless"
 
     def _send_store(
         self, plan: tuple[NegotiatedContext, Any, str, str], priority: int, move_originator: tuple[str, int] | None,
@@ -215,19 +230,35 @@ class ServiceUser:
             return defer.fail(exc)
         return operation.result
 
-    def _reencoded(self, info: Part10Info, given: bool = False) -> tuple[NegotiatedContext, bytes, str, str]:
-        """A file's data set read and encoded for a context the peer accepted (run in a thread)."""
+    def _reencoded(
+        self, info: Part10Info, given: bool = False, decompress: bool = False,
+    ) -> tuple[NegotiatedContext, bytes, str, str]:
+        """A file's data set read (its pixel data decoded when ``decompress``) and encoded
+        for a context the peer accepted (run in a thread)."""
         from pydicom import dcmread
 
         try:
             dataset = dcmread(info.path, force=not info.has_meta)
         except Exception as exc:  # pydicom raises many kinds on a broken data set
             raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
+        if decompress:
+            try:
+                decompressed(dataset)
+            except DatasetError as exc:
+                raise DatasetError(f"{info.path}: {exc}") from exc
+            context = self._uncompressed_context(info.sop_class_uid)
+            sop_class = info.sop_class_uid if given else str(dataset.SOPClassUID)
+            sop_instance = info.sop_instance_uid if given else str(dataset.SOPInstanceUID)
+            return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
         if given:
             context = self._uncompressed_context(info.sop_class_uid)
             return context, encode_dataset(dataset, context.transfer_syntax), info.sop_class_uid, info.sop_instance_uid
         context, dataset, sop_class, sop_instance = self._store_plan(dataset)  # type: ignore[misc]
         return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
+
+    def _has_uncompressed(self, sop_class: str) -> bool:
+        """Whether the peer accepted ``sop_class`` in an uncompressed syntax."""
+        return any(self.negotiated.context_for(sop_class, ts, as_scu=True) is not None for ts in _REENCODABLE)
 
     def _uncompressed_context(self, sop_class: str) -> NegotiatedContext:
         """The accepted context to send an uncompressed data set of ``sop_class`` on."""
@@ -246,9 +277,14 @@ class ServiceUser:
             if exact is not None:
                 return exact, _FileData(info), sop_class, sop_instance
             if info.transfer_syntax not in _REENCODABLE:
+                why = "the peer accepted no uncompressed syntax for it either"
+                if self._has_uncompressed(sop_class):
+                    why = decompressible(info.transfer_syntax, self._decompress_policy())
+                    if why is None:
+                        return _Reencode(info, given, decompress=True)
                 raise DatasetError(
                     f"{info.path}: stored in {UID(info.transfer_syntax).name}, which the peer did not "
-                    f"accept for {UID(sop_class).name}, and dimsekit does not transcode compressed data"
+                    f"accept for {UID(sop_class).name}; not decompressed: {why}"
                 )
             return _Reencode(info, given)
         if not isinstance(dataset, Dataset):

@@ -354,7 +354,7 @@ def test_refusal_for_good_only_on_abstract_or_transfer_syntax_not_supported():
     assert "does not support CT Image Storage" in cli_store.refusal(pcs, {1: 3, 3: 3, 5: 3, 7: 0}, info(CT, ELE))
     # J2K's context refused for its syntax: compressed, so for good
     why = cli_store.refusal(pcs, {3: 4}, info(CT, J2K))
-    assert "JPEG 2000" in why and "transcode" in why
+    assert "JPEG 2000" in why and "not decompressed: decompressing is off" in why
     # an uncompressed file is refused for good only when its fallback is too
     assert cli_store.refusal(pcs, {1: 4}, info(CT, ELE)) is None  # its fallback was not refused
     assert "no uncompressed" in cli_store.refusal(pcs, {1: 4, 5: 4}, info(CT, ELE))
@@ -547,7 +547,7 @@ def test_a_compressed_file_whose_syntax_is_refused_fails_uncompressed_ones_fall_
     assert peer.stored == ["a"]  # via the fallback context, re-encoded
     assert len(peer.associations) == 1
     (failure,) = [o for o in tally.outcomes if o.kind == "failure"]
-    assert failure.path.name == "b" and "transcode" in failure.detail
+    assert failure.path.name == "b" and "is lossy, and only lossless data is decompressed" in failure.detail
 
 
 # -- the command: summary and exit status -----------------------------------------------------

@@ -66,7 +66,14 @@ from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import describe_failure, make_ae
-from dimsekit.datasets import DatasetError, Part10Info, dataset_file_info, dataset_uids
+from dimsekit.config import DECOMPRESS_POLICIES
+from dimsekit.datasets import (
+    DatasetError,
+    Part10Info,
+    dataset_file_info,
+    dataset_uids,
+    decompressible,
+)
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
 from dimsekit.nservice import is_valid_uid
@@ -119,6 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "new one, the file in flight first (once); give up after N associations in a row aborted "
                              f"or not made, with no response in between (default {MAX_ABORTS}; 1: stop at the "
                              "first abort, as storescu does)")
+    parser.add_argument("--decompress", choices=DECOMPRESS_POLICIES, default="lossless",
+                        help="a compressed file the peer accepts only uncompressed: 'lossless' (the default, as "
+                             "storescu's +dl) decompresses those in a lossless syntax (RLE, JPEG Lossless, JPEG-LS, "
+                             "JPEG 2000 lossless), 'lossy' any pydicom can decode (storescu's +dL), 'never' none "
+                             "(storescu's -dn); an uncompressed context is proposed for them as a fallback")
 
 
 def _positive(text: str) -> int:
@@ -288,33 +300,44 @@ def command_uids(
 # -- presentation contexts -----------------------------------------------------------------
 
 
-def _context_keys(infos: Iterable[Part10Info]) -> dict[tuple[str, str | None], None]:
+def can_fall_back(info: Part10Info, decompress: str = "never") -> bool:
+    """Whether the file may go in an uncompressed syntax other than its own: it is
+    uncompressed (re-encoded), or ``decompress`` lets it be decoded (``--decompress``)."""
+    if info.transfer_syntax in REENCODABLE:
+        return True
+    return decompress != "never" and decompressible(info.transfer_syntax, decompress) is None
+
+
+def _context_keys(infos: Iterable[Part10Info], decompress: str = "never") -> dict[tuple[str, str | None], None]:
     """(SOP class, transfer syntax) per exact context and (SOP class, None) per
     fallback, in order of first appearance (a dict as an ordered set)."""
     keys: dict[tuple[str, str | None], None] = {}
     for info in infos:
         keys[(info.sop_class_uid, info.transfer_syntax)] = None
-        if info.transfer_syntax in REENCODABLE:
+        if can_fall_back(info, decompress):
             keys[(info.sop_class_uid, None)] = None
     return keys
 
 
-def contexts_for(infos: Iterable[Part10Info]) -> list[Context]:
+def contexts_for(infos: Iterable[Part10Info], decompress: str = "never") -> list[Context]:
     """The presentation contexts to propose for these files.
 
     Per SOP class (in order of first appearance): one context per transfer
-    syntax its files are in, then -- when any of them is uncompressed -- one
-    fallback context proposing Explicit and Implicit VR Little Endian.
+    syntax its files are in, then -- when any of them is uncompressed, or
+    compressed and to be decompressed if need be -- one fallback context
+    proposing Explicit and Implicit VR Little Endian.
     """
     by_class: dict[str, list[Context]] = {}
-    for sop_class, ts in _context_keys(infos):
+    for sop_class, ts in _context_keys(infos, decompress):
         contexts = by_class.setdefault(sop_class, [])
         contexts.append((sop_class, (ts,) if ts is not None else FALLBACK_SYNTAXES))
     # the fallback (added when the first uncompressed file showed up) goes last in its class
     return [c for contexts in by_class.values() for c in sorted(contexts, key=lambda c: len(c[1]) > 1)]
 
 
-def plan_groups(infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS) -> list[list[Part10Info]]:
+def plan_groups(
+    infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS, decompress: str = "never",
+) -> list[list[Part10Info]]:
     """Split the files into groups, one association each, each needing at most
     ``limit`` presentation contexts.
 
@@ -325,14 +348,14 @@ def plan_groups(infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS) -> list[
     """
     if not infos:
         return []
-    if len(_context_keys(infos)) <= limit:
+    if len(_context_keys(infos, decompress)) <= limit:
         return [list(infos)]
     units: dict[str, list[Part10Info]] = {}
     for info in infos:
         units.setdefault(info.sop_class_uid, []).append(info)
     pieces: list[list[Part10Info]] = []
     for unit in units.values():
-        if len(_context_keys(unit)) <= limit:
+        if len(_context_keys(unit, decompress)) <= limit:
             pieces.append(unit)
             continue
         by_ts: dict[str, list[Part10Info]] = {}
@@ -343,10 +366,10 @@ def plan_groups(infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS) -> list[
     current: list[Part10Info] = []
     current_keys: dict[tuple[str, str | None], None] = {}
     for piece in pieces:
-        merged = {**current_keys, **_context_keys(piece)}
+        merged = {**current_keys, **_context_keys(piece, decompress)}
         if current and len(merged) > limit:
             groups.append(current)
-            current, merged = [], dict(_context_keys(piece))
+            current, merged = [], dict(_context_keys(piece, decompress))
         current = current + piece
         current_keys = merged
     if current:
@@ -355,15 +378,15 @@ def plan_groups(infos: Sequence[Part10Info], limit: int = MAX_CONTEXTS) -> list[
     return [sorted(group, key=lambda info: order[id(info)]) for group in groups]
 
 
-def can_send(negotiated: Any, info: Part10Info) -> bool:
+def can_send(negotiated: Any, info: Part10Info, decompress: str = "never") -> bool:
     """Whether an association with these negotiated contexts can carry the file:
-    a context in its own transfer syntax, or -- for an uncompressed file -- one
-    in any syntax it can be re-encoded to."""
+    a context in its own transfer syntax, or -- for an uncompressed file, or a
+    compressed one ``decompress`` lets be decoded -- one in any uncompressed syntax."""
     if negotiated is None:
         return False
     if negotiated.context_for(info.sop_class_uid, info.transfer_syntax, as_scu=True) is not None:
         return True
-    if info.transfer_syntax not in REENCODABLE:
+    if not can_fall_back(info, decompress):
         return False
     return any(negotiated.context_for(info.sop_class_uid, ts, as_scu=True) is not None for ts in REENCODABLE)
 
@@ -373,7 +396,7 @@ def can_send(negotiated: Any, info: Part10Info) -> bool:
 _FINAL_REJECTIONS = {3: "abstract syntax not supported", 4: "transfer syntaxes not supported"}
 
 
-def refusal(proposed: Iterable[Any], rejected: dict[int, int], info: Part10Info) -> str | None:
+def refusal(proposed: Iterable[Any], rejected: dict[int, int], info: Part10Info, decompress: str = "never") -> str | None:
     """Why the peer will never take this file, or None if it might on another try.
 
     ``proposed``: the presentation contexts of our A-ASSOCIATE-RQ (items with
@@ -389,7 +412,7 @@ def refusal(proposed: Iterable[Any], rejected: dict[int, int], info: Part10Info)
         if pc.abstract_syntax != info.sop_class_uid:
             continue
         fits = info.transfer_syntax in pc.transfer_syntaxes or (
-            info.transfer_syntax in REENCODABLE and any(ts in REENCODABLE for ts in pc.transfer_syntaxes)
+            can_fall_back(info, decompress) and any(ts in REENCODABLE for ts in pc.transfer_syntaxes)
         )
         if fits:
             results.append(rejected.get(pc.context_id))
@@ -400,16 +423,23 @@ def refusal(proposed: Iterable[Any], rejected: dict[int, int], info: Part10Info)
         return f"the peer does not support {name} (presentation context rejected: abstract syntax not supported)"
     if info.transfer_syntax in REENCODABLE:
         return f"the peer accepts {name} in no uncompressed transfer syntax (transfer syntaxes not supported)"
-    return (f"the peer does not accept {name} in {UID(info.transfer_syntax).name}, and dimsekit does not "
-            "transcode compressed data (transfer syntaxes not supported)")
+    ts = UID(info.transfer_syntax).name
+    if can_fall_back(info, decompress):
+        return (f"the peer accepts {name} neither in {ts} nor in an uncompressed transfer syntax "
+                "(transfer syntaxes not supported)")
+    return (f"the peer does not accept {name} in {ts}; not decompressed: "
+            f"{decompressible(info.transfer_syntax, decompress)} (transfer syntaxes not supported)")
 
 
-def _no_context_reason(info: Part10Info) -> str:
+def _no_context_reason(info: Part10Info, decompress: str = "never") -> str:
     name = UID(info.sop_class_uid).name
     ts = UID(info.transfer_syntax).name
     if info.transfer_syntax in REENCODABLE:
         return f"no presentation context accepted for {name} in any uncompressed transfer syntax"
-    return f"no presentation context accepted for {name} in {ts} (compressed; dimsekit does not transcode)"
+    if can_fall_back(info, decompress):
+        return f"no presentation context accepted for {name} in {ts} or an uncompressed transfer syntax"
+    why = decompressible(info.transfer_syntax, decompress)
+    return f"no presentation context accepted for {name} in {ts} (compressed; not decompressed: {why})"
 
 
 # -- progress and results ------------------------------------------------------------------
@@ -558,7 +588,9 @@ async def _send(
     """
     # (files, splittable): files to send on one association; whether, if the
     # peer accepts none of them, they may be retried split by SOP class
-    queue: deque[tuple[list[Part10Info], bool]] = deque((group, True) for group in plan_groups(infos))
+    decompress = getattr(args, "decompress", "lossless")
+    queue: deque[tuple[list[Part10Info], bool]] = deque(
+        (group, True) for group in plan_groups(infos, decompress=decompress))
     done = 0
     lost = 0  # associations lost or not made in a row, with no response from the peer in between
     limit = max(1, getattr(args, "max_aborts", MAX_ABORTS))
@@ -577,7 +609,7 @@ async def _send(
         files, splittable = queue.popleft()
         if lost and sleep is not None:
             await sleep(RETRY_DELAY * lost)
-        contexts = contexts_for(files)
+        contexts = contexts_for(files, decompress)
         try:
             association = await ae.associate(
                 args.host, args.port, called=args.called, contexts=contexts, connect_timeout=args.timeout,
@@ -596,6 +628,7 @@ async def _send(
             queue.appendleft((files, splittable))
             continue
         tally.associations += 1
+        association.decompress = decompress  # what store() may do for a compressed file
         if lost:
             tally.reconnects += 1
         attempted: set[int] = set()  # ids of the files sent (or failed) on this association
@@ -603,7 +636,7 @@ async def _send(
         ended: str | None = None  # why the association was lost, if it was
         in_flight: Part10Info | None = None  # the file it was lost with, to send again
         for info in files:
-            if not can_send(association.negotiated, info):
+            if not can_send(association.negotiated, info, decompress):
                 left.append(info)
                 continue
             if association.ended:  # the peer ended it after the last response
@@ -661,7 +694,7 @@ async def _send(
         rejected = dict(association.negotiated.rejected) if association.negotiated else {}
         retry = []
         for info in left:
-            reason = refusal(proposed, rejected, info)
+            reason = refusal(proposed, rejected, info, decompress)
             if reason is None:
                 retry.append(info)
             else:
@@ -685,7 +718,7 @@ async def _send(
             queue.extendleft((group, False) for group in reversed(list(by_class.values())))
         else:
             for info in left:
-                tally.add(Outcome(info.path, "failure", _no_context_reason(info)))
+                tally.add(Outcome(info.path, "failure", _no_context_reason(info, decompress)))
                 done += 1
         progress.update(done, tally.sent_bytes, force=True)
 

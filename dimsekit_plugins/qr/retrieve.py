@@ -39,6 +39,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dimsekit.datasets import decompressible
 from dimsekit.dimse import status as dimse_status
 from dimsekit.errors import for_log
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
@@ -137,25 +138,33 @@ def retrieve_sql(conditions: list[Condition]) -> tuple[str, tuple[Any, ...]]:
     return sql, params
 
 
-def contexts_for(instances: list[tuple[str, str, str, str]]) -> list[tuple[str, list[str]]]:
+def contexts_for(
+    instances: list[tuple[str, str, str, str]], decompress: str = "never",
+) -> list[tuple[str, list[str]]]:
     """Presentation contexts to propose to a move destination for ``instances``.
 
     Per SOP class: one with the uncompressed transfer syntaxes (files in any
     of them can be sent, re-encoded when needed), and one per other syntax a
-    file is in (sent as stored).  At most 128; instances left without a
-    context fail.
+    file is in (sent as stored).  A compressed file that ``decompress`` (``[node]
+    decompress``) lets the node decode has its SOP class's uncompressed context
+    proposed too: sent decompressed if the destination refuses its own syntax.
+    At most 128; instances left without a context fail.
     """
     contexts: list[tuple[str, list[str]]] = []
     seen: set[tuple[str, str]] = set()
+
+    def add(sop_class: str, syntax: str) -> None:
+        if (sop_class, syntax) not in seen:
+            seen.add((sop_class, syntax))
+            contexts.append((sop_class, [syntax] if syntax else list(UNCOMPRESSED_TRANSFER_SYNTAXES)))
+
     for _uid, sop_class, syntax, _path in instances:
-        wanted = (sop_class, "") if syntax in UNCOMPRESSED_TRANSFER_SYNTAXES else (sop_class, syntax)
-        if wanted in seen:
+        if syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:
+            add(sop_class, "")
             continue
-        seen.add(wanted)
-        if wanted[1]:
-            contexts.append((sop_class, [syntax]))
-        else:
-            contexts.append((sop_class, list(UNCOMPRESSED_TRANSFER_SYNTAXES)))
+        add(sop_class, syntax)
+        if decompress != "never" and decompressible(syntax, decompress) is None:
+            add(sop_class, "")
     return contexts[:MAX_CONTEXTS]
 
 
@@ -233,7 +242,8 @@ async def _associate(shield: Shield, ae: Any, remote: Any, instances: list[Any])
     """
     try:
         return await shield.wait(ae.associate(
-            remote.host, remote.port, called=remote.ae_title, contexts=contexts_for(instances), tls=remote.tls))
+            remote.host, remote.port, called=remote.ae_title, tls=remote.tls,
+            contexts=contexts_for(instances, ae.config.node.decompress)))
     except CancelledError:
         await shield.settle()
         late = shield.outcome

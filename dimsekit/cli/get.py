@@ -12,8 +12,9 @@ the C-GET context, in the uncompressed and the usual compressed transfer
 syntaxes.
 
 The peer takes one transfer syntax per context (PS3.8), usually an
-uncompressed one, so a peer that does not transcode (a dimsekit node, DCMTK
-dcmqrscp, pynetdicom qrscp) fails the sub-operation of an instance it holds
+uncompressed one, so a peer that does not transcode (DCMTK dcmqrscp,
+pynetdicom qrscp; a dimsekit node for lossy syntaxes, unless its ``[node]
+decompress`` is "lossy") fails the sub-operation of an instance it holds
 compressed.  When sub-operations failed, the tool asks again for those
 instances (not with --no-retry-compressed): a C-FIND at IMAGE level, on a
 new association, for the SOP Instance UIDs the final response listed (none

@@ -1,5 +1,5 @@
 """``dimsekit get`` of a study holding compressed instances from C-GET SCPs that
-never transcode: a dimsekit node (twistd), pynetdicom's qrscp app and DCMTK
+do not transcode these (lossy: JPEG Baseline, JPEG 2000): a dimsekit node (twistd; it decompresses lossless syntaxes only, by default), pynetdicom's qrscp app and DCMTK
 dcmqrscp.
 
 The study: CT_small (Explicit VR Little Endian) in one series, and two

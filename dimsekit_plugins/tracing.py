@@ -37,6 +37,10 @@ What a trace holds:
   ``dicom.suboperations.completed`` / ``.failed`` / ``.warning``, for C-MOVE
   ``dicom.move_destination``.  Status ERROR for a failure status, or when the
   association ended before the answer.
+* the C-STOREs of a C-MOVE or C-GET the node answers go under that request's
+  span, so that one trace shows a retrieve and each instance it sent (a
+  C-MOVE's are found by their Move Originator AE title and Message ID), with
+  a link to the span of the association they went over.
 
 No patient data goes into a span: AE titles, addresses, UIDs of SOP classes
 and transfer syntaxes, statuses -- SOP Instance UIDs only when asked for.
@@ -143,6 +147,9 @@ def _sdk(exporter: str) -> Any:
 
 # -- the tracer -----------------------------------------------------------------------------
 
+#: (requestor AE title, Message ID) -> the span of a C-MOVE being answered: its sub-operations'
+#: C-STOREs, on an association of their own, name it (Move Originator) and go under it
+_moves: dict[tuple[str, int], Any] = {}
 #: the provider the node set up ([plugins.tracing] exporter), one per process; None: none
 _provider: Any = None
 #: the settings of the node that set it up (instance_uids)
@@ -283,6 +290,8 @@ class RequestSpans:
         self._kind_out = trace.SpanKind.CLIENT
         self.span = association_span(tracer, association)
         self._context = trace.set_span_in_context(self.span)
+        #: the peer's AE title, as a C-MOVE's sub-operations name it (Move Originator)
+        self._originator = association.calling_ae_title.strip()
         #: id(request or operation) -> (it, its span), while not answered / not ended
         self.open: dict[int, tuple[Any, Any]] = {}
 
@@ -329,18 +338,46 @@ class RequestSpans:
             attributes=self._request_attributes(request.name, request.command, request.context),
         )
         self.open[id(request)] = (request, span)
+        if request.name == "C-MOVE":
+            _moves[self._originator, request.message_id] = span
 
     def request_answered(self, request: Any, status: int, fields: Mapping[str, Any]) -> None:
         entry = self.open.pop(id(request), None)
         if entry is not None:
+            self._forget_move(entry)
             self._end(entry[1], status, fields)
+
+    def _forget_move(self, entry: tuple[Any, Any]) -> None:
+        request, span = entry
+        if getattr(request, "name", None) == "C-MOVE":
+            key = (self._originator, request.message_id)
+            if _moves.get(key) is span:
+                del _moves[key]
+
+    def _parent_of(self, command: Mapping[str, Any]) -> Any:
+        """The span a request of ours belongs under: the C-MOVE (received on another
+        association) or the C-GET (on this one) it is a sub-operation of; else this
+        association's span."""
+        trace = self._trace
+        originator = command.get("MoveOriginatorApplicationEntityTitle")
+        if originator:
+            move = _moves.get((str(originator).strip(), int(command.get("MoveOriginatorMessageID", -1))))
+            if move is not None:
+                return trace.set_span_in_context(move)
+        if int(command.get("CommandField", 0)) == 0x0001:  # a C-STORE: a C-GET's sub-operation?
+            for it, span in reversed(self.open.values()):
+                if getattr(it, "name", None) == "C-GET":
+                    return trace.set_span_in_context(span)
+        return self._context
 
     def operation_started(self, operation: Any, command: Mapping[str, Any], context: Any) -> None:
         from dimsekit.scp import COMMAND_NAMES
 
         name = COMMAND_NAMES.get(int(command.get("CommandField", 0)), "unknown")
+        parent = self._parent_of(command)
+        links = [] if parent is self._context else [self._trace.Link(self.span.get_span_context())]
         span = self.tracer.start_span(
-            name, context=self._context, kind=self._kind_out,
+            name, context=parent, kind=self._kind_out, links=links,
             attributes=self._request_attributes(name, command, context),
         )
         key = id(operation)
@@ -369,8 +406,9 @@ class RequestSpans:
     def ended(self, association: Any) -> None:
         """The association is over: the requests left open end with it, then its span."""
         how = association.ended or "the connection closed"
-        for _it, span in self.open.values():
-            self._fail(span, f"the association ended first: {how}")
+        for entry in self.open.values():
+            self._forget_move(entry)
+            self._fail(entry[1], f"the association ended first: {how}")
         self.open.clear()
         finish(self.span, association)
 

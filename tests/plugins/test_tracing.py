@@ -25,6 +25,7 @@ from dimsekit_plugins import tracing
 from tests.dimse_e2e.support import (
     CT,
     CT_FILE,
+    MR,
     STUDY_ROOT_MOVE,
     LoopbackTestCase,
     Services,
@@ -239,15 +240,55 @@ class TracingTests(LoopbackTestCase):
         sub, own = sorted(self.association_spans("requestor"), key=lambda s: s.attributes["dicom.called_ae_title"])
         self.assertEqual(sub.attributes["dicom.called_ae_title"], "DEST")
         self.assertEqual(sub.kind, trace.SpanKind.CLIENT)
-        stores = [s for s in self.spans("C-STORE") if s.parent.span_id == sub.context.span_id]
+        # the sub-operations go under the C-MOVE (one trace from the request to each instance
+        # sent), linked to the association they went over
+        stores = self.spans("C-STORE")
         self.assertEqual(len(stores), 2)
-        self.assertTrue(all(s.kind == trace.SpanKind.CLIENT and s.attributes["dicom.status"] == 0 for s in stores))
+        for s in stores:
+            self.assertEqual(s.parent.span_id, move.context.span_id)
+            self.assertEqual(s.context.trace_id, move.context.trace_id)
+            self.assertEqual([link.context.span_id for link in s.links], [sub.context.span_id])
+            self.assertEqual(s.kind, trace.SpanKind.CLIENT)
+            self.assertEqual(s.attributes["dicom.status"], 0)
+        self.assertFalse(tracing._moves)  # forgotten once answered
         self.assertEqual(own.attributes["dicom.called_ae_title"], "SCP")
         (asked,) = [s for s in self.spans("C-MOVE") if s.kind == trace.SpanKind.CLIENT]
         self.assertEqual(asked.parent.span_id, own.context.span_id)
         self.assertEqual(asked.attributes["dicom.status"], 0)
         self.assertEqual(asked.attributes["dicom.suboperations.completed"], 2)
         self.assertEqual(own.attributes["dicom.requests_sent"], 1)
+
+    async def test_a_get_s_sub_operations_go_under_it(self):
+        services = Services()
+        ae, port = await self.serve(services, tracing)
+        client = self.make_ae("SCU")
+        received = []
+
+        def on_store(request):
+            received.append(request.sop_instance_uid)
+            return 0x0000
+
+        from tests.dimse_e2e.support import STUDY_ROOT_GET
+
+        assoc = await self.connect(port, [STUDY_ROOT_GET, CT, MR], ae=client,
+                                   roles={CT: (True, True), MR: (True, True)})
+        from pydicom.dataset import Dataset
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        final = await within(assoc.get(query, on_store=on_store).result)
+        self.assertEqual(final.status, 0x0000)
+        await within(assoc.release())
+        await self.ended(1)
+        (get,) = self.spans("C-GET")
+        stores = self.spans("C-STORE")
+        self.assertEqual(len(stores), len(received))
+        self.assertEqual(len(stores), 2)
+        (served,) = self.association_spans("acceptor")
+        for s in stores:
+            self.assertEqual(s.parent.span_id, get.context.span_id)
+            self.assertEqual([link.context.span_id for link in s.links], [served.context.span_id])
 
     async def test_an_observer_that_fails_is_dropped_and_the_association_goes_on(self):
         class Broken:

@@ -60,6 +60,13 @@ def study_files(folder: Path) -> tuple[str, list[Path]]:
     return study, files
 
 
+def store_as_they_are(port: int, files: list[Path]) -> None:
+    """DCMTK storescu sends each of study_files() to the node in its own syntax."""
+    for path, propose in zip(files, ("-xs", "-xr", "-xy"), strict=True):
+        stored = run([dcmtk("storescu"), propose, "-aec", "DIMSEKIT", "127.0.0.1", str(port), str(path)])
+        assert stored.returncode == 0, stored.stdout + stored.stderr
+
+
 def start_storescp(folder: Path) -> tuple[subprocess.Popen, int]:
     folder.mkdir()
     port = free_port()
@@ -95,9 +102,7 @@ def test_movescu_to_a_storescp_that_takes_only_uncompressed(tmp_path, policy):
     config = f'[node]\ndecompress = "{policy}"\n[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
     node = start_node(tmp_path, config=config)
     try:
-        for path, propose in zip(files, ("-xs", "-xr", "-xy"), strict=True):  # each in its own syntax
-            stored = run([dcmtk("storescu"), propose, "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), str(path)])
-            assert stored.returncode == 0, stored.stdout + stored.stderr
+        store_as_they_are(node.port, files)
         output = movescu(node.port, study)
     finally:
         _finish_node(node)
@@ -139,9 +144,7 @@ def test_getscu_proposing_only_uncompressed_gets_the_lossless_ones_decoded(tmp_p
     received = tmp_path / "got"
     received.mkdir()
     try:
-        for path, propose in zip(files, ("-xs", "-xr", "-xy"), strict=True):
-            stored = run([dcmtk("storescu"), propose, "-aec", "DIMSEKIT", "127.0.0.1", str(node.port), str(path)])
-            assert stored.returncode == 0, stored.stdout + stored.stderr
+        store_as_they_are(node.port, files)
         result = run([dcmtk("getscu"), "-v", "-S", "-aec", "DIMSEKIT", "-od", str(received),
                       "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(node.port)])
     finally:

@@ -177,7 +177,11 @@ class ServiceUser:
             file whose transfer syntax the peer accepted is sent as raw bytes,
             unparsed, read from disk as the peer takes it; otherwise pydicom
             re-encodes it among the uncompressed syntaxes.  A compressed file
-            whose syntax the peer did not accept fails with a clear error.
+            whose syntax the peer did not accept is decompressed (pydicom, in a
+            thread) and sent in an uncompressed syntax the peer took, as
+            :attr:`decompress` (else ``[node] decompress``) allows; otherwise it
+            fails with a clear error.  (A compressed Dataset given here is never
+            decompressed: ``dataset.decompress()`` is the caller's to call.)
             For a path the C-STORE-RQ names the SOP Class and Instance UIDs
             of the file's File Meta Information (of its data set when it is
             re-encoded); given a :class:`Part10Info` instead (a file as

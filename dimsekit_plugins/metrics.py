@@ -16,6 +16,10 @@ asks for it, made by ``prometheus_client``):
   (``role``: ``acceptor`` for those peers asked for, ``requestor`` for the
   node's own: C-MOVE sub-operations, storage commitment reports);
   ``dimsekit_associations_limit``: ``[limits] max_associations``.
+* ``dimsekit_associations_active_by_peer{role, peer_ae}`` -- the same, by
+  peer AE title (only titles with an association now);
+  ``dimsekit_associations_per_ae_limit``: ``[limits] max_associations_per_ae``
+  (0: none) -- a device near it is about to be refused.
 * ``dimsekit_associations_total{role, peer_ae, outcome}`` -- associations
   that ended, by how: ``released``, ``aborted`` (A-ABORT, a timeout, the
   connection lost while established), ``rejected`` (A-ASSOCIATE-RJ either
@@ -147,6 +151,7 @@ class Tallies:
         #: (data directory, its floor in bytes or None) of the nodes started
         self.data_dirs: dict[Path, float | None] = {}
         self.limit = 0
+        self.per_ae_limit = 0
 
     def peer(self, association: Any) -> str:
         """The ``peer_ae`` label of an association (bounded: see :data:`MAX_PEERS`)."""
@@ -218,6 +223,14 @@ class _Collector:
         yield active
         yield GaugeMetricFamily("dimsekit_associations_limit", "[limits] max_associations (acceptor side)",
                                 value=tallies.limit)
+        by_peer = GaugeMetricFamily("dimsekit_associations_active_by_peer",
+                                    "Established associations, by peer AE title", labels=["role", "peer_ae"])
+        for (role, peer), n in sorted(Counter((_role(a), tallies.peer(a)) for a in tallies.live.values()).items()):
+            by_peer.add_metric([role, peer], n)
+        yield by_peer
+        yield GaugeMetricFamily("dimsekit_associations_per_ae_limit",
+                                "[limits] max_associations_per_ae (acceptor side; 0: none)",
+                                value=tallies.per_ae_limit)
         ended = CounterMetricFamily("dimsekit_associations", "Associations ended, by outcome",
                                     labels=["role", "peer_ae", "outcome"])
         for (role, peer, outcome), n in sorted(tallies.associations.items()):
@@ -352,6 +365,7 @@ def dimsekit_on_node_started(ae: Any) -> None:
     archive = ArchiveSettings.from_config(ae.config)
     _tallies.data_dirs[archive.root] = archive.min_free_mb * (1 << 20) if archive.min_free_mb > 0 else None
     _tallies.limit = max(_tallies.limit, ae.max_associations)
+    _tallies.per_ae_limit = max(_tallies.per_ae_limit, ae.max_associations_per_ae)
     _serve(ae, settings)
 
 

@@ -194,7 +194,8 @@ class MetricsPageTests(LoopbackTestCase):
         page = free_port()
         services = Services()
         config = Config(node=NodeConfig(ae_title="SCP", check_called_ae=True),
-                        limits=Limits(dimse_timeout=5.0, acse_timeout=5.0, max_associations=7),
+                        limits=Limits(dimse_timeout=5.0, acse_timeout=5.0, max_associations=7,
+                                      max_associations_per_ae=3),
                         plugins={"metrics": {"port": page}})
         ae, port = await self.serve(services, metrics, config=config)
         metrics.dimsekit_on_node_started(ae)  # what DicomNodeService does once listening
@@ -233,6 +234,9 @@ class MetricsPageTests(LoopbackTestCase):
         self.assertEqual(found["dimsekit_associations_active"],
                          {(("role", "acceptor"),): 1.0, (("role", "requestor"),): 0.0})
         self.assertEqual(found["dimsekit_associations_limit"], {(): 7.0})
+        self.assertEqual(found["dimsekit_associations_active_by_peer"],
+                         {(("peer_ae", "SCU"), ("role", "acceptor")): 1.0})
+        self.assertEqual(found["dimsekit_associations_per_ae_limit"], {(): 3.0})
         self.assertIn("process_resident_memory_bytes", found)
         (free,) = found["dimsekit_data_dir_free_bytes"].values()
         self.assertGreater(free, 0)
@@ -242,6 +246,7 @@ class MetricsPageTests(LoopbackTestCase):
         await wait_until(lambda: not metrics._tallies.live, what="the live one ended")
         found = families((await self.scrape(page))[1].decode())
         self.assertEqual(found["dimsekit_associations_active"][(("role", "acceptor"),)], 0.0)
+        self.assertNotIn("dimsekit_associations_active_by_peer", found)  # nobody associated now
         self.assertEqual(found["dimsekit_associations_total"][
             (("outcome", "released"), ("peer_ae", "SCU"), ("role", "acceptor"))], 2.0)
         self.assertEqual(found["dimsekit_requests_answered_total"][

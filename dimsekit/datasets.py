@@ -460,7 +460,8 @@ def decompressed(dataset: Dataset) -> Dataset:
         # uncompressed format" keeps Lossy Image Compression "01" (PS3.3 C.7.6.1.1.5).
         dataset.decompress(generate_instance_uid=False)
     except Exception as exc:  # the decoders raise many kinds on damaged data
-        raise DatasetError(f"cannot decompress the pixel data ({exc})") from exc
+        why = " ".join(str(exc).split())  # pydicom lists each decoder's error on a line of its own
+        raise DatasetError(f"cannot decompress the pixel data ({why})") from exc
     if source and source not in LOSSLESS_COMPRESSED and "LossyImageCompression" not in dataset:
         dataset.LossyImageCompression = "01"  # it went through a lossy syntax: say so
     return dataset

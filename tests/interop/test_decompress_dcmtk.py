@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from tests.interop.conftest import (
@@ -152,3 +153,23 @@ def test_getscu_proposing_only_uncompressed_gets_the_lossless_ones_decoded(tmp_p
     output = result.stdout + result.stderr
     assert "Received Final C-GET Response (Warning" in output or "C-GET Response (Warning" in output, output
     check_decoded(received, files[:2])  # the lossy one is not decoded by default: that sub-operation failed
+
+
+def test_a_damaged_compressed_instance_fails_its_sub_operation_with_a_line_and_the_rest_go(tmp_path):
+    study, files = study_files(tmp_path / "study")
+    damaged = dcmread(files[0])  # JPEG Lossless: its one fragment now holds no image
+    damaged.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 200 + b"\xff\xd9"])
+    damaged.save_as(files[0])
+    storescp, scp_port = start_storescp(tmp_path / "received")
+    config = f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
+    node = start_node(tmp_path, config=config)
+    try:
+        store_as_they_are(node.port, files)
+        output = movescu(node.port, study)
+    finally:
+        _finish_node(node)  # no traceback in its log, exit status 0
+        stop(storescp)
+    assert "Received Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)" in output, output
+    check_decoded(tmp_path / "received", files[1:2])  # the RLE one; the lossy one is not decoded by default
+    (line,) = [x for x in node.log_text().splitlines() if "cannot decompress the pixel data" in x]
+    assert damaged.SOPInstanceUID in line and "libjpeg" in line, line

@@ -499,6 +499,8 @@ class Tally:
     #: associations opened to carry on after one was aborted or lost
     reconnects: int = 0
     sent_bytes: int = 0
+    #: files sent decompressed (compressed, the peer took them only uncompressed)
+    decompressed: int = 0
 
     def add(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -660,7 +662,11 @@ async def _send(
                 in_flight = info
                 break
             else:
-                tally.add(_outcome(info, response))
+                outcome = _outcome(info, response)
+                tally.add(outcome)
+                if outcome.kind != "failure" and info.transfer_syntax not in REENCODABLE and \
+                        association.negotiated.context_for(info.sop_class_uid, info.transfer_syntax, as_scu=True) is None:
+                    tally.decompressed += 1
                 lost = 0  # the peer answers: the next loss starts a new count
             done += 1
             progress.update(done, tally.sent_bytes)
@@ -766,7 +772,7 @@ def _summary(
             f"({tally.count('success')} Success, {tally.count('warning')} Warning, "
             f"{tally.count('failure')} Failure, {len(tally.not_sent)} not sent) in {elapsed:.2f} s, "
             f"{tally.sent_bytes / 1e6:.1f} MB, {rate:.1f} MB/s, {tally.associations} association{plural}"
-            f"{reconnects}",
+            f"{reconnects}{f', {tally.decompressed} decompressed for the peer' if tally.decompressed else ''}",
             file=out,
         )
     for outcome in tally.outcomes:

@@ -132,11 +132,13 @@ def test_dimsekit_store_to_a_storescp_that_takes_only_uncompressed(tmp_path, pol
     assert result.returncode == 1, output  # the lossy one fails either way
     assert "Stored 2 of 3" in output if policy == "lossless" else "Stored 0 of 3" in output, output
     if policy == "lossless":
+        assert ", 2 decompressed for the peer\n" in output, output
         assert "SC_rgb_jpeg_dcmtk.dcm: " in output and "JPEG Baseline (Process 1) is lossy" in output, output
         check_decoded(tmp_path / "received", files[:2])
     else:
         assert not list((tmp_path / "received").iterdir())
         assert output.count("not decompressed: decompressing is off") == 3, output
+        assert "decompressed for the peer" not in output
 
 
 def test_getscu_proposing_only_uncompressed_gets_the_lossless_ones_decoded(tmp_path):

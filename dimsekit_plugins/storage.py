@@ -3,7 +3,7 @@
 Every storage SOP class in pydicom's UID dictionary is accepted
 (:func:`dimsekit.uids.storage_sop_classes`), with the transfer syntaxes of
 ``[plugins.storage] transfer_syntaxes`` (default :data:`DEFAULT_TRANSFER_SYNTAXES`:
-the uncompressed ones and the common compressed ones).  Instances are stored
+the uncompressed ones, the common compressed ones, HTJ2K and video).  Instances are stored
 as received -- never decompressed or re-encoded.
 
 How a C-STORE flows: when its command set is complete, the sink factory asks
@@ -92,6 +92,8 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
         pydicom_uid.ImplicitVRLittleEndian,
         pydicom_uid.JPEGLSLossless,
         pydicom_uid.JPEG2000Lossless,
+        pydicom_uid.HTJ2KLossless,
+        pydicom_uid.HTJ2KLosslessRPCL,
         pydicom_uid.JPEGLosslessSV1,
         pydicom_uid.JPEGLossless,
         pydicom_uid.RLELossless,
@@ -99,8 +101,11 @@ DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
         pydicom_uid.JPEGExtended12Bit,
         pydicom_uid.JPEGLSNearLossless,
         pydicom_uid.JPEG2000,
+        pydicom_uid.HTJ2K,
         pydicom_uid.DeflatedExplicitVRLittleEndian,
         pydicom_uid.ExplicitVRBigEndian,
+        # video (endoscopy, ultrasound clips): stored as received, as every syntax here
+        *pydicom_uid.MPEGTransferSyntaxes,
     )
 )
 

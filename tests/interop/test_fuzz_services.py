@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop._otlp import Collector
 from tests.interop.conftest import _finish_node, free_port, run, start_node
 
 pytestmark = pytest.mark.interop
@@ -31,11 +32,16 @@ COUNT = 400
 SEEDED = 6
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_every_service_answers_damaged_data_sets(tmp_path, seed):
+@pytest.mark.parametrize(("seed", "traced"), [(1, False), (2, False), (3, True)])
+def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced):
     # a C-MOVE destination the node knows, where nothing listens: sub-operations that fail
     config = f'[[remote]]\nae_title = "ELSEWHERE"\nhost = "127.0.0.1"\nport = {free_port()}\n'
-    node = start_node(tmp_path, config=config)
+    collector = None
+    if traced:  # the same, its spans exported over OTLP to a collector of the test
+        collector = Collector()
+        config += (f'[plugins.tracing]\nexporter = "otlp"\n'
+                   f'endpoint = "http://127.0.0.1:{collector.port}/v1/traces"\n')
+    node = start_node(tmp_path, config=config, env={"OTEL_BSP_SCHEDULE_DELAY": "200"})
     try:
         done = run([sys.executable, str(FUZZ), str(node.port), str(seed), str(COUNT)], timeout=300)
         lines = done.stdout.strip().splitlines()
@@ -59,3 +65,10 @@ def test_every_service_answers_damaged_data_sets(tmp_path, seed):
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", log), "control bytes in the log"
     finally:
         _finish_node(node)
+        if collector is not None:
+            collector.close()
+    if collector is not None:  # every kind of request has its spans; nothing failed to export
+        names = {span.name for _resource, span in collector.spans}
+        assert {"DICOM association", "C-FIND", "C-GET", "C-MOVE", "C-STORE", "N-CREATE", "N-SET",
+                "N-ACTION"} <= names, names
+        assert "tracing: " not in node.log_text().replace("tracing: spans of associations", "")

@@ -206,6 +206,8 @@ class _ToNodeLog(logging.Handler):
             said[1] += 1
             return
         again = int(said[1]) if said is not None else 0
+        if len(self.said) >= 256:  # messages that differ every time: remember the recent ones only
+            self.said.clear()
         self.said[message] = [now, 0]
         if again:
             _log.warn("tracing: {message} ({n} more times in the last {period:g} s)",

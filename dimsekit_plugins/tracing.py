@@ -20,7 +20,7 @@ What a trace holds:
   where the node did (C-MOVE sub-operations, storage commitment reports):
   from the connection to its end.  Attributes ``dicom.role``
   (acceptor/requestor), ``dicom.calling_ae_title``, ``dicom.called_ae_title``,
-  ``network.peer.address``, ``network.peer.port``, and at the end
+  ``network.peer.address``, ``network.peer.port``, ``dicom.tls``, and at the end
   ``dicom.association.outcome`` (released, aborted, rejected),
   ``dicom.association.end`` (how it ended, as the log line says it),
   ``dicom.requests_answered``, ``dicom.requests_sent``.  Status ERROR unless
@@ -35,7 +35,8 @@ What a trace holds:
   status, an integer), ``dicom.status_category`` (success, warning, failure,
   cancel), ``dicom.error_comment``, for C-GET and C-MOVE
   ``dicom.suboperations.completed`` / ``.failed`` / ``.warning``, for C-MOVE
-  ``dicom.move_destination``.  Status ERROR for a failure status, or when the
+  ``dicom.move_destination``, for a request with a data set ``dicom.dataset_bytes``
+  (as received).  Status ERROR for a failure status, or when the
   association ended before the answer.
 * the C-STOREs of a C-MOVE or C-GET the node answers go under that request's
   span, so that one trace shows a retrieve and each instance it sent (a
@@ -63,6 +64,7 @@ from typing import Any
 
 from pydicom.uid import UID
 from twisted.internet import defer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
@@ -347,6 +349,9 @@ class RequestSpans:
         entry = self.open.pop(id(request), None)
         if entry is not None:
             self._forget_move(entry)
+            size = getattr(request.sink, "size", None)
+            if isinstance(size, int):
+                entry[1].set_attribute("dicom.dataset_bytes", size)
             self._end(entry[1], status, fields)
 
     def _forget_move(self, entry: tuple[Any, Any]) -> None:
@@ -429,6 +434,9 @@ def association_span(tracer: Any, association: Any) -> Any:
     if getattr(peer, "host", None) is not None:
         attributes["network.peer.address"] = peer.host
         attributes["network.peer.port"] = peer.port
+    transport = getattr(association.protocol, "transport", None)
+    if transport is not None:
+        attributes["dicom.tls"] = ISSLTransport.providedBy(transport)
     return tracer.start_span(
         "DICOM association", kind=trace.SpanKind.CLIENT if requestor else trace.SpanKind.SERVER,
         attributes=attributes, start_time=int(association.opened_at * 1e9),

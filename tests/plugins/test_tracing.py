@@ -29,6 +29,7 @@ from tests.dimse_e2e.support import (
     STUDY_ROOT_MOVE,
     LoopbackTestCase,
     Services,
+    file_dataset_bytes,
     wait_until,
     within,
 )
@@ -137,6 +138,7 @@ class TracingTests(LoopbackTestCase):
         self.assertEqual(span.attributes["dicom.called_ae_title"], "SCP")
         self.assertEqual(span.attributes["network.peer.address"], "127.0.0.1")
         self.assertEqual(span.attributes["network.peer.port"], client_port)
+        self.assertIs(span.attributes["dicom.tls"], False)
         self.assertEqual(span.attributes["dicom.association.outcome"], "released")
         self.assertEqual(span.attributes["dicom.requests_answered"], 3)
         self.assertEqual(span.status.status_code, trace.StatusCode.UNSET)
@@ -153,6 +155,8 @@ class TracingTests(LoopbackTestCase):
         self.assertEqual(stored.attributes["dicom.sop_class_uid"], CT)
         self.assertEqual(stored.attributes["dicom.message_id"] + 1, refused.attributes["dicom.message_id"])
         self.assertNotIn("dicom.sop_instance_uid", stored.attributes)  # not unless asked for
+        self.assertEqual(stored.attributes["dicom.dataset_bytes"], len(file_dataset_bytes(CT_FILE)))
+        self.assertNotIn("dicom.dataset_bytes", echo.attributes)
         self.assertEqual(refused.attributes["dicom.status"], 0xA700)
         self.assertEqual(refused.attributes["dicom.status_category"], "failure")
         self.assertEqual(refused.status.status_code, trace.StatusCode.ERROR)

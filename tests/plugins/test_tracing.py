@@ -33,6 +33,7 @@ from tests.dimse_e2e.support import (
     wait_until,
     within,
 )
+from tests.dimse_e2e.test_tls import TLSTestCase, tls_config
 
 
 def settings(**section):
@@ -354,3 +355,24 @@ def test_the_sdks_warnings_reach_the_log_at_most_once_a_minute(monkeypatch):
         "tracing: another \\x1b[31mproblem",  # a control character escaped
         "tracing: Failed to export span batch code: 503 (4 more times in the last 60 s)",
     ]
+
+
+class TracingOverTLSTests(TLSTestCase):
+    async def test_an_association_over_tls_says_so(self):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracing._provider = provider
+        self.addCleanup(tracing.stop)
+        f = self.files
+        config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.ca])
+        ae = self.make_ae("SCP", Services(), tracing, config=config)
+        port = await ae.listen(0, tls=True)
+        self.addCleanup(port.stopListening)
+        association = await self.connect(port.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
+        self.assertEqual(await within(association.echo()), 0x0000)
+        await within(association.release())
+        await wait_until(lambda: any(s.name == "DICOM association" for s in exporter.get_finished_spans()),
+                         what="the association's span")
+        (span,) = [s for s in exporter.get_finished_spans() if s.name == "DICOM association"]
+        self.assertIs(span.attributes["dicom.tls"], True)

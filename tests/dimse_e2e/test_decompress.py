@@ -119,3 +119,19 @@ def test_a_lossy_file_without_lossy_image_compression_gets_it():
     lossless = dcmread(RLE_FILE)
     decompressed(lossless)
     assert "LossyImageCompression" not in lossless
+
+
+class MultiFrameTests(LoopbackTestCase):
+    store_to_uncompressed_peer = DecompressTests.store_to_uncompressed_peer
+
+    async def test_every_frame_of_a_colour_rle_instance(self):
+        path = get_testdata_file("SC_rgb_rle_2frame.dcm")  # 2 frames, RGB, RLE Lossless
+        services, response = await self.store_to_uncompressed_peer(path, SC, RLE)
+        self.assertEqual(response.status, 0x0000)
+        (stored,) = services.stored
+        got = received(stored)
+        original = dcmread(path)
+        self.assertEqual(got.NumberOfFrames, 2)
+        self.assertEqual(got.PlanarConfiguration, 0)  # native colour data, pixel by pixel
+        self.assertEqual(len(got.PixelData), 2 * 100 * 100 * 3)
+        np.testing.assert_array_equal(got.pixel_array, original.pixel_array)

@@ -96,18 +96,25 @@ def movescu(port: int, study: str) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("policy", ["lossless", "lossy", "never"])
-def test_movescu_to_a_storescp_that_takes_only_uncompressed(tmp_path, policy):
-    study, files = study_files(tmp_path / "study")
+def move_to_storescp(tmp_path: Path, study: str, files: list[Path], node_config: str = "") -> str:
+    """A node (``node_config`` and DCMTK storescp as its destination) given ``files`` by storescu,
+    asked by movescu to move ``study`` there; movescu's output.  The node is stopped after:
+    exit status 0 and no traceback in its log, or the test fails."""
     storescp, scp_port = start_storescp(tmp_path / "received")
-    config = f'[node]\ndecompress = "{policy}"\n[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
+    config = f'{node_config}[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
     node = start_node(tmp_path, config=config)
     try:
         store_as_they_are(node.port, files)
-        output = movescu(node.port, study)
+        return movescu(node.port, study)
     finally:
         _finish_node(node)
         stop(storescp)
+
+
+@pytest.mark.parametrize("policy", ["lossless", "lossy", "never"])
+def test_movescu_to_a_storescp_that_takes_only_uncompressed(tmp_path, policy):
+    study, files = study_files(tmp_path / "study")
+    output = move_to_storescp(tmp_path, study, files, f'[node]\ndecompress = "{policy}"\n')
     held = [dcmread(p) for p in (tmp_path / "dimsekit-data").rglob("*.dcm")]
     assert sorted(str(ds.file_meta.TransferSyntaxUID) for ds in held) == sorted([JPEG_LOSSLESS_SV1, RLE, JPEG_BASELINE])
     expected = {"lossless": files[:2], "lossy": files, "never": []}[policy]
@@ -115,7 +122,7 @@ def test_movescu_to_a_storescp_that_takes_only_uncompressed(tmp_path, policy):
     final = {"lossless": "(Warning: SubOperationsCompleteOneOrMoreFailures)", "lossy": "(Success)",
              "never": "(Refused: OutOfResourcesSubOperations)"}[policy]
     assert f"Received Final Move Response {final}" in output, output
-    log = node.log_text()
+    log = (tmp_path / "twistd.log").read_text()
     assert "Traceback" not in log
 
 
@@ -162,16 +169,8 @@ def test_a_damaged_compressed_instance_fails_its_sub_operation_with_a_line_and_t
     damaged = dcmread(files[0])  # JPEG Lossless: its one fragment now holds no image
     damaged.PixelData = encapsulate([b"\xff\xd8" + b"\x00" * 200 + b"\xff\xd9"])
     damaged.save_as(files[0])
-    storescp, scp_port = start_storescp(tmp_path / "received")
-    config = f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {scp_port}\n'
-    node = start_node(tmp_path, config=config)
-    try:
-        store_as_they_are(node.port, files)
-        output = movescu(node.port, study)
-    finally:
-        _finish_node(node)  # no traceback in its log, exit status 0
-        stop(storescp)
+    output = move_to_storescp(tmp_path, study, files)
     assert "Received Final Move Response (Warning: SubOperationsCompleteOneOrMoreFailures)" in output, output
     check_decoded(tmp_path / "received", files[1:2])  # the RLE one; the lossy one is not decoded by default
-    (line,) = [x for x in node.log_text().splitlines() if "cannot decompress the pixel data" in x]
+    (line,) = [x for x in (tmp_path / "twistd.log").read_text().splitlines() if "cannot decompress the pixel data" in x]
     assert damaged.SOPInstanceUID in line and "libjpeg" in line, line

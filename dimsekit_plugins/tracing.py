@@ -180,7 +180,8 @@ def _make_provider(settings: TracingSettings) -> Any:
     else:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        exporter = ConsoleSpanExporter()
+        # one line a span (the SDK's default is indented JSON over dozens of log lines)
+        exporter = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
     # Not at exit: the node's stop sends what is left, bounded (see _flush); the SDK's own
     # handler would wait out its export timeout and retries for a collector that is down.
     provider = sdk_trace.TracerProvider(resource=resource, shutdown_on_exit=False)

@@ -109,3 +109,22 @@ def test_a_collector_that_does_not_answer_neither_holds_the_node_nor_goes_unsaid
         assert took < tracing.FLUSH_TIMEOUT + 5, f"stopping took {took:.1f} s"
     finally:
         silent.close()
+
+
+def test_the_console_exporter_writes_a_line_of_json_a_span_into_the_log(tmp_path):
+    import json
+
+    node = start_node(tmp_path, config='[plugins.tracing]\nexporter = "console"\n',
+                      env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        node.wait_log(r"tracing: spans of associations and requests go to the log")
+        assert echoscu(node.port).returncode == 0
+        node.wait_log(r'\{"name": "DICOM association"', timeout=10)
+    finally:
+        _finish_node(node)
+    spans = [json.loads(line.split("[stdout#info] ", 1)[1]) for line in node.log_text().splitlines()
+             if "[stdout#info] {" in line]
+    by_name = {span["name"]: span for span in spans}
+    assert set(by_name) == {"DICOM association", "C-ECHO"}, spans
+    assert by_name["C-ECHO"]["parent_id"] == by_name["DICOM association"]["context"]["span_id"]
+    assert by_name["C-ECHO"]["attributes"]["dicom.status"] == 0

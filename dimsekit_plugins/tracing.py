@@ -485,7 +485,9 @@ def dimsekit_on_node_started(ae: Any) -> None:
     _provider = _make_provider(settings)
     _reactor = ae.reactor
     _say_sdk_problems()
-    ae.reactor.addSystemEventTrigger("before", "shutdown", stop)
+    # "during": after the node's service stopped (a "before" trigger that lets running
+    # associations end, then aborts them), so that their spans are sent too
+    ae.reactor.addSystemEventTrigger("during", "shutdown", stop)
     if settings.exporter == "otlp":
         where = settings.endpoint or "the OTEL_EXPORTER_OTLP_* endpoint (OTLP over HTTP)"
     else:

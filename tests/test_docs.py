@@ -383,7 +383,7 @@ def run_tracing_configuration(code: str) -> None:
         exporter = processor._batch_processor._exporter
         assert isinstance(exporter, OTLPSpanExporter)
         assert exporter._endpoint == "http://127.0.0.1:4318/v1/traces"
-        assert reactor.triggers["before"]["shutdown"]  # what is left is sent as the node stops
+        assert reactor.triggers["during"]["shutdown"]  # what is left is sent as the node stops
     finally:
         tracing.stop()
 

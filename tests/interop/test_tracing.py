@@ -128,3 +128,26 @@ def test_the_console_exporter_writes_a_line_of_json_a_span_into_the_log(tmp_path
     assert set(by_name) == {"DICOM association", "C-ECHO"}, spans
     assert by_name["C-ECHO"]["parent_id"] == by_name["DICOM association"]["context"]["span_id"]
     assert by_name["C-ECHO"]["attributes"]["dicom.status"] == 0
+
+
+def test_an_association_the_stopping_node_aborts_still_has_its_span_sent(tmp_path, collector):
+    from pynetdicom import AE
+
+    config = f'[plugins.tracing]\nexporter = "otlp"\nendpoint = "http://127.0.0.1:{collector.port}/v1/traces"\n'
+    node = start_node(tmp_path, config=config, env={"OTEL_BSP_SCHEDULE_DELAY": "60000"})  # only the stop sends
+    ae = AE(ae_title="LINGERER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT")
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        _finish_node(node)  # SIGTERM: it waits for the association (5 s), then aborts it
+    finally:
+        assoc.abort()
+    collector.wait_for(lambda: collector.named("DICOM association"), seconds=2, what="the association's span")
+    (span,) = collector.named("DICOM association")
+    assert attributes(span)["dicom.calling_ae_title"] == "LINGERER"
+    assert attributes(span)["dicom.association.outcome"] == "aborted"
+    assert "node shutting down" in attributes(span)["dicom.association.end"]
+    (echo,) = collector.named("C-ECHO")
+    assert echo.parent_span_id == span.span_id

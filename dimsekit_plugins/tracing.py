@@ -158,6 +158,8 @@ _provider: Any = None
 _settings = TracingSettings()
 #: the reactor of the node that set it up (its stop waits there)
 _reactor: Any = None
+#: OpenTelemetry's API is not installed (the tracing extra is not): no spans, ever
+_no_api = False
 
 
 def _make_provider(settings: TracingSettings) -> Any:
@@ -230,11 +232,15 @@ def _say_sdk_problems() -> None:
 def active_tracer() -> Any:
     """The tracer dimsekit's spans come from: the node's own provider's, else the
     process's OpenTelemetry SDK's when one was set up; None when neither (no spans)."""
+    global _no_api
     if _provider is not None:
         return _provider.get_tracer("dimsekit", _version())
+    if _no_api:
+        return None
     try:
         from opentelemetry import trace
     except ImportError:
+        _no_api = True  # once: a failed import searches sys.path again each time (~60 us here)
         return None
     provider = trace.get_tracer_provider()
     if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):

@@ -376,3 +376,22 @@ class TracingOverTLSTests(TLSTestCase):
                          what="the association's span")
         (span,) = [s for s in exporter.get_finished_spans() if s.name == "DICOM association"]
         self.assertIs(span.attributes["dicom.tls"], True)
+
+
+def test_without_opentelemetry_installed_no_import_is_tried_again(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+    tried = []
+
+    def no_otel(name, *args, **kwargs):
+        if name.startswith("opentelemetry"):
+            tried.append(name)
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_otel)
+    monkeypatch.setattr(tracing, "_no_api", False)
+    assert tracing.active_tracer() is None
+    assert tracing.active_tracer() is None  # every association asks
+    assert tried == ["opentelemetry"]

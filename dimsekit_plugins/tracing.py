@@ -1,9 +1,11 @@
 """Traces for OpenTelemetry: a span for each association, a child span for each request.
 
-Off unless configured, or unless the process already has an OpenTelemetry
-SDK set up (``opentelemetry-instrument twistd -n dimsekit``, or an
-application embedding dimsekit that installed its own tracer provider): then
-dimsekit's spans go wherever that provider sends them.  To have the node send
+Off unless configured, or unless the process has an OpenTelemetry SDK set up
+when the node starts (``opentelemetry-instrument twistd -n dimsekit``, or an
+application embedding dimsekit that installed its own tracer provider first;
+one that starts an ApplicationEntity without the node service calls
+:func:`observe_associations`): then dimsekit's spans go wherever that
+provider sends them.  A node that makes no spans pays nothing for this plugin.  To have the node send
 them itself (``pip install 'dimsekit[tracing]'``):
 
 .. code-block:: toml
@@ -72,7 +74,7 @@ from dimsekit.dimse import status as dimse_status
 from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 
-__all__ = ["FLUSH_TIMEOUT", "RequestSpans", "TracingSettings", "active_tracer", "association_span", "finish", "stop"]
+__all__ = ["FLUSH_TIMEOUT", "AssociationSpans", "RequestSpans", "observe_associations", "TracingSettings", "active_tracer", "association_span", "finish", "stop"]
 
 _log = Logger(namespace="dimsekit.tracing")
 
@@ -482,50 +484,72 @@ def dimsekit_configure(config: Config) -> None:
 
 @hookimpl
 def dimsekit_on_node_started(ae: Any) -> None:
-    """Set up the exporter, when one is configured (once per process)."""
+    """Set up the exporter, when one is configured (once per process); when spans are made
+    (that exporter, or the process's own OpenTelemetry SDK), observe the node's associations."""
     global _provider, _settings, _reactor
     settings = TracingSettings.from_config(ae.config)
     _settings = settings
-    if settings.exporter == "none" or _provider is not None:
-        return
-    _provider = _make_provider(settings)
-    _reactor = ae.reactor
-    _say_sdk_problems()
-    # "during": after the node's service stopped (a "before" trigger that lets running
-    # associations end, then aborts them), so that their spans are sent too
-    ae.reactor.addSystemEventTrigger("during", "shutdown", stop)
-    if settings.exporter == "otlp":
-        where = settings.endpoint or "the OTEL_EXPORTER_OTLP_* endpoint (OTLP over HTTP)"
-    else:
-        where = "the log"
-    _log.info("tracing: spans of associations and requests go to {where}", where=where)
+    if settings.exporter != "none" and _provider is None:
+        _provider = _make_provider(settings)
+        _reactor = ae.reactor
+        _say_sdk_problems()
+        # "during": after the node's service stopped (a "before" trigger that lets running
+        # associations end, then aborts them), so that their spans are sent too
+        ae.reactor.addSystemEventTrigger("during", "shutdown", stop)
+        if settings.exporter == "otlp":
+            where = settings.endpoint or "the OTEL_EXPORTER_OTLP_* endpoint (OTLP over HTTP)"
+        else:
+            where = "the log"
+        _log.info("tracing: spans of associations and requests go to {where}", where=where)
+    elif active_tracer() is not None:
+        _log.info("tracing: spans of associations and requests go to the process's OpenTelemetry SDK")
+    observe_associations(ae)
+
+
+def observe_associations(ae: Any) -> bool:
+    """Have spans made for the associations of ``ae`` (its plugin manager's), if spans are
+    made at all (:func:`active_tracer`); whether they are.  The node calls it as it starts;
+    an application embedding an ApplicationEntity after setting up its SDK may call it.
+
+    The hooks that do it are registered only then: a node that makes no spans pays nothing
+    for this plugin per association (~6 us otherwise, a third of it asking whether an SDK
+    is there)."""
+    if active_tracer() is None:
+        return False
+    if not ae.pm.has_plugin(_SPANS_PLUGIN):
+        ae.pm.register(AssociationSpans(), name=_SPANS_PLUGIN)
+    return True
 
 
 #: the attribute an association's RequestSpans are kept in, while it lasts
 _ATTRIBUTE = "_dimsekit_tracing"
+#: the name AssociationSpans is registered under
+_SPANS_PLUGIN = "tracing-spans"
 
 
-@hookimpl
-def dimsekit_on_association_established(association: Any) -> None:
-    """Start its span and observe its requests, when spans are made."""
-    tracer = active_tracer()
-    if tracer is None:
-        return
-    spans = RequestSpans(tracer, association, instance_uids=_settings.instance_uids)
-    setattr(association, _ATTRIBUTE, spans)
-    association.observe(spans)
+class AssociationSpans:
+    """The per-association hooks (see :func:`observe_associations`)."""
 
+    @hookimpl
+    def dimsekit_on_association_established(self, association: Any) -> None:
+        """Start its span and observe its requests."""
+        tracer = active_tracer()
+        if tracer is None:
+            return
+        spans = RequestSpans(tracer, association, instance_uids=_settings.instance_uids)
+        setattr(association, _ATTRIBUTE, spans)
+        association.observe(spans)
 
-@hookimpl
-def dimsekit_on_association_ended(association: Any) -> None:
-    """End its spans; a rejected A-ASSOCIATE-RQ gets a span of its own."""
-    spans = getattr(association, _ATTRIBUTE, None)
-    if spans is not None:
-        delattr(association, _ATTRIBUTE)
-        spans.ended(association)
-        return
-    if association.established or association.rq is None:
-        return  # established before spans were made; or no A-ASSOCIATE-RQ at all (a scan)
-    tracer = active_tracer()
-    if tracer is not None:
-        finish(association_span(tracer, association), association)
+    @hookimpl
+    def dimsekit_on_association_ended(self, association: Any) -> None:
+        """End its spans; a rejected A-ASSOCIATE-RQ gets a span of its own."""
+        spans = getattr(association, _ATTRIBUTE, None)
+        if spans is not None:
+            delattr(association, _ATTRIBUTE)
+            spans.ended(association)
+            return
+        if association.established or association.rq is None:
+            return  # established before spans were made; or no A-ASSOCIATE-RQ at all (a scan)
+        tracer = active_tracer()
+        if tracer is not None:
+            finish(association_span(tracer, association), association)

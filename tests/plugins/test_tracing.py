@@ -124,6 +124,7 @@ class TracingTests(LoopbackTestCase):
     async def test_an_association_and_its_requests(self):
         services = Services()
         ae, port = await self.serve(services, tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         assoc = await self.connect(port, [VERIFICATION, CT])
         client_port = assoc.protocol.transport.getHost().port
         self.assertEqual(await within(assoc.echo()), 0x0000)
@@ -171,6 +172,7 @@ class TracingTests(LoopbackTestCase):
         tracing._settings = tracing.TracingSettings(instance_uids=True)
         services = Services()
         ae, port = await self.serve(services, tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         assoc = await self.connect(port, [CT])
         await within(assoc.store(CT_FILE))
         await within(assoc.release())
@@ -181,6 +183,7 @@ class TracingTests(LoopbackTestCase):
     async def test_a_request_the_association_ends_before_answering(self):
         hanging = _Hanging()
         ae, port = await self.serve(hanging, tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         assoc = await self.connect(port, [VERIFICATION])
         echo = assoc.echo()
         echo.addErrback(lambda _f: None)
@@ -201,6 +204,7 @@ class TracingTests(LoopbackTestCase):
         config = Config(node=NodeConfig(ae_title="SCP", check_called_ae=True),
                         limits=Limits(dimse_timeout=5.0, acse_timeout=5.0))
         ae, port = await self.serve(Services(), tracing, config=config)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         with self.assertRaises(AssociationRejected):
             await self.connect(port, [VERIFICATION], called="NOT-SCP")
         bare = socket.create_connection(("127.0.0.1", port))
@@ -222,7 +226,9 @@ class TracingTests(LoopbackTestCase):
         services = Services()
         services.destinations = {"DEST": ("127.0.0.1", dest_port)}
         ae, port = await self.serve(services, tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         client = self.make_ae("SCU", tracing)
+        tracing.observe_associations(client)
         assoc = await self.connect(port, [STUDY_ROOT_MOVE], ae=client)
         from pydicom.dataset import Dataset
 
@@ -266,6 +272,7 @@ class TracingTests(LoopbackTestCase):
     async def test_a_get_s_sub_operations_go_under_it(self):
         services = Services()
         ae, port = await self.serve(services, tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         client = self.make_ae("SCU")
         received = []
 
@@ -314,6 +321,7 @@ class TracingTests(LoopbackTestCase):
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         ae, port = await self.serve(Services(), Attach(), tracing)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
         assoc = await self.connect(port, [VERIFICATION])
         self.assertEqual(await within(assoc.echo()), 0x0000)
         self.assertEqual(await within(assoc.echo()), 0x0000)
@@ -367,6 +375,7 @@ class TracingOverTLSTests(TLSTestCase):
         f = self.files
         config = tls_config("SCP", f, cert=f.server_cert, key=f.server_key, trust=[f.ca])
         ae = self.make_ae("SCP", Services(), tracing, config=config)
+        tracing.observe_associations(ae)
         port = await ae.listen(0, tls=True)
         self.addCleanup(port.stopListening)
         association = await self.connect(port.getHost().port, [VERIFICATION], ae=self.client(), tls=True)
@@ -395,3 +404,24 @@ def test_without_opentelemetry_installed_no_import_is_tried_again(monkeypatch):
     assert tracing.active_tracer() is None
     assert tracing.active_tracer() is None  # every association asks
     assert tried == ["opentelemetry"]
+
+
+def test_a_node_that_makes_no_spans_gets_no_per_association_hooks(monkeypatch):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dimsekit.ae import ApplicationEntity
+    from dimsekit.plugin import make_plugin_manager
+
+    pm = make_plugin_manager(load_entrypoints=False, plugins=[tracing])
+    ae = ApplicationEntity("SCP", config=Config(), plugin_manager=pm, reactor=MemoryReactorClock())
+    tracing.dimsekit_on_node_started(ae)  # no exporter configured, no SDK set up
+    assert not pm.hook.dimsekit_on_association_established.get_hookimpls()
+    assert not pm.hook.dimsekit_on_association_ended.get_hookimpls()
+    # an application that set up its SDK before starting the node: its spans
+    provider = TracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    tracing.dimsekit_on_node_started(ae)
+    tracing.dimsekit_on_node_started(ae)  # once is enough
+    (impl,) = pm.hook.dimsekit_on_association_established.get_hookimpls()
+    assert isinstance(impl.plugin, tracing.AssociationSpans)
+    assert len(pm.hook.dimsekit_on_association_ended.get_hookimpls()) == 1

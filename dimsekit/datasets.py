@@ -45,6 +45,8 @@ __all__ = [
     "LOSSLESS_COMPRESSED",
     "decompressible",
     "decompressed",
+    "decoded_size",
+    "MAX_DECODED_BYTES",
 ]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -444,15 +446,39 @@ def decompressible(transfer_syntax: str, policy: str) -> str | None:
     return None
 
 
+#: the largest decoded pixel data :func:`decompressed` makes (an instance past it is not
+#: decoded: its sub-operation fails, with the reason, rather than the node running out of memory)
+MAX_DECODED_BYTES = 1 << 30
+
+
+def decoded_size(dataset: Dataset) -> int:
+    """Bytes the native pixel data of ``dataset`` takes: Rows x Columns x Samples per Pixel x
+    Bits Allocated / 8 x Number of Frames (0 when an attribute is missing or unreadable)."""
+    try:
+        frames = int(dataset.get("NumberOfFrames") or 1)
+        bits = int(dataset.BitsAllocated)
+        pixels = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return max(0, frames) * pixels * bits // 8
+
+
 def decompressed(dataset: Dataset) -> Dataset:
     """``dataset`` (read from a file in a compressed syntax) with its pixel data decoded,
     in place: native Pixel Data, Explicit VR Little Endian in its File Meta, Photometric
     Interpretation as decoded (a YBR JPEG comes out RGB).  Holds the decoded frames in
-    memory.  Run it in a thread: decoding takes milliseconds to seconds.
+    memory: one whose decoded pixel data would pass :data:`MAX_DECODED_BYTES` is refused
+    first.  Run it in a thread: decoding takes milliseconds to seconds.
 
     :raises DatasetError: pydicom could not decode it.
     """
     source = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+    size = decoded_size(dataset)
+    if size > MAX_DECODED_BYTES:
+        raise DatasetError(
+            f"not decompressed: decoded, its pixel data would take {size / (1 << 20):,.0f} MiB, "
+            f"more than the {MAX_DECODED_BYTES >> 20:,} MiB dimsekit decodes at once"
+        )
     try:
         # The same instance in another encoding: its SOP Instance UID stays (pydicom would
         # make a new one).  Decoding changes no pixel value from what the encoded data

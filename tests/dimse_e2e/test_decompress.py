@@ -135,3 +135,21 @@ class MultiFrameTests(LoopbackTestCase):
         self.assertEqual(got.PlanarConfiguration, 0)  # native colour data, pixel by pixel
         self.assertEqual(len(got.PixelData), 2 * 100 * 100 * 3)
         np.testing.assert_array_equal(got.pixel_array, original.pixel_array)
+
+
+def test_an_instance_too_large_to_decode_at_once_is_refused_before_decoding(monkeypatch):
+    import dimsekit.datasets as datasets
+
+    dataset = dcmread(RLE_FILE)  # 64 x 64 x 16 bits: 8 KiB decoded
+    assert datasets.decoded_size(dataset) == 64 * 64 * 2
+    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 8191)
+    try:
+        datasets.decompressed(dataset)
+    except DatasetError as exc:
+        assert "more than the 0 MiB dimsekit decodes at once" in str(exc)
+    else:
+        raise AssertionError("decoded")
+    assert dataset.file_meta.TransferSyntaxUID == RLE  # untouched
+    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 8192)
+    datasets.decompressed(dataset)
+    assert dataset.file_meta.TransferSyntaxUID == EXPLICIT

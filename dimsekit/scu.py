@@ -245,32 +245,28 @@ class ServiceUser:
             dataset = dcmread(info.path, force=not info.has_meta)
         except Exception as exc:  # pydicom raises many kinds on a broken data set
             raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
-        if decompress:
+        if decompress:  # then it is uncompressed, as any other re-encoded below
             try:
                 decompressed(dataset)
             except DatasetError as exc:
                 raise DatasetError(f"{info.path}: {exc}") from exc
-            context = self._uncompressed_context(info.sop_class_uid)
-            sop_class = info.sop_class_uid if given else str(dataset.SOPClassUID)
-            sop_instance = info.sop_instance_uid if given else str(dataset.SOPInstanceUID)
-            return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
         if given:
             context = self._uncompressed_context(info.sop_class_uid)
             return context, encode_dataset(dataset, context.transfer_syntax), info.sop_class_uid, info.sop_instance_uid
         context, dataset, sop_class, sop_instance = self._store_plan(dataset)  # type: ignore[misc]
         return context, encode_dataset(dataset, context.transfer_syntax), sop_class, sop_instance
 
-    def _has_uncompressed(self, sop_class: str) -> bool:
-        """Whether the peer accepted ``sop_class`` in an uncompressed syntax."""
-        return any(self.negotiated.context_for(sop_class, ts, as_scu=True) is not None for ts in _REENCODABLE)
-
-    def _uncompressed_context(self, sop_class: str) -> NegotiatedContext:
-        """The accepted context to send an uncompressed data set of ``sop_class`` on."""
+    def _accepted_uncompressed(self, sop_class: str) -> NegotiatedContext | None:
+        """The accepted context of ``sop_class`` in an uncompressed syntax (the preferred one), or None."""
         for ts in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", DEFLATED, "1.2.840.10008.1.2.2"):
             context = self.negotiated.context_for(sop_class, ts, as_scu=True)
             if context is not None:
                 return context
-        return self.context_for(sop_class)
+        return None
+
+    def _uncompressed_context(self, sop_class: str) -> NegotiatedContext:
+        """The accepted context to send an uncompressed data set of ``sop_class`` on."""
+        return self._accepted_uncompressed(sop_class) or self.context_for(sop_class)
 
     def _store_plan(self, dataset: Any) -> tuple[NegotiatedContext, Any, str, str] | _Reencode:
         if isinstance(dataset, str | Path | Part10Info):
@@ -282,7 +278,7 @@ class ServiceUser:
                 return exact, _FileData(info), sop_class, sop_instance
             if info.transfer_syntax not in _REENCODABLE:
                 why = "the peer accepted no uncompressed syntax for it either"
-                if self._has_uncompressed(sop_class):
+                if self._accepted_uncompressed(sop_class) is not None:
                     why = decompressible(info.transfer_syntax, self._decompress_policy())
                     if why is None:
                         return _Reencode(info, given, decompress=True)

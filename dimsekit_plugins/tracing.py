@@ -71,6 +71,7 @@ from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
 from dimsekit.dimse import status as dimse_status
+from dimsekit.dimse.commands import CommandField
 from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 
@@ -84,13 +85,6 @@ _EXPORTERS = ("none", "otlp", "console")
 FLUSH_TIMEOUT = 5.0
 #: the SDK's same warning is said at most once in this many seconds
 REPEAT_EVERY = 60.0
-_CATEGORY = {
-    dimse_status.Category.SUCCESS: "success",
-    dimse_status.Category.WARNING: "warning",
-    dimse_status.Category.FAILURE: "failure",
-    dimse_status.Category.CANCEL: "cancel",
-    dimse_status.Category.PENDING: "pending",
-}
 _COUNTS = (
     ("NumberOfCompletedSuboperations", "dicom.suboperations.completed"),
     ("NumberOfFailedSuboperations", "dicom.suboperations.failed"),
@@ -330,7 +324,7 @@ class RequestSpans:
     def _end(self, span: Any, status: int, fields: Mapping[str, Any]) -> None:
         category = dimse_status.category(status)
         span.set_attribute("dicom.status", status)
-        span.set_attribute("dicom.status_category", _CATEGORY.get(category, "unknown"))
+        span.set_attribute("dicom.status_category", category.value.lower())  # "success", "failure", ...
         comment = fields.get("ErrorComment")
         if comment:
             span.set_attribute("dicom.error_comment", for_log(comment))
@@ -380,7 +374,7 @@ class RequestSpans:
             move = _moves.get((str(originator).strip(), int(command.get("MoveOriginatorMessageID", -1))))
             if move is not None:
                 return trace.set_span_in_context(move)
-        if int(command.get("CommandField", 0)) == 0x0001:  # a C-STORE: a C-GET's sub-operation?
+        if int(command.get("CommandField", 0)) == CommandField.C_STORE_RQ:  # a C-GET's sub-operation?
             for it, span in reversed(self.open.values()):
                 if getattr(it, "name", None) == "C-GET":
                     return trace.set_span_in_context(span)

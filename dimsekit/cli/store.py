@@ -305,7 +305,7 @@ def can_fall_back(info: Part10Info, decompress: str = "never") -> bool:
     uncompressed (re-encoded), or ``decompress`` lets it be decoded (``--decompress``)."""
     if info.transfer_syntax in REENCODABLE:
         return True
-    return decompress != "never" and decompressible(info.transfer_syntax, decompress) is None
+    return decompressible(info.transfer_syntax, decompress) is None
 
 
 def _context_keys(infos: Iterable[Part10Info], decompress: str = "never") -> dict[tuple[str, str | None], None]:

@@ -163,7 +163,7 @@ def contexts_for(
             add(sop_class, "")
             continue
         add(sop_class, syntax)
-        if decompress != "never" and decompressible(syntax, decompress) is None:
+        if decompressible(syntax, decompress) is None:
             add(sop_class, "")
     return contexts[:MAX_CONTEXTS]
 

@@ -46,13 +46,22 @@ from dimsekit.ul.pdu import (
     AssociateRJ,
     AssociateRQ,
     PDataTF,
+    PresentationDataValue,
     ReleaseRP,
     ReleaseRQ,
     decode,
     decode_from,
+    extend_pdata,
 )
 
 __all__ = ["UpperLayer", "Timeouts", "DEFAULT_MAXIMUM_LENGTH"]
+
+
+def _pdata_indication(pdvs: list[PresentationDataValue]) -> out.PDataIndication:
+    """One P-DATA indication carrying ``pdvs`` (those of one or more P-DATA-TF PDUs)."""
+    indication = object.__new__(out.PDataIndication)
+    object.__setattr__(indication, "pdu", tuple.__new__(PDataTF, (tuple(pdvs),)))
+    return indication
 
 #: ``tuple.__new__``: makes a named tuple from its fields in one C call
 _make_tuple = tuple.__new__
@@ -209,18 +218,35 @@ class UpperLayer:
         buffer = self._buffer
         pos = 0
         end = len(data)
+        pdvs: list[PresentationDataValue] = []
         try:
             if buffer:
                 pos = self._complete_buffered(data, now, results)
             maximum = self.maximum_length
             view = memoryview(data)  # data is bytes: immutable, safe to hand out views of
             while pos < end and not self._discarding and self.state is not State.STA1:
+                if self.state is State.STA6:
+                    # Table 9-10, Sta6 x Evt10 = DT-2: P-DATA indication, stay in
+                    # Sta6.  The PDV items of consecutive P-DATA-TF PDUs of one read
+                    # go up in one indication, in their order: a data set streaming
+                    # in is some sixty PDUs a read.
+                    after = extend_pdata(view, pos, maximum, pdvs)
+                    if after >= 0:
+                        pos = after
+                        continue
+                    if pdvs:
+                        results.append(_pdata_indication(pdvs))
+                        pdvs = []
                 decoded = decode_from(view, pos, maximum)
                 if decoded is None:
                     break
                 pdu, pos = decoded
                 self._pdu_received(pdu, now, results)
+            if pdvs:
+                results.append(_pdata_indication(pdvs))
         except RemoteProtocolError as exc:
+            if pdvs:  # the valid PDUs before the invalid one are indicated first, as they came
+                results.append(_pdata_indication(pdvs))
             self._discarding = True
             buffer.clear()
             results += self._handle(Event.EVT19, exc, now)

@@ -479,8 +479,15 @@ def _decode_pdata(buf: bytes | memoryview, pos: int, end: int, copy: bool = Fals
     buffer its owner will reuse (decode's bytearray), whose fragments must
     outlive it.
     """
-    pdvs = []
-    append = pdvs.append
+    pdvs: list[PresentationDataValue] = []
+    _append_pdvs(buf, pos, end, copy, pdvs.append)
+    return tuple.__new__(PDataTF, (tuple(pdvs),))
+
+
+def _append_pdvs(
+    buf: bytes | memoryview, pos: int, end: int, copy: bool, append: Callable[[PresentationDataValue], object]
+) -> None:
+    """Pass each PDV item of ``buf[pos:end]`` (a P-DATA-TF's items) to ``append``."""
     unpack_head = _unpack_pdv_head
     make = tuple.__new__
     pdv = PresentationDataValue
@@ -500,7 +507,36 @@ def _decode_pdata(buf: bytes | memoryview, pos: int, end: int, copy: bool = Fals
         if copy:
             data = bytes(data)
         append(make(pdv, (context_id, control, data)))
-    return make(PDataTF, (tuple(pdvs),))
+
+
+def extend_pdata(buf: memoryview, offset: int, max_pdata_length: int, pdvs: list[PresentationDataValue]) -> int:
+    """The receiving hot path of an established association: if a whole
+    P-DATA-TF PDU within its length limit starts at ``buf[offset]``, append
+    its PDV items (views of ``buf``) to ``pdvs`` and return the offset just
+    past it; an invalid one appends none of its items.  Otherwise -1, and nothing appended: another kind of PDU, one
+    not all there yet, or one over ``max_pdata_length`` -- for
+    :func:`decode_from`, which says what is wrong with it.
+
+    :raises RemoteProtocolError: its PDV items do not add up (as :func:`decode`).
+    """
+    if len(buf) - offset < _PDU_HEADER_SIZE:
+        return -1
+    pdu_type, _reserved, length = _unpack_pdu_header(buf, offset)
+    end = offset + _PDU_HEADER_SIZE + length
+    if (
+        pdu_type != _P_DATA_TF
+        or end > len(buf)
+        or length < _PDV_HEAD_SIZE
+        or (max_pdata_length and length > max_pdata_length)
+    ):
+        return -1
+    before = len(pdvs)
+    try:
+        _append_pdvs(buf, offset + _PDU_HEADER_SIZE, end, False, pdvs.append)
+    except RemoteProtocolError:
+        del pdvs[before:]  # none of an invalid PDU's items
+        raise
+    return end
 
 
 # -- A-ASSOCIATE-RQ / -AC (PS3.8 Tables 9-11 and 9-17) ----------------------------

@@ -61,6 +61,20 @@ def kinds(outputs: list[out.Output]) -> list[type]:
     return [type(o) for o in outputs]
 
 
+def merged(outputs: list[out.Output]) -> list[out.Output]:
+    """``outputs`` with each run of P-DATA indications folded into one: how
+    the PDV items of consecutive P-DATA-TF PDUs are grouped into indications
+    follows how the bytes were read; the items and their order do not."""
+    folded: list[out.Output] = []
+    for output in outputs:
+        if type(output) is out.PDataIndication and folded and type(folded[-1]) is out.PDataIndication:
+            before = folded[-1].pdu.pdvs  # type: ignore[union-attr]
+            folded[-1] = out.PDataIndication(PDataTF(before + output.pdu.pdvs))
+        else:
+            folded.append(output)
+    return folded
+
+
 def acceptor(now: float = 0.0, **kwargs: object) -> UpperLayer:
     """An acceptor that has just accepted a transport connection (Sta2)."""
     ul = UpperLayer(timeouts=TIMEOUTS, **kwargs)  # type: ignore[arg-type]
@@ -334,7 +348,7 @@ def test_reference_outputs(stream: bytes) -> None:
 def test_all_in_one_chunk(stream: bytes) -> None:
     expected, state = reference(stream)
     outputs, ul = feed([stream])
-    assert outputs == expected
+    assert merged(outputs) == merged(expected)
     assert ul.state == state
 
 
@@ -342,7 +356,7 @@ def test_all_in_one_chunk(stream: bytes) -> None:
 def test_one_byte_at_a_time(stream: bytes) -> None:
     expected, state = reference(stream)
     outputs, ul = feed([stream[i : i + 1] for i in range(len(stream))])
-    assert outputs == expected
+    assert merged(outputs) == merged(expected)
     assert ul.state == state
     assert not ul._buffer
 
@@ -352,7 +366,7 @@ def test_split_at_every_boundary(stream: bytes) -> None:
     expected, state = reference(stream)
     for i in range(1, len(stream)):
         outputs, ul = feed([stream[:i], stream[i:]])
-        assert outputs == expected, f"split at {i}"
+        assert merged(outputs) == merged(expected), f"split at {i}"
         assert ul.state == state
 
 
@@ -364,7 +378,7 @@ def test_split_at_every_boundary(stream: bytes) -> None:
 def test_split_anywhere(stream: bytes, points: list[int]) -> None:
     expected, state = reference(stream)
     outputs, ul = feed(split_at(stream, [p for p in points if p < len(stream)]))
-    assert outputs == expected
+    assert merged(outputs) == merged(expected)
     assert ul.state == state
 
 
@@ -374,17 +388,59 @@ def test_split_anywhere(stream: bytes, points: list[int]) -> None:
     points=st.lists(st.integers(min_value=1, max_value=20000), max_size=10),
 )
 def test_large_pdata_split_anywhere(sizes: list[int], points: list[int]) -> None:
-    """Several P-DATA-TF of random sizes, cut at random points: one P-DATA
-    indication per PDU, in order, the payloads intact."""
+    """Several P-DATA-TF of random sizes, cut at random points: their PDV
+    items indicated in order, the payloads intact."""
     ul = established_requestor(now=0.0)
     pdus = [pdata(bytes([n % 251]) * size) for n, size in enumerate(sizes)]
     stream = b"".join(p.encode() for p in pdus)
     outputs: list[out.Output] = []
     for chunk in split_at(stream, [p for p in points if p < len(stream)]):
         outputs += ul.receive_data(chunk, 1.0)
-    assert outputs == [out.PDataIndication(p) for p in pdus]
+    assert merged(outputs) == merged([out.PDataIndication(p) for p in pdus])
     assert ul.state == State.STA6
     assert not ul._buffer
+
+
+def test_pdata_of_one_read_in_one_indication() -> None:
+    """The P-DATA-TF PDUs of one read go up as one indication carrying all
+    their PDV items in order (a data set streaming in: ~60 PDUs a read); a
+    PDU of another kind ends the run and is indicated after it."""
+    ul = established_requestor(now=0.0)
+    pdus = [pdata(bytes([n]) * (10 + n), control=0x00 if n < 4 else 0x02) for n in range(5)]
+    outputs = ul.receive_data(b"".join(p.encode() for p in pdus), 1.0)
+    assert outputs == [out.PDataIndication(PDataTF(tuple(v for p in pdus for v in p.pdvs)))]
+    outputs = ul.receive_data(pdus[0].encode() + pdus[1].encode() + ReleaseRQ().encode(), 2.0)
+    assert outputs == [
+        out.PDataIndication(PDataTF(pdus[0].pdvs + pdus[1].pdvs)),
+        out.ReleaseIndication(collision=False),
+    ]
+    assert ul.state == State.STA8
+
+
+def test_invalid_pdata_after_valid_ones_in_one_read() -> None:
+    """A P-DATA-TF whose second PDV item overruns the PDU, after two valid
+    ones in the same read: the valid ones' items are indicated, none of the
+    invalid one's, then the abort (invalid PDU parameter)."""
+    ul = established_requestor(now=0.0)
+    good = [pdata(b"a" * 20, control=0x00), pdata(b"b" * 20, control=0x00)]
+    first_item = (12).to_bytes(4, "big") + b"\x01\x00" + b"c" * 10
+    lying_item = (400).to_bytes(4, "big") + b"\x01\x02" + b"d" * 10
+    body = first_item + lying_item
+    bad = b"\x04\x00" + len(body).to_bytes(4, "big") + body
+    outputs = ul.receive_data(b"".join(p.encode() for p in good) + bad + ReleaseRQ().encode(), 1.0)
+    assert outputs[0] == out.PDataIndication(PDataTF(good[0].pdvs + good[1].pdvs))
+    assert pdus_of(outputs[1:]) == [Abort(source=2, reason=6)]
+    assert ul.state == State.STA13
+
+
+def test_pdata_above_our_maximum_length_after_valid_ones() -> None:
+    ul = UpperLayer(maximum_length=64, timeouts=TIMEOUTS)
+    ul.request_association(RQ, 0.0)
+    ul.transport_connected(0.0)
+    ul.receive_data(AC.encode(), 0.0)
+    outputs = ul.receive_data(pdata(b"x" * 58).encode() + pdata(b"y" * 59).encode(), 1.0)
+    assert outputs[0] == out.PDataIndication(pdata(b"x" * 58))
+    assert pdus_of(outputs[1:]) == [Abort(source=2, reason=6)]
 
 
 def test_several_pdus_in_one_chunk_on_the_acceptor() -> None:

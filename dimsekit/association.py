@@ -375,10 +375,14 @@ class Association(ServiceUser):
                 if operation.command_field == CommandField.C_GET_RQ:
                     self._arm_dimse_timer(operation)
         try:
-            for pdv in output.pdu.pdvs:
+            pdvs = output.pdu.pdvs
+            receive = self._assembler.receive_from
+            at = 0
+            while at < len(pdvs):
                 if self.ended is not None:
                     return
-                for event in self._assembler.receive_pdv(pdv):
+                events, at = receive(pdvs, at)
+                for event in events:
                     kind = type(event)
                     if kind is MessageReceived:
                         self._message(event.context_id, event.command, event.dataset)  # type: ignore[union-attr]

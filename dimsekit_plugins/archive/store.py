@@ -403,6 +403,22 @@ class IncomingInstance:
             # created here too, holding the sender back.
             self._drain()
 
+    def write_many(self, chunks: list[bytes | memoryview]) -> None:
+        """Append several fragments (reactor thread): as :meth:`write` of each, with the
+        bookkeeping done once -- the assembler's run of a data set streaming in."""
+        if self.state != "receiving" or self.error is not None or not self._file_asked:
+            for chunk in chunks:  # the first fragments, or after a failure: one by one
+                self.write(chunk)
+            return
+        size = sum(map(len, chunks))
+        self.size += size
+        with self._lock:
+            self._pending += chunks
+            self._pending_size += size
+            pending = self._pending_size
+        if pending >= _MAX_PENDING or pending >= _WRITEBACK and self._fd is not None:
+            self._drain()  # as in write()
+
     def _write_failed(self, exc: OSError) -> None:
         """(Holding _file_lock.)"""
         self.error = _resource_error(exc, "write the instance")

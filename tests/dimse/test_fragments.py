@@ -32,11 +32,29 @@ ECHO = sample_command(CommandField.C_ECHO_RQ)
 ECHO_BYTES = encode_command(ECHO)
 
 
-def collect(assembler: MessageAssembler, pdvs: list) -> list:
+def one_by_one(assembler: MessageAssembler, pdvs: list) -> list:
     events: list = []
     for item in pdvs:
         events.extend(assembler.receive_pdv(item))
     return events
+
+
+def in_runs(assembler: MessageAssembler, pdvs: list) -> list:
+    """As the association feeds a P-DATA indication's PDVs: runs of data set
+    fragments at once (``receive_from``)."""
+    events: list = []
+    at = 0
+    while at < len(pdvs):
+        more, at = assembler.receive_from(pdvs, at)
+        events.extend(more)
+    return events
+
+
+@pytest.fixture(scope="module", params=[one_by_one, in_runs], ids=["one-by-one", "in-runs"])
+def collect(request: pytest.FixtureRequest) -> Any:
+    """Feeds PDVs to an assembler and returns the events: each test that uses
+    it runs both ways, and must come out the same."""
+    return request.param
 
 
 def dataset_of(event: MessageReceived) -> bytes | None:
@@ -102,7 +120,7 @@ def test_context_id_checked() -> None:
 
 
 @pytest.mark.parametrize("empty", [b"", [], [b"", b""]], ids=["bytes", "no-blocks", "empty-blocks"])
-def test_empty_dataset_is_one_empty_last_fragment(empty: Any) -> None:
+def test_empty_dataset_is_one_empty_last_fragment(empty: Any, collect) -> None:
     pdus = list(fragment_message(1, STORE_BYTES, empty, 100))
     assert (parse_pdata(pdus[-1])[0].control, parse_pdata(pdus[-1])[0].data) == (0x02, b"")
     (event,) = [
@@ -196,7 +214,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messages())
-def test_fragment_and_reassemble(message: dict[str, Any]) -> None:
+def test_fragment_and_reassemble(collect, message: dict[str, Any]) -> None:
     command, data, max_pdu = message["command"], message["data"], message["max_pdu"]
     context_id = message["context_id"]
     command_bytes = encode_command(command)
@@ -292,7 +310,7 @@ def test_set_sink_after_command_received() -> None:
     assert sink.parts == [b"012", b"3456", b"789"] and sink.closed and not sink.aborted
 
 
-def test_set_sink_when_no_dataset_expected() -> None:
+def test_set_sink_when_no_dataset_expected(collect) -> None:
     assembler = MessageAssembler()
     with pytest.raises(LocalProtocolError):
         assembler.set_sink(ListSink())
@@ -301,7 +319,7 @@ def test_set_sink_when_no_dataset_expected() -> None:
         assembler.set_sink(ListSink())
 
 
-def test_abort_aborts_the_sink() -> None:
+def test_abort_aborts_the_sink(collect) -> None:
     assembler = MessageAssembler()
     sink = ListSink()
     pvs = split_into_pdvs(1, STORE_BYTES, b"abcdef", [2])
@@ -315,6 +333,93 @@ def test_abort_aborts_the_sink() -> None:
     assert sink.aborted and assembler.idle
     # and the next message starts clean
     assert [type(e) for e in collect(assembler, pvs)] == [CommandReceived, MessageReceived]
+
+
+class ManySink(ListSink):
+    """A sink with ``write_many``: says how each fragment came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.calls.append("write")
+        super().write(data)
+
+    def write_many(self, chunks: list) -> None:
+        self.calls.append(f"write_many({len(chunks)})")
+        self.parts += [bytes(c) for c in chunks]
+
+
+def feed_runs_with_sink(assembler: MessageAssembler, pvs: list, sink: Any) -> list:
+    """``in_runs``, the sink set when the command set is in (as a handler does)."""
+    events: list = []
+    at = 0
+    while at < len(pvs):
+        more, at = assembler.receive_from(pvs, at)
+        for event in more:
+            if isinstance(event, CommandReceived):
+                assembler.set_sink(sink)
+        events += more
+    return events
+
+
+def test_a_run_of_fragments_goes_to_write_many_in_one_call() -> None:
+    pvs = split_into_pdvs(1, STORE_BYTES, b"0123456789", [2, 4, 6, 8])
+    sink = ManySink()
+    events = feed_runs_with_sink(MessageAssembler(), pvs, sink)
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+    # four fragments that end nothing in one call; the last one alone (it completes the message)
+    assert sink.calls == ["write_many(4)", "write"]
+    assert sink.parts == [b"01", b"23", b"45", b"67", b"89"] and sink.closed
+
+
+def test_a_sink_without_write_many_gets_each_fragment() -> None:
+    pvs = split_into_pdvs(1, STORE_BYTES, b"0123456789", [2, 4, 6, 8])
+    sink = ListSink()
+    events = feed_runs_with_sink(MessageAssembler(), pvs, sink)
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+    assert sink.parts == [b"01", b"23", b"45", b"67", b"89"] and sink.closed
+
+
+def test_a_run_past_the_data_set_limit_stops_where_one_fragment_at_a_time_would() -> None:
+    """A run whose fragments would pass ``max_dataset_length`` is not written at
+    once: the fragments go one by one, and the one past the limit aborts."""
+    pvs = split_into_pdvs(1, STORE_BYTES, b"0123456789", [2, 4, 6, 8])
+    sink = ManySink()
+    with pytest.raises(RemoteProtocolError) as info:
+        feed_runs_with_sink(MessageAssembler(max_dataset_length=5), pvs, sink)
+    assert info.value.abort_source == 0
+    assert sink.parts == [b"01", b"23"] and sink.aborted
+
+
+def test_a_run_stops_at_a_fragment_on_another_context() -> None:
+    pvs = [pdv(1, 0x03, STORE_BYTES), pdv(1, 0x00, b"ab"), pdv(1, 0x00, b"cd"), pdv(3, 0x00, b"ef")]
+    sink = ManySink()
+    with pytest.raises(RemoteProtocolError, match="context 3"):
+        feed_runs_with_sink(MessageAssembler(), pvs, sink)
+    assert sink.parts == [b"ab", b"cd"] and sink.aborted
+
+
+@given(sizes=st.lists(st.integers(min_value=0, max_value=5000), max_size=60),
+       groups=st.lists(st.integers(min_value=1, max_value=8), max_size=60),
+       threshold=st.sampled_from([0, 100, 20000]))
+@settings(max_examples=60, deadline=None)
+def test_spooled_sink_write_many_keeps_every_byte_in_order(sizes, groups, threshold) -> None:
+    fragments = [bytes([n % 251]) * size for n, size in enumerate(sizes)]
+    sink = SpooledSink(threshold)
+    at = 0
+    for group in groups or [len(fragments)]:
+        if at >= len(fragments):
+            break
+        sink.write_many([memoryview(f) for f in fragments[at : at + group]])
+        at += group
+    for fragment in fragments[at:]:
+        sink.write(fragment)
+    sink.close()
+    assert sink.size == sum(sizes)
+    assert sink.getvalue() == b"".join(fragments)
+    assert sink.on_disk == (sum(sizes) > threshold)
 
 
 def test_spooled_sink_rolls_to_disk(tmp_path) -> None:
@@ -421,7 +526,7 @@ def test_spooled_sink_on_disk_writes_many_fragments_per_system_call(tmp_path, mo
     assert sum(calls) == 256 and len(calls) <= 4 * 1024 * 1024 // fragments_module.SPOOL_WRITE_BLOCK + 1
 
 
-def test_max_dataset_length() -> None:
+def test_max_dataset_length(collect) -> None:
     assembler = MessageAssembler(max_dataset_length=5)
     with pytest.raises(RemoteProtocolError) as info:
         collect(assembler, split_into_pdvs(1, STORE_BYTES, b"0123456789", [4]))
@@ -434,7 +539,7 @@ def test_max_dataset_length() -> None:
     [(CommandField.C_FIND_RQ, 0xA700), (CommandField.C_GET_RQ, 0xA701), (CommandField.C_MOVE_RQ, 0xA701)],
 )
 @pytest.mark.parametrize("cuts", [[3, 6, 9], []], ids=["fragments", "one-pdv"])
-def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, status, cuts) -> None:
+def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, status, cuts, collect) -> None:
     query = sample_command(field)
     sink_writes: list[int] = []
 
@@ -442,6 +547,10 @@ def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, stat
         def write(self, data: Any) -> None:
             sink_writes.append(len(data))
             super().write(data)
+
+        def write_many(self, chunks: Any) -> None:
+            sink_writes.extend(map(len, chunks))
+            super().write_many(chunks)
 
     assembler = MessageAssembler(max_identifier_length=8, max_dataset_length=1000)
     pvs = split_into_pdvs(1, encode_command(query), b"0123456789" * 3, cuts)
@@ -465,7 +574,7 @@ def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, stat
     assert dataset_of(events[-1]) == b"01234567"
 
 
-def test_max_identifier_length_leaves_other_data_sets_alone() -> None:
+def test_max_identifier_length_leaves_other_data_sets_alone(collect) -> None:
     assembler = MessageAssembler(max_identifier_length=8)
     for command in (STORE, sample_command(CommandField.N_ACTION_RQ), sample_command(CommandField.C_FIND_RSP)):
         command = {**command, "CommandDataSetType": 0x0102}
@@ -474,7 +583,7 @@ def test_max_identifier_length_leaves_other_data_sets_alone() -> None:
         assert dataset_of(events[-1]) == b"x" * 100
 
 
-def test_max_dataset_length_below_max_identifier_length_still_aborts() -> None:
+def test_max_dataset_length_below_max_identifier_length_still_aborts(collect) -> None:
     assembler = MessageAssembler(max_identifier_length=8, max_dataset_length=5)
     with pytest.raises(RemoteProtocolError) as info:
         collect(assembler, split_into_pdvs(1, encode_command(sample_command(CommandField.C_FIND_RQ)), b"0123456789", [4]))
@@ -521,7 +630,7 @@ DATA = pdv(1, 0x02, b"data")
         ),
     ],
 )
-def test_violations_raise_remote_protocol_error(pvs: list) -> None:
+def test_violations_raise_remote_protocol_error(pvs: list, collect) -> None:
     assembler = MessageAssembler()
     with pytest.raises(RemoteProtocolError) as info:
         collect(assembler, pvs)
@@ -529,7 +638,7 @@ def test_violations_raise_remote_protocol_error(pvs: list) -> None:
     assert assembler.idle  # reset: the association is being aborted anyway
 
 
-def test_command_too_long() -> None:
+def test_command_too_long(collect) -> None:
     assembler = MessageAssembler(max_command_length=100)
     with pytest.raises(RemoteProtocolError):
         collect(assembler, [pdv(1, 0x01, b"\x00" * 60), pdv(1, 0x01, b"\x00" * 60)])
@@ -538,7 +647,7 @@ def test_command_too_long() -> None:
 # ---------------------------------------------------------------------------
 # Bad command sets that can be answered: a failure status, no abort.
 # ---------------------------------------------------------------------------
-def test_missing_required_field_is_rejected_with_status() -> None:
+def test_missing_required_field_is_rejected_with_status(collect) -> None:
     command = dict(STORE)
     del command["AffectedSOPInstanceUID"]
     assembler = MessageAssembler()
@@ -556,7 +665,7 @@ def test_missing_required_field_is_rejected_with_status() -> None:
     assert [type(e) for e in events] == [CommandReceived, MessageReceived]
 
 
-def test_unknown_command_field_without_dataset() -> None:
+def test_unknown_command_field_without_dataset(collect) -> None:
     command = {"CommandField": 0x0031, "MessageID": 9, "CommandDataSetType": NO_DATASET}
     (event,) = collect(MessageAssembler(), split_into_pdvs(1, encode_command(command), None, []))
     assert isinstance(event, CommandRejected)
@@ -564,7 +673,7 @@ def test_unknown_command_field_without_dataset() -> None:
     assert event.error.response_fields()["Status"] == 0x0211
 
 
-def test_mistyped_element_in_command_bytes() -> None:
+def test_mistyped_element_in_command_bytes(collect) -> None:
     # C-ECHO-RQ whose Affected SOP Class UID is not a UID.
     raw = encode_command({**ECHO, "AffectedSOPClassUID": "1.2.3"}).replace(b"1.2.3", b"1/2/3")
     (event,) = collect(MessageAssembler(), split_into_pdvs(1, raw, None, []))
@@ -572,14 +681,14 @@ def test_mistyped_element_in_command_bytes() -> None:
     assert event.error.status == 0x0212 and event.error.offending_element == (0x00000002,)
 
 
-def test_undecodable_element_after_message_id_is_answerable() -> None:
+def test_undecodable_element_after_message_id_is_answerable(collect) -> None:
     raw = encode_command(STORE) + b"\x00\x00\x00\x09\x03\x00\x00\x00abc"  # Status of 3 bytes
     events = collect(MessageAssembler(), split_into_pdvs(1, raw, b"xx", []))
     assert [type(e) for e in events] == [CommandRejected]
     assert events[0].message_id == 7 and isinstance(events[0].error, CommandError)
 
 
-def test_rejected_response_is_not_answered() -> None:
+def test_rejected_response_is_not_answered(collect) -> None:
     rsp = sample_command(CommandField.C_STORE_RSP)
     rsp["AffectedSOPInstanceUID"] = "not a uid"
     (event,) = collect(MessageAssembler(), split_into_pdvs(1, encode_command(rsp), None, []))
@@ -622,7 +731,7 @@ def test_data_set_fragments_reach_the_sink_uncopied() -> None:
 # ---------------------------------------------------------------------------
 # Command sets seen before (fragments._COMMAND_CACHE): same events, own dicts.
 # ---------------------------------------------------------------------------
-def test_repeated_command_set_decodes_to_an_equal_command_of_its_own() -> None:
+def test_repeated_command_set_decodes_to_an_equal_command_of_its_own(collect) -> None:
     from dimsekit.dimse import fragments
 
     fragments._COMMAND_CACHE.clear()
@@ -636,7 +745,7 @@ def test_repeated_command_set_decodes_to_an_equal_command_of_its_own() -> None:
     assert fragments._COMMAND_CACHE[ECHO_BYTES] == ECHO
 
 
-def test_command_set_in_several_fragments_uses_the_cache_too() -> None:
+def test_command_set_in_several_fragments_uses_the_cache_too(collect) -> None:
     from dimsekit.dimse import fragments
 
     fragments._COMMAND_CACHE.clear()
@@ -646,7 +755,7 @@ def test_command_set_in_several_fragments_uses_the_cache_too() -> None:
     assert list(fragments._COMMAND_CACHE) == [ECHO_BYTES]
 
 
-def test_rejected_command_set_is_rejected_every_time() -> None:
+def test_rejected_command_set_is_rejected_every_time(collect) -> None:
     from dimsekit.dimse import fragments
 
     fragments._COMMAND_CACHE.clear()
@@ -657,7 +766,7 @@ def test_rejected_command_set_is_rejected_every_time() -> None:
     assert fragments._COMMAND_CACHE == {}
 
 
-def test_command_sets_naming_an_instance_are_not_kept() -> None:
+def test_command_sets_naming_an_instance_are_not_kept(collect) -> None:
     from dimsekit.dimse import fragments
 
     fragments._COMMAND_CACHE.clear()
@@ -667,7 +776,7 @@ def test_command_sets_naming_an_instance_are_not_kept() -> None:
     assert fragments._COMMAND_CACHE == {}
 
 
-def test_command_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_cache_is_bounded(monkeypatch: pytest.MonkeyPatch, collect) -> None:
     from dimsekit.dimse import fragments
 
     fragments._COMMAND_CACHE.clear()

@@ -510,6 +510,40 @@ def test_a_data_set_reaches_its_file_without_being_copied_first(archive, clock, 
     assert all(t in (bytes, memoryview) for t in seen)
 
 
+@pytest.mark.parametrize("group", [2, 7, 64])
+def test_fragments_handed_in_runs_make_the_same_file_written_as_they_come(archive, clock, group):
+    """``write_many`` (the assembler's runs of fragments): the same file as ``write`` of each, the
+    header read, the file created from the first 64 KiB on and written every 256 KiB."""
+    from dimsekit_plugins.archive.store import _WRITEBACK
+
+    ds = make_dataset(pixels=bytes(range(256)) * (3 * 1024 * 1024 // 256))
+    data = encode(ds)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    view = memoryview(data)
+    fragments = [view[offset: offset + 16384] for offset in range(0, len(data), 16384)]
+    for at in range(0, len(fragments), group):
+        incoming.write_many(fragments[at: at + group])
+        assert incoming._pending_size < _WRITEBACK + group * 16384  # into the file as it comes
+    assert incoming.size == len(data)
+    assert incoming.temp_path.exists() and incoming._header is not None
+    incoming.close()
+    stored = clock.wait(incoming.commit())
+    assert Path(stored.path).read_bytes()[incoming.header_length:] == data
+    assert stored.record.series_instance_uid == ds.SeriesInstanceUID
+
+
+def test_runs_after_an_abort_are_counted_and_dropped(archive, clock):
+    ds = make_dataset(pixels=b"\x05" * (4 * _PREFIX))
+    data = encode(ds)
+    incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")
+    view = memoryview(data)
+    incoming.write_many([view[:40000], view[40000:80000]])
+    incoming.abort()
+    incoming.write_many([view[80000:120000], view[120000:]])
+    assert incoming.size == len(data) and not incoming._pending
+    assert not incoming.temp_path.exists()
+
+
 def _send_large(archive, ds):
     data = encode(ds)
     incoming = archive.receive(CT_IMAGE_STORAGE, ds.SOPInstanceUID, EXPLICIT_VR_LE, "SENDER")

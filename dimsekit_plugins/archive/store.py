@@ -10,7 +10,7 @@ goes through it like this:
    from the socket), not copied: ``writev`` writes them to the file as they
    are, many at a time, without a user-space buffer.  Once 64 KiB are there
    (a large data set), the reactor thread creates the temporary file
-   ``.incoming/<sop uid>.<random>.part`` (on the same file system as the
+   ``.incoming/<sop uid>.<random><count>.part`` (on the same file system as the
    final place, so the rename below is atomic) with the preamble and File
    Meta Information, and reads the header from those 64 KiB; a creation
    that took over 2 ms (a slow or network file system) has the thread pool
@@ -70,6 +70,7 @@ import errno
 import fcntl
 import functools
 import io
+import itertools
 import os
 import secrets
 import shutil
@@ -525,6 +526,10 @@ class Archive:
             reactor = global_reactor
         self.root = Path(root)
         self.incoming_dir = self.root / INCOMING
+        # Temporary file names: a random prefix of this archive's own and a count (a
+        # getrandom() system call per instance cost ~1 % of the reactor's time).
+        self._part_prefix = secrets.token_hex(6)
+        self._part_serial = itertools.count()
         self.duplicates = duplicates
         self.min_free_mb = float(min_free_mb)
         self.fsync = fsync
@@ -816,7 +821,7 @@ class Archive:
         check_uid(transfer_syntax, "transfer syntax")
         self.start()
         self._check_free_space()
-        name = f"{sop_instance_uid}.{secrets.token_hex(8)}.part"
+        name = f"{sop_instance_uid}.{self._part_prefix}{next(self._part_serial):x}.part"
         path = self.incoming_dir / name
         header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax, source_ae)
         incoming = IncomingInstance(

@@ -794,3 +794,20 @@ def test_the_archive_plugin_checks_its_settings_at_configure():
 
     with pytest.raises(ConfigError, match="plugins.archive.threads"):
         plugin.dimsekit_configure(config=from_mapping({"plugins": {"archive": {"threads": 100}}}))
+
+
+def test_temporary_names_are_distinct_within_and_across_archives(root, clock):
+    """The temporary file of each instance received has a name of its own, also for the same
+    SOP Instance UID, and not one an archive opened before on the data directory gave."""
+    names: list[str] = []
+    for _ in range(2):
+        archive = _open(root, clock)
+        try:
+            incoming = [archive.receive(CT_IMAGE_STORAGE, "1.2.3.4", EXPLICIT_VR_LE, "S") for _ in range(500)]
+            names += [i.temp_path.name for i in incoming]
+            for i in incoming:
+                i.abort()
+        finally:
+            clock.wait(archive.close())
+    assert len(set(names)) == 1000
+    assert all(n.startswith("1.2.3.4.") and n.endswith(".part") for n in names)

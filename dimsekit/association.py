@@ -149,6 +149,7 @@ class Association(ServiceUser):
         self._assembler = MessageAssembler(
             max_dataset_length=limits.max_dataset_size or None,
             max_identifier_length=limits.max_identifier_size or None,
+            max_n_dataset_length=limits.max_n_dataset_size or None,
             spool_dir=ae.spool_dir,
         )
         self._release_waiters: list[Deferred] = []

@@ -29,6 +29,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     max_operations_performed = 1 #   outstanding at once / the peer's performed at once; 0 = no limit
     max_dataset_size = 0         # bytes: a longer incoming data set aborts the association; 0 = no limit
     max_identifier_size = 16777216 # bytes: a longer C-FIND/C-GET/C-MOVE query is refused (A700/A701); 0 = no limit
+    max_n_dataset_size = 67108864  # bytes: a longer N-CREATE/N-SET/N-ACTION/N-EVENT-REPORT data set is refused (0213)
 
     [[remote]]                   # known AEs: C-MOVE destinations, access list
     ae_title = "STORESCP"
@@ -144,6 +145,12 @@ class Limits:
     #: 100,000 listed instances: ~7 MB); without a bound a peer's query could fill the disk
     #: it is spooled to (/tmp, often memory) and then memory, decoded
     max_identifier_size: int = 16 << 20
+    #: largest data set of an incoming DIMSE-N message in bytes (0 = no limit): an
+    #: N-EVENT-REPORT, N-SET, N-ACTION or N-CREATE request's is discarded as it arrives
+    #: and refused with 0213H Resource Limitation, the association goes on; a response's
+    #: (N-GET's too) aborts it.  The largest real ones: a Storage Commitment request for
+    #: 100,000 instances (~13 MB), a print Image Box with a 4k x 5k 16-bit film (~40 MB)
+    max_n_dataset_size: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,7 +256,7 @@ def _validate(obj: Any, prefix: str) -> None:
         for name in ("max_operations_invoked", "max_operations_performed"):
             if not 0 <= getattr(obj, name) <= 0xFFFF:
                 raise ConfigError(f"limits.{name}: use 0 (no limit) to 65535 operations")
-        for name in ("max_dataset_size", "max_identifier_size"):
+        for name in ("max_dataset_size", "max_identifier_size", "max_n_dataset_size"):
             if getattr(obj, name) < 0:
                 raise ConfigError(f"limits.{name}: use 0 (no limit) or a number of bytes")
 

@@ -142,6 +142,8 @@ def _toml(text: str):
         ("", lambda c: c.limits.max_associations_per_ae == 0),
         ("[limits]\nmax_associations_per_ae = 4", lambda c: c.limits.max_associations_per_ae == 4),
         ("[limits]\nmax_identifier_size = 0", lambda c: c.limits.max_identifier_size == 0),
+        ("", lambda c: c.limits.max_n_dataset_size == 64 * 1024 * 1024),
+        ("[limits]\nmax_n_dataset_size = 0", lambda c: c.limits.max_n_dataset_size == 0),
         (
             '[[remote]]\nae_title = "A"\nhost = "h"\nport = 1\ntls = true\n[tls]\nverify_peer = false',
             lambda c: c.remotes[0].tls is True,
@@ -211,6 +213,7 @@ BAD = [
     ("[limits]\nmax_pdu = 4095", "limits.max_pdu"),
     ("[limits]\nmax_dataset_size = -1", "limits.max_dataset_size"),
     ("[limits]\nmax_identifier_size = -1", "limits.max_identifier_size"),
+    ("[limits]\nmax_n_dataset_size = -1", "limits.max_n_dataset_size"),
     ("[limits]\nmax_associations_per_ae = -1", "limits.max_associations_per_ae"),
     ('[limits]\nmax_dataset_size = "2G"', "limits.max_dataset_size"),
     ("[limits]\nmax_pdu = 1", "limits.max_pdu"),

@@ -465,8 +465,31 @@ class _State(Enum):
 
 
 _IDLE = _State.IDLE
-#: the requests whose data set is an Identifier (a query), bounded by ``max_identifier_length``
-_IDENTIFIER_REQUESTS = frozenset({CommandField.C_FIND_RQ, CommandField.C_GET_RQ, CommandField.C_MOVE_RQ})
+#: The messages whose data set is bounded by ``max_identifier_length`` (an Identifier: a
+#: query, or what answers one), with the status that refuses such a request once its data
+#: set has ended; None for a response, which cannot be refused: past the limit the
+#: association is aborted.
+_IDENTIFIER_LIMITED: dict[int, int | None] = {
+    CommandField.C_FIND_RQ: 0xA700,  # Refused: Out of Resources (PS3.4 C.4.1.1.4)
+    CommandField.C_GET_RQ: 0xA701,  # Refused: Out of Resources - Unable to calculate number of matches
+    CommandField.C_MOVE_RQ: 0xA701,
+    CommandField.C_FIND_RSP: None,
+    CommandField.C_GET_RSP: None,
+    CommandField.C_MOVE_RSP: None,
+}
+#: The same for the DIMSE-N messages' data sets, bounded by ``max_n_dataset_length``: a
+#: request refused with 0213H Resource Limitation (PS3.7 C.5).
+_N_LIMITED: dict[int, int | None] = {
+    CommandField.N_EVENT_REPORT_RQ: 0x0213,
+    CommandField.N_SET_RQ: 0x0213,
+    CommandField.N_ACTION_RQ: 0x0213,
+    CommandField.N_CREATE_RQ: 0x0213,
+    CommandField.N_EVENT_REPORT_RSP: None,
+    CommandField.N_GET_RSP: None,
+    CommandField.N_SET_RSP: None,
+    CommandField.N_ACTION_RSP: None,
+    CommandField.N_CREATE_RSP: None,
+}
 _make_tuple = tuple.__new__
 _DATASET = _State.DATASET
 
@@ -536,7 +559,13 @@ class MessageAssembler:
         discarded as it arrives and reported as :class:`CommandRejected`
         with "Refused: Out of Resources" (A700H for C-FIND, A701H for C-GET
         and C-MOVE: PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4) once it has
-        ended: the association goes on.
+        ended: the association goes on.  It bounds the Identifiers of the
+        responses too (C-FIND-RSP, C-GET-RSP, C-MOVE-RSP): past it, an abort.
+    :param max_n_dataset_length: largest data set of a DIMSE-N message
+        accepted (N-EVENT-REPORT, N-SET, N-ACTION, N-CREATE; the responses
+        with N-GET's), or None.  A request's is discarded and refused with
+        0213H Resource Limitation (PS3.7 C.5) once it has ended; a
+        response's aborts the association.
 
     A sink that fails to write (disk full) raises its own error (OSError):
     that is a local failure, for the association to turn into an A-ABORT.
@@ -550,12 +579,14 @@ class MessageAssembler:
         max_command_length: int = 1 << 20,
         max_dataset_length: int | None = None,
         max_identifier_length: int | None = None,
+        max_n_dataset_length: int | None = None,
     ) -> None:
         self.spool_threshold = spool_threshold
         self.spool_dir = spool_dir
         self.max_command_length = max_command_length
         self.max_dataset_length = max_dataset_length
         self.max_identifier_length = max_identifier_length
+        self.max_n_dataset_length = max_n_dataset_length
         self._reset()
 
     def _reset(self) -> None:
@@ -566,8 +597,10 @@ class MessageAssembler:
         self._command: dict[str, Any] = {}
         self._sink: DataSink | None = None
         self._dataset_length = 0
-        #: the limit on the data set coming (the smaller of the two that apply), or None
+        #: the limit on the data set coming (the smaller of those that apply), or None
         self._dataset_limit: int | None = None
+        #: the status refusing the request once past that limit; None: past it, abort
+        self._refusal: int | None = None
         self._rejection: CommandRejected | None = None
 
     @property
@@ -727,8 +760,16 @@ class MessageAssembler:
             self._state = _State.DATASET
             self._command = command
             limit = self.max_dataset_length
-            if command["CommandField"] in _IDENTIFIER_REQUESTS and self.max_identifier_length is not None:
-                limit = self.max_identifier_length if limit is None else min(limit, self.max_identifier_length)
+            field = command["CommandField"]
+            if field in _IDENTIFIER_LIMITED:
+                own, refusal = self.max_identifier_length, _IDENTIFIER_LIMITED[field]
+            elif field in _N_LIMITED:
+                own, refusal = self.max_n_dataset_length, _N_LIMITED[field]
+            else:
+                own = None
+            if own is not None and (limit is None or own <= limit):
+                limit = own
+                self._refusal = refusal
             self._dataset_limit = limit
             return [received]
         if self._state is not _IDLE:  # gathered from several fragments
@@ -737,18 +778,20 @@ class MessageAssembler:
 
     def _too_long(self, limit: int, control: int) -> list[Event]:
         """The data set coming passed ``limit``: a query's Identifier past
-        ``max_identifier_length`` is discarded and refused once it has ended;
-        any other data set (past ``max_dataset_length``) ends the association."""
+        ``max_identifier_length``, a DIMSE-N request's data set past
+        ``max_n_dataset_length``, is discarded and the request refused once it
+        has ended; any other data set (a response's, or one past
+        ``max_dataset_length``) ends the association."""
         command = self._command
-        field = command["CommandField"]
-        if field not in _IDENTIFIER_REQUESTS or limit != self.max_identifier_length:
+        status = self._refusal
+        if status is None:
             self.abort()
             raise RemoteProtocolError(f"data set longer than {limit} bytes", abort_source=0)
         if self._sink is not None:
             self._sink.abort()
             self._sink = None
-        status = 0xA700 if field == CommandField.C_FIND_RQ else 0xA701
-        error = CommandError(status, f"Identifier longer than {limit} bytes", command=command)
+        what = "Identifier" if command["CommandField"] in _IDENTIFIER_LIMITED else "Data set"
+        error = CommandError(status, f"{what} longer than {limit} bytes", command=command)
         rejection = CommandRejected(self._context_id, error.message_id, error)
         if control & _LAST:
             self._reset()

@@ -576,7 +576,57 @@ def test_a_query_past_max_identifier_length_is_discarded_and_refused(field, stat
 
 def test_max_identifier_length_leaves_other_data_sets_alone(collect) -> None:
     assembler = MessageAssembler(max_identifier_length=8)
-    for command in (STORE, sample_command(CommandField.N_ACTION_RQ), sample_command(CommandField.C_FIND_RSP)):
+    for command in (STORE, sample_command(CommandField.N_ACTION_RQ), sample_command(CommandField.N_GET_RSP)):
+        command = {**command, "CommandDataSetType": 0x0102}
+        events = collect(assembler, split_into_pdvs(1, encode_command(command), b"x" * 100, [50]))
+        assert [type(e) for e in events] == [CommandReceived, MessageReceived], command
+        assert dataset_of(events[-1]) == b"x" * 100
+
+
+@pytest.mark.parametrize(
+    "field", [CommandField.N_ACTION_RQ, CommandField.N_SET_RQ, CommandField.N_CREATE_RQ, CommandField.N_EVENT_REPORT_RQ]
+)
+@pytest.mark.parametrize("cuts", [[3, 6, 9], []], ids=["fragments", "one-pdv"])
+def test_a_dimse_n_request_past_max_n_dataset_length_is_discarded_and_refused(field, cuts, collect) -> None:
+    request = {**sample_command(field), "CommandDataSetType": 0x0102}
+    assembler = MessageAssembler(max_n_dataset_length=8, max_identifier_length=4)
+    pvs = split_into_pdvs(1, encode_command(request), b"0123456789" * 3, cuts)
+    events = collect(assembler, pvs)
+    assert [type(e) for e in events] == [CommandReceived, CommandRejected]
+    rejected = events[-1]
+    assert (rejected.context_id, rejected.message_id) == (1, request["MessageID"])
+    fields = rejected.error.response_fields()
+    assert fields["Status"] == 0x0213  # Resource Limitation (PS3.7 C.5)
+    assert fields["ErrorComment"] == "Data set longer than 8 bytes"
+    assert assembler.idle
+    # the association goes on: the same request within the limit is received
+    events = collect(assembler, split_into_pdvs(1, encode_command(request), b"01234567", [3]))
+    assert [type(e) for e in events] == [CommandReceived, MessageReceived]
+    assert dataset_of(events[-1]) == b"01234567"
+
+
+@pytest.mark.parametrize(
+    ("field", "limits"),
+    [
+        (CommandField.C_FIND_RSP, {"max_identifier_length": 8}),
+        (CommandField.C_MOVE_RSP, {"max_identifier_length": 8}),
+        (CommandField.N_GET_RSP, {"max_n_dataset_length": 8}),
+        (CommandField.N_ACTION_RSP, {"max_n_dataset_length": 8}),
+    ],
+)
+def test_a_response_past_its_limit_aborts(field, limits, collect) -> None:
+    """A response cannot be refused: an Identifier or DIMSE-N data set past its limit in one is an abort."""
+    response = {**sample_command(field), "CommandDataSetType": 0x0102}
+    assembler = MessageAssembler(**limits)
+    with pytest.raises(RemoteProtocolError, match="longer than 8 bytes") as info:
+        collect(assembler, split_into_pdvs(1, encode_command(response), b"0123456789", [4]))
+    assert info.value.abort_source == 0
+    assert assembler.idle
+
+
+def test_max_n_dataset_length_leaves_other_data_sets_alone(collect) -> None:
+    assembler = MessageAssembler(max_n_dataset_length=8)
+    for command in (STORE, sample_command(CommandField.C_FIND_RQ), sample_command(CommandField.C_FIND_RSP)):
         command = {**command, "CommandDataSetType": 0x0102}
         events = collect(assembler, split_into_pdvs(1, encode_command(command), b"x" * 100, [50]))
         assert [type(e) for e in events] == [CommandReceived, MessageReceived], command

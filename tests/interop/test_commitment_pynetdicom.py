@@ -181,6 +181,33 @@ def test_report_on_the_same_association(tmp_path: Path):
         _finish_node(node)
 
 
+def test_a_request_past_the_dimse_n_data_set_limit_is_refused_and_the_association_goes_on(tmp_path: Path):
+    """An N-ACTION whose Action Information passes ``[limits] max_n_dataset_size`` (here 64 KiB:
+    2,000 references) is discarded as it arrives and refused with 0213H Resource Limitation;
+    the same association's next, smaller request is performed and reported."""
+    node = start_node(tmp_path, "--data-dir", str(tmp_path / "data"), config="[limits]\nmax_n_dataset_size = 65536\n")
+    try:
+        reports = Reports()
+        modality = Modality(node.port, reports)
+        try:
+            image = ct_image()
+            modality.store(image)
+            many = [(CT, str(generate_uid())) for _ in range(2000)]
+            status = modality.request_commitment(str(generate_uid()), many)
+            assert status.Status == 0x0213  # Resource Limitation (PS3.7 C.5)
+            assert status.ErrorComment == "Data set longer than 65536 bytes"
+            txn = str(generate_uid())
+            assert modality.request_commitment(txn, [(CT, image.SOPInstanceUID)]).Status == 0x0000
+            got = reports.wait()
+        finally:
+            modality.close()
+        assert (got["event_type"], got["info"].TransactionUID) == (1, txn)
+        node.wait_log("with status 0x0213: Data set longer than 65536 bytes")
+        node.assert_healthy()
+    finally:
+        _finish_node(node)
+
+
 def test_report_on_a_separate_association_with_role_selection(tmp_path: Path):
     reports = Reports()
     listener = Listener(reports)

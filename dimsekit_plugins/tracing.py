@@ -145,9 +145,11 @@ def _sdk(exporter: str) -> Any:
 
 # -- the tracer -----------------------------------------------------------------------------
 
-#: (requestor AE title, Message ID) -> the span of a C-MOVE being answered: its sub-operations'
-#: C-STOREs, on an association of their own, name it (Move Originator) and go under it
-_moves: dict[tuple[str, int], Any] = {}
+#: (requestor AE title, Message ID) -> the spans of the C-MOVEs being answered: their
+#: sub-operations' C-STOREs, on an association of their own, name it (Move Originator) and go
+#: under it -- unless two requestors with one AE title both have a C-MOVE of that Message ID
+#: running: no parent is then better than a wrong one
+_moves: dict[tuple[str, int], list[Any]] = {}
 #: the provider the node set up ([plugins.tracing] exporter), one per process; None: none
 _provider: Any = None
 #: the settings of the node that set it up (instance_uids)
@@ -346,7 +348,7 @@ class RequestSpans:
         )
         self.open[id(request)] = (request, span)
         if request.name == "C-MOVE":
-            _moves[self._originator, request.message_id] = span
+            _moves.setdefault((self._originator, request.message_id), []).append(span)
 
     def request_answered(self, request: Any, status: int, fields: Mapping[str, Any]) -> None:
         entry = self.open.pop(id(request), None)
@@ -361,8 +363,11 @@ class RequestSpans:
         request, span = entry
         if getattr(request, "name", None) == "C-MOVE":
             key = (self._originator, request.message_id)
-            if _moves.get(key) is span:
-                del _moves[key]
+            spans = _moves.get(key)
+            if spans is not None and span in spans:
+                spans.remove(span)
+                if not spans:
+                    del _moves[key]
 
     def _parent_of(self, command: Mapping[str, Any]) -> Any:
         """The span a request of ours belongs under: the C-MOVE (received on another
@@ -371,9 +376,9 @@ class RequestSpans:
         trace = self._trace
         originator = command.get("MoveOriginatorApplicationEntityTitle")
         if originator:
-            move = _moves.get((str(originator).strip(), int(command.get("MoveOriginatorMessageID", -1))))
-            if move is not None:
-                return trace.set_span_in_context(move)
+            moves = _moves.get((str(originator).strip(), int(command.get("MoveOriginatorMessageID", -1))))
+            if moves is not None and len(moves) == 1:
+                return trace.set_span_in_context(moves[0])
         if int(command.get("CommandField", 0)) == CommandField.C_STORE_RQ:  # a C-GET's sub-operation?
             for it, span in reversed(self.open.values()):
                 if getattr(it, "name", None) == "C-GET":

@@ -269,6 +269,63 @@ class TracingTests(LoopbackTestCase):
         self.assertEqual(asked.attributes["dicom.suboperations.completed"], 2)
         self.assertEqual(own.attributes["dicom.requests_sent"], 1)
 
+    async def test_two_moves_of_one_requestor_title_and_message_id_at_once_give_no_wrong_parent(self):
+        # Two requestors with one AE title, each with its first C-MOVE (Message ID 1): while
+        # both run, a sub-operation's Move Originator fields fit either, so it goes under no
+        # C-MOVE (under its association, as any request); alone again, under its own.
+        held = defer.Deferred()
+
+        class Holding(Services):
+            def store(self, request):
+                super().store(request)
+                if len(self.stored) == 1:
+                    return held  # the first sub-operation of the first C-MOVE waits
+                return 0x0000
+
+        destination = Holding()
+        _dest, dest_port = await self.serve(destination, ae_title="DEST")
+        services = Services()
+        services.destinations = {"DEST": ("127.0.0.1", dest_port)}
+        ae, port = await self.serve(services, tracing)
+        self.assertTrue(tracing.observe_associations(ae))
+        from pydicom.dataset import Dataset
+
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        first = await self.connect(port, [STUDY_ROOT_MOVE], ae=self.make_ae("SCU"))
+        second = await self.connect(port, [STUDY_ROOT_MOVE], ae=self.make_ae("SCU"))
+        first_move = first.move(query, "DEST").result
+        await wait_until(lambda: len(destination.stored) == 1, what="the first C-MOVE's first C-STORE held")
+        final = await within(second.move(query, "DEST").result)  # all of it while the first one waits
+        self.assertEqual(final.status, 0x0000)
+        held.callback(0x0000)
+        self.assertEqual((await within(first_move)).status, 0x0000)
+        await within(first.release())
+        await within(second.release())
+        await self.ended(2, "acceptor")
+        await self.ended(2, "requestor")
+
+        moves = [s for s in self.spans("C-MOVE") if s.kind == trace.SpanKind.SERVER]
+        self.assertEqual(len(moves), 2)
+        self.assertEqual({m.attributes["dicom.message_id"] for m in moves}, {1})
+        subs = {s.context.span_id: s for s in self.association_spans("requestor")}
+        stores = self.spans("C-STORE")
+        self.assertEqual(len(stores), 4)
+        by_parent: dict = {}
+        for s in stores:
+            by_parent.setdefault(s.parent.span_id, []).append(s)
+        first_span = min(moves, key=lambda m: m.start_time)
+        # the first C-MOVE's two: its first began alone, its second after the other C-MOVE ended
+        self.assertEqual(len(by_parent.get(first_span.context.span_id, [])), 2)
+        # the second's two began while both ran: under their own association, not a C-MOVE
+        others = [s for s in stores if s.parent.span_id != first_span.context.span_id]
+        self.assertEqual(len(others), 2)
+        for s in others:
+            self.assertIn(s.parent.span_id, subs)
+            self.assertEqual(subs[s.parent.span_id].attributes["dicom.called_ae_title"], "DEST")
+        self.assertFalse(tracing._moves)
+
     async def test_a_get_s_sub_operations_go_under_it(self):
         services = Services()
         ae, port = await self.serve(services, tracing)

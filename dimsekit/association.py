@@ -1079,13 +1079,16 @@ class Association(ServiceUser):
             "refusing a request from {peer} with status 0x{status:04X}: {error}",
             peer=_address(self.peer), status=error.status, error=error,
         )
+        fields = error.response_fields()
         response = {
-            **error.response_fields(),
+            **fields,
             "CommandField": field | 0x8000,
             "MessageIDBeingRespondedTo": event.message_id,
             "CommandDataSetType": NO_DATASET,
         }
         self.send_message(context, response)
+        if self.observers:
+            self._tell("request_refused", error.command or {}, context, error.status, fields)
 
     def _response_rejected(self, error: CommandError) -> None:
         """A response (or C-CANCEL-RQ) whose command set cannot be accepted.  If

@@ -99,6 +99,17 @@ class IRequestObserver(Interface):
         association ends before answering is not answered: it ended with it.
         """
 
+    def request_refused(command, context, status, fields):  # noqa: N805
+        """A request was refused before any handler saw it, with a failure
+        ``status``: its command set did not validate (0211H, 0212H, 0120H...),
+        or its data set passed a limit (A700H, A701H, 0213H).
+
+        ``command``: the fields of its command set that could be decoded (a
+        dict; any of them may be missing or of an unexpected type),
+        ``context``: its presentation context, ``fields``: the response's
+        Error Comment and Offending Element.  It is not told of as received.
+        """
+
     def operation_started(operation, command, context):  # noqa: N805
         """A request of ours goes out (a :class:`~dimsekit.operations.DimseOperation`).
 

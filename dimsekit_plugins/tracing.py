@@ -150,6 +150,11 @@ def _sdk(exporter: str) -> Any:
 #: under it -- unless two requestors with one AE title both have a C-MOVE of that Message ID
 #: running: no parent is then better than a wrong one
 _moves: dict[tuple[str, int], list[Any]] = {}
+#: the command fields a refused request's span reads, and their types
+_REFUSED_FIELDS = {
+    "CommandField": int, "MessageID": int, "AffectedSOPClassUID": str, "RequestedSOPClassUID": str,
+    "AffectedSOPInstanceUID": str, "RequestedSOPInstanceUID": str, "MoveDestination": str,
+}
 #: the provider the node set up ([plugins.tracing] exporter), one per process; None: none
 _provider: Any = None
 #: the settings of the node that set it up (instance_uids)
@@ -358,6 +363,18 @@ class RequestSpans:
             if isinstance(size, int):
                 entry[1].set_attribute("dicom.dataset_bytes", size)
             self._end(entry[1], status, fields)
+
+    def request_refused(self, command: Mapping[str, Any], context: Any, status: int, fields: Mapping[str, Any]) -> None:
+        from dimsekit.scp import COMMAND_NAMES
+
+        # what could be decoded of a command set that did not validate: the fields read, of their types
+        known = {k: v for k, v in command.items() if _REFUSED_FIELDS.get(k) is type(v)}
+        name = COMMAND_NAMES.get(known.get("CommandField", 0), "unknown")
+        span = self.tracer.start_span(
+            name, context=self._context, kind=self._kind_in,
+            attributes=self._request_attributes(name, known, context),
+        )
+        self._end(span, status, fields)
 
     def _forget_move(self, entry: tuple[Any, Any]) -> None:
         request, span = entry

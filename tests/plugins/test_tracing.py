@@ -26,6 +26,7 @@ from tests.dimse_e2e.support import (
     CT,
     CT_FILE,
     MR,
+    N_CLASS,
     STUDY_ROOT_MOVE,
     LoopbackTestCase,
     Services,
@@ -167,6 +168,52 @@ class TracingTests(LoopbackTestCase):
             self.assertLessEqual(span.start_time, s.start_time)
             self.assertLessEqual(s.start_time, s.end_time)
             self.assertLessEqual(s.end_time, span.end_time)
+
+    async def test_requests_refused_before_a_handler_saw_them_have_spans(self):
+        # past a limit on their data set: an N-ACTION (0213H), the association going on
+        config = Config(node=NodeConfig(ae_title="SCP"),
+                        limits=Limits(dimse_timeout=5.0, acse_timeout=5.0, max_n_dataset_size=64))
+        services = Services()
+        ae, port = await self.serve(services, tracing, config=config)
+        self.assertTrue(tracing.observe_associations(ae))  # what a node does as it starts
+        assoc = await self.connect(port, [N_CLASS])
+        from pydicom.dataset import Dataset
+
+        big = Dataset()
+        big.PatientComments = "x" * 200
+        refused = await within(assoc.n_action(N_CLASS, "1.2.3.4", 1, big))
+        self.assertEqual(refused.status, 0x0213)
+        small = Dataset()
+        small.PatientID = "7"
+        self.assertEqual((await within(assoc.n_action(N_CLASS, "1.2.3.4", 1, small))).status, 0x0000)
+        await within(assoc.release())
+        await self.ended(1)
+        (span,) = self.association_spans("acceptor")
+        first, second = sorted(self.spans("N-ACTION"), key=lambda s: s.start_time)
+        self.assertEqual(first.parent.span_id, span.context.span_id)
+        self.assertEqual(first.kind, trace.SpanKind.SERVER)
+        self.assertEqual(first.attributes["dicom.sop_class_uid"], N_CLASS)
+        self.assertEqual(first.attributes["dicom.status"], 0x0213)
+        self.assertEqual(first.attributes["dicom.error_comment"], "Data set longer than 64 bytes")
+        self.assertEqual(first.status.status_code, trace.StatusCode.ERROR)
+        self.assertEqual(second.attributes["dicom.status"], 0)
+        self.assertEqual(len(services.requests), 1)  # the handler saw the second only
+
+    async def test_a_refused_command_set_with_unexpected_types_still_makes_a_span(self):
+        # what could be decoded of a command set that did not validate may be of any type
+        ae, port = await self.serve(Services(), tracing)
+        self.assertTrue(tracing.observe_associations(ae))
+        assoc = await self.connect(port, [VERIFICATION])
+        (acceptor,) = [a for a in ae.tracker.associations if not a.is_requestor]
+        acceptor._tell("request_refused", {"CommandField": b"\x30\x00", "MessageID": "seven",
+                                           "AffectedSOPClassUID": 7}, None, 0x0212, {"ErrorComment": "mistyped"})
+        self.assertEqual(len(acceptor.observers), 1)  # the observer did not fail
+        await within(assoc.release())
+        await self.ended(1)
+        (made,) = self.spans("unknown")
+        self.assertEqual(made.attributes["dicom.status"], 0x0212)
+        self.assertEqual(made.attributes["dicom.message_id"], 0)
+        self.assertNotIn("dicom.sop_class_uid", made.attributes)
 
     async def test_the_instance_uid_when_asked_for(self):
         tracing._settings = tracing.TracingSettings(instance_uids=True)

@@ -109,9 +109,9 @@ __all__ = [
     "merged_final",
 ]
 
-#: what a storage context for received instances proposes/accepts: uncompressed
-#: first, then the usual compressed syntaxes (files are written as received)
-RETRIEVE_TRANSFER_SYNTAXES: tuple[str, ...] = UNCOMPRESSED_TRANSFER_SYNTAXES + (
+#: the usual compressed syntaxes; on the retry, each a context of its own for an
+#: instance whose syntax the peer did not say
+COMPRESSED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
     "1.2.840.10008.1.2.4.51",  # JPEG Extended
     "1.2.840.10008.1.2.4.57",  # JPEG Lossless
@@ -121,6 +121,14 @@ RETRIEVE_TRANSFER_SYNTAXES: tuple[str, ...] = UNCOMPRESSED_TRANSFER_SYNTAXES + (
     "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
     "1.2.840.10008.1.2.4.91",  # JPEG 2000
     "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+
+#: what a storage context for received instances proposes/accepts: uncompressed
+#: first, then the usual compressed syntaxes and HTJ2K (files are written as received)
+RETRIEVE_TRANSFER_SYNTAXES: tuple[str, ...] = UNCOMPRESSED_TRANSFER_SYNTAXES + COMPRESSED_TRANSFER_SYNTAXES + (
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
 )
 
 #: proposed first, in this order, when not every storage SOP class fits
@@ -478,10 +486,6 @@ def retrieve_outcome(tool: str, service: str, final: Any, progress: Progress, re
 
 # -- the retry: failed instances in their own transfer syntaxes -----------------------------
 
-#: the compressed syntaxes of :data:`RETRIEVE_TRANSFER_SYNTAXES`, each a context of its own on the retry
-COMPRESSED_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
-    ts for ts in RETRIEVE_TRANSFER_SYNTAXES if ts not in UNCOMPRESSED_TRANSFER_SYNTAXES
-)
 
 #: SOP Instance UIDs per C-FIND / C-GET identifier of the retry: a list of UIDs
 #: stays well below the 64 KiB a UI value can have in explicit VR

@@ -204,3 +204,46 @@ def test_dcmqrscp_accepting_no_compressed_context_fails_them_again(tmp_path):
     assert f"failed   {JPEG_UID}" in done.stdout and f"failed   {J2K_UID}" in done.stdout
     assert "none of the 2 instance(s) asked for again came" in done.stderr, done.stderr
     assert [p.name for p in out.glob("*.dcm")] == [f"{CT_UID}.dcm"]
+
+
+# -- a C-GET SCP that has a CT only in HTJ2K and sends it so --------------------------------------
+
+
+def test_get_proposes_htj2k_to_a_peer_that_sends_only_that(tmp_path):
+    """pynetdicom as a C-GET SCP taking CT Image Storage in HTJ2K Lossless only: ``dimsekit get``
+    proposes HTJ2K in its first association, the instance arrives as sent, no retry."""
+    import threading
+
+    from pydicom.uid import HTJ2KLossless
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    from tests.interop.test_storage_newer_syntaxes import CT_IMAGE_STORAGE, instance
+
+    ct = instance(CT_IMAGE_STORAGE, HTJ2KLossless, Modality="CT", Rows=64, Columns=64, SamplesPerPixel=1,
+                  PhotometricInterpretation="MONOCHROME2", BitsAllocated=16, BitsStored=16, HighBit=15,
+                  PixelRepresentation=0)
+    served = threading.Event()
+
+    def on_get(event):
+        yield 1
+        yield 0xFF00, ct
+        served.set()
+
+    ae = AE(ae_title="HTJ2KSCP")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(CTImageStorage, [HTJ2KLossless], scu_role=True, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
+    try:
+        out = tmp_path / "got"
+        done = get(server.server_address[1], "HTJ2KSCP", out, "-k", f"StudyInstanceUID={ct.StudyInstanceUID}")
+        assert served.is_set()
+    finally:
+        server.shutdown()
+        ae.shutdown()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 completed, 0 failed" in done.stdout, done.stdout
+    received = dcmread(out / f"{ct.SOPInstanceUID}.dcm")
+    assert received.file_meta.TransferSyntaxUID == HTJ2KLossless
+    assert received.PixelData == ct.PixelData

@@ -49,9 +49,9 @@ JPEG = ("-xy", JPEG_FILE, JPEG_BASELINE)
 class PduSizes:
     """A plugin that records the size of every P-DATA-TF PDU its associations receive.
 
-    (It wraps the association's P-DATA indication, which the protocol looks
-    up by name for each indication: the size of a received PDU is not
-    otherwise visible above the upper layer.)
+    (It frames the bytes the association's protocol is handed by the transport,
+    PDU header by PDU header: above the upper layer, the P-DATA-TF PDUs of one
+    read go up as one indication, and a PDU's size is not visible there.)
     """
 
     def __init__(self) -> None:
@@ -61,13 +61,32 @@ class PduSizes:
 
     @hookimpl
     def dimsekit_on_association_established(self, association: Any) -> None:
-        deliver = association.pdata_indication
+        protocol = association.protocol
+        deliver = protocol.dataReceived
+        header = bytearray()
+        left = 0  # bytes of the current PDU's body still to come
 
-        def recording(indication: out.PDataIndication) -> None:
-            self.sizes.append(6 + sum(6 + len(pdv.data) for pdv in indication.pdu.pdvs))
-            deliver(indication)
+        def framing(data: bytes) -> None:
+            nonlocal left
+            view = memoryview(data)
+            while view:
+                if left:
+                    taken = min(left, len(view))
+                    left -= taken
+                    view = view[taken:]
+                    continue
+                need = 6 - len(header)
+                header.extend(view[:need])
+                view = view[need:]
+                if len(header) == 6:
+                    length = int.from_bytes(header[2:6], "big")
+                    if header[0] == 0x04:
+                        self.sizes.append(6 + length)
+                    header.clear()
+                    left = length
+            deliver(data)
 
-        association.pdata_indication = recording
+        protocol.dataReceived = framing
 
 
 def _meaningful(dataset: Any) -> dict[int, Any]:

@@ -18,7 +18,6 @@ from twisted.internet import threads
 
 from dimsekit.datasets import decode_dataset
 from dimsekit.scu import STUDY_ROOT_FIND
-from dimsekit.ul import outputs as out
 from tests.dimse_e2e.support import (
     CT_FILE,
     EXPLICIT,

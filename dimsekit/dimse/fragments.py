@@ -237,6 +237,11 @@ class DataSink(Protocol):
     ``abort`` (the message was abandoned: association aborted or lost; the
     sink should delete what it holds).  After ``close`` the sink belongs to
     whoever handles :class:`MessageReceived`.
+
+    A sink may also have ``write_many(chunks)``: append several fragments at
+    once, as ``write`` of each in order (the assembler hands it the fragments
+    of a data set streaming in, ~60 of them a read from the transport).
+    Optional: where it is missing the assembler calls ``write`` for each.
     """
 
     def write(self, data: bytes | memoryview) -> None:
@@ -251,12 +256,6 @@ class DataSink(Protocol):
 
     def abort(self) -> None:
         """The data set will never be complete; release everything."""
-
-
-#: A sink may also have ``write_many(chunks)``: append several fragments at
-#: once, as ``write`` of each in order (the assembler hands it the fragments of
-#: a data set streaming in, ~60 of them a read from the transport).  Optional:
-#: the assembler calls ``write`` for each where it is missing.
 
 
 #: Default memory budget of a :class:`SpooledSink` before it moves to disk.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop._otlp import Collector
+from tests.interop._otlp import Collector, attributes
 from tests.interop.conftest import _finish_node, free_port, run, start_node
 
 pytestmark = pytest.mark.interop
@@ -32,10 +32,13 @@ COUNT = 400
 SEEDED = 6
 
 
-@pytest.mark.parametrize(("seed", "traced"), [(1, False), (2, False), (3, True)])
-def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced):
+@pytest.mark.parametrize(("seed", "traced", "tight"), [(1, False, False), (2, False, False), (3, True, False),
+                                                    (4, True, True)])
+def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced, tight):
     # a C-MOVE destination the node knows, where nothing listens: sub-operations that fail
     config = f'[[remote]]\nae_title = "ELSEWHERE"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+    if tight:  # limits most damaged data sets pass: refused before any handler sees them, and traced
+        config += "[limits]\nmax_n_dataset_size = 200\nmax_identifier_size = 300\n"
     collector = None
     if traced:  # the same, its spans exported over OTLP to a collector of the test
         collector = Collector()
@@ -58,7 +61,11 @@ def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced):
         assert outcomes.get("command 0x0000", 0) > 0 and outcomes.get("command aborted", 0) > 0, outcomes
         # the damage reached past the first checks: some of each kind of request succeeded
         succeeded = {k.split()[0] for k in outcomes if k.endswith(" 0x0000")}
-        assert {"find", "patient-find", "worklist", "get", "store", "mpps-create", "commit"} <= succeeded, outcomes
+        if tight:  # refused past the limits: 0213H (DIMSE-N), A700H / A701H (queries)
+            refused = {k.split()[0] for k in outcomes if k.endswith((" 0x0213", " 0xA700", " 0xA701"))}
+            assert {"find", "get", "move", "commit", "mpps-create"} <= refused, outcomes
+        else:
+            assert {"find", "patient-find", "worklist", "get", "store", "mpps-create", "commit"} <= succeeded, outcomes
         node.assert_healthy()  # echoscu, and no Traceback in the log
         log = node.log_text()
         assert max(map(len, log.splitlines())) < 2000
@@ -71,4 +78,7 @@ def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced):
         names = {span.name for _resource, span in collector.spans}
         assert {"DICOM association", "C-FIND", "C-GET", "C-MOVE", "C-STORE", "N-CREATE", "N-SET",
                 "N-ACTION"} <= names, names
+        if tight:  # the requests refused at the DIMSE layer have their spans too
+            statuses = {attributes(span).get("dicom.status") for _resource, span in collector.spans}
+            assert {0x0213, 0xA700, 0xA701} <= statuses, statuses
         assert "tracing: " not in node.log_text().replace("tracing: spans of associations", "")

@@ -15,6 +15,7 @@ and ``[[remote]]`` are a contract: add to them, don't rename them.
     check_called_ae = false      # reject associations not addressed to ae_title
     allow_unknown_callers = true # false: only AEs in [[remote]] may associate
     decompress = "lossless"      # compressed instances a peer takes only uncompressed: "never", "lossy"
+    max_decoded_mb = 1024        # an instance whose decoded pixel data would take more is not decompressed
 
     [limits]
     max_associations = 64        # more at once are rejected (transient, local limit)
@@ -116,6 +117,9 @@ class NodeConfig:
     #: JPEG-LS, JPEG 2000 lossless), "lossy" those in any syntax pydicom can decode,
     #: "never" none (the sub-operation fails)
     decompress: str = "lossless"
+    #: the most decoded pixel data one instance may take to be decompressed, in MiB (held in
+    #: memory while it is sent: a larger one's sub-operation fails, saying so)
+    max_decoded_mb: int = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +234,8 @@ def _validate(obj: Any, prefix: str) -> None:
         check_ae_title(obj.ae_title, f"{prefix}.ae_title")
         if not 0 <= obj.port <= 65535:
             raise ConfigError(f"{prefix}.port: {obj.port} is not a TCP port (0-65535; 0 = any free port)")
+        if obj.max_decoded_mb < 1:
+            raise ConfigError(f"{prefix}.max_decoded_mb: give 1 or more MiB, got {obj.max_decoded_mb!r}")
         if obj.decompress not in DECOMPRESS_POLICIES:
             raise ConfigError(
                 f"{prefix}.decompress: {obj.decompress!r} is not one of: {', '.join(DECOMPRESS_POLICIES)}"

@@ -463,21 +463,23 @@ def decoded_size(dataset: Dataset) -> int:
     return max(0, frames) * pixels * bits // 8
 
 
-def decompressed(dataset: Dataset) -> Dataset:
+def decompressed(dataset: Dataset, max_bytes: int | None = None) -> Dataset:
     """``dataset`` (read from a file in a compressed syntax) with its pixel data decoded,
     in place: native Pixel Data, Explicit VR Little Endian in its File Meta, Photometric
     Interpretation as decoded (a YBR JPEG comes out RGB).  Holds the decoded frames in
-    memory: one whose decoded pixel data would pass :data:`MAX_DECODED_BYTES` is refused
-    first.  Run it in a thread: decoding takes milliseconds to seconds.
+    memory: one whose decoded pixel data would pass ``max_bytes`` (default
+    :data:`MAX_DECODED_BYTES`; ``[node] max_decoded_mb``) is refused first.  Run it in a
+    thread: decoding takes milliseconds to seconds.
 
     :raises DatasetError: pydicom could not decode it.
     """
     source = str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
     size = decoded_size(dataset)
-    if size > MAX_DECODED_BYTES:
+    limit = MAX_DECODED_BYTES if max_bytes is None else max_bytes
+    if size > limit:
         raise DatasetError(
             f"not decompressed: decoded, its pixel data would take {size / (1 << 20):,.0f} MiB, "
-            f"more than the {MAX_DECODED_BYTES >> 20:,} MiB dimsekit decodes at once"
+            f"more than the {limit >> 20:,} MiB dimsekit decodes at once (max_decoded_mb)"
         )
     try:
         # The same instance in another encoding: its SOP Instance UID stays (pydicom would

@@ -207,6 +207,11 @@ class ServiceUser:
                 self.reactor, pool(), self._reencoded, plan.info, plan.given, plan.decompress)
         return d.addCallback(self._send_store, priority, move_originator)
 
+    def _max_decoded_bytes(self) -> int | None:
+        """``[node] max_decoded_mb`` in bytes, or None (the default) without a configuration."""
+        config = getattr(getattr(self, "ae", None), "config", None)
+        return config.node.max_decoded_mb << 20 if config is not None else None
+
     def _decompress_policy(self) -> str:
         if self.decompress is not None:
             return self.decompress
@@ -247,7 +252,7 @@ class ServiceUser:
             raise DatasetError(f"{info.path}: cannot read its data set to re-encode it ({exc})") from exc
         if decompress:  # then it is uncompressed, as any other re-encoded below
             try:
-                decompressed(dataset)
+                decompressed(dataset, self._max_decoded_bytes())
             except DatasetError as exc:
                 raise DatasetError(f"{info.path}: {exc}") from exc
         if given:

@@ -48,6 +48,14 @@ def test_what_may_be_decompressed():
 
 def test_the_setting():
     assert NodeConfig().decompress == "lossless"
+    assert NodeConfig().max_decoded_mb == 1024
+    assert from_mapping({"node": {"max_decoded_mb": 4096}}).node.max_decoded_mb == 4096
+    try:
+        from_mapping({"node": {"max_decoded_mb": 0}})
+    except ConfigError as exc:
+        assert "node.max_decoded_mb: give 1 or more MiB, got 0" in str(exc)
+    else:
+        raise AssertionError("accepted")
     assert from_mapping({"node": {"decompress": "lossy"}}).node.decompress == "lossy"
     try:
         from_mapping({"node": {"decompress": "always"}})
@@ -58,10 +66,11 @@ def test_the_setting():
 
 
 class DecompressTests(LoopbackTestCase):
-    async def store_to_uncompressed_peer(self, path, sop_class, syntax, *, policy=None, node_policy="lossless"):
+    async def store_to_uncompressed_peer(self, path, sop_class, syntax, *, policy=None, node_policy="lossless",
+                                         max_decoded_mb=1024):
         services = Services()  # its storage contexts: uncompressed syntaxes only
         _ae, port = await self.serve(services)
-        config = Config(node=NodeConfig(ae_title="SCU", decompress=node_policy),
+        config = Config(node=NodeConfig(ae_title="SCU", decompress=node_policy, max_decoded_mb=max_decoded_mb),
                         limits=Limits(dimse_timeout=5.0, acse_timeout=5.0))
         client = self.make_ae("SCU", config=config)
         assoc = await self.connect(port, [(sop_class, [syntax]), (sop_class, [EXPLICIT])], ae=client)
@@ -123,6 +132,24 @@ def test_a_lossy_file_without_lossy_image_compression_gets_it():
 
 class MultiFrameTests(LoopbackTestCase):
     store_to_uncompressed_peer = DecompressTests.store_to_uncompressed_peer
+
+    async def test_no_more_decoded_at_once_than_max_decoded_mb(self):
+        # 1024 x 1024 x 16 bits in RLE: 2 MiB decoded
+        from pydicom.uid import RLELossless
+
+        dataset = dcmread(RLE_FILE)
+        pixels = (np.arange(1024 * 1024, dtype=np.int16) % 4096).reshape(1024, 1024)
+        dataset.Rows = dataset.Columns = 1024
+        dataset.compress(RLELossless, pixels, generate_instance_uid=False)
+        path = self.mktemp() + ".dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        with self.assertRaises(DatasetError) as raised:
+            await self.store_to_uncompressed_peer(path, MR, RLE, max_decoded_mb=1)
+        self.assertIn("would take 2 MiB, more than the 1 MiB dimsekit decodes at once (max_decoded_mb)",
+                      str(raised.exception))
+        services, response = await self.store_to_uncompressed_peer(path, MR, RLE, max_decoded_mb=2)
+        self.assertEqual(response.status, 0x0000)
+        np.testing.assert_array_equal(received(services.stored[0]).pixel_array, pixels)
 
     async def test_every_frame_of_a_colour_rle_instance(self):
         path = get_testdata_file("SC_rgb_rle_2frame.dcm")  # 2 frames, RGB, RLE Lossless

@@ -207,17 +207,21 @@ class ServiceUser:
                 self.reactor, pool(), self._reencoded, plan.info, plan.given, plan.decompress)
         return d.addCallback(self._send_store, priority, move_originator)
 
-    def _max_decoded_bytes(self) -> int | None:
-        """``[node] max_decoded_mb`` in bytes, or None (the default) without a configuration."""
+    def _node_config(self) -> Any:
+        """``[node]`` of the AE's configuration, or None (a bare ServiceUser: the defaults)."""
         config = getattr(getattr(self, "ae", None), "config", None)
-        return config.node.max_decoded_mb << 20 if config is not None else None
+        return config.node if config is not None else None
+
+    def _max_decoded_bytes(self) -> int | None:
+        """``[node] max_decoded_mb`` in bytes, or None (the default)."""
+        node = self._node_config()
+        return node.max_decoded_mb << 20 if node is not None else None
 
     def _decompress_policy(self) -> str:
         if self.decompress is not None:
             return self.decompress
-        ae = getattr(self, "ae", None)
-        config = getattr(ae, "config", None)
-        return config.node.decompress if config is not None else "lossless"
+        node = self._node_config()
+        return node.decompress if node is not None else "lossless"
 
     def _send_store(
         self, plan: tuple[NegotiatedContext, Any, str, str], priority: int, move_originator: tuple[str, int] | None,

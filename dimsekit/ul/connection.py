@@ -59,9 +59,7 @@ __all__ = ["UpperLayer", "Timeouts", "DEFAULT_MAXIMUM_LENGTH"]
 
 def _pdata_indication(pdvs: list[PresentationDataValue]) -> out.PDataIndication:
     """One P-DATA indication carrying ``pdvs`` (those of one or more P-DATA-TF PDUs)."""
-    indication = object.__new__(out.PDataIndication)
-    object.__setattr__(indication, "pdu", tuple.__new__(PDataTF, (tuple(pdvs),)))
-    return indication
+    return out.PDataIndication(PDataTF(tuple(pdvs)))
 
 #: ``tuple.__new__``: makes a named tuple from its fields in one C call
 _make_tuple = tuple.__new__
@@ -80,7 +78,7 @@ _EVENT_FOR_PDU: dict[type, Event] = {
     Abort: Event.EVT16,
 }
 
-# The two cells inlined as fast paths (UpperLayer.send_pdata, ._pdu_received):
+# The two cells inlined as fast paths (UpperLayer.send_pdata, the P-DATA-TF runs of receive_data):
 # fail at import, not at run time, should the table ever say otherwise.
 if (
     TRANSITIONS[(State.STA6, Event.EVT9)] is not Action.DT_1
@@ -219,6 +217,7 @@ class UpperLayer:
         pos = 0
         end = len(data)
         pdvs: list[PresentationDataValue] = []
+        invalid: RemoteProtocolError | None = None
         try:
             if buffer:
                 pos = self._complete_buffered(data, now, results)
@@ -226,8 +225,8 @@ class UpperLayer:
             view = memoryview(data)  # data is bytes: immutable, safe to hand out views of
             while pos < end and not self._discarding and self.state is not State.STA1:
                 if self.state is State.STA6:
-                    # Table 9-10, Sta6 x Evt10 = DT-2: P-DATA indication, stay in
-                    # Sta6.  The PDV items of consecutive P-DATA-TF PDUs of one read
+                    # Table 9-10, Sta6 x Evt10 = DT-2 (checked at import, above): P-DATA
+                    # indication, stay in Sta6.  The PDV items of consecutive P-DATA-TF PDUs of one read
                     # go up in one indication, in their order: a data set streaming
                     # in is some sixty PDUs a read.
                     after = extend_pdata(view, pos, maximum, pdvs)
@@ -242,14 +241,14 @@ class UpperLayer:
                     break
                 pdu, pos = decoded
                 self._pdu_received(pdu, now, results)
-            if pdvs:
-                results.append(_pdata_indication(pdvs))
         except RemoteProtocolError as exc:
-            if pdvs:  # the valid PDUs before the invalid one are indicated first, as they came
-                results.append(_pdata_indication(pdvs))
+            invalid = exc
+        if pdvs:  # before an invalid PDU, the valid ones it followed, as they came
+            results.append(_pdata_indication(pdvs))
+        if invalid is not None:
             self._discarding = True
             buffer.clear()
-            results += self._handle(Event.EVT19, exc, now)
+            results += self._handle(Event.EVT19, invalid, now)
             return results
         if self._discarding or self.state is State.STA1:  # transport being closed: ignore the rest
             buffer.clear()
@@ -293,12 +292,6 @@ class UpperLayer:
 
     def _pdu_received(self, pdu: object, now: float, results: list[out.Output]) -> None:
         """Run the event a received PDU is, adding its outputs to ``results``."""
-        if self.state is State.STA6 and type(pdu) is PDataTF:
-            # Table 9-10, Sta6 x Evt10 = DT-2 (checked at import, above):
-            # P-DATA indication, stay in Sta6.  Inlined: it is every PDU of
-            # an established association.
-            results.append(out.PDataIndication(pdu))  # type: ignore[arg-type]
-            return
         results += self._handle(_EVENT_FOR_PDU[type(pdu)], pdu, now)
 
     def transport_closed(self, now: float, why: str = "transport connection closed by the peer") -> list[out.Output]:

@@ -141,7 +141,9 @@ class MultiFrameTests(LoopbackTestCase):
         pixels = (np.arange(1024 * 1024, dtype=np.int16) % 4096).reshape(1024, 1024)
         dataset.Rows = dataset.Columns = 1024
         dataset.compress(RLELossless, pixels, generate_instance_uid=False)
-        path = self.mktemp() + ".dcm"
+        from tests.dimse_e2e.test_tls import temporary_directory
+
+        path = temporary_directory(self) / "big-rle.dcm"
         dataset.save_as(path, enforce_file_format=True)
         with self.assertRaises(DatasetError) as raised:
             await self.store_to_uncompressed_peer(path, MR, RLE, max_decoded_mb=1)

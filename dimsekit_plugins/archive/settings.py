@@ -12,6 +12,7 @@
     [plugins.archive]
     threads = 4                  # worker threads for fsync, parsing and the index
     fsync = true                 # false: faster, but a power cut may lose acknowledged instances
+    keep_cached = false          # true: leave large instances just stored in the page cache
 
 ``duplicates`` and ``min_free_mb`` live in ``[plugins.storage]`` because they
 are what a storage SCP user tunes; any archive backend should honour them.
@@ -32,7 +33,7 @@ __all__ = ["ArchiveSettings", "DUPLICATE_POLICIES", "check_storage_keys", "check
 DUPLICATE_POLICIES = ("newest", "first", "reject")
 
 _STORAGE_ARCHIVE_KEYS = ("duplicates", "min_free_mb")
-_ARCHIVE_KEYS = ("threads", "fsync")
+_ARCHIVE_KEYS = ("threads", "fsync", "keep_cached")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class ArchiveSettings:
     min_free_mb: float = 100.0
     threads: int = 4
     fsync: bool = True
+    keep_cached: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSettings:
@@ -61,6 +63,7 @@ class ArchiveSettings:
             min_free_mb=float(storage.get("min_free_mb", 100)),
             threads=int(archive.get("threads", 4)),
             fsync=bool(archive.get("fsync", True)),
+            keep_cached=bool(archive.get("keep_cached", False)),
         )
 
 
@@ -109,5 +112,6 @@ def check_archive_keys(section: Mapping[str, Any]) -> None:
         value = section["threads"]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
             raise ConfigError(f"plugins.archive.threads: give a whole number from 1 to 64 (got {value!r})")
-    if "fsync" in section and not isinstance(section["fsync"], bool):
-        raise ConfigError(f"plugins.archive.fsync: true or false (got {section['fsync']!r})")
+    for key in ("fsync", "keep_cached"):
+        if key in section and not isinstance(section[key], bool):
+            raise ConfigError(f"plugins.archive.{key}: true or false (got {section[key]!r})")

@@ -140,6 +140,8 @@ _FREE_MARGIN = 1 << 30
 #: how many directories known to exist are remembered (then forgotten all at once)
 _KNOWN_DIRS = 4096
 _FADV_DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)
+#: a synced file at least this long leaves the page cache (unless keep_cached; see _drop_cached)
+_DROP_CACHED_FROM = _WRITEBACK
 #: extended attribute giving a file's full length, set before it is renamed into place unsynced
 _LENGTH_XATTR = "user.dimsekit.length"
 _TAG_SOP_CLASS = 0x00080016
@@ -511,6 +513,8 @@ class Archive:
     :param threads: size of the worker thread pool.
     :param fsync: fsync files and directories before success (turn off only
         for throwaway data).
+    :param keep_cached: leave a large instance's file in the page cache once
+        it is synced (by default its pages are dropped: see :meth:`_drop_cached`).
     :param reactor: the reactor the Deferreds fire in (default: the global one).
     """
 
@@ -522,6 +526,7 @@ class Archive:
         min_free_mb: float = 100.0,
         threads: int = 4,
         fsync: bool = True,
+        keep_cached: bool = False,
         reactor: Any = None,
     ) -> None:
         if duplicates not in DUPLICATE_POLICIES:
@@ -540,6 +545,7 @@ class Archive:
         self.duplicates = duplicates
         self.min_free_mb = float(min_free_mb)
         self.fsync = fsync
+        self.keep_cached = keep_cached
         self.reactor = reactor
         self.started = False
         self.closed = False
@@ -581,6 +587,7 @@ class Archive:
             min_free_mb=settings.min_free_mb,
             threads=settings.threads,
             fsync=settings.fsync,
+            keep_cached=settings.keep_cached,
             reactor=reactor,
         )
 
@@ -1050,11 +1057,8 @@ class Archive:
             # (it would index it unsynced, or take it for a stale copy and delete it).
             self._placing.add(rel)
         try:
-            try:
-                if rename_first:
-                    os.fsync(fd)
-            finally:
-                incoming._close_file()
+            if rename_first:
+                os.fsync(fd)
             if self.fsync:
                 _fsync_dir(final.parent)
         except Exception:
@@ -1072,6 +1076,7 @@ class Archive:
             raise
         stored = ArchivedInstance.of(self.root, record, replaced=final_existed, duplicate_discarded=False, path=final)
         self._index_new(record, answer, stored)
+        self._drop_cached(fd, size)  # after the answer: off the sender's path
         return stored
 
     def _index_new(self, record: index.InstanceRecord, answer: Callable[[object], None],
@@ -1113,6 +1118,27 @@ class Archive:
         while self._unindexed:
             self._put(self._unindexed[0])
             del self._unindexed[0]
+
+    def _drop_cached(self, fd: int, size: int) -> None:
+        """Drop a large file's pages from the page cache, now that they are synced (clean).
+
+        The archive writes each instance once; left cached, every instance took
+        fresh pages for the next one's writes.  Dropped, the next instance's
+        writes reuse them: on a virtual machine whose host takes back the
+        memory its guest leaves free, the copy into fresh pages cost up to 5x
+        (the reactor thread's kernel time per CT instance doubled in half the
+        runs here; benchmarks/README.md, session 16).  The index and the files
+        that are read stay cached.  Dropping 525 KB costs ~80 us of kernel
+        time, so it is done after the answer.  ``keep_cached`` leaves them,
+        for a node that reads what it stores at once (a forwarder).  Failing
+        is harmless: the pages stay.
+        """
+        if self.keep_cached or not self.fsync or size < _DROP_CACHED_FROM or _FADV_DONTNEED is None:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
+        except OSError:
+            pass
 
     def _mark_length(self, fd: int, size: int) -> bool:
         """Record the file's full length in an extended attribute; False where they are not supported."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 from pathlib import Path
 
@@ -612,6 +615,86 @@ def test_one_archive_at_a_time_uses_a_data_directory(root, clock):
     clock.wait(second.close())
 
 
+# -- the page cache ------------------------------------------------------------------------------
+
+
+def _file_system(path: Path) -> str:
+    """The type of the file system ``path`` is on (the longest mount point above it)."""
+    path = path.resolve()
+    best, kind = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1].replace("\\040", " ")
+            if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
+@pytest.fixture
+def disk_root(tmp_path):
+    """A data directory on a file system with a page cache of its own (not tmpfs, where
+    the pages are the file): the checkout's when the temporary directory is in memory."""
+    if _file_system(tmp_path) not in ("tmpfs", "ramfs"):
+        yield tmp_path / "data"
+        return
+    here = Path(tempfile.mkdtemp(prefix=".page-cache-test-", dir=Path(__file__).resolve().parents[2]))
+    try:
+        yield here / "data"
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages in all), by mincore(2)."""
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    vector = ctypes.create_string_buffer(pages)
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # maps the cached pages, reads none
+        try:
+            view = ctypes.c_char.from_buffer(mapped)
+            try:
+                if libc.mincore(ctypes.addressof(view), size, vector) != 0:
+                    raise OSError(ctypes.get_errno(), "mincore")
+            finally:
+                del view
+        finally:
+            mapped.close()
+    return sum(byte & 1 for byte in vector.raw), pages
+
+
+@pytest.mark.parametrize("keep_cached", [False, True])
+def test_a_large_instance_leaves_the_page_cache_once_synced(disk_root, clock, keep_cached):
+    """A stored instance of 256 KiB or more is dropped from the page cache after its fsync
+    (the next instance's writes reuse its pages), unless keep_cached; a smaller one stays."""
+    archive = _open(disk_root, clock, keep_cached=keep_cached)
+    try:
+        fresh = store(archive, clock, make_dataset(pixels=os.urandom(1 << 20)))  # renamed into place, then synced
+        first = make_dataset(pixels=os.urandom(1 << 20))
+        store(archive, clock, first)
+        # the same instance again replaces the stored copy in place (synced before its rename)
+        again = make_dataset(pixels=os.urandom(1 << 20), sop_instance=str(first.SOPInstanceUID),
+                             study=str(first.StudyInstanceUID), series=str(first.SeriesInstanceUID))
+        replaced = store(archive, clock, again)
+        small = store(archive, clock, make_dataset(pixels=os.urandom(64 << 10)))
+    finally:
+        clock.wait(archive.close())
+    assert replaced.replaced
+    for stored in (fresh, replaced):
+        cached, pages = resident_pages(Path(stored.path))
+        assert pages > 256
+        if keep_cached:
+            # the end of it at least, written after the drain last asked for write-back
+            assert cached >= 32, (cached, pages)
+        else:
+            assert cached == 0, (cached, pages)
+    small_cached, small_pages = resident_pages(Path(small.path))
+    assert small_pages > 16 and small_cached == small_pages  # not worth a system call
+
+
 # -- reconcile -------------------------------------------------------------------------------------
 
 
@@ -767,12 +850,16 @@ def test_reconcile_of_a_missing_index_rebuilds_it_from_the_files(root, clock):
 
 def test_settings_defaults_and_values(tmp_path):
     settings = ArchiveSettings.from_config(from_mapping({"node": {"data_dir": str(tmp_path / "d")}}))
-    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync) == ("newest", 100.0, 4, True)
+    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync, settings.keep_cached) == (
+        "newest", 100.0, 4, True, False)
     assert settings.root == (tmp_path / "d").resolve()
     settings = ArchiveSettings.from_config(from_mapping({
-        "plugins": {"storage": {"duplicates": "reject", "min_free_mb": 5}, "archive": {"threads": 2, "fsync": False}},
+        "plugins": {"storage": {"duplicates": "reject", "min_free_mb": 5},
+                    "archive": {"threads": 2, "fsync": False, "keep_cached": True}},
     }))
-    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync) == ("reject", 5.0, 2, False)
+    assert (settings.duplicates, settings.min_free_mb, settings.threads, settings.fsync, settings.keep_cached) == (
+        "reject", 5.0, 2, False, True)
+    assert Archive.from_settings(settings).keep_cached is True
     assert settings.root == (Path.cwd() / "dimsekit-data").resolve()
 
 
@@ -782,6 +869,7 @@ def test_settings_defaults_and_values(tmp_path):
     ({"storage": {"min_free_mb": "lots"}}, "plugins.storage.min_free_mb"),
     ({"archive": {"threads": 0}}, "plugins.archive.threads"),
     ({"archive": {"fsync": "yes"}}, "plugins.archive.fsync"),
+    ({"archive": {"keep_cached": 1}}, "plugins.archive.keep_cached"),
     ({"archive": {"thread": 2}}, "plugins.archive.thread"),
 ])
 def test_bad_settings_name_the_key(plugins, key):

@@ -274,7 +274,10 @@ def test_a_file_creation_job_that_comes_after_the_commit_creates_nothing(root, c
     clock.wait(incoming.commit())
     assert jobs
     jobs[0]()  # it gets the lock now
-    assert os.listdir(root / ".incoming") == [] and incoming._fd is None
+    assert os.listdir(root / ".incoming") == []
+    # the commit's worker closes the file once it dropped its pages, after the answer
+    assert wait_for(lambda: incoming._fd is None)
+    assert os.listdir(root / ".incoming") == []
     clock.wait(archive.close())
 
 

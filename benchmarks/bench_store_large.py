@@ -249,8 +249,10 @@ def main() -> None:
             for kind in kinds:
                 receivers[kind] = start_receiver(servers, kind, free_port(), workdir, expect, args.max_pdu, spool)
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
-            for i in range(args.runs):  # each run visits every receiver in turn
-                for kind, receiver in receivers.items():
+            order = list(receivers.items())
+            for i in range(args.runs):  # each run visits every receiver in turn, from the next one on
+                shift = i % len(order)
+                for kind, receiver in order[shift:] + order[:shift]:
                     prefault(2 * size)
                     run = send(receiver.port, path, args.max_pdu, source_tree(kind))
                     run["mib_per_s"] = run["dataset_bytes"] / MIB / run["store_seconds"]

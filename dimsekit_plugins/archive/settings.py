@@ -13,6 +13,7 @@
     threads = 4                  # worker threads for fsync, parsing and the index
     fsync = true                 # false: faster, but a power cut may lose acknowledged instances
     keep_cached = false          # true: leave large instances just stored in the page cache
+    journal = true               # small instances made durable by one journal append (false: 2 fsyncs)
 
 ``duplicates`` and ``min_free_mb`` live in ``[plugins.storage]`` because they
 are what a storage SCP user tunes; any archive backend should honour them.
@@ -33,7 +34,7 @@ __all__ = ["ArchiveSettings", "DUPLICATE_POLICIES", "check_storage_keys", "check
 DUPLICATE_POLICIES = ("newest", "first", "reject")
 
 _STORAGE_ARCHIVE_KEYS = ("duplicates", "min_free_mb")
-_ARCHIVE_KEYS = ("threads", "fsync", "keep_cached")
+_ARCHIVE_KEYS = ("threads", "fsync", "keep_cached", "journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class ArchiveSettings:
     threads: int = 4
     fsync: bool = True
     keep_cached: bool = False
+    journal: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> ArchiveSettings:
@@ -64,6 +66,7 @@ class ArchiveSettings:
             threads=int(archive.get("threads", 4)),
             fsync=bool(archive.get("fsync", True)),
             keep_cached=bool(archive.get("keep_cached", False)),
+            journal=bool(archive.get("journal", True)),
         )
 
 
@@ -112,6 +115,6 @@ def check_archive_keys(section: Mapping[str, Any]) -> None:
         value = section["threads"]
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
             raise ConfigError(f"plugins.archive.threads: give a whole number from 1 to 64 (got {value!r})")
-    for key in ("fsync", "keep_cached"):
+    for key in ("fsync", "keep_cached", "journal"):
         if key in section and not isinstance(section[key], bool):
             raise ConfigError(f"plugins.archive.{key}: true or false (got {section[key]!r})")

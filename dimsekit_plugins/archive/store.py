@@ -56,9 +56,16 @@ into place whose commit has not yet made it durable and indexed it is in
 not yet synced, or take a copy moved to another series for a stale one).
 Commits of the same SOP Instance UID are serialised in arrival order.
 
+A small new instance (the data set under 64 KiB, duplicates ``newest``)
+takes a shorter path: its file is put in place unsynced and the whole file
+appended to the journal, synced there (one device flush instead of the
+file's and its directory's), before the answer; checkpoints make the files
+durable in bulk (see :mod:`~dimsekit_plugins.archive.journal`).
+
 Crash consistency: a file reaches its place either synced, or (new files)
 with its full length recorded in an extended attribute just before the
-rename; it is indexed only once synced.  So after a crash the worst cases are
+rename, or (small ones) with its bytes in the journal, which is replayed
+before anything else after a restart; it is indexed only once durable.  So after a crash the worst cases are
 a stray temporary file, a file without a row (complete, or shorter than its
 recorded length: quarantined), or a row whose file vanished.
 :meth:`reconcile` (run when the archive starts) fixes all of them and reports it.
@@ -108,6 +115,7 @@ from dimsekit_plugins.archive.errors import (
     OutOfResources,
 )
 from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix
+from dimsekit_plugins.archive.journal import JOURNALED_MAX, Journal, replay, restore
 from dimsekit_plugins.archive.layout import (
     INCOMING,
     INDEX_NAME,
@@ -515,6 +523,8 @@ class Archive:
         for throwaway data).
     :param keep_cached: leave a large instance's file in the page cache once
         it is synced (by default its pages are dropped: see :meth:`_drop_cached`).
+    :param journal: make small new instances durable by a journal append
+        rather than two fsyncs (see :mod:`~dimsekit_plugins.archive.journal`).
     :param reactor: the reactor the Deferreds fire in (default: the global one).
     """
 
@@ -527,6 +537,7 @@ class Archive:
         threads: int = 4,
         fsync: bool = True,
         keep_cached: bool = False,
+        journal: bool = True,
         reactor: Any = None,
     ) -> None:
         if duplicates not in DUPLICATE_POLICIES:
@@ -578,6 +589,10 @@ class Archive:
         self._placing: set[str] = set()
         #: records of durable instances whose index write failed after their answer; guarded by _db_lock
         self._unindexed: list[index.InstanceRecord] = []
+        #: small instances made durable by one append (see journal.py); replayed before first use
+        self._journal = Journal(self.root) if fsync and journal else None
+        self._journal_ready = False
+        self._journal_init = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: ArchiveSettings, reactor: Any = None) -> Archive:
@@ -588,6 +603,7 @@ class Archive:
             threads=settings.threads,
             fsync=settings.fsync,
             keep_cached=settings.keep_cached,
+            journal=settings.journal,
             reactor=reactor,
         )
 
@@ -702,6 +718,11 @@ class Archive:
             self._pool.stop()
 
     def _close_db(self) -> None:
+        if self._journal is not None and self._journal_ready:
+            try:
+                self._journal.close()  # a checkpoint: nothing to replay at the next start
+            except OSError as exc:
+                _log.warn("archive {root}: closing the journal: {error}", root=str(self.root), error=exc)
         with self._db_lock:
             self._db_closed = True
             if self._conn is not None:
@@ -873,7 +894,8 @@ class Archive:
         without a row), ``rows_refreshed`` (rows whose file changed size),
         ``stale_removed`` (an older copy of an instance indexed elsewhere),
         ``quarantined`` (files that cannot be read, moved to ``.quarantine``),
-        ``dirs_removed`` (empty study/series directories); ``instances``: how
+        ``dirs_removed`` (empty study/series directories), ``journal_restored`` (files
+        written back from the journal, after a crash; only if any); ``instances``: how
         many are indexed afterwards.
         """
 
@@ -997,6 +1019,12 @@ class Archive:
         the file system has no extended attributes, the file is synced before
         it is renamed.
         """
+        if self._journal is not None:
+            self._open_journal()  # replayed before anything is stored (a record must not undo it)
+            if not incoming._file_asked and incoming.error is None:  # under 64 KiB: no file yet
+                journaled = self._store_journaled(incoming, answer)
+                if journaled is not None:
+                    return journaled
         incoming._drain()  # the rest of the data set (usually all of a small one)
         if incoming.error is not None:
             raise incoming.error
@@ -1023,6 +1051,8 @@ class Archive:
             source_ae=incoming.source_ae,
         )
         final_existed = final.exists()
+        if final_existed:
+            self._checkpoint()  # no journal record may bring back what this replaces
         rename_first = self.fsync and self._rename_first and not final_existed and self._mark_length(fd, size)
         if self.fsync and not rename_first:
             os.fsync(fd)
@@ -1043,16 +1073,7 @@ class Archive:
                     _log.info("{uid}: stored already; the copy just received is discarded (duplicates = first)",
                               uid=incoming.sop_instance_uid)
                     return ArchivedInstance.of(self.root, existing, replaced=False, duplicate_discarded=True)
-            self._make_dirs(final.parent)
-            try:
-                os.replace(temp, final)
-            except FileNotFoundError:
-                if not temp.exists():
-                    raise
-                # Its directory went away under us (removed by hand): make it again.
-                self._known_dirs.clear()
-                self._make_dirs(final.parent)
-                os.replace(temp, final)
+            self._rename_into_place(temp, final)
             # In place, not yet durable and indexed: reconcile() leaves it alone
             # (it would index it unsynced, or take it for a stale copy and delete it).
             self._placing.add(rel)
@@ -1111,6 +1132,7 @@ class Archive:
         """Index a durable instance; remove the stored copy it replaced elsewhere (holding ``_db_lock``)."""
         previous = self._sql_locked(index.put, record)
         if previous is not None and previous != record.path:
+            self._checkpoint()  # no journal record may bring it back
             _unlink(self.root.joinpath(*previous.split("/")))
 
     def _put_unindexed(self) -> None:
@@ -1118,6 +1140,92 @@ class Archive:
         while self._unindexed:
             self._put(self._unindexed[0])
             del self._unindexed[0]
+
+    def _store_journaled(self, incoming: IncomingInstance, answer: Callable[[object], None]) -> ArchivedInstance | None:
+        """A small new instance: into place unsynced, made durable by a journal append (see
+        journal.py), then answered and indexed.  None: it takes the usual path."""
+        if self.duplicates != "newest" or incoming.size > JOURNALED_MAX:
+            return None
+        header = incoming._header
+        values = header.result() if header is not None else None
+        if values is None:
+            return None
+        self._check_against_command(values, incoming)
+        check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
+        check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
+        rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)
+        final = self.root.joinpath(*rel.split("/"))
+        if final.exists():
+            return None  # a replacement: synced in place, after a checkpoint
+        self._open_journal()
+        incoming._header = None
+        with incoming._lock:
+            chunks, incoming._pending, incoming._pending_size = incoming._pending, [], 0
+        size = sum(map(len, chunks))
+        record = index.InstanceRecord(**values, transfer_syntax_uid=incoming.transfer_syntax, path=rel, size=size,
+                                      received_at=_now(), source_ae=incoming.source_ae)
+        with self._write_lock:
+            fd = _create(incoming._temp)
+            try:
+                _write_chunks(fd, chunks)
+            finally:
+                os.close(fd)
+            self._rename_into_place(incoming.temp_path, final)
+            self._placing.add(rel)
+        try:
+            self._journal.append(rel, chunks)  # type: ignore[union-attr]
+        except BaseException:
+            with self._write_lock:
+                self._placing.discard(rel)
+                _unlink(final)
+            raise
+        stored = ArchivedInstance.of(self.root, record, replaced=False, duplicate_discarded=False, path=final)
+        self._index_new(record, answer, stored)
+        if self._journal.due():  # type: ignore[union-attr]
+            self._checkpoint()
+        return stored
+
+    def _rename_into_place(self, temp: Path, final: Path) -> None:
+        """Rename, its directories made first (holding the write lock)."""
+        self._make_dirs(final.parent)
+        try:
+            os.replace(temp, final)
+        except FileNotFoundError:
+            if not temp.exists():
+                raise
+            # Its directory went away under us (removed by hand): make it again.
+            self._known_dirs.clear()
+            self._make_dirs(final.parent)
+            os.replace(temp, final)
+
+    def _open_journal(self, report: dict[str, Any] | None = None) -> None:
+        """Before the journal's first use: write back durably every file its records hold
+        that is missing or differs (after a crash), then start a new generation."""
+        journal = self._journal
+        if journal is None or self._journal_ready:
+            return
+        with self._journal_init:
+            if self._journal_ready:
+                return
+            restored = []
+            with self._write_lock:
+                for rel, data in replay(journal.path):
+                    temp = self.incoming_dir / f"{self._part_prefix}{next(self._part_serial):x}.part"
+                    if restore(self.root, rel, data, temp, self._make_dirs):
+                        restored.append(rel)
+            journal.open()
+            journal.checkpoint(if_pending=False)
+            self._journal_ready = True
+        if restored:
+            _log.warn("archive {root}: {n} instance(s) written back from the journal", root=str(self.root),
+                      n=len(restored))
+            if report is not None:
+                report["journal_restored"] = restored
+
+    def _checkpoint(self) -> None:
+        """Make the journaled files durable and empty the journal (worker thread)."""
+        if self._journal is not None and self._journal_ready:
+            self._journal.checkpoint()
 
     def _drop_cached(self, fd: int, size: int) -> None:
         """Drop a large file's pages from the page cache, now that they are synced (clean).
@@ -1207,6 +1315,8 @@ class Archive:
             "temp_removed": [], "rows_dropped": [], "files_indexed": [], "rows_refreshed": [],
             "stale_removed": [], "quarantined": [], "dirs_removed": [],
         }
+        self._open_journal(report)  # after a crash: the journaled files back first
+        self._checkpoint()  # what reconcile removes or moves, no record brings back
         # List first, then take the names of the instances being received:
         # receive() registers a name before it creates the file, so every
         # file listed that is not stray is in this snapshot.

@@ -273,7 +273,7 @@ def test_result_waits_for_a_run_in_progress_and_raises_its_error():
 
 @pytest.fixture
 def archive(tmp_path, clock):
-    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0)
+    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0, journal=False)  # the fsyncs' path
     archive.start()
     yield archive
     clock.wait(archive.close())
@@ -470,7 +470,7 @@ def test_an_abort_before_a_queued_write_runs_leaves_no_file(archive, clock):
 
 def test_many_instances_with_a_busy_pool_all_land(tmp_path):
     clock = ThreadedClock()
-    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0, threads=1)
+    archive = Archive(tmp_path / "data", reactor=clock, min_free_mb=0, threads=1, journal=False)
     archive.start()
     try:
         sets = [make_dataset(pixels=b"\x03" * (2 * _PREFIX)) for _ in range(12)]

@@ -196,9 +196,14 @@ def wait_for(predicate: Any, seconds: float = 5.0) -> bool:
 
 
 def open_archive(root: Any, clock: ThreadedClock, **kwargs: Any) -> Any:
-    """An Archive on ``root`` and ``clock`` (no free-space floor unless given), started."""
+    """An Archive on ``root`` and ``clock`` (no free-space floor unless given), started.
+
+    Without the journal unless ``journal=True``: these tests follow an instance through
+    the files' own fsyncs (test_archive_journal.py tests the journal's path).
+    """
     from dimsekit_plugins.archive import Archive
 
+    kwargs.setdefault("journal", False)
     archive = Archive(root, reactor=clock, min_free_mb=kwargs.pop("min_free_mb", 0), **kwargs)
     archive.start()
     return archive

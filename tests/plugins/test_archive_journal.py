@@ -68,6 +68,15 @@ def crash_copy(root: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def restarted(copy: Path, clock) -> dict:
+    """The report of an archive started on ``copy`` (its reconcile), closed again."""
+    archive = open_archive(copy, clock, journal=True)
+    try:
+        return clock.wait(archive.reconcile())
+    finally:
+        clock.wait(archive.close())
+
+
 def test_a_small_instance_is_journaled_and_written_back_after_a_crash(root, clock, tmp_path):
     archive = open_archive(root, clock, journal=True)
     try:
@@ -108,13 +117,8 @@ def test_replacing_a_journaled_file_checkpoints_first(root, clock, tmp_path):
         copy = crash_copy(root, tmp_path)
     finally:
         clock.wait(archive.close())
-    second = open_archive(copy, clock, journal=True)
-    try:
-        report = clock.wait(second.reconcile())
-        assert "journal_restored" not in report
-        assert (copy / Path(newer.path).relative_to(root)).read_bytes() == data
-    finally:
-        clock.wait(second.close())
+    assert "journal_restored" not in restarted(copy, clock)
+    assert (copy / Path(newer.path).relative_to(root)).read_bytes() == data
 
 
 def test_moving_a_journaled_instance_to_another_series_checkpoints_before_the_old_copy_goes(root, clock, tmp_path):
@@ -127,13 +131,9 @@ def test_moving_a_journaled_instance_to_another_series_checkpoints_before_the_ol
         copy = crash_copy(root, tmp_path)
     finally:
         clock.wait(archive.close())
-    second = open_archive(copy, clock, journal=True)
-    try:
-        report = clock.wait(second.reconcile())
-        assert not (copy / old.relative_to(root)).exists()  # not brought back by an older record
-        assert report.get("journal_restored") is None and report["instances"] == 1
-    finally:
-        clock.wait(second.close())
+    report = restarted(copy, clock)
+    assert not (copy / old.relative_to(root)).exists()  # not brought back by an older record
+    assert report.get("journal_restored") is None and report["instances"] == 1
 
 
 def test_a_record_outside_the_layout_is_never_written(root, clock, tmp_path):

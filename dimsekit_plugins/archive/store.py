@@ -1157,7 +1157,6 @@ class Archive:
         final = self.root.joinpath(*rel.split("/"))
         if final.exists():
             return None  # a replacement: synced in place, after a checkpoint
-        self._open_journal()
         incoming._header = None
         with incoming._lock:
             chunks, incoming._pending, incoming._pending_size = incoming._pending, [], 0

@@ -32,16 +32,14 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from dimsekit_plugins.archive.layout import SUFFIX, is_uid
+from dimsekit_plugins.archive.layout import fsync_dir
 
-__all__ = ["Journal", "JOURNAL_NAME", "JOURNALED_MAX", "replay", "restore"]
+__all__ = ["Journal", "JOURNAL_NAME", "replay"]
 
 JOURNAL_NAME = ".journal"
-#: the largest Part 10 file that goes through the journal (a larger one is synced in place)
-JOURNALED_MAX = 256 * 1024
 #: a checkpoint after this many records, so that a restart has little to check
 CHECKPOINT_EVERY = 1024
 _SIZE = 16 << 20
@@ -54,11 +52,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _syncfs(fd: int) -> None:
-    """Write back and flush the whole file system ``fd`` is on (``os`` has no syncfs before 3.12)."""
-    syncfs = getattr(os, "syncfs", None)
-    if syncfs is not None:  # pragma: no cover - Python 3.12+
-        syncfs(fd)
-        return
+    """Write back and flush the whole file system ``fd`` is on (syncfs(2): not in ``os``)."""
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -106,11 +100,7 @@ class Journal:
                     generation = 1
                     os.pwrite(fd, _header(generation), 0)
                     os.fsync(fd)
-                    directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-                    try:
-                        os.fsync(directory)
-                    finally:
-                        os.close(directory)
+                    fsync_dir(self.path.parent)
             except BaseException:
                 os.close(fd)
                 raise
@@ -210,32 +200,3 @@ def replay(path: Path) -> Iterator[tuple[str, bytes]]:
     finally:
         os.close(fd)
 
-
-def restore(root: Path, rel: str, data: bytes, temp: Path, make_dirs: Callable[[Path], None]) -> bool:
-    """A record's file back at ``root/rel``, synced with its directory, unless it is there
-    with these bytes already; False for that, or for a path that is not the archive's layout."""
-    parts = rel.split("/")
-    if len(parts) != 3 or not parts[2].endswith(SUFFIX) or not all(map(is_uid, (*parts[:2], parts[2][: -len(SUFFIX)]))):
-        return False  # never a path outside the data directory
-    final = Path(root).joinpath(*parts)
-    try:
-        if final.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    make_dirs(final.parent)
-    os.replace(temp, final)
-    directory = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return True

@@ -7,6 +7,7 @@ Layout under the data directory::
       .lock                             held (flock) by the process using the archive
       .incoming/<sop uid>.<token>.part  instances being received
       .quarantine/                      files reconcile() could not read
+      .journal                          small instances' bytes until a checkpoint (journal.py)
       <study uid>/<series uid>/<sop instance uid>.dcm
 
 Every UID is checked by :func:`check_uid` before it becomes a path
@@ -20,6 +21,7 @@ path.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -30,6 +32,8 @@ __all__ = [
     "is_uid",
     "instance_path",
     "relative_path",
+    "is_instance_path",
+    "fsync_dir",
     "INCOMING",
     "QUARANTINE",
     "INDEX_NAME",
@@ -78,3 +82,19 @@ def relative_path(study_uid: str, series_uid: str, sop_instance_uid: str) -> str
 def instance_path(root: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
     """The final place of an instance under ``root``."""
     return root.joinpath(*relative_path(study_uid, series_uid, sop_instance_uid).split("/"))
+
+
+def is_instance_path(rel: str) -> bool:
+    """Whether ``rel`` is a ``study/series/instance.dcm`` path of this layout (UIDs checked)."""
+    parts = rel.split("/")
+    return (len(parts) == 3 and parts[2].endswith(SUFFIX)
+            and all(map(is_uid, (parts[0], parts[1], parts[2][: -len(SUFFIX)]))))
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a directory's entries durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -115,7 +115,7 @@ from dimsekit_plugins.archive.errors import (
     OutOfResources,
 )
 from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix
-from dimsekit_plugins.archive.journal import JOURNALED_MAX, Journal, replay, restore
+from dimsekit_plugins.archive.journal import Journal, replay
 from dimsekit_plugins.archive.layout import (
     INCOMING,
     INDEX_NAME,
@@ -123,9 +123,11 @@ from dimsekit_plugins.archive.layout import (
     QUARANTINE,
     SUFFIX,
     check_uid,
+    is_instance_path,
     is_uid,
     relative_path,
 )
+from dimsekit_plugins.archive.layout import fsync_dir as _fsync_dir
 from dimsekit_plugins.archive.settings import DUPLICATE_POLICIES, ArchiveSettings
 
 __all__ = ["Archive", "IncomingInstance", "ArchivedInstance"]
@@ -251,14 +253,6 @@ def _unlink(path: Path | str) -> None:
 def _create(path: Path | str) -> int:
     """Create ``path`` (it must not exist) for writing; its descriptor."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _resource_error(exc: OSError, doing: str) -> OutOfResources:
@@ -1021,7 +1015,7 @@ class Archive:
         """
         if self._journal is not None:
             self._open_journal()  # replayed before anything is stored (a record must not undo it)
-            if not incoming._file_asked and incoming.error is None:  # under 64 KiB: no file yet
+            if not incoming._file_asked and incoming.error is None and self.duplicates == "newest":  # < 64 KiB
                 journaled = self._store_journaled(incoming, answer)
                 if journaled is not None:
                     return journaled
@@ -1036,20 +1030,9 @@ class Archive:
         values = header.result() if header is not None else None
         if values is None:
             values = self._read_header(temp)
-        self._check_against_command(values, incoming)
-        check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
-        check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
-        rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)
-        final = self.root.joinpath(*rel.split("/"))
         size = os.fstat(fd).st_size
-        record = index.InstanceRecord(
-            **values,
-            transfer_syntax_uid=incoming.transfer_syntax,
-            path=rel,
-            size=size,
-            received_at=_now(),
-            source_ae=incoming.source_ae,
-        )
+        record, final = self._checked_record(incoming, values, size)
+        rel = record.path
         final_existed = final.exists()
         if final_existed:
             self._checkpoint()  # no journal record may bring back what this replaces
@@ -1144,25 +1127,18 @@ class Archive:
     def _store_journaled(self, incoming: IncomingInstance, answer: Callable[[object], None]) -> ArchivedInstance | None:
         """A small new instance: into place unsynced, made durable by a journal append (see
         journal.py), then answered and indexed.  None: it takes the usual path."""
-        if self.duplicates != "newest" or incoming.size > JOURNALED_MAX:
-            return None
         header = incoming._header
         values = header.result() if header is not None else None
         if values is None:
             return None
-        self._check_against_command(values, incoming)
-        check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
-        check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
-        rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)
-        final = self.root.joinpath(*rel.split("/"))
+        with incoming._lock:
+            chunks = incoming._pending
+        record, final = self._checked_record(incoming, values, sum(map(len, chunks)))
         if final.exists():
             return None  # a replacement: synced in place, after a checkpoint
         incoming._header = None
         with incoming._lock:
-            chunks, incoming._pending, incoming._pending_size = incoming._pending, [], 0
-        size = sum(map(len, chunks))
-        record = index.InstanceRecord(**values, transfer_syntax_uid=incoming.transfer_syntax, path=rel, size=size,
-                                      received_at=_now(), source_ae=incoming.source_ae)
+            incoming._pending, incoming._pending_size = [], 0
         with self._write_lock:
             fd = _create(incoming._temp)
             try:
@@ -1170,12 +1146,12 @@ class Archive:
             finally:
                 os.close(fd)
             self._rename_into_place(incoming.temp_path, final)
-            self._placing.add(rel)
+            self._placing.add(record.path)
         try:
-            self._journal.append(rel, chunks)  # type: ignore[union-attr]
+            self._journal.append(record.path, chunks)  # type: ignore[union-attr]
         except BaseException:
             with self._write_lock:
-                self._placing.discard(rel)
+                self._placing.discard(record.path)
                 _unlink(final)
             raise
         stored = ArchivedInstance.of(self.root, record, replaced=False, duplicate_discarded=False, path=final)
@@ -1183,6 +1159,18 @@ class Archive:
         if self._journal.due():  # type: ignore[union-attr]
             self._checkpoint()
         return stored
+
+    def _checked_record(self, incoming: IncomingInstance, values: dict[str, Any],
+                        size: int) -> tuple[index.InstanceRecord, Path]:
+        """The index record of a data set whose header gave ``values``, and its final place, once
+        the header agrees with the command and its UIDs make a path."""
+        self._check_against_command(values, incoming)
+        check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
+        check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
+        rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)
+        record = index.InstanceRecord(**values, transfer_syntax_uid=incoming.transfer_syntax, path=rel, size=size,
+                                      received_at=_now(), source_ae=incoming.source_ae)
+        return record, self.root.joinpath(*rel.split("/"))
 
     def _rename_into_place(self, temp: Path, final: Path) -> None:
         """Rename, its directories made first (holding the write lock)."""
@@ -1206,12 +1194,8 @@ class Archive:
         with self._journal_init:
             if self._journal_ready:
                 return
-            restored = []
             with self._write_lock:
-                for rel, data in replay(journal.path):
-                    temp = self.incoming_dir / f"{self._part_prefix}{next(self._part_serial):x}.part"
-                    if restore(self.root, rel, data, temp, self._make_dirs):
-                        restored.append(rel)
+                restored = [rel for rel, data in replay(journal.path) if self._restore(rel, data)]
             journal.open()
             journal.checkpoint(if_pending=False)
             self._journal_ready = True
@@ -1220,6 +1204,25 @@ class Archive:
                       n=len(restored))
             if report is not None:
                 report["journal_restored"] = restored
+
+    def _restore(self, rel: str, data: bytes) -> bool:
+        """A journal record's file back in place, synced, unless it is there with these bytes
+        (holding the write lock); False for that, or for a path not of the layout."""
+        if not is_instance_path(rel):
+            return False  # never a path outside the data directory
+        final = self.root.joinpath(*rel.split("/"))
+        if final.is_file() and final.read_bytes() == data:
+            return False
+        temp = self.incoming_dir / f"{self._part_prefix}{next(self._part_serial):x}.part"
+        fd = _create(temp)
+        try:
+            _write_chunks(fd, [data])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._rename_into_place(temp, final)
+        _fsync_dir(final.parent)
+        return True
 
     def _checkpoint(self) -> None:
         """Make the journaled files durable and empty the journal (worker thread)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -145,8 +146,6 @@ def test_a_record_outside_the_layout_is_never_written(root, clock, tmp_path):
     uid = generate_uid()
     journal.append(f"{uid}/{uid}/../../../escaped.dcm", [b"evil"])
     journal._fd, fd = None, journal._fd  # a crash: no checkpoint
-    import os
-
     os.close(fd)
     archive = open_archive(root, clock, journal=True)
     try:

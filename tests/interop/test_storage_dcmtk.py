@@ -18,6 +18,7 @@ from pydicom.uid import UID
 import dimsekit
 from dimsekit.datasets import part10_info
 from dimsekit.dimse.status import Category, category
+from dimsekit_plugins.archive.journal import replay
 from tests.interop.conftest import RawPeer, abort_pdu, dcmtk, run, start_node, stop
 from tests.interop.test_storage_support import (
     CT_IMAGE_STORAGE,
@@ -149,7 +150,10 @@ def test_an_unusable_sop_instance_uid_gets_a_failure_and_nothing_is_written(tmp_
     finally:
         _finish(node)
     new = {p for p in tmp_path.rglob("*") if p.is_file()} - before
-    assert {p.name for p in new} <= {"twistd.log", ".lock", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm"}, new
+    assert {p.name for p in new} <= {"twistd.log", ".lock", "index.sqlite", "index.sqlite-wal", "index.sqlite-shm",
+                                     ".journal"}, new
+    # .journal: the archive's, made when it starts; no record of the refused instance in it
+    assert list(replay(data_dir / ".journal")) == []
     assert all(data_dir in p.parents or p.parent == tmp_path / "run" for p in new), new
     assert not Path("/etc/x").exists()
     assert stored_files(data_dir) == [] and temp_files(data_dir) == []

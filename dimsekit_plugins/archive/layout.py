@@ -25,6 +25,8 @@ import os
 import re
 from pathlib import Path
 
+from twisted.logger import Logger
+
 from dimsekit_plugins.archive.errors import InvalidUID
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "relative_path",
     "is_instance_path",
     "fsync_dir",
+    "unlink",
+    "LENGTH_XATTR",
     "INCOMING",
     "QUARANTINE",
     "INDEX_NAME",
@@ -98,3 +102,19 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_log = Logger(namespace="dimsekit.archive")
+
+#: extended attribute giving a file's full length, set before it is renamed into place unsynced
+LENGTH_XATTR = "user.dimsekit.length"
+
+
+def unlink(path: Path | str) -> None:
+    """Remove ``path`` if it is there; a failure other than its absence is logged."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # pragma: no cover - reported, nothing else to do
+        _log.warn("cannot remove {path}: {error}", path=str(path), error=exc)

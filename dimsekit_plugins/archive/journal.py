@@ -6,7 +6,11 @@ appended to ``<data dir>/.journal`` and synced there (``fdatasync`` of blocks
 written in advance: one device flush, no metadata) before the success status
 goes out.  The two fsyncs it replaces -- the file's and its directory's,
 each a device flush -- were ~300 us of a ~850 us cycle on one association
-(benchmarks/README.md, session 16: +21 % small instances/s).
+(benchmarks/README.md, session 16: +21 % small instances/s).  The archive
+writes the record first (:meth:`Journal.write` starts its write-out) and puts
+the file in place while the device writes it, then waits (:meth:`Journal.sync`);
+a checkpoint in between drops the record before the file is in place, and
+``sync`` says so: that file is then synced on its own.
 
 A *checkpoint* makes every file written so far durable (``syncfs`` of the
 archive's file system, files and directories alike) and then starts a new
@@ -56,6 +60,16 @@ def _syncfs(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeout(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range out (sync_file_range(2), a hint: not in ``os``)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
 
 
 def _header(generation: int) -> bytes:
@@ -112,8 +126,13 @@ class Journal:
         return self._records
 
     def append(self, rel: str, chunks: list[bytes | memoryview]) -> None:
-        """Append a file's bytes and sync them: durable once this returns.  Checkpoints
-        first when the record would not fit."""
+        """Append a file's bytes and sync them: durable once this returns (:meth:`write`, then
+        :meth:`sync`)."""
+        self.sync(self.write(rel, chunks))
+
+    def write(self, rel: str, chunks: list[bytes | memoryview]) -> int:
+        """Write a record of a file's bytes and start writing it out to the disk, without
+        waiting; its generation, for :meth:`sync`.  Checkpoints first when it would not fit."""
         path = rel.encode("ascii")
         length = sum(map(len, chunks))
         need = -(-(_RECORD.size + len(path) + length) // _BLOCK) * _BLOCK
@@ -128,9 +147,18 @@ class Journal:
                 self._checkpoint_locked()
             head = _RECORD.pack(_RECORD_MAGIC, self._generation, len(path), length, crc)
             os.pwritev(fd, [head, path, *chunks], self._offset)
-            os.fdatasync(fd)
+            _start_writeout(fd, self._offset, need)
             self._offset += need
             self._records += 1
+            return self._generation
+
+    def sync(self, generation: int) -> bool:
+        """Wait until every record written so far is durable.  False when a checkpoint
+        came after the record of ``generation`` was written: the record no longer counts,
+        and the caller must make its file durable itself."""
+        os.fdatasync(self._require())
+        with self._lock:  # not in the middle of a checkpoint
+            return self._generation == generation
 
     def checkpoint(self, *, if_pending: bool = True) -> None:
         """Make every file written so far durable, then start a new generation."""

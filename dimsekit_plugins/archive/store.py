@@ -1128,24 +1128,37 @@ class Archive(Reconciling):
         incoming._header = None
         with incoming._lock:
             incoming._pending, incoming._pending_size = [], 0
-        with self._write_lock:
+        # The record first, its write-out started: the device writes it while the
+        # file goes into place (+3 % small instances/s).  A checkpoint in between
+        # would make durable everything but this file, and drop its record: then
+        # the file is synced here (journal.sync says so).
+        journal = self._journal
+        assert journal is not None
+        generation = journal.write(record.path, chunks)
+        placed = False
+        try:
             fd = _create(incoming._temp)
             try:
                 _write_chunks(fd, chunks)
+                with self._write_lock:
+                    self._rename_into_place(incoming.temp_path, final)
+                    self._placing.add(record.path)
+                    placed = True
+                if not journal.sync(generation):
+                    os.fsync(fd)
+                    _fsync_dir(final.parent)
             finally:
                 os.close(fd)
-            self._rename_into_place(incoming.temp_path, final)
-            self._placing.add(record.path)
-        try:
-            self._journal.append(record.path, chunks)  # type: ignore[union-attr]
         except BaseException:
-            with self._write_lock:
-                self._placing.discard(record.path)
-                _unlink(final)
+            if placed:
+                with self._write_lock:
+                    self._placing.discard(record.path)
+                    _unlink(final)
+            self._checkpoint()  # its record must not bring back what fails
             raise
         stored = ArchivedInstance.of(self.root, record, replaced=False, duplicate_discarded=False, path=final)
         self._index_new(record, answer, stored)
-        if self._journal.due():  # type: ignore[union-attr]
+        if journal.due():
             self._checkpoint()
         return stored
 

@@ -58,6 +58,15 @@ def test_a_clean_close_leaves_nothing_to_replay(tmp_path):
     assert list(replay(tmp_path / JOURNAL_NAME)) == []
 
 
+def test_sync_says_whether_a_checkpoint_dropped_the_record(journal):
+    generation = journal.write("1/2/3.dcm", [b"data"])
+    assert journal.sync(generation) is True  # still a record of the current generation
+    generation = journal.write("1/2/4.dcm", [b"more"])
+    journal.checkpoint()  # another thread's, before the file of 4 was in place
+    assert journal.sync(generation) is False
+    assert list(replay(journal.path)) == []
+
+
 # -- the archive --------------------------------------------------------------------------------------
 
 
@@ -102,6 +111,54 @@ def test_a_small_instance_is_journaled_and_written_back_after_a_crash(root, cloc
         assert list(replay(copy / JOURNAL_NAME)) == []  # written back, then a checkpoint
     finally:
         clock.wait(second.close())
+
+
+def test_a_checkpoint_while_the_file_goes_into_place_has_it_synced_by_its_commit(root, clock, tmp_path, monkeypatch):
+    """The record is written before the file is in place: a checkpoint in between makes durable
+    everything but that file and drops the record, so the commit syncs the file itself."""
+    archive = open_archive(root, clock, journal=True)
+    synced: list[str] = []
+    rename = archive._rename_into_place
+    fsync = os.fsync
+
+    def checkpoint_first(temp, final):
+        archive._journal.checkpoint()  # as another commit's would, between record and rename
+        rename(temp, final)
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    try:
+        store(archive, clock, make_dataset())  # the journal opened, the directories made
+        monkeypatch.setattr(archive, "_rename_into_place", checkpoint_first)
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        stored = store(archive, clock, make_dataset(study=generate_uid()))
+    finally:
+        monkeypatch.undo()
+        clock.wait(archive.close())
+    assert str(stored.path) in synced  # its data and name: no record holds them any more
+    assert str(Path(stored.path).parent) in synced
+
+
+def test_a_failed_placement_leaves_no_record_to_bring_the_instance_back(root, clock, tmp_path, monkeypatch):
+    archive = open_archive(root, clock, journal=True)
+
+    def refused(temp, final):
+        raise OSError(5, "Input/output error")
+
+    try:
+        store(archive, clock, make_dataset())
+        monkeypatch.setattr(archive, "_rename_into_place", refused)
+        ds = make_dataset()
+        with pytest.raises(Exception, match="Input/output error"):
+            store(archive, clock, ds)
+        monkeypatch.undo()
+        records = [rel for rel, _ in replay(root / JOURNAL_NAME)]
+        assert not any(str(ds.SOPInstanceUID) in rel for rel in records)
+        assert not list(root.rglob(f"{ds.SOPInstanceUID}*"))
+    finally:
+        clock.wait(archive.close())
 
 
 def test_replacing_a_journaled_file_checkpoints_first(root, clock, tmp_path):

@@ -62,6 +62,7 @@ __all__ = [
     "connect",
     "header_values",
     "put",
+    "put_many",
     "get",
     "delete",
     "all_paths",
@@ -474,14 +475,32 @@ class _transaction:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        # Inside another (put_many's): part of it, committed or rolled back with it.
+        self.nested = self.conn.in_transaction
+        if not self.nested:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, kind: object, value: object, tb: object) -> None:
+        if self.nested:
+            return
         if kind is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+            try:
+                self.conn.execute("COMMIT")
+                return
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                _forget_memo(self.conn)
+                raise
+        self.conn.execute("ROLLBACK")
+        _forget_memo(self.conn)
+
+
+def _forget_memo(conn: sqlite3.Connection) -> None:
+    """After a rollback: what a put of the transaction remembered was never committed."""
+    if isinstance(conn, _Connection):
+        conn.put_memo = None
 
 
 # -- reading attributes from a data set ------------------------------------------------------
@@ -868,6 +887,16 @@ def put(conn: sqlite3.Connection, record: InstanceRecord, *, memo: bool = True) 
     if now is not None:
         conn.put_memo = now  # type: ignore[attr-defined]  # committed: now it holds
     return previous["path"] if previous is not None else None
+
+
+def put_many(conn: sqlite3.Connection, records: Iterable[InstanceRecord]) -> list[str | None]:
+    """:func:`put` each record, in order, in one transaction: what each replaced.
+
+    One commit for many instances: the archive writes the rows of the instances
+    it answered in batches (``Archive._index_new``).
+    """
+    with _transaction(conn):
+        return [put(conn, record) for record in records]
 
 
 def _item_rows(spec: ItemTable, owner: object, items: list[dict[str, Any]]) -> tuple[tuple[Any, ...], ...]:

@@ -42,6 +42,7 @@ class Reconciling:
         }
         self._open_journal(report)  # after a crash: the journaled files back first
         self._checkpoint()  # what reconcile removes or moves, no record brings back
+        self._write_rows()  # the rows waiting for their batch, and the copies they moved away from
         # List first, then take the names of the instances being received:
         # receive() registers a name before it creates the file, so every
         # file listed that is not stray is in this snapshot.
@@ -103,7 +104,9 @@ class Reconciling:
         """Index (or drop) one file that has no matching row.  Holds the write lock."""
         if rel in self._placing:
             return  # a commit is making it durable and will index it
-        if any(pending.path == rel for pending in self._unindexed):
+        with self._rows_lock:
+            waiting = any(pending.path == rel for pending in self._unindexed)
+        if waiting:
             # Acknowledged, its row's write failed and waits to be tried again: this
             # copy is the instance (no mtime to compare can say otherwise).
             return

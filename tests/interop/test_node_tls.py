@@ -200,8 +200,9 @@ def test_storescu_over_tls_every_file_arrives_as_sent(tls_node, certs, tmp_path)
     assert "Store Failed" not in output, output
     tls_node.node.wait_log(rf"calling=TLSSTORE called=DIMSEKIT .* handled=\[C-STORE {len(corpus)}\] .*released")
 
-    rows = {r["sop_instance_uid"]: r for r in index_rows(tls_node.data)}
-    assert set(sources) <= set(rows), "not every instance sent over TLS is indexed"
+    # The rows are written in batches, 50 ms after an answer at the latest.
+    rows = wait_until(lambda: (lambda r: r if set(sources) <= set(r) else None)(
+        {r["sop_instance_uid"]: r for r in index_rows(tls_node.data)}), what="every instance sent over TLS indexed")
     for uid, source in sources.items():
         row = rows[uid]
         path = tls_node.data / row["path"]
@@ -356,8 +357,9 @@ def test_pynetdicom_echo_and_store_over_tls(tls_node, certs):
     assert echo and echo.Status == 0x0000, echo
     assert store and store.Status == 0x0000, store
     tls_node.node.wait_log(r"calling=PYNTLS called=DIMSEKIT .*handled=\[C-ECHO 1, C-STORE 1\] .*released")
-    row = index_rows(tls_node.data, "SELECT * FROM instance WHERE sop_instance_uid = ?", image.SOPInstanceUID)
-    assert row and row[0]["source_ae"] == "PYNTLS"
+    row = wait_until(lambda: index_rows(tls_node.data, "SELECT * FROM instance WHERE sop_instance_uid = ?",
+                                        image.SOPInstanceUID), what="the instance indexed")
+    assert row[0]["source_ae"] == "PYNTLS"
     kept = dcmread(tls_node.data / row[0]["path"])
     for element in image:
         assert kept[element.tag].value == element.value, element.keyword

@@ -46,6 +46,8 @@ def test_a_node_killed_mid_write_reconciles_when_restarted(tmp_path):
     proxy = RecordingProxy(node.port, budget=2 << 20)  # past the 1 MiB kept in memory
     try:
         _storescu(node.port, lost, kept)
+        # their rows written (in a batch, 50 ms after the answer at the latest) before the crash
+        wait_until(lambda: len(index_rows(data_dir)) == 2, what="two rows")
         sender = subprocess.Popen([dcmtk("storescu"), "-aec", "DIMSEKIT", "127.0.0.1", str(proxy.port), str(big)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert proxy.stalled.wait(20), "storescu did not send 2 MiB"

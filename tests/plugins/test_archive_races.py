@@ -156,25 +156,26 @@ def _held_put(monkeypatch):
     return release, events
 
 
-def test_the_answer_comes_before_the_index_write_and_a_read_waits_for_the_row(root, clock, monkeypatch):
+def test_the_answer_comes_before_the_index_write_and_a_read_writes_the_row_first(root, clock, monkeypatch):
     archive = open_archive(root, clock)
     ds = make_dataset()
     release, events = _held_put(monkeypatch)
     stored = clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
                                 sop_instance=ds.SOPInstanceUID).commit())
-    # Answered while the index write is still held: the file is durable and in place.
-    assert Path(stored.path).exists() and "put done" not in events
-    assert wait_for(lambda: events == ["put waits"])
+    # Answered, the file durable and in place; its row waits for the batch (or the timer).
+    assert Path(stored.path).exists() and events == []
+    assert [record.sop_instance_uid for record in archive._unindexed] == [ds.SOPInstanceUID]
     looked_up = archive.lookup(ds.SOPInstanceUID)
+    assert wait_for(lambda: events == ["put waits"])  # the read writes the waiting row first ...
     deadline = time.monotonic() + 0.3
     while time.monotonic() < deadline:
         clock.run_pending()
         time.sleep(0.01)
-    assert not looked_up.called  # a read that follows the answer waits for the row ...
+    assert not looked_up.called  # ... and waits for it
     release.set()
     found = clock.wait(looked_up)
     assert found is not None and found.path == stored.path  # ... and finds it
-    assert events == ["put waits", "put done"]
+    assert events == ["put waits", "put done"] and archive._unindexed == []
     clock.wait(archive.close())
 
 
@@ -218,6 +219,8 @@ def test_a_failed_index_write_after_the_answer_keeps_the_file_and_is_retried(roo
     assert Path(stored.path).exists()
     assert wait_for(lambda: len(archive._unindexed) == 1)
     assert rel_path(root, stored) not in archive._placing  # reconcile would index it too
+    assert clock.wait(archive.lookup(ds.SOPInstanceUID)) is None  # the write the read began with failed ...
+    assert calls == [ds.SOPInstanceUID] and len(archive._unindexed) == 1  # ... and the row still waits
     found = clock.wait(archive.lookup(ds.SOPInstanceUID))  # the next use of the index writes it first
     assert found is not None and found.path == stored.path
     assert calls == [ds.SOPInstanceUID, ds.SOPInstanceUID] and archive._unindexed == []
@@ -231,9 +234,10 @@ def test_the_wait_for_the_index_writes_a_row_whose_write_failed(root, clock, mon
     calls = _first_put_fails(monkeypatch)
     clock.wait(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID).commit())
     assert wait_for(lambda: len(archive._unindexed) == 1)
-    waited = threading.Thread(target=archive.wait_for_index)
-    waited.start()
-    waited.join(10)
+    for _ in range(2):  # the first write fails (logged), the second one holds
+        waited = threading.Thread(target=archive.wait_for_index)
+        waited.start()
+        waited.join(10)
     assert calls == [ds.SOPInstanceUID, ds.SOPInstanceUID] and archive._unindexed == []
     reader = store_module.sqlite3.connect(str(root / store_module.INDEX_NAME))
     try:

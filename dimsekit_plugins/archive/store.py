@@ -1132,7 +1132,7 @@ class Archive(Reconciling):
 
     def _rows_due(self) -> None:
         """Have the waiting rows written in :data:`_ROWS_DELAY` (reactor thread)."""
-        if self._rows_timer is None and not self._stopped:
+        if self._rows_timer is None and not (self.closed or self._stopped):  # close() writes them
             self._rows_timer = self.reactor.callLater(_ROWS_DELAY, self._rows_timer_fired)
 
     def _rows_timer_fired(self) -> None:

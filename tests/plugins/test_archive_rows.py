@@ -199,3 +199,14 @@ def test_a_commit_that_fails_leaves_put_nothing_to_remember(tmp_path, monkeypatc
         assert conn.execute("SELECT COUNT(*) FROM series").fetchone()[0] == 1
     finally:
         conn.close()
+
+
+def test_no_timer_outlives_close(root, clock):
+    archive = open_archive(root, clock)
+    store(archive, clock, make_dataset())
+    uid = str(commit(archive, clock, make_dataset()).sop_instance_uid)
+    closed = archive.close()
+    archive._rows_due()  # an answer's request for the timer that reaches the reactor after close() began
+    clock.wait(closed)
+    clock.run_pending()
+    assert clock.getDelayedCalls() == [] and uid in rows_on_disk(root)

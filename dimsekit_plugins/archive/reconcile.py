@@ -107,8 +107,8 @@ class Reconciling:
         with self._rows_lock:
             waiting = any(pending.path == rel for pending in self._unindexed)
         if waiting:
-            # Acknowledged, its row's write failed and waits to be tried again: this
-            # copy is the instance (no mtime to compare can say otherwise).
+            # Acknowledged, its row waiting for its batch (or, after a failed write, for
+            # the next try): this copy is the instance (no mtime to compare can say otherwise).
             return
         path = self.root.joinpath(*rel.split("/"))
         try:

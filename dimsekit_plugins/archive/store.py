@@ -473,7 +473,7 @@ class IncomingInstance:
 
     def commit(self) -> Deferred:
         """Make it durable, then indexed; a Deferred firing with an :class:`ArchivedInstance` once durable
-        (the index row follows at once, before any read of the index gets through)."""
+        (the index row follows in a batch, written before any read of the index gets through)."""
         if self.state == "aborted":
             return defer.fail(OutOfResources("the archive closed before the instance was complete"))
         if self.state != "closed":

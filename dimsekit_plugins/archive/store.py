@@ -1019,7 +1019,7 @@ class Archive(Reconciling):
         """Sync, check, rename and index one instance (worker thread).
 
         ``answer`` is called with the result once the file and its name are
-        durable, and the index row written right after it (see
+        durable, its index row then waiting for its batch (see
         :meth:`_index_new`); a failure before that is raised as before.
 
         Two orders, the same guarantee once it returns (file, name and

@@ -157,9 +157,9 @@ def store(archive: Any, clock: ThreadedClock, ds: Dataset, *, transfer_syntax: s
           source_ae: str | None = "SENDER", sop_instance: str | None = None, sop_class: str | None = None) -> Any:
     """Store ``ds`` through receive/write/close/commit; the StoredInstance.
 
-    Returns once its index row is written too: the commit answers first (see
-    ``Archive._index_new``); reads through the archive wait for the row, the
-    tests that open the database file themselves must not.
+    Returns once its index row is written too: the commit answers first and the
+    row waits for its batch (see ``Archive._index_new``); a read through the
+    archive writes the waiting rows first -- the query here does.
     """
     incoming = receive(
         archive, encode(ds, transfer_syntax),

@@ -1109,8 +1109,8 @@ class Archive(Reconciling):
 
         The answer goes out before the index write (+13-17 % instances/s on one
         association, session 9); the rows are written in batches, one
-        transaction for up to :data:`_ROWS_BATCH` instances (session 17: +9 %
-        small, +7 % CT instances/s), :data:`_ROWS_DELAY` after the first at
+        transaction for up to :data:`_ROWS_BATCH` instances (session 17: +8 %
+        small, +9 % CT instances/s), :data:`_ROWS_DELAY` after the first at
         the latest.  Every read of the index writes the waiting rows first
         (:meth:`_sql`, :meth:`wait_for_index`), and the record joins them in
         the same breath as the answer, so whatever learns of this instance --

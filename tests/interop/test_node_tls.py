@@ -200,9 +200,11 @@ def test_storescu_over_tls_every_file_arrives_as_sent(tls_node, certs, tmp_path)
     assert "Store Failed" not in output, output
     tls_node.node.wait_log(rf"calling=TLSSTORE called=DIMSEKIT .* handled=\[C-STORE {len(corpus)}\] .*released")
 
-    # The rows are written in batches, 50 ms after an answer at the latest.
-    rows = wait_until(lambda: (lambda r: r if set(sources) <= set(r) else None)(
-        {r["sop_instance_uid"]: r for r in index_rows(tls_node.data)}), what="every instance sent over TLS indexed")
+    def indexed() -> dict[str, Any] | None:  # the rows come in batches, 50 ms after an answer at the latest
+        rows = {r["sop_instance_uid"]: r for r in index_rows(tls_node.data)}
+        return rows if set(sources) <= set(rows) else None
+
+    rows = wait_until(indexed, what="every instance sent over TLS indexed")
     for uid, source in sources.items():
         row = rows[uid]
         path = tls_node.data / row["path"]

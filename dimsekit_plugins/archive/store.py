@@ -247,6 +247,22 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def _hold(path: Path) -> int | None:
+    """A descriptor of the stored copy a new one is about to replace (None: there is none).
+
+    Renaming over a file frees its blocks and page cache in the ``rename``
+    itself, before the answer: for a 1 GiB instance sent again, ~20 % of the
+    C-STORE's time here (tmpfs; ext4 frees its extents the same way).  Held
+    open, the old inode lives on until :meth:`Archive._store_file` closes it,
+    after the answer.  Nothing of it survives a crash: an open descriptor is
+    not on disk (ext4 and XFS drop orphaned inodes when they mount).
+    """
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _create(path: Path | str) -> int:
     """Create ``path`` (it must not exist) for writing; its descriptor."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -1052,8 +1068,18 @@ class Archive(Reconciling):
             values = self._read_header(temp)
         size = os.fstat(fd).st_size
         record, final = self._checked_record(incoming, values, size)
+        held = _hold(final)
+        final_existed = held is not None or final.exists()
+        try:
+            return self._place(incoming, fd, temp, size, record, final, final_existed, answer)
+        finally:
+            if held is not None:
+                os.close(held)  # the replaced copy's blocks are freed now, after the answer
+
+    def _place(self, incoming: IncomingInstance, fd: int, temp: Path, size: int, record: index.InstanceRecord,
+               final: Path, final_existed: bool, answer: Callable[[object], None]) -> ArchivedInstance:
+        """:meth:`_store_file` from the checked record on: sync, rename, answer."""
         rel = record.path
-        final_existed = final.exists()
         if final_existed:
             self._checkpoint()  # no journal record may bring back what this replaces
         rename_first = self.fsync and self._rename_first and not final_existed and self._mark_length(fd, size)

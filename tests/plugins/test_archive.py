@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,52 @@ def test_duplicates_newest_replaces_the_stored_copy(root, clock):
     assert len(listed) == 1
     assert dcmread(outcome.path).PixelData == second.PixelData
     assert len(dcm_files(root)) == 1 and incoming_files(root) == []
+
+
+def _descriptors_of(inode: tuple[int, int]) -> list[int]:
+    """This process's open descriptors of the file ``(st_dev, st_ino)``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(int(name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == inode:
+            found.append(int(name))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_duplicates_newest_frees_the_replaced_copy_after_the_answer_not_in_the_rename(root, clock, monkeypatch):
+    """The rename over the stored copy would free its blocks before the answer: it is held open
+    through the rename and closed once the commit is done (no descriptor left behind)."""
+    archive = _open(root, clock, duplicates="newest")
+    held_during_rename = []
+    real_rename = store_module.Archive._rename_into_place
+
+    def rename(self, temp, final):
+        if final.exists():
+            st = final.stat()
+            held_during_rename.append(_descriptors_of((st.st_dev, st.st_ino)))
+        real_rename(self, temp, final)
+
+    monkeypatch.setattr(store_module.Archive, "_rename_into_place", rename)
+    try:
+        ds = make_dataset(pixels=b"\x01\x00" * 16)
+        first = store(archive, clock, ds)
+        st = os.stat(first.path)
+        old = (st.st_dev, st.st_ino)
+        again = store(archive, clock, make_dataset(sop_instance=ds.SOPInstanceUID, pixels=b"\x02\x00" * 16,
+                                                   study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID))
+        assert again.replaced is True
+        assert len(held_during_rename[-1]) == 1
+        deadline = time.monotonic() + 10  # the commit's worker closes it after the answer
+        while _descriptors_of(old) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _descriptors_of(old) == []
+        assert dcmread(again.path).PixelData == b"\x02\x00" * 16
+    finally:
+        clock.wait(archive.close())
 
 
 def test_duplicates_newest_moving_to_another_study_removes_the_old_file_and_empty_rows(root, clock):

@@ -347,6 +347,21 @@ def test_duplicates_newest_frees_the_replaced_copy_after_the_answer_not_in_the_r
         clock.wait(archive.close())
 
 
+def test_hold_opens_a_stored_copy_and_tells_a_missing_one_from_one_it_cannot_open(tmp_path):
+    missing = tmp_path / "missing.dcm"
+    assert store_module._hold(missing) == (None, False)
+    stored = tmp_path / "stored.dcm"
+    stored.write_bytes(b"old")
+    fd, existed = store_module._hold(stored)
+    try:
+        assert existed and os.read(fd, 3) == b"old"
+    finally:
+        os.close(fd)
+    link = tmp_path / "link.dcm"  # not followed (O_NOFOLLOW), but there
+    link.symlink_to(stored)
+    assert store_module._hold(link) == (None, True)
+
+
 def test_duplicates_newest_moving_to_another_study_removes_the_old_file_and_empty_rows(root, clock):
     outcome, listed, studies, first, second = _twice(root, clock, "newest", move=True)
     assert dcm_files(root) == [Path(outcome.path)]

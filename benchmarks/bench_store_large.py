@@ -25,7 +25,8 @@ Receivers, each in its own process on a free 127.0.0.1 port, stopped by PID:
   instance stored in its archive (``--data-dir`` under ``--spool-dir`` or
   the work directory): Part 10 file, fsync, index row, as for every C-STORE
   it takes (on tmpfs the fsync costs nothing; each run replaces the
-  previous run's copy, the duplicates policy being ``newest``);
+  previous run's copy, the duplicates policy being ``newest``: the old
+  copy is freed after the answer, as for every replaced instance);
 * ``dimsekit-node@DIR`` -- the node from another source tree
   (``PYTHONPATH=DIR``), the sender ours;
 * ``dimsekit@DIR`` -- sender *and* receiver run from another source tree

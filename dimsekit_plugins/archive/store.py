@@ -1079,7 +1079,8 @@ class Archive(Reconciling):
 
     def _place(self, incoming: IncomingInstance, fd: int, temp: Path, size: int, record: index.InstanceRecord,
                final: Path, final_existed: bool, answer: Callable[[object], None]) -> ArchivedInstance:
-        """:meth:`_store_file` from the checked record on: sync, rename, answer."""
+        """:meth:`_store_file` once the record is checked: the file into place and durable (in the
+        order :meth:`_store_file` gives), then the answer."""
         rel = record.path
         if final_existed:
             self._checkpoint()  # no journal record may bring back what this replaces

@@ -323,7 +323,7 @@ class IncomingInstance:
         prefix = bytes(self._prefix)
         self._header = HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
 
-    def _drain(self) -> None:
+    def _drain(self, *, tail: bool = False) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
 
         Run first once a data set proves large, by :meth:`_create_and_read` (the
@@ -334,13 +334,19 @@ class IncomingInstance:
         out by the kernel -- by the time the last fragment comes; the commit's
         worker calls it for the rest.  A write error drops the data (see
         :attr:`error`); after :meth:`abort` nothing more is written.
+
+        ``tail`` (:meth:`commit`, the last bytes in): the kernel is also asked to
+        start writing what it has not been asked to yet, however little, so that
+        the device is busy with the tail while the commit's worker wakes up and
+        checks the header; its fsync then waits for less (A/B, 16 rounds of 600
+        CT on one association: +4 % and +9.5 %, 11 of 16 rounds faster).
         """
         with self._file_lock:
             while True:
                 with self._lock:
                     chunks, self._pending, self._pending_size = self._pending, [], 0
                     if not chunks:
-                        return
+                        break
                 if self.error is not None or self.state == "aborted":
                     continue  # dropped
                 try:
@@ -355,6 +361,13 @@ class IncomingInstance:
                         os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
                 except OSError as exc:
                     self._write_failed(exc)
+            fd = self._fd
+            if tail and self._unflushed and fd is not None and self.error is None and _FADV_DONTNEED is not None:
+                self._unflushed = 0
+                try:
+                    os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
+                except OSError:
+                    pass  # a hint: the fsync writes it all the same
 
     def _create_and_read(self) -> None:
         """A large data set's file created (timed for :meth:`Archive.creation_took`) and what is
@@ -500,13 +513,14 @@ class IncomingInstance:
         if self.error is None and self._header is None:
             self._start_header(complete=True)
         committed = self.archive._commit(self)
-        if self._fd is not None and self._pending and len(self.archive._live) <= 1:
-            # The rest of a large data set (up to 256 KiB) goes into its file
-            # from here while the commit's worker wakes up (~50-100 us on a
-            # small VM), not after: +3-4 % CT instances/s on one association.
+        if self._fd is not None and (self._pending or self._unflushed) and len(self.archive._live) <= 1:
+            # The rest of a large data set (up to 256 KiB) goes into its file,
+            # and the device starts writing it, from here while the commit's
+            # worker wakes up (~50-100 us on a small VM), not after: +3-4 % CT
+            # instances/s on one association (the write), +4-9 % (the write-out).
             # Not while other instances stream in: this thread is then the
             # busiest, and the worker writes it as before.
-            self._drain()
+            self._drain(tail=True)
         return committed
 
     def _close_file(self) -> None:

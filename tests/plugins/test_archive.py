@@ -362,6 +362,31 @@ def test_hold_opens_a_stored_copy_and_tells_a_missing_one_from_one_it_cannot_ope
     assert store_module._hold(link) == (None, True)
 
 
+@pytest.mark.skipif(not hasattr(os, "POSIX_FADV_DONTNEED"), reason="needs posix_fadvise")
+def test_commit_starts_the_tails_write_out_itself_before_the_worker_syncs(archive, clock, monkeypatch):
+    """A large data set's last bytes (here all but its first 64 KiB: under the 256 KiB at which
+    the receiving thread asks for write-out) are written, and their write-out started, by the
+    thread that commits -- not left for the worker's fsync to start."""
+    advised = []
+    real = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        advised.append((threading.current_thread() is threading.main_thread(), advice, os.fstat(fd).st_size))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(store_module.os, "posix_fadvise", fadvise)
+    ds = make_dataset(pixels=b"\x01\x00" * 60_000)
+    size = len(encode(ds))
+    assert 64 * 1024 < size < 256 * 1024
+    incoming = receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID)
+    assert advised == []  # nothing asked while receiving
+    stored = clock.wait(incoming.commit())
+    assert dcmread(stored.path).PixelData == ds.PixelData
+    ((by_committer, advice, file_size),) = [call for call in advised if call[0]]
+    assert advice == os.POSIX_FADV_DONTNEED
+    assert file_size == os.path.getsize(stored.path)  # all of it written when asked
+
+
 def test_duplicates_newest_moving_to_another_study_removes_the_old_file_and_empty_rows(root, clock):
     outcome, listed, studies, first, second = _twice(root, clock, "newest", move=True)
     assert dcm_files(root) == [Path(outcome.path)]

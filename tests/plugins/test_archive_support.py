@@ -179,9 +179,9 @@ def drain_threads(monkeypatch: Any) -> list[threading.Thread]:
     threads: list[threading.Thread] = []
     drain = IncomingInstance._drain
 
-    def recording(self: IncomingInstance) -> None:
+    def recording(self: IncomingInstance, **options: Any) -> None:
         threads.append(threading.current_thread())
-        drain(self)
+        drain(self, **options)
 
     monkeypatch.setattr(IncomingInstance, "_drain", recording)
     return threads

@@ -382,7 +382,7 @@ def test_commit_starts_the_tails_write_out_itself_before_the_worker_syncs(archiv
     assert advised == []  # nothing asked while receiving
     stored = clock.wait(incoming.commit())
     assert dcmread(stored.path).PixelData == ds.PixelData
-    ((by_committer, advice, file_size),) = [call for call in advised if call[0]]
+    ((_, advice, file_size),) = [call for call in advised if call[0]]
     assert advice == os.POSIX_FADV_DONTNEED
     assert file_size == os.path.getsize(stored.path)  # all of it written when asked
 

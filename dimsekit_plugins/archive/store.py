@@ -247,18 +247,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _hold(path: Path) -> tuple[int | None, bool]:
-    """A descriptor of the stored copy a new one is about to replace, and whether there is one.
+class _Held:
+    """The stored copy a new one is about to replace, held open (see :func:`_hold`)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        """Close it (once): the old copy's blocks are freed now."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+#: what a file system that will not replace a file someone holds open answers a rename over it
+_IN_USE = frozenset({errno.EBUSY, errno.EACCES, errno.EPERM, errno.ETXTBSY})
+
+
+def _hold(path: Path) -> tuple[_Held | None, bool]:
+    """The stored copy a new one is about to replace, held open, and whether there is one.
 
     Renaming over a file frees its blocks and page cache in the ``rename``
     itself, before the answer: for a 1 GiB instance sent again, ~20 % of the
     C-STORE's time here (tmpfs; ext4 frees its extents the same way).  Held
-    open, the old inode lives on until :meth:`Archive._store_file` closes it,
+    open, the old inode lives on until :meth:`Archive._store_file` lets it go,
     after the answer.  Nothing of it survives a crash: an open descriptor is
     not on disk (ext4 and XFS drop orphaned inodes when they mount).
     """
     try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), True
+        return _Held(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)), True
     except FileNotFoundError:
         return None, False  # the usual case: a new instance
     except OSError:
@@ -1086,13 +1105,14 @@ class Archive(Reconciling):
         record, final = self._checked_record(incoming, values, size)
         held, final_existed = _hold(final)
         try:
-            return self._place(incoming, fd, temp, size, record, final, final_existed, answer)
+            return self._place(incoming, fd, temp, size, record, final, held, final_existed, answer)
         finally:
             if held is not None:
-                os.close(held)  # the replaced copy's blocks are freed now, after the answer
+                held.release()  # the replaced copy's blocks are freed now, after the answer
 
     def _place(self, incoming: IncomingInstance, fd: int, temp: Path, size: int, record: index.InstanceRecord,
-               final: Path, final_existed: bool, answer: Callable[[object], None]) -> ArchivedInstance:
+               final: Path, held: _Held | None, final_existed: bool,
+               answer: Callable[[object], None]) -> ArchivedInstance:
         """:meth:`_store_file` once the record is checked: the file into place and durable (in the
         order :meth:`_store_file` gives), then the answer."""
         rel = record.path
@@ -1118,7 +1138,15 @@ class Archive(Reconciling):
                     _log.info("{uid}: stored already; the copy just received is discarded (duplicates = first)",
                               uid=incoming.sop_instance_uid)
                     return ArchivedInstance.of(self.root, existing, replaced=False, duplicate_discarded=True)
-            self._rename_into_place(temp, final)
+            try:
+                self._rename_into_place(temp, final)
+            except OSError as exc:
+                if held is None or held.fd is None or exc.errno not in _IN_USE:
+                    raise
+                # A file system that will not replace a file held open (some SMB
+                # servers): let the old copy go first, as before holding it.
+                held.release()
+                self._rename_into_place(temp, final)
             # In place, not yet durable and indexed: reconcile() leaves it alone
             # (it would index it unsynced, or take it for a stale copy and delete it).
             self._placing.add(rel)

@@ -352,14 +352,47 @@ def test_hold_opens_a_stored_copy_and_tells_a_missing_one_from_one_it_cannot_ope
     assert store_module._hold(missing) == (None, False)
     stored = tmp_path / "stored.dcm"
     stored.write_bytes(b"old")
-    fd, existed = store_module._hold(stored)
+    held, existed = store_module._hold(stored)
     try:
-        assert existed and os.read(fd, 3) == b"old"
+        assert existed and os.read(held.fd, 3) == b"old"
     finally:
-        os.close(fd)
+        held.release()
+    assert held.fd is None
+    held.release()  # once only
     link = tmp_path / "link.dcm"  # not followed (O_NOFOLLOW), but there
     link.symlink_to(stored)
     assert store_module._hold(link) == (None, True)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_file_system_refusing_to_replace_a_file_held_open_gets_the_rename_again_without_it(root, clock,
+                                                                                          monkeypatch):
+    """Some file systems (SMB servers) will not rename over a file someone holds open: the old
+    copy is let go and the rename tried again, so replacing still works there."""
+    archive = _open(root, clock, duplicates="newest")
+    real_replace = os.replace
+    refused = []
+
+    def replace(src, dst):
+        if os.path.exists(dst):
+            st = os.stat(dst)
+            if _descriptors_of((st.st_dev, st.st_ino)):
+                refused.append(dst)
+                raise OSError(errno.EBUSY, "Device or resource busy", str(dst))
+        return real_replace(src, dst)
+
+    try:
+        ds = make_dataset(pixels=b"\x01\x00" * 16)
+        store(archive, clock, ds)
+        monkeypatch.setattr(store_module.os, "replace", replace)
+        again = store(archive, clock, make_dataset(sop_instance=ds.SOPInstanceUID, pixels=b"\x02\x00" * 16,
+                                                   study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID))
+        assert len(refused) == 1  # refused once while held, then done without the hold
+        assert again.replaced is True
+        assert dcmread(again.path).PixelData == b"\x02\x00" * 16
+        assert len(dcm_files(root)) == 1 and incoming_files(root) == []
+    finally:
+        clock.wait(archive.close())
 
 
 @pytest.mark.skipif(not hasattr(os, "POSIX_FADV_DONTNEED"), reason="needs posix_fadvise")

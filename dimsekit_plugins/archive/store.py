@@ -373,15 +373,13 @@ class IncomingInstance:
                     if fd is None:
                         fd = self._fd = _create(self._temp)
                     self._unflushed += _write_chunks(fd, chunks)
-                    if self._unflushed >= _WRITEBACK and _FADV_DONTNEED is not None:
-                        # Have the kernel start writing what arrived so far: the
-                        # fsync at the end then waits for little.
-                        self._unflushed = 0
-                        os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
                 except OSError as exc:
                     self._write_failed(exc)
             fd = self._fd
-            if tail and self._unflushed and fd is not None and self.error is None and _FADV_DONTNEED is not None:
+            if (fd is not None and self.error is None and self._unflushed
+                    and (tail or self._unflushed >= _WRITEBACK) and _FADV_DONTNEED is not None):
+                # Have the kernel start writing what arrived so far: the fsync
+                # at the end then waits for little.
                 self._unflushed = 0
                 try:
                     os.posix_fadvise(fd, 0, 0, _FADV_DONTNEED)
@@ -1141,7 +1139,7 @@ class Archive(Reconciling):
             try:
                 self._rename_into_place(temp, final)
             except OSError as exc:
-                if held is None or held.fd is None or exc.errno not in _IN_USE:
+                if held is None or exc.errno not in _IN_USE:
                     raise
                 # A file system that will not replace a file held open (some SMB
                 # servers): let the old copy go first, as before holding it.

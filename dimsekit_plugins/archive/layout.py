@@ -67,9 +67,14 @@ def check_uid(value: object, what: str, *, status: int | None = None, tag: int |
     """
     if is_uid(value):
         return value  # type: ignore[return-value]
-    shown = repr(value)[:40]
+    if value is None:
+        problem = f"{what} is missing"
+    elif value == "":
+        problem = f"{what} is empty"
+    else:
+        problem = f"{what} {repr(value)[:40]} is not a UID (digits and dots, at most 64 characters)"
     raise InvalidUID(
-        f"{what} {shown} is not a UID (digits and dots, at most 64 characters)",
+        problem,
         status=status,
         offending=(tag,) if tag is not None else (),
     )

@@ -533,6 +533,28 @@ def test_uid_checks():
         check_uid("x", "Study Instance UID")
 
 
+@pytest.mark.parametrize("value, said", [
+    (None, "Study Instance UID is missing"),
+    ("", "Study Instance UID is empty"),
+    ("1.2.x", "Study Instance UID '1.2.x' is not a UID (digits and dots, at most 64 characters)"),
+])
+def test_an_unusable_uid_is_named_for_what_is_wrong_with_it(value, said):
+    with pytest.raises(InvalidUID) as caught:
+        check_uid(value, "Study Instance UID")
+    assert str(caught.value) == said
+
+
+@pytest.mark.parametrize("keyword, said", [("StudyInstanceUID", "Study Instance UID is missing"),
+                                           ("SeriesInstanceUID", "Series Instance UID is missing")])
+def test_a_data_set_without_its_study_or_series_uid_is_refused_saying_so(archive, clock, root, keyword, said):
+    ds = make_dataset()
+    delattr(ds, keyword)
+    error = clock.failure_of(receive(archive, encode(ds), sop_class=CT_IMAGE_STORAGE,
+                                     sop_instance=ds.SOPInstanceUID).commit())
+    assert error.status == 0xA900 and str(error) == said
+    assert dcm_files(root) == [] and incoming_files(root) == []
+
+
 @pytest.mark.parametrize("keyword, value", [("StudyInstanceUID", "../../x"), ("SeriesInstanceUID", "1..2")])
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_a_data_set_with_an_unusable_study_or_series_uid_does_not_match(archive, clock, root, tmp_path, keyword, value):

@@ -8,8 +8,10 @@ from weakref import WeakKeyDictionary
 
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dimsekit.dimse.status import SOP_CLASS_NOT_SUPPORTED
 from dimsekit.scu import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -26,6 +28,7 @@ __all__ = [
     "QRUnavailable",
     "identifier_of",
     "index_for",
+    "model_for",
     "set_index",
     "Shield",
 ]
@@ -41,6 +44,25 @@ MODELS: dict[str, InformationModel] = {
 }
 
 INDEX_NAME = "index.sqlite"
+
+_log = Logger(namespace="dimsekit.qr")
+
+
+def model_for(request: Any, operation: str) -> tuple[InformationModel | None, tuple[int, None, dict[str, str]]]:
+    """The information model the request's command names, or None and the response refusing it.
+
+    The command's Affected SOP Class UID names the model (the presentation
+    context's abstract syntax picked the handler).  A UID that is no query/retrieve
+    model -- a peer's bug, a corrupted command -- is refused with 0122H
+    (Refused: SOP Class not supported) and a log line.
+    """
+    uid = request.sop_class_uid
+    model = MODELS.get(uid)
+    if model is not None:
+        return model, (0, None, {})
+    _log.warn("{op} from {peer} refused (0122): its Affected SOP Class UID {uid!r} is no query/retrieve "
+              "information model", op=operation, peer=request.association.remote_ae_title, uid=uid[:64])
+    return None, (SOP_CLASS_NOT_SUPPORTED, None, {"ErrorComment": "Affected SOP Class UID is no Q/R information model"})
 
 
 class QRUnavailable(Exception):

@@ -37,7 +37,7 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 
 from dimsekit.errors import for_log
-from dimsekit_plugins.qr.common import MODELS, QRUnavailable, Shield, identifier_of, index_for
+from dimsekit_plugins.qr.common import QRUnavailable, Shield, identifier_of, index_for, model_for
 from dimsekit_plugins.qr.index import Cursor
 from dimsekit_plugins.qr.matching import where
 from dimsekit_plugins.qr.model import (
@@ -201,7 +201,10 @@ def handle_find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
 
 
 async def _find(request: Any) -> AsyncIterator[tuple[Any, ...]]:
-    model = MODELS[request.sop_class_uid]
+    model, refusal = model_for(request, "C-FIND")
+    if model is None:
+        yield refusal
+        return
     ae = request.association.ae
     try:
         query = parse_identifier(identifier_of(request), model,

@@ -43,7 +43,7 @@ from dimsekit.datasets import decompressible
 from dimsekit.dimse import status as dimse_status
 from dimsekit.errors import for_log
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
-from dimsekit_plugins.qr.common import MODELS, QRUnavailable, Shield, identifier_of, index_for
+from dimsekit_plugins.qr.common import QRUnavailable, Shield, identifier_of, index_for, model_for
 from dimsekit_plugins.qr.matching import Condition, condition_for, where
 from dimsekit_plugins.qr.model import (
     FROM_CLAUSES,
@@ -253,10 +253,13 @@ async def _associate(shield: Shield, ae: Any, remote: Any, instances: list[Any])
 
 
 async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...]]:
-    model = MODELS[request.sop_class_uid]
+    name = "C-MOVE" if move else "C-GET"
+    model, refusal = model_for(request, name)
+    if model is None:
+        yield refusal
+        return
     association = request.association
     ae = association.ae
-    name = "C-MOVE" if move else "C-GET"
     remote = None
     if move:
         destination = str(request.command.get("MoveDestination") or "").strip()

@@ -539,6 +539,52 @@ class MoveTests(QrTestCase):
         await within(assoc.release())
 
 
+class UnknownModelTests(QrTestCase):
+    """A command naming a SOP class that is no Q/R information model, on a Q/R context (a fuzz
+    run of the node found the C-GET handler failing on it with a traceback and C000)."""
+
+    async def _refused(self, operation: Any, model: str) -> None:
+        from dimsekit.dimse.commands import CommandField
+
+        assoc = await self.qr_association(roles=True)
+        context = assoc.context_for(model)
+        command = {"CommandField": operation, "AffectedSOPClassUID": "1.2.840.10088.5.1.4.1.0.2.3",
+                   "Priority": 0, "CommandDataSetType": 0x0001}
+        if operation == CommandField.C_MOVE_RQ:
+            command["MoveDestination"] = "ANYWHERE"
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            final = await within(assoc.send_request(context, command, query("STUDY", StudyInstanceUID=study_uid("1"))))
+            await within(assoc.release())
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        self.assertEqual(final.status, 0x0122)
+        self.assertEqual(final.command["ErrorComment"], "Affected SOP Class UID is no Q/R information model")
+        self.assertEqual([e for e in events if "log_failure" in e or e.get("log_level") is LogLevel.critical], [])
+        self.assertTrue(any("0122" in e.get("log_format", "") for e in events))
+
+    async def test_c_find_is_refused_0122(self):
+        from dimsekit.dimse.commands import CommandField
+
+        await self.start_node()
+        await self._refused(CommandField.C_FIND_RQ, STUDY_ROOT_FIND)
+
+    async def test_c_get_is_refused_0122(self):
+        from dimsekit.dimse.commands import CommandField
+
+        await self.start_node()
+        await self._refused(CommandField.C_GET_RQ, STUDY_ROOT_GET)
+
+    async def test_c_move_is_refused_0122(self):
+        from dimsekit.dimse.commands import CommandField
+
+        await self.start_node()
+        await self._refused(CommandField.C_MOVE_RQ, STUDY_ROOT_MOVE)
+
+
 class NoIndexTests(QrTestCase):
     async def test_no_archive_is_unable_to_process_c000(self):
         import dimsekit_plugins.verification as verification

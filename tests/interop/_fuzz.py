@@ -172,7 +172,8 @@ class Fuzzer:
 
     def command(self, command_set: bytes) -> bytes:
         """A command set's bytes damaged: fields dropped, doubled, swapped, junk, a Command
-        Field or Command Data Set Type no one defines, a group length that lies, truncation."""
+        Field or Command Data Set Type no one defines, a group length that lies, a well-formed
+        SOP Class UID other than its presentation context's, truncation."""
         r = self.rng
         elements = []
         offset = 0
@@ -184,7 +185,7 @@ class Fuzzer:
         for _ in range(r.choice([1, 1, 2, 3])):
             i = r.randrange(len(elements))
             tag, value = elements[i]
-            how = r.randrange(8)
+            how = r.randrange(9)
             if how == 0:
                 del elements[i]
             elif how == 1:
@@ -203,9 +204,13 @@ class Fuzzer:
             elif how == 6:
                 elements.append((r.choice([0x00000600, 0x00000700, 0x00001030, 0x00005010, 0x00080018,
                                            r.randrange(0x10000)]), self.junk()))
-            else:
+            elif how == 7:
                 elements = [(t, struct.pack("<I", r.choice([0, 1, 2**31, 2**32 - 1])) if t == 0 else v)
                             for t, v in elements]
+            else:  # the Affected / Requested SOP Class UID: well-formed, not the context's
+                other = _even(r.choice([self.uid(), CT, VERIFICATION, "1.2.840.10008.5.1.4.1.2.2.3",
+                                        "1.2.840.10008.5.1.4.31", "1.2.840.10008.3.1.2.3.3"]))
+                elements = [(t, other if t in (0x00000002, 0x00000003) else v) for t, v in elements]
         data = b"".join(struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v)) + v for t, v in elements)
         if r.random() < 0.1 and data:
             data = data[: r.randrange(len(data))]

@@ -257,11 +257,15 @@ class Node:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_log(self, pattern: str, timeout: float = 5.0) -> str:
-        """Wait (bounded) for a log line matching the regular expression; return the line."""
+        """Wait (bounded) for a log line matching the regular expression; return the line.
+
+        Only whole lines count: twistd's log file is buffered, and a read may
+        end inside a line the node is still writing (a loaded run matched
+        "... handl" and missed the rest of the line)."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.log_text().splitlines():
+            for line in self.log_text().split("\n")[:-1]:  # the last piece is not a whole line yet
                 if regex.search(line):
                     return line
             if time.monotonic() >= deadline:

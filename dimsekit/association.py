@@ -63,6 +63,7 @@ from dimsekit.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from dimsekit.libraries_log import about
 from dimsekit.operations import DimseOperation, Response
 from dimsekit.plugin import notify
 from dimsekit.scp import _PENDING_CAPABLE, COMMAND_NAMES, Request, ScpRunner, count_final
@@ -1050,7 +1051,9 @@ class Association(ServiceUser):
         dataset = None
         if sink is not None:
             try:
-                dataset = decode_dataset(sink.open(), context.transfer_syntax)
+                peer = self.remote_ae_title
+                with about(peer, lambda: f"reading the {_response_name(field)} to message {message_id} from {peer}"):
+                    dataset = decode_dataset(sink.open(), context.transfer_syntax)
             except Exception as exc:
                 _log.warn("undecodable data set in a response from {peer}: {error}", peer=_address(self.peer), error=exc)
         response = Response(command, dataset)

@@ -73,6 +73,7 @@ from twisted.python.threadpool import ThreadPool
 from dimsekit.config import ConfigError
 from dimsekit.datasets import DatasetError, DatasetValueError, read_in_full
 from dimsekit.errors import for_log
+from dimsekit.libraries_log import about
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, ServiceClass
 from dimsekit.sqlitedb import wal_mode
 
@@ -535,8 +536,10 @@ class Instance:
         return self.dataset.to_json()
 
 
-def _dataset_from_json(text: str) -> Dataset:
-    return Dataset.from_json(text)
+def _dataset_from_json(text: str, kind: str, uid: str) -> Dataset:
+    # what a peer once sent, read again (a thread of the pool: no context of the request's)
+    with about("", lambda: f"reading the stored {kind} instance {uid}"):
+        return Dataset.from_json(text)
 
 
 class InstanceBackend(Protocol):
@@ -574,7 +577,7 @@ class MemoryBackend:
         row = self._rows.get((kind, uid))
         if row is None:
             return defer.succeed(None)
-        return defer.succeed(Instance(kind, row[0], uid, _dataset_from_json(row[1])))
+        return defer.succeed(Instance(kind, row[0], uid, _dataset_from_json(row[1], kind, uid)))
 
     def create(self, instance: Instance) -> Deferred:
         key = (instance.kind, instance.sop_instance_uid)
@@ -701,7 +704,7 @@ class SQLiteBackend:
             connection.close()
         if row is None:
             return None
-        return Instance(kind, row[0], uid, _dataset_from_json(row[1]))
+        return Instance(kind, row[0], uid, _dataset_from_json(row[1], kind, uid))
 
     def _create(self, kind: str, sop_class: str, uid: str, text: str) -> bool:
         now = _now()

@@ -42,6 +42,7 @@ from dimsekit.datasets import DatasetError, decode_dataset, read_in_full
 from dimsekit.dimse import status as dimse_status
 from dimsekit.dimse.commands import CommandField, make_response
 from dimsekit.dimse.responses import encode_status_response
+from dimsekit.libraries_log import about
 from dimsekit.ul.negotiation import NegotiatedContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,11 +126,18 @@ class Request:
         answer with its failure status, not later from any element it touches.
         """
         if self._dataset is None and self.sink is not None:
-            dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
-            if self.command.get("CommandField") != CommandField.C_STORE_RQ:
-                read_in_full(dataset)
+            with self.about():
+                dataset = decode_dataset(self.sink.open(), self.context.transfer_syntax)
+                if self.command.get("CommandField") != CommandField.C_STORE_RQ:
+                    read_in_full(dataset)
             self._dataset = dataset
         return self._dataset
+
+    def about(self, doing: str = "reading") -> about:
+        """What pydicom says while this request is read (or answered) is said of it, in the
+        node's log (:class:`~dimsekit.libraries_log.about`)."""
+        peer = self.association.remote_ae_title
+        return about(peer, lambda: f"{doing} {self.name} message {self.message_id} from {peer}")
 
 
 @dataclass(eq=False)
@@ -280,7 +288,11 @@ class ScpRunner:
         message_id = request.message_id
         self.running[message_id] = running
         try:
-            result = handler(request)
+            # (a coroutine's first step too: what it reads of the request, it reads before its first await)
+            with request.about():
+                result = handler(request)
+                if inspect.iscoroutine(result):
+                    result = Deferred.fromCoroutine(result)
         except Exception:
             self._failed(running, Failure())
             return
@@ -293,8 +305,6 @@ class ScpRunner:
             elif not self.running:
                 self.association.requests_done()
             return
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
             running.deferred = result
             result.addCallbacks(lambda value: self._result(running, value), lambda f: self._failed(running, f))
@@ -309,7 +319,8 @@ class ScpRunner:
             if field_ not in _PENDING_CAPABLE:
                 self._failed(running, Failure(TypeError(f"{running.request.name} handlers cannot return pending results")))
                 return
-            d = Deferred.fromCoroutine(self._stream(running, result))  # type: ignore[arg-type]
+            with running.request.about("answering"):  # (every step of the stream: a context variable)
+                d = Deferred.fromCoroutine(self._stream(running, result))  # type: ignore[arg-type]
             running.deferred = d
             d.addErrback(lambda f: self._failed(running, f))
             return
@@ -441,7 +452,9 @@ class ScpRunner:
             command = make_response(request.command, 0x0110, ErrorComment=_comment(str(exc)))
             dataset = None
         try:
-            association.send_message(request.context, command, dataset)
+            peer = association.remote_ae_title
+            with about(peer, lambda: f"writing the {request.name} response to message {request.message_id} for {peer}"):
+                association.send_message(request.context, command, dataset)
         except DatasetError as exc:  # the handler's data set cannot be encoded
             _log.error(
                 "cannot encode the {command} response's data set ({error}); answering 0x0110 instead",

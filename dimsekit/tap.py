@@ -196,7 +196,10 @@ def makeService(options: Options) -> service.IService:
         _log.info("malloc left as it is ({why})", why=outcome)
     from twisted.internet import reactor as running_reactor
 
+    from dimsekit.libraries_log import route_pydicom
     from dimsekit.resources import raise_open_files_limit
+
+    route_pydicom()  # what pydicom finds wrong in a peer's data set, said with the peer and request
 
     raised = raise_open_files_limit(reactor=running_reactor)
     if raised is not None:

@@ -96,6 +96,7 @@ from twisted.logger import Logger
 from dimsekit.config import Config, ConfigError
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
+from dimsekit.libraries_log import about
 from dimsekit.nservice import (
     DATABASE_NAME,
     SUCCESS,
@@ -450,7 +451,9 @@ class CommitmentService(NormalizedService):
                 failed.append((sop_class, sop_instance, CLASS_INSTANCE_CONFLICT))
             else:
                 committed.append((sop_class, sop_instance))
-        return report_dataset(pending.transaction_uid, committed, failed, ae.ae_title)
+        peer = pending.requestor or ""
+        with about(peer, lambda: f"writing the storage commitment report {pending.transaction_uid} for {peer or '-'}"):
+            return report_dataset(pending.transaction_uid, committed, failed, ae.ae_title)
 
     async def _process(self, ae: Any, key: Any, pending: Pending, association: Any = None) -> bool:
         """Check and deliver one request; True when the report was delivered."""

@@ -57,9 +57,7 @@ what is left is sent (for at most 5 s).
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +72,7 @@ from dimsekit.dimse import status as dimse_status
 from dimsekit.dimse.commands import CommandField
 from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
+from dimsekit.libraries_log import ToNodeLog, route
 
 __all__ = ["FLUSH_TIMEOUT", "AssociationSpans", "RequestSpans", "observe_associations", "TracingSettings", "active_tracer", "association_span", "finish", "stop"]
 
@@ -83,8 +82,6 @@ _KEYS = ("exporter", "endpoint", "service_name", "instance_uids")
 _EXPORTERS = ("none", "otlp", "console")
 #: how long a stopping node waits for the last spans to be sent
 FLUSH_TIMEOUT = 5.0
-#: the SDK's same warning is said at most once in this many seconds
-REPEAT_EVERY = 60.0
 _COUNTS = (
     ("NumberOfCompletedSuboperations", "dicom.suboperations.completed"),
     ("NumberOfFailedSuboperations", "dicom.suboperations.failed"),
@@ -194,42 +191,10 @@ def _make_provider(settings: TracingSettings) -> Any:
     return provider
 
 
-class _ToNodeLog(logging.Handler):
-    """The SDK's own warnings (a batch it could not send, and why) into the node's log:
-    the stdlib ``logging`` they go to reaches no log of twistd's.  The same message
-    is said at most once a minute (a collector down for an hour: 60 lines, not 720)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.said: dict[str, list[float]] = {}  # message -> [when said, times since]
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = for_log(record.getMessage())
-        except Exception:  # pragma: no cover - a record that cannot be formatted
-            message = repr(record.msg)
-        now = time.monotonic()  # (logging holds the handler's lock around emit)
-        said = self.said.get(message)
-        if said is not None and now - said[0] < REPEAT_EVERY:
-            said[1] += 1
-            return
-        again = int(said[1]) if said is not None else 0
-        if len(self.said) >= 256:  # messages that differ every time: remember the recent ones only
-            self.said.clear()
-        self.said[message] = [now, 0]
-        if again:
-            _log.warn("tracing: {message} ({n} more times in the last {period:g} s)",
-                      message=message, n=again, period=REPEAT_EVERY)
-        else:
-            _log.warn("tracing: {message}", message=message)
-
-
 def _say_sdk_problems() -> None:
-    logger = logging.getLogger("opentelemetry")
-    if not any(isinstance(h, _ToNodeLog) for h in logger.handlers):
-        handler = _ToNodeLog(logging.WARNING)
-        logger.addHandler(handler)
-        logger.propagate = False  # said once, in the node's log, not again on stderr
+    # The SDK's own warnings (a batch it could not send, and why): the stdlib ``logging``
+    # they go to reaches no log of twistd's.
+    route("opentelemetry", ToNodeLog(_log, "tracing"))
 
 
 def active_tracer() -> Any:

@@ -109,6 +109,7 @@ import dimsekit
 from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
+from dimsekit.libraries_log import about
 from dimsekit_plugins.archive import index
 from dimsekit_plugins.archive.errors import (
     STATUS_DATASET_MISMATCH,
@@ -402,10 +403,17 @@ class IncomingInstance:
         self._drain()
         header = self._header
         if header is not None:
-            header.run()  # the scan: ~30 us for an image header
+            with self.about():
+                header.run()  # the scan: ~30 us for an image header
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
+
+    def about(self) -> about:
+        """What pydicom says while this instance is read is said of it and its sender, in the
+        node's log (:class:`~dimsekit.libraries_log.about`)."""
+        peer = self.source_ae or ""
+        return about(peer, lambda: f"storing {self.sop_instance_uid} from {peer or '-'}")
 
     @property
     def temp_path(self) -> Path:
@@ -1050,7 +1058,8 @@ class Archive(Reconciling):
     def _store(self, answer: Callable[[object], None], incoming: IncomingInstance) -> ArchivedInstance:
         temp = incoming.temp_path
         try:
-            return self._store_file(incoming, answer)
+            with incoming.about():
+                return self._store_file(incoming, answer)
         except ArchiveError:
             _unlink(temp)
             raise

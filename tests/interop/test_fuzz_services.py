@@ -8,8 +8,8 @@ for any of them: each request is answered (any status the node chooses: a
 failure, a refusal) -- not left without an answer, not an abort of the
 association (but for a damaged command set, where an A-ABORT is one right
 answer), not a traceback in the node's log; the log stays readable (no
-control bytes, no line of a peer's 70 KB value); and the node still answers
-DCMTK ``echoscu`` afterwards.
+control bytes, no line of a peer's 70 KB value, pydicom's complaints naming the
+request and the peer); and the node still answers DCMTK ``echoscu`` afterwards.
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def test_every_service_answers_damaged_data_sets(tmp_path, seed, traced, tight):
         log = node.log_text()
         assert max(map(len, log.splitlines())) < 2000
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", log), "control bytes in the log"
+        # what pydicom says of a damaged data set names the request and the peer (or the stored
+        # instance read again), never a bare warning pointing into pydicom's files
+        said = [line for line in log.splitlines() if "[dimsekit.pydicom#" in line]
+        assert said or tight, "pydicom said nothing of 400 damaged data sets"
+        assert [line for line in said if "] pydicom, " not in line] == []
+        assert not re.search(r"pydicom/\w+\.py:\d+", log), "a warning of pydicom's not in the node's words"
     finally:
         _finish_node(node)
         if collector is not None:

@@ -524,6 +524,17 @@ def test_receive_refuses_an_unusable_sop_instance_uid_before_writing(archive, ro
     assert incoming_files(root) == []
 
 
+def test_what_pydicom_says_of_a_data_set_being_stored_names_the_instance_and_its_sender(archive, clock, pydicom_said):
+    ds = make_dataset()
+    ds.SpecificCharacterSet = "ISO_IR 999"  # no such character set: pydicom says so as the index reads the names
+    before = len(pydicom_said())  # (what it said as the test made the data set)
+    stored = store(archive, clock, ds, source_ae="MODALITY7")
+    assert stored.sop_instance_uid == ds.SOPInstanceUID  # said, and stored all the same
+    said = pydicom_said()[before:]  # (the test's encoding of the data set says it too, of nothing read)
+    assert f"pydicom, storing {ds.SOPInstanceUID} from MODALITY7: " \
+           "Unknown encoding 'ISO_IR 999' - using default encoding instead" in said
+
+
 def test_uid_checks():
     assert is_uid("1.2.840.10008.5.1.4.1.1.2") and is_uid("0") and is_uid("1.02.3")
     assert is_uid("1" * 64) and not is_uid("1" * 65)

@@ -443,11 +443,13 @@ def test_the_sdks_warnings_reach_the_log_at_most_once_a_minute(monkeypatch):
 
     from twisted.logger import formatEvent
 
+    from dimsekit import libraries_log
+
     logged = []
     globalLogPublisher.addObserver(logged.append)
     clock = [1000.0]
-    monkeypatch.setattr(tracing.time, "monotonic", lambda: clock[0])
-    handler = tracing._ToNodeLog(logging.WARNING)
+    monkeypatch.setattr(libraries_log.time, "monotonic", lambda: clock[0])
+    handler = libraries_log.ToNodeLog(tracing._log, "tracing")
     logger = logging.getLogger("opentelemetry.test")
     logger.addHandler(handler)
     logger.propagate = False

@@ -62,6 +62,15 @@ class DatasetValueError(DatasetError):
     """A received data set was framed, but one of its values (or a sequence's items) cannot be read."""
 
 
+def pydicom_error(exc: BaseException) -> str:
+    """What pydicom's exception says, in one line, without the traceback some of them carry
+    in their text (``With tag (0010,0020) got exception: ...``, the element as pydicom
+    prints it over lines and columns, then the whole stack): a log line, an Error Comment,
+    not a traceback in the node's log."""
+    text = str(exc).split("\nTraceback (most recent call last)", 1)[0]
+    return " ".join(text.split())
+
+
 def read_in_full(dataset: Dataset) -> Dataset:
     """Convert every raw value of a decoded data set, in sequence items too (pydicom
     reads values -- and sequences' items -- only when asked): garbage from a peer
@@ -74,7 +83,7 @@ def read_in_full(dataset: Dataset) -> Dataset:
         for _ in dataset.iterall():
             pass
     except Exception as exc:  # whatever pydicom raises: ValueError, OSError, IndexError, NotImplementedError...
-        raise DatasetValueError(f"unreadable value: {type(exc).__name__}: {exc}") from exc
+        raise DatasetValueError(f"unreadable value: {type(exc).__name__}: {pydicom_error(exc)}") from exc
     return dataset
 
 
@@ -106,7 +115,7 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
     try:
         write_dataset(fp, dataset)
     except Exception as exc:  # pydicom raises many kinds on unencodable values
-        raise DatasetError(f"cannot encode the data set in {UID(transfer_syntax).name}: {exc}") from exc
+        raise DatasetError(f"cannot encode the data set in {UID(transfer_syntax).name}: {pydicom_error(exc)}") from exc
     data = fp.getvalue()
     if transfer_syntax == DEFLATED:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
@@ -165,7 +174,7 @@ def decode_dataset(data: bytes | IO[bytes], transfer_syntax: str) -> Dataset:
     try:
         dataset = read_dataset(fp, implicit, little)
     except Exception as exc:
-        raise DatasetError(f"cannot decode the data set ({UID(transfer_syntax).name}): {exc}") from exc
+        raise DatasetError(f"cannot decode the data set ({UID(transfer_syntax).name}): {pydicom_error(exc)}") from exc
     return dataset
 
 

@@ -26,6 +26,7 @@ FE00 after a C-CANCEL, C000 when the index cannot be read.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -135,13 +136,30 @@ def _encodable(texts: list[str], charset: list[str]) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=64)
+def _pydicom_writes_in(charset: tuple[str, ...]) -> bool:
+    """pydicom's writer can write text in ``charset`` at all: pydicom 3.0's fails
+    (IndexError) on every empty value or name component -- ``A\\``, ``DOE^JOHN^^`` -- in
+    a character set whose first value is ISO 2022 IR 87 or IR 159 (no valid first value,
+    PS3.3 C.12.1.1.2, but a peer may ask for it)."""
+    try:
+        encode_string("", convert_encodings(list(charset)))
+    except Exception:
+        return False
+    return True
+
+
 def reply_charset(request_charset: list[str], texts: list[str]) -> list[str] | None:
     """The Specific Character Set of a response identifier holding ``texts``.
 
     All plain ASCII: the request's (echoed, it may be absent).  Otherwise the
     request's when it can encode them all, else ISO_IR 192 (UTF-8): a value is
-    never sent in a character set that cannot hold it.
+    never sent in a character set that cannot hold it.  A request's character set
+    pydicom cannot write in (:func:`_pydicom_writes_in`) is not used: the answer is
+    in the default repertoire or UTF-8, not a failure to encode it.
     """
+    if request_charset and any(request_charset) and not _pydicom_writes_in(tuple(request_charset)):
+        request_charset = []
     if all(text.isascii() for text in texts):
         return request_charset or None
     if request_charset and any(request_charset) and _encodable(texts, request_charset):

@@ -262,10 +262,26 @@ def test_the_query_plan_uses_the_indexes(indexed):
         (["ISO_IR 192"], ["山田", "Müller"], ["ISO_IR 192"]),
         (["", "ISO 2022 IR 87"], ["Yamada^Tarou=山田^太郎"], ["", "ISO 2022 IR 87"]),
         (["NOT A CHARSET"], ["Müller"], ["ISO_IR 192"]),
+        # ISO 2022 IR 87 / IR 159 as the first value: pydicom cannot write an empty value in it
+        (["ISO 2022 IR 87"], ["A", ""], None),
+        (["ISO 2022 IR 159"], ["DOE^JOHN"], None),
+        (["ISO 2022 IR 87"], ["山田", ""], ["ISO_IR 192"]),
     ],
 )
 def test_reply_charset(request_charset, texts, expected):
     assert reply_charset(request_charset, texts) == expected
+
+
+@pytest.mark.parametrize("charset", ["ISO 2022 IR 87", "ISO 2022 IR 159"])
+@pytest.mark.parametrize(("patient_id", "name"), [("A\\", "DOE^JOHN^^"), ("ID1", "山田^太郎")])
+def test_a_response_in_a_character_set_pydicom_cannot_write_in_is_answered_in_another(charset, patient_id, name):
+    # Found by fuzzing the node: the request's character set was echoed, and pydicom's writer
+    # failed on the empty value ("A\\" holds two): the match was answered 0110H.
+    q = parse_identifier(ident("PATIENT", SpecificCharacterSet=charset, PatientID=None, PatientName=None),
+                         PATIENT_ROOT)
+    ds = response_identifier(q, (patient_id, name), {"PatientID": 0, "PatientName": 1}, "QRSCP")
+    back = decode_dataset(encode_dataset(ds, "1.2.840.10008.1.2"), "1.2.840.10008.1.2")
+    assert (back.PatientID, str(back.PatientName)) == (ds.PatientID, name)
 
 
 def test_a_response_identifier_holds_the_requested_keys_only():

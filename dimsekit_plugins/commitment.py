@@ -32,7 +32,11 @@ The exchange (J.3.2, J.3.3):
      association it opens to us that has the Storage Commitment context.
 
    A report counts as delivered when the SCU answers it with a Success or
-   Warning status; its request is then forgotten.
+   Warning status; its request is then forgotten.  One the SCU has answered
+   with a failure status ``max_attempts`` times (an SCU that cannot take
+   reports: 0211H on every association it opens) is given up, with a log
+   line: it is not kept and sent again for ever.  (Those answers are counted
+   since the node started.)  The SCU may ask again.
 
 Statuses of the N-ACTION (PS3.4 J.3.2.1.2 leaves the failures to PS3.7 Annex C):
 
@@ -73,7 +77,8 @@ Settings::
     backend = "sqlite"       # or "memory" (pending requests lost at exit)
     database = "..."         # default <data_dir>/dimsekit.sqlite
     retry_interval = 60      # seconds between attempts to reach the requestor
-    max_attempts = 10        # then wait for the requestor to associate (0 = no limit)
+    max_attempts = 10        # then wait for the requestor to associate (0 = no limit);
+                             # a report the requestor refused this many times is given up
     report_delay = 0         # seconds between the N-ACTION response and the checks
     connect_timeout = 10     # seconds to connect to the requestor
 """
@@ -290,6 +295,8 @@ class Pending:
     #: every instance fails with this reason (0x0131 for a duplicate Transaction UID)
     failure_reason: int | None = None
     attempts: int = 0
+    #: how many times the requestor answered the report with a failure status (since the start)
+    refused: int = 0
     #: the last report computed (Event Type ID, data set)
     report: tuple[int, Dataset] | None = field(default=None, repr=False)
 
@@ -475,8 +482,26 @@ class CommitmentService(NormalizedService):
                 return True
         finally:
             self._busy.discard(busy)
+        if self._given_up(ae, pending):
+            self._waiting.get(key, {}).pop(pending.slot, None)
+            if pending.persisted:
+                try:
+                    await self.registry_for(ae).delete(pending.transaction_uid)
+                except NoSuchInstance:
+                    pass
+            _log.warn(
+                "storage commitment {txn}: {caller} refused the report {n} times; it is given up "
+                "(max_attempts; the requestor may ask again)",
+                txn=pending.transaction_uid, caller=pending.requestor or "?", n=pending.refused,
+            )
+            return False
         self._retry_later(ae, key, pending)
         return False
+
+    def _given_up(self, ae: Any, pending: Pending) -> bool:
+        """The requestor refused the report ``max_attempts`` times: no more tries."""
+        limit = self.settings(ae).max_attempts
+        return bool(limit) and pending.refused >= limit
 
     async def _deliver(self, ae: Any, pending: Pending, association: Any = None) -> bool:
         assert pending.report is not None
@@ -499,10 +524,13 @@ class CommitmentService(NormalizedService):
                         txn=pending.transaction_uid, summary=summary, caller=pending.requestor,
                     )
                     return True
+                pending.refused += 1
                 _log.warn(
                     "storage commitment {txn}: {caller} answered the report {status}",
                     txn=pending.transaction_uid, caller=pending.requestor, status=dimse_status.describe(response.status),
                 )
+                if self._given_up(ae, pending):
+                    return False
         remote = ae.config.remote(pending.requestor) if pending.requestor else None
         if remote is None:
             _log.warn(
@@ -536,6 +564,7 @@ class CommitmentService(NormalizedService):
                     txn=pending.transaction_uid, summary=summary, caller=remote.ae_title,
                 )
             else:
+                pending.refused += 1
                 _log.warn(
                     "storage commitment {txn}: {caller} answered the report {status}",
                     txn=pending.transaction_uid, caller=remote.ae_title, status=dimse_status.describe(response.status),

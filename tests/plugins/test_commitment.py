@@ -385,6 +385,40 @@ def test_unknown_requestor_gets_the_report_when_it_associates_again():
     assert pending(s) == []
 
 
+def test_a_report_its_requestor_refuses_on_every_association_is_given_up_after_max_attempts():
+    """Found by fuzzing the node: an SCU that asks for commitment but answers every report
+    0211H had each of its reports sent again on each association it opened, two log lines
+    each, and kept for ever -- the pile grew with each request."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    said: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace") == "dimsekit.commitment":
+            said.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        s = make_scp(settings={"max_attempts": 3})  # an unknown requestor: it is reported to when it comes
+        offered = []
+        for n in range(5):
+            assoc, _ = open_scu(s)
+            assoc.handlers[("N-EVENT-REPORT", SC)] = lambda request, n=n: offered.append(n) or 0x0211
+            if n == 0:
+                assert action(s, assoc, ROOT + "115", refs("1")).status == 0x0000
+            s.pair.advance(0)
+            s.call(assoc.release())
+            s.pair.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert offered == [0, 1, 2]  # refused three times, then not offered again
+    assert pending(s) == []
+    assert commitment.service._waiting == {} or all(not w for w in commitment.service._waiting.values())
+    given_up = [line for line in said if "given up" in line]
+    assert given_up == [f"storage commitment {ROOT}115: MODALITY refused the report 3 times; it is given up "
+                        "(max_attempts; the requestor may ask again)"]
+
+
 def test_a_waiting_duplicates_report_does_not_take_the_place_of_the_original():
     """The SCU re-sends a Transaction UID whose report waits for it, and leaves before
     either report goes: both reports wait, and both reach it when it comes back."""

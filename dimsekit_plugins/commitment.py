@@ -472,31 +472,28 @@ class CommitmentService(NormalizedService):
         try:
             pending.report = await self.check(ae, pending)
             delivered = await self._deliver(ae, pending, association)
-            if delivered:
-                self._waiting.get(key, {}).pop(pending.slot, None)
-                if pending.persisted:
-                    try:
-                        await self.registry_for(ae).delete(pending.transaction_uid)
-                    except NoSuchInstance:
-                        pass
-                return True
+            if delivered or self._given_up(ae, pending):
+                await self._forget(ae, key, pending)
+                if not delivered:
+                    _log.warn(
+                        "storage commitment {txn}: {caller} refused the report {n} times; it is given up "
+                        "(max_attempts; the requestor may ask again)",
+                        txn=pending.transaction_uid, caller=pending.requestor or "?", n=pending.refused,
+                    )
+                return delivered
         finally:
             self._busy.discard(busy)
-        if self._given_up(ae, pending):
-            self._waiting.get(key, {}).pop(pending.slot, None)
-            if pending.persisted:
-                try:
-                    await self.registry_for(ae).delete(pending.transaction_uid)
-                except NoSuchInstance:
-                    pass
-            _log.warn(
-                "storage commitment {txn}: {caller} refused the report {n} times; it is given up "
-                "(max_attempts; the requestor may ask again)",
-                txn=pending.transaction_uid, caller=pending.requestor or "?", n=pending.refused,
-            )
-            return False
         self._retry_later(ae, key, pending)
         return False
+
+    async def _forget(self, ae: Any, key: Any, pending: Pending) -> None:
+        """The request is done with (its report delivered, or given up)."""
+        self._waiting.get(key, {}).pop(pending.slot, None)
+        if pending.persisted:
+            try:
+                await self.registry_for(ae).delete(pending.transaction_uid)
+            except NoSuchInstance:
+                pass
 
     def _given_up(self, ae: Any, pending: Pending) -> bool:
         """The requestor refused the report ``max_attempts`` times: no more tries."""

@@ -154,3 +154,47 @@ def test_a_query_over_the_identifier_limit_is_refused_and_the_association_goes_o
     node.wait_log("with status 0xA701: Identifier longer than 16777216 bytes")
     assert "with status 0xA700: Identifier longer than 16777216 bytes" in node.log_text()
     node.assert_healthy()
+
+
+def test_names_in_every_character_set_are_found_and_come_back_as_stored(node):
+    """pydicom's character set files (Latin, Greek, Cyrillic, Arabic, Hebrew, ISO 2022 Japanese
+    and Korean with code extensions, UTF-8, GB18030) stored by pynetdicom, then found by
+    pynetdicom by their exact name and by a wild card, each asked in the file's character set:
+    the match comes back with the name as stored, in a character set that holds it."""
+    import warnings
+
+    from pydicom import dcmread
+    from pydicom.data import get_charset_files
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # two of them: File Meta's SOP Instance UID not the data set's
+        files = [dcmread(f) for f in sorted(get_charset_files("chr*.dcm")) if "SQEncoding" not in f]
+    assert len(files) >= 15
+    ae = AE(ae_title="PYNETDICOM")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    for ds in files:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DIMSEKIT")
+    try:
+        assert assoc.is_established
+        for ds in files:
+            assert assoc.send_c_store(ds).Status == 0x0000
+        missed = []
+        for ds in files:
+            name = str(ds.PatientName)
+            for asked in (name, name.split("=")[0].split("^")[0] + "*"):
+                identifier = Dataset()
+                identifier.SpecificCharacterSet = ds.SpecificCharacterSet
+                identifier.QueryRetrieveLevel = "STUDY"
+                identifier.PatientName = asked
+                identifier.StudyInstanceUID = ""
+                found = [(str(ident.PatientName), ident.StudyInstanceUID)
+                         for status, ident in assoc.send_c_find(identifier, STUDY_ROOT_FIND)
+                         if status and status.Status == 0xFF00]
+                if (name, ds.StudyInstanceUID) not in found:
+                    missed.append((asked, ds.SpecificCharacterSet, found))
+        assert missed == []
+    finally:
+        assoc.release()
+    node.assert_healthy()

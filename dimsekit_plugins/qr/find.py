@@ -27,11 +27,10 @@ FE00 after a C-CANCEL, C000 when the index cannot be read.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydicom.charset import convert_encodings, encode_string
+from pydicom.charset import convert_encodings, custom_encoders, encode_string, python_encoding
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from twisted.internet.defer import CancelledError
@@ -124,14 +123,44 @@ def find_sql(query: Query) -> tuple[str, tuple[Any, ...], list[str]]:
     return sql, (*select_params, *params), columns
 
 
+#: the default repertoire: ASCII (pydicom writes it as Latin-1, which would put bytes
+#: outside it under a character set that does not declare them)
+_DEFAULT_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+
+
+def _holds(codec: str, char: str) -> bool:
+    """The Python codec pydicom writes a character set with can write ``char``
+    (pydicom's own encoders for the JIS sets, which take only their set's characters)."""
+    encode = custom_encoders.get(codec)
+    try:
+        if encode is not None:
+            encode(char)
+        else:
+            char.encode(codec)
+    except (UnicodeError, LookupError, ValueError, IndexError):
+        return False
+    return True
+
+
 def _encodable(texts: list[str], charset: list[str]) -> bool:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            encodings = convert_encodings(charset)
-            for text in texts:
-                encode_string(text, encodings)
-        except Exception:
+    """Every character of ``texts`` is in one of ``charset``'s character sets: pydicom
+    writes a text in the first one that holds it, or in pieces, each in one that holds it.
+
+    Not by asking pydicom's ``encode_string``, which warns and writes a replacement
+    character for what it cannot encode: catching that warning took changing the
+    process's warning filters, which the archive's threads share (a warning of theirs
+    would have been raised as an error meanwhile).  A term pydicom does not know makes
+    the set unusable."""
+    codecs = []
+    for term in charset:
+        if term in _DEFAULT_TERMS:
+            codecs.append("ascii")
+        elif term in python_encoding:
+            codecs.append(python_encoding[term])
+        else:
+            return False
+    for char in {c for text in texts for c in text}:
+        if not any(_holds(codec, char) for codec in codecs):
             return False
     return True
 

@@ -266,10 +266,31 @@ def test_the_query_plan_uses_the_indexes(indexed):
         (["ISO 2022 IR 87"], ["A", ""], None),
         (["ISO 2022 IR 159"], ["DOE^JOHN"], None),
         (["ISO 2022 IR 87"], ["山田", ""], ["ISO_IR 192"]),
+        # the default repertoire is ASCII (pydicom would write 'ü' there as a Latin-1 byte)
+        (["", "ISO 2022 IR 87"], ["Müller"], ["ISO_IR 192"]),
+        # ISO 2022 IR 13 holds half-width katakana only, not kanji (Python's shift_jis would)
+        (["ISO 2022 IR 13"], ["山田"], ["ISO_IR 192"]),
+        (["ISO 2022 IR 13", "ISO 2022 IR 87"], ["ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎"], ["ISO 2022 IR 13", "ISO 2022 IR 87"]),
+        (["", "ISO 2022 IR 149"], ["Hong^Gildong=洪^吉洞=홍^길동"], ["", "ISO 2022 IR 149"]),
     ],
 )
 def test_reply_charset(request_charset, texts, expected):
     assert reply_charset(request_charset, texts) == expected
+
+
+def test_choosing_a_reply_charset_leaves_the_warning_filters_alone(monkeypatch):
+    """They are the process's: catching pydicom's warning as an error (as it was done) raised
+    the archive's threads' warnings as errors meanwhile."""
+    import warnings
+
+    touched: list[str] = []
+    for name in ("catch_warnings", "simplefilter", "filterwarnings"):
+        real = getattr(warnings, name)
+        monkeypatch.setattr(warnings, name, lambda *a, _real=real, _name=name, **k: touched.append(_name) or _real(*a, **k))
+    answers = reply_charset(["ISO_IR 100"], ["Müller", "山田"]), reply_charset(["ISO_IR 100"], ["Müller"])
+    monkeypatch.undo()
+    assert answers == (["ISO_IR 192"], ["ISO_IR 100"])
+    assert touched == []
 
 
 @pytest.mark.parametrize("charset", ["ISO 2022 IR 87", "ISO 2022 IR 159"])

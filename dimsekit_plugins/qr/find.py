@@ -184,11 +184,15 @@ def reply_charset(request_charset: list[str], texts: list[str]) -> list[str] | N
     All plain ASCII: the request's (echoed, it may be absent).  Otherwise the
     request's when it can encode them all, else ISO_IR 192 (UTF-8): a value is
     never sent in a character set that cannot hold it.  A request's character set
-    pydicom cannot write in (:func:`_pydicom_writes_in`) is not used: the answer is
-    in the default repertoire or UTF-8, not a failure to encode it.
+    with a term pydicom does not know, or that pydicom cannot write in
+    (:func:`_pydicom_writes_in`), is not used: the answer is in the default
+    repertoire or UTF-8, not a failure to encode it.
     """
-    if request_charset and any(request_charset) and not _pydicom_writes_in(tuple(request_charset)):
-        request_charset = []
+    if request_charset and any(request_charset) and (
+        not all(term in _DEFAULT_TERMS or term in python_encoding for term in request_charset)
+        or not _pydicom_writes_in(tuple(request_charset))
+    ):
+        request_charset = []  # a term no one knows is not echoed either (DICOM's Defined Terms only)
     if all(text.isascii() for text in texts):
         return request_charset or None
     if request_charset and any(request_charset) and _encodable(texts, request_charset):

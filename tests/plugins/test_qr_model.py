@@ -272,6 +272,9 @@ def test_the_query_plan_uses_the_indexes(indexed):
         (["ISO 2022 IR 13"], ["山田"], ["ISO_IR 192"]),
         (["ISO 2022 IR 13", "ISO 2022 IR 87"], ["ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎"], ["ISO 2022 IR 13", "ISO 2022 IR 87"]),
         (["", "ISO 2022 IR 149"], ["Hong^Gildong=洪^吉洞=홍^길동"], ["", "ISO 2022 IR 149"]),
+        # a term that is none of DICOM's is not echoed, even over plain ASCII
+        (["GARBAGE"], ["DOE^JOHN"], None),
+        (["ISO_IR 100", "NOT A SET"], ["DOE^JOHN"], None),
     ],
 )
 def test_reply_charset(request_charset, texts, expected):

@@ -820,9 +820,21 @@ def resident_pages(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("keep_cached", [False, True])
-def test_a_large_instance_leaves_the_page_cache_once_synced(disk_root, clock, keep_cached):
+def test_a_large_instance_leaves_the_page_cache_once_synced(disk_root, clock, keep_cached, monkeypatch):
     """A stored instance of 256 KiB or more is dropped from the page cache after its fsync
-    (the next instance's writes reuse its pages), unless keep_cached; a smaller one stays."""
+    (the next instance's writes reuse its pages), unless keep_cached; a smaller one stays.
+
+    What the archive asks of the kernel is recorded: pages asked to stay may still go (a CI
+    machine under memory pressure kept none of them), so only the drop is read in the cache."""
+    dropped: list[str] = []  # the files asked to leave the page cache once in their place
+    real_fadvise = os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:  # (also the write-out kick while in .incoming)
+            dropped.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
     archive = _open(disk_root, clock, keep_cached=keep_cached)
     try:
         fresh = store(archive, clock, make_dataset(pixels=os.urandom(1 << 20)))  # renamed into place, then synced
@@ -840,12 +852,11 @@ def test_a_large_instance_leaves_the_page_cache_once_synced(disk_root, clock, ke
         cached, pages = resident_pages(Path(stored.path))
         assert pages > 256
         if keep_cached:
-            # the end of it at least, written after the drain last asked for write-back
-            assert cached >= 32, (cached, pages)
+            assert os.path.realpath(stored.path) not in dropped
         else:
+            assert os.path.realpath(stored.path) in dropped
             assert cached == 0, (cached, pages)
-    small_cached, small_pages = resident_pages(Path(small.path))
-    assert small_pages > 16 and small_cached == small_pages  # not worth a system call
+    assert os.path.realpath(small.path) not in dropped  # not worth a system call
 
 
 # -- reconcile -------------------------------------------------------------------------------------

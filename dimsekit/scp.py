@@ -452,8 +452,7 @@ class ScpRunner:
             command = make_response(request.command, 0x0110, ErrorComment=_comment(str(exc)))
             dataset = None
         try:
-            peer = association.remote_ae_title
-            with about(peer, lambda: f"writing the {request.name} response to message {request.message_id} for {peer}"):
+            with request.about("answering"):  # (pydicom writing the response's data set)
                 association.send_message(request.context, command, dataset)
         except DatasetError as exc:  # the handler's data set cannot be encoded
             _log.error(

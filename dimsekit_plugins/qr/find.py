@@ -149,16 +149,9 @@ def _encodable(texts: list[str], charset: list[str]) -> bool:
     Not by asking pydicom's ``encode_string``, which warns and writes a replacement
     character for what it cannot encode: catching that warning took changing the
     process's warning filters, which the archive's threads share (a warning of theirs
-    would have been raised as an error meanwhile).  A term pydicom does not know makes
-    the set unusable."""
-    codecs = []
-    for term in charset:
-        if term in _DEFAULT_TERMS:
-            codecs.append("ascii")
-        elif term in python_encoding:
-            codecs.append(python_encoding[term])
-        else:
-            return False
+    would have been raised as an error meanwhile).  Every term is one pydicom knows
+    (:func:`reply_charset` sees to it)."""
+    codecs = ["ascii" if term in _DEFAULT_TERMS else python_encoding[term] for term in charset]
     for char in {c for text in texts for c in text}:
         if not any(_holds(codec, char) for codec in codecs):
             return False

@@ -151,6 +151,47 @@ class Servers(contextlib.AbstractContextManager):
             self.stop(server)
 
 
+def create_cost(directory: Path, count: int = 200) -> float:
+    """Median microseconds to create an empty file in a new subdirectory of ``directory``.
+
+    The files stay (removing them would slow the next creations: see
+    :func:`wait_for_fast_creates`); ``directory`` is the run's work directory,
+    removed at its end.
+    """
+    probe = directory / f"create-probe-{time.monotonic_ns()}"
+    probe.mkdir(parents=True)
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def wait_for_fast_creates(directory: Path, *, limit_us: float = 60.0, timeout: float = 420.0) -> float:
+    """Wait (bounded) until creating a file in ``directory``'s file system is cheap again.
+
+    ext4 without a journal (this kind of machine's root file system) does not
+    hand out an inode freed in the last minute -- five while its inode block
+    is not yet written back -- and scans past every such inode at each
+    creation: after some thousands of deletions (an earlier benchmark's
+    output, a test run) a file costs ~0.1-0.7 ms to create instead of
+    ~10 us, for every receiver, which hides what each one costs.  Probes every
+    15 s; returns the last median (µs), said if still over the limit.
+    """
+    deadline = time.monotonic() + timeout
+    cost = create_cost(directory)
+    while cost > limit_us and time.monotonic() < deadline:
+        print(f"creating a file costs {cost:.0f} us (recent deletions on this file system): "
+              f"waiting for it to fall under {limit_us:.0f} us", flush=True)
+        time.sleep(15)
+        os.sync()
+        cost = create_cost(directory)
+    if cost > limit_us:
+        print(f"creating a file still costs {cost:.0f} us: figures will be low for every receiver", flush=True)
+    return cost
+
+
 def settle(warm: Sequence[Path] = ()) -> bool:
     """Write back what the last receiver left, drop the page cache, read ``warm`` (files,
     directories) back in.

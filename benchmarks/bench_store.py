@@ -46,13 +46,14 @@ ratios of the medians of the same run set):
   (``--nagle-ct``, ``--nagle-small``) since DCMTK then crawls on delayed ACKs.
 
 What the receivers stored is kept until the benchmark ends (a few GB in
-the system's temporary directory): ext4 does not hand out again, for about
-30 s, an inode freed by a deletion, and while such inodes are around each
+the system's temporary directory): ext4 without a journal does not hand out
+again, for a minute, an inode freed by a deletion, and while such inodes are around each
 file created near them cost ~0.2-0.5 ms instead of ~20 us here.  Deleting a
 receiver's files before the next one ran made every receiver pay that on
 each instance (DCMTK, with the cheapest instances, relatively the most).
-For the same reason, wait half a minute after deleting many files (an
-earlier run of this benchmark) before starting it.  Between receivers, as
+For the same reason the benchmark waits, before it starts, until creating a
+file is cheap again (``_harness.wait_for_fast_creates``: up to 7 minutes
+after many deletions -- an earlier run of it, a test run).  Between receivers, as
 root, the page cache is dropped and the input files read back in
 (``_harness.settle``): on a virtual machine whose host takes back freed
 memory, later receivers otherwise ran up to ~2x slower than the first;
@@ -106,6 +107,7 @@ from _harness import (  # noqa: E402
     table,
     temp_dir,
     twistd,
+    wait_for_fast_creates,
 )
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -378,6 +380,7 @@ def main() -> None:
         }
         scenarios = {s: v for s, v in scenarios.items() if s not in skip and s.split("-")[0] not in skip}
 
+        wait_for_fast_creates(work)
         dropped = settle([work / "ct", work / "small", work / "nagle"])
         print("page cache dropped between receivers" if dropped else
               "page cache not dropped between receivers (not root): figures may drift run to run", flush=True)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import re
 import sqlite3
 import weakref
@@ -532,8 +533,49 @@ class Instance:
     dataset: Dataset = field(default_factory=Dataset)
 
     def to_json(self) -> str:
-        """The data set as DICOM JSON (PS3.18 F), as stored."""
-        return self.dataset.to_json()
+        """The data set as DICOM JSON (PS3.18 F), as stored (:func:`dataset_json`)."""
+        return dataset_json(self.dataset)
+
+
+def dataset_json(dataset: Dataset) -> str:
+    """``dataset`` as DICOM JSON (PS3.18 F), keys sorted as pydicom writes them.
+
+    pydicom's writer fails (IndexError) on an empty value of a multi-valued
+    PN -- ``DOE^J\\`` or ``DOE^J\\=`` as a peer may send it -- so PN values are
+    written here (PS3.18 F.2.2; an empty one among several is ``null``, F.2.5,
+    which pydicom reads back as an empty name), at any depth; every other
+    element by pydicom.
+
+    :raises InvalidAttributeValue: pydicom cannot write an element (0x0106, naming it).
+    """
+    return json.dumps(_json_dict(dataset), sort_keys=True)
+
+
+def _json_dict(dataset: Dataset) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for element in dataset:
+        if element.VR == "SQ":
+            value: dict[str, Any] = {"vr": "SQ", "Value": [_json_dict(item) for item in element.value]}
+        elif element.VR == "PN" and element.VM > 1:
+            value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
+        else:
+            try:
+                value = element.to_json_dict(None, 1024)
+            except Exception as exc:
+                raise InvalidAttributeValue(
+                    f"{tag_name(element.tag)} cannot be stored: {exc}"[:64], attributes=(element.tag,)
+                ) from None
+        out[f"{element.tag:08X}"] = value
+    return out
+
+
+def _person_name_json(name: Any) -> dict[str, str] | None:
+    components = getattr(name, "components", None)
+    if components is None:  # not a PersonName (pydicom converts values; a plain str just in case)
+        components = tuple(str(name).split("="))
+    if not any(components):
+        return None
+    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
 
 
 def _dataset_from_json(text: str, kind: str, uid: str) -> Dataset:

@@ -333,6 +333,19 @@ def test_an_unreadable_data_set_is_answered_without_a_traceback(scp, payload, st
     assert logged_failures == []
 
 
+def test_a_name_with_an_empty_value_among_several_is_stored_and_given_back(scp, logged_failures):
+    # "Doe^Jane\\" (two names, the second empty): pydicom's JSON writer fails on it (IndexError);
+    # the node answered 0110H with a critical traceback (found by tests/interop/_fuzz.py).
+    assert create(scp, ds=new_step(PatientName=["Doe^Jane", ""])).status == 0x0000
+    item = series()
+    item.PerformingPhysicianName = ["", "Roe^Rick", ""]
+    assert n_set(scp, completion(PerformedSeriesSequence=[item])).status == 0x0000
+    got = get(scp).dataset
+    assert [str(name) for name in got.PatientName] == ["Doe^Jane", ""]
+    assert [str(name) for name in got.PerformedSeriesSequence[0].PerformingPhysicianName] == ["", "Roe^Rick", ""]
+    assert logged_failures == []
+
+
 # -- N-GET and the rest -------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import logging
 import struct
 import warnings
@@ -47,6 +48,9 @@ __all__ = [
     "decompressed",
     "decoded_size",
     "MAX_DECODED_BYTES",
+    "json_dict",
+    "json_text",
+    "UnwritableElement",
 ]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -69,6 +73,59 @@ def pydicom_error(exc: BaseException) -> str:
     not a traceback in the node's log."""
     text = str(exc).split("\nTraceback (most recent call last)", 1)[0]
     return " ".join(text.split())
+
+
+class UnwritableElement(DatasetError):
+    """pydicom cannot write an element of a data set as DICOM JSON.
+
+    :ivar tag: the element's tag (inside a sequence item, the inner one).
+    :ivar reason: pydicom's error, in one line.
+    """
+
+    def __init__(self, tag: int, reason: str) -> None:
+        super().__init__(f"({tag >> 16:04X},{tag & 0xFFFF:04X}): {reason}")
+        self.tag = tag
+        self.reason = reason
+
+
+def json_dict(dataset: Dataset) -> dict[str, Any]:
+    """``dataset`` as a DICOM JSON object (PS3.18 F), as pydicom's ``to_json_dict`` makes it --
+    but for a PN of several values, which pydicom cannot write when one is empty
+    (``DOE^J\\`` or ``DOE^J\\=``, as a peer or a worklist file may have it: an
+    IndexError).  Those are written here, at any depth (PS3.18 F.2.2; an empty
+    value among several is ``null``, F.2.5, which pydicom reads back as an
+    empty name).  ``json.dumps(json_dict(ds), sort_keys=True)`` is what
+    ``ds.to_json()`` gives wherever pydicom can write it.
+
+    :raises UnwritableElement: pydicom cannot write an element.
+    """
+    out: dict[str, Any] = {}
+    for element in dataset:
+        if element.VR == "SQ":
+            value: dict[str, Any] = {"vr": "SQ", "Value": [json_dict(item) for item in element.value]}
+        elif element.VR == "PN" and element.VM > 1:
+            value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
+        else:
+            try:
+                value = element.to_json_dict(None, 1024)
+            except Exception as exc:
+                raise UnwritableElement(int(element.tag), pydicom_error(exc) or type(exc).__name__) from None
+        out[f"{element.tag:08X}"] = value
+    return out
+
+
+def _person_name_json(name: Any) -> dict[str, str] | None:
+    components = getattr(name, "components", None)
+    if components is None:  # not a PersonName (pydicom converts PN values; a str just in case)
+        components = tuple(str(name).split("="))
+    if not any(components):
+        return None
+    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
+
+
+def json_text(dataset: Dataset) -> str:
+    """:func:`json_dict` as text, keys sorted (what ``ds.to_json()`` gives where it can)."""
+    return json.dumps(json_dict(dataset), sort_keys=True)
 
 
 def read_in_full(dataset: Dataset) -> Dataset:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import re
 import sqlite3
 import weakref
@@ -72,7 +71,13 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from dimsekit.config import ConfigError
-from dimsekit.datasets import DatasetError, DatasetValueError, read_in_full
+from dimsekit.datasets import (
+    DatasetError,
+    DatasetValueError,
+    UnwritableElement,
+    json_text,
+    read_in_full,
+)
 from dimsekit.errors import for_log
 from dimsekit.libraries_log import about
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES, ServiceClass
@@ -538,44 +543,18 @@ class Instance:
 
 
 def dataset_json(dataset: Dataset) -> str:
-    """``dataset`` as DICOM JSON (PS3.18 F), keys sorted as pydicom writes them.
-
-    pydicom's writer fails (IndexError) on an empty value of a multi-valued
-    PN -- ``DOE^J\\`` or ``DOE^J\\=`` as a peer may send it -- so PN values are
-    written here (PS3.18 F.2.2; an empty one among several is ``null``, F.2.5,
-    which pydicom reads back as an empty name), at any depth; every other
-    element by pydicom.
+    """``dataset`` as DICOM JSON (PS3.18 F), as a registry stores it
+    (:func:`~dimsekit.datasets.json_text`: also a PN of several values with an empty one,
+    which pydicom's own writer fails on).
 
     :raises InvalidAttributeValue: pydicom cannot write an element (0x0106, naming it).
     """
-    return json.dumps(_json_dict(dataset), sort_keys=True)
-
-
-def _json_dict(dataset: Dataset) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for element in dataset:
-        if element.VR == "SQ":
-            value: dict[str, Any] = {"vr": "SQ", "Value": [_json_dict(item) for item in element.value]}
-        elif element.VR == "PN" and element.VM > 1:
-            value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
-        else:
-            try:
-                value = element.to_json_dict(None, 1024)
-            except Exception as exc:
-                raise InvalidAttributeValue(
-                    f"{tag_name(element.tag)} cannot be stored: {exc}"[:64], attributes=(element.tag,)
-                ) from None
-        out[f"{element.tag:08X}"] = value
-    return out
-
-
-def _person_name_json(name: Any) -> dict[str, str] | None:
-    components = getattr(name, "components", None)
-    if components is None:  # not a PersonName (pydicom converts values; a plain str just in case)
-        components = tuple(str(name).split("="))
-    if not any(components):
-        return None
-    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
+    try:
+        return json_text(dataset)
+    except UnwritableElement as exc:
+        raise InvalidAttributeValue(
+            f"{tag_name(exc.tag)} cannot be stored: {exc.reason}"[:64], attributes=(exc.tag,)
+        ) from None
 
 
 def _dataset_from_json(text: str, kind: str, uid: str) -> Dataset:

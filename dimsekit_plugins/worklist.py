@@ -86,6 +86,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.datasets import UnwritableElement, json_dict
 from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
@@ -282,7 +283,7 @@ def _row(dataset: Dataset) -> tuple[list[str | None], str]:
     step = dataset[SPS].value[0] if SPS in dataset and len(dataset[SPS].value) else Dataset()
     values = [_column_text(dataset, k, vr) for k, (_, vr) in TOP_COLUMNS.items()]
     values += [_column_text(step, k, vr) for k, (_, vr) in STEP_COLUMNS.items()]
-    return values, json.dumps(dataset.to_json_dict(), ensure_ascii=False)
+    return values, json.dumps(json_dict(dataset), ensure_ascii=False)  # not pydicom's: see json_dict
 
 
 def _column_text(dataset: Dataset, keyword: str, vr: str) -> str | None:
@@ -700,7 +701,7 @@ class WorklistStore:
             dataset = Dataset(dataset)  # the File Meta Information is not part of the item
             check_item(dataset)
             return [_row(step) for step in split_steps(dataset)]
-        except WorklistItemError as exc:
+        except (WorklistItemError, UnwritableElement) as exc:
             _log.warn("worklist file {path} skipped: {why}", path=str(path), why=exc)
         except Exception as exc:
             _log.warn("worklist file {path} skipped: not a readable DICOM file ({why})", path=str(path), why=exc)

@@ -342,6 +342,27 @@ def test_folder_items_follow_the_files(tmp_path):
         store._locked(store._close)
 
 
+def test_an_item_with_an_empty_name_among_several_is_stored(tmp_path):
+    # A DICOM JSON item (dimsekit worklist add item.json) with an empty name among several
+    # ({} or null, PS3.18 F.2.5): pydicom's JSON writer fails on it (IndexError), so the
+    # item could not be added.
+    import json
+
+    listed = item("ONE^A", "F1", "X1", step(step_id="W1", physician="House^Gregory"))
+    listed.NamesOfIntendedRecipientsOfResults = "Wilson^James"  # VM 1-n: any of its values matches
+    text = json.loads(listed.to_json())
+    text["00401010"]["Value"] = [{}, {"Alphabetic": "Wilson^James"}, None]
+    s = WorklistStore(tmp_path / "db.sqlite", None, reactor, create=True)
+    try:
+        s._locked(s._add, [Dataset.from_json(text)])
+        found = find(s, query(("NamesOfIntendedRecipientsOfResults", "wilson*")))
+        assert ids(found) == ["F1/W1"]
+        assert [str(name) for name in found[0].NamesOfIntendedRecipientsOfResults] == ["", "Wilson^James", ""]
+        assert ids(find(s, query(("NamesOfIntendedRecipientsOfResults", "house*")))) == []
+    finally:
+        s._locked(s._close)
+
+
 # -- settings -------------------------------------------------------------------------------------------
 
 

@@ -71,6 +71,7 @@ from pydicom.dataset import Dataset
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.datasets import UnwritableElement, json_dict
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import (
@@ -246,10 +247,20 @@ def _status_of(dataset: Dataset) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Two data elements hold the same value (sequences compared item by item)."""
+    """Two data elements hold the same value (sequences compared item by item, as DICOM JSON:
+    :func:`~dimsekit.datasets.json_dict`, which writes what pydicom's writer fails on)."""
     if a.VR == "SQ" or b.VR == "SQ":
-        return a.to_json_dict(None, None) == b.to_json_dict(None, None)
+        try:
+            return _json_of(a) == _json_of(b)
+        except UnwritableElement:
+            return False
     return is_empty(a) == is_empty(b) and (is_empty(a) or a.value == b.value)
+
+
+def _json_of(element: Any) -> Any:
+    holder = Dataset()
+    holder.add(element)
+    return json_dict(holder)
 
 
 class MppsService(NormalizedService):

@@ -17,7 +17,7 @@ import struct
 import warnings
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,7 @@ class UnwritableElement(DatasetError):
         self.reason = reason
 
 
-def json_dict(dataset: Dataset) -> dict[str, Any]:
+def json_dict(dataset: Dataset, on_unwritable: Callable[[UnwritableElement], None] | None = None) -> dict[str, Any]:
     """``dataset`` as a DICOM JSON object (PS3.18 F), as pydicom's ``to_json_dict`` makes it --
     but for a PN of several values, which pydicom cannot write when one is empty
     (``DOE^J\\`` or ``DOE^J\\=``, as a peer or a worklist file may have it: an
@@ -97,19 +97,26 @@ def json_dict(dataset: Dataset) -> dict[str, Any]:
     empty name).  ``json.dumps(json_dict(ds), sort_keys=True)`` is what
     ``ds.to_json()`` gives wherever pydicom can write it.
 
+    :param on_unwritable: called with the error for each element pydicom cannot
+        write, which is then left out (output for a person to read); without it, the error is raised.
     :raises UnwritableElement: pydicom cannot write an element.
     """
     out: dict[str, Any] = {}
     for element in dataset:
         if element.VR == "SQ":
-            value: dict[str, Any] = {"vr": "SQ", "Value": [json_dict(item) for item in element.value]}
+            items = [json_dict(item, on_unwritable) for item in element.value]
+            value: dict[str, Any] = {"vr": "SQ", "Value": items}
         elif element.VR == "PN" and element.VM > 1:
             value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
         else:
             try:
                 value = element.to_json_dict(None, 1024)
             except Exception as exc:
-                raise UnwritableElement(int(element.tag), pydicom_error(exc) or type(exc).__name__) from None
+                error = UnwritableElement(int(element.tag), pydicom_error(exc) or type(exc).__name__)
+                if on_unwritable is None:
+                    raise error from None
+                on_unwritable(error)
+                continue
         out[f"{element.tag:08X}"] = value
     return out
 

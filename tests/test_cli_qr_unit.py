@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from twisted.internet import defer
 
 from dimsekit.cli import _parser
@@ -207,6 +209,11 @@ def test_model_options():
 # -- output ------------------------------------------------------------------------------------
 
 
+def decoded(explicit_le: bytes) -> Dataset:
+    """A data set read from Explicit VR Little Endian bytes, as a response's identifier is."""
+    return read_dataset(io.BytesIO(explicit_le), False, True)
+
+
 def match(name: str, uid: str, modality: str | None = None) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
@@ -254,6 +261,24 @@ def test_json_writer_is_a_dicom_json_array():
         data = json.loads(out.getvalue())
         assert isinstance(data, list) and len(data) == n
         assert [str(Dataset.from_json(d).PatientName) for d in data] == [f"DOE^{i}" for i in range(n)]
+
+
+@pytest.mark.filterwarnings("ignore:A value of type 'str' cannot be assigned")
+def test_json_writer_keeps_an_empty_name_among_several_and_leaves_out_only_what_it_cannot_write():
+    # pydicom's writer fails on "DOE^JOHN\\" (an IndexError): the whole PatientName was left out
+    out, err = io.StringIO(), io.StringIO()
+    writer = cli_find.JsonWriter(out, err)
+    found = decoded(b"\x10\x00\x10\x00PN\x0a\x00DOE^JOHN\\ ")  # as read from the wire
+    writer.add(found)
+    assert err.getvalue() == ""
+    broken = match("ROE^JANE", "1.3")
+    broken.add(DataElement(0x00420011, "OB", "text"))  # not bytes: pydicom cannot write it
+    writer.add(broken)
+    writer.finish()
+    first, second = json.loads(out.getvalue())
+    assert [str(name) for name in Dataset.from_json(first).PatientName] == ["DOE^JOHN", ""]
+    assert str(Dataset.from_json(second).PatientName) == "ROE^JANE" and "00420011" not in second
+    assert "left out" in err.getvalue() and "(0042,0011)" in err.getvalue()
 
 
 def test_directory_writer_writes_dicom_files(tmp_path):

@@ -56,6 +56,7 @@ from dimsekit.cli._keys import (
     set_character_set,
 )
 from dimsekit.cli._scu import describe_failure, end_cleanly
+from dimsekit.datasets import UnwritableElement, json_dict
 from dimsekit.dimse.status import QR_FIND, Category, category, describe
 from dimsekit.errors import printable
 from dimsekit.scu import (
@@ -268,14 +269,13 @@ class JsonWriter:
     def _json(self, dataset: Dataset | None) -> dict[str, Any]:
         if dataset is None:
             return {}
-        try:
-            return dataset.to_json_dict()
-        except Exception as exc:
-            if not self.dropped:
-                print(f"dimsekit: some attributes cannot be written as DICOM JSON and were left out ({exc})",
-                      file=self.err)
-                self.dropped = True
-            return dataset.to_json_dict(suppress_invalid_tags=True)
+        return json_dict(dataset, on_unwritable=self._left_out)
+
+    def _left_out(self, error: UnwritableElement) -> None:
+        if not self.dropped:
+            print(f"dimsekit: some attributes cannot be written as DICOM JSON and were left out ({error})",
+                  file=self.err)
+            self.dropped = True
 
     def finish(self) -> None:
         self.out.write("[]\n" if self.count == 0 else "\n]\n")

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._keys import BadKey, apply_keys, load_dataset, parse_key
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
-from dimsekit.datasets import DatasetError, read_in_full
+from dimsekit.datasets import DatasetError, UnwritableElement, json_dict, read_in_full
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.nservice import is_valid_uid, tag_name, to_tag
 from dimsekit.uids import by_keyword
@@ -152,12 +152,11 @@ def _print(dataset: Dataset | None, as_json: bool) -> None:
     if dataset is None:
         dataset = Dataset()
     if as_json:
-        try:
-            document = dataset.to_json_dict()
-        except Exception as exc:  # a value DICOM JSON cannot hold (a peer's)
-            print(f"dimsekit mpps: some attributes cannot be written as DICOM JSON and were left out ({exc})",
+        dropped: list[UnwritableElement] = []  # values DICOM JSON cannot hold (a peer's)
+        document = json_dict(dataset, on_unwritable=dropped.append)
+        if dropped:
+            print(f"dimsekit mpps: some attributes cannot be written as DICOM JSON and were left out ({dropped[0]})",
                   file=sys.stderr)
-            document = dataset.to_json_dict(suppress_invalid_tags=True)
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
         print(str(dataset))

@@ -42,6 +42,7 @@ from twisted.internet import defer
 
 from dimsekit.cli._keys import BadKey, load_dataset, render_table
 from dimsekit.config import ConfigError, load
+from dimsekit.datasets import json_dict
 
 __all__ = ["add_arguments", "run"]
 
@@ -167,7 +168,7 @@ def _row(item_id: int, dataset: Any, added: str) -> dict[str, str]:
 async def _list(store: Any, args: argparse.Namespace, out: IO[str]) -> int:
     items = await store.items()
     if args.json:
-        records = [{"id": i, "added": added, "item": dataset.to_json_dict()} for i, dataset, added in items]
+        records = [{"id": i, "added": added, "item": json_dict(dataset)} for i, dataset, added in items]
         out.write(json.dumps(records, ensure_ascii=False, indent=1) + "\n")
         return 0
     if not items:

@@ -119,3 +119,20 @@ def test_plans():
 def test_plans_refuse(argv):
     with pytest.raises(BadInput):
         _plan(_args(*argv))
+
+
+def test_json_output_keeps_an_empty_name_among_several(capsys):
+    # what an N-GET gave back, read from the wire: pydicom's writer fails on "Doe^Jane\" (IndexError)
+    import io
+    import struct
+
+    from pydicom.filereader import read_dataset
+
+    from dimsekit.cli.mpps import _print
+
+    raw = b"Doe^Jane\\ "
+    dataset = read_dataset(io.BytesIO(struct.pack("<HH2sH", 0x0010, 0x0010, b"PN", len(raw)) + raw), False, True)
+    _print(dataset, as_json=True)
+    printed = capsys.readouterr()
+    assert printed.err == ""
+    assert [str(name) for name in Dataset.from_json(json.loads(printed.out)).PatientName] == ["Doe^Jane", ""]

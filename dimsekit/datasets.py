@@ -102,22 +102,25 @@ def json_dict(dataset: Dataset, on_unwritable: Callable[[UnwritableElement], Non
     :raises UnwritableElement: pydicom cannot write an element.
     """
     out: dict[str, Any] = {}
-    for element in dataset:
-        if element.VR == "SQ":
-            items = [json_dict(item, on_unwritable) for item in element.value]
-            value: dict[str, Any] = {"vr": "SQ", "Value": items}
-        elif element.VR == "PN" and element.VM > 1:
-            value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
-        else:
-            try:
+    for tag in dataset.keys():
+        try:
+            element = dataset[tag]  # a raw element is converted here: it may fail (a peer's value)
+            if element.VR == "SQ":
+                items = [json_dict(item, on_unwritable) for item in element.value]
+                value: dict[str, Any] = {"vr": "SQ", "Value": items}
+            elif element.VR == "PN" and element.VM > 1:
+                value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
+            else:
                 value = element.to_json_dict(None, 1024)
-            except Exception as exc:
-                error = UnwritableElement(int(element.tag), pydicom_error(exc) or type(exc).__name__)
-                if on_unwritable is None:
-                    raise error from None
-                on_unwritable(error)
-                continue
-        out[f"{element.tag:08X}"] = value
+        except UnwritableElement:
+            raise  # an item's element (raised only without on_unwritable)
+        except Exception as exc:
+            error = UnwritableElement(int(tag), pydicom_error(exc) or type(exc).__name__)
+            if on_unwritable is None:
+                raise error from None
+            on_unwritable(error)
+            continue
+        out[f"{tag:08X}"] = value
     return out
 
 

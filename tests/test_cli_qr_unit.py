@@ -281,6 +281,19 @@ def test_json_writer_keeps_an_empty_name_among_several_and_leaves_out_only_what_
     assert "left out" in err.getvalue() and "(0042,0011)" in err.getvalue()
 
 
+def test_json_writer_leaves_out_a_sequence_that_cannot_be_read_and_stays_json():
+    # (0040,0100) of 4 bytes that are no item: reading it fails when it is first used, after the
+    # writer had put out its separator -- the output was no JSON array any more
+    out, err = io.StringIO(), io.StringIO()
+    writer = cli_find.JsonWriter(out, err)
+    writer.add(match("ROE^JANE", "1.3"))
+    writer.add(decoded(b"\x10\x00\x10\x00PN\x04\x00DOE \x40\x00\x00\x01SQ\x00\x00\x04\x00\x00\x00\x01\x02\x03\x04"))
+    writer.finish()
+    first, second = json.loads(out.getvalue())
+    assert str(Dataset.from_json(second).PatientName) == "DOE" and "00400100" not in second
+    assert "left out" in err.getvalue() and "(0040,0100)" in err.getvalue()
+
+
 def test_directory_writer_writes_dicom_files(tmp_path):
     writer = cli_find.DirectoryWriter(tmp_path / "out", STUDY_ROOT_FIND)
     writer.add(match("DOE^JOHN", "1.2"))

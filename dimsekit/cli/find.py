@@ -261,9 +261,10 @@ class JsonWriter:
         self.dropped = False
 
     def add(self, dataset: Dataset | None) -> None:
+        text = json.dumps(self._json(dataset), ensure_ascii=False)  # before the separator: it may fail
         self.out.write("[\n" if self.count == 0 else ",\n")
         self.count += 1
-        self.out.write(json.dumps(self._json(dataset), ensure_ascii=False))
+        self.out.write(text)
         self.out.flush()
 
     def _json(self, dataset: Dataset | None) -> dict[str, Any]:

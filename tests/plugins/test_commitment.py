@@ -512,3 +512,27 @@ def test_pending_requests_are_counted_wherever_the_database_is(tmp_path, name):
         db.execute("INSERT INTO nservice_instance VALUES ('mpps', '1.2.5', '1.2', '{}', '', '')")
     db.close()
     assert commitment._count_pending(path) == 2
+
+
+def test_the_cli_reports_failure_reasons_a_peer_sent_in_any_form(capsys):
+    # a report's Failure Reason with two values (test_fuzz_cli seed 29) ended `commit --wait`
+    # in a traceback (int() of a list)
+    from pathlib import Path
+
+    from dimsekit.cli.commit import _print_report
+
+    report = Dataset()
+    items = []
+    for uid, reason in (("1.1", [0x0112, 0x0110]), ("1.2", None), ("1.3", 0x0122), ("1.4", 0)):
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = uid
+        if reason is not None:
+            item.FailureReason = reason
+        items.append(item)
+    report.FailedSOPSequence = items
+    references = [("1.2.840.10008.5.1.4.1.1.2", f"1.{i}", Path(f"f{i}.dcm")) for i in range(1, 5)]
+    assert _print_report(2, report, references) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[:4]] == ["0x0112", "0x0110", "0x0122", "0x0110"]
+    assert lines[-1] == "Event Type 2: 0 committed, 4 failed"

@@ -48,6 +48,7 @@ __all__ = [
     "decompressed",
     "decoded_size",
     "MAX_DECODED_BYTES",
+    "first_int",
     "json_dict",
     "json_text",
     "UnwritableElement",
@@ -136,6 +137,17 @@ def _person_name_json(name: Any) -> dict[str, str] | None:
 def json_text(dataset: Dataset) -> str:
     """:func:`json_dict` as text, keys sorted (what ``ds.to_json()`` gives where it can)."""
     return json.dumps(json_dict(dataset), sort_keys=True)
+
+
+def first_int(value: Any, default: int) -> int:
+    """An integer element's value as a peer sent it: the first of several (a peer's mistake
+    where the VM is 1), ``default`` when empty, zero or not a number."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return int(value) or default
+    except (TypeError, ValueError):
+        return default
 
 
 def read_in_full(dataset: Dataset) -> Dataset:

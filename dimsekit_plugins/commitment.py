@@ -99,6 +99,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
+from dimsekit.datasets import first_int
 from dimsekit.dimse import status as dimse_status
 from dimsekit.hookspecs import hookimpl
 from dimsekit.libraries_log import about
@@ -271,7 +272,7 @@ def read_report(dataset: Dataset | None) -> tuple[str, list[tuple[str, str]], li
         (
             str(item.get("ReferencedSOPClassUID", "")),
             str(item.get("ReferencedSOPInstanceUID", "")),
-            int(item.get("FailureReason", PROCESSING_FAILURE) or PROCESSING_FAILURE),
+            first_int(item.get("FailureReason"), PROCESSING_FAILURE),
         )
         for item in dataset.get("FailedSOPSequence", []) or []
     ]

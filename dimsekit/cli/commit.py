@@ -43,7 +43,7 @@ from dimsekit.ae import ApplicationEntity
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
 from dimsekit.cli.store import collect_files
-from dimsekit.datasets import DatasetError, part10_info
+from dimsekit.datasets import DatasetError, first_int, part10_info
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import is_valid_uid
@@ -286,18 +286,6 @@ def _until_ended(reactor: Any, association: Any, timeout: float):
         yield task.deferLater(reactor, 0.02, lambda: None)
 
 
-def _failure_reason(item: Dataset) -> int:
-    """An item's Failure Reason (0008,1197); 0x0110 (processing failure) when it has none
-    -- and the first of several, a peer's mistake (its VM is 1)."""
-    value = item.get("FailureReason")
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None
-    try:
-        return int(value) or 0x0110
-    except (TypeError, ValueError):
-        return 0x0110
-
-
 def _print_report(event_type: int, report: Dataset | None, references: list[tuple[str, str, Path]]) -> int:
     files = {sop_instance: path for _c, sop_instance, path in references}
     committed = [
@@ -305,7 +293,7 @@ def _print_report(event_type: int, report: Dataset | None, references: list[tupl
         for item in (report.get("ReferencedSOPSequence", []) if report is not None else []) or []
     ]
     failed = [
-        (str(item.get("ReferencedSOPInstanceUID", "")), _failure_reason(item))
+        (str(item.get("ReferencedSOPInstanceUID", "")), first_int(item.get("FailureReason"), 0x0110))
         for item in (report.get("FailedSOPSequence", []) if report is not None else []) or []
     ]
     for uid in committed:

@@ -536,3 +536,4 @@ def test_the_cli_reports_failure_reasons_a_peer_sent_in_any_form(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in lines[:4]] == ["0x0112", "0x0110", "0x0122", "0x0110"]
     assert lines[-1] == "Event Type 2: 0 committed, 4 failed"
+    assert [reason for _c, _i, reason in read_report(report)[2]] == [0x0112, 0x0110, 0x0122, 0x0110]

@@ -250,17 +250,13 @@ def _same(a: Any, b: Any) -> bool:
     """Two data elements hold the same value (sequences compared item by item, as DICOM JSON:
     :func:`~dimsekit.datasets.json_dict`, which writes what pydicom's writer fails on)."""
     if a.VR == "SQ" or b.VR == "SQ":
+        if a.VR != b.VR:
+            return False
         try:
-            return _json_of(a) == _json_of(b)
+            return [json_dict(item) for item in a.value] == [json_dict(item) for item in b.value]
         except UnwritableElement:
             return False
     return is_empty(a) == is_empty(b) and (is_empty(a) or a.value == b.value)
-
-
-def _json_of(element: Any) -> Any:
-    holder = Dataset()
-    holder.add(element)
-    return json_dict(holder)
 
 
 class MppsService(NormalizedService):

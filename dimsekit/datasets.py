@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import logging
+import math
 import struct
 import warnings
 import zlib
@@ -95,8 +96,10 @@ def json_dict(dataset: Dataset, on_unwritable: Callable[[UnwritableElement], Non
     (``DOE^J\\`` or ``DOE^J\\=``, as a peer or a worklist file may have it: an
     IndexError).  Those are written here, at any depth (PS3.18 F.2.2; an empty
     value among several is ``null``, F.2.5, which pydicom reads back as an
-    empty name).  ``json.dumps(json_dict(ds), sort_keys=True)`` is what
-    ``ds.to_json()`` gives wherever pydicom can write it.
+    empty name).  And a float that is not finite (FL, FD, DS) is the string
+    "NaN", "Infinity" or "-Infinity", as fo-dicom and dicom-rs write it and pydicom
+    reads it, not a bare ``NaN``.  Otherwise ``json.dumps(json_dict(ds), sort_keys=True)``
+    is what ``ds.to_json()`` gives.
 
     :param on_unwritable: called with the error for each element pydicom cannot
         write, which is then left out (output for a person to read); without it, the error is raised.
@@ -113,6 +116,8 @@ def json_dict(dataset: Dataset, on_unwritable: Callable[[UnwritableElement], Non
                 value = {"vr": "PN", "Value": [_person_name_json(name) for name in element.value]}
             else:
                 value = element.to_json_dict(None, 1024)
+                if element.VR in _FLOAT_VRS and "Value" in value:
+                    value["Value"] = [_json_number(number) for number in value["Value"]]
         except UnwritableElement:
             raise  # an item's element (raised only without on_unwritable)
         except Exception as exc:
@@ -123,6 +128,19 @@ def json_dict(dataset: Dataset, on_unwritable: Callable[[UnwritableElement], Non
             continue
         out[f"{tag:08X}"] = value
     return out
+
+
+#: VRs whose values pydicom writes as JSON numbers, floating point ones among them
+_FLOAT_VRS = frozenset(("FL", "FD", "DS"))
+
+
+def _json_number(number: Any) -> Any:
+    """A float JSON has no number for as the string others write and pydicom reads back
+    ("NaN", "Infinity", "-Infinity"); ``json.dumps`` would write a bare ``NaN``, which
+    SQLite's JSON functions (and most parsers) refuse."""
+    if isinstance(number, float) and not math.isfinite(number):
+        return "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+    return number
 
 
 def _person_name_json(name: Any) -> dict[str, str] | None:

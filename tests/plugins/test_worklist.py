@@ -363,6 +363,26 @@ def test_an_item_with_an_empty_name_among_several_is_stored(tmp_path):
         s._locked(s._close)
 
 
+def test_an_item_with_a_float_that_is_not_finite_does_not_break_the_queries(tmp_path):
+    # Stored as a bare NaN (pydicom's values through json.dumps), the item made SQLite's
+    # json_extract fail ("malformed JSON") for every query with a key matched in the JSON:
+    # one such item and no worklist for anybody.
+    import math
+
+    s = WorklistStore(tmp_path / "db.sqlite", None, reactor, create=True)
+    try:
+        odd = item("ONE^A", "F1", "X1", step(step_id="W1"), priority="HIGH")
+        odd.add_new(0x00189087, "FD", float("nan"))  # Diffusion b-value
+        odd.add_new(0x0018605A, "FL", [float("-inf"), 1.5, float("inf")])  # Table of Parameter Values
+        s._locked(s._add, [odd, item("TWO^B", "F2", "X2", step(step_id="W2"))])
+        found = find(s, query(("RequestedProcedurePriority", "HIGH")))
+        assert ids(found) == ["F1/W1"]
+        assert math.isnan(found[0][0x00189087].value)
+        assert list(found[0][0x0018605A].value) == [float("-inf"), 1.5, float("inf")]
+    finally:
+        s._locked(s._close)
+
+
 # -- settings -------------------------------------------------------------------------------------------
 
 

@@ -29,7 +29,9 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from dimsekit.errors import DimsekitError
 
@@ -143,10 +145,8 @@ def _json_number(number: Any) -> Any:
     return number
 
 
-def _person_name_json(name: Any) -> dict[str, str] | None:
-    components = getattr(name, "components", None)
-    if components is None:  # not a PersonName (pydicom converts PN values; a str just in case)
-        components = tuple(str(name).split("="))
+def _person_name_json(name: PersonName) -> dict[str, str] | None:
+    components = name.components
     if not any(components):
         return None
     return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), components, strict=False))
@@ -160,7 +160,7 @@ def json_text(dataset: Dataset) -> str:
 def first_int(value: Any, default: int) -> int:
     """An integer element's value as a peer sent it: the first of several (a peer's mistake
     where the VM is 1), ``default`` when empty, zero or not a number."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     try:
         return int(value) or default

@@ -97,6 +97,45 @@ SAME_CODE = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(dimsekit.__fil
                                                           os.environ.get("PYTHONPATH")]))}
 
 
+def _close_pynetdicom_pause_race() -> None:
+    """Mend a race in pynetdicom's SCU (seen with 3.0.4; pynetdicom issue 875).
+
+    A ``send_*`` call pauses the association's reactor thread before it sends
+    a request, and then takes the response off the DIMSE queue itself. The
+    pause is a flag the reactor sets *before* it blocks and clears *after*;
+    when the call clears the checkpoint just as the reactor wakes, it reads
+    the stale flag, sends, and the reactor takes the response off the queue
+    and drops it as "unexpected". The call then waits out its DIMSE timeout.
+    In CI it broke an N-CREATE of ``test_print_pynetdicom`` once.
+
+    The peer we test is pynetdicom's protocol, not that thread hand-off, so a
+    message the reactor takes while a ``send_*`` call holds the checkpoint
+    goes back to the front of the queue, where the call is waiting for it.
+    Nothing else changes: outside a ``send_*`` call, pynetdicom serves and
+    refuses messages as it ships.
+    """
+    from pynetdicom.association import Association
+
+    serve = Association._serve_request
+    if getattr(serve, "_dimsekit_mended", False):
+        return
+
+    def _serve_request(self: Any, msg: Any, context_id: int) -> None:
+        if not self._reactor_checkpoint.is_set() and not msg.is_valid_request:
+            waiting = self.dimse.msg_queue
+            with waiting.mutex:
+                waiting.queue.appendleft((context_id, msg))
+                waiting.not_empty.notify()
+            return
+        serve(self, msg, context_id)
+
+    _serve_request._dimsekit_mended = True  # type: ignore[attr-defined]
+    Association._serve_request = _serve_request  # type: ignore[method-assign]
+
+
+_close_pynetdicom_pause_race()
+
+
 def start_pynetdicom_qrscp(base: Path, port: int, extra: str = "") -> tuple[subprocess.Popen, Path]:
     """pynetdicom's qrscp app as QRSCP on 127.0.0.1:``port``, its instances and database under
     ``base`` (``extra``: more INI lines, after [DEFAULT]'s); (process, its log), listening.

@@ -52,6 +52,8 @@ __all__ = [
     "decoded_size",
     "MAX_DECODED_BYTES",
     "first_int",
+    "is_several",
+    "values_of",
     "json_dict",
     "json_text",
     "UnwritableElement",
@@ -157,10 +159,24 @@ def json_text(dataset: Dataset) -> str:
     return json.dumps(json_dict(dataset), sort_keys=True)
 
 
+def is_several(value: Any) -> bool:
+    """Whether an element's value holds several values: pydicom's ``MultiValue`` (which is
+    not a ``list``), or a list or tuple a caller built."""
+    return isinstance(value, (list, tuple, MultiValue))
+
+
+def values_of(value: Any) -> list[Any]:
+    """An element's value as a list of its values: several as they are, one as a list of
+    one, ``None`` as none."""
+    if is_several(value):
+        return list(value)
+    return [] if value is None else [value]
+
+
 def first_int(value: Any, default: int) -> int:
     """An integer element's value as a peer sent it: the first of several (a peer's mistake
     where the VM is 1), ``default`` when empty, zero or not a number."""
-    if isinstance(value, (list, tuple, MultiValue)):
+    if is_several(value):
         value = value[0] if len(value) else None
     try:
         return int(value) or default

@@ -86,7 +86,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from dimsekit.config import Config, ConfigError
-from dimsekit.datasets import UnwritableElement, json_dict
+from dimsekit.datasets import UnwritableElement, is_several, json_dict, values_of
 from dimsekit.errors import for_log
 from dimsekit.hookspecs import hookimpl
 from dimsekit.registry import ServiceClass
@@ -270,7 +270,7 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     value = dataset.get(keyword)
     if value is None or value == "":
         return None
-    if isinstance(value, list) or type(value).__name__ == "MultiValue":
+    if is_several(value):
         text = "\\".join(str(v) for v in value)
     else:
         text = str(value)
@@ -315,7 +315,7 @@ def _plain(element: DataElement) -> Any:
         return None
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
-    if isinstance(value, list) or type(value).__name__ == "MultiValue":
+    if is_several(value):
         return [str(v) for v in value]
     return str(value)
 
@@ -440,8 +440,7 @@ def _select(item: Dataset, query: Dataset, texts: list[str]) -> Dataset:
         out.add(DataElement(tag, stored.VR, stored.value))
         if stored.VR in _TEXT_VRS and stored.value not in (None, ""):
             value = stored.value
-            texts.extend(str(v) for v in (value if isinstance(value, list) or type(value).__name__ == "MultiValue"
-                                          else [value]))
+            texts.extend(str(v) for v in values_of(value))
     return out
 
 
@@ -452,15 +451,14 @@ def _collect(dataset: Dataset, texts: list[str]) -> None:
                 _collect(item, texts)
         elif element.VR in _TEXT_VRS and element.value not in (None, ""):
             value = element.value
-            texts.extend(str(v) for v in (value if isinstance(value, list) or type(value).__name__ == "MultiValue"
-                                          else [value]))
+            texts.extend(str(v) for v in values_of(value))
 
 
 def _charset_of(dataset: Dataset) -> list[str]:
     value = dataset.get("SpecificCharacterSet") if "SpecificCharacterSet" in dataset else None
     if not value:
         return []
-    return [str(v) for v in value] if isinstance(value, list) or type(value).__name__ == "MultiValue" else [str(value)]
+    return [str(v) for v in values_of(value)]
 
 
 def response_for(item: Dataset, identifier: Dataset) -> Dataset:

@@ -78,6 +78,7 @@ from dimsekit.cli.find import (
     response_problem,
     retrieve_identifier,
 )
+from dimsekit.datasets import values_of
 from dimsekit.dimse.fragments import SPOOL_WRITE_BLOCK, write_chunks
 from dimsekit.dimse.status import QR_FIND, QR_GET, Category, category, describe
 from dimsekit.operations import Response
@@ -417,8 +418,7 @@ def _count(final: Any, progress: Progress, name: str) -> int:
 
 def _values(value: Any) -> list[str]:
     """A value of one or more strings as a list of the non-empty ones, stripped."""
-    values = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
-    return [text for text in (str(v).strip() for v in values if v is not None) if text]
+    return [text for text in (str(v).strip() for v in values_of(value) if v is not None) if text]
 
 
 def failed_uid_list(final: Any) -> list[str]:

@@ -53,6 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from dimsekit.datasets import is_several
 from dimsekit.sqlitedb import wal_mode
 
 __all__ = [
@@ -513,7 +514,7 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
         return None
     if value is None or value == "":
         return None
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if is_several(value):
         return "\\".join(str(v) for v in value) or None
     if isinstance(value, bytes):
         return value.decode("latin-1").strip() or None

@@ -57,6 +57,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from dimsekit.datasets import is_several
+
 __all__ = [
     "Condition",
     "condition_for",
@@ -279,7 +281,7 @@ def condition_for(column: str, vr: str, value: object) -> Condition:
     """
     if value is None:
         return Condition("")
-    if isinstance(value, list | tuple):
+    if is_several(value):
         values = [str(v) for v in value if str(v) != ""]
         text = "\\".join(values)
     else:

@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
+from dimsekit.datasets import is_several, values_of
 from dimsekit_plugins.archive.index import ItemTable
 from dimsekit_plugins.qr.matching import Condition, MatchingError, combined_condition, condition_for
 from dimsekit_plugins.qr.sequences import ITEM_TABLE_BY_KEYWORD, OWNERS, SequencePlan, plan
@@ -320,7 +321,7 @@ def _is_empty(value: Any) -> bool:
         return True
     if isinstance(value, Sequence):
         return all(len(item) == 0 or all(_is_empty(e.value) for e in item) for item in value)
-    if isinstance(value, list | tuple):
+    if is_several(value):
         return all(_is_empty(v) for v in value)
     return str(value).strip(" \x00") == ""
 
@@ -331,7 +332,7 @@ def _plain(value: Any, vr: str) -> Any:
         return value
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if is_several(value):
         return [str(v) for v in value]
     return str(value)
 
@@ -411,8 +412,7 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
             continue
         if keyword == "SpecificCharacterSet":
             value = element.value
-            charset = [str(v).strip() for v in (value if isinstance(value, list | tuple) or
-                                                 type(value).__name__ == "MultiValue" else [value])]
+            charset = [str(v).strip() for v in values_of(value)]
             continue
         spec = KEYS.get(keyword)
         if spec is not None and model.depth(model.level_of(spec.entity)) > depth:
@@ -467,7 +467,7 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel, *, mat
 
 
 def _joined(value: Any) -> str:
-    return "\\".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return "\\".join(str(v) for v in value) if is_several(value) else str(value)
 
 
 def _combined_conditions(query: Query) -> set[str]:
@@ -521,7 +521,7 @@ def _condition(key: Key) -> Condition:
 
 def _exists_condition(prefix: str, column: str, vr: str, value: Any) -> Condition:
     """A multi-valued derived attribute (Modalities in Study): any of the listed values matches."""
-    values = value if isinstance(value, list) else str(value or "").split("\\")
+    values = value if is_several(value) else str(value or "").split("\\")
     values = [v.strip() for v in values if v.strip()]
     parts, params = [], []
     for one in values:

@@ -43,7 +43,9 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.valuerep import PersonName
 
+from dimsekit.datasets import is_several, values_of
 from dimsekit_plugins.archive.index import ITEM_TABLES, ItemTable
 from dimsekit_plugins.qr.matching import Condition, MatchingError, condition_for
 
@@ -115,10 +117,8 @@ class SequencePlan:
         for item in sequence:
             for element in item:
                 value = element.value
-                if isinstance(value, str):
-                    found.append(value)
-                elif isinstance(value, list):
-                    found.extend(str(v) for v in value)
+                if isinstance(value, str | PersonName) or is_several(value):
+                    found.extend(str(v) for v in values_of(value))
         return found
 
 
@@ -138,7 +138,7 @@ def _value(element: DataElement) -> Any:
         return value
     if isinstance(value, bytes):
         return value.decode("ascii", "replace")
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if is_several(value):
         return [str(v) for v in value]
     return str(value)
 

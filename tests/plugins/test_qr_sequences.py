@@ -431,3 +431,22 @@ class SequenceFindTests(QrTestCase):
         self.assertEqual(final.status, 0xA900)
         self.assertIn("ProcedureCodeSequence: a sequence key holds one item", final.ErrorComment)
         await within(assoc.release())
+
+
+def test_an_item_value_of_several_non_ascii_values_sets_the_answer_s_character_set(tmp_path):
+    """A stored item value of several values comes back as pydicom's MultiValue, not a list:
+    its text still chooses the answer's character set."""
+    ds = corpus()[0]
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ProcedureCodeSequence = Sequence([item(CodeValue="XR", CodingSchemeDesignator="LOCAL",
+                                              CodeMeaning=["Röntgen", "Fuß"])])
+    conn = archive_index.connect(str(tmp_path / "index.sqlite"))
+    archive_index.put(conn, record(ds))
+    register_functions(conn)
+    conn.row_factory = None
+    q, [(row, columns)] = run(conn, STUDY_ROOT, ident("STUDY", StudyInstanceUID=ds.StudyInstanceUID,
+                                                      ProcedureCodeSequence=Sequence([Dataset()])))
+    answer = response_identifier(q, row, columns, "QRSCP")
+    (code,) = answer.ProcedureCodeSequence
+    assert list(code.CodeMeaning) == ["Röntgen", "Fuß"]
+    assert answer.SpecificCharacterSet == "ISO_IR 192"

@@ -52,6 +52,7 @@ __all__ = [
     "decoded_size",
     "MAX_DECODED_BYTES",
     "first_int",
+    "readable_part",
     "is_several",
     "values_of",
     "json_dict",
@@ -198,6 +199,26 @@ def read_in_full(dataset: Dataset) -> Dataset:
     except Exception as exc:  # whatever pydicom raises: ValueError, OSError, IndexError, NotImplementedError...
         raise DatasetValueError(f"unreadable value: {type(exc).__name__}: {pydicom_error(exc)}") from exc
     return dataset
+
+
+def readable_part(dataset: Dataset, on_unreadable: Callable[[int, str], None]) -> Dataset:
+    """A copy of ``dataset`` without what pydicom cannot read: an element whose value (or
+    sequence's items) raises when read is left out, in sequence items too, and
+    ``on_unreadable(tag, reason)`` is told. The copy keeps the original encoding and
+    character set, so pydicom writes the rest as it was received."""
+    out = Dataset()
+    for tag in list(dataset.keys()):
+        try:
+            element = dataset[tag]  # pydicom reads a raw value here
+            if element.VR == "SQ":
+                element = DataElement(tag, "SQ", [readable_part(item, on_unreadable) for item in element.value])
+        except Exception as exc:  # whatever pydicom raises on a peer's bytes
+            on_unreadable(int(tag), f"{type(exc).__name__}: {pydicom_error(exc)}")
+            continue
+        out.add(element)
+    implicit, little = dataset.original_encoding
+    out.set_original_encoding(implicit, little, dataset.original_character_set)
+    return out
 
 
 def _flags(transfer_syntax: str) -> tuple[bool, bool]:

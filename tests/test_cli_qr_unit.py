@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from twisted.internet import defer
 
-from dimsekit.cli import _parser
+from dimsekit.cli import _keys, _parser
 from dimsekit.cli import find as cli_find
 from dimsekit.cli import get as cli_get
 from dimsekit.cli._keys import (
@@ -294,6 +294,30 @@ def test_json_writer_leaves_out_a_sequence_that_cannot_be_read_and_stays_json():
     assert "left out" in err.getvalue() and "(0040,0100)" in err.getvalue()
 
 
+def test_table_writer_shows_a_value_that_cannot_be_read_as_such_and_the_rest_of_the_match():
+    # (0040,0100) of 4 bytes that are no item: pydicom raises when it is first read; the whole
+    # find used to stop there, with no table at all
+    out, err = io.StringIO(), io.StringIO()
+    args = args_for("find", "h", "1", "-k", "PatientName", "-k", "StudyInstanceUID")
+    ident = cli_find.find_identifier(args, "study")
+    writer = cli_find.TableWriter(out, cli_find.display_order(args, "study", ident), err)
+    writer.add(match("ROE^JANE", "1.3"))
+    writer.add(decoded(b"\x10\x00\x10\x00PN\x04\x00DOE \x40\x00\x00\x01SQ\x00\x00\x04\x00\x00\x00\x01\x02\x03\x04"
+                       b"\x20\x00\x0d\x00UI\x04\x001.4\x00"))
+    writer.finish()
+    header, _, first, second = out.getvalue().splitlines()
+    assert header.split() == ["PatientName", "StudyInstanceUID", "ScheduledProcedureStepSequence"]
+    assert first.split() == ["ROE^JANE", "1.3"]
+    assert second.split() == ["DOE", "1.4", "<cannot", "be", "read>"]
+    assert err.getvalue().startswith("dimsekit find: match 2: ScheduledProcedureStepSequence cannot be read (")
+
+
+def test_flatten_marks_a_value_that_cannot_be_read_and_keeps_the_others():
+    flat = _keys.flatten(decoded(b"\x10\x00\x10\x00PN\x04\x00DOE \x40\x00\x00\x01SQ\x00\x00\x04\x00\x00\x00"
+                                 b"\x01\x02\x03\x04"))
+    assert flat == [("PatientName", "DOE"), ("ScheduledProcedureStepSequence", _keys.UNREADABLE)]
+
+
 def test_directory_writer_writes_dicom_files(tmp_path):
     writer = cli_find.DirectoryWriter(tmp_path / "out", STUDY_ROOT_FIND)
     writer.add(match("DOE^JOHN", "1.2"))
@@ -303,6 +327,32 @@ def test_directory_writer_writes_dicom_files(tmp_path):
     back = dcmread(files[1])
     assert str(back.PatientName) == "ROE^JANE"
     assert back.file_meta.MediaStorageSOPClassUID == STUDY_ROOT_FIND
+
+
+def test_directory_writer_writes_a_match_without_a_value_that_cannot_be_read_and_says_so(tmp_path):
+    # pydicom reads every value as it writes a file: a damaged sequence stopped the whole find
+    damaged = b"\x40\x00\x00\x01SQ\x00\x00\x04\x00\x00\x00\x01\x02\x03\x04"
+    err = io.StringIO()
+    writer = cli_find.DirectoryWriter(tmp_path / "out", STUDY_ROOT_FIND, err)
+    # Request Attributes Sequence: one item of Modality CT and the same damaged sequence
+    item = b"\xfe\xff\x00\xe0\x1a\x00\x00\x00\x08\x00\x60\x00CS\x02\x00CT" + damaged
+    nested = b"\x40\x00\x75\x02SQ\x00\x00\x22\x00\x00\x00" + item
+    writer.add(decoded(b"\x10\x00\x10\x00PN\x04\x00DOE " + nested + damaged))
+    broken = match("ROE^JANE", "1.3")
+    broken.add(DataElement(0x00420011, "OB", "text"))  # not bytes: pydicom cannot write it
+    writer.add(broken)
+    writer.add(match("POE^JIM", "1.4"))
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["rsp0001.dcm", "rsp0003.dcm"]
+    first = dcmread(tmp_path / "out" / "rsp0001.dcm")
+    assert first.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # as it came
+    assert str(first.PatientName) == "DOE" and "ScheduledProcedureStepSequence" not in first
+    (kept,) = first.RequestAttributesSequence
+    assert kept.Modality == "CT" and "ScheduledProcedureStepSequence" not in kept
+    said = err.getvalue().splitlines()
+    assert said[0].startswith("dimsekit find: match 1: rsp0001.dcm written without what cannot be read (")
+    assert said[0].count("ScheduledProcedureStepSequence (0040,0100): OSError") == 2  # in the item too
+    assert said[1].startswith("dimsekit find: match 2 cannot be written to rsp0002.dcm (")
+    assert len(said) == 2
 
 
 # -- find, driven through a scripted association ---------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from dimsekit.datasets import pydicom_error
 from dimsekit.errors import printable
 
 __all__ = [
@@ -331,23 +332,39 @@ def text_of(element: Any) -> str:
     return printable(text.replace("\r", " ").replace("\n", " ").replace("\t", " "))
 
 
+#: a table cell for a value the peer sent that pydicom cannot read
+UNREADABLE = "<cannot be read>"
+
+
 def flatten(dataset: Dataset, prefix: str = "",
-            skip: Sequence[str] = ("SpecificCharacterSet", "QueryRetrieveLevel")) -> list[tuple[str, str]]:
+            skip: Sequence[str] = ("SpecificCharacterSet", "QueryRetrieveLevel"),
+            on_unreadable: Callable[[str, str], None] | None = None) -> list[tuple[str, str]]:
     """(path, text) of every leaf attribute, depth first; items as ``Seq[n].``,
-    an empty sequence as one leaf."""
+    an empty sequence as one leaf.
+
+    A value pydicom cannot read (a peer's damaged sequence, a bad VR in an item) is the
+    leaf :data:`UNREADABLE`, and ``on_unreadable(path, reason)`` is told; the other
+    attributes are still there.
+    """
     out: list[tuple[str, str]] = []
-    for element in dataset:
-        if element.tag.element == 0:  # group length
+    for tag in [Tag(t) for t in dataset.keys()]:
+        if tag.element == 0:  # group length
             continue
-        name = element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+        name = keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
         if not prefix and name in skip:
             continue
-        if element.VR == "SQ" and element.value:
-            for n, item in enumerate(element.value):
-                inner = flatten(item, f"{prefix}{name}[{n}].", ())
-                out.extend(inner if inner else [(f"{prefix}{name}[{n}]", "")])
-            continue
-        out.append((prefix + name, "" if element.VR == "SQ" else text_of(element)))
+        try:
+            element = dataset[tag]  # pydicom reads a value (a sequence's items) here
+            if element.VR == "SQ" and element.value:
+                for n, item in enumerate(element.value):
+                    inner = flatten(item, f"{prefix}{name}[{n}].", (), on_unreadable)
+                    out.extend(inner if inner else [(f"{prefix}{name}[{n}]", "")])
+                continue
+            out.append((prefix + name, "" if element.VR == "SQ" else text_of(element)))
+        except Exception as exc:  # whatever pydicom raises on a peer's bytes
+            out.append((prefix + name, UNREADABLE))
+            if on_unreadable is not None:
+                on_unreadable(prefix + name, printable(f"{type(exc).__name__}: {pydicom_error(exc)}"))
     return out
 
 

@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -54,9 +60,10 @@ from dimsekit.cli._keys import (
     load_dataset,
     render_table,
     set_character_set,
+    tag_text,
 )
 from dimsekit.cli._scu import describe_failure, end_cleanly
-from dimsekit.datasets import UnwritableElement, json_dict
+from dimsekit.datasets import UnwritableElement, json_dict, pydicom_error, readable_part, values_of
 from dimsekit.dimse.status import QR_FIND, Category, category, describe
 from dimsekit.errors import printable
 from dimsekit.scu import (
@@ -230,13 +237,18 @@ class TableWriter:
     :param order: the request's key paths (``Seq[0].Keyword``) in the order to show them.
     """
 
-    def __init__(self, out: IO[str], order: list[str]) -> None:
+    def __init__(self, out: IO[str], order: list[str], err: IO[str] | None = None) -> None:
         self.out = out
+        self.err = err
         self.request_paths = order
         self.rows: list[dict[str, str]] = []
 
     def add(self, dataset: Dataset | None) -> None:
-        self.rows.append(dict(flatten(dataset)) if dataset is not None else {})
+        self.rows.append(dict(flatten(dataset, on_unreadable=self._unreadable)) if dataset is not None else {})
+
+    def _unreadable(self, path: str, reason: str) -> None:
+        if self.err is not None:
+            print(f"dimsekit find: match {len(self.rows) + 1}: {path} cannot be read ({reason})", file=self.err)
 
     def finish(self) -> None:
         if not self.rows:
@@ -284,11 +296,18 @@ class JsonWriter:
 
 
 class DirectoryWriter:
-    """Writes each match as a DICOM file ``rsp0001.dcm``, ... (like findscu -X -od)."""
+    """Writes each match as a DICOM file ``rsp0001.dcm``, ... (like findscu -X -od).
 
-    def __init__(self, directory: str | Path, sop_class: str) -> None:
+    A match is written in the transfer syntax it came in, so that its values go out
+    as the peer sent them, unread: a value pydicom cannot read (a damaged sequence) is
+    still in the file. A match that cannot be written at all is said on ``err`` and
+    leaves no file.
+    """
+
+    def __init__(self, directory: str | Path, sop_class: str, err: IO[str] | None = None) -> None:
         self.directory = Path(directory)
         self.sop_class = sop_class
+        self.err = err
         self.count = 0
         self.directory.mkdir(parents=True, exist_ok=True)
 
@@ -300,9 +319,31 @@ class DirectoryWriter:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = UID(self.sop_class)
         meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        implicit, little = dataset.original_encoding
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit and little is not False
+                                  else ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian)
         copy.file_meta = meta
-        copy.save_as(self.directory / f"rsp{self.count:04d}.dcm", enforce_file_format=True)
+        path = self.directory / f"rsp{self.count:04d}.dcm"
+        try:
+            copy.save_as(path, enforce_file_format=True)
+            return
+        except Exception:  # pydicom reads every value as it writes: a damaged one stops it
+            path.unlink(missing_ok=True)
+        left_out: list[str] = []
+        part = readable_part(copy, lambda tag, reason: left_out.append(f"{tag_text(tag)}: {reason}"))
+        part.file_meta = meta
+        try:
+            part.save_as(path, enforce_file_format=True)
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            self._say(f"match {self.count} cannot be written to {path.name} ({type(exc).__name__}: "
+                      f"{pydicom_error(exc)})")
+            return
+        self._say(f"match {self.count}: {path.name} written without what cannot be read ({'; '.join(left_out)})")
+
+    def _say(self, text: str) -> None:
+        if self.err is not None:
+            print(f"dimsekit find: {printable(text)}", file=self.err)
 
     def finish(self) -> None:
         pass
@@ -316,10 +357,7 @@ def response_problem(response: Any, service: str) -> str:
         text += f": {printable(str(comment).strip())}"
     offending = response.command.get("OffendingElement")
     if offending:
-        from dimsekit.cli._keys import tag_text
-
-        tags = offending if isinstance(offending, list | tuple) else [offending]
-        text += " (offending: " + ", ".join(tag_text(int(t)) for t in tags) + ")"
+        text += " (offending: " + ", ".join(tag_text(int(t)) for t in values_of(offending)) + ")"
     return text
 
 
@@ -403,10 +441,10 @@ async def _run(reactor: Any, args: argparse.Namespace, out: IO[str], err: IO[str
         print(f"dimsekit find: {exc}", file=err)
         return 2
     sop_class = MODELS[model][0]
-    writers: list[Any] = [JsonWriter(out, err) if args.json else TableWriter(out, display_order(args, model, identifier))]
+    writers: list[Any] = [JsonWriter(out, err) if args.json else TableWriter(out, display_order(args, model, identifier), err)]
     if args.out_dir:
         try:
-            writers.append(DirectoryWriter(args.out_dir, sop_class))
+            writers.append(DirectoryWriter(args.out_dir, sop_class, err))
         except OSError as exc:
             print(f"dimsekit find: cannot use {args.out_dir}: {exc.strerror or exc}", file=err)
             return 2

@@ -6,9 +6,9 @@ Serves Verification, Study and Patient Root FIND / GET / MOVE and Modality
 Worklist FIND as ANY-SCP on 127.0.0.1:PORT (prints ``listening`` once it
 does).  Every C-FIND is answered with 0-11 pending responses whose identifiers
 are damaged as ``_fuzz.py`` damages requests, then a final status picked at
-random (success, a failure with a junk Error Comment, a status no standard
-defines); a C-GET sends 0-4 C-STORE sub-operations of damaged CT data sets
-(the UIDs right in most) and a final response whose counts may be lies; a
+random (success, a failure with a junk Error Comment and one to three
+Offending Elements, a status no standard defines); a C-GET sends 0-4 C-STORE
+sub-operations of damaged CT data sets (the UIDs right in most) and a final response whose counts may be lies; a
 C-MOVE only pending and final responses, their counts too; a storage commitment
 N-ACTION is answered Success and followed by a damaged N-EVENT-REPORT on the same
 association; MPPS and print requests get random statuses and damaged data sets (a film
@@ -67,6 +67,10 @@ def serve(port: int, seed: int) -> defer.Deferred:
         fields: dict[str, Any] = {}
         if status not in (0x0000, 0xFE00) and r.random() < 0.5:
             fields["ErrorComment"] = fuzzer.junk().decode("latin-1")[:64]
+        if status not in (0x0000, 0xFE00) and r.random() < 0.3:
+            # one to three tags (AT is 1-n), some no dictionary knows
+            fields["OffendingElement"] = [r.choice([0x00100010, 0x00080052, 0x00091001, 0xFFFFFFFF])
+                                          for _ in range(r.randint(1, 3))]
         return status, None, fields
 
     def counts() -> dict[str, int]:

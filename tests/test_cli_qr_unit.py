@@ -440,6 +440,17 @@ def test_find_table_and_status():
     assert assoc.sent[0][1] == STUDY_ROOT_FIND and assoc.ended == "released"
 
 
+def test_a_damaged_match_does_not_end_the_find(tmp_path):
+    damaged = decoded(b"\x10\x00\x10\x00PN\x04\x00DOE \x40\x00\x00\x01SQ\x00\x00\x04\x00\x00\x00\x01\x02\x03\x04")
+    assoc = FakeAssociation([pending(damaged), pending(match("ROE^JANE", "1.3"))], Response({"Status": 0x0000}))
+    code, out, err = run_find(assoc, "-k", "PatientName=*", "--out-dir", str(tmp_path / "out"))
+    assert code == 0
+    assert "DOE" in out and "ROE^JANE" in out and "<cannot be read>" in out
+    assert "match 1: ScheduledProcedureStepSequence cannot be read" in err and "2 matches" in err
+    assert "(after" not in err
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["rsp0001.dcm", "rsp0002.dcm"]
+
+
 def test_find_json_only_json_on_stdout():
     assoc = FakeAssociation([pending(match("DOE^JOHN", "1.2"))], Response({"Status": 0x0000}))
     code, out, err = run_find(assoc, "-P", "--json")

@@ -40,10 +40,17 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from dimsekit.cli import add_common_arguments
-from dimsekit.cli._keys import BadKey, apply_keys, load_dataset, parse_key
+from dimsekit.cli._keys import BadKey, apply_keys, load_dataset, parse_key, tag_text
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
-from dimsekit.datasets import DatasetError, UnwritableElement, json_dict, read_in_full
+from dimsekit.datasets import (
+    DatasetError,
+    UnwritableElement,
+    json_dict,
+    read_in_full,
+    readable_part,
+)
 from dimsekit.dimse.status import Category, category, describe
+from dimsekit.errors import printable
 from dimsekit.nservice import is_valid_uid, tag_name, to_tag
 from dimsekit.uids import by_keyword
 
@@ -242,6 +249,7 @@ def _run(reactor: Any, args: argparse.Namespace, ae: Any, plan: dict[str, Any], 
     except Exception:
         return fail(tool, Failure())
     state["association"] = association
+    partial = False  # an N-GET's attributes shown without some that cannot be read
     try:
         if args.action == "create":
             response = yield association.n_create(MPPS, plan["uid"], plan["dataset"])
@@ -262,13 +270,16 @@ def _run(reactor: Any, args: argparse.Namespace, ae: Any, plan: dict[str, Any], 
             if code == 0 and shown is not None:
                 try:
                     read_in_full(shown)
-                except DatasetError as exc:
-                    print(f"dimsekit {tool}: the step's attributes that came back cannot be read: {exc}",
-                          file=sys.stderr)
-                    code, shown = 1, None
+                except DatasetError:
+                    # shown without what cannot be read; exit 1, it is not all there
+                    left_out: list[str] = []
+                    shown = readable_part(shown, lambda tag, reason: left_out.append(f"{tag_text(tag)}: {reason}"))
+                    print(f"dimsekit {tool}: some of the step's attributes that came back cannot be read and "
+                          f"are left out ({printable('; '.join(left_out))})", file=sys.stderr)
+                    code, partial = 1, True
         yield association.release()
     except Exception:
         return fail(tool, Failure())
-    if code == 0:
+    if code == 0 or partial:
         _print(shown, args.json)
     return code

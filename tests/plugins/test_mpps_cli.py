@@ -136,3 +136,37 @@ def test_json_output_keeps_an_empty_name_among_several(capsys):
     printed = capsys.readouterr()
     assert printed.err == ""
     assert [str(name) for name in Dataset.from_json(json.loads(printed.out)).PatientName] == ["Doe^Jane", ""]
+
+
+def test_get_shows_what_can_be_read_of_a_damaged_answer_and_exits_1(capsys):
+    # an N-GET answered Success whose Performed Series Sequence (0040,0340) is 4 bytes that are
+    # no item: the rest is shown, what is left out is said, and the exit status is 1
+    import io
+
+    from pydicom.filereader import read_dataset
+    from twisted.internet import defer
+
+    from dimsekit.cli.mpps import _run
+    from dimsekit.operations import Response
+
+    answer = read_dataset(io.BytesIO(b"\x10\x00\x10\x00PN\x04\x00DOE \x40\x00\x40\x03SQ\x00\x00\x04\x00\x00\x00"
+                                     b"\x01\x02\x03\x04"), False, True)
+
+    class Association:
+        def n_get(self, sop_class, uid, tags):
+            return defer.succeed(Response({"Status": 0x0000}, answer))
+
+        def release(self):
+            return defer.succeed(None)
+
+    class AE:
+        def associate(self, *args, **kwargs):
+            return defer.succeed(Association())
+
+    args = _args("get", "h", "1", "1.2.3")
+    codes = []
+    _run(None, args, AE(), _plan(args), {}, "mpps get").addCallback(codes.append)
+    printed = capsys.readouterr()
+    assert codes == [1]
+    assert "DOE" in printed.out and "Performed Series Sequence" not in printed.out
+    assert "left out (PerformedSeriesSequence (0040,0340): OSError: " in printed.err

@@ -180,7 +180,7 @@ _int_gt = int.__gt__
 
 
 @functools.lru_cache(maxsize=64)
-def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
+def syntax_flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(a transfer syntax whose data set pydicom reads from the bytes as they are -- not deflated,
     little endian, implicit VR)."""
     syntax = UID(transfer_syntax)
@@ -209,7 +209,7 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     syntax, or when pydicom cannot read them -- the caller then reads the file,
     which also gives the authoritative error.
     """
-    readable, little_endian, implicit = _syntax(transfer_syntax)
+    readable, little_endian, implicit = syntax_flags(transfer_syntax)
     if not readable:
         return None
     tags, last = _header_tags(index.HEADER_KEYWORDS)

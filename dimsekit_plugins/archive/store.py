@@ -108,6 +108,7 @@ from zope.interface import implementer
 import dimsekit
 from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
+from dimsekit.framing import truncation
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
 from dimsekit.libraries_log import about
 from dimsekit_plugins.archive import index
@@ -119,7 +120,7 @@ from dimsekit_plugins.archive.errors import (
     DuplicateRejected,
     OutOfResources,
 )
-from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix
+from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix, syntax_flags
 from dimsekit_plugins.archive.journal import Journal, replay
 from dimsekit_plugins.archive.layout import (
     INCOMING,
@@ -286,8 +287,8 @@ def _hold(path: Path) -> tuple[_Held | None, bool]:
 
 
 def _create(path: Path | str) -> int:
-    """Create ``path`` (it must not exist) for writing; its descriptor."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    """Create ``path`` (it must not exist) for writing (and reading back: the commit checks the framing); its descriptor."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
 def _resource_error(exc: OSError, doing: str) -> OutOfResources:
@@ -405,6 +406,23 @@ class IncomingInstance:
         if header is not None:
             with self.about():
                 header.run()  # the scan: ~30 us for an image header
+
+    def cut_short(self) -> str | None:
+        """What cuts the data set short -- a value or a sequence that runs past its end -- or None
+        (:func:`dimsekit.framing.truncation`; no verdict for big endian or deflated data sets).
+        The commit's worker, once the data set is all in the file or the prefix."""
+        readable, little_endian, implicit = syntax_flags(self.transfer_syntax)
+        if not readable or not little_endian:
+            return None
+        prefix = self._prefix
+        read = None
+        if self.size > len(prefix):
+            fd = self._fd
+            if fd is None:
+                return None
+            base = self.header_length
+            read = lambda offset, size: os.pread(fd, size, base + offset)  # noqa: E731
+        return truncation(prefix, self.size, implicit=implicit, read=read)
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
@@ -1335,8 +1353,11 @@ class Archive(Reconciling):
     def _checked_record(self, incoming: IncomingInstance, values: dict[str, Any],
                         size: int) -> tuple[index.InstanceRecord, Path]:
         """The index record of a data set whose header gave ``values``, and its final place, once
-        the header agrees with the command and its UIDs make a path."""
+        the header agrees with the command and its UIDs make a path, and the data set is whole."""
         self._check_against_command(values, incoming)
+        short = incoming.cut_short()
+        if short is not None:
+            raise CannotUnderstand(f"the data set is cut short: {short}")
         check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
         check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
         rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)

@@ -606,6 +606,50 @@ def test_an_unparseable_data_set_cannot_be_understood(archive, clock, root):
     assert dcm_files(root) == [] and incoming_files(root) == []
 
 
+def _encapsulated(fragments: int, size: int) -> Dataset:
+    """An instance whose JPEG-like encapsulated pixel data of ``fragments`` x ``size`` bytes ends the data set
+    (the archive does not decode it), and a Data Set Trailing Padding after it."""
+    from pydicom.encaps import encapsulate
+
+    ds = make_dataset(pixels=b"")
+    ds.add_new(0x7FE00010, "OB", encapsulate([bytes([n % 251]) * size for n in range(fragments)]))
+    ds["PixelData"].is_undefined_length = True
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 4)
+    return ds
+
+
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+@pytest.mark.parametrize("size", [3000, 200_000], ids=["in memory", "read back from its file"])
+@pytest.mark.parametrize("cut", [1, 4, 9, 2000])
+def test_a_data_set_cut_short_cannot_be_understood_and_leaves_nothing(archive, clock, root, size, cut):
+    """A sender that stops short -- a file truncated on its disk, sent as it is: every
+    element up to the pixel data is there, so the header reads well. Success would
+    be an image lost."""
+    ds = _encapsulated(3, size // 3)
+    data = encode(ds, JPEG_BASELINE)
+    incoming = receive(archive, data[:-cut], sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
+                       transfer_syntax=JPEG_BASELINE, chunk=16_384)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, CannotUnderstand) and error.status == 0xC000
+    assert "the data set is cut short: " in str(error)
+    assert dcm_files(root) == [] and incoming_files(root) == []
+    stored = store(archive, clock, ds, transfer_syntax=JPEG_BASELINE)  # the whole one is stored
+    assert Path(stored.path).read_bytes().endswith(data)
+
+
+def test_a_native_pixel_data_value_cut_short_cannot_be_understood(archive, clock, root):
+    ds = make_dataset(pixels=b"\1\2" * 100_000)
+    data = encode(ds)
+    incoming = receive(archive, data[:-1000], sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
+                       chunk=16_384)
+    error = clock.failure_of(incoming.commit())
+    assert str(error).endswith("(7FE0,0010) at offset %d has a value of 200000 bytes, 199000 are left"
+                               % (len(data) - 200_012))
+    assert dcm_files(root) == [] and incoming_files(root) == []
+
+
 def test_a_deflated_data_set_is_stored_as_received(archive, clock):
     ds = make_dataset()
     data = encode(ds, DEFLATED)

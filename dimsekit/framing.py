@@ -1,0 +1,247 @@
+"""Whether a data set's bytes hold all of its elements: the check for a truncated data set.
+
+A data set cut short -- a file truncated by a full disk and sent as it is, a
+sender that stops a value early -- still parses up to where it ends, and a
+reader that stops at the pixel data, as an archive's index does, never sees
+the difference.  Stored as it is, it is an image lost with a success status.
+
+:func:`truncation` walks the elements' framing (tag, VR, length; PS3.5 7.1)
+from the start to the end, skipping values by their lengths and following
+undefined-length sequences, items and encapsulated pixel data to their
+delimiters (PS3.5 7.5, A.4), and says where the bytes run out.  It reads only
+element headers, through a ``read(offset, size)`` callable: a data set in
+memory, or a file read where it is needed (one read per element header past
+what is in memory).
+
+It is a check for *truncation*, never a parser: what it cannot frame exactly as
+the standard says (big endian, an explicit VR it does not know, an undefined
+length on an element that cannot have one, a stray delimiter) gets no verdict,
+and the data set goes on as before; so do fewer than 8 zero bytes after the last
+element (padding).  A data set is said to be truncated only when a header or a
+value provably runs past the end of the bytes, or an undefined-length sequence
+has no delimiter before it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+__all__ = ["truncation", "memory_reader", "Unframed"]
+
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")
+_IMPLICIT_HEAD = struct.Struct("<HHL")
+_ULONG = struct.Struct("<L")
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1)
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+#: explicit VRs with a 2-byte length (PS3.5 Table 7.1-2)
+_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+#: explicit VRs whose value may have an undefined length: a sequence, encapsulated pixel data, UN (CP-246)
+_UNDEFINED_OK = frozenset((b"SQ", b"OB", b"OW", b"UN"))
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQUENCE_END = 0xFFFEE0DD
+_PIXEL_DATA = 0x7FE00010
+#: nesting followed before giving up (no verdict)
+_MAX_DEPTH = 32
+
+Reader = Callable[[int, int], bytes]
+
+
+class Unframed(Exception):
+    """The bytes cannot be framed as the standard frames them: no verdict."""
+
+
+class _Short(Exception):
+    """The bytes end inside a header or a value."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def memory_reader(data: bytes | bytearray | memoryview) -> Reader:
+    """``read(offset, size)`` over bytes in memory."""
+    view = memoryview(data)
+    return lambda offset, size: bytes(view[offset:offset + size])
+
+
+def _tag_text(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+class _Walk:
+    __slots__ = ("read", "total", "implicit")
+
+    def __init__(self, read: Reader, total: int, implicit: bool) -> None:
+        self.read = read
+        self.total = total
+        self.implicit = implicit
+
+    def _bytes(self, pos: int, size: int, end: int, what: str) -> bytes:
+        if pos + size > end:
+            raise _Short(f"{what} at offset {pos} is cut off ({end - pos} of {size} bytes)")
+        data = self.read(pos, size)
+        if len(data) < size:
+            raise _Short(f"{what} at offset {pos} is cut off ({len(data)} of {size} bytes)")
+        return data
+
+    def element(self, pos: int, end: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+        """(tag, VR or None, value length, value offset) of the element whose header is at ``pos``."""
+        head = self._bytes(pos, 8, end, "an element's header")
+        if implicit:
+            group, number, length = _IMPLICIT_HEAD.unpack(head)
+            vr = None
+        else:
+            group, number, vr, length = _EXPLICIT_HEAD.unpack(head)
+        tag = group << 16 | number
+        if tag >= _ITEM and tag >> 16 == 0xFFFE:
+            raise Unframed  # an item or a delimiter where an element belongs
+        if implicit:
+            return tag, None, length, pos + 8
+        if vr in _SHORT_VRS:
+            return tag, vr, length, pos + 8
+        if vr in _LONG_VRS:
+            (length,) = _ULONG.unpack(self._bytes(pos + 8, 4, end, f"the header of {_tag_text(tag)}"))
+            return tag, vr, length, pos + 12
+        raise Unframed  # an explicit VR not in the standard
+
+    def elements(self, pos: int, end: int, implicit: bool, depth: int, until_item_end: bool) -> int:
+        """Frame elements from ``pos``: up to ``end`` exactly, or -- in an undefined-length item --
+        up to and past its Item Delimitation Item. The offset after them."""
+        while True:
+            if not until_item_end and pos == end:
+                return pos
+            if depth == 0 and end - pos < 8 and not any(self.read(pos, end - pos)):
+                # A few zero bytes after the last element: padding, not an element cut off
+                # (pydicom stops there too). No verdict.
+                raise Unframed
+            if until_item_end:
+                group, number, _length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, "an item's element"))
+                if group << 16 | number == _ITEM_END:
+                    return pos + 8
+            tag, vr, length, start = self.element(pos, end, implicit)
+            if length == _UNDEFINED:
+                if vr is not None and vr not in _UNDEFINED_OK:
+                    raise Unframed
+                if vr == b"OB" or vr == b"OW" or (vr is None and tag == _PIXEL_DATA):
+                    pos = self.fragments(start, end, tag)
+                else:  # a sequence; an undefined-length UN holds one in implicit VR (CP-246)
+                    pos = self.items(start, end, implicit or vr == b"UN", depth + 1, tag)
+                continue
+            if start + length > end:
+                raise _Short(f"{_tag_text(tag)} at offset {pos} has a value of {length} bytes, "
+                             f"{max(end - start, 0)} are left")
+            pos = start + length
+
+    def items(self, pos: int, end: int, implicit: bool, depth: int, owner: int) -> int:
+        """An undefined-length sequence's items from ``pos``, to past its Sequence Delimitation Item."""
+        if depth > _MAX_DEPTH:
+            raise Unframed
+        while True:
+            if pos >= end:
+                raise _Short(f"the sequence {_tag_text(owner)} has no end: the data set ends at offset {end} "
+                             "before its Sequence Delimitation Item")
+            group, number, length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"an item of {_tag_text(owner)}"))
+            tag = group << 16 | number
+            pos += 8
+            if tag == _SEQUENCE_END:
+                return pos
+            if tag != _ITEM:
+                raise Unframed
+            if length == _UNDEFINED:
+                pos = self.elements(pos, end, implicit, depth, until_item_end=True)
+            elif pos + length > end:
+                raise _Short(f"an item of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
+                             f"{max(end - pos, 0)} are left")
+            else:
+                pos += length
+
+    def fragments(self, pos: int, end: int, owner: int) -> int:
+        """Encapsulated pixel data's items (defined lengths) from ``pos``, to past its delimiter."""
+        while True:
+            if pos >= end:
+                raise _Short(f"the encapsulated {_tag_text(owner)} has no end: the data set ends at offset "
+                             f"{end} before its Sequence Delimitation Item")
+            group, number, length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"a fragment of {_tag_text(owner)}"))
+            tag = group << 16 | number
+            pos += 8
+            if tag == _SEQUENCE_END:
+                return pos
+            if tag != _ITEM or length == _UNDEFINED:
+                raise Unframed
+            if pos + length > end:
+                raise _Short(f"a fragment of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
+                             f"{max(end - pos, 0)} are left")
+            pos += length
+
+
+def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,
+               read: Reader | None = None) -> str | None:
+    """What cuts the little endian data set of ``total`` bytes short, or None.
+
+    :param data: the data set's first bytes (all of it, or a prefix: see ``read``).
+    :param implicit: implicit VR (else explicit VR).
+    :param start: where an element starts from which to check (an earlier scan framed the rest).
+    :param read: ``read(offset, size)`` gives the bytes at ``offset`` past ``data`` (fewer at the
+        end); None when ``data`` is all there is.
+    :returns: None when every element ends within the bytes, or when the data set cannot be
+        framed exactly (no verdict, see the module docstring); else what runs past the end.
+    """
+    buf = memoryview(data)
+    have = len(buf)
+    pos = _fast(buf, min(have, total), start, implicit)
+    if pos == total:
+        return None
+    if read is None or have >= total:
+        read = memory_reader(buf[:total])
+    else:
+        rest = read
+
+        def read(offset: int, size: int) -> bytes:
+            if offset + size <= have:
+                return bytes(buf[offset:offset + size])
+            return rest(offset, size)
+
+    walk = _Walk(read, total, implicit)
+    try:
+        walk.elements(pos, total, implicit, 0, until_item_end=False)
+    except _Short as short:
+        return short.text
+    except (Unframed, struct.error):
+        return None
+    return None
+
+
+def _fast(buf: memoryview, end: int, pos: int, implicit: bool) -> int:
+    """Frame top-level elements of defined length whose headers are in ``buf[:end]``; the offset
+    of the first one it leaves to the walk (undefined length, a value past ``end``, anything odd)."""
+    if implicit:
+        unpack = _IMPLICIT_HEAD.unpack_from
+        while pos + 8 <= end:
+            group, _number, length = unpack(buf, pos)
+            after = pos + 8 + length
+            if after > end or group == 0xFFFE or length == _UNDEFINED:
+                return pos
+            pos = after
+        return pos
+    unpack = _EXPLICIT_HEAD.unpack_from
+    ulong = _ULONG.unpack_from
+    short, long_ = _SHORT_VRS, _LONG_VRS
+    while pos + 12 <= end:
+        group, _number, vr, length = unpack(buf, pos)
+        if vr in short:
+            after = pos + 8 + length
+        elif vr in long_:
+            (length,) = ulong(buf, pos + 8)
+            after = pos + 12 + length
+            if length == _UNDEFINED:
+                return pos
+        else:
+            return pos
+        if after > end or group == 0xFFFE:
+            return pos
+        pos = after
+    return pos

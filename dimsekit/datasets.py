@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import os
 import struct
 import warnings
 import zlib
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_DECODED_BYTES",
     "first_int",
     "readable_part",
+    "file_truncation",
     "is_several",
     "values_of",
     "json_dict",
@@ -505,6 +507,30 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
         except Exception as exc:  # pydicom raises many kinds on broken elements
             raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs ({exc})") from exc
     return uids[0] or None, uids[1] or None
+
+
+def file_truncation(info: Part10Info, *, prefix: int = 65536) -> str | None:
+    """What cuts the data set of a file short (:func:`dimsekit.framing.truncation`: a value
+    or a sequence that runs past the end of the file), or None -- also for a big endian or
+    deflated one, which it does not check. Reads the first ``prefix`` bytes of the data set,
+    then only element headers past them.
+
+    :raises OSError: the file cannot be read.
+    """
+    from dimsekit.framing import truncation
+
+    try:
+        implicit, little = _flags(info.transfer_syntax)
+    except DatasetError:
+        return None
+    if not little or info.transfer_syntax == DEFLATED:
+        return None
+    with Path(info.path).open("rb") as f:
+        f.seek(info.dataset_offset)
+        head = f.read(min(prefix, info.dataset_length))
+        fd, base = f.fileno(), info.dataset_offset
+        return truncation(head, info.dataset_length, implicit=implicit,
+                          read=lambda offset, size: os.pread(fd, size, base + offset))
 
 
 class _Inflating(io.RawIOBase):

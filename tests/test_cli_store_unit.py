@@ -108,6 +108,25 @@ def test_read_files_skips_non_dicom_and_dicomdir(tmp_path):
     assert "DICOMDIR" in skipped[2].reason
 
 
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", ELE])
+def test_read_files_skips_a_file_cut_short_and_it_counts(tmp_path, ts):
+    # a file truncated on its disk: its header reads well, its pixel data is short; found in
+    # a directory (not named), it still makes the exit status 1 -- it is an image not sent
+    whole = write_part10(tmp_path / "whole.dcm", ts=ts)
+    ds = dcmread(whole)
+    ds.add_new(0x7FE00010, "OW", b"\1\2" * 5000)
+    ds.save_as(whole, enforce_file_format=True)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-10])
+    infos, skipped = cli_store.read_files([(whole, False), (cut, False)])
+    assert [i.path for i in infos] == [whole]
+    assert [(s.path.name, s.counts) for s in skipped] == [("cut.dcm", True)]
+    header = 8 if ts == "1.2.840.10008.1.2" else 12  # implicit VR; explicit VR OW
+    offset = part10_info(whole).dataset_length - 10000 - header
+    assert skipped[0].reason == f"the data set is cut short: (7FE0,0010) at offset {offset} has a value of 10000 " \
+                                "bytes, 9990 are left"
+
+
 @pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", ELE, "1.2.840.10008.1.2.2"])
 def test_a_bare_data_set_is_read_in_the_syntax_it_is_in(tmp_path, ts):
     ds = Dataset()

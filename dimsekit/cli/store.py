@@ -46,6 +46,10 @@ possibly coerced: it is listed, and does not make the exit status non-zero);
 and when the run gave up (rejection, aborts, timeouts, a refused connection),
 with a one-line reason on stderr.  Files found in a directory that are not
 DICOM Part 10 files are skipped and listed but do not change the exit status.
+A file whose data set is cut short (a value or a sequence running past the end
+of the file: a full disk, an interrupted copy) is not sent -- a peer that stores
+what it gets would answer Success -- and is listed as skipped, and it does make
+the exit status 1.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from dimsekit.datasets import (
     dataset_file_info,
     dataset_uids,
     decompressible,
+    file_truncation,
 )
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
@@ -214,7 +219,8 @@ def read_files(
     ``warn(text)`` is told, once per file, when they are not the File Meta's).
     The files that are not Part 10 files (or are DICOMDIRs, or whose SOP class
     or transfer syntax is not a UID) are skipped, counting as failures when
-    named."""
+    named; so are files whose data set is cut short (:func:`file_truncation`),
+    always counting as failures."""
     infos: list[Part10Info] = []
     skipped: list[Skipped] = []
     for path, named in files:
@@ -247,6 +253,15 @@ def read_files(
                     if not is_valid_uid(uid)]
         if unusable:
             skipped.append(Skipped(path, f"File Meta Information: {' and '.join(unusable)} not a UID", named))
+            continue
+        try:
+            short = file_truncation(info)
+        except OSError as exc:
+            short = f"cannot read: {exc.strerror or exc}"
+        if short is not None:
+            # A file cut short (a full disk, a copy that stopped): not sent, whoever
+            # the peer is -- one that stores it as it comes would answer Success.
+            skipped.append(Skipped(path, f"the data set is cut short: {short}", True))
             continue
         if warning is not None and warn is not None:
             warn(f"{path}: {warning}")

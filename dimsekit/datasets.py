@@ -55,6 +55,7 @@ __all__ = [
     "first_int",
     "readable_part",
     "file_truncation",
+    "truncation_in_file",
     "is_several",
     "values_of",
     "json_dict",
@@ -510,27 +511,37 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
 
 
 def file_truncation(info: Part10Info, *, prefix: int = 65536) -> str | None:
-    """What cuts the data set of a file short (:func:`dimsekit.framing.truncation`: a value
-    or a sequence that runs past the end of the file), or None -- also for a big endian or
-    deflated one, which it does not check. Reads the first ``prefix`` bytes of the data set,
-    then only element headers past them.
+    """What cuts the data set of a Part 10 file short (:func:`dimsekit.framing.truncation`: a
+    value or a sequence that runs past the end of the file), or None -- also for a big endian
+    or deflated one, which it does not check. See :func:`truncation_in_file`.
+
+    :raises OSError: the file cannot be read.
+    """
+    return truncation_in_file(info.path, info.dataset_offset, info.dataset_length, info.transfer_syntax,
+                              prefix=prefix)
+
+
+def truncation_in_file(path: str | Path, offset: int, length: int, transfer_syntax: str, *,
+                       prefix: int = 65536) -> str | None:
+    """What cuts short the data set of ``length`` bytes at ``offset`` in the file at ``path``, in
+    ``transfer_syntax``, or None (no verdict for a big endian or deflated one). Reads the first
+    ``prefix`` bytes of the data set, then only element headers past them.
 
     :raises OSError: the file cannot be read.
     """
     from dimsekit.framing import truncation
 
     try:
-        implicit, little = _flags(info.transfer_syntax)
+        implicit, little = _flags(transfer_syntax)
     except DatasetError:
         return None
-    if not little or info.transfer_syntax == DEFLATED:
+    if not little or transfer_syntax == DEFLATED:
         return None
-    with Path(info.path).open("rb") as f:
-        f.seek(info.dataset_offset)
-        head = f.read(min(prefix, info.dataset_length))
-        fd, base = f.fileno(), info.dataset_offset
-        return truncation(head, info.dataset_length, implicit=implicit,
-                          read=lambda offset, size: os.pread(fd, size, base + offset))
+    with Path(path).open("rb") as f:
+        f.seek(offset)
+        head = f.read(min(prefix, length))
+        fd = f.fileno()
+        return truncation(head, length, implicit=implicit, read=lambda at, size: os.pread(fd, size, offset + at))
 
 
 class _Inflating(io.RawIOBase):

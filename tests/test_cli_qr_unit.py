@@ -554,6 +554,50 @@ def test_written_file_is_part10_with_the_bytes_received(tmp_path):
     assert not list(path.parent.glob(".*.part"))
 
 
+def test_a_retrieved_data_set_cut_short_is_refused_c000_and_no_file_is_kept(tmp_path):
+    """A C-GET's instance whose pixel data ends early (a PACS reading a damaged file, a
+    proxy that cut it): 0xC000, said among the failures, no file, no .part."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+    from twisted.python.failure import Failure
+
+    from dimsekit.datasets import encode_dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.add_new(0x7FE00010, "OW", b"\1\2" * 50_000)
+    raw = encode_dataset(ds, "1.2.840.10008.1.2.1")
+
+    class Pool:  # runs the job at once, as Twisted's pool would in a thread
+        def callInThreadWithCallback(self, done, f, *args, **kwargs):  # noqa: N802 -- Twisted's name
+            try:
+                result = f(*args, **kwargs)
+            except BaseException:
+                done(False, Failure())
+            else:
+                done(True, result)
+
+    reactor = Clock()
+    reactor.getThreadPool = lambda: Pool()
+    reactor.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)
+    receiver = cli_get.Receiver(reactor, tmp_path)
+    statuses = []
+    for uid, data in (("1.2.3.4", raw[:-7]), ("1.2.3.5", raw)):
+        request = SimpleNamespace(sop_class_uid=ds.SOPClassUID, sop_instance_uid=uid,
+                                  transfer_syntax="1.2.840.10008.1.2.1",
+                                  association=SimpleNamespace(remote_ae_title="PACS"))
+        request.sink = receiver.sink_for(request)
+        request.sink.write(data)
+        request.sink.close()
+        receiver(request).addCallback(statuses.append)
+    assert statuses == [0xC000, 0x0000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.2.3.5.dcm"]
+    assert receiver.failures == ["1.2.3.4: the data set is cut short: (7FE0,0010) at offset 50 has a value of "
+                                 "100000 bytes, 99993 are left"]
+
+
 def outcome(status: int, tmp_path: Path, dataset: Dataset | None = None, **counts: int) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     progress = cli_get.Progress(err, False, None)

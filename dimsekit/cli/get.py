@@ -78,7 +78,7 @@ from dimsekit.cli.find import (
     response_problem,
     retrieve_identifier,
 )
-from dimsekit.datasets import values_of
+from dimsekit.datasets import truncation_in_file, values_of
 from dimsekit.dimse.fragments import SPOOL_WRITE_BLOCK, write_chunks
 from dimsekit.dimse.status import QR_FIND, QR_GET, Category, category, describe
 from dimsekit.operations import Response
@@ -207,10 +207,11 @@ class PartFileSink:
     :meth:`open` reads the data set back (after the header), as a spool's would be.
     """
 
-    def __init__(self, path: Path, header: bytes) -> None:
+    def __init__(self, path: Path, header: bytes, transfer_syntax: str | None = None) -> None:
         self.path = path
         self.temp = path.with_name(f".{path.name}.part")
         self.header_length = len(header)
+        self.transfer_syntax = transfer_syntax
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._chunks: list[bytes | memoryview] = [header]
@@ -247,9 +248,22 @@ class PartFileSink:
         return source
 
     def finish(self) -> int:
-        """The complete file under its name (worker thread); its size."""
+        """The complete file under its name (worker thread); its size.
+
+        :raises CutShort: the data set ends inside one of its values (the file is removed).
+        """
+        if self.transfer_syntax is not None:
+            short = truncation_in_file(self.temp, self.header_length, self.size - self.header_length,
+                                       self.transfer_syntax)
+            if short is not None:
+                self.temp.unlink(missing_ok=True)
+                raise CutShort(f"the data set is cut short: {short}")
         os.replace(self.temp, self.path)
         return self.size
+
+
+class CutShort(Exception):
+    """A C-STORE's data set ends inside one of its values: refused 0xC000, no file kept."""
 
 
 class Receiver:
@@ -258,7 +272,8 @@ class Receiver:
     Each data set goes into its file as it arrives (:meth:`sink_for`: a
     :class:`PartFileSink`), renamed into place once complete, in the reactor's
     thread pool; the status is 0x0000, or 0xA700 (Out of Resources) when the
-    file cannot be written, 0xC000 when the request carried no data set.
+    file cannot be written, 0xC000 when the request carried no data set or one
+    cut short (a value running past its end: no file is kept).
     """
 
     def __init__(self, reactor: Any, directory: str | Path, on_change: Any = None) -> None:
@@ -288,7 +303,7 @@ class Receiver:
     def sink_for(self, request: Any) -> PartFileSink:
         """Where this C-STORE's data set goes as it arrives (the association asks, with the
         command set in): its file.  A file that cannot be made is refused (0xA700, below)."""
-        return PartFileSink(self._path(request.sop_instance_uid), self._header(request))
+        return PartFileSink(self._path(request.sop_instance_uid), self._header(request), request.transfer_syntax)
 
     def __call__(self, request: Any) -> Any:
         if self.on_change is not None:
@@ -321,8 +336,11 @@ class Receiver:
     def _failed(self, failure: Failure, request: Any) -> int:
         if isinstance(request.sink, PartFileSink):
             request.sink.abort()  # no .part left behind
-        self.failures.append(f"{request.sop_instance_uid or '?'}: cannot write it ({failure.getErrorMessage()})")
         self.refused.add(request.sop_instance_uid)
+        if failure.check(CutShort):
+            self.failures.append(f"{request.sop_instance_uid or '?'}: {failure.getErrorMessage()}")
+            return 0xC000  # Cannot understand (PS3.4 B.2.3)
+        self.failures.append(f"{request.sop_instance_uid or '?'}: cannot write it ({failure.getErrorMessage()})")
         return 0xA700
 
 

@@ -179,6 +179,39 @@ def test_below_the_disk_floor_the_store_is_refused_out_of_resources_before_writi
     assert index_rows(data_dir) == []
 
 
+@pytest.mark.parametrize("megabytes", [0, 3], ids=["small", "3 MB"])
+def test_a_data_set_cut_short_is_refused_c000_and_the_association_goes_on(tmp_path, megabytes):
+    """A sender that sends a file cut short on its disk, as it is, ending the data set with the
+    last fragment: its header reads well; a Success would lose the image. The node says
+    0xC000 with where it ends, keeps nothing, and stores the next, whole one."""
+    node = start_node(tmp_path)
+    data_dir = tmp_path / "dimsekit-data"
+    if megabytes:
+        ds = big_instance(tmp_path / "big.dcm", megabytes=megabytes)
+        data, uid = _dataset_bytes(tmp_path / "big.dcm"), ds.SOPInstanceUID
+    else:
+        data, uid = _small_dataset(), "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"  # CT_small's
+    try:
+        with RawPeer.connect(node.port) as peer:
+            context = associate_for_storage(peer)
+            for pdu in store_rq_pdus(context, store_rq_command(CT_IMAGE_STORAGE, uid), data[:-1001]):
+                peer.send(pdu)
+            status, fields = store_rsp_status(peer.recv_pdu(timeout=10))
+            assert status == 0xC000, f"0x{status:04X}"
+            assert b"the data set is cut short: (7FE0,0010)" in fields[(0x0000, 0x0902)]
+            assert stored_files(data_dir) == [] and temp_files(data_dir) == []
+            for pdu in store_rq_pdus(context, store_rq_command(CT_IMAGE_STORAGE, uid, message_id=2), data):
+                peer.send(pdu)
+            status, _ = store_rsp_status(peer.recv_pdu(timeout=10), message_id=2)
+            assert status == 0x0000
+            peer.release()
+        node.assert_healthy()
+    finally:
+        _finish(node)
+    (stored,) = stored_files(data_dir)
+    assert stored.read_bytes().endswith(data)
+
+
 # -- senders that go away mid-instance ----------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from dimsekit.framing import truncation
 from dimsekit_plugins.archive import index
 
 
@@ -233,3 +234,20 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
         return index.header_values(dataset)
     except Exception:
         return None
+
+
+def data_set_cut_short(prefix: bytes | bytearray, size: int, transfer_syntax: str,
+                       read: Callable[[int, int], bytes] | None) -> str | None:
+    """What cuts short a data set of ``size`` bytes -- a value or a sequence that runs past its
+    end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big endian or deflated
+    one). ``prefix`` holds its first bytes; ``read(offset, size)`` the rest (None: no verdict
+    when ``prefix`` is not all of it)."""
+    readable, little_endian, implicit = syntax_flags(transfer_syntax)
+    if not readable or not little_endian:
+        return None
+    if size <= len(prefix):
+        read = None
+    elif read is None:
+        return None
+    return truncation(prefix, size, implicit=implicit, read=read)
+

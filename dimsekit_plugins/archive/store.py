@@ -108,7 +108,6 @@ from zope.interface import implementer
 import dimsekit
 from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
-from dimsekit.framing import truncation
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
 from dimsekit.libraries_log import about
 from dimsekit_plugins.archive import index
@@ -120,7 +119,7 @@ from dimsekit_plugins.archive.errors import (
     DuplicateRejected,
     OutOfResources,
 )
-from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix, syntax_flags
+from dimsekit_plugins.archive.header import HeaderJob, data_set_cut_short, header_from_prefix
 from dimsekit_plugins.archive.journal import Journal, replay
 from dimsekit_plugins.archive.layout import (
     INCOMING,
@@ -408,21 +407,11 @@ class IncomingInstance:
                 header.run()  # the scan: ~30 us for an image header
 
     def cut_short(self) -> str | None:
-        """What cuts the data set short -- a value or a sequence that runs past its end -- or None
-        (:func:`dimsekit.framing.truncation`; no verdict for big endian or deflated data sets).
-        The commit's worker, once the data set is all in the file or the prefix."""
-        readable, little_endian, implicit = syntax_flags(self.transfer_syntax)
-        if not readable or not little_endian:
-            return None
-        prefix = self._prefix
-        read = None
-        if self.size > len(prefix):
-            fd = self._fd
-            if fd is None:
-                return None
-            base = self.header_length
-            read = lambda offset, size: os.pread(fd, size, base + offset)  # noqa: E731
-        return truncation(prefix, self.size, implicit=implicit, read=read)
+        """What cuts the data set short, or None (:func:`~dimsekit_plugins.archive.header.data_set_cut_short`):
+        the commit's worker, once the data set is all in the file or the prefix."""
+        fd, base = self._fd, self.header_length
+        read = None if fd is None else (lambda offset, size: os.pread(fd, size, base + offset))
+        return data_set_cut_short(self._prefix, self.size, self.transfer_syntax, read)
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"

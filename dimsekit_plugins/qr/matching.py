@@ -216,6 +216,10 @@ def register_functions(conn: sqlite3.Connection) -> None:
 # -- conditions --------------------------------------------------------------------------------------
 
 
+#: SQLite's longest LIKE or GLOB pattern, in bytes (SQLITE_MAX_LIKE_PATTERN_LENGTH, as it ships)
+GLOB_PATTERN_LIMIT = 50_000
+
+
 def _glob_pattern(value: str) -> str:
     """A DICOM wild card pattern as a SQLite GLOB pattern (``[`` escaped as ``[[]``)."""
     out = []
@@ -310,7 +314,13 @@ def condition_for(column: str, vr: str, value: object) -> Condition:
     if vr == "PN":
         return Condition(f"dk_pn_match({column}, ?)", (text,))
     if vr in WILDCARD_VRS and ("*" in text or "?" in text):
-        return Condition(f"{column} GLOB ?", (_glob_pattern(text),))
+        pattern = _glob_pattern(text)
+        if len(pattern.encode("utf-8")) > GLOB_PATTERN_LIMIT:
+            # SQLite refuses it ("LIKE or GLOB pattern too complex"): said here, as a value
+            # that cannot be matched, not as a failure of the query
+            raise MatchingError(f"a wild card value of {len(text):,} characters is too long to match "
+                                f"(at most {GLOB_PATTERN_LIMIT:,} bytes)")
+        return Condition(f"{column} GLOB ?", (pattern,))
     return Condition(f"{column} = ?", (text,))
 
 

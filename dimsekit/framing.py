@@ -29,20 +29,23 @@ from collections.abc import Callable
 
 __all__ = ["truncation", "memory_reader", "Unframed"]
 
-_EXPLICIT_HEAD = struct.Struct("<HH2sH")
-_IMPLICIT_HEAD = struct.Struct("<HHL")
-_ULONG = struct.Struct("<L")
+#: an element's header, little endian: explicit VR (tag, VR, 2-byte length) and implicit VR (tag, length)
+EXPLICIT_HEAD = struct.Struct("<HH2sH")
+IMPLICIT_HEAD = struct.Struct("<HHL")
+#: the 4-byte length after the reserved bytes of a long explicit VR
+ULONG = struct.Struct("<L")
 #: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1)
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
 #: explicit VRs with a 2-byte length (PS3.5 Table 7.1-2)
-_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                       b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
 #: explicit VRs whose value may have an undefined length: a sequence, encapsulated pixel data, UN (CP-246)
 _UNDEFINED_OK = frozenset((b"SQ", b"OB", b"OW", b"UN"))
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
+UNDEFINED = 0xFFFFFFFF
+#: Item, Item Delimitation Item, Sequence Delimitation Item (PS3.5 7.5)
+ITEM = 0xFFFEE000
+ITEM_END = 0xFFFEE00D
+SEQUENCE_END = 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 #: nesting followed before giving up (no verdict)
 _MAX_DEPTH = 32
@@ -92,19 +95,19 @@ class _Walk:
         """(tag, VR or None, value length, value offset) of the element whose header is at ``pos``."""
         head = self._bytes(pos, 8, end, "an element's header")
         if implicit:
-            group, number, length = _IMPLICIT_HEAD.unpack(head)
+            group, number, length = IMPLICIT_HEAD.unpack(head)
             vr = None
         else:
-            group, number, vr, length = _EXPLICIT_HEAD.unpack(head)
+            group, number, vr, length = EXPLICIT_HEAD.unpack(head)
         tag = group << 16 | number
-        if tag >= _ITEM and tag >> 16 == 0xFFFE:
+        if tag >= ITEM and tag >> 16 == 0xFFFE:
             raise Unframed  # an item or a delimiter where an element belongs
         if implicit:
             return tag, None, length, pos + 8
-        if vr in _SHORT_VRS:
+        if vr in SHORT_VRS:
             return tag, vr, length, pos + 8
-        if vr in _LONG_VRS:
-            (length,) = _ULONG.unpack(self._bytes(pos + 8, 4, end, f"the header of {_tag_text(tag)}"))
+        if vr in LONG_VRS:
+            (length,) = ULONG.unpack(self._bytes(pos + 8, 4, end, f"the header of {_tag_text(tag)}"))
             return tag, vr, length, pos + 12
         raise Unframed  # an explicit VR not in the standard
 
@@ -119,11 +122,11 @@ class _Walk:
                 # (pydicom stops there too). No verdict.
                 raise Unframed
             if until_item_end:
-                group, number, _length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, "an item's element"))
-                if group << 16 | number == _ITEM_END:
+                group, number, _length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, "an item's element"))
+                if group << 16 | number == ITEM_END:
                     return pos + 8
             tag, vr, length, start = self.element(pos, end, implicit)
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 if vr is not None and vr not in _UNDEFINED_OK:
                     raise Unframed
                 if vr == b"OB" or vr == b"OW" or (vr is None and tag == _PIXEL_DATA):
@@ -144,14 +147,14 @@ class _Walk:
             if pos >= end:
                 raise _Short(f"the sequence {_tag_text(owner)} has no end: the data set ends at offset {end} "
                              "before its Sequence Delimitation Item")
-            group, number, length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"an item of {_tag_text(owner)}"))
+            group, number, length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"an item of {_tag_text(owner)}"))
             tag = group << 16 | number
             pos += 8
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_END:
                 return pos
-            if tag != _ITEM:
+            if tag != ITEM:
                 raise Unframed
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 pos = self.elements(pos, end, implicit, depth, until_item_end=True)
             elif pos + length > end:
                 raise _Short(f"an item of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
@@ -165,12 +168,12 @@ class _Walk:
             if pos >= end:
                 raise _Short(f"the encapsulated {_tag_text(owner)} has no end: the data set ends at offset "
                              f"{end} before its Sequence Delimitation Item")
-            group, number, length = _IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"a fragment of {_tag_text(owner)}"))
+            group, number, length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"a fragment of {_tag_text(owner)}"))
             tag = group << 16 | number
             pos += 8
-            if tag == _SEQUENCE_END:
+            if tag == SEQUENCE_END:
                 return pos
-            if tag != _ITEM or length == _UNDEFINED:
+            if tag != ITEM or length == UNDEFINED:
                 raise Unframed
             if pos + length > end:
                 raise _Short(f"a fragment of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
@@ -219,17 +222,17 @@ def _fast(buf: memoryview, end: int, pos: int, implicit: bool) -> int:
     """Frame top-level elements of defined length whose headers are in ``buf[:end]``; the offset
     of the first one it leaves to the walk (undefined length, a value past ``end``, anything odd)."""
     if implicit:
-        unpack = _IMPLICIT_HEAD.unpack_from
+        unpack = IMPLICIT_HEAD.unpack_from
         while pos + 8 <= end:
             group, _number, length = unpack(buf, pos)
             after = pos + 8 + length
-            if after > end or group == 0xFFFE or length == _UNDEFINED:
+            if after > end or group == 0xFFFE or length == UNDEFINED:
                 return pos
             pos = after
         return pos
-    unpack = _EXPLICIT_HEAD.unpack_from
-    ulong = _ULONG.unpack_from
-    short, long_ = _SHORT_VRS, _LONG_VRS
+    unpack = EXPLICIT_HEAD.unpack_from
+    ulong = ULONG.unpack_from
+    short, long_ = SHORT_VRS, LONG_VRS
     while pos + 12 <= end:
         group, _number, vr, length = unpack(buf, pos)
         if vr in short:
@@ -237,7 +240,7 @@ def _fast(buf: memoryview, end: int, pos: int, implicit: bool) -> int:
         elif vr in long_:
             (length,) = ulong(buf, pos + 8)
             after = pos + 12 + length
-            if length == _UNDEFINED:
+            if length == UNDEFINED:
                 return pos
         else:
             return pos

@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from dimsekit import framing
 from dimsekit.framing import truncation
 from dimsekit_plugins.archive import index
 
@@ -78,18 +79,10 @@ def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
 # pydicom reads the data set as before.  A property test holds its result
 # to pydicom's reading of the whole data set.
 
-_EXPLICIT_HEAD = struct.Struct("<HH2sH")
-_IMPLICIT_HEAD = struct.Struct("<HHL")
-_ULONG = struct.Struct("<L")
-#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-#: explicit VRs with a 2-byte length
-_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
-_UNDEFINED = 0xFFFFFFFF
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
+# The framing's constants are dimsekit.framing's (its truncation check walks the same).
+_EXPLICIT_HEAD, _IMPLICIT_HEAD, _ULONG = framing.EXPLICIT_HEAD, framing.IMPLICIT_HEAD, framing.ULONG
+_LONG_VRS, _SHORT_VRS = framing.LONG_VRS, framing.SHORT_VRS
+_UNDEFINED, _ITEM, _ITEM_END, _SEQUENCE_END = framing.UNDEFINED, framing.ITEM, framing.ITEM_END, framing.SEQUENCE_END
 #: nesting of undefined-length sequences followed before giving up (pydicom reads it)
 _MAX_DEPTH = 16
 

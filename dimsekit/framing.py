@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-__all__ = ["truncation", "memory_reader", "Unframed"]
+__all__ = ["truncation", "sequence_end", "Unframed"]
 
 #: an element's header, little endian: explicit VR (tag, VR, 2-byte length) and implicit VR (tag, length)
 EXPLICIT_HEAD = struct.Struct("<HH2sH")
@@ -65,49 +65,56 @@ class _Short(Exception):
         self.text = text
 
 
-def memory_reader(data: bytes | bytearray | memoryview) -> Reader:
-    """``read(offset, size)`` over bytes in memory."""
-    view = memoryview(data)
-    return lambda offset, size: bytes(view[offset:offset + size])
-
-
 def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 class _Walk:
-    __slots__ = ("read", "total", "implicit")
+    """The walk over one data set: ``buf`` holds its first ``have`` bytes, ``read`` gives the rest."""
 
-    def __init__(self, read: Reader, total: int, implicit: bool) -> None:
+    __slots__ = ("buf", "have", "read")
+
+    def __init__(self, buf: memoryview, have: int, read: Reader | None) -> None:
+        self.buf = buf
+        self.have = have
         self.read = read
-        self.total = total
-        self.implicit = implicit
 
-    def _bytes(self, pos: int, size: int, end: int, what: str) -> bytes:
-        if pos + size > end:
-            raise _Short(f"{what} at offset {pos} is cut off ({end - pos} of {size} bytes)")
-        data = self.read(pos, size)
-        if len(data) < size:
-            raise _Short(f"{what} at offset {pos} is cut off ({len(data)} of {size} bytes)")
-        return data
+    def _unpack(self, st: struct.Struct, pos: int, end: int, what: str, owner: int = 0) -> tuple:
+        """``st`` unpacked at ``pos``, within ``end``; what is cut off is said (``what``, formatted
+        with ``owner``'s tag, only then)."""
+        size = st.size
+        if pos + size <= end:
+            if pos + size <= self.have:
+                return st.unpack_from(self.buf, pos)
+            data = self.read(pos, size) if self.read is not None else b""
+            if len(data) == size:
+                return st.unpack(data)
+            got = len(data)
+        else:
+            got = max(end - pos, 0)
+        raise _Short(f"{what.format(_tag_text(owner))} at offset {pos} is cut off ({got} of {size} bytes)")
+
+    def _zeros(self, pos: int, size: int) -> bool:
+        if pos + size <= self.have:
+            return not any(self.buf[pos:pos + size])
+        return self.read is not None and not any(self.read(pos, size))
 
     def element(self, pos: int, end: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
         """(tag, VR or None, value length, value offset) of the element whose header is at ``pos``."""
-        head = self._bytes(pos, 8, end, "an element's header")
         if implicit:
-            group, number, length = IMPLICIT_HEAD.unpack(head)
+            group, number, length = self._unpack(IMPLICIT_HEAD, pos, end, "an element's header")
             vr = None
         else:
-            group, number, vr, length = EXPLICIT_HEAD.unpack(head)
+            group, number, vr, length = self._unpack(EXPLICIT_HEAD, pos, end, "an element's header")
         tag = group << 16 | number
-        if tag >= ITEM and tag >> 16 == 0xFFFE:
+        if group == 0xFFFE and tag >= ITEM:
             raise Unframed  # an item or a delimiter where an element belongs
         if implicit:
             return tag, None, length, pos + 8
         if vr in SHORT_VRS:
             return tag, vr, length, pos + 8
         if vr in LONG_VRS:
-            (length,) = ULONG.unpack(self._bytes(pos + 8, 4, end, f"the header of {_tag_text(tag)}"))
+            (length,) = self._unpack(ULONG, pos + 8, end, "the header of {}", tag)
             return tag, vr, length, pos + 12
         raise Unframed  # an explicit VR not in the standard
 
@@ -117,12 +124,12 @@ class _Walk:
         while True:
             if not until_item_end and pos == end:
                 return pos
-            if depth == 0 and end - pos < 8 and not any(self.read(pos, end - pos)):
+            if depth == 0 and end - pos < 8 and self._zeros(pos, end - pos):
                 # A few zero bytes after the last element: padding, not an element cut off
                 # (pydicom stops there too). No verdict.
                 raise Unframed
             if until_item_end:
-                group, number, _length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, "an item's element"))
+                group, number, _length = self._unpack(IMPLICIT_HEAD, pos, end, "an item's element")
                 if group << 16 | number == ITEM_END:
                     return pos + 8
             tag, vr, length, start = self.element(pos, end, implicit)
@@ -147,7 +154,7 @@ class _Walk:
             if pos >= end:
                 raise _Short(f"the sequence {_tag_text(owner)} has no end: the data set ends at offset {end} "
                              "before its Sequence Delimitation Item")
-            group, number, length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"an item of {_tag_text(owner)}"))
+            group, number, length = self._unpack(IMPLICIT_HEAD, pos, end, "an item of {}", owner)
             tag = group << 16 | number
             pos += 8
             if tag == SEQUENCE_END:
@@ -168,7 +175,7 @@ class _Walk:
             if pos >= end:
                 raise _Short(f"the encapsulated {_tag_text(owner)} has no end: the data set ends at offset "
                              f"{end} before its Sequence Delimitation Item")
-            group, number, length = IMPLICIT_HEAD.unpack(self._bytes(pos, 8, end, f"a fragment of {_tag_text(owner)}"))
+            group, number, length = self._unpack(IMPLICIT_HEAD, pos, end, "a fragment of {}", owner)
             tag = group << 16 | number
             pos += 8
             if tag == SEQUENCE_END:
@@ -179,6 +186,18 @@ class _Walk:
                 raise _Short(f"a fragment of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
                              f"{max(end - pos, 0)} are left")
             pos += length
+
+
+def sequence_end(data: bytes | bytearray | memoryview, pos: int, implicit: bool) -> int:
+    """The offset just past the undefined-length sequence whose items start at ``pos`` in ``data``.
+
+    :raises Unframed: it cannot be framed exactly, or ``data`` ends first.
+    """
+    buf = memoryview(data)
+    try:
+        return _Walk(buf, len(buf), None).items(pos, len(buf), implicit, 1, 0)
+    except _Short:
+        raise Unframed from None
 
 
 def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,
@@ -194,23 +213,12 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
         framed exactly (no verdict, see the module docstring); else what runs past the end.
     """
     buf = memoryview(data)
-    have = len(buf)
-    pos = _fast(buf, min(have, total), start, implicit)
+    have = min(len(buf), total)
+    pos = _fast(buf, have, start, implicit)
     if pos == total:
         return None
-    if read is None or have >= total:
-        read = memory_reader(buf[:total])
-    else:
-        rest = read
-
-        def read(offset: int, size: int) -> bytes:
-            if offset + size <= have:
-                return bytes(buf[offset:offset + size])
-            return rest(offset, size)
-
-    walk = _Walk(read, total, implicit)
     try:
-        walk.elements(pos, total, implicit, 0, until_item_end=False)
+        _Walk(buf, have, read).elements(pos, total, implicit, 0, until_item_end=False)
     except _Short as short:
         return short.text
     except (Unframed, struct.error):

@@ -82,9 +82,7 @@ def _header_tags(keywords: tuple[str, ...]) -> tuple[list[int], int]:
 # The framing's constants are dimsekit.framing's (its truncation check walks the same).
 _EXPLICIT_HEAD, _IMPLICIT_HEAD, _ULONG = framing.EXPLICIT_HEAD, framing.IMPLICIT_HEAD, framing.ULONG
 _LONG_VRS, _SHORT_VRS = framing.LONG_VRS, framing.SHORT_VRS
-_UNDEFINED, _ITEM, _ITEM_END, _SEQUENCE_END = framing.UNDEFINED, framing.ITEM, framing.ITEM_END, framing.SEQUENCE_END
-#: nesting of undefined-length sequences followed before giving up (pydicom reads it)
-_MAX_DEPTH = 16
+_UNDEFINED = framing.UNDEFINED
 
 
 class _Unframed(Exception):
@@ -106,35 +104,6 @@ def _element_head(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | No
     raise _Unframed
 
 
-def _skip_sequence(buf: bytes, pos: int, implicit: bool, depth: int) -> int:
-    """The offset just past the undefined-length sequence whose items start at ``pos``."""
-    if depth > _MAX_DEPTH:
-        raise _Unframed
-    while True:
-        group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise _Unframed
-        if length != _UNDEFINED:
-            pos += length
-            continue
-        while True:  # the elements of an undefined-length item, up to its delimiter
-            group, element, length = _IMPLICIT_HEAD.unpack_from(buf, pos)
-            if group << 16 | element == _ITEM_END:
-                pos += 8
-                break
-            tag, vr, length, pos = _element_head(buf, pos, implicit)
-            if length == _UNDEFINED:
-                if vr is not None and vr != b"SQ":
-                    raise _Unframed  # an undefined-length UN: implicit VR inside
-                pos = _skip_sequence(buf, pos, implicit, depth + 1)
-            else:
-                pos += length
-
-
 def scan_header(
     buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int]
 ) -> dict[int, RawDataElement] | None:
@@ -153,7 +122,7 @@ def scan_header(
             if length == _UNDEFINED:
                 if tag in wanted or vr is not None and vr != b"SQ":
                     raise _Unframed
-                pos = _skip_sequence(buf, start, implicit, 0)
+                pos = framing.sequence_end(buf, start, implicit)
                 continue
             pos = start + length
             if pos > end:
@@ -165,7 +134,7 @@ def scan_header(
                     BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,
                     True, True,
                 )
-    except (_Unframed, struct.error):
+    except (_Unframed, framing.Unframed, struct.error):
         return None
     return found if complete else None
 

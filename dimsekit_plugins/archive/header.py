@@ -105,11 +105,14 @@ def _element_head(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | No
 
 
 def scan_header(
-    buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int]
+    buf: bytes, complete: bool, implicit: bool, wanted: frozenset[int], last: int, sequences: frozenset[int],
+    framed: list[int] | None = None,
 ) -> dict[int, RawDataElement] | None:
     """The raw elements ``wanted`` of the little endian data set in ``buf``, as pydicom's
     reader would make them, reading up to the first element past ``last``; None when
     pydicom must read it (see above), or when ``buf`` -- not ``complete`` -- ends first.
+    ``framed``, when given, is told where the elements it framed end (the truncation check
+    goes on from there).
     """
     end = len(buf)
     pos = 0
@@ -118,6 +121,8 @@ def scan_header(
         while pos < end:
             tag, vr, length, start = _element_head(buf, pos, implicit)
             if tag > last:
+                if framed is not None:
+                    framed.append(pos)
                 return found
             if length == _UNDEFINED:
                 if tag in wanted or vr is not None and vr != b"SQ":
@@ -136,6 +141,8 @@ def scan_header(
                 )
     except (_Unframed, framing.Unframed, struct.error):
         return None
+    if complete and framed is not None:
+        framed.append(pos)
     return found if complete else None
 
 
@@ -160,7 +167,8 @@ def _scan_sets(keywords: tuple[str, ...]) -> tuple[frozenset[int], frozenset[int
     return frozenset(tags), sequences
 
 
-def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> dict[str, Any] | None:
+def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str,
+                       framed: list[int] | None = None) -> dict[str, Any] | None:
     """The index values of a data set read from its first bytes, or None to read the file.
 
     A little endian data set is scanned (:func:`scan_header`); pydicom's reader
@@ -170,7 +178,7 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     (all of it when ``complete``).  None when they may not hold every element the index
     needs (the header goes on past them), for a deflated or unknown transfer
     syntax, or when pydicom cannot read them -- the caller then reads the file,
-    which also gives the authoritative error.
+    which also gives the authoritative error.  ``framed``: see :func:`scan_header`.
     """
     readable, little_endian, implicit = syntax_flags(transfer_syntax)
     if not readable:
@@ -178,7 +186,7 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
     tags, last = _header_tags(index.HEADER_KEYWORDS)
     if little_endian:
         wanted, sequences = _scan_sets(index.HEADER_KEYWORDS)
-        found = scan_header(prefix, complete, implicit, wanted, last, sequences)
+        found = scan_header(prefix, complete, implicit, wanted, last, sequences, framed)
         if found is not None:
             try:
                 return index.header_values(None, elements=found)
@@ -199,11 +207,11 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str) -> d
 
 
 def data_set_cut_short(prefix: bytes | bytearray, size: int, transfer_syntax: str,
-                       read: Callable[[int, int], bytes] | None) -> str | None:
+                       read: Callable[[int, int], bytes] | None, start: int = 0) -> str | None:
     """What cuts short a data set of ``size`` bytes -- a value or a sequence that runs past its
     end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big endian or deflated
     one). ``prefix`` holds its first bytes; ``read(offset, size)`` the rest (None: no verdict
-    when ``prefix`` is not all of it)."""
+    when ``prefix`` is not all of it); ``start``: where the header scan's framing ended."""
     readable, little_endian, implicit = syntax_flags(transfer_syntax)
     if not readable or not little_endian:
         return None
@@ -211,5 +219,5 @@ def data_set_cut_short(prefix: bytes | bytearray, size: int, transfer_syntax: st
         read = None
     elif read is None:
         return None
-    return truncation(prefix, size, implicit=implicit, read=read)
+    return truncation(prefix, size, implicit=implicit, read=read, start=start)
 

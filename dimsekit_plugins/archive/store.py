@@ -337,11 +337,14 @@ class IncomingInstance:
         #: the first _PREFIX bytes of the data set, to read its header from
         self._prefix = bytearray()
         self._header: HeaderJob | None = None
+        #: where the header scan's framing of the prefix ended (the cut-short check starts there)
+        self._framed: list[int] = []
 
     def _start_header(self, *, complete: bool) -> None:
         """The job reading the header from the first bytes (run by the pool job or the commit)."""
         prefix = bytes(self._prefix)
-        self._header = HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax))
+        self._header = HeaderJob(functools.partial(header_from_prefix, prefix, complete, self.transfer_syntax,
+                                                   self._framed))
 
     def _drain(self, *, tail: bool = False) -> None:
         """Write what is pending into the temporary file, creating it first (any thread; the pool's).
@@ -411,7 +414,8 @@ class IncomingInstance:
         the commit's worker, once the data set is all in the file or the prefix."""
         fd, base = self._fd, self.header_length
         read = None if fd is None else (lambda offset, size: os.pread(fd, size, base + offset))
-        return data_set_cut_short(self._prefix, self.size, self.transfer_syntax, read)
+        return data_set_cut_short(self._prefix, self.size, self.transfer_syntax, read,
+                                  self._framed[-1] if self._framed else 0)
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"

@@ -134,6 +134,8 @@ def scan_header(
                 raise _Unframed
             if tag in wanted:
                 if tag in sequences:
+                    if framed is not None:
+                        framed.append(pos)  # pydicom reads the header; the framing so far holds
                     raise _Unframed
                 found[tag] = RawDataElement(
                     BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,

@@ -653,3 +653,23 @@ def test_after_a_slow_creation_files_are_created_in_the_pool_for_a_while(archive
     assert Path(stored.path).read_bytes()[incoming.header_length:] == data
     for other in (first, third):
         other.abort()
+
+
+@settings(max_examples=200, deadline=None)
+@given(ds=_header_datasets(), syntax=st.sampled_from([EXPLICIT_VR_LE, IMPLICIT_VR_LE]), cut=st.floats(0, 1),
+       held=st.floats(0, 1))
+def test_the_cut_short_check_from_where_the_scan_framed_agrees_with_one_from_the_start(ds, syntax, cut, held):
+    """The commit's check starts where the header scan's framing ended; the verdict is the one
+    the whole walk gives, for the whole data set and cut anywhere, the scan run on a prefix."""
+    data = encode(ds, syntax)
+    size = int(len(data) * cut)
+    prefix = data[: int(size * held)]
+    framed: list[int] = []
+    header_from_prefix(prefix, len(prefix) == size, syntax, framed)
+    assert len(framed) <= 1 and all(0 <= f <= len(prefix) for f in framed)
+
+    def read(offset: int, length: int) -> bytes:
+        return data[offset:min(offset + length, size)]
+
+    from_scan = header_module.data_set_cut_short(prefix, size, syntax, read, framed[-1] if framed else 0)
+    assert from_scan == header_module.data_set_cut_short(data[:size], size, syntax, None)

@@ -17,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRBigEndian, generate_uid
 from twisted.logger import formatEvent
 
@@ -667,6 +669,15 @@ def test_the_cut_short_check_from_where_the_scan_framed_agrees_with_one_from_the
     framed: list[int] = []
     header_from_prefix(prefix, len(prefix) == size, syntax, framed)
     assert len(framed) <= 1 and all(0 <= f <= len(prefix) for f in framed)
+    if framed:  # where an element starts, or the end: as pydicom writes them one by one
+        boundaries, pos = {0}, 0
+        for element in ds:
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = syntax == IMPLICIT_VR_LE, True
+            write_data_element(fp, element)
+            pos += len(fp.getvalue())
+            boundaries.add(pos)
+        assert framed[0] in boundaries
 
     def read(offset: int, length: int) -> bytes:
         return data[offset:min(offset + length, size)]

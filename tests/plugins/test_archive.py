@@ -645,8 +645,8 @@ def test_a_native_pixel_data_value_cut_short_cannot_be_understood(archive, clock
     incoming = receive(archive, data[:-1000], sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
                        chunk=16_384)
     error = clock.failure_of(incoming.commit())
-    assert str(error).endswith("(7FE0,0010) at offset %d has a value of 200000 bytes, 199000 are left"
-                               % (len(data) - 200_012))
+    offset = len(data) - 200_012
+    assert str(error).endswith(f"(7FE0,0010) at offset {offset} has a value of 200000 bytes, 199000 are left")
     assert dcm_files(root) == [] and incoming_files(root) == []
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-__all__ = ["truncation", "sequence_end", "Unframed"]
+__all__ = ["truncation", "sequence_end", "sequence_items", "Unframed"]
 
 #: an element's header, little endian: explicit VR (tag, VR, 2-byte length) and implicit VR (tag, length)
 EXPLICIT_HEAD = struct.Struct("<HH2sH")
@@ -118,9 +118,11 @@ class _Walk:
             return tag, vr, length, pos + 12
         raise Unframed  # an explicit VR not in the standard
 
-    def elements(self, pos: int, end: int, implicit: bool, depth: int, until_item_end: bool) -> int:
+    def elements(self, pos: int, end: int, implicit: bool, depth: int, until_item_end: bool,
+                 collect: list[tuple[int, bytes | None, int, int]] | None = None) -> int:
         """Frame elements from ``pos``: up to ``end`` exactly, or -- in an undefined-length item --
-        up to and past its Item Delimitation Item. The offset after them."""
+        up to and past its Item Delimitation Item. The offset after them. ``collect`` is given
+        (tag, VR, length, value offset) of each element of defined length at this level."""
         while True:
             if not until_item_end and pos == end:
                 return pos
@@ -144,6 +146,8 @@ class _Walk:
             if start + length > end:
                 raise _Short(f"{_tag_text(tag)} at offset {pos} has a value of {length} bytes, "
                              f"{max(end - start, 0)} are left")
+            if collect is not None:
+                collect.append((tag, vr, length, start))
             pos = start + length
 
     def items(self, pos: int, end: int, implicit: bool, depth: int, owner: int) -> int:
@@ -198,6 +202,43 @@ def sequence_end(data: bytes | bytearray | memoryview, pos: int, implicit: bool)
         return _Walk(buf, len(buf), None).items(pos, len(buf), implicit, 1, 0)
     except _Short:
         raise Unframed from None
+
+
+def sequence_items(value: bytes | bytearray | memoryview, implicit: bool) -> list[list[tuple[int, bytes | None, int, int]]]:
+    """The items of a sequence from its value's bytes (of a defined-length sequence, or an
+    undefined-length one with its Sequence Delimitation Item), each as the (tag, VR or None,
+    length, value offset) of its own elements of defined length (nested sequences are
+    stepped over).
+
+    :raises Unframed: they cannot be framed exactly.
+    """
+    buf = memoryview(value)
+    end = len(buf)
+    walk = _Walk(buf, end, None)
+    out: list[list[tuple[int, bytes | None, int, int]]] = []
+    pos = 0
+    try:
+        while pos < end:
+            group, number, length = walk._unpack(IMPLICIT_HEAD, pos, end, "an item")
+            tag = group << 16 | number
+            pos += 8
+            if tag == SEQUENCE_END:
+                if pos != end:
+                    raise Unframed
+                break
+            if tag != ITEM:
+                raise Unframed
+            found: list[tuple[int, bytes | None, int, int]] = []
+            if length == UNDEFINED:
+                pos = walk.elements(pos, end, implicit, 1, until_item_end=True, collect=found)
+            elif pos + length > end:
+                raise Unframed
+            else:
+                pos = walk.elements(pos, pos + length, implicit, 1, until_item_end=False, collect=found)
+            out.append(found)
+    except (_Short, struct.error):
+        raise Unframed from None
+    return out
 
 
 def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,

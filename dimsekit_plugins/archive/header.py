@@ -125,18 +125,22 @@ def scan_header(
                     framed.append(pos)
                 return found
             if length == _UNDEFINED:
-                if tag in wanted or vr is not None and vr != b"SQ":
+                if vr is not None and vr != b"SQ" or tag in wanted and tag not in sequences:
                     raise _Unframed
-                pos = framing.sequence_end(buf, start, implicit)
+                after = framing.sequence_end(buf, start, implicit)
+                if tag in wanted:
+                    # A sequence the index reads: pydicom makes its items from these bytes when
+                    # asked (its reader would have read them at once), the delimiter ending them.
+                    found[tag] = RawDataElement(
+                        BaseTag(tag), None if vr is None else "SQ", length, buf[start:after], start, implicit, True,
+                        True,
+                    )
+                pos = after
                 continue
             pos = start + length
             if pos > end:
                 raise _Unframed
             if tag in wanted:
-                if tag in sequences:
-                    if framed is not None:
-                        framed.append(pos)  # pydicom reads the header; the framing so far holds
-                    raise _Unframed
                 found[tag] = RawDataElement(
                     BaseTag(tag), None if vr is None else vr.decode("ascii"), length, buf[start:pos], start, implicit,
                     True, True,

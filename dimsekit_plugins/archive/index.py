@@ -54,6 +54,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from dimsekit.datasets import is_several
+from dimsekit.framing import Unframed, sequence_items
 from dimsekit.sqlitedb import wal_mode
 
 __all__ = [
@@ -599,6 +600,51 @@ def _current_form(value: str, old_form: re.Pattern[str], separator: str) -> str:
     return value.replace(separator, "") if old_form.match(value) else value
 
 
+#: per item table, (column, tag, VR) of each kept attribute
+_ITEM_ATTRIBUTES = {
+    spec.table: tuple((column, int(tag_for_keyword(keyword)), dictionary_VR(keyword))  # type: ignore[arg-type]
+                      for keyword, column in spec.attributes)
+    for spec in ITEM_TABLES
+}
+
+
+def _raw_items(raw: RawDataElement, spec: ItemTable, codec: str | None) -> Items:
+    """What :func:`_items` makes of a sequence still raw (the archive's header scan leaves the
+    sequences the index reads so), from its items' bytes without pydicom's reader; :class:`_Slow`
+    for anything it does not read exactly as pydicom would (an item with its own character set,
+    a VR other than the dictionary's, a value the fast path does not decode)."""
+    if codec is None or raw.VR not in (None, "SQ"):
+        raise _Slow
+    implicit = raw.is_implicit_VR
+    value = raw.value
+    try:
+        items = sequence_items(value, implicit)
+    except Unframed:
+        raise _Slow from None
+    if not items:
+        return None
+    out = []
+    for elements in items:
+        by_tag = {tag: (vr, length, start) for tag, vr, length, start in elements}
+        if _CHARSET_TAG in by_tag:
+            raise _Slow
+        values = {}
+        for column, tag, vr in _ITEM_ATTRIBUTES[spec.table]:
+            found = by_tag.get(tag)
+            if found is None:
+                values[column] = None
+                continue
+            element_vr, length, start = found
+            values[column] = _raw_text(
+                RawDataElement(BaseTag(tag), None if element_vr is None else element_vr.decode("ascii"), length,
+                               bytes(value[start:start + length]), start, implicit, True),
+                vr, codec,
+            )
+        if any(v is not None for v in values.values()):
+            out.append(values)
+    return out or None
+
+
 # Specific Character Sets whose text the fast path decodes with a Python codec,
 # as pydicom does for them; any other (code extensions, multi-byte, ...) goes
 # through pydicom.
@@ -719,8 +765,16 @@ def header_values(
             value = ""
         values[field_name] = value
     for spec, sequence_tag in _ITEM_TAGS:
-        present = spec.sequence in dataset if dataset is not None else sequence_tag in elements  # type: ignore[operator]
-        values[spec.field] = _items(full(), spec) if present else None
+        raw = get_item(sequence_tag)
+        if raw is None:
+            values[spec.field] = None
+        elif fast and isinstance(raw, RawDataElement):
+            try:
+                values[spec.field] = _raw_items(raw, spec, codec)
+            except _Slow:
+                values[spec.field] = _items(full(), spec)
+        else:
+            values[spec.field] = _items(full(), spec)
     values["specific_character_set"] = charset_text or None
     return values
 

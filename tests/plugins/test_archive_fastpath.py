@@ -161,14 +161,22 @@ def _header_datasets(draw):
                    draw(_text_value).encode("ascii") if False else None)
         element = ds[group << 16 | 0x1010]
         element.value = draw(_text_value) if element.VR in ("LO", "UT") else draw(st.binary(max_size=40))
+    charset = ds.get("SpecificCharacterSet")
+    kept_text = _text_value if charset is None else st.text(
+        alphabet=st.sampled_from("abcXYZ 09^-äöüßÉ" + ("山田語" if charset == "ISO_IR 192" else "")), max_size=16)
     for keyword in draw(st.lists(st.sampled_from(["ReferencedImageSequence", "DerivationCodeSequence",
                                                   "ReferencedStudySequence", "RequestAttributesSequence",
-                                                  "ProcedureCodeSequence"]), unique=True, max_size=3)):
+                                                  "ProcedureCodeSequence", "OtherPatientIDsSequence"]),
+                                 unique=True, max_size=3)):
         items = []
         for _ in range(draw(st.integers(0, 2))):
             item = Dataset()
             item.CodeValue = draw(_text_value)
             item.CodingSchemeDesignator = "DCM"
+            for kept in draw(st.lists(st.sampled_from(["CodeMeaning", "PatientID", "IssuerOfPatientID",
+                                                       "RequestedProcedureID", "AccessionNumber",
+                                                       "RequestedProcedureDescription"]), unique=True, max_size=3)):
+                setattr(item, kept, draw(kept_text))
             if draw(st.booleans()):  # a sequence inside an item
                 inner = Dataset()
                 inner.CodeMeaning = draw(_text_value)
@@ -223,22 +231,46 @@ def test_a_plain_image_header_is_found_by_the_scan_and_pydicom_does_not_read_it(
     assert expected["series_instance_uid"] == ds.SeriesInstanceUID
 
 
-@pytest.mark.parametrize("case", ["sequence the index reads", "unknown VR", "length past the end"])
+@pytest.mark.parametrize("case", ["unknown VR", "length past the end"])
 def test_what_the_scan_cannot_frame_is_left_to_pydicom(case):
     wanted, sequences = header_module._scan_sets(index.HEADER_KEYWORDS)
     _tags, last = header_module._header_tags(index.HEADER_KEYWORDS)
     ds = make_dataset(pixels=b"")
-    if case == "sequence the index reads":
-        ds.RequestAttributesSequence = [make_dataset(pixels=b"")]
-        data = encode(ds)
-    elif case == "unknown VR":
+    if case == "unknown VR":
         data = b"\x08\x00\x05\x00QQ\x00\x00" + encode(ds)
     else:
         data = encode(ds)[:-3]
     assert header_module.scan_header(data, True, False, wanted, last, sequences) is None
-    values = header_from_prefix(data, True, EXPLICIT_VR_LE)  # pydicom's answer
-    if case == "sequence the index reads":
-        assert values["request_attributes"] is not None
+    header_from_prefix(data, True, EXPLICIT_VR_LE)  # pydicom's answer, whatever it is: no exception
+
+
+@pytest.mark.parametrize("syntax", [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+@pytest.mark.parametrize("undefined_sequence, undefined_item", [(True, True), (True, False), (False, False)])
+def test_the_sequences_the_index_reads_are_found_by_the_scan_and_pydicom_does_not_read_the_header(
+        tmp_path, monkeypatch, syntax, undefined_sequence, undefined_item):
+    """Request Attributes Sequence is in most images a worklist scheduled; leaving the header to
+    pydicom's reader for it cost 222 us against 30 for a CT header (session 24)."""
+    from pydicom.sequence import Sequence
+
+    ds = make_dataset(charset="ISO_IR 192", patient_name="Müller^Jürgen", pixels=b"\x01\x02" * 5000)
+    for keyword, item in (("RequestAttributesSequence", {"RequestedProcedureID": "RP1", "AccessionNumber": "A1",
+                                                          "RequestedProcedureDescription": "Röntgen Thorax"}),
+                          ("ProcedureCodeSequence", {"CodeValue": "XR", "CodingSchemeDesignator": "LOCAL",
+                                                      "CodeMeaning": "Fuß"})):
+        first, second = make_dataset(pixels=b""), make_dataset(pixels=b"")
+        for one in (first, second):
+            for name, value in item.items():
+                setattr(one, name, value)
+            one.is_undefined_length_sequence_item = undefined_item
+        second.RequestedProcedureID = "RP2"
+        setattr(ds, keyword, Sequence([first, second]))
+        ds[keyword].is_undefined_length = undefined_sequence
+    data = encode(ds, syntax)
+    expected = _file_values(tmp_path, data, syntax)
+    assert [i["requested_procedure_id"] for i in expected["request_attributes"]] == ["RP1", "RP2"]
+    monkeypatch.setattr(header_module, "read_dataset", None)  # the fallback would now fail
+    assert header_from_prefix(data, True, syntax) == expected
+    assert header_from_prefix(data[:-5000], False, syntax) == expected  # from a prefix, pixel data to come
 
 
 # -- the header job ----------------------------------------------------------------------------

@@ -39,6 +39,9 @@ ratios of the medians of the same run set):
 
 * ``ct``         -- 200 CT instances on one association;
 * ``small``      -- 1000 small instances on one association;
+* ``small-seq``  -- the same with the Request Attributes and Procedure Code
+  Sequences a modality copies from its worklist (one item each; the index
+  keeps their items);
 * ``concurrent`` -- 8 storescu processes at once, one group of 50 CT each
   (aggregate: all bytes / time until the last one finishes);
 * ``nagle``      -- Nagle on: storescu *without* ``TCP_NODELAY``, to dimsekit
@@ -125,9 +128,12 @@ PYNETDICOM_STORESCP = (
 
 # ---------------------------------------------------------------- data sets
 
-def make_set(directory: Path, count: int, rows: int, tag: str) -> int:
-    """``count`` CT instances of rows x rows 16-bit pixels in ``directory``; return total bytes."""
+def make_set(directory: Path, count: int, rows: int, tag: str, sequences: bool = False) -> int:
+    """``count`` CT instances of rows x rows 16-bit pixels in ``directory``; return total bytes.
+    ``sequences``: each also carries the Request Attributes and Procedure Code Sequences a
+    modality copies from its worklist (one item each), as most images from a hospital do."""
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -164,6 +170,19 @@ def make_set(directory: Path, count: int, rows: int, tag: str) -> int:
         ds.PixelRepresentation = 0
         ds.RescaleIntercept = -1024
         ds.RescaleSlope = 1
+        if sequences:
+            request = Dataset()
+            request.RequestedProcedureID = "RP1"
+            request.ScheduledProcedureStepID = "SPS1"
+            request.AccessionNumber = "A1"
+            request.RequestedProcedureDescription = "CT Thorax"
+            request.StudyInstanceUID = study
+            ds.RequestAttributesSequence = Sequence([request])
+            code = Dataset()
+            code.CodeValue = "CTCHEST"
+            code.CodingSchemeDesignator = "LOCAL"
+            code.CodeMeaning = "CT Chest"
+            ds.ProcedureCodeSequence = Sequence([code])
         ds.PixelData = pixels
         path = directory / f"{tag}{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -332,7 +351,8 @@ def main() -> None:
     parser.add_argument("--nagle-ct", type=int, default=None, help="CT instances in the Nagle-on run (default 50)")
     parser.add_argument("--nagle-small", type=int, default=None, help="small instances in the Nagle-on run (default 100)")
     parser.add_argument("--receivers", default=",".join(RECEIVERS))
-    parser.add_argument("--skip", default="", help="comma list of scenarios to skip: ct,small,concurrent,nagle")
+    parser.add_argument("--skip", default="",
+                        help="comma list of scenarios to skip: ct,small,small-seq,concurrent,nagle")
     parser.add_argument("--tls", action="store_true",
                         help="every association over TLS (storescu +tls, certificates made for the run); "
                              "receivers dimsekit and dcmtk only")
@@ -361,6 +381,8 @@ def main() -> None:
         group_bytes = [make_set(d, per_group, 512, f"CT{g}") for g, d in enumerate(ct_groups)]
         small_dir = work / "small" / "all"
         small_bytes = make_set(small_dir, n_small, 16, "SM")
+        seq_dir = work / "small" / "seq"
+        seq_bytes = make_set(seq_dir, n_small, 16, "SQ", sequences=True)
         nagle_ct_dir, nagle_small_dir = work / "nagle" / "ct", work / "nagle" / "small"
         nagle_ct_bytes = make_set(nagle_ct_dir, nagle_ct, 512, "NC")
         nagle_small_bytes = make_set(nagle_small_dir, nagle_small, 16, "NS")
@@ -373,6 +395,7 @@ def main() -> None:
         scenarios: dict[str, tuple[list[str], list[list[Path]], int, int, bool]] = {
             "ct": (kinds, [ct_groups[:4]], 4 * per_group, sum(group_bytes[:4]), False),
             "small": (kinds, [[small_dir]], n_small, small_bytes, False),
+            "small-seq": (kinds, [[seq_dir]], n_small, seq_bytes, False),
             "concurrent": (kinds, [[d] for d in ct_groups], 8 * per_group, sum(group_bytes), False),
             "nagle-ct": ([k for k in kinds if k in nagle_kinds], [[nagle_ct_dir]], nagle_ct, nagle_ct_bytes, True),
             "nagle-small": ([k for k in kinds if k in nagle_kinds], [[nagle_small_dir]], nagle_small,
@@ -431,6 +454,7 @@ def main() -> None:
     titles = {
         "ct": "CT 512x512x16, one association",
         "small": "small instances, one association",
+        "small-seq": "small instances with a worklist's sequences, one association",
         "concurrent": "8 concurrent senders x CT (aggregate)",
         "nagle-ct": "Nagle on (storescu as shipped): CT",
         "nagle-small": "Nagle on (storescu as shipped): small",

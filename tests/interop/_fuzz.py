@@ -305,11 +305,17 @@ IMAGE_BOX_ATTRIBUTES = [
 CT_INSTANCE = [
     (0x00080005, "CS", None), (0x00080016, "UI", None), (0x00080018, "UI", None), (0x00080020, "DA", None),
     (0x00080030, "TM", None), (0x00080050, "SH", None), (0x00080060, "CS", None), (0x00080090, "PN", None),
-    (0x00081030, "LO", None), (0x00100010, "PN", None), (0x00100020, "LO", None), (0x00100030, "DA", None),
-    (0x00100040, "CS", None), (0x0020000D, "UI", None), (0x0020000E, "UI", None), (0x00200011, "IS", None),
+    (0x00081030, "LO", None), (0x00081032, "SQ", _CODE), (0x00100010, "PN", None), (0x00100020, "LO", None),
+    (0x00100030, "DA", None), (0x00100040, "CS", None),
+    (0x00101002, "SQ", [(0x00100020, "LO", None), (0x00100021, "LO", None), (0x00100022, "CS", None)]),
+    (0x0020000D, "UI", None), (0x0020000E, "UI", None), (0x00200011, "IS", None),
     (0x00200013, "IS", None), (0x00280002, "US", None), (0x00280004, "CS", None), (0x00280010, "US", None),
     (0x00280011, "US", None), (0x00280100, "US", None), (0x00280101, "US", None), (0x00280102, "US", None),
-    (0x00280103, "US", None), (0x7FE00010, "OW", None),
+    (0x00280103, "US", None),
+    # the sequences the archive's index keeps, item by item (its header scan reads them)
+    (0x00400275, "SQ", [(0x0020000D, "UI", None), (0x00080050, "SH", None), (0x00321060, "LO", None),
+                        (0x00400009, "SH", None), (0x00400007, "LO", None), (0x00401001, "SH", None)]),
+    (0x7FE00010, "OW", None),
 ]
 
 

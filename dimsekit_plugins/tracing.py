@@ -62,6 +62,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.uid import UID
 from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
@@ -279,7 +280,8 @@ class RequestSpans:
         attributes: dict[str, Any] = {"dicom.command": name, "dicom.message_id": int(command.get("MessageID", 0))}
         if sop_class:
             attributes["dicom.sop_class_uid"] = sop_class
-            label = UID(sop_class).name
+            # not validated: a refused request's command set may hold anything (pydicom would warn)
+            label = UID(sop_class, validation_mode=pydicom_config.IGNORE).name
             if label and label != sop_class:
                 attributes["dicom.sop_class"] = label
         if context is not None:

@@ -324,6 +324,20 @@ def _even(uid: str) -> bytes:
     return data + b"\0" if len(data) % 2 else data
 
 
+def clean_query(level: str) -> bytes:
+    """A query at ``level`` with nothing damaged: the level and universal keys of it."""
+    from pydicom.dataset import Dataset
+
+    from dimsekit.datasets import encode_dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    ds.PatientID = ""
+    if level != "PATIENT":
+        ds.StudyInstanceUID = ""
+    return encode_dataset(ds, IMPLICIT)
+
+
 def valid_ct(fuzzer: Fuzzer, study: str, series: str, sop: str) -> bytes:
     from pydicom.dataset import Dataset
 
@@ -444,6 +458,8 @@ async def main(reactor: Any, port: int, seed: int, count: int) -> dict[str, Any]
             else:
                 level = r.choice(["PATIENT", "STUDY", "STUDY", "SERIES", "IMAGE"])
                 payload = fuzzer.dataset(query_at(level), {0x00080052: level.encode() + b" " * (len(level) % 2)})
+                if r.random() < 0.1:  # an undamaged query too, so that every seed has some that succeed
+                    payload = clean_query(level)
             status = await send(model, command, payload, model)
         elif kind == "store":
             sop = fuzzer.uid() if r.random() < 0.9 else target

@@ -215,6 +215,25 @@ class TracingTests(LoopbackTestCase):
         self.assertEqual(made.attributes["dicom.message_id"], 0)
         self.assertNotIn("dicom.sop_class_uid", made.attributes)
 
+    async def test_a_refused_command_set_whose_sop_class_is_no_uid_makes_no_pydicom_warning(self):
+        # pydicom's UID() validates and warns: a log line without its context in the node's log
+        import warnings
+
+        ae, port = await self.serve(Services(), tracing)
+        self.assertTrue(tracing.observe_associations(ae))
+        assoc = await self.connect(port, [VERIFICATION])
+        (acceptor,) = [a for a in ae.tracker.associations if not a.is_requestor]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            acceptor._tell("request_refused", {"CommandField": 0x0001, "MessageID": 3,
+                                               "AffectedSOPClassUID": "\x01\x02\x03"}, None, 0x0212, {})
+        self.assertEqual(len(acceptor.observers), 1)  # the observer did not fail
+        await within(assoc.release())
+        await self.ended(1)
+        (made,) = self.spans("C-STORE")
+        self.assertEqual(made.attributes["dicom.sop_class_uid"], "\x01\x02\x03")
+        self.assertNotIn("dicom.sop_class", made.attributes)
+
     async def test_the_instance_uid_when_asked_for(self):
         tracing._settings = tracing.TracingSettings(instance_uids=True)
         services = Services()

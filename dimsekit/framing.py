@@ -19,7 +19,8 @@ length on an element that cannot have one, a stray delimiter) gets no verdict,
 and the data set goes on as before; so do fewer than 8 zero bytes after the last
 element (padding).  A data set is said to be truncated only when a header or a
 value provably runs past the end of the bytes, or an undefined-length sequence
-has no delimiter before it.
+has no delimiter: the bytes end first, or an element stands where its next item
+or its delimiter belongs (readers then take the rest of the data set for items).
 """
 
 from __future__ import annotations
@@ -164,7 +165,10 @@ class _Walk:
             if tag == SEQUENCE_END:
                 return pos
             if tag != ITEM:
-                raise Unframed
+                # An element where the next item or the delimiter belongs: the sequence lost its
+                # end (its delimiter), and a reader takes what follows for items -- garbage.
+                raise _Short(f"the sequence {_tag_text(owner)} has no end: {_tag_text(tag)} at offset "
+                             f"{pos - 8} stands where its next item or its Sequence Delimitation Item belongs")
             if length == UNDEFINED:
                 pos = self.elements(pos, end, implicit, depth, until_item_end=True)
             elif pos + length > end:
@@ -246,7 +250,8 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     """What cuts the little endian data set of ``total`` bytes short, or None.
 
     :param data: the data set's first bytes (all of it, or a prefix: see ``read``).
-    :param implicit: implicit VR (else explicit VR).
+    :param implicit: implicit VR (else explicit VR), as the transfer syntax says; from the start,
+        the first element's VR decides, as it does for pydicom's reader.
     :param start: where an element starts from which to check (an earlier scan framed the rest).
     :param read: ``read(offset, size)`` gives the bytes at ``offset`` past ``data`` (fewer at the
         end); None when ``data`` is all there is.
@@ -255,6 +260,11 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     """
     buf = memoryview(data)
     have = min(len(buf), total)
+    if start == 0 and have >= 6:
+        # As pydicom reads it: a data set whose first element's VR is not two capital letters
+        # is read as implicit VR whatever its transfer syntax says, and one whose first element's
+        # is, as explicit VR (a sender's mistake that every reader of the file will make too).
+        implicit = not (0x40 < buf[4] < 0x5B and 0x40 < buf[5] < 0x5B)
     pos = _fast(buf, have, start, implicit)
     if pos == total:
         return None

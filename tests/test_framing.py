@@ -161,3 +161,31 @@ def test_the_check_reads_only_headers_through_its_reader():
     assert truncation(encoded[:200], len(encoded), implicit=False, read=read) is None
     assert sum(size for _, size in asked) <= 4 * 8  # item headers only, never the 100 KB of fragments
     assert truncation(encoded[:200], len(encoded) - 1, implicit=False, read=read) is not None
+
+
+@pytest.mark.parametrize("declared, written", [(EXPLICIT, IMPLICIT), (IMPLICIT, EXPLICIT)])
+def test_a_data_set_in_the_other_vr_encoding_is_walked_as_pydicom_reads_it(declared, written):
+    # a sender whose data set is not in its context's transfer syntax: pydicom reads it in the
+    # encoding its first element shows, and so does the check (a cut was missed, no verdict)
+    ds = Dataset()
+    ds.Modality = "CT"
+    ds.ReferencedImageSequence = Sequence([Dataset()])  # the last element: cut, it has no end
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    encoded = encode_dataset(ds, written)
+    declared_implicit = declared == IMPLICIT
+    assert truncation(encoded, len(encoded), implicit=declared_implicit) is None
+    said = truncation(encoded[:-8], len(encoded) - 8, implicit=declared_implicit)
+    assert said is not None and said.startswith("the sequence (0008,1140) has no end")
+
+
+def test_an_undefined_length_sequence_whose_delimiter_is_missing_before_the_next_element():
+    # (0008,1032) with one item, its Sequence Delimitation Item gone, then Patient's Name:
+    # pydicom takes Patient's Name and what follows for items, and fails further on
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x08\x00\x00\x01SH\x02\x00XR" + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    data = b"\x08\x00\x32\x10SQ\x00\x00\xff\xff\xff\xff" + item + b"\x10\x00\x10\x00PN\x04\x00DOE "
+    assert truncation(data, len(data), implicit=False) == (
+        "the sequence (0008,1032) has no end: (0010,0010) at offset 38 stands where its next item or its "
+        "Sequence Delimitation Item belongs")
+    whole = data[:38] + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + data[38:]
+    assert truncation(whole, len(whole), implicit=False) is None
+

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import dcmread
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -706,7 +707,7 @@ def test_the_cut_short_check_from_where_the_scan_framed_agrees_with_one_from_the
         for element in ds:
             fp = DicomBytesIO()
             fp.is_implicit_VR, fp.is_little_endian = syntax == IMPLICIT_VR_LE, True
-            write_data_element(fp, element)
+            write_data_element(fp, element, encodings=convert_encodings(ds.get("SpecificCharacterSet")))
             pos += len(fp.getvalue())
             boundaries.add(pos)
         assert framed[0] in boundaries

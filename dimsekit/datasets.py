@@ -56,6 +56,7 @@ __all__ = [
     "readable_part",
     "file_truncation",
     "truncation_in_file",
+    "dataset_truncation",
     "is_several",
     "values_of",
     "json_dict",
@@ -524,10 +525,25 @@ def file_truncation(info: Part10Info, *, prefix: int = 65536) -> str | None:
 def truncation_in_file(path: str | Path, offset: int, length: int, transfer_syntax: str, *,
                        prefix: int = 65536) -> str | None:
     """What cuts short the data set of ``length`` bytes at ``offset`` in the file at ``path``, in
-    ``transfer_syntax``, or None (no verdict for a big endian or deflated one). Reads the first
-    ``prefix`` bytes of the data set, then only element headers past them.
+    ``transfer_syntax``, or None (:func:`dataset_truncation`). Reads the first ``prefix`` bytes of
+    the data set, then only element headers past them.
 
     :raises OSError: the file cannot be read.
+    """
+    with Path(path).open("rb") as f:
+        f.seek(offset)
+        head = f.read(min(prefix, length))
+        fd = f.fileno()
+        return dataset_truncation(head, length, transfer_syntax, lambda at, size: os.pread(fd, size, offset + at))
+
+
+def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: str,
+                       read: Callable[[int, int], bytes] | None = None, start: int = 0) -> str | None:
+    """What cuts short a data set of ``size`` bytes in ``transfer_syntax`` -- a value or a sequence
+    that runs past its end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big
+    endian, deflated or unknown transfer syntax). ``prefix`` holds its first bytes,
+    ``read(offset, size)`` the rest (None: no verdict when ``prefix`` is not all of it);
+    ``start``: where an earlier scan's framing ended.
     """
     from dimsekit.framing import truncation
 
@@ -537,11 +553,11 @@ def truncation_in_file(path: str | Path, offset: int, length: int, transfer_synt
         return None
     if not little or transfer_syntax == DEFLATED:
         return None
-    with Path(path).open("rb") as f:
-        f.seek(offset)
-        head = f.read(min(prefix, length))
-        fd = f.fileno()
-        return truncation(head, length, implicit=implicit, read=lambda at, size: os.pread(fd, size, offset + at))
+    if size <= len(prefix):
+        read = None
+    elif read is None:
+        return None
+    return truncation(prefix, size, implicit=implicit, read=read, start=start)
 
 
 class _Inflating(io.RawIOBase):

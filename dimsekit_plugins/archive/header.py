@@ -22,7 +22,6 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from dimsekit import framing
-from dimsekit.framing import truncation
 from dimsekit_plugins.archive import index
 
 
@@ -156,7 +155,7 @@ _int_gt = int.__gt__
 
 
 @functools.lru_cache(maxsize=64)
-def syntax_flags(transfer_syntax: str) -> tuple[bool, bool, bool]:
+def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
     """(a transfer syntax whose data set pydicom reads from the bytes as they are -- not deflated,
     little endian, implicit VR)."""
     syntax = UID(transfer_syntax)
@@ -186,7 +185,7 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str,
     syntax, or when pydicom cannot read them -- the caller then reads the file,
     which also gives the authoritative error.  ``framed``: see :func:`scan_header`.
     """
-    readable, little_endian, implicit = syntax_flags(transfer_syntax)
+    readable, little_endian, implicit = _syntax(transfer_syntax)
     if not readable:
         return None
     tags, last = _header_tags(index.HEADER_KEYWORDS)
@@ -210,20 +209,3 @@ def header_from_prefix(prefix: bytes, complete: bool, transfer_syntax: str,
         return index.header_values(dataset)
     except Exception:
         return None
-
-
-def data_set_cut_short(prefix: bytes | bytearray, size: int, transfer_syntax: str,
-                       read: Callable[[int, int], bytes] | None, start: int = 0) -> str | None:
-    """What cuts short a data set of ``size`` bytes -- a value or a sequence that runs past its
-    end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big endian or deflated
-    one). ``prefix`` holds its first bytes; ``read(offset, size)`` the rest (None: no verdict
-    when ``prefix`` is not all of it); ``start``: where the header scan's framing ended."""
-    readable, little_endian, implicit = syntax_flags(transfer_syntax)
-    if not readable or not little_endian:
-        return None
-    if size <= len(prefix):
-        read = None
-    elif read is None:
-        return None
-    return truncation(prefix, size, implicit=implicit, read=read, start=start)
-

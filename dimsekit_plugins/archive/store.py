@@ -106,6 +106,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 import dimsekit
+from dimsekit.datasets import dataset_truncation
 from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
@@ -119,7 +120,7 @@ from dimsekit_plugins.archive.errors import (
     DuplicateRejected,
     OutOfResources,
 )
-from dimsekit_plugins.archive.header import HeaderJob, data_set_cut_short, header_from_prefix
+from dimsekit_plugins.archive.header import HeaderJob, header_from_prefix
 from dimsekit_plugins.archive.journal import Journal, replay
 from dimsekit_plugins.archive.layout import (
     INCOMING,
@@ -410,11 +411,11 @@ class IncomingInstance:
                 header.run()  # the scan: ~30 us for an image header
 
     def cut_short(self) -> str | None:
-        """What cuts the data set short, or None (:func:`~dimsekit_plugins.archive.header.data_set_cut_short`):
+        """What cuts the data set short, or None (:func:`~dimsekit.datasets.dataset_truncation`):
         the commit's worker, once the data set is all in the file or the prefix."""
         fd, base = self._fd, self.header_length
         read = None if fd is None else (lambda offset, size: os.pread(fd, size, base + offset))
-        return data_set_cut_short(self._prefix, self.size, self.transfer_syntax, read,
+        return dataset_truncation(self._prefix, self.size, self.transfer_syntax, read,
                                   self._framed[-1] if self._framed else 0)
 
     def __repr__(self) -> str:

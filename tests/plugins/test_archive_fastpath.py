@@ -24,6 +24,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRBigEndian, generate_uid
 from twisted.logger import formatEvent
 
+from dimsekit.datasets import dataset_truncation
 from dimsekit_plugins.archive import Archive, OutOfResources, index
 from dimsekit_plugins.archive import header as header_module
 from dimsekit_plugins.archive import store as store_module
@@ -715,5 +716,5 @@ def test_the_cut_short_check_from_where_the_scan_framed_agrees_with_one_from_the
     def read(offset: int, length: int) -> bytes:
         return data[offset:min(offset + length, size)]
 
-    from_scan = header_module.data_set_cut_short(prefix, size, syntax, read, framed[-1] if framed else 0)
-    assert from_scan == header_module.data_set_cut_short(data[:size], size, syntax, None)
+    from_scan = dataset_truncation(prefix, size, syntax, read, framed[-1] if framed else 0)
+    assert from_scan == dataset_truncation(data[:size], size, syntax, None)

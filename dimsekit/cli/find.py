@@ -298,10 +298,10 @@ class JsonWriter:
 class DirectoryWriter:
     """Writes each match as a DICOM file ``rsp0001.dcm``, ... (like findscu -X -od).
 
-    A match is written in the transfer syntax it came in, so that its values go out
-    as the peer sent them, unread: a value pydicom cannot read (a damaged sequence) is
-    still in the file. A match that cannot be written at all is said on ``err`` and
-    leaves no file.
+    A match is written in the transfer syntax it came in. pydicom reads every value as it
+    writes, so a match with a value it cannot read (a damaged sequence) is written without
+    that value, and ``err`` is told which; one that cannot be written at all is said on
+    ``err`` and leaves no file.
     """
 
     def __init__(self, directory: str | Path, sop_class: str, err: IO[str] | None = None) -> None:

@@ -18,8 +18,11 @@ response, for the SCP's N-EVENT-REPORT with that Transaction UID:
   selection for the Storage Commitment Push Model SOP Class, taking the SCU
   role (the SCP must propose it: PS3.7 D.3.3.4).
 
+Files that carry one SOP Instance UID (copies, one instance in several
+transfer syntaxes) are one reference, and stderr says so.
+
 Output: a line per instance, ``committed`` or ``failed`` with the Failure
-Reason, and a count.  Exit status 0 when the N-ACTION succeeded and (with
+Reason and its files, and a count.  Exit status 0 when the N-ACTION succeeded and (with
 --wait) every instance is committed; 1 when any failed, no report came in
 time, the N-ACTION was refused, or on rejection, abort or a refused
 connection (a one-line reason on stderr); 2 on bad arguments or when no
@@ -183,6 +186,9 @@ def run(reactor: Any, args: argparse.Namespace):
         return 2
     if problems:
         return 1
+    for path, first in _duplicates(references):
+        print(f"dimsekit commit: {path}: the same SOP Instance UID as {first}; one reference for both",
+              file=sys.stderr)
     transaction_uid = args.transaction or str(generate_uid())
     waiter = ReportWaiter(transaction_uid)
     ae = _make_ae(reactor, args, waiter)
@@ -220,7 +226,8 @@ def _commit(reactor: Any, args: argparse.Namespace, ae: ApplicationEntity, waite
     action = Dataset()
     action.TransactionUID = waiter.transaction_uid
     items = []
-    for sop_class, sop_instance, _path in references:
+    unique = {sop_instance: sop_class for sop_class, sop_instance, _path in reversed(references)}
+    for sop_instance, sop_class in reversed(unique.items()):
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = sop_instance
@@ -232,7 +239,8 @@ def _commit(reactor: Any, args: argparse.Namespace, ae: ApplicationEntity, waite
         )
     except Exception:
         return fail("commit", Failure())
-    line = f"N-ACTION Request Storage Commitment ({len(references)} instance(s)), Transaction UID {waiter.transaction_uid}"
+    counted = f"{len(items)} instance(s)" + (f" in {len(references)} files" if len(items) != len(references) else "")
+    line = f"N-ACTION Request Storage Commitment ({counted}), Transaction UID {waiter.transaction_uid}"
     if category(response.status) not in (Category.SUCCESS, Category.WARNING):
         comment = response.command.get("ErrorComment")
         print(f"dimsekit commit: {line}: {describe(response.status)}" + (f" ({comment})" if comment else ""),
@@ -286,8 +294,23 @@ def _until_ended(reactor: Any, association: Any, timeout: float):
         yield task.deferLater(reactor, 0.02, lambda: None)
 
 
+def _duplicates(references: list[tuple[str, str, Path]]) -> list[tuple[Path, Path]]:
+    """(file, the first file with its SOP Instance UID) of each file whose UID an earlier one has."""
+    first: dict[str, Path] = {}
+    found = []
+    for _c, sop_instance, path in references:
+        if sop_instance in first:
+            found.append((path, first[sop_instance]))
+        else:
+            first[sop_instance] = path
+    return found
+
+
 def _print_report(event_type: int, report: Dataset | None, references: list[tuple[str, str, Path]]) -> int:
-    files = {sop_instance: path for _c, sop_instance, path in references}
+    named: dict[str, list[str]] = {}
+    for _c, sop_instance, path in references:
+        named.setdefault(sop_instance, []).append(str(path))
+    files = {sop_instance: ", ".join(paths) for sop_instance, paths in named.items()}
     committed = [
         str(item.get("ReferencedSOPInstanceUID", ""))
         for item in (report.get("ReferencedSOPSequence", []) if report is not None else []) or []

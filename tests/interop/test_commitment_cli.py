@@ -29,9 +29,15 @@ def test_commit_against_the_node_both_ways(tmp_path: Path):
         sent = run([*DIMSEKIT_CLI, "store", "127.0.0.1", str(node.port), "-aec", "DIMSEKIT", str(stored)])
         assert sent.returncode == 0, sent.stdout + sent.stderr
         common = ["127.0.0.1", str(node.port), "-aec", "DIMSEKIT", "-to", "10"]
-        same = run([*DIMSEKIT_CLI, "commit", *common, str(stored), "--wait"], timeout=30)
+        copy = tmp_path / "copy.dcm"  # the same instance twice: one reference
+        copy.write_bytes(stored.read_bytes())
+        same = run([*DIMSEKIT_CLI, "commit", *common, str(stored), str(copy), "--wait"], timeout=30)
         assert same.returncode == 0, same.stdout + same.stderr
+        assert "(1 instance(s) in 2 files)" in same.stdout
+        assert f"{copy}: the same SOP Instance UID as {stored}; one reference for both" in same.stderr
+        assert f"committed  {_uid(stored)}  {stored}, {copy}" in same.stdout
         assert "Event Type 1: 1 committed, 0 failed" in same.stdout
+        node.wait_log(r"storage commitment .* requested by DIMSEKIT: 1 instance\(s\)")
         back = run([*DIMSEKIT_CLI, "commit", *common, "-aet", "COMMITCLI", "--port", str(listen),
                     str(stored), str(missing)], timeout=30)
         assert back.returncode == 1, back.stdout + back.stderr

@@ -91,3 +91,17 @@ def test_report_printing_and_exit_status(capsys):
     assert "failed     1.2  0x0119 Class / Instance conflict  b.dcm" in out
     assert "unanswered 1.3  c.dcm" in out
     assert "1 committed, 1 failed, 1 not in the report" in out
+
+
+def test_files_with_one_sop_instance_uid_are_one_reference_and_the_report_names_them_all(capsys):
+    # found against Orthanc: three copies of one instance (MR_small in three transfer syntaxes) were
+    # three references, and the report named the last file three times
+    from dimsekit.cli.commit import _duplicates
+
+    refs = [(CT, "1.1", Path("a.dcm")), (CT, "1.2", Path("b.dcm")), (CT, "1.1", Path("c.dcm"))]
+    assert _duplicates(refs) == [(Path("c.dcm"), Path("a.dcm"))]
+    report = Dataset()
+    report.ReferencedSOPSequence = [_item("1.1"), _item("1.2")]
+    assert _print_report(1, report, refs) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["committed  1.1  a.dcm, c.dcm", "committed  1.2  b.dcm", "Event Type 1: 2 committed, 0 failed"]

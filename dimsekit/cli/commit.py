@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ from twisted.python.failure import Failure
 from dimsekit.ae import ApplicationEntity
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
-from dimsekit.cli.store import collect_files
-from dimsekit.datasets import DatasetError, first_int, part10_info
+from dimsekit.cli.store import collect_files, command_uids
+from dimsekit.datasets import DatasetError, dataset_uids, first_int, part10_info
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import is_valid_uid
@@ -87,18 +88,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- input ---------------------------------------------------------------------------------------
 
 
-def read_references(paths: list[str], recurse: bool = False) -> tuple[list[tuple[str, str, Path]], list[str]]:
-    """(SOP Class UID, SOP Instance UID, file) of each DICOM file; and the problems found."""
+def read_references(paths: list[str], recurse: bool = False, warn: Callable[[str], object] | None = None,
+                    ) -> tuple[list[tuple[str, str, Path]], list[str]]:
+    """(SOP Class UID, SOP Instance UID, file) of each DICOM file; and the problems found.
+
+    The UIDs are the data set's, as ``dimsekit store`` sends them and an SCP stores the
+    instance under them; ``warn(text)`` is told when the File Meta Information says
+    otherwise (found against Orthanc: pydicom's ``rtplan.dcm`` has a Media Storage SOP
+    Instance UID of its own, and its commitment failed for an instance stored under the
+    data set's)."""
     files, missing = collect_files(paths, recurse)
     problems = [f"{m.path}: {m.reason}" for m in missing]
     references: list[tuple[str, str, Path]] = []
     for path, named in files:
         try:
             info = part10_info(path)
-            references.append((info.sop_class_uid, info.sop_instance_uid, path))
-            continue
         except DatasetError as exc:
             error = str(exc)
+        else:
+            try:
+                found: tuple[str | None, str | None] | str = dataset_uids(info)
+            except DatasetError as exc:
+                found = str(exc).removeprefix(f"{path}: ")
+            except OSError as exc:
+                found = f"cannot read the data set: {exc.strerror or exc}"
+            info, warning = command_uids(info, found)
+            if warning is not None and warn is not None:
+                warn(f"{path}: {warning}")
+            references.append((info.sop_class_uid, info.sop_instance_uid, path))
+            continue
         try:  # a data set without File Meta Information
             from pydicom import dcmread
 
@@ -178,7 +196,8 @@ def run(reactor: Any, args: argparse.Namespace):
     if args.listen_port is not None and not 0 < args.listen_port < 65536:
         print(f"dimsekit commit: --port {args.listen_port} is not a TCP port", file=sys.stderr)
         return 2
-    references, problems = read_references(args.paths, args.recurse)
+    references, problems = read_references(
+        args.paths, args.recurse, warn=lambda text: print(f"dimsekit commit: warning: {text}", file=sys.stderr))
     for problem in problems:
         print(f"dimsekit commit: {problem}", file=sys.stderr)
     if not references:

@@ -105,3 +105,21 @@ def test_files_with_one_sop_instance_uid_are_one_reference_and_the_report_names_
     assert _print_report(1, report, refs) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == ["committed  1.1  a.dcm, c.dcm", "committed  1.2  b.dcm", "Event Type 1: 2 committed, 0 failed"]
+
+
+def test_the_data_sets_uids_are_referenced_when_the_file_meta_says_otherwise(tmp_path):
+    # found against Orthanc: pydicom's rtplan.dcm has a Media Storage SOP Instance UID other than
+    # its data set's; an SCP stores it under the data set's (dimsekit store sends that one), and a
+    # reference to the File Meta's failed 0112
+    path = tmp_path / "a.dcm"
+    uid = write(path)
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+    ds.save_as(path)  # as read: preamble and File Meta kept, this one's UID too
+    said: list[str] = []
+    found, problems = read_references([str(path)], warn=said.append)
+    assert found == [(CT, uid, path)] and problems == []
+    assert said == [f"{path}: File Meta Information's Media Storage SOP Instance UID 1.2.3.999 is not the data "
+                    f"set's SOP Instance UID {uid}: the data set's is sent"]

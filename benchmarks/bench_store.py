@@ -32,6 +32,11 @@ and stopped by its PID afterwards, whatever happens:
   writes is fsynced as it is closed, then its directory, before storescp
   answers -- a C receiver at the durability dimsekit's archive gives (not
   its atomicity: storescp writes under the final name).
+* ``orthanc`` -- (only when asked for) ``/usr/sbin/Orthanc`` as a Debian
+  package ships it (``apt-get install orthanc``), storing into ``DIR``
+  (files and its SQLite index, no compression), ``TCP_NODELAY=1`` (its
+  network layer is DCMTK's): an archive like the node's, with a database,
+  as a hospital runs it.  It does not fsync what it stores.
 
 Scenarios (each run visits every receiver in turn, so that a noisy
 neighbour slows them alike; figures are medians over runs, ratios are
@@ -85,6 +90,7 @@ files as were sent.  Results: ``benchmarks/results/store.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -116,6 +122,7 @@ from _harness import (  # noqa: E402
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MB = 1e6
 RECEIVERS = ("dimsekit", "pynetdicom", "dcmtk")
+ORTHANC = "/usr/sbin/Orthanc"
 
 # pynetdicom's storescp app with TCP_NODELAY patched on (see pynetdicom_scp.py).
 PYNETDICOM_STORESCP = (
@@ -226,6 +233,17 @@ def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: 
             env["LD_PRELOAD"] = str(fsync_preload(out.parent))
         tls_args = [] if tls is None else ["+tls", str(tls.server_key), str(tls.server_cert), "+cf", str(tls.ca)]
         return servers.start(name, [dcmtk("storescp"), *tls_args, "-od", str(out), str(port)], port, env=env)
+    if kind == "orthanc":
+        if tls is not None:
+            raise SystemExit("the orthanc receiver has no TLS set-up here: leave it out of --tls runs")
+        config = out.parent / f"{out.name}.orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "bench", "StorageDirectory": str(out), "IndexDirectory": str(out),
+            "StorageCompression": False, "DicomPort": port, "DicomAet": "ANY-SCP",
+            "HttpPort": free_port(), "RemoteAccessAllowed": False, "Plugins": [],
+        }))
+        env = {} if nagle else {"TCP_NODELAY": "1"}
+        return servers.start(name, [ORTHANC, str(config)], port, env=env)
     raise SystemExit(f"unknown receiver {kind!r}")
 
 
@@ -243,7 +261,7 @@ def fsync_preload(directory: Path) -> Path:
 
 def stored_files(kind: str, out: Path) -> int:
     """How many instance files the receiver holds."""
-    if kind.startswith("dimsekit"):  # the archive: instance files anywhere under the data dir
+    if kind.startswith("dimsekit") or kind == "orthanc":  # archives: instance files anywhere under the dir
         return sum(1 for p in out.rglob("*") if p.is_file() and _is_part10(p))
     return sum(1 for p in out.iterdir() if p.is_file())
 

@@ -49,6 +49,26 @@ def twistd() -> str:
     return found
 
 
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+def orthanc(out: Path, port: int, *, overwrite: bool = False) -> list[str]:
+    """The command of an Orthanc (the Debian package's) that stores into ``out`` -- its files and
+    its SQLite index, no compression -- and listens for DICOM on ``port`` as ANY-SCP (its REST API
+    on another free port, localhost only).  ``overwrite``: an instance sent again is stored again
+    (Orthanc otherwise keeps the first copy and only reads the new one)."""
+    if not ORTHANC.exists():
+        raise SystemExit(f"Orthanc is missing at {ORTHANC} (apt-get install orthanc)")
+    out.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "bench", "StorageDirectory": str(out), "IndexDirectory": str(out), "StorageCompression": False,
+        "DicomPort": port, "DicomAet": "ANY-SCP", "HttpPort": free_port(), "RemoteAccessAllowed": False,
+        "Plugins": [], "OverwriteInstances": overwrite,
+    }))
+    return [str(ORTHANC), str(config)]
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:

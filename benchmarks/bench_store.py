@@ -90,7 +90,6 @@ files as were sent.  Results: ``benchmarks/results/store.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -110,6 +109,7 @@ from _harness import (  # noqa: E402
     fmt,
     free_port,
     median,
+    orthanc,
     prefault,
     save,
     settle,
@@ -122,7 +122,6 @@ from _harness import (  # noqa: E402
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MB = 1e6
 RECEIVERS = ("dimsekit", "pynetdicom", "dcmtk")
-ORTHANC = "/usr/sbin/Orthanc"
 
 # pynetdicom's storescp app with TCP_NODELAY patched on (see pynetdicom_scp.py).
 PYNETDICOM_STORESCP = (
@@ -236,14 +235,8 @@ def start_receiver(servers: Servers, kind: str, port: int, out: Path, *, nagle: 
     if kind == "orthanc":
         if tls is not None:
             raise SystemExit("the orthanc receiver has no TLS set-up here: leave it out of --tls runs")
-        config = out.parent / f"{out.name}.orthanc.json"
-        config.write_text(json.dumps({
-            "Name": "bench", "StorageDirectory": str(out), "IndexDirectory": str(out),
-            "StorageCompression": False, "DicomPort": port, "DicomAet": "ANY-SCP",
-            "HttpPort": free_port(), "RemoteAccessAllowed": False, "Plugins": [],
-        }))
         env = {} if nagle else {"TCP_NODELAY": "1"}
-        return servers.start(name, [ORTHANC, str(config)], port, env=env)
+        return servers.start(name, orthanc(out, port), port, env=env)
     raise SystemExit(f"unknown receiver {kind!r}")
 
 

@@ -32,6 +32,9 @@ Receivers, each in its own process on a free 127.0.0.1 port, stopped by PID:
 * ``dimsekit@DIR`` -- sender *and* receiver run from another source tree
   (``PYTHONPATH=DIR``), e.g. a copy of the code before a change: before/after
   in the same run;
+* ``orthanc`` -- the Debian package's Orthanc (``apt-get install orthanc``),
+  storing into its files and SQLite index (``OverwriteInstances``: each run
+  stores the instance again), ``TCP_NODELAY=1``;
 * ``pynetdicom`` -- ``pynetdicom_scp.py --store``: pynetdicom's default,
   the data set kept in memory, handler checks the size
   (``pynetdicom-chunked``: ``_config.STORE_RECV_CHUNKED_DATASET``, to a file).
@@ -79,6 +82,7 @@ from _harness import (  # noqa: E402
     fmt,
     free_port,
     median,
+    orthanc,
     prefault,
     save,
     settle,
@@ -171,6 +175,9 @@ def start_receiver(
         if max_pdu:
             argv[1:1] = ["--max-pdu", str(max_pdu)]
         return servers.start(f"store-{kind}", argv, port, env={"TCP_NODELAY": "1"})
+    if kind == "orthanc":
+        out = (spool or workdir) / "dimsekit-bench-orthanc"
+        return servers.start(f"store-{kind}", orthanc(out, port, overwrite=True), port, env={"TCP_NODELAY": "1"})
     if kind in ("pynetdicom", "pynetdicom-chunked"):
         argv = [sys.executable, str(HERE / "pynetdicom_scp.py"), str(port), "--store"]
         if kind.endswith("chunked"):
@@ -219,7 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="one large C-STORE: MiB/s and peak RSS")
     parser.add_argument("--size", default="1G", help="file size, e.g. 1G, 200M (default 1G)")
     parser.add_argument("--receivers", default="dimsekit",
-                        help="comma list of dimsekit,dimsekit-node,dcmtk,pynetdicom,pynetdicom-chunked, dimsekit@DIR, dimsekit-node@DIR")
+                        help="comma list of dimsekit,dimsekit-node,dcmtk,orthanc,pynetdicom,pynetdicom-chunked, dimsekit@DIR, dimsekit-node@DIR")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--max-pdu", type=int, default=None, help="Maximum Length Received of both sides (default: each one's own)")
     parser.add_argument("--spool-dir", default=None,
@@ -235,6 +242,7 @@ def main() -> None:
         temp_dir("dimsekit-store-") as workdir,
         _removed(dcmtk_out(workdir, spool) if spool else None),
         _removed(node_data(workdir, spool) if spool else None),
+        _removed(spool / "dimsekit-bench-orthanc" if spool else None),
     ):
         path = workdir / "large.dcm"
         started = time.perf_counter()

@@ -46,11 +46,12 @@ from zope.interface import implementer
 
 from dimsekit.datasets import decode_dataset
 from dimsekit.dimse import status as dimse_status
-from dimsekit.dimse.codec import CommandError, encode_command
+from dimsekit.dimse.codec import CommandError, encode_command, format_tag
 from dimsekit.dimse.commands import NO_DATASET, CommandField
 from dimsekit.dimse.fragments import (
     CommandReceived,
     CommandRejected,
+    ElementsIgnored,
     MessageAssembler,
     MessageReceived,
     fragment_message,
@@ -392,6 +393,8 @@ class Association(ServiceUser):
                         self._command_rejected(event)  # type: ignore[arg-type]
                     elif kind is CommandReceived:
                         self._command_received(event)  # type: ignore[arg-type]
+                    elif kind is ElementsIgnored:
+                        self._elements_ignored(event)  # type: ignore[arg-type]
         except RemoteProtocolError as exc:
             _log.warn("protocol error from {peer}: {error}; aborting", peer=_address(self.peer), error=exc)
             self._abort_invalid(exc)
@@ -1064,6 +1067,20 @@ class Association(ServiceUser):
         self._operation_done(operation)
         count_final(self.requested, operation.command_field, status)
         operation.finish(response)
+
+    def _elements_ignored(self, event: ElementsIgnored) -> None:
+        """The peer put elements of other groups after a command set's group 0000 (PS3.7 6.3.1: a
+        command set holds group 0000 only): the command is taken without them, as DCMTK and
+        pynetdicom take it, and the log says what was left out."""
+        command = event.command
+        field = command.get("CommandField")
+        name = _response_name(field) if isinstance(field, int) else "a message"
+        message_id = command.get("MessageIDBeingRespondedTo", command.get("MessageID"))
+        _log.warn(
+            "{peer} put {tags} after the command elements of {name} (message {id}): not part of a command "
+            "set (PS3.7 6.3.1), left out",
+            peer=_address(self.peer), tags=", ".join(map(format_tag, event.tags)), name=name, id=message_id,
+        )
 
     def _command_rejected(self, event: CommandRejected) -> None:
         error: CommandError = event.error

@@ -54,6 +54,12 @@ Leniency (PS3.7 leaves the receiver free here; peers in the field differ):
 elements out of ascending order are accepted, an odd-length text value is
 accepted, and the received Command Group Length is not checked against the
 bytes (the command set's end is the end of the last command PDV, PS3.8 E.2).
+:func:`decode_command` refuses an element outside group 0000; the receiver may
+then ask :func:`split_trailing` whether such elements only *follow* the
+command group -- Orthanc 1.10 puts a failed C-GET-RSP's Failed SOP Instance UID
+List (0008,0058), which belongs in an Identifier, after the command elements
+of a response with no data set -- and take the group alone (DCMTK and
+pynetdicom read such a command set).
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ __all__ = [
     "KEYWORD_BY_TAG",
     "encode_command",
     "decode_command",
+    "split_trailing",
     "tag_of",
     "format_tag",
 ]
@@ -468,3 +475,32 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
             _MISTYPED_ARGUMENT, problem[0], offending_element=problem[1], command=command
         )
     return command
+
+
+def split_trailing(data: bytes) -> tuple[bytes, tuple[int, ...]] | None:
+    """A command set whose group-0000 elements are followed by elements of other groups, split:
+    the group-0000 part, and the tags of the elements after it.  None when that is not what
+    ``data`` is: no element outside group 0000, one of group 0000 after one of another group,
+    or elements that do not frame exactly to the end (the strict :func:`decode_command` then
+    says what is wrong).  Only called for command sets :func:`decode_command` refused.
+    """
+    end = len(data)
+    offset = 0
+    split: int | None = None
+    tags: list[int] = []
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, element, length = _unpack_header(data, offset)
+        if length > end - offset - 8:
+            return None
+        if group:
+            if split is None:
+                split = offset
+            tags.append(group << 16 | element)
+        elif split is not None:
+            return None  # group 0000 again: not a command group with something after it
+        offset += 8 + length
+    if split is None or split == 0:
+        return None
+    return data[:split], tuple(tags)

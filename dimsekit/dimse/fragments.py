@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
 from typing import IO, Any, NamedTuple, NoReturn, Protocol, runtime_checkable
 
-from dimsekit.dimse.codec import CommandError, decode_command
+from dimsekit.dimse.codec import CommandError, decode_command, split_trailing
 from dimsekit.dimse.commands import NO_DATASET, CommandField, validate
 from dimsekit.errors import LocalProtocolError, RemoteProtocolError
 from dimsekit.ul.pdu import encode_pdata, encode_single_pdata
@@ -46,6 +46,7 @@ __all__ = [
     "CommandReceived",
     "MessageReceived",
     "CommandRejected",
+    "ElementsIgnored",
     "DataSink",
     "SpooledSink",
     "PDV_OVERHEAD",
@@ -447,7 +448,18 @@ class CommandRejected(NamedTuple):
     error: CommandError
 
 
-Event = CommandReceived | MessageReceived | CommandRejected
+class ElementsIgnored(NamedTuple):
+    """The command set of the message that follows (its :class:`CommandReceived` or
+    :class:`MessageReceived` comes next) carried elements outside group 0000 after its
+    command elements; they were left out (see :func:`.codec.split_trailing`).  For the
+    receiver to say so."""
+
+    context_id: int
+    command: dict[str, Any]
+    tags: tuple[int, ...]
+
+
+Event = CommandReceived | MessageReceived | CommandRejected | ElementsIgnored
 
 
 class _State(Enum):
@@ -747,10 +759,19 @@ class MessageAssembler:
             raw = b"".join(self._command_parts)
             self._command_parts = []
         context_id = self._context_id
+        ignored: list[Event] = []
         try:
             command = _decode_valid_command(raw)
         except CommandError as error:
-            return self._reject(error)
+            split = split_trailing(raw) if error.offending_element and error.offending_element[0] >> 16 else None
+            if split is None:
+                return self._reject(error)
+            try:  # the command group alone (not kept in the cache: such command sets hardly repeat)
+                command = decode_command(split[0])
+                validate(command, decoded=True)
+            except CommandError as group_error:
+                return self._reject(group_error)
+            ignored.append(_make_tuple(ElementsIgnored, (context_id, command, split[1])))
         has_dataset = command["CommandDataSetType"] != NO_DATASET
         # the events as named tuples made in one C call each (tuple.__new__),
         # not through their Python-level __new__: every message makes them
@@ -770,10 +791,11 @@ class MessageAssembler:
                 limit = own
                 self._refusal = refusal
             self._dataset_limit = limit
-            return [received]
+            return [*ignored, received] if ignored else [received]
         if self._state is not _IDLE:  # gathered from several fragments
             self._reset()
-        return [received, _make_tuple(MessageReceived, (context_id, command, None))]
+        done = _make_tuple(MessageReceived, (context_id, command, None))
+        return [*ignored, received, done] if ignored else [received, done]
 
     def _too_long(self, limit: int, control: int) -> list[Event]:
         """The data set coming passed ``limit``: a query's Identifier past

@@ -18,6 +18,7 @@ from dimsekit.dimse.codec import (
     CommandError,
     decode_command,
     encode_command,
+    split_trailing,
     tag_of,
 )
 from dimsekit.dimse.commands import COMMANDS, CommandField, Usage, validate
@@ -302,3 +303,42 @@ def test_random_commands_round_trip(command: dict[str, Any]) -> None:
     encoded = encode_command(command)
     assert decode_command(encoded) == command
     assert encoded == pydicom_encode(command)
+
+
+# -- elements after the command group (split_trailing) ----------------------------------------------
+
+
+def test_elements_after_the_command_group_are_split_off() -> None:
+    # Orthanc 1.10's failed C-GET-RSP, as it came: the Failed SOP Instance UID List (and its group's
+    # length) after the command elements, Command Data Set Type "none"
+    trailing = _element(0x0000, struct.pack("<I", 54), group=0x0008) + _element(0x0058, b"1.2.3.4" * 6 + b"\x00" * 4,
+                                                                                 group=0x0008)
+    command, tags = split_trailing(GOLDEN_ECHO_RQ + trailing)
+    assert command == GOLDEN_ECHO_RQ and tags == (0x00080000, 0x00080058)
+    assert decode_command(command) == decode_command(GOLDEN_ECHO_RQ)
+
+
+@pytest.mark.parametrize("raw", [
+    GOLDEN_ECHO_RQ,  # nothing after the group
+    _element(0x0010, b"PN", group=0x0010) + GOLDEN_ECHO_RQ,  # nothing of group 0000 before
+    GOLDEN_ECHO_RQ + _element(0x0010, b"PN", group=0x0010) + _element(0x0110, b"\x02\x00"),  # group 0000 again
+    GOLDEN_ECHO_RQ + _element(0x0010, b"PN", group=0x0010, length=9),  # overruns the end
+    GOLDEN_ECHO_RQ + _element(0x0010, b"PN", group=0x0010) + b"\x08\x00",  # ends inside a header
+    GOLDEN_ECHO_RQ[:-1] + _element(0x0010, b"PN", group=0x0010),  # the group itself broken
+])
+def test_what_is_not_a_command_group_with_elements_after_it_is_not_split(raw: bytes) -> None:
+    assert split_trailing(raw) is None
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from(sorted(COMMANDS)),
+    trailing=st.lists(st.tuples(st.integers(1, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=40)),
+                      min_size=1, max_size=5),
+)
+def test_any_command_with_any_elements_after_it_splits_back_into_both(field: int, trailing: list) -> None:
+    raw = encode_command(sample_command(field))
+    extra = b"".join(_element(element, value, group=group) for group, element, value in trailing)
+    with pytest.raises(CommandError):
+        decode_command(raw + extra)  # the strict decoder still refuses it
+    assert split_trailing(raw + extra) == (raw, tuple(group << 16 | element for group, element, _v in trailing))

@@ -17,6 +17,7 @@ from dimsekit.dimse.fragments import (
     CommandReceived,
     CommandRejected,
     DataSink,
+    ElementsIgnored,
     MessageAssembler,
     MessageReceived,
     SpooledSink,
@@ -840,3 +841,48 @@ def test_command_cache_is_bounded(monkeypatch: pytest.MonkeyPatch, collect) -> N
     fragments._COMMAND_CACHE.clear()
     collect(MessageAssembler(), split_into_pdvs(1, raws[0], None, []))
     assert fragments._COMMAND_CACHE == {}  # too long to keep
+
+
+# -- elements after the command group ---------------------------------------------------------------
+
+
+def _after_group(*tags: int) -> bytes:
+    import struct
+
+    return b"".join(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, 4) + b"1.2\x00" for tag in tags)
+
+
+def test_a_response_with_elements_after_its_command_group_is_taken_without_them(collect) -> None:
+    # Orthanc 1.10 puts a failed C-GET-RSP's Failed SOP Instance UID List there (no data set)
+    rsp = sample_command(CommandField.C_GET_RSP)
+    rsp["CommandDataSetType"] = NO_DATASET
+    raw = encode_command(rsp) + _after_group(0x00080000, 0x00080058)
+    events = collect(MessageAssembler(), split_into_pdvs(1, raw, None, [7]))
+    assert [type(e) for e in events] == [ElementsIgnored, CommandReceived, MessageReceived]
+    assert events[0].tags == (0x00080000, 0x00080058)
+    assert events[2].command == events[0].command
+    assert events[2].command["MessageIDBeingRespondedTo"] == rsp["MessageIDBeingRespondedTo"]
+    assert "00080058" not in events[2].command
+
+
+def test_a_request_with_elements_after_its_command_group_is_performed_with_its_data_set(collect) -> None:
+    raw = encode_command(STORE) + _after_group(0x00100010)
+    assembler = MessageAssembler()
+    events = collect(assembler, split_into_pdvs(1, raw, b"the data set", [3]))
+    assert [type(e) for e in events] == [ElementsIgnored, CommandReceived, MessageReceived]
+    assert events[2].command["MessageID"] == 7
+    assert events[2].dataset.getvalue() == b"the data set"
+    assert assembler.idle
+
+
+def test_a_command_group_broken_before_the_elements_after_it_is_still_refused(collect) -> None:
+    command = dict(STORE)
+    del command["AffectedSOPInstanceUID"]
+    raw = encode_command(command) + _after_group(0x00100010)
+    (event,) = collect(MessageAssembler(), split_into_pdvs(1, raw, b"discarded", []))
+    assert isinstance(event, CommandRejected)
+    assert event.error.offending_element == (0x00001000,)
+    # group 0000 again after another group: refused as before, naming the stray element
+    raw = encode_command(STORE) + _after_group(0x00100010) + encode_command({"MessageID": 8})[12:]
+    (event,) = collect(MessageAssembler(), split_into_pdvs(1, raw, b"discarded", []))
+    assert isinstance(event, CommandRejected) and event.error.offending_element == (0x00100010,)

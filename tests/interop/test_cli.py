@@ -12,6 +12,7 @@ from tests.interop.conftest import (
     A_ASSOCIATE_RQ,
     DIMSEKIT_CLI,
     P_DATA_TF,
+    RELEASE_RP,
     RELEASE_RQ,
     RawPeer,
     RawServer,
@@ -22,6 +23,7 @@ from tests.interop.conftest import (
     associate_ac_for,
     free_port,
     pdata_pdu,
+    pdvs_of,
     run,
     start_node,
     stop,
@@ -222,3 +224,46 @@ def test_ctrl_c_stops_a_tool_waiting_on_a_silent_peer():
     assert took < 5, took
     assert "Received SIGINT, shutting down." in err, err
     assert "Traceback" not in err, err
+
+
+def _answer_with_elements_after_the_command_group(peer: RawPeer) -> bytes:
+    """A C-FIND SCP that answers as Orthanc 1.10 answers a failed C-GET: after the response's
+    command elements (no data set), a group-0008 length and a Failed SOP Instance UID List."""
+    _associated(peer)
+    pdvs: list = []
+    for _ in range(16):  # the C-FIND-RQ: its command, then its Identifier's last fragment
+        pdvs += pdvs_of(peer.recv_pdu())
+        if pdvs and pdvs[-1][1] == 0x02:
+            break
+    context_id = pdvs[0][0]
+    study_root_find = b"1.2.840.10008.5.1.4.1.2.2.1\x00"
+    body = (
+        _element(0x0000, 0x0002, study_root_find)
+        + _element(0x0000, 0x0100, struct.pack("<H", 0x8020))  # C-FIND-RSP
+        + _element(0x0000, 0x0120, struct.pack("<H", 1))
+        + _element(0x0000, 0x0800, struct.pack("<H", 0x0101))
+        + _element(0x0000, 0x0900, struct.pack("<H", 0x0000))
+    )
+    uid_list = b"1.2.826.0.1.3680043.8.498.1\x00"
+    after = _element(0x0008, 0x0000, struct.pack("<I", 8 + len(uid_list))) + _element(0x0008, 0x0058, uid_list)
+    command = _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body + after
+    peer.send(pdata_pdu((context_id, 0x03, command)))
+    request = peer.recv_pdu()
+    peer.send(RELEASE_RP)
+    return request
+
+
+def test_a_response_with_elements_after_its_command_group_is_read_and_the_log_says_so():
+    """Found against Orthanc 1.10: `dimsekit get` failed ("invalid response ... element (0008,0000)
+    outside group 0000 in a command set") where DCMTK and pynetdicom read the response."""
+    server = RawServer(_answer_with_elements_after_the_command_group)
+    with server:
+        result = run([*DIMSEKIT_CLI, "find", "127.0.0.1", str(server.port), "-v", "-to", "5",
+                      "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"], timeout=30)
+        last = server.join()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 matches (0x0000" in result.stdout + result.stderr
+    assert ("put (0008,0000), (0008,0058) after the command elements of C-FIND-RSP (message 1): not part of a "
+            "command set (PS3.7 6.3.1), left out") in result.stderr
+    assert last == RELEASE_RQ
+    assert "Traceback" not in result.stderr

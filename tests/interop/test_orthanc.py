@@ -10,7 +10,9 @@ localhost only) drives it as an SCU and shows what it stored.
   syntaxes, compressed ones as they are), ``find``, ``get``, ``move`` to a dimsekit node, and
   ``commit`` with the report on an association Orthanc opens back;
 * Orthanc as the node's peer: C-ECHO, C-STORE, C-FIND, C-MOVE (the node sends to Orthanc),
-  storage commitment (the report on a new association to Orthanc) and a worklist query.
+  storage commitment (the report on a new association to Orthanc) and a worklist query;
+* ``find -W`` against Orthanc's worklist plugin;
+* all of it over DICOM TLS (PS3.15 B.1) both ways, certificates checked both ways.
 
 Every data set is compared, element by element, with the file it came from.
 
@@ -47,7 +49,9 @@ from tests.interop.conftest import (
     tiny_ct,
     wait_for_port,
 )
+from tests.interop.test_node_tls import start_tls_node
 from tests.interop.test_worklist_dcmtk import save, wl_item
+from tests.tlscerts import make_tls_files
 
 pytestmark = pytest.mark.interop
 
@@ -61,7 +65,7 @@ ORTHANC_MAX_PDU = 4096
 class Orthanc:
     """An Orthanc server in a subprocess: its DICOM port, its REST API, stopped by PID."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, **settings: Any) -> None:
         assert ORTHANC_BIN.exists(), "Orthanc is missing: .ci/run installs it (apt-get install orthanc)"
         self.workdir = workdir
         #: what a test makes Orthanc log as an error on purpose (any other error line fails it)
@@ -88,6 +92,7 @@ class Orthanc:
             "DicomScuTimeout": 20,
             "Plugins": [],
             "ConcurrentJobs": 1,
+            **settings,
         }
         self.config = workdir / "orthanc.json"
         self.config.write_text(json.dumps(config))
@@ -349,3 +354,70 @@ def _until(poll, timeout: float) -> Any:
             return result
         time.sleep(0.1)
     raise AssertionError(f"no answer within {timeout} s")
+
+
+def test_worklist_from_orthancs_plugin(tmp_path: Path):
+    folder = tmp_path / "worklists"
+    save(wl_item("Wörk^List", "WL-1", "CT", "20261129", "0930"), folder / "a.wl")
+    save(wl_item("Other^Item", "WL-2", "MR", "20261130", "1000", station="MR1"), folder / "b.wl")
+    orthanc = Orthanc(tmp_path / "orthanc-run", Plugins=["/usr/share/orthanc/plugins/libModalityWorklists.so"],
+                      Worklists={"Enable": True, "Database": str(folder)}, DicomAlwaysAllowFindWorklist=True)
+    try:
+        peer = ["-aec", ORTHANC_AE, "-to", "20", "127.0.0.1", str(orthanc.port)]
+        every = _cli("find", "-W", *peer, "--json")
+        assert every.returncode == 0, every.stdout + every.stderr
+        items = json.loads(every.stdout)
+        assert sorted(item["00100010"]["Value"][0]["Alphabetic"] for item in items) == ["Other^Item", "Wörk^List"]
+        mr = _cli("find", "-W", *peer, "--json", "-k", "ScheduledProcedureStepSequence[0].Modality=MR")
+        (item,) = json.loads(mr.stdout)
+        assert item["00100020"]["Value"] == ["WL-2"]
+        assert item["00400100"]["Value"][0]["00400001"]["Value"] == ["MR1"]
+    finally:
+        orthanc.stop()
+
+
+def test_tls_both_ways(tmp_path: Path):
+    """Orthanc's DICOM TLS and the node's: each end presents a certificate of the test CA and
+    checks the other's; one of a CA it does not trust is refused."""
+    certs = make_tls_files(tmp_path / "certs")
+    orthanc = Orthanc(tmp_path / "orthanc-run", DicomTlsEnabled=True, DicomTlsCertificate=str(certs.node_cert),
+                      DicomTlsPrivateKey=str(certs.node_key), DicomTlsTrustedCertificates=str(certs.ca),
+                      DicomTlsRemoteCertificateRequired=True)
+    try:
+        (tmp_path / "node").mkdir()
+        node = start_tls_node(tmp_path / "node", certs, {ORTHANC_AE: (orthanc.port, True)})
+        try:
+            files = _files(tmp_path / "sent")
+            secure = ["+tls", str(certs.client_key), str(certs.client_cert), "+cf", str(certs.ca)]
+            peer = ["-aec", ORTHANC_AE, "-to", "20", "127.0.0.1", str(orthanc.port)]
+            sent = _cli("store", *secure, *peer, str(tmp_path / "sent"))
+            assert sent.returncode == 0 and "7 Success" in sent.stdout, sent.stdout + sent.stderr
+            for uid, path in files.items():
+                same_data_set(orthanc.stored_copy(uid, tmp_path / "orthanc-copy.dcm"), path)
+            found = _cli("find", *secure, *peer, "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "--json")
+            studies = {match["0020000D"]["Value"][0] for match in json.loads(found.stdout)}
+            assert studies == {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files.values()}
+            rogue = _cli("echo", "+tls", str(certs.rogue_key), str(certs.rogue_cert), "+cf", str(certs.ca), *peer)
+            assert rogue.returncode == 1 and "TLS handshake failed" in rogue.stderr, rogue.stdout + rogue.stderr
+            orthanc.expected_errors.append("TLS")  # it logs the rogue handshake it refused
+
+            # Orthanc -> the node's TLS port: C-STORE, then C-MOVE back to Orthanc over TLS
+            orthanc.rest("PUT", "/modalities/node", {"AET": NODE_AE, "Host": "127.0.0.1", "Port": node.tls_port,
+                                                     "UseDicomTls": True})
+            ids = orthanc.rest("GET", "/instances")
+            pushed = orthanc.rest("POST", "/modalities/node/store", {"Resources": ids, "Synchronous": True})
+            assert pushed["InstancesCount"] == 7 and pushed["FailedInstancesCount"] == 0, pushed
+            for uid, path in files.items():
+                found_files = list(node.data.rglob(f"{uid}.dcm"))
+                assert len(found_files) == 1
+                same_data_set(found_files[0], path)
+            query = orthanc.rest("POST", "/modalities/node/query", {"Level": "Study", "Query": {}})
+            orthanc.delete_all()
+            orthanc.rest("POST", f"/queries/{query['ID']}/retrieve", {"TargetAet": ORTHANC_AE, "Synchronous": True})
+            assert orthanc.instance_count() == 7
+            node.node.wait_log(rf"association requestor .* called={ORTHANC_AE} .* requested=\[C-STORE \d+\]")
+            assert node.tls_failures() == 0
+        finally:
+            _finish_node(node.node)
+    finally:
+        orthanc.stop()

@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 from dimsekit.ae import ApplicationEntity
 from dimsekit.cli import add_common_arguments
 from dimsekit.cli._scu import end_cleanly, fail, make_ae
-from dimsekit.cli.store import collect_files, command_uids
-from dimsekit.datasets import DatasetError, dataset_uids, first_int, part10_info
+from dimsekit.cli.store import collect_files, with_data_set_uids
+from dimsekit.datasets import DatasetError, first_int, part10_info
 from dimsekit.dimse.status import Category, category, describe
 from dimsekit.hookspecs import hookimpl
 from dimsekit.nservice import is_valid_uid
@@ -106,13 +106,7 @@ def read_references(paths: list[str], recurse: bool = False, warn: Callable[[str
         except DatasetError as exc:
             error = str(exc)
         else:
-            try:
-                found: tuple[str | None, str | None] | str = dataset_uids(info)
-            except DatasetError as exc:
-                found = str(exc).removeprefix(f"{path}: ")
-            except OSError as exc:
-                found = f"cannot read the data set: {exc.strerror or exc}"
-            info, warning = command_uids(info, found)
+            info, warning = with_data_set_uids(info)
             if warning is not None and warn is not None:
                 warn(f"{path}: {warning}")
             references.append((info.sop_class_uid, info.sop_instance_uid, path))

@@ -234,13 +234,7 @@ def read_files(
             skipped.append(Skipped(path, f"cannot read: {exc.strerror or exc}", named))
             continue
         if info.has_meta and info.sop_class_uid != DICOMDIR_SOP_CLASS:
-            try:
-                found: tuple[str | None, str | None] | str = dataset_uids(info)
-            except DatasetError as exc:
-                found = str(exc).removeprefix(f"{path}: ")
-            except OSError as exc:
-                found = f"cannot read the data set: {exc.strerror or exc}"
-            info, warning = command_uids(info, found)
+            info, warning = with_data_set_uids(info)
         else:
             warning = None
         if info.sop_class_uid == DICOMDIR_SOP_CLASS:
@@ -267,6 +261,18 @@ def read_files(
             warn(f"{path}: {warning}")
         infos.append(info)
     return infos, skipped
+
+
+def with_data_set_uids(info: Part10Info) -> tuple[Part10Info, str | None]:
+    """:func:`command_uids` of the file, its data set read for its UIDs
+    (:func:`~dimsekit.datasets.dataset_uids`) -- or why it could not be."""
+    try:
+        found: tuple[str | None, str | None] | str = dataset_uids(info)
+    except DatasetError as exc:
+        found = str(exc).removeprefix(f"{info.path}: ")
+    except OSError as exc:
+        found = f"cannot read the data set: {exc.strerror or exc}"
+    return command_uids(info, found)
 
 
 def command_uids(

@@ -1074,7 +1074,12 @@ class Association(ServiceUser):
         pynetdicom take it, and the log says what was left out."""
         command = event.command
         field = command.get("CommandField")
-        name = _response_name(field) if isinstance(field, int) else "a message"
+        if not isinstance(field, int):
+            name = "a message"
+        elif field & 0x8000:
+            name = _response_name(field)
+        else:
+            name = f"{COMMAND_NAMES.get(field, f'message of Command Field 0x{field:04X}')}-RQ"
         message_id = command.get("MessageIDBeingRespondedTo", command.get("MessageID"))
         _log.warn(
             "{peer} put {tags} after the command elements of {name} (message {id}): not part of a command "

@@ -270,8 +270,14 @@ def _commit(reactor: Any, args: argparse.Namespace, ae: ApplicationEntity, waite
     try:
         event_type, report = yield waiter.result
     except _NoReport:
-        where = f"on port {args.listen_port}" if args.listen_port is not None else "on the association"
-        print(f"dimsekit commit: no N-EVENT-REPORT {where} within {args.timeout:g} s", file=sys.stderr)
+        if args.listen_port is not None:
+            where = f"on port {args.listen_port}"
+            hint = f" (does the SCP know AE {args.aet} at this host, port {args.listen_port}?)"
+        else:  # Orthanc, for one, always reports on an association it opens
+            where = "on the association"
+            hint = (" (an SCP that reports on an association of its own needs --port N, "
+                    f"and to know AE {args.aet} at this host and that port)")
+        print(f"dimsekit commit: no N-EVENT-REPORT {where} within {args.timeout:g} s{hint}", file=sys.stderr)
         return 1
     finally:
         if timer.active():

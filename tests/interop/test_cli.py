@@ -18,9 +18,12 @@ from tests.interop.conftest import (
     RawServer,
     SilentServer,
     _element,
+    _finish_node,
     abort_fields,
     abort_pdu,
     associate_ac_for,
+    echo_rq_command,
+    echo_rsp_status,
     free_port,
     pdata_pdu,
     pdvs_of,
@@ -267,3 +270,18 @@ def test_a_response_with_elements_after_its_command_group_is_read_and_the_log_sa
             "command set (PS3.7 6.3.1), left out") in result.stderr
     assert last == RELEASE_RQ
     assert "Traceback" not in result.stderr
+
+
+def test_the_node_performs_a_request_with_elements_after_its_command_group_and_says_so(tmp_path):
+    node = start_node(tmp_path)
+    try:
+        with RawPeer.connect(node.port) as peer:
+            peer.associate()
+            command = echo_rq_command(5) + _element(0x0010, 0x0010, b"PN")  # after the group: left out
+            peer.send(pdata_pdu((1, 0x03, command)))
+            assert echo_rsp_status(peer.recv_pdu(), 5) == 0x0000
+            peer.release()
+        node.wait_log(r"put \(0010,0010\) after the command elements of C-ECHO-RQ \(message 5\): not part of a "
+                      r"command set \(PS3\.7 6\.3\.1\), left out")
+    finally:
+        _finish_node(node)

@@ -411,7 +411,8 @@ def test_cli_commit_gives_up_after_the_timeout(files: list[Path]):
         scp.errors.clear()  # its report could not reach the closed port: expected here
         scp.close()
     assert result.returncode == 1
-    assert "no N-EVENT-REPORT on the association within 2 s" in result.stderr
+    assert ("no N-EVENT-REPORT on the association within 2 s (an SCP that reports on an association of its own "
+            "needs --port N, and to know AE DIMSEKIT at this host and that port)") in result.stderr
     assert elapsed < 15
 
 

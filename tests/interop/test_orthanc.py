@@ -273,6 +273,12 @@ def test_dimsekit_tools_against_orthanc(tmp_path: Path, orthanc: Orthanc):
             assert f"committed  {uid}  {path}" in lines, committed.stdout
         assert any(line.startswith("failed") and str(stranger) in line for line in lines), committed.stdout
         assert "Event Type 2: 7 committed, 1 failed" in committed.stdout
+        # without --port the report cannot come: Orthanc reports on an association it opens, and says so
+        orthanc.expected_errors.append("NOPORT")
+        waited = _cli("commit", *peer, "-aet", "NOPORT", "-to", "3", "--wait", str(stranger), timeout=60)
+        assert waited.returncode == 1, waited.stdout + waited.stderr
+        assert ("no N-EVENT-REPORT on the association within 3 s (an SCP that reports on an association of its "
+                "own needs --port N, and to know AE NOPORT at this host and that port)") in waited.stderr
         node.assert_healthy()
     finally:
         _finish_node(node)

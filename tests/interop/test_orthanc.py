@@ -273,7 +273,9 @@ def test_dimsekit_tools_against_orthanc(tmp_path: Path, orthanc: Orthanc):
             assert f"committed  {uid}  {path}" in lines, committed.stdout
         assert any(line.startswith("failed") and str(stranger) in line for line in lines), committed.stdout
         assert "Event Type 2: 7 committed, 1 failed" in committed.stdout
-        # without --port the report cannot come: Orthanc reports on an association it opens, and says so
+        # without --port the report cannot come: Orthanc reports on an association it opens (to a
+        # port where nothing listens here), and the tool says what to do
+        orthanc.add_modality("noport", "NOPORT", free_port())
         orthanc.expected_errors.append("NOPORT")
         waited = _cli("commit", *peer, "-aet", "NOPORT", "-to", "3", "--wait", str(stranger), timeout=60)
         assert waited.returncode == 1, waited.stdout + waited.stderr

@@ -35,6 +35,8 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from dimsekit.errors import DimsekitError
+from dimsekit.framing import LONG_VRS as _LONG_VRS
+from dimsekit.framing import SHORT_VRS as _SHORT_VRS
 
 __all__ = [
     "DEFLATED",
@@ -334,9 +336,88 @@ class Part10Info:
 def part10_info(path: str | Path) -> Part10Info:
     """Read the File Meta Information of a Part 10 file (not its data set).
 
+    A File Meta Information that is plain -- Explicit VR Little Endian, as PS3.10
+    7.1 has it, its three UIDs single values -- is read from the file's first
+    block (:func:`_plain_meta`: ~5 us, where pydicom's reader takes ~150 us; a
+    C-MOVE sends each instance from its path, and ``dimsekit store`` reads every
+    file before it connects); any other goes through pydicom, which is the
+    authority for what is not plain, and says what is wrong.
+
     :raises DatasetError: not a Part 10 file, or its meta lacks a required element.
     """
     path = Path(path)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(_META_HEAD)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        pass  # pydicom's reader says what is wrong
+    else:
+        plain = _plain_meta(head, size)
+        if plain is not None:
+            transfer_syntax, sop_class, sop_instance, offset = plain
+            return Part10Info(path, transfer_syntax, sop_class, sop_instance, offset, size - offset)
+    return _part10_info_by_pydicom(path)
+
+
+#: bytes read for :func:`_plain_meta`: a File Meta Information is a few hundred bytes
+_META_HEAD = 4096
+#: the File Meta Information's UIDs a Part10Info holds, by element number: their place in it
+_META_UIDS = {0x0010: 0, 0x0002: 1, 0x0003: 2}
+_GROUP_ELEMENT = struct.Struct("<HH")
+_US_AT, _UL_AT = struct.Struct("<H"), struct.Struct("<L")
+
+
+def _plain_meta(head: bytes, size: int) -> tuple[str, str, str, int] | None:
+    """(Transfer Syntax, Media Storage SOP Class and Instance UIDs, data set offset) of a Part 10
+    file whose first bytes are ``head`` (``size``: the file's), read as pydicom reads them --
+    trailing NULs and spaces dropped, then surrounding spaces -- when its File Meta Information
+    is plain: every element of group 0002 in Explicit VR Little Endian, within ``head``, the three
+    UIDs there, each a single UI value of Latin-1 text.  None for anything else."""
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    found: list[str | None] = [None, None, None]
+    end = len(head)
+    offset = 132
+    while True:
+        if offset + 8 > end:
+            if offset == size:  # the file ends with its File Meta Information
+                break
+            return None
+        group, element = _GROUP_ELEMENT.unpack_from(head, offset)
+        if group != 0x0002:
+            break
+        vr = head[offset + 4:offset + 6]
+        if vr in _META_LONG_VRS:
+            if offset + 12 > end:
+                return None
+            (length,) = _UL_AT.unpack_from(head, offset + 8)
+            start = offset + 12
+        elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
+            (length,) = _US_AT.unpack_from(head, offset + 6)
+            start = offset + 8
+        else:
+            return None  # Implicit VR (some writers): pydicom's reader
+        if length == 0xFFFFFFFF:
+            return None
+        which = _META_UIDS.get(element)
+        if which is not None:
+            value = head[start:start + length]
+            if vr != b"UI" or start + length > end or b"\\" in value:
+                return None
+            found[which] = value.decode("latin_1").rstrip("\0 ").strip()
+        offset = start + length
+    if found[0] is None or found[1] is None or found[2] is None:
+        return None  # pydicom's reader names what is missing
+    return found[0], found[1], found[2], offset
+
+
+#: explicit VRs with a 4-byte length in group 0002 (as :func:`_dataset_offset` has them)
+_META_LONG_VRS = frozenset((b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR"))
+
+
+def _part10_info_by_pydicom(path: Path) -> Part10Info:
+    """:func:`part10_info` through pydicom's reader."""
     try:
         meta = read_file_meta_info(path)
     except Exception as exc:
@@ -487,7 +568,9 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
 
     Only the first elements are read: the data set is parsed, in the file's
     transfer syntax, from its start to the SOP Instance UID (0008,0018) -- a few
-    hundred bytes; a deflated one is inflated only that far.
+    hundred bytes; a deflated one is inflated only that far.  A little endian
+    data set whose first elements are plain is read without pydicom
+    (:func:`_plain_uids`, ~10 us against ~200 us); pydicom reads any other.
 
     :raises DatasetError: the data set cannot be read that far (an unknown
         transfer syntax, broken elements).
@@ -496,6 +579,22 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
         implicit, little = _flags(info.transfer_syntax)
     except DatasetError as exc:
         raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs: {exc}") from None
+    if little and info.transfer_syntax != DEFLATED:
+        try:
+            with open(info.path, "rb", buffering=0) as f:
+                f.seek(info.dataset_offset)
+                first = f.read(_META_HEAD)
+        except OSError:
+            pass  # pydicom's reader says what is wrong
+        else:
+            plain = _plain_uids(first, implicit, len(first) >= info.dataset_length)
+            if plain is not None:
+                return plain
+    return _dataset_uids_by_pydicom(info, implicit, little)
+
+
+def _dataset_uids_by_pydicom(info: Part10Info, implicit: bool, little: bool) -> tuple[str | None, str | None]:
+    """:func:`dataset_uids` through pydicom's reader."""
     with Path(info.path).open("rb") as raw:
         raw.seek(info.dataset_offset)
         fp: IO[bytes] = _Inflating(raw) if info.transfer_syntax == DEFLATED else raw
@@ -509,6 +608,52 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
         except Exception as exc:  # pydicom raises many kinds on broken elements
             raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs ({exc})") from exc
     return uids[0] or None, uids[1] or None
+
+
+def _plain_uids(data: bytes, implicit: bool, whole: bool) -> tuple[str | None, str | None] | None:
+    """(SOP Class UID, SOP Instance UID) -- None for one it lacks -- of a little endian data set
+    whose first bytes are ``data`` (``whole``: all of it), read as pydicom reads them, when its
+    elements up to (0008,0018) are plain: of defined length, in ``data``, in the VR encoding
+    ``implicit`` says (pydicom reads in the one the first element shows), the two UIDs single UI
+    values.  None for anything else: pydicom's reader then (:func:`dataset_uids`)."""
+    end = len(data)
+    if end >= 6 and (65 <= data[4] <= 90 and 65 <= data[5] <= 90) == implicit:
+        return None  # the first element is not in the encoding the transfer syntax says
+    found: list[str | None] = [None, None]
+    pos = 0
+    while True:
+        if pos + 8 > end:
+            if whole and pos == end:
+                break
+            return None
+        group, element = _GROUP_ELEMENT.unpack_from(data, pos)
+        tag = group << 16 | element
+        if tag > _SOP_INSTANCE_TAG:
+            break
+        if implicit:
+            (length,) = _UL_AT.unpack_from(data, pos + 4)
+            start = pos + 8
+        else:
+            vr = data[pos + 4:pos + 6]
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                (length,) = _UL_AT.unpack_from(data, pos + 8)
+                start = pos + 12
+            elif vr in _SHORT_VRS:
+                (length,) = _US_AT.unpack_from(data, pos + 6)
+                start = pos + 8
+            else:
+                return None
+        if length == 0xFFFFFFFF:
+            return None
+        if tag == 0x00080016 or tag == _SOP_INSTANCE_TAG:
+            value = data[start:start + length]
+            if start + length > end or (not implicit and data[pos + 4:pos + 6] != b"UI") or b"\\" in value:
+                return None
+            found[tag == _SOP_INSTANCE_TAG] = value.decode("latin_1").rstrip("\0 ").strip().strip("\x00 ") or None
+        pos = start + length
+    return found[0], found[1]
 
 
 def file_truncation(info: Part10Info, *, prefix: int = 65536) -> str | None:

@@ -52,11 +52,12 @@ def twistd() -> str:
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 
-def orthanc(out: Path, port: int, *, overwrite: bool = False) -> list[str]:
+def orthanc(out: Path, port: int, *, overwrite: bool = False, **settings: Any) -> list[str]:
     """The command of an Orthanc (the Debian package's) that stores into ``out`` -- its files and
     its SQLite index, no compression -- and listens for DICOM on ``port`` as ANY-SCP (its REST API
     on another free port, localhost only).  ``overwrite``: an instance sent again is stored again
-    (Orthanc otherwise keeps the first copy and only reads the new one)."""
+    (Orthanc otherwise keeps the first copy and only reads the new one).  ``settings``: more of
+    its configuration."""
     if not ORTHANC.exists():
         raise SystemExit(f"Orthanc is missing at {ORTHANC} (apt-get install orthanc)")
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def orthanc(out: Path, port: int, *, overwrite: bool = False) -> list[str]:
     config.write_text(json.dumps({
         "Name": "bench", "StorageDirectory": str(out), "IndexDirectory": str(out), "StorageCompression": False,
         "DicomPort": port, "DicomAet": "ANY-SCP", "HttpPort": free_port(), "RemoteAccessAllowed": False,
-        "Plugins": [], "OverwriteInstances": overwrite,
+        "Plugins": [], "OverwriteInstances": overwrite, **settings,
     }))
     return [str(ORTHANC), str(config)]
 

@@ -36,6 +36,22 @@ def _get_request_nodelay(self):  # type: ignore[no-untyped-def]
     return client, address
 
 
+def nodelay_everywhere() -> None:
+    """``TCP_NODELAY`` on every socket pynetdicom makes: those it accepts (above) and those it
+    connects with (a C-MOVE SCP's sub-association to the move destination)."""
+    from pynetdicom.transport import AssociationSocket
+
+    AssociationServer.get_request = _get_request_nodelay  # type: ignore[method-assign]
+    original = AssociationSocket._create_socket
+
+    def create_socket(self, address):  # type: ignore[no-untyped-def]
+        sock = original(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)

@@ -17,7 +17,9 @@ Servers, each started once, on free 127.0.0.1 ports, loaded with both studies by
   ``TCP_NODELAY=1``;
 * ``pynetdicom`` -- pynetdicom's ``qrscp`` app, ``TCP_NODELAY`` patched on every socket it
   makes, accepted or connected (``pynetdicom_scp.nodelay_everywhere``);
-* ``orthanc``    -- (only when asked for) the Debian package's Orthanc, ``TCP_NODELAY=1``.
+* ``orthanc``    -- (only when asked for) the Debian package's Orthanc, ``TCP_NODELAY=1``;
+* ``dimsekit@DIR`` -- (only when asked for) the node from another source tree
+  (``PYTHONPATH=DIR``): before/after of a change in one run.
 
 Clients, DCMTK's, ``TCP_NODELAY=1``, one process a retrieve:
 
@@ -76,12 +78,13 @@ PYNETDICOM_QRSCP = (
 
 def start_server(servers: Servers, kind: str, port: int, base: Path, move_port: int):
     base.mkdir(parents=True, exist_ok=True)
-    if kind == "dimsekit":
+    if kind == "dimsekit" or kind.startswith("dimsekit@"):
         config = base / "node.toml"
         config.write_text(f'[[remote]]\nae_title = "{DESTINATION}"\nhost = "127.0.0.1"\nport = {move_port}\n')
         argv = [twistd(), "-n", "--pidfile=", "--logfile", str(base / "node.log"), "dimsekit", "--config",
                 str(config), "--port", str(port), "--interface", "127.0.0.1", "--data-dir", str(base / "data")]
-        return servers.start("retrieve-dimsekit", argv, port)
+        tree = kind.partition("@")[2]  # "dimsekit@DIR": the node from another source tree (an A/B)
+        return servers.start(f"retrieve-{kind}".replace("/", "_"), argv, port, env={"PYTHONPATH": tree} if tree else None)
     if kind == "dcmtk":
         storage = base / "db"
         storage.mkdir()
@@ -111,6 +114,10 @@ def start_server(servers: Servers, kind: str, port: int, base: Path, move_port: 
                        DicomModalities={"movescu": [DESTINATION, "127.0.0.1", move_port]})
         return servers.start("retrieve-orthanc", argv, port, env=NODELAY)
     raise SystemExit(f"unknown server {kind!r}")
+
+
+def _title(kind: str) -> str:
+    return TITLES[kind.partition("@")[0]]
 
 
 def load(port: int, called: str, directory: Path) -> None:
@@ -176,7 +183,7 @@ def main() -> None:
             for kind in kinds:
                 started[kind] = start_server(servers, kind, free_port(), work / "servers" / kind, move_port)
                 for directory, _count, _bytes, _uid in studies.values():
-                    load(started[kind].port, TITLES[kind], directory)
+                    load(started[kind].port, _title(kind), directory)
                 print(f"{kind}: loaded", flush=True)
             wait_for_fast_creates(work)
             for study, (_directory, count, nbytes, uid) in studies.items():
@@ -189,7 +196,7 @@ def main() -> None:
                         for kind in kinds[shift:] + kinds[:shift]:
                             settle([])
                             out = work / "out" / f"{scenario}-{kind}-{i}"
-                            seconds = retrieve(servers, how, started[kind].port, TITLES[kind], uid, out, move_port)
+                            seconds = retrieve(servers, how, started[kind].port, _title(kind), uid, out, move_port)
                             got = sum(1 for p in out.iterdir() if p.is_file())
                             if got != count:
                                 raise RuntimeError(f"{scenario} from {kind}: {got} files, {count} in the study")

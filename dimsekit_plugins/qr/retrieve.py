@@ -16,8 +16,12 @@ a time:
   proposed with the SCP role for itself (role selection); an instance whose
   SOP class/transfer syntax it did not offer is a failed sub-operation.
 
-After each sub-operation a pending response (FF00) gives the Remaining,
-Completed, Failed and Warning counts.  A C-CANCEL is honoured between
+Pending responses (FF00) give the Remaining, Completed, Failed and Warning
+counts: after the first sub-operation, then after a sub-operation at most
+every :data:`PENDING_INTERVAL` (0.1 s).  PS3.4 C.4.2.3.1 and C.4.3.3.1 make
+them optional; one after every sub-operation cost a fifth of the rate of a
+study of small instances (benchmarks/README.md, session 25), and ten a second
+are progress enough for any display.  A C-CANCEL is honoured between
 sub-operations (the one in flight is allowed to finish and is counted):
 final FE00 with the counts, Remaining = those never started.
 
@@ -223,6 +227,8 @@ def final_status(tally: Tally) -> int:
 #: how many times in a row a C-MOVE associates again with a destination that aborted (or
 #: dropped) the association, for the sub-operations left (as ``dimsekit store --max-aborts``)
 MAX_REASSOCIATIONS = 3
+#: seconds between two pending responses at least (the first sub-operation's goes out at once)
+PENDING_INTERVAL = 0.1
 
 
 def handle_move(request: Any) -> AsyncIterator[tuple[Any, ...]]:
@@ -321,6 +327,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
             return
         target = sub
     priority = int(request.command.get("Priority", 0) or 0)
+    clock = association.reactor
+    last_pending: float | None = None
     interrupted = False
     reassociations = 0  # in a row, without a response from the destination between them
     try:
@@ -359,6 +367,10 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
             else:
                 tally.count(uid, response)
                 reassociations = 0
+            now = clock.seconds()
+            if last_pending is not None and now - last_pending < PENDING_INTERVAL:
+                continue  # (a C-CANCEL is seen at the top of the loop)
+            last_pending = now
             try:
                 yield 0xFF00, None, tally.fields(remaining=True)
             except CancelledError:  # a C-CANCEL-RQ read while this response went out

@@ -21,7 +21,7 @@ from dimsekit.scu import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from dimsekit_plugins.qr import common, find
+from dimsekit_plugins.qr import common, find, retrieve
 from dimsekit_plugins.qr.index import Cursor
 from tests.dimse_e2e.support import wait_until, within
 from tests.plugins.test_qr_support import (
@@ -312,6 +312,7 @@ class FindTests(QrTestCase):
 
 class GetTests(QrTestCase):
     async def test_get_a_study_the_files_arrive_on_the_same_association(self):
+        self.patch(retrieve, "PENDING_INTERVAL", 0)  # a pending response after every sub-operation
         await self.start_node()
         assoc = await self.qr_association(roles=True)
         received: list[Dataset] = []
@@ -458,6 +459,20 @@ class GetTests(QrTestCase):
         await within(assoc.release())
 
 
+class PendingResponseTests(QrTestCase):
+    async def test_pending_responses_go_out_after_the_first_sub_operation_then_at_most_every_interval(self):
+        # PS3.4 C.4.3.3.1: optional; one after every sub-operation cost a fifth of a study's rate
+        self.patch(retrieve, "PENDING_INTERVAL", 3600)
+        await self.start_node()
+        assoc = await self.qr_association(roles=True)
+        pending, final = await collect(assoc.get(query("STUDY", StudyInstanceUID=study_uid("1")), STUDY_ROOT_GET,
+                                                 on_store=lambda request: 0x0000))
+        self.assertEqual([r.NumberOfRemainingSuboperations for r in pending], [3])
+        self.assertEqual([r.NumberOfCompletedSuboperations for r in pending], [1])
+        self.assertEqual((final.status, final.NumberOfCompletedSuboperations), (0x0000, 4))
+        await within(assoc.release())
+
+
 class MoveTests(QrTestCase):
     async def start(self, destination: Destination | None = None, port: int | None = None) -> Any:
         if destination is not None:
@@ -466,6 +481,7 @@ class MoveTests(QrTestCase):
         return await self.qr_association()
 
     async def test_move_sends_on_a_new_association_with_the_move_originator(self):
+        self.patch(retrieve, "PENDING_INTERVAL", 0)  # a pending response after every sub-operation
         destination = Destination()
         assoc = await self.start(destination)
         identifier = query("SERIES", StudyInstanceUID=study_uid("4"),

@@ -498,7 +498,14 @@ def retrieve_outcome(tool: str, service: str, final: Any, progress: Progress, re
         return 1
     if kind is Category.CANCEL:
         return 1
-    print(f"dimsekit {tool}: C-{tool.upper()} failed: {response_problem(final, service)}", file=err)
+    hint = ""
+    if (tool == "move" and completed == failed == warning == 0 and not final.command.get("ErrorComment")
+            and final.status != 0xA801):
+        # Orthanc answers an unknown destination so (C000), where PS3.4 has A801
+        destination = getattr(args, "dest", None) or getattr(args, "aet", "")
+        hint = (f" (no sub-operation was attempted: does the peer know the move destination {destination}, "
+                "its AE title, host and port?)")
+    print(f"dimsekit {tool}: C-{tool.upper()} failed: {response_problem(final, service)}{hint}", file=err)
     return 1
 
 

@@ -258,6 +258,14 @@ def test_dimsekit_tools_against_orthanc(tmp_path: Path, orthanc: Orthanc):
             assert "0 failed" in moved.stdout + moved.stderr
         for uid, path in files.items():
             same_data_set(_node_copy(node, uid), path)
+        # a destination Orthanc does not know: it answers C000 (PS3.4 has A801), and move says what
+        # to check
+        orthanc.expected_errors += ["NOSUCHAE", "IMoveRequestHandler Failed: Accessing an inexistent item"]
+        unknown = _cli("move", *peer, "-S", "-aet", "MOVER", "--dest", "NOSUCHAE", "-k", "QueryRetrieveLevel=STUDY",
+                       "-k", f"StudyInstanceUID={tiny.StudyInstanceUID}")
+        assert unknown.returncode == 1, unknown.stdout + unknown.stderr
+        assert ("(no sub-operation was attempted: does the peer know the move destination NOSUCHAE, its AE title, "
+                "host and port?)") in unknown.stderr
 
         # commit: Orthanc has the instances it was sent, not one it was not; its report comes on
         # an association it opens to the tool

@@ -388,16 +388,10 @@ def _plain_meta(head: bytes, size: int) -> tuple[str, str, str, int] | None:
         if group != 0x0002:
             break
         vr = head[offset + 4:offset + 6]
-        if vr in _META_LONG_VRS:
-            if offset + 12 > end:
-                return None
-            (length,) = _UL_AT.unpack_from(head, offset + 8)
-            start = offset + 12
-        elif 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90:
-            (length,) = _US_AT.unpack_from(head, offset + 6)
-            start = offset + 8
-        else:
-            return None  # Implicit VR (some writers): pydicom's reader
+        framed = _explicit_value(head, offset, end, _META_LONG_VRS, _is_vr_like)
+        if framed is None:
+            return None  # Implicit VR (some writers), or cut off: pydicom's reader
+        length, start = framed
         if length == 0xFFFFFFFF:
             return None
         which = _META_UIDS.get(element)
@@ -410,6 +404,27 @@ def _plain_meta(head: bytes, size: int) -> tuple[str, str, str, int] | None:
     if found[0] is None or found[1] is None or found[2] is None:
         return None  # pydicom's reader names what is missing
     return found[0], found[1], found[2], offset
+
+
+def _explicit_value(data: bytes, pos: int, end: int, long_vrs: frozenset[bytes],
+                    short: Callable[[bytes], bool]) -> tuple[int, int] | None:
+    """(value length, value offset) of the Explicit VR Little Endian element whose header is at
+    ``pos`` (its tag read already, ``end`` the bytes there are): a VR of ``long_vrs`` has a
+    4-byte length after two reserved bytes, one ``short`` says is a VR a 2-byte length.  None
+    for any other VR, or a header cut off."""
+    vr = data[pos + 4:pos + 6]
+    if vr in long_vrs:
+        if pos + 12 > end:
+            return None
+        return _UL_AT.unpack_from(data, pos + 8)[0], pos + 12
+    if short(vr):
+        return _US_AT.unpack_from(data, pos + 6)[0], pos + 8
+    return None
+
+
+def _is_vr_like(vr: bytes) -> bool:
+    """Two capital letters: what :func:`_dataset_offset` takes for an explicit VR."""
+    return 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
 
 
 #: explicit VRs with a 4-byte length in group 0002 (as :func:`_dataset_offset` has them)
@@ -634,17 +649,10 @@ def _plain_uids(data: bytes, implicit: bool, whole: bool) -> tuple[str | None, s
             (length,) = _UL_AT.unpack_from(data, pos + 4)
             start = pos + 8
         else:
-            vr = data[pos + 4:pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return None
-                (length,) = _UL_AT.unpack_from(data, pos + 8)
-                start = pos + 12
-            elif vr in _SHORT_VRS:
-                (length,) = _US_AT.unpack_from(data, pos + 6)
-                start = pos + 8
-            else:
+            framed = _explicit_value(data, pos, end, _LONG_VRS, _SHORT_VRS.__contains__)
+            if framed is None:
                 return None
+            length, start = framed
         if length == 0xFFFFFFFF:
             return None
         if tag == 0x00080016 or tag == _SOP_INSTANCE_TAG:

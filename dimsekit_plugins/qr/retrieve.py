@@ -19,7 +19,7 @@ a time:
 Pending responses (FF00) give the Remaining, Completed, Failed and Warning
 counts: after the first sub-operation, then after a sub-operation at most
 every :data:`PENDING_INTERVAL` (0.1 s).  PS3.4 C.4.2.3.1 and C.4.3.3.1 make
-them optional; one after every sub-operation cost a fifth of the rate of a
+them optional; one after every sub-operation cost up to a fifth of the rate of a
 study of small instances (benchmarks/README.md, session 25), and ten a second
 are progress enough for any display.  A C-CANCEL is honoured between
 sub-operations (the one in flight is allowed to finish and is counted):

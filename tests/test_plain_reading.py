@@ -2,7 +2,8 @@
 read what pydicom's reader reads -- or step aside for it.
 
 Files are written byte by byte from hypothesis' choices: File Meta Information in Explicit or
-(as some writers put it) Implicit VR, with or without each of its UIDs, UIDs padded with NULs or
+(as some writers put it) Implicit VR, its group length now and then wrong, with or without each
+of its UIDs, UIDs padded with NULs or
 spaces, several values, a byte outside ASCII; data sets in the encoding their transfer syntax
 says or the other one, elements before the SOP Class UID, a sequence, either UID missing or of
 another VR; files cut off anywhere.  Each file is read both ways: the same result, or both refuse.
@@ -69,7 +70,8 @@ def part10_file(draw) -> bytes:
     if draw(st.booleans()):
         meta.append((0x0102, "OB", draw(st.binary(max_size=30)).ljust(2, b"\0")[: 30 // 2 * 2]))
     body = b"".join(_element(2, e, vr, v, meta_implicit) for e, vr, v in meta)
-    meta_bytes = _element(2, 0, "UL", struct.pack("<I", len(body)), meta_implicit) + body
+    group_length = len(body) + draw(st.sampled_from([0, 0, 0, -8, 8, -len(body)]))  # now and then wrong
+    meta_bytes = _element(2, 0, "UL", struct.pack("<I", max(group_length, 0)), meta_implicit) + body
 
     implicit = (ts == IMPLICIT) != (draw(st.integers(0, 9)) == 0)  # now and then the other encoding
     elements = []

@@ -23,7 +23,9 @@ number of bytes back, all 0 (PS3.4 C.5.1.1, C.5.2.1, C.5.3.1).
 
 Settings (``[plugins.queryretrieve]``)::
 
-    batch_size = 256   # index rows fetched per thread-pool call while streaming C-FIND matches
+    batch_size = 256         # index rows fetched per thread-pool call while streaming C-FIND matches
+    pending_interval = 0.1   # seconds at least between two C-MOVE/C-GET pending responses (0: one
+                             # after every sub-operation, for a requestor that shows only those)
 """
 
 from __future__ import annotations
@@ -42,15 +44,16 @@ from dimsekit.scu import (
     STUDY_ROOT_MOVE,
 )
 from dimsekit.uids import storage_sop_classes
-from dimsekit_plugins.qr import find
+from dimsekit_plugins.qr import find, retrieve
 from dimsekit_plugins.qr.find import answer_extended_negotiation, handle_find
 from dimsekit_plugins.qr.retrieve import handle_get, handle_move
 
-__all__ = ["refuse_extended_negotiation", "SECTION", "DEFAULT_BATCH_SIZE"]
+__all__ = ["refuse_extended_negotiation", "SECTION", "DEFAULT_BATCH_SIZE", "DEFAULT_PENDING_INTERVAL"]
 
 SECTION = "queryretrieve"
 DEFAULT_BATCH_SIZE = 256
-_KEYS = ("batch_size",)
+DEFAULT_PENDING_INTERVAL = 0.1
+_KEYS = ("batch_size", "pending_interval")
 
 #: transfer syntaxes offered for the storage contexts of C-GET sub-operations when no
 #: storage plugin declares those SOP classes (it otherwise decides): uncompressed first,
@@ -79,7 +82,7 @@ def refuse_extended_negotiation(info: bytes) -> bytes | None:
     return bytes(len(info))
 
 
-def _settings(config: Config) -> int:
+def _settings(config: Config) -> tuple[int, float]:
     section = config.plugins.get(SECTION, {})
     if not isinstance(section, Mapping):
         raise ConfigError(f"plugins.{SECTION}: write it as a [plugins.{SECTION}] table")
@@ -91,13 +94,16 @@ def _settings(config: Config) -> int:
     value = section.get("batch_size", DEFAULT_BATCH_SIZE)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
         raise ConfigError(f"plugins.{SECTION}.batch_size: give a number of rows from 1 to 100000, not {value!r}")
-    return value
+    interval = section.get("pending_interval", DEFAULT_PENDING_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 <= interval <= 60:
+        raise ConfigError(f"plugins.{SECTION}.pending_interval: give seconds from 0 to 60, not {interval!r}")
+    return value, float(interval)
 
 
 @hookimpl
 def dimsekit_configure(config: Config) -> None:
     """Check ``[plugins.queryretrieve]``."""
-    find.batch_size = _settings(config)
+    find.batch_size, retrieve.PENDING_INTERVAL = _settings(config)
 
 
 @hookimpl

@@ -227,7 +227,8 @@ def final_status(tally: Tally) -> int:
 #: how many times in a row a C-MOVE associates again with a destination that aborted (or
 #: dropped) the association, for the sub-operations left (as ``dimsekit store --max-aborts``)
 MAX_REASSOCIATIONS = 3
-#: seconds between two pending responses at least (the first sub-operation's goes out at once)
+#: seconds between two pending responses at least (the first sub-operation's goes out at once);
+#: ``[plugins.queryretrieve] pending_interval`` (plugin.py) sets it
 PENDING_INTERVAL = 0.1
 
 

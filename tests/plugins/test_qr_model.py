@@ -415,11 +415,17 @@ def test_final_status(outcomes, status, failed):
 
 
 def test_settings():
-    qr_plugin.dimsekit_configure(config=from_mapping({"plugins": {"queryretrieve": {"batch_size": 7}}}))
-    assert find.batch_size == 7
+    from dimsekit_plugins.qr import retrieve
+
+    qr_plugin.dimsekit_configure(config=from_mapping({"plugins": {"queryretrieve": {"batch_size": 7,
+                                                                                      "pending_interval": 0}}}))
+    assert (find.batch_size, retrieve.PENDING_INTERVAL) == (7, 0.0)
     qr_plugin.dimsekit_configure(config=from_mapping({}))
     assert find.batch_size == qr_plugin.DEFAULT_BATCH_SIZE
+    assert retrieve.PENDING_INTERVAL == qr_plugin.DEFAULT_PENDING_INTERVAL == 0.1
     for bad, key in (({"batch_size": 0}, "batch_size"), ({"batch_size": True}, "batch_size"),
+                     ({"pending_interval": -1}, "pending_interval"), ({"pending_interval": "1"}, "pending_interval"),
+                     ({"pending_interval": 61}, "pending_interval"),
                      ({"size": 3}, "plugins.queryretrieve.size")):
         with pytest.raises(ConfigError, match=key):
             qr_plugin.dimsekit_configure(config=from_mapping({"plugins": {"queryretrieve": bad}}))

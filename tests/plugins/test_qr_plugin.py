@@ -312,8 +312,8 @@ class FindTests(QrTestCase):
 
 class GetTests(QrTestCase):
     async def test_get_a_study_the_files_arrive_on_the_same_association(self):
-        self.patch(retrieve, "PENDING_INTERVAL", 0)  # a pending response after every sub-operation
         await self.start_node()
+        self.patch(retrieve, "PENDING_INTERVAL", 0)  # after the node's configuration: every sub-operation's
         assoc = await self.qr_association(roles=True)
         received: list[Dataset] = []
 
@@ -462,8 +462,8 @@ class GetTests(QrTestCase):
 class PendingResponseTests(QrTestCase):
     async def test_pending_responses_go_out_after_the_first_sub_operation_then_at_most_every_interval(self):
         # PS3.4 C.4.3.3.1: optional; one after every sub-operation cost a fifth of a study's rate
-        self.patch(retrieve, "PENDING_INTERVAL", 3600)
         await self.start_node()
+        self.patch(retrieve, "PENDING_INTERVAL", 3600)  # after the node's configuration
         assoc = await self.qr_association(roles=True)
         pending, final = await collect(assoc.get(query("STUDY", StudyInstanceUID=study_uid("1")), STUDY_ROOT_GET,
                                                  on_store=lambda request: 0x0000))
@@ -481,9 +481,9 @@ class MoveTests(QrTestCase):
         return await self.qr_association()
 
     async def test_move_sends_on_a_new_association_with_the_move_originator(self):
-        self.patch(retrieve, "PENDING_INTERVAL", 0)  # a pending response after every sub-operation
         destination = Destination()
         assoc = await self.start(destination)
+        self.patch(retrieve, "PENDING_INTERVAL", 0)  # after the node's configuration: every sub-operation's
         identifier = query("SERIES", StudyInstanceUID=study_uid("4"),
                            SeriesInstanceUID=f"{series_uid('4.1')}\\{series_uid('4.2')}")
         operation = assoc.move(identifier, "DEST", STUDY_ROOT_MOVE)

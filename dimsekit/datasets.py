@@ -474,10 +474,10 @@ def _dataset_offset(path: Path) -> int:
             if group != 0x0002:
                 return offset
             vr = header[4:6]
-            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):  # no VR: Implicit VR (PS3.5 7.1.3)
+            if not _is_vr_like(vr):  # no VR: Implicit VR (PS3.5 7.1.3)
                 (length,) = struct.unpack("<I", header[4:8])
                 offset += 8 + length
-            elif vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR"):
+            elif vr in _META_LONG_VRS:
                 extra = f.read(4)
                 if len(extra) < 4:
                     raise DatasetError(f"{path}: truncated File Meta Information")
@@ -605,9 +605,11 @@ def dataset_uids(info: Part10Info) -> tuple[str | None, str | None]:
         raise DatasetError(f"{info.path}: cannot read the data set's SOP Class and Instance UIDs: {exc}") from None
     if little and info.transfer_syntax != DEFLATED:
         try:
-            with open(info.path, "rb", buffering=0) as f:
-                f.seek(info.dataset_offset)
-                first = f.read(_META_HEAD)
+            fd = os.open(info.path, os.O_RDONLY | os.O_CLOEXEC)  # as part10_info: no buffered file object
+            try:
+                first = os.pread(fd, _META_HEAD, info.dataset_offset)
+            finally:
+                os.close(fd)
         except OSError:
             pass  # pydicom's reader says what is wrong
         else:
@@ -641,7 +643,7 @@ def _plain_uids(data: bytes, implicit: bool, whole: bool) -> tuple[str | None, s
     ``implicit`` says (pydicom reads in the one the first element shows), the two UIDs single UI
     values.  None for anything else: pydicom's reader then (:func:`dataset_uids`)."""
     end = len(data)
-    if end >= 6 and (65 <= data[4] <= 90 and 65 <= data[5] <= 90) == implicit:
+    if end >= 6 and _is_vr_like(data[4:6]) == implicit:
         return None  # the first element is not in the encoding the transfer syntax says
     found: list[str | None] = [None, None]
     pos = 0

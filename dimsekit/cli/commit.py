@@ -239,8 +239,10 @@ def _commit(reactor: Any, args: argparse.Namespace, ae: ApplicationEntity, waite
     action = Dataset()
     action.TransactionUID = waiter.transaction_uid
     items = []
-    unique = {sop_instance: sop_class for sop_class, sop_instance, _path in reversed(references)}
-    for sop_instance, sop_class in reversed(unique.items()):
+    unique: dict[str, str] = {}  # SOP Instance UID -> its first file's SOP Class UID, in file order
+    for sop_class, sop_instance, _path in references:
+        unique.setdefault(sop_instance, sop_class)
+    for sop_instance, sop_class in unique.items():
         item = Dataset()
         item.ReferencedSOPClassUID = sop_class
         item.ReferencedSOPInstanceUID = sop_instance

@@ -829,3 +829,31 @@ def test_progress_disabled_writes_nothing():
     progress.update(1, 1, force=True)
     progress.clear()
     assert stream.getvalue() == ""
+
+
+class _PoolNow:
+    """A thread pool running each call at once (in this thread)."""
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        on_result(True, f(*args, **kwargs))
+
+
+class _ReactorWithPool:
+    def getThreadPool(self) -> _PoolNow:
+        return _PoolNow()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def test_the_files_after_the_one_sent_are_read_ahead_in_their_order(files, monkeypatch):
+    from dimsekit import readahead
+
+    asked: list[str] = []
+    monkeypatch.setattr(readahead, "prefetch_file", lambda path, limit: asked.append(Path(path).name) or 1)
+    monkeypatch.setattr(FakeAssociation, "reactor", _ReactorWithPool(), raising=False)
+    peer = FakePeer()
+    code, _out, _err = run_store(peer, files)
+    assert code == 0
+    sent = [name for name, _cls, _uid in peer.commands]
+    assert len(sent) == 3 and asked == sent[1:]

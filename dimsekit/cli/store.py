@@ -82,6 +82,7 @@ from dimsekit.datasets import (
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
 from dimsekit.nservice import is_valid_uid
+from dimsekit.readahead import ReadAhead
 
 __all__ = [
     "add_arguments",
@@ -658,7 +659,8 @@ async def _send(
         left: list[Part10Info] = []
         ended: str | None = None  # why the association was lost, if it was
         in_flight: Part10Info | None = None  # the file it was lost with, to send again
-        for info in files:
+        ahead = ReadAhead(getattr(association, "reactor", None), [str(info.path) for info in files])  # from the disk meanwhile
+        for n, info in enumerate(files):
             if not can_send(association.negotiated, info, decompress):
                 left.append(info)
                 continue
@@ -666,6 +668,7 @@ async def _send(
                 ended = f"association {association.ended}"
                 break
             attempted.add(id(info))
+            ahead.at(n)
             try:
                 response = await association.store(info)  # the UIDs chosen by command_uids
             except (DatasetError, LocalProtocolError, RemoteProtocolError) as exc:
@@ -693,6 +696,7 @@ async def _send(
             progress.update(done, tally.sent_bytes)
             if ended is not None:
                 break
+        ahead.stop()
         if ended is not None:
             lost += 1
             rest = [i for i in files if id(i) not in attempted]

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from dimsekit.datasets import decompressible
 from dimsekit.dimse import status as dimse_status
 from dimsekit.errors import for_log
+from dimsekit.readahead import ReadAhead
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
 from dimsekit_plugins.qr.common import QRUnavailable, Shield, identifier_of, index_for, model_for
 from dimsekit_plugins.qr.matching import Condition, condition_for, where
@@ -332,8 +333,10 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
     last_pending: float | None = None
     interrupted = False
     reassociations = 0  # in a row, without a response from the destination between them
+    paths = [str(Path(root.joinpath(*relative.split("/")))) for _uid, _sop_class, _syntax, relative in instances]
+    ahead = ReadAhead(clock, paths)  # the next files from the disk while this one goes out
     try:
-        for n, (uid, _sop_class, _syntax, relative) in enumerate(instances):
+        for n, (uid, _sop_class, _syntax, _relative) in enumerate(instances):
             if request.cancelled:
                 break
             if sub is not None and sub.ended is not None and reassociations < MAX_REASSOCIATIONS:
@@ -353,10 +356,9 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
                 except Exception as exc:  # the sub-operations left fail on the ended association
                     _log.warn("C-MOVE to {dest}: cannot associate again ({error})", dest=remote.ae_title, error=exc)
             tally.started += 1
-            path = root.joinpath(*relative.split("/"))
+            ahead.at(n)
             try:
-                response = await shield.wait(target.store(str(Path(path)), priority=priority,
-                                                          move_originator=originator))
+                response = await shield.wait(target.store(paths[n], priority=priority, move_originator=originator))
             except CancelledError:
                 await shield.settle()  # the sub-operation in flight ends first
                 tally.count(uid, shield.outcome)
@@ -386,6 +388,7 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
                   failed=tally.failed, warn=tally.warning)
         yield status, failed_identifier(tally), tally.fields(remaining=False)
     finally:
+        ahead.stop()
         await shield.settle()
         if sub is not None and sub.established and not sub.ended:
             try:

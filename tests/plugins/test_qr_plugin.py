@@ -334,6 +334,27 @@ class GetTests(QrTestCase):
         self.assertIsNone(final.dataset)
         await within(assoc.release())
 
+    async def test_the_files_after_the_first_are_read_ahead_in_their_order(self):
+        from pydicom import dcmread
+
+        from dimsekit import readahead
+
+        await self.start_node()
+        asked: list[str] = []
+        real = readahead.prefetch_file
+        self.patch(readahead, "prefetch_file", lambda path, limit: (asked.append(path), real(path, limit))[1])
+        assoc = await self.qr_association(roles=True)
+        received: list[str] = []
+        on_store = lambda request: received.append(request.sop_instance_uid) or 0x0000  # noqa: E731
+        _, final = await collect(assoc.get(query("STUDY", StudyInstanceUID=study_uid("1")), STUDY_ROOT_GET,
+                                           on_store=on_store))
+        self.assertEqual((final.status, len(received)), (0x0000, 4))
+        await wait_until(lambda: len(asked) >= 3, what="the read-ahead's thread")  # (it ran long before)
+        for path in asked:  # files of the archive, in it
+            self.assertTrue(Path(path).resolve().is_relative_to(self.data_dir.resolve()), path)
+        self.assertEqual([dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in asked], received[1:])
+        await within(assoc.release())
+
     async def test_get_by_patient_and_by_image_list(self):
         await self.start_node()
         assoc = await self.qr_association(roles=True)

@@ -345,7 +345,8 @@ def part10_info(path: str | Path) -> Part10Info:
 
     :raises DatasetError: not a Part 10 file, or its meta lacks a required element.
     """
-    path = Path(path)
+    if not isinstance(path, Path):  # (a Path of a Path parses it again: 2 us a sub-operation)
+        path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # not open(): its fstat and isatty, per file
         try:
@@ -553,7 +554,8 @@ def dataset_file_info(path: str | Path) -> Part10Info:
     :raises DatasetError: neither, or a bare data set whose pixel data is
         encapsulated (compressed: which codec, only a File Meta would say).
     """
-    path = Path(path)
+    if not isinstance(path, Path):
+        path = Path(path)
     try:
         return part10_info(path)
     except DatasetError as exc:

@@ -33,9 +33,9 @@ A900H a bad identifier; C000H the index cannot be read.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -333,7 +333,8 @@ async def _retrieve(request: Any, *, move: bool) -> AsyncIterator[tuple[Any, ...
     last_pending: float | None = None
     interrupted = False
     reassociations = 0  # in a row, without a response from the destination between them
-    paths = [str(Path(root.joinpath(*relative.split("/")))) for _uid, _sop_class, _syntax, relative in instances]
+    top = str(root)  # (os.path: a Path per instance cost 6 us)
+    paths = [os.path.join(top, *relative.split("/")) for _uid, _sop_class, _syntax, relative in instances]
     ahead = ReadAhead(clock, paths)  # the next files from the disk while this one goes out
     try:
         for n, (uid, _sop_class, _syntax, _relative) in enumerate(instances):

@@ -791,6 +791,10 @@ def truncation_in_file(path: str | Path, offset: int, length: int, transfer_synt
         return dataset_truncation(head, length, transfer_syntax, lambda at, size: os.pread(fd, size, offset + at))
 
 
+#: the native (uncompressed) transfer syntaxes :func:`dataset_truncation` frames
+_NATIVE_LITTLE = frozenset((IMPLICIT_LE, "1.2.840.10008.1.2.1"))
+
+
 def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: str,
                        read: Callable[[int, int], bytes] | None = None, start: int = 0) -> str | None:
     """What cuts short a data set of ``size`` bytes in ``transfer_syntax`` -- a value or a sequence
@@ -798,6 +802,9 @@ def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: st
     endian, deflated or unknown transfer syntax). ``prefix`` holds its first bytes,
     ``read(offset, size)`` the rest (None: no verdict when ``prefix`` is not all of it);
     ``start``: where an earlier scan's framing ended.
+
+    :raises ~dimsekit.framing.EncapsulatedInNative: the transfer syntax is Implicit or Explicit
+        VR Little Endian, and the Pixel Data is encapsulated (undefined length).
     """
     from dimsekit.framing import truncation
 
@@ -811,7 +818,21 @@ def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: st
         read = None
     elif read is None:
         return None
-    return truncation(prefix, size, implicit=implicit, read=read, start=start)
+    return truncation(prefix, size, implicit=implicit, read=read, start=start,
+                      native=transfer_syntax in _NATIVE_LITTLE)
+
+
+def dataset_defect(prefix: bytes | bytearray, size: int, transfer_syntax: str,
+                   read: Callable[[int, int], bytes] | None = None, start: int = 0) -> str | None:
+    """Why a data set as :func:`dataset_truncation` takes it is no image, in a sentence -- it is
+    cut short, or its Pixel Data is encapsulated in an uncompressed transfer syntax -- or None."""
+    from dimsekit.framing import EncapsulatedInNative
+
+    try:
+        short = dataset_truncation(prefix, size, transfer_syntax, read, start)
+    except EncapsulatedInNative as exc:  # stored, every reader would take the fragments for pixels
+        return f"encapsulated Pixel Data in {UID(transfer_syntax).name} (PS3.5 A.4): {exc}"
+    return None if short is None else f"the data set is cut short: {short}"
 
 
 class _Inflating(io.RawIOBase):

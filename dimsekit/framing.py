@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-__all__ = ["truncation", "sequence_end", "sequence_items", "Unframed"]
+__all__ = ["truncation", "sequence_end", "sequence_items", "Unframed", "EncapsulatedInNative"]
 
 #: an element's header, little endian: explicit VR (tag, VR, 2-byte length) and implicit VR (tag, length)
 EXPLICIT_HEAD = struct.Struct("<HH2sH")
@@ -58,6 +58,18 @@ class Unframed(Exception):
     """The bytes cannot be framed as the standard frames them: no verdict."""
 
 
+class EncapsulatedInNative(Exception):
+    """The data set's Pixel Data (7FE0,0010) has an undefined length -- encapsulated, compressed
+    fragments -- though its transfer syntax is native (uncompressed), where Pixel Data has a
+    defined length (PS3.5 A.4: encapsulation is for the compressed transfer syntaxes).  Every
+    reader takes the fragments for pixels, or fails: such a data set is no image."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"Pixel Data (7FE0,0010) at offset {offset} is encapsulated (undefined length), "
+                         "which only a compressed transfer syntax allows (PS3.5 A.4)")
+        self.offset = offset
+
+
 class _Short(Exception):
     """The bytes end inside a header or a value."""
 
@@ -73,12 +85,14 @@ def _tag_text(tag: int) -> str:
 class _Walk:
     """The walk over one data set: ``buf`` holds its first ``have`` bytes, ``read`` gives the rest."""
 
-    __slots__ = ("buf", "have", "read")
+    __slots__ = ("buf", "have", "read", "native")
 
-    def __init__(self, buf: memoryview, have: int, read: Reader | None) -> None:
+    def __init__(self, buf: memoryview, have: int, read: Reader | None, native: bool = False) -> None:
         self.buf = buf
         self.have = have
         self.read = read
+        #: the transfer syntax is native: encapsulated Pixel Data at the top level is refused
+        self.native = native
 
     def _unpack(self, st: struct.Struct, pos: int, end: int, what: str, owner: int = 0) -> tuple:
         """``st`` unpacked at ``pos``, within ``end``; what is cut off is said (``what``, formatted
@@ -140,6 +154,8 @@ class _Walk:
                 if vr is not None and vr not in _UNDEFINED_OK:
                     raise Unframed
                 if vr == b"OB" or vr == b"OW" or (vr is None and tag == _PIXEL_DATA):
+                    if self.native and depth == 0 and tag == _PIXEL_DATA:
+                        raise EncapsulatedInNative(pos)
                     pos = self.fragments(start, end, tag)
                 else:  # a sequence; an undefined-length UN holds one in implicit VR (CP-246)
                     pos = self.items(start, end, implicit or vr == b"UN", depth + 1, tag)
@@ -246,7 +262,7 @@ def sequence_items(value: bytes | bytearray | memoryview, implicit: bool) -> lis
 
 
 def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,
-               read: Reader | None = None) -> str | None:
+               read: Reader | None = None, native: bool = False) -> str | None:
     """What cuts the little endian data set of ``total`` bytes short, or None.
 
     :param data: the data set's first bytes (all of it, or a prefix: see ``read``).
@@ -255,8 +271,10 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     :param start: where an element starts from which to check (an earlier scan framed the rest).
     :param read: ``read(offset, size)`` gives the bytes at ``offset`` past ``data`` (fewer at the
         end); None when ``data`` is all there is.
+    :param native: the transfer syntax is a native (uncompressed) one.
     :returns: None when every element ends within the bytes, or when the data set cannot be
         framed exactly (no verdict, see the module docstring); else what runs past the end.
+    :raises EncapsulatedInNative: ``native``, and the top-level Pixel Data has an undefined length.
     """
     buf = memoryview(data)
     have = min(len(buf), total)
@@ -269,7 +287,7 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     if pos == total:
         return None
     try:
-        _Walk(buf, have, read).elements(pos, total, implicit, 0, until_item_end=False)
+        _Walk(buf, have, read, native).elements(pos, total, implicit, 0, until_item_end=False)
     except _Short as short:
         return short.text
     except (Unframed, struct.error):

@@ -584,7 +584,12 @@ def test_a_retrieved_data_set_cut_short_is_refused_c000_and_no_file_is_kept(tmp_
     reactor.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)
     receiver = cli_get.Receiver(reactor, tmp_path)
     statuses = []
-    for uid, data in (("1.2.3.4", raw[:-7]), ("1.2.3.5", raw)):
+    # and compressed fragments sent as Explicit VR Little Endian: no image either
+    head = raw[:raw.index(b"\xe0\x7f\x10\x00")]
+    fragments = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"\xfe\xff\x00\xe0\x04\x00\x00\x00\xff\xd8\xff\xd9" + \
+        b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    encapsulated = head + b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + fragments
+    for uid, data in (("1.2.3.4", raw[:-7]), ("1.2.3.5", raw), ("1.2.3.6", encapsulated)):
         request = SimpleNamespace(sop_class_uid=ds.SOPClassUID, sop_instance_uid=uid,
                                   transfer_syntax="1.2.840.10008.1.2.1",
                                   association=SimpleNamespace(remote_ae_title="PACS"))
@@ -592,10 +597,13 @@ def test_a_retrieved_data_set_cut_short_is_refused_c000_and_no_file_is_kept(tmp_
         request.sink.write(data)
         request.sink.close()
         receiver(request).addCallback(statuses.append)
-    assert statuses == [0xC000, 0x0000]
+    assert statuses == [0xC000, 0x0000, 0xC000]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.2.3.5.dcm"]
     assert receiver.failures == ["1.2.3.4: the data set is cut short: (7FE0,0010) at offset 50 has a value of "
-                                 "100000 bytes, 99993 are left"]
+                                 "100000 bytes, 99993 are left",
+                                 "1.2.3.6: encapsulated Pixel Data in Explicit VR Little Endian (PS3.5 A.4): Pixel "
+                                 "Data (7FE0,0010) at offset 50 is encapsulated (undefined length), which only a "
+                                 "compressed transfer syntax allows (PS3.5 A.4)"]
 
 
 def outcome(status: int, tmp_path: Path, dataset: Dataset | None = None, **counts: int) -> tuple[int, str, str]:

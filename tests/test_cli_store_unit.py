@@ -127,6 +127,30 @@ def test_read_files_skips_a_file_cut_short_and_it_counts(tmp_path, ts):
                                 "bytes, 9990 are left"
 
 
+def test_read_files_skips_encapsulated_pixel_data_labelled_uncompressed(tmp_path):
+    # compressed fragments in a file whose File Meta says Explicit VR Little Endian (a tool that
+    # relabelled it): a peer refuses it (the node: 0xC000) or stores no image; not sent, and counted
+    from pydicom.encaps import encapsulate
+
+    good = write_part10(tmp_path / "good.dcm")
+    ds = dcmread(good)
+    ds.add_new(0x7FE00010, "OB", encapsulate([b"\xff\xd8\xff\xd9"]))
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    ds.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    jpeg = (tmp_path / "jpeg.dcm").read_bytes()
+    # pydicom writes no undefined length in a native syntax: the bytes of one that did
+    (tmp_path / "relabelled.dcm").write_bytes(good.read_bytes() + jpeg[jpeg.rindex(b"\xe0\x7f\x10\x00"):])
+    files = [(tmp_path / name, False) for name in ("good.dcm", "relabelled.dcm", "jpeg.dcm")]
+    infos, skipped = cli_store.read_files(files)
+    assert [i.path.name for i in infos] == ["good.dcm", "jpeg.dcm"]
+    assert [(s.path.name, s.counts) for s in skipped] == [("relabelled.dcm", True)]
+    assert skipped[0].reason.startswith("its File Meta Information says Explicit VR Little Endian, but Pixel Data "
+                                        "(7FE0,0010) at offset ")
+    assert skipped[0].reason.endswith(" is encapsulated (undefined length), which only a compressed transfer "
+                                      "syntax allows (PS3.5 A.4)")
+
+
 @pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", ELE, "1.2.840.10008.1.2.2"])
 def test_a_bare_data_set_is_read_in_the_syntax_it_is_in(tmp_path, ts):
     ds = Dataset()

@@ -9,6 +9,8 @@ in the first 8 bytes after it (a few bytes that are no header: no verdict).
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
 
 from dimsekit.datasets import encode_dataset
-from dimsekit.framing import truncation
+from dimsekit.framing import EncapsulatedInNative, truncation
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -189,3 +191,48 @@ def test_an_undefined_length_sequence_whose_delimiter_is_missing_before_the_next
     whole = data[:38] + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" + data[38:]
     assert truncation(whole, len(whole), implicit=False) is None
 
+
+
+# -- encapsulated Pixel Data under a native transfer syntax ---------------------------------
+
+
+@settings(max_examples=80)
+@given(ds=datasets(), cut=st.booleans())
+def test_encapsulated_pixel_data_is_told_in_a_native_syntax_only(ds, cut):
+    """With ``native``, a top-level Pixel Data of undefined length is refused wherever it stands,
+    whole data set or cut short after it; anything else gets the verdict it gets without."""
+    encoded = encode_dataset(ds, EXPLICIT)
+    end = len(encoded) - 4 if cut and len(encoded) > 16 else len(encoded)
+    data = encoded[:end]
+    without = truncation(data, end, implicit=False)
+    encapsulated = "PixelData" in ds and ds["PixelData"].is_undefined_length
+    if encapsulated:
+        with pytest.raises(EncapsulatedInNative) as caught:
+            truncation(data, end, implicit=False, native=True)
+        assert encoded[caught.value.offset:caught.value.offset + 4] == b"\xe0\x7f\x10\x00"
+    else:
+        assert truncation(data, end, implicit=False, native=True) == without
+
+
+def _implicit_element(tag: int, value: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value) if length is None else length) + value
+
+
+def test_encapsulated_pixel_data_in_implicit_vr():
+    fragments = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"\xfe\xff\x00\xe0\x04\x00\x00\x00\xff\x4f\xff\x51" + \
+        b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    data = _implicit_element(0x00100010, b"DOE ") + _implicit_element(0x7FE00010, fragments, 0xFFFFFFFF)
+    assert truncation(data, len(data), implicit=True) is None  # framed: whole
+    with pytest.raises(EncapsulatedInNative) as caught:
+        truncation(data, len(data), implicit=True, native=True)
+    assert caught.value.offset == 12
+    assert "(7FE0,0010) at offset 12 is encapsulated" in str(caught.value)
+
+
+def test_encapsulated_pixel_data_of_an_icon_in_a_sequence_is_not_told():
+    """Only the top-level Pixel Data is checked: an item's (an Icon Image Sequence) is left alone."""
+    fragments = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<I", 8 + len(fragments)) + _implicit_element(
+        0x7FE00010, fragments, 0xFFFFFFFF)
+    data = _implicit_element(0x00880200, item)
+    assert truncation(data, len(data), implicit=True, native=True) is None

@@ -81,6 +81,7 @@ from dimsekit.datasets import (
 )
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
+from dimsekit.framing import EncapsulatedInNative
 from dimsekit.nservice import is_valid_uid
 from dimsekit.readahead import ReadAhead
 
@@ -253,6 +254,11 @@ def read_files(
             short = file_truncation(info)
         except OSError as exc:
             short = f"cannot read: {exc.strerror or exc}"
+        except EncapsulatedInNative as exc:
+            # compressed fragments labelled uncompressed: a peer refuses it, or stores no image
+            skipped.append(Skipped(path, f"its File Meta Information says {UID(info.transfer_syntax).name}, but {exc}",
+                                   True))
+            continue
         if short is not None:
             # A file cut short (a full disk, a copy that stopped): not sent, whoever
             # the peer is -- one that stores it as it comes would answer Success.

@@ -106,7 +106,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 import dimsekit
-from dimsekit.datasets import dataset_truncation
+from dimsekit.datasets import dataset_defect
 from dimsekit.dimse.fragments import write_chunks as _write_chunks
 from dimsekit.errors import LocalProtocolError
 from dimsekit.interfaces import IArchive, IIncomingInstance, StoredInstance
@@ -411,12 +411,12 @@ class IncomingInstance:
                 header.run()  # the scan: ~30 us for an image header
 
     def cut_short(self) -> str | None:
-        """What cuts the data set short, or None (:func:`~dimsekit.datasets.dataset_truncation`):
-        the commit's worker, once the data set is all in the file or the prefix."""
+        """Why the data set is no image -- cut short, or compressed fragments in an uncompressed
+        syntax -- or None (:func:`~dimsekit.datasets.dataset_defect`): the commit's worker, once
+        the data set is all in the file or the prefix."""
         fd, base = self._fd, self.header_length
         read = None if fd is None else (lambda offset, size: os.pread(fd, size, base + offset))
-        return dataset_truncation(self._prefix, self.size, self.transfer_syntax, read,
-                                  self._framed[-1] if self._framed else 0)
+        return dataset_defect(self._prefix, self.size, self.transfer_syntax, read, self._framed[-1] if self._framed else 0)
 
     def __repr__(self) -> str:
         return f"<IncomingInstance {self.sop_instance_uid} {self.state} {self.size} bytes>"
@@ -1349,9 +1349,9 @@ class Archive(Reconciling):
         """The index record of a data set whose header gave ``values``, and its final place, once
         the header agrees with the command and its UIDs make a path, and the data set is whole."""
         self._check_against_command(values, incoming)
-        short = incoming.cut_short()
-        if short is not None:
-            raise CannotUnderstand(f"the data set is cut short: {short}")
+        defect = incoming.cut_short()
+        if defect is not None:
+            raise CannotUnderstand(defect)
         check_uid(values["study_instance_uid"], "Study Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_STUDY)
         check_uid(values["series_instance_uid"], "Series Instance UID", status=STATUS_DATASET_MISMATCH, tag=_TAG_SERIES)
         rel = relative_path(values["study_instance_uid"], values["series_instance_uid"], incoming.sop_instance_uid)

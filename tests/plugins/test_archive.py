@@ -639,6 +639,31 @@ def test_a_data_set_cut_short_cannot_be_understood_and_leaves_nothing(archive, c
     assert Path(stored.path).read_bytes().endswith(data)
 
 
+@pytest.mark.parametrize("syntax", [EXPLICIT_VR_LE, IMPLICIT_VR_LE], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("size", [3000, 200_000], ids=["in memory", "read back from its file"])
+def test_encapsulated_pixel_data_in_a_native_syntax_cannot_be_understood(archive, clock, root, syntax, size):
+    """A sender that puts compressed fragments on an uncompressed presentation context (one
+    did: odil's store, JPEG 2000 on Explicit VR Little Endian): stored, the file would say
+    native pixels and hold fragments -- no reader gets an image from it."""
+    ds = _encapsulated(3, size // 3)
+    data = encode(ds, JPEG_BASELINE)  # the bytes as the sender wrote them: explicit VR
+    if syntax == IMPLICIT_VR_LE:  # the elements before in implicit VR, then the same fragments
+        first = data.index(b"\xfe\xff\x00\xe0")
+        after = data.index(b"\xfe\xff\xdd\xe0", first) + 8
+        head = Dataset({tag: ds[tag] for tag in ds.keys() if tag < 0x7FE00010})
+        data = encode(head, IMPLICIT_VR_LE) + b"\xe0\x7f\x10\x00\xff\xff\xff\xff" + data[first:after]
+    incoming = receive(archive, data, sop_class=CT_IMAGE_STORAGE, sop_instance=ds.SOPInstanceUID,
+                       transfer_syntax=syntax, chunk=16_384)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, CannotUnderstand) and error.status == 0xC000
+    name = "Explicit" if syntax == EXPLICIT_VR_LE else "Implicit"
+    assert str(error).startswith(f"encapsulated Pixel Data in {name} VR Little Endian (PS3.5 A.4): "
+                                 "Pixel Data (7FE0,0010) at offset "), str(error)
+    assert dcm_files(root) == [] and incoming_files(root) == []
+    stored = store(archive, clock, ds, transfer_syntax=JPEG_BASELINE)  # in its own syntax it is stored
+    assert Path(stored.path).read_bytes().endswith(encode(ds, JPEG_BASELINE))
+
+
 def test_a_native_pixel_data_value_cut_short_cannot_be_understood(archive, clock, root):
     ds = make_dataset(pixels=b"\1\2" * 100_000)
     data = encode(ds)

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import Servers, dcmtk, environment, fmt, free_port, median, save, table, temp_dir  # noqa: E402
 from bench_retrieve import NODELAY, SERVERS, _title, load, start_server  # noqa: E402
+from bench_store import ct_instance  # noqa: E402
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RETURN_KEYS = ("PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyDescription",
                "StudyInstanceUID", "ModalitiesInStudy", "NumberOfStudyRelatedInstances")
 REPEATS = {"all": 5, "patient": 50, "month": 20}
@@ -50,8 +50,7 @@ REPEATS = {"all": 5, "patient": 50, "month": 20}
 def make_studies(directory: Path, studies: int, per_study: int, seed: int = 26) -> dict[str, Any]:
     """``studies`` studies of ``per_study`` small CT instances in ``directory``; what the
     queries should find: the patient of the ``patient`` query and the studies of each month."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -62,36 +61,14 @@ def make_studies(directory: Path, studies: int, per_study: int, seed: int = 26) 
         date = f"{rng.choice((2025, 2026))}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
         months[date[:6]] = months.get(date[:6], 0) + 1
         for i in range(per_study):
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-            meta.MediaStorageSOPInstanceUID = generate_uid()
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = CT_IMAGE_STORAGE
-            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            ds.StudyInstanceUID = study
-            ds.SeriesInstanceUID = series
-            ds.PatientName = f"PATIENT{s:05d}^FIND"
-            ds.PatientID = f"FIND-{s:05d}"
+            ds = ct_instance(study, series, i + 1, 16, pixels, name=f"PATIENT{s:05d}^FIND", patient_id=f"FIND-{s:05d}")
             ds.PatientBirthDate = "19700101"
             ds.PatientSex = "O"
-            ds.StudyID = "1"
             ds.AccessionNumber = f"ACC{s:06d}"
             ds.StudyDate = date
             ds.StudyTime = f"{rng.randint(7, 19):02d}{rng.randint(0, 59):02d}00"
             ds.StudyDescription = "CT CHEST"
             ds.ReferringPhysicianName = "REF^ERRING"
-            ds.Modality = "CT"
-            ds.SeriesNumber = 1
-            ds.InstanceNumber = i + 1
-            ds.Rows = ds.Columns = 16
-            ds.BitsAllocated = ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 0
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.PixelData = pixels
             ds.save_as(directory / f"s{s:05d}-{i}.dcm", enforce_file_format=True)
     month = max(sorted(months), key=lambda m: months[m])  # the busiest month
     patient = f"FIND-{studies // 2:05d}"

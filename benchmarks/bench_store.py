@@ -134,48 +134,58 @@ PYNETDICOM_STORESCP = (
 
 # ---------------------------------------------------------------- data sets
 
+def ct_instance(study: str, series: str, number: int, rows: int, pixels: bytes, *, name: str, patient_id: str) -> Any:
+    """One CT instance (File Meta included, a new SOP Instance UID) of rows x rows 16-bit pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.PatientName = name
+    ds.PatientID = patient_id
+    ds.StudyID = "1"
+    ds.AccessionNumber = "A1"
+    ds.StudyDate = "20260101"
+    ds.Modality = "CT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = rows
+    ds.Columns = rows
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept = -1024
+    ds.RescaleSlope = 1
+    ds.PixelData = pixels
+    return ds
+
+
 def make_set(directory: Path, count: int, rows: int, tag: str, sequences: bool = False) -> int:
     """``count`` CT instances of rows x rows 16-bit pixels in ``directory``; return total bytes.
     ``sequences``: each also carries the Request Attributes and Procedure Code Sequences a
     modality copies from its worklist (one item each), as most images from a hospital do."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     directory.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
     pixels = os.urandom(rows * rows * 2)
     total = 0
     for i in range(count):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
-        ds.PatientName = f"BENCH^{tag}"
-        ds.PatientID = f"BENCH-{tag}"
-        ds.StudyID = "1"
-        ds.AccessionNumber = "A1"
-        ds.StudyDate = "20260101"
-        ds.Modality = "CT"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = i + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = rows
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
+        ds = ct_instance(study, series, i + 1, rows, pixels, name=f"BENCH^{tag}", patient_id=f"BENCH-{tag}")
         if sequences:
             request = Dataset()
             request.RequestedProcedureID = "RP1"
@@ -189,7 +199,6 @@ def make_set(directory: Path, count: int, rows: int, tag: str, sequences: bool =
             code.CodingSchemeDesignator = "LOCAL"
             code.CodeMeaning = "CT Chest"
             ds.ProcedureCodeSequence = Sequence([code])
-        ds.PixelData = pixels
         path = directory / f"{tag}{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         total += path.stat().st_size

@@ -48,7 +48,8 @@ def prefetch_file(path: str, limit: int = BYTES_AHEAD) -> int:
     from the disk): call it from a thread.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO among the files would otherwise hold the thread until a writer came
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return 0  # the sending says what is wrong with it, in its own words
     try:

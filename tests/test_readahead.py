@@ -8,6 +8,7 @@ is recorded, not called, except in the tests of :func:`prefetch_file` itself.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,20 @@ def test_prefetch_file_of_a_missing_or_empty_file_is_0_and_asks_nothing(tmp_path
     assert prefetch_file(str(tmp_path)) == 0  # a directory: opened, but no file to read ahead
     assert prefetch_file(empty) == 0
     assert advised == []
+
+
+def test_prefetch_file_of_a_fifo_does_not_wait_for_a_writer(tmp_path: Path, advised: list) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(prefetch_file(str(fifo))), daemon=True)
+    thread.start()
+    thread.join(5)
+    if thread.is_alive():  # a blocking open: a writer releases it, then the test fails
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail("prefetch_file waited for a FIFO's writer")
+    assert result == [0] and advised == []
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux/BSD only")

@@ -796,12 +796,13 @@ _NATIVE_LITTLE = frozenset((IMPLICIT_LE, "1.2.840.10008.1.2.1"))
 
 
 def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: str,
-                       read: Callable[[int, int], bytes] | None = None, start: int = 0) -> str | None:
+                       read: Callable[[int, int], bytes] | None = None, start: int = 0,
+                       found: dict[str, tuple[int, int]] | None = None) -> str | None:
     """What cuts short a data set of ``size`` bytes in ``transfer_syntax`` -- a value or a sequence
     that runs past its end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big
     endian, deflated or unknown transfer syntax). ``prefix`` holds its first bytes,
     ``read(offset, size)`` the rest (None: no verdict when ``prefix`` is not all of it);
-    ``start``: where an earlier scan's framing ended.
+    ``start``: where an earlier scan's framing ended; ``found``: see :func:`dimsekit.framing.truncation`.
 
     :raises ~dimsekit.framing.EncapsulatedInNative: the transfer syntax is Implicit or Explicit
         VR Little Endian, and the Pixel Data is encapsulated (undefined length).
@@ -819,20 +820,67 @@ def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: st
     elif read is None:
         return None
     return truncation(prefix, size, implicit=implicit, read=read, start=start,
-                      native=transfer_syntax in _NATIVE_LITTLE)
+                      native=transfer_syntax in _NATIVE_LITTLE, found=found)
+
+
+#: the codec family of each encapsulated transfer syntax :func:`codec_of` can tell apart
+_CODEC_FAMILIES = {
+    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), "JPEG"),
+    **dict.fromkeys(("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
+                     "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                     "1.2.840.10008.1.2.4.203"), "JPEG 2000"),
+    "1.2.840.10008.1.2.5": "RLE",
+}
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def codec_of(head: bytes) -> str | None:
+    """What the first bytes of a frame's first fragment say its codec is -- "JPEG" (an SOI
+    marker: the JPEG processes and JPEG-LS), "JPEG 2000" (a codestream's SOC and SIZ markers,
+    or a JP2 file's signature), "RLE" (PS3.5 G.5's header: 1 to 15 segments, the first at
+    offset 64, the others after it in order, unused offsets 0) -- or None: none of them."""
+    if head[:2] == b"\xff\xd8":
+        return "JPEG"
+    if head[:4] == b"\xff\x4f\xff\x51" or head[:12] == _JP2_SIGNATURE:
+        return "JPEG 2000"
+    if len(head) >= 64:
+        count, *offsets = struct.unpack("<16L", head[:64])
+        used = offsets[:count]
+        if 1 <= count <= 15 and used[0] == 64 and all(a < b for a, b in zip(used, used[1:], strict=False)) \
+                and not any(offsets[count:]):
+            return "RLE"
+    return None
 
 
 def dataset_defect(prefix: bytes | bytearray, size: int, transfer_syntax: str,
                    read: Callable[[int, int], bytes] | None = None, start: int = 0) -> str | None:
-    """Why a data set as :func:`dataset_truncation` takes it is no image, in a sentence -- it is
-    cut short, or its Pixel Data is encapsulated in an uncompressed transfer syntax -- or None."""
+    """Why a data set as :func:`dataset_truncation` takes it is no image, in a sentence, or None:
+    it is cut short; its Pixel Data is encapsulated in an uncompressed transfer syntax; or the
+    first fragment of its Pixel Data is, beyond doubt, of another codec than the transfer
+    syntax's (RLE labelled JPEG 2000: a sender that used the first file's syntax for all)."""
     from dimsekit.framing import EncapsulatedInNative
 
+    found: dict[str, tuple[int, int]] = {}
     try:
-        short = dataset_truncation(prefix, size, transfer_syntax, read, start)
+        short = dataset_truncation(prefix, size, transfer_syntax, read, start, found)
     except EncapsulatedInNative as exc:  # stored, every reader would take the fragments for pixels
         return f"encapsulated Pixel Data in {UID(transfer_syntax).name} (PS3.5 A.4): {exc}"
-    return None if short is None else f"the data set is cut short: {short}"
+    if short is not None:
+        return f"the data set is cut short: {short}"
+    family = _CODEC_FAMILIES.get(transfer_syntax)
+    if family is None or "first_fragment" not in found:
+        return None
+    offset, length = found["first_fragment"]
+    wanted = min(length, 64)
+    head = bytes(prefix[offset:offset + wanted])
+    if len(head) < wanted and read is not None:
+        head = read(offset, wanted)
+    codec = codec_of(head)
+    if codec is None or codec == family:
+        return None  # unknown bytes are the decoder's business, not the archive's
+    return (f"{codec} data in {UID(transfer_syntax).name}: the first fragment of its Pixel Data (at offset "
+            f"{offset}) is {codec}, not {family} (PS3.5 A.4)")
 
 
 class _Inflating(io.RawIOBase):

@@ -85,7 +85,7 @@ def _tag_text(tag: int) -> str:
 class _Walk:
     """The walk over one data set: ``buf`` holds its first ``have`` bytes, ``read`` gives the rest."""
 
-    __slots__ = ("buf", "have", "read", "native")
+    __slots__ = ("buf", "have", "read", "native", "first_fragment")
 
     def __init__(self, buf: memoryview, have: int, read: Reader | None, native: bool = False) -> None:
         self.buf = buf
@@ -93,6 +93,9 @@ class _Walk:
         self.read = read
         #: the transfer syntax is native: encapsulated Pixel Data at the top level is refused
         self.native = native
+        #: (offset, length) of the top-level encapsulated Pixel Data's first fragment (the item
+        #: after its Basic Offset Table), once framed
+        self.first_fragment: tuple[int, int] | None = None
 
     def _unpack(self, st: struct.Struct, pos: int, end: int, what: str, owner: int = 0) -> tuple:
         """``st`` unpacked at ``pos``, within ``end``; what is cut off is said (``what``, formatted
@@ -156,7 +159,7 @@ class _Walk:
                 if vr == b"OB" or vr == b"OW" or (vr is None and tag == _PIXEL_DATA):
                     if self.native and depth == 0 and tag == _PIXEL_DATA:
                         raise EncapsulatedInNative(pos)
-                    pos = self.fragments(start, end, tag)
+                    pos = self.fragments(start, end, tag, top=depth == 0 and tag == _PIXEL_DATA)
                 else:  # a sequence; an undefined-length UN holds one in implicit VR (CP-246)
                     pos = self.items(start, end, implicit or vr == b"UN", depth + 1, tag)
                 continue
@@ -193,8 +196,10 @@ class _Walk:
             else:
                 pos += length
 
-    def fragments(self, pos: int, end: int, owner: int) -> int:
-        """Encapsulated pixel data's items (defined lengths) from ``pos``, to past its delimiter."""
+    def fragments(self, pos: int, end: int, owner: int, top: bool = False) -> int:
+        """Encapsulated pixel data's items (defined lengths) from ``pos``, to past its delimiter
+        (``top``: the data set's own Pixel Data, whose first fragment is noted)."""
+        items = 0
         while True:
             if pos >= end:
                 raise _Short(f"the encapsulated {_tag_text(owner)} has no end: the data set ends at offset "
@@ -209,6 +214,9 @@ class _Walk:
             if pos + length > end:
                 raise _Short(f"a fragment of {_tag_text(owner)} at offset {pos - 8} has {length} bytes, "
                              f"{max(end - pos, 0)} are left")
+            if top and items == 1:
+                self.first_fragment = (pos, length)
+            items += 1
             pos += length
 
 
@@ -262,7 +270,8 @@ def sequence_items(value: bytes | bytearray | memoryview, implicit: bool) -> lis
 
 
 def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,
-               read: Reader | None = None, native: bool = False) -> str | None:
+               read: Reader | None = None, native: bool = False,
+               found: dict[str, tuple[int, int]] | None = None) -> str | None:
     """What cuts the little endian data set of ``total`` bytes short, or None.
 
     :param data: the data set's first bytes (all of it, or a prefix: see ``read``).
@@ -272,6 +281,8 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     :param read: ``read(offset, size)`` gives the bytes at ``offset`` past ``data`` (fewer at the
         end); None when ``data`` is all there is.
     :param native: the transfer syntax is a native (uncompressed) one.
+    :param found: given, it is told ``"first_fragment"``: (offset, length) of the first fragment
+        of the data set's encapsulated Pixel Data, when the walk framed one.
     :returns: None when every element ends within the bytes, or when the data set cannot be
         framed exactly (no verdict, see the module docstring); else what runs past the end.
     :raises EncapsulatedInNative: ``native``, and the top-level Pixel Data has an undefined length.
@@ -286,12 +297,16 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     pos = _fast(buf, have, start, implicit)
     if pos == total:
         return None
+    walk = _Walk(buf, have, read, native)
     try:
-        _Walk(buf, have, read, native).elements(pos, total, implicit, 0, until_item_end=False)
+        walk.elements(pos, total, implicit, 0, until_item_end=False)
     except _Short as short:
         return short.text
     except (Unframed, struct.error):
         return None
+    finally:
+        if found is not None and walk.first_fragment is not None:
+            found["first_fragment"] = walk.first_fragment
     return None
 
 

@@ -26,7 +26,8 @@ A900H      Error: Data Set does not match SOP Class -- the data set's SOP Class 
 C000H      Error: Cannot understand -- the data set cannot be parsed, or it is cut
            short: a value runs past its end, or an undefined-length sequence has
            no delimiter (:mod:`dimsekit.framing`; Error Comment says where); or its
-           Pixel Data is encapsulated in an uncompressed transfer syntax (PS3.5 A.4)
+           Pixel Data is encapsulated in an uncompressed transfer syntax, or its first
+           fragment is plainly of another codec than the transfer syntax's (PS3.5 A.4)
 0117H      Invalid SOP Instance -- the Affected SOP Instance UID is not a UID
            (refused before anything is written; nothing becomes a path)
 0122H      Refused: SOP Class Not Supported -- the Affected SOP Class UID is not the

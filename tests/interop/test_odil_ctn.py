@@ -7,9 +7,9 @@ installs them with apt-get, as it does DCMTK and Orthanc).
   fragments labelled Explicit VR Little Endian -- the node refuses them 0xC000 and keeps
   nothing, where it once stored files that said native pixels and held fragments); find, UTF-8
   names; get.
-* **CTN against the node**: ``dicom_echo``; ``send_image`` (not the two compressed files: it
-  sends every instance of a SOP class in the syntax of the first, RLE as JPEG 2000); a
-  worklist query by ``mwlQuery``; a film printed by ``print_client`` (Basic Grayscale Print
+* **CTN against the node**: ``dicom_echo``; ``send_image`` (it sends every instance of a SOP
+  class in the transfer syntax of the first: RLE labelled JPEG 2000, which the node refuses
+  0xC000 where it once stored it); a worklist query by ``mwlQuery``; a film printed by ``print_client`` (Basic Grayscale Print
   Management: film session, film box, four image boxes, N-ACTION, N-DELETE).
 * **dimsekit against CTN's ``simple_storage``**: ``echo``, ``store``, and a C-MOVE from the node.
 
@@ -173,11 +173,17 @@ def test_ctn_against_the_node(tmp_path: Path):
         assert echo.stdout.count("Successful operation") == 2, echo.stdout
         node.wait_log(r"calling=DICOM_ECHO .*handled=\[C-ECHO 2\]")
 
-        plain = [path for path in files.values() if path.name not in COMPRESSED]
-        sent = _ok(run([_tool("/usr/bin/send_image"), "-q", "-c", NODE_AE, *at, *map(str, plain)], timeout=120))
-        assert sent.stdout.count("Status:         0000") == len(plain), sent.stdout
-        for path in plain:
-            same_data_set(_node_copy(node, _uid(path)), path)
+        sent = _ok(run([_tool("/usr/bin/send_image"), "-q", "-c", NODE_AE, *at, *map(str, files.values())],
+                       timeout=120))
+        statuses = re.findall(r"Status:\s+([0-9a-f]{4})", sent.stdout)
+        assert sorted(statuses) == ["0000"] * 6 + ["c000"], sent.stdout
+        for uid, path in files.items():
+            if path.name == "SC_rgb_rle.dcm":  # sent on the JPEG 2000 context JPEG2000.dcm opened
+                assert not list((tmp_path / "data").rglob(f"{uid}.dcm")), "RLE stored as JPEG 2000"
+                line = node.wait_log(rf"C-STORE {re.escape(uid)} from DICOM_TEST refused with 0xC000")
+                assert "RLE data in JPEG 2000 Image Compression" in line
+            else:
+                same_data_set(_node_copy(node, uid), path)
 
         query = _worklist_query(tmp_path / "mwl-query.dcm")
         items = _ok(run([_tool("/usr/bin/mwlQuery"), "-c", NODE_AE, "-f", str(query), *at]))

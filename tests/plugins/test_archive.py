@@ -664,6 +664,25 @@ def test_encapsulated_pixel_data_in_a_native_syntax_cannot_be_understood(archive
     assert Path(stored.path).read_bytes().endswith(encode(ds, JPEG_BASELINE))
 
 
+def test_rle_labelled_jpeg_2000_cannot_be_understood(archive, clock, root):
+    """CTN's send_image sends every instance of a SOP class in the first one's transfer syntax:
+    RLE fragments on a JPEG 2000 context. Stored, no JPEG 2000 decoder reads them."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("SC_rgb_rle.dcm"))
+    j2k = "1.2.840.10008.1.2.4.91"
+    data = encode(ds, j2k)
+    incoming = receive(archive, data, sop_class=ds.SOPClassUID, sop_instance=ds.SOPInstanceUID,
+                       transfer_syntax=j2k, chunk=16_384)
+    error = clock.failure_of(incoming.commit())
+    assert isinstance(error, CannotUnderstand) and error.status == 0xC000
+    assert str(error).startswith("RLE data in JPEG 2000 Image Compression: the first fragment of its Pixel Data")
+    assert dcm_files(root) == [] and incoming_files(root) == []
+    stored = store(archive, clock, ds, transfer_syntax="1.2.840.10008.1.2.5")  # labelled RLE, it is stored
+    assert Path(stored.path).read_bytes().endswith(encode(ds, "1.2.840.10008.1.2.5"))
+
+
 def test_a_native_pixel_data_value_cut_short_cannot_be_understood(archive, clock, root):
     ds = make_dataset(pixels=b"\1\2" * 100_000)
     data = encode(ds)

@@ -411,9 +411,9 @@ class IncomingInstance:
                 header.run()  # the scan: ~30 us for an image header
 
     def cut_short(self) -> str | None:
-        """Why the data set is no image -- cut short, or compressed fragments in an uncompressed
-        syntax -- or None (:func:`~dimsekit.datasets.dataset_defect`): the commit's worker, once
-        the data set is all in the file or the prefix."""
+        """Why the data set is no image -- cut short, compressed fragments in an uncompressed syntax,
+        another codec's -- or None (:func:`~dimsekit.datasets.dataset_defect`): the commit's
+        worker, once the data set is all in the file or the prefix."""
         fd, base = self._fd, self.header_length
         read = None if fd is None else (lambda offset, size: os.pread(fd, size, base + offset))
         return dataset_defect(self._prefix, self.size, self.transfer_syntax, read, self._framed[-1] if self._framed else 0)

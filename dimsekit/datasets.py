@@ -56,8 +56,8 @@ __all__ = [
     "MAX_DECODED_BYTES",
     "first_int",
     "readable_part",
-    "file_truncation",
-    "truncation_in_file",
+    "file_defect",
+    "defect_in_file",
     "dataset_truncation",
     "is_several",
     "values_of",
@@ -765,22 +765,22 @@ def _plain_uids(data: bytes, implicit: bool, whole: bool) -> tuple[str | None, s
     return found[0], found[1]
 
 
-def file_truncation(info: Part10Info, *, prefix: int = 65536) -> str | None:
-    """What cuts the data set of a Part 10 file short (:func:`dimsekit.framing.truncation`: a
-    value or a sequence that runs past the end of the file), or None -- also for a big endian
-    or deflated one, which it does not check. See :func:`truncation_in_file`.
+def file_defect(info: Part10Info, *, prefix: int = 65536) -> str | None:
+    """Why the data set of a Part 10 file is no image (:func:`dataset_defect`: a value or a
+    sequence that runs past the end of the file, compressed fragments labelled uncompressed,
+    another codec's), in a sentence, or None -- also for a big endian or deflated one, which it
+    does not check. See :func:`defect_in_file`.
 
     :raises OSError: the file cannot be read.
     """
-    return truncation_in_file(info.path, info.dataset_offset, info.dataset_length, info.transfer_syntax,
-                              prefix=prefix)
+    return defect_in_file(info.path, info.dataset_offset, info.dataset_length, info.transfer_syntax, prefix=prefix)
 
 
-def truncation_in_file(path: str | Path, offset: int, length: int, transfer_syntax: str, *,
-                       prefix: int = 65536) -> str | None:
-    """What cuts short the data set of ``length`` bytes at ``offset`` in the file at ``path``, in
-    ``transfer_syntax``, or None (:func:`dataset_truncation`). Reads the first ``prefix`` bytes of
-    the data set, then only element headers past them.
+def defect_in_file(path: str | Path, offset: int, length: int, transfer_syntax: str, *,
+                   prefix: int = 65536) -> str | None:
+    """:func:`dataset_defect` of the data set of ``length`` bytes at ``offset`` in the file at
+    ``path``, in ``transfer_syntax``. Reads the first ``prefix`` bytes of the data set, then only
+    element headers (and a fragment's first bytes) past them.
 
     :raises OSError: the file cannot be read.
     """
@@ -788,7 +788,7 @@ def truncation_in_file(path: str | Path, offset: int, length: int, transfer_synt
         f.seek(offset)
         head = f.read(min(prefix, length))
         fd = f.fileno()
-        return dataset_truncation(head, length, transfer_syntax, lambda at, size: os.pread(fd, size, offset + at))
+        return dataset_defect(head, length, transfer_syntax, lambda at, size: os.pread(fd, size, offset + at))
 
 
 #: the native (uncompressed) transfer syntaxes :func:`dataset_truncation` frames

@@ -145,7 +145,7 @@ def test_read_files_skips_encapsulated_pixel_data_labelled_uncompressed(tmp_path
     infos, skipped = cli_store.read_files(files)
     assert [i.path.name for i in infos] == ["good.dcm", "jpeg.dcm"]
     assert [(s.path.name, s.counts) for s in skipped] == [("relabelled.dcm", True)]
-    assert skipped[0].reason.startswith("its File Meta Information says Explicit VR Little Endian, but Pixel Data "
+    assert skipped[0].reason.startswith("encapsulated Pixel Data in Explicit VR Little Endian (PS3.5 A.4): Pixel Data "
                                         "(7FE0,0010) at offset ")
     assert skipped[0].reason.endswith(" is encapsulated (undefined length), which only a compressed transfer "
                                       "syntax allows (PS3.5 A.4)")
@@ -881,3 +881,18 @@ def test_the_files_after_the_one_sent_are_read_ahead_in_their_order(files, monke
     assert code == 0
     sent = [name for name, _cls, _uid in peer.commands]
     assert len(sent) == 3 and asked == sent[1:]
+
+
+def test_read_files_skips_rle_labelled_jpeg_2000(tmp_path):
+    # RLE fragments in a file whose File Meta says JPEG 2000 (as CTN's send_image would send
+    # it): not sent, and counted; the same file labelled RLE is sent
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("SC_rgb_rle.dcm"))
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.91"
+    ds.save_as(tmp_path / "labelled-j2k.dcm", enforce_file_format=True)
+    infos, skipped = cli_store.read_files([(tmp_path / "rle.dcm", False), (tmp_path / "labelled-j2k.dcm", False)])
+    assert [i.path.name for i in infos] == ["rle.dcm"]
+    assert [(s.path.name, s.counts) for s in skipped] == [("labelled-j2k.dcm", True)]
+    assert skipped[0].reason.startswith("RLE data in JPEG 2000 Image Compression: the first fragment of its Pixel Data")

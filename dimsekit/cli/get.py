@@ -78,10 +78,9 @@ from dimsekit.cli.find import (
     response_problem,
     retrieve_identifier,
 )
-from dimsekit.datasets import truncation_in_file, values_of
+from dimsekit.datasets import defect_in_file, values_of
 from dimsekit.dimse.fragments import SPOOL_WRITE_BLOCK, write_chunks
 from dimsekit.dimse.status import QR_FIND, QR_GET, Category, category, describe
-from dimsekit.framing import EncapsulatedInNative
 from dimsekit.operations import Response
 from dimsekit.registry import UNCOMPRESSED_TRANSFER_SYNTAXES
 from dimsekit.scu import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
@@ -254,23 +253,19 @@ class PartFileSink:
         :raises CutShort: the data set ends inside one of its values (the file is removed).
         """
         if self.transfer_syntax is not None:
-            try:
-                short = truncation_in_file(self.temp, self.header_length, self.size - self.header_length,
-                                           self.transfer_syntax)
-            except EncapsulatedInNative as exc:  # no image: every reader takes the fragments for pixels
+            defect = defect_in_file(self.temp, self.header_length, self.size - self.header_length,
+                                    self.transfer_syntax)
+            if defect is not None:  # no image: kept, it would pass for one
                 self.temp.unlink(missing_ok=True)
-                raise CutShort(f"encapsulated Pixel Data in {UID(self.transfer_syntax).name} (PS3.5 A.4): "
-                               f"{exc}") from None
-            if short is not None:
-                self.temp.unlink(missing_ok=True)
-                raise CutShort(f"the data set is cut short: {short}")
+                raise CutShort(defect)
         os.replace(self.temp, self.path)
         return self.size
 
 
 class CutShort(Exception):
-    """A C-STORE's data set ends inside one of its values, or holds encapsulated Pixel Data in
-    an uncompressed transfer syntax: refused 0xC000, no file kept."""
+    """A C-STORE's data set is no image (:func:`~dimsekit.datasets.dataset_defect`: it ends
+    inside one of its values, compressed fragments labelled uncompressed, another codec's):
+    refused 0xC000, no file kept."""
 
 
 class Receiver:

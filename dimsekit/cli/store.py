@@ -47,9 +47,10 @@ and when the run gave up (rejection, aborts, timeouts, a refused connection),
 with a one-line reason on stderr.  Files found in a directory that are not
 DICOM Part 10 files are skipped and listed but do not change the exit status.
 A file whose data set is cut short (a value or a sequence running past the end
-of the file: a full disk, an interrupted copy) is not sent -- a peer that stores
-what it gets would answer Success -- and is listed as skipped, and it does make
-the exit status 1.
+of the file: a full disk, an interrupted copy), or whose compressed pixel data is
+labelled uncompressed or with another codec's transfer syntax, is not sent -- a
+peer that stores what it gets would answer Success -- and is listed as skipped,
+and it does make the exit status 1.
 """
 
 from __future__ import annotations
@@ -77,11 +78,10 @@ from dimsekit.datasets import (
     dataset_file_info,
     dataset_uids,
     decompressible,
-    file_truncation,
+    file_defect,
 )
 from dimsekit.dimse.status import STORAGE, Category, describe
 from dimsekit.errors import AssociationRejected, LocalProtocolError, RemoteProtocolError
-from dimsekit.framing import EncapsulatedInNative
 from dimsekit.nservice import is_valid_uid
 from dimsekit.readahead import ReadAhead
 
@@ -221,8 +221,8 @@ def read_files(
     ``warn(text)`` is told, once per file, when they are not the File Meta's).
     The files that are not Part 10 files (or are DICOMDIRs, or whose SOP class
     or transfer syntax is not a UID) are skipped, counting as failures when
-    named; so are files whose data set is cut short (:func:`file_truncation`),
-    always counting as failures."""
+    named; so are files whose data set is no image (:func:`file_defect`: cut short,
+    compressed fragments labelled uncompressed), always counting as failures."""
     infos: list[Part10Info] = []
     skipped: list[Skipped] = []
     for path, named in files:
@@ -251,18 +251,14 @@ def read_files(
             skipped.append(Skipped(path, f"File Meta Information: {' and '.join(unusable)} not a UID", named))
             continue
         try:
-            short = file_truncation(info)
+            defect = file_defect(info)
         except OSError as exc:
-            short = f"cannot read: {exc.strerror or exc}"
-        except EncapsulatedInNative as exc:
-            # compressed fragments labelled uncompressed: a peer refuses it, or stores no image
-            skipped.append(Skipped(path, f"its File Meta Information says {UID(info.transfer_syntax).name}, but {exc}",
-                                   True))
-            continue
-        if short is not None:
-            # A file cut short (a full disk, a copy that stopped): not sent, whoever
-            # the peer is -- one that stores it as it comes would answer Success.
-            skipped.append(Skipped(path, f"the data set is cut short: {short}", True))
+            defect = f"cannot read: {exc.strerror or exc}"
+        if defect is not None:
+            # A file cut short (a full disk, a copy that stopped), compressed fragments labelled
+            # uncompressed: not sent, whoever the peer is -- one that stores it as it comes
+            # would answer Success for no image.
+            skipped.append(Skipped(path, defect, True))
             continue
         if warning is not None and warn is not None:
             warn(f"{path}: {warning}")

@@ -297,8 +297,10 @@ class Node:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def wait_log(self, pattern: str, timeout: float = 5.0) -> str:
+    def wait_log(self, pattern: str, timeout: float = 5.0, since: int = 0) -> str:
         """Wait (bounded) for a log line matching the regular expression; return the line.
+        ``since``: only what the log gained after that many characters (:meth:`log_text`'s
+        length before the test acted) counts.
 
         Only whole lines count: twistd's log file is buffered, and a read may
         end inside a line the node is still writing (a loaded run matched
@@ -306,7 +308,7 @@ class Node:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.log_text().split("\n")[:-1]:  # the last piece is not a whole line yet
+            for line in self.log_text()[since:].split("\n")[:-1]:  # the last piece is not a whole line yet
                 if regex.search(line):
                     return line
             if time.monotonic() >= deadline:

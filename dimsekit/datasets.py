@@ -31,12 +31,19 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
+)
 from pydicom.valuerep import PersonName
 
 from dimsekit.errors import DimsekitError
 from dimsekit.framing import LONG_VRS as _LONG_VRS
 from dimsekit.framing import SHORT_VRS as _SHORT_VRS
+from dimsekit.framing import EncapsulatedInNative, truncation
 
 __all__ = [
     "DEFLATED",
@@ -797,18 +804,16 @@ _NATIVE_LITTLE = frozenset((IMPLICIT_LE, "1.2.840.10008.1.2.1"))
 
 def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: str,
                        read: Callable[[int, int], bytes] | None = None, start: int = 0,
-                       found: dict[str, tuple[int, int]] | None = None) -> str | None:
+                       fragment: list[tuple[int, int]] | None = None) -> str | None:
     """What cuts short a data set of ``size`` bytes in ``transfer_syntax`` -- a value or a sequence
     that runs past its end -- or None (:func:`dimsekit.framing.truncation`; no verdict for a big
     endian, deflated or unknown transfer syntax). ``prefix`` holds its first bytes,
     ``read(offset, size)`` the rest (None: no verdict when ``prefix`` is not all of it);
-    ``start``: where an earlier scan's framing ended; ``found``: see :func:`dimsekit.framing.truncation`.
+    ``start``: where an earlier scan's framing ended; ``fragment``: see :func:`dimsekit.framing.truncation`.
 
     :raises ~dimsekit.framing.EncapsulatedInNative: the transfer syntax is Implicit or Explicit
         VR Little Endian, and the Pixel Data is encapsulated (undefined length).
     """
-    from dimsekit.framing import truncation
-
     try:
         implicit, little = _flags(transfer_syntax)
     except DatasetError:
@@ -820,17 +825,14 @@ def dataset_truncation(prefix: bytes | bytearray, size: int, transfer_syntax: st
     elif read is None:
         return None
     return truncation(prefix, size, implicit=implicit, read=read, start=start,
-                      native=transfer_syntax in _NATIVE_LITTLE, found=found)
+                      native=transfer_syntax in _NATIVE_LITTLE, fragment=fragment)
 
 
 #: the codec family of each encapsulated transfer syntax :func:`codec_of` can tell apart
 _CODEC_FAMILIES = {
-    **dict.fromkeys(("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-                     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"), "JPEG"),
-    **dict.fromkeys(("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
-                     "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                     "1.2.840.10008.1.2.4.203"), "JPEG 2000"),
-    "1.2.840.10008.1.2.5": "RLE",
+    **dict.fromkeys(map(str, [*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes]), "JPEG"),
+    **dict.fromkeys(map(str, JPEG2000TransferSyntaxes), "JPEG 2000"),  # HTJ2K included
+    **dict.fromkeys(map(str, RLETransferSyntaxes), "RLE"),
 }
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
@@ -859,19 +861,17 @@ def dataset_defect(prefix: bytes | bytearray, size: int, transfer_syntax: str,
     it is cut short; its Pixel Data is encapsulated in an uncompressed transfer syntax; or the
     first fragment of its Pixel Data is, beyond doubt, of another codec than the transfer
     syntax's (RLE labelled JPEG 2000: a sender that used the first file's syntax for all)."""
-    from dimsekit.framing import EncapsulatedInNative
-
-    found: dict[str, tuple[int, int]] = {}
+    fragment: list[tuple[int, int]] = []
     try:
-        short = dataset_truncation(prefix, size, transfer_syntax, read, start, found)
+        short = dataset_truncation(prefix, size, transfer_syntax, read, start, fragment)
     except EncapsulatedInNative as exc:  # stored, every reader would take the fragments for pixels
         return f"encapsulated Pixel Data in {UID(transfer_syntax).name} (PS3.5 A.4): {exc}"
     if short is not None:
         return f"the data set is cut short: {short}"
     family = _CODEC_FAMILIES.get(transfer_syntax)
-    if family is None or "first_fragment" not in found:
+    if family is None or not fragment:
         return None
-    offset, length = found["first_fragment"]
+    ((offset, length),) = fragment
     wanted = min(length, 64)
     head = bytes(prefix[offset:offset + wanted])
     if len(head) < wanted and read is not None:

@@ -271,7 +271,7 @@ def sequence_items(value: bytes | bytearray | memoryview, implicit: bool) -> lis
 
 def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bool, start: int = 0,
                read: Reader | None = None, native: bool = False,
-               found: dict[str, tuple[int, int]] | None = None) -> str | None:
+               fragment: list[tuple[int, int]] | None = None) -> str | None:
     """What cuts the little endian data set of ``total`` bytes short, or None.
 
     :param data: the data set's first bytes (all of it, or a prefix: see ``read``).
@@ -281,8 +281,8 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     :param read: ``read(offset, size)`` gives the bytes at ``offset`` past ``data`` (fewer at the
         end); None when ``data`` is all there is.
     :param native: the transfer syntax is a native (uncompressed) one.
-    :param found: given, it is told ``"first_fragment"``: (offset, length) of the first fragment
-        of the data set's encapsulated Pixel Data, when the walk framed one.
+    :param fragment: given, (offset, length) of the first fragment of the data set's encapsulated
+        Pixel Data is appended to it, when the walk framed one.
     :returns: None when every element ends within the bytes, or when the data set cannot be
         framed exactly (no verdict, see the module docstring); else what runs past the end.
     :raises EncapsulatedInNative: ``native``, and the top-level Pixel Data has an undefined length.
@@ -305,8 +305,8 @@ def truncation(data: bytes | bytearray | memoryview, total: int, *, implicit: bo
     except (Unframed, struct.error):
         return None
     finally:
-        if found is not None and walk.first_fragment is not None:
-            found["first_fragment"] = walk.first_fragment
+        if fragment is not None and walk.first_fragment is not None:
+            fragment.append(walk.first_fragment)
     return None
 
 

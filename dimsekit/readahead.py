@@ -100,7 +100,6 @@ class ReadAhead:
         self._next = 0
         #: index -> size of the files asked for beyond the current one
         self._ahead: dict[int, int] = {}
-        self._ahead_bytes = 0
         self._busy = False
         self._stopped = False
         #: files asked for so far, and in how many calls (tests, logs)
@@ -111,7 +110,7 @@ class ReadAhead:
         """The loop now sends ``paths[index]`` (read in its own thread, not asked for now)."""
         self._current = index
         for done in [i for i in self._ahead if i <= index]:
-            self._ahead_bytes -= self._ahead.pop(done)
+            del self._ahead[done]
         self._next = max(self._next, index + 1)
         self._kick()
 
@@ -124,7 +123,7 @@ class ReadAhead:
             return
         ahead = self._next - self._current - 1  # files asked for beyond the current one
         room = self._files - ahead
-        budget = self._max_bytes - self._ahead_bytes
+        budget = self._max_bytes - sum(self._ahead.values())  # at most FILES_AHEAD of them
         if ahead > 0 and (room < max(1, self._files // 2) or budget < self._max_bytes // 2):
             return  # not yet: a call for one file per file sent would wake the reactor as often
         if room <= 0 or budget <= 0:
@@ -142,7 +141,6 @@ class ReadAhead:
         for index, size in enumerate(sizes, start):
             if index > self._current:
                 self._ahead[index] = size
-                self._ahead_bytes += size
         self._next = max(self._next, start + len(sizes))
         self._kick()
 

@@ -97,9 +97,9 @@ def test_jpeg_2000_labelled_jpeg_and_rle_are_defects():
 
 def test_the_first_fragment_read_past_the_prefix():
     data = _data_set("SC_rgb_rle.dcm", J2K)
-    found: dict = {}
-    assert truncation(data, len(data), implicit=False, found=found) is None
-    offset, length = found["first_fragment"]
+    fragment: list = []
+    assert truncation(data, len(data), implicit=False, fragment=fragment) is None
+    ((offset, length),) = fragment
     assert data[offset:offset + 4] == struct.pack("<L", 3)  # three segments: R, G, B
     prefix = data[:offset + 10]  # the header's start in memory, the rest from "the file"
     said = dataset_defect(prefix, len(data), J2K, lambda at, size: data[at:at + size])

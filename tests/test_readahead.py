@@ -106,7 +106,6 @@ def test_prefetch_file_of_a_fifo_does_not_wait_for_a_writer(tmp_path: Path, advi
     assert result == [0] and advised == []
 
 
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux/BSD only")
 def test_prefetch_file_calls_the_kernel(tmp_path: Path) -> None:
     (path,) = files(tmp_path, [70000])
     assert prefetch_file(path) == 70000  # the real posix_fadvise: no error from it
